@@ -1,0 +1,25 @@
+# Every target sets up .venv on first use: a fresh machine needs only `make serve` or `make test`.
+PY := .venv/bin/python
+
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q torch==2.13.0
+	.venv/bin/pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: serve test test-slow test-all demo
+serve: .venv/.installed  ## the whole service on its embedded default (SQLite, bundled broker, bundled model)
+	$(PY) -m worker.embedded
+
+test: .venv/.installed  ## the default suite (< 15 min on 2 cores)
+	$(PY) -m pytest -q
+
+test-slow: .venv/.installed  ## the long CPU tests only
+	$(PY) -m pytest -q -m slow
+
+test-all: .venv/.installed
+	$(PY) -m pytest -q -m 'not gpu'
+
+demo: .venv/.installed  ## service + style LoRA end to end, writes runs/demo/grid.png
+	$(PY) -m worker.demo
