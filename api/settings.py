@@ -1,0 +1,79 @@
+"""The one settings object of the service (api, worker and the db commands all read it; nothing else reads env).
+
+Values come from the environment (prefix ``O1LORA_``) or a ``.env`` file in the working directory:
+
+    O1LORA_DATABASE_URL=postgresql+psycopg://o1lora:secret@db/o1lora O1LORA_ENV=production make serve
+
+Torch-free and FastAPI-free on purpose: the worker imports it too.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Passwords that ship in examples; a deployment that still uses one is refused outside development.
+PLACEHOLDER_SECRETS = frozenset({"changethis", "change-me", "changeme", "secret", "password", "postgres"})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="O1LORA_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "production"] = Field(
+        "development", description="production refuses placeholder secrets")
+
+    data_dir: Path = Field(Path("data"), description="root of everything the service writes locally")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at <data_dir>/o1lora.db")
+    artifact_dir: Path | None = Field(None, description="local artifact store root; default <data_dir>/artifacts")
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker")
+    redis_url: str = Field("", description="Redis for live job events (pub/sub); empty means broker_url")
+
+    model_path: Path = Field(REPO / "models" / "o1-tiny",
+                             description="base model folder used for training and generation")
+
+    # Uploads. The per-request limit also bounds a dataset zip; the pixel limit keeps decode memory bounded.
+    max_upload_file_bytes: int = Field(64 * 2**20, gt=0, description="largest single uploaded image/caption")
+    max_upload_request_bytes: int = Field(2 * 2**30, gt=0, description="largest upload request body")
+    max_upload_files: int = Field(5000, gt=0, description="most files in one upload (zip entries included)")
+    max_zip_uncompressed_bytes: int = Field(4 * 2**30, gt=0, description="total size a zip may expand to")
+    max_image_pixels: int = Field(64 * 2**20, gt=0, description="largest width*height an image may have")
+    max_caption_bytes: int = Field(64 * 2**10, gt=0, description="largest caption .txt")
+    max_lora_bytes: int = Field(4 * 2**30, gt=0, description="largest imported LoRA file")
+
+    heartbeat_timeout_s: float = Field(180.0, gt=0, description="a running job silent this long is stale")
+    sse_recheck_s: float = Field(5.0, gt=0, description="SSE re-reads the DB this often in case an event was lost")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'o1lora.db').resolve()}"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def resolved_redis_url(self) -> str:
+        return self.redis_url or self.broker_url
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> "Settings":
+        if self.env == "development":
+            return self
+        for name in ("database_url", "broker_url", "redis_url"):
+            password = urlsplit(getattr(self, name)).password
+            if password and password.lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(f"O1LORA_{name.upper()} uses the placeholder password {password!r}; "
+                                 "set a real one (placeholders are only allowed with O1LORA_ENV=development)")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

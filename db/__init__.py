@@ -1,0 +1,63 @@
+"""Database layer shared by api/ and worker/: models, sessions, data access, artifact store, live events.
+
+No torch, no FastAPI, no Celery here. Every data-access function takes the Session first and keyword-only
+arguments after it; every state transition is ONE conditional UPDATE and commits itself, returning whether it
+happened (False = the row was not in the expected state / this worker does not own it).
+
+Settings (api/settings.py, the only place env is read):
+    from api.settings import get_settings; s = get_settings()
+    s.resolved_database_url  s.broker_url  s.resolved_redis_url  s.resolved_artifact_dir  s.model_path
+    s.data_dir  s.heartbeat_timeout_s
+
+Sessions and schema (db/session.py, db/migrate.py):
+    Session = make_sessionmaker(url)            # sessionmaker, expire_on_commit=False
+    upgrade(url)                                # alembic upgrade head; also `python -m db.migrate [URL]`
+    python -m db.create_owner NAME              # prints a new API key
+
+Training (db/training.py):
+    create_training(s, *, owner_id, dataset_id, name, trigger, params, total_steps) -> TrainingJob
+    get_training(s, *, job_id, owner_id=None) -> TrainingJob | None
+    list_trainings(s, *, owner_id, status=None, limit=20, offset=0) -> (rows, total)
+    mark_training_enqueued(s, *, job_id, celery_task_id) -> bool          # queued only; sets enqueued_at
+    claim_training(s, *, job_id, worker_id) -> bool                       # queued -> running, attempt += 1
+    take_over_stale_training(s, *, job_id, worker_id, stale_before) -> bool  # running+dead heartbeat -> me
+    heartbeat_training(s, *, job_id, worker_id) -> bool
+    record_progress(s, *, job_id, worker_id, step, total_steps, loss, seconds_per_step, eta_seconds) -> bool
+    record_checkpoint(s, *, job_id, worker_id, path, step) -> bool
+    is_cancel_requested(s, *, job_id) -> bool
+    add_preview(s, *, job_id, step, index, storage_key, prompt="") -> Preview
+    finish_training(s, *, job_id, worker_id, peft_prefix, comfyui_key, rank, alpha, size_bytes=0, meta=None)
+        -> lora_id | None                                                 # running -> succeeded + LoRA row
+    fail_training(s, *, job_id, worker_id, error) -> bool
+    mark_training_canceled(s, *, job_id, worker_id) -> bool               # after a cooperative stop
+    cancel_training(s, *, job_id, owner_id) -> "canceled" | "cancel_requested" | None
+    stale_running_trainings(s, *, stale_before) -> list[TrainingJob]
+    requeue_stale_training(s, *, job_id, stale_before) -> bool            # running+dead -> queued (re-send it)
+    queued_unsent_trainings(s, *, sent_before) -> list[TrainingJob]       # for the reconciler to (re)send
+
+Generations (db/generations.py): the same shape with generation_id=:
+    create_generation, get_generation, list_generations, mark_generation_enqueued, claim_generation,
+    take_over_stale_generation, record_generation_progress(s, *, generation_id, worker_id, step),
+    add_generation_image(s, *, generation_id, index, storage_key, width, height, seed),
+    finish_generation, fail_generation(s, *, generation_id, worker_id, error), stale_running_generations,
+    requeue_stale_generation, queued_unsent_generations
+    Generation.params = {"prompt", "negative_prompt", "loras": [{"id", "scale"}], "width", "height", "steps",
+                         "guidance", "seed", "preset", "num_images"}
+
+Datasets / LoRAs (db/datasets.py, db/loras.py): create_*, get_*, list_*, delete_* ("deleted"|"in_use"|None).
+    Dataset.storage_prefix: the store prefix of its files (images + same-name .txt captions, sub-folders kept).
+    Lora.peft_prefix (PEFT folder in the store), Lora.comfyui_key (one safetensors), Lora.original_key (import).
+
+Artifact store (db/store.py):  store = LocalStore(settings.resolved_artifact_dir)
+    put_bytes(key, data), put_file(key, path), put_stream(key, chunks), put_dir(prefix, dir) -> keys,
+    open(key) -> BinaryIO, exists(key), size(key), list(prefix), delete_prefix(prefix),
+    local_path(key) -> Path | None, fetch_dir(prefix, dest) -> Path (a local folder with those files)
+    Keys used: datasets/<id>/..., trainings/<id>/previews/step-N-k.png, loras/<id>/peft/..., loras/<id>/<name>.safetensors,
+    generations/<id>/<n>.png
+
+Live events (db/events.py): channel(kind, job_id); publish(redis_client, *, kind, job_id, type, data)
+    kind: "training" | "generation"; type: "progress" | "preview" | "status" | "image" (payloads in the module).
+
+Job messages: the API sends celery_app.send_task("o1lora.train", args=[job_id], queue="train") and
+    ("o1lora.generate", args=[generation_id], queue="generate") AFTER the row is committed, then mark_*_enqueued.
+"""

@@ -1,0 +1,44 @@
+"""Create an owner and print a new API key for it (the key is shown only this once):
+
+    .venv/bin/python -m db.create_owner alice          # a new owner + key
+    .venv/bin/python -m db.create_owner alice --new-key  # another key for an existing owner
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sqlalchemy import select
+
+from db.models import Owner
+from db.owners import create_api_key, create_owner
+from db.session import make_sessionmaker
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m db.create_owner", description=__doc__.splitlines()[0])
+    ap.add_argument("name")
+    ap.add_argument("--new-key", action="store_true", help="add a key to an existing owner")
+    ap.add_argument("--database-url", default=None, help="default: the settings' database")
+    args = ap.parse_args(argv)
+    if args.database_url is None:
+        from api.settings import get_settings
+        args.database_url = get_settings().resolved_database_url
+    with make_sessionmaker(args.database_url)() as session:
+        if args.new_key:
+            owner = session.scalar(select(Owner).where(Owner.name == args.name))
+            if owner is None:
+                print(f"no owner named {args.name!r}", file=sys.stderr)
+                return 1
+        else:
+            try:
+                owner = create_owner(session, name=args.name)
+            except ValueError as e:
+                print(e, file=sys.stderr)
+                return 1
+        print(create_api_key(session, owner_id=owner.id))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The job lifecycle shared by training jobs and generations: conditional UPDATEs, one transaction per call.
+
+Every transition names the state it expects in its WHERE clause and reports whether it happened (rowcount 1),
+so two workers racing for one job cannot both win. Public wrappers live in db.training and db.generations.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from db.models import Generation, TrainingJob, utcnow
+
+Job = TypeVar("Job", TrainingJob, Generation)
+
+
+def transition(session: Session, model: type[Job], where: list, values: dict[str, Any]) -> bool:
+    result = session.execute(update(model).where(*where).values(**values)
+                             .execution_options(synchronize_session=False))
+    session.commit()
+    return result.rowcount == 1
+
+
+def mark_enqueued(session: Session, model: type[Job], *, job_id: str, celery_task_id: str | None,
+                  now: datetime | None = None) -> bool:
+    return transition(session, model, [model.id == job_id, model.status == "queued"],
+                   {"enqueued_at": now or utcnow(), "celery_task_id": celery_task_id})
+
+
+def claim(session: Session, model: type[Job], *, job_id: str, worker_id: str, now: datetime | None = None) -> bool:
+    now = now or utcnow()
+    where = [model.id == job_id, model.status == "queued"]
+    if model is TrainingJob:
+        where.append(model.cancel_requested.is_(False))
+    return transition(session, model, where, {
+        "status": "running", "worker_id": worker_id, "heartbeat_at": now, "attempt": model.attempt + 1,
+        "started_at": func.coalesce(model.started_at, now), "error": None})
+
+
+def take_over_stale(session: Session, model: type[Job], *, job_id: str, worker_id: str, stale_before: datetime,
+                    now: datetime | None = None) -> bool:
+    """A running job whose heartbeat is older than ``stale_before`` passes to ``worker_id`` (for a resume)."""
+    return transition(session, model, [model.id == job_id, model.status == "running", _stale(model, stale_before)],
+                   {"worker_id": worker_id, "heartbeat_at": now or utcnow(), "attempt": model.attempt + 1})
+
+
+def _stale(model, stale_before: datetime):
+    return or_(model.heartbeat_at.is_(None), model.heartbeat_at < stale_before)
+
+
+def owned_running(model, job_id: str, worker_id: str) -> list:
+    return [model.id == job_id, model.status == "running", model.worker_id == worker_id]
+
+
+def heartbeat(session: Session, model: type[Job], *, job_id: str, worker_id: str, now: datetime | None = None,
+              **values: Any) -> bool:
+    """Refresh the heartbeat (and set ``values``) while this worker still owns the running job."""
+    return transition(session, model, owned_running(model, job_id, worker_id),
+                   {"heartbeat_at": now or utcnow(), **values})
+
+
+def finish(session: Session, model: type[Job], *, job_id: str, worker_id: str, status: str,
+           error: str | None = None, now: datetime | None = None, commit: bool = True) -> bool:
+    if status not in ("succeeded", "failed", "canceled"):
+        raise ValueError(f"not a terminal status: {status!r}")
+    now = now or utcnow()
+    stmt = (update(model).where(*owned_running(model, job_id, worker_id))
+            .values(status=status, error=error, finished_at=now, heartbeat_at=now)
+            .execution_options(synchronize_session=False))
+    won = session.execute(stmt).rowcount == 1
+    if commit:
+        session.commit()
+    return won
+
+
+def stale_running(session: Session, model: type[Job], *, stale_before: datetime) -> list[Job]:
+    return list(session.scalars(select(model).where(model.status == "running", _stale(model, stale_before))
+                                .order_by(model.created_at)))
+
+
+def requeue_stale(session: Session, model: type[Job], *, job_id: str, stale_before: datetime) -> bool:
+    """running with a dead heartbeat -> queued (keeps progress and checkpoint), so a new message resumes it."""
+    return transition(session, model, [model.id == job_id, model.status == "running", _stale(model, stale_before)],
+                   {"status": "queued", "worker_id": None, "enqueued_at": None})
+
+
+def queued_unsent(session: Session, model: type[Job], *, sent_before: datetime) -> list[Job]:
+    """Queued jobs whose message was never sent, or sent before ``sent_before`` (maybe lost with the broker)."""
+    return list(session.scalars(
+        select(model).where(model.status == "queued",
+                            or_(model.enqueued_at.is_(None), model.enqueued_at < sent_before))
+        .order_by(model.created_at)))

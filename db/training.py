@@ -1,0 +1,142 @@
+"""Training jobs: create, read, and every state transition (each call is one transaction, keyword-only).
+
+queued -> running (claim_training / take_over_stale_training) -> succeeded (finish_training, which also
+creates the LoRA row) | failed (fail_training) | canceled (cancel_training while queued, or
+mark_training_canceled after a cooperative stop). cancel_requested is a flag set while running.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from db import jobs
+from db.models import Lora, Preview, TrainingJob, utcnow
+
+
+def create_training(session: Session, *, owner_id: str, dataset_id: str, name: str, trigger: str,
+                    params: dict[str, Any], total_steps: int) -> TrainingJob:
+    job = TrainingJob(owner_id=owner_id, dataset_id=dataset_id, name=name, trigger=trigger, params=params,
+                      total_steps=total_steps, status="queued")
+    session.add(job)
+    session.commit()
+    return job
+
+
+def get_training(session: Session, *, job_id: str, owner_id: str | None = None) -> TrainingJob | None:
+    """The job; with ``owner_id``, None unless that owner has it (the API answers 404 either way)."""
+    job = session.get(TrainingJob, job_id)
+    return job if job is not None and (owner_id is None or job.owner_id == owner_id) else None
+
+
+def list_trainings(session: Session, *, owner_id: str, status: str | None = None, limit: int = 20,
+                   offset: int = 0) -> tuple[list[TrainingJob], int]:
+    """A page of the owner's jobs, newest first, and the total count."""
+    where = [TrainingJob.owner_id == owner_id] + ([TrainingJob.status == status] if status else [])
+    total = session.scalar(select(func.count()).select_from(TrainingJob).where(*where))
+    rows = session.scalars(select(TrainingJob).where(*where)
+                           .order_by(TrainingJob.created_at.desc(), TrainingJob.id).limit(limit).offset(offset))
+    return list(rows), total or 0
+
+
+def mark_training_enqueued(session: Session, *, job_id: str, celery_task_id: str | None) -> bool:
+    return jobs.mark_enqueued(session, TrainingJob, job_id=job_id, celery_task_id=celery_task_id)
+
+
+def claim_training(session: Session, *, job_id: str, worker_id: str) -> bool:
+    """queued -> running for this worker; False when someone else has it, or it was canceled or finished."""
+    return jobs.claim(session, TrainingJob, job_id=job_id, worker_id=worker_id)
+
+
+def take_over_stale_training(session: Session, *, job_id: str, worker_id: str, stale_before: datetime) -> bool:
+    return jobs.take_over_stale(session, TrainingJob, job_id=job_id, worker_id=worker_id, stale_before=stale_before)
+
+
+def heartbeat_training(session: Session, *, job_id: str, worker_id: str) -> bool:
+    return jobs.heartbeat(session, TrainingJob, job_id=job_id, worker_id=worker_id)
+
+
+def record_progress(session: Session, *, job_id: str, worker_id: str, step: int, total_steps: int,
+                    loss: float | None, seconds_per_step: float | None, eta_seconds: float | None) -> bool:
+    """Progress + heartbeat; False when this worker no longer owns the running job (it should stop)."""
+    return jobs.heartbeat(session, TrainingJob, job_id=job_id, worker_id=worker_id, step=step,
+                          total_steps=total_steps, loss=loss, seconds_per_step=seconds_per_step,
+                          eta_seconds=eta_seconds)
+
+
+def record_checkpoint(session: Session, *, job_id: str, worker_id: str, path: str, step: int) -> bool:
+    return jobs.heartbeat(session, TrainingJob, job_id=job_id, worker_id=worker_id,
+                          checkpoint_path=path, checkpoint_step=step)
+
+
+def is_cancel_requested(session: Session, *, job_id: str) -> bool:
+    return bool(session.scalar(select(TrainingJob.cancel_requested).where(TrainingJob.id == job_id)))
+
+
+def add_preview(session: Session, *, job_id: str, step: int, index: int, storage_key: str,
+                prompt: str = "") -> Preview:
+    """Record a preview image; a repeat of (job, step, index) after a resume replaces the earlier one."""
+    preview = session.scalar(select(Preview).where(Preview.job_id == job_id, Preview.step == step,
+                                                   Preview.index == index))
+    if preview is None:
+        preview = Preview(job_id=job_id, step=step, index=index)
+        session.add(preview)
+    preview.storage_key, preview.prompt = storage_key, prompt
+    session.commit()
+    return preview
+
+
+def finish_training(session: Session, *, job_id: str, worker_id: str, peft_prefix: str | None,
+                    comfyui_key: str | None, rank: int, alpha: float, size_bytes: int = 0,
+                    meta: dict[str, Any] | None = None) -> str | None:
+    """running -> succeeded and the job's LoRA row, in one transaction; returns the LoRA id, None if not owner."""
+    job = session.get(TrainingJob, job_id)
+    if job is None or not jobs.finish(session, TrainingJob, job_id=job_id, worker_id=worker_id,
+                                      status="succeeded", commit=False):
+        session.rollback()
+        return None
+    lora = Lora(owner_id=job.owner_id, name=job.name, source="trained", format="peft", training_job_id=job.id,
+                peft_prefix=peft_prefix, comfyui_key=comfyui_key, rank=rank, alpha=alpha, trigger=job.trigger,
+                size_bytes=size_bytes, meta=meta or {})
+    session.add(lora)
+    session.execute(update(TrainingJob).where(TrainingJob.id == job_id)
+                    .values(step=TrainingJob.total_steps, eta_seconds=0.0)
+                    .execution_options(synchronize_session=False))
+    session.commit()
+    return lora.id
+
+
+def fail_training(session: Session, *, job_id: str, worker_id: str, error: str) -> bool:
+    return jobs.finish(session, TrainingJob, job_id=job_id, worker_id=worker_id, status="failed", error=error)
+
+
+def mark_training_canceled(session: Session, *, job_id: str, worker_id: str) -> bool:
+    """running -> canceled once the trainer stopped on cancel_requested (its checkpoints stay)."""
+    return jobs.finish(session, TrainingJob, job_id=job_id, worker_id=worker_id, status="canceled")
+
+
+def cancel_training(session: Session, *, job_id: str,
+                    owner_id: str) -> Literal["canceled", "cancel_requested"] | None:
+    """queued -> canceled at once; running -> cancel_requested; None when already finished."""
+    own = [TrainingJob.id == job_id, TrainingJob.owner_id == owner_id]
+    now = utcnow()
+    if jobs.transition(session, TrainingJob, [*own, TrainingJob.status == "queued"],
+                    {"status": "canceled", "finished_at": now}):
+        return "canceled"
+    if jobs.transition(session, TrainingJob, [*own, TrainingJob.status == "running"], {"cancel_requested": True}):
+        return "cancel_requested"
+    return None
+
+
+def stale_running_trainings(session: Session, *, stale_before: datetime) -> list[TrainingJob]:
+    return jobs.stale_running(session, TrainingJob, stale_before=stale_before)
+
+
+def requeue_stale_training(session: Session, *, job_id: str, stale_before: datetime) -> bool:
+    return jobs.requeue_stale(session, TrainingJob, job_id=job_id, stale_before=stale_before)
+
+
+def queued_unsent_trainings(session: Session, *, sent_before: datetime) -> list[TrainingJob]:
+    return jobs.queued_unsent(session, TrainingJob, sent_before=sent_before)
