@@ -1,0 +1,93 @@
+"""TrainDataset: the usable images of a source, fitted to aspect buckets, with trigger, dropout and flips.
+
+    ds = TrainDataset("photos.zip", resolution=1024, trigger="sks style", repeats=10, flip=True,
+                      caption_dropout=0.05, min_side=256, seed=0)
+    ds.report                       # the DatasetReport of the validation it ran (raises DatasetError if unusable)
+    item = ds[k]                    # {"image": float32 (3, H, W) in [-1, 1], "caption": str, "name": str}
+    batch = collate_batch([ds[k] for k in keys])   # {"images": (B, 3, H, W), "captions": [...], "names": [...]}
+
+Keys: index k maps to image k % len(ds) (len(ds) = images x repeats); flips and caption dropout are drawn
+from (seed, k) alone, never from a global RNG, so an item is the same in any process and after a resume.
+BucketBatchSampler (sampler.py) hands out keys epoch * len(ds) + j, so each epoch re-draws the augmentations.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .images import DEFAULT_MAX_PIXELS, load_rgb
+from .sources import Source, SourceLimits
+from .transforms import EMPTY_PROMPT, fit_to_size, to_tensor, with_trigger
+from .validate import DEFAULT_MIN_SIDE, Record, check, scan
+
+
+class TrainDataset(Dataset):
+    def __init__(self, source: str | Path | Source, resolution: int = 1024, trigger: str = "", repeats: int = 1,
+                 flip: bool = False, caption_dropout: float = 0.0, min_side: int = DEFAULT_MIN_SIDE, seed: int = 0,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_aspect: float = 3.0, cache: bool = False,
+                 limits: SourceLimits = SourceLimits()):
+        if not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+        if not 0.0 <= caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout!r}")
+        self.source, self.report, records = scan(source, resolution, min_side, max_pixels, limits, max_aspect)
+        check(self.report)
+        self.records: list[Record] = records
+        self.resolution, self.trigger, self.repeats = resolution, trigger, repeats
+        self.flip, self.caption_dropout, self.seed = flip, caption_dropout, seed
+        self.max_pixels = max_pixels
+        self.cache = cache
+        self._cache: dict[int, bytes] = {}   # record index -> fitted RGB bytes (cache=True)
+
+    def __len__(self) -> int:
+        return len(self.records) * self.repeats
+
+    def bucket(self, key: int) -> tuple[int, int]:
+        """(width, height) of the item at `key`, without loading it (the sampler groups by this)."""
+        return self.records[key % len(self.records)].bucket
+
+    def _draws(self, key: int) -> tuple[bool, bool]:
+        """(drop the caption, flip) for `key`: a function of (seed, key) only."""
+        rng = np.random.default_rng([self.seed, int(key)])
+        drop = bool(rng.random() < self.caption_dropout)
+        flip = bool(rng.random() < 0.5) and self.flip
+        return drop, flip
+
+    def caption(self, key: int) -> str:
+        """The caption the item at `key` trains on (trigger prepended; " " when dropped out)."""
+        if self._draws(key)[0]:
+            return EMPTY_PROMPT
+        return with_trigger(self.records[key % len(self.records)].caption, self.trigger)
+
+    def _fitted(self, idx: int):
+        rec = self.records[idx]
+        if idx in self._cache:
+            return Image.frombytes("RGB", rec.bucket, self._cache[idx])
+        img = fit_to_size(load_rgb(self.source.read(rec.name), self.max_pixels, draft_size=rec.bucket), rec.bucket)
+        if self.cache:
+            self._cache[idx] = img.tobytes()
+        return img
+
+    def __getitem__(self, key: int) -> dict:
+        if key < 0:
+            raise IndexError(f"key must be >= 0, got {key}")
+        rec_idx = key % len(self.records)
+        _, flip = self._draws(key)
+        x = to_tensor(self._fitted(rec_idx))
+        if flip:
+            x = x.flip(-1)
+        return {"image": x, "caption": self.caption(key), "name": self.records[rec_idx].name}
+
+
+def collate_batch(items: list[dict]) -> dict:
+    """Stack items of one bucket into a batch."""
+    shapes = {tuple(it["image"].shape) for it in items}
+    if len(shapes) != 1:
+        raise ValueError(f"a batch must hold images of one shape (use BucketBatchSampler); got {sorted(shapes)}")
+    return {"images": torch.stack([it["image"] for it in items]),
+            "captions": [it["caption"] for it in items],
+            "names": [it["name"] for it in items]}

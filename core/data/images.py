@@ -1,0 +1,97 @@
+"""Opening one image safely: allow-listed formats, a pixel limit checked from the header, EXIF, RGB on white.
+
+    info = probe(data, name)                      # header only: format, oriented (width, height)
+    img = load_rgb(data, name, max_pixels=64e6)   # PIL RGB, orientation applied, alpha composited on white
+
+Both raise ImageProblem with a short reason; the validator reports it next to the file name.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps
+
+FORMATS = ("PNG", "JPEG", "WEBP")
+EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+DEFAULT_MAX_PIXELS = 64_000_000
+_ROTATED = {5, 6, 7, 8}   # EXIF orientations that swap width and height
+
+
+class ImageProblem(ValueError):
+    """Why one file cannot be used: `kind` is 'unreadable' or 'huge'."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int    # after EXIF orientation
+    height: int
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # Pillow's global bomb check warns/raises on its own limit; ours is explicit and per call.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as e:
+        raise ImageProblem("huge", f"image is larger than the limit of {max_pixels} pixels ({e})") from e
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad bytes; all mean "unreadable"
+        raise ImageProblem("unreadable", f"not a readable PNG/JPEG/WebP image ({type(e).__name__}: {e})") from e
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageProblem("huge", f"{w}x{h} = {w * h / 1e6:.0f} MP is over the limit of {max_pixels / 1e6:.0f} MP")
+    if w < 1 or h < 1:
+        raise ImageProblem("unreadable", f"empty image ({w}x{h})")
+    return img
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block should not make the picture unusable
+        return 1
+
+
+def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Header-only look: format and oriented size. Cheap; never decodes the pixels."""
+    img = _open(data, max_pixels)
+    w, h = img.size
+    if _orientation(img) in _ROTATED:
+        w, h = h, w
+    return ImageInfo(img.format, w, h)
+
+
+def load_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+             draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode to RGB with EXIF orientation applied and transparency composited on white.
+
+    draft_size (oriented width, height): lets JPEG decode at a reduced scale that still covers it, which
+    makes big photos several times cheaper when training at a small resolution.
+    """
+    img = _open(data, max_pixels)
+    try:
+        if draft_size is not None and img.format == "JPEG":
+            dw, dh = draft_size
+            if _orientation(img) in _ROTATED:
+                dw, dh = dh, dw
+            img.draft("RGB", (dw, dh))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(white, rgba)
+        return img.convert("RGB")
+    except ImageProblem:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated/corrupt data surfaces here, as any of several types
+        raise ImageProblem("unreadable", f"cannot decode the image ({type(e).__name__}: {e})") from e
+

@@ -1,0 +1,53 @@
+"""Pixels and captions for training: fit an image to its bucket, to a [-1, 1] tensor; trigger and dropout.
+
+    img = fit_to_size(pil_rgb, (w, h))     # scale to cover, centre crop; one resample from the source
+    x = to_tensor(img)                     # float32 (3, h, w) in [-1, 1], the model's x/127.5 - 1
+    caption = with_trigger("a red cube", "sks style")   # "sks style, a red cube"
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+EMPTY_PROMPT = " "   # the unconditional prompt the model was trained with (caption dropout trains on it)
+
+
+def cover_scale(width: int, height: int, size: tuple[int, int]) -> float:
+    """Scale factor at which (width, height) just covers `size`."""
+    return max(size[0] / width, size[1] / height)
+
+
+def fit_to_size(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Keep the aspect ratio: the centred crop of `img` with the aspect of `size`, resampled to `size`."""
+    w, h = img.size
+    s = cover_scale(w, h, size)
+    cw, ch = size[0] / s, size[1] / s          # crop box in source pixels
+    left, top = (w - cw) / 2, (h - ch) / 2
+    # Resizing with a box resamples straight from the crop region: no intermediate image, no double filtering.
+    return img.resize(size, Image.Resampling.LANCZOS, box=(left, top, left + cw, top + ch), reducing_gap=3.0)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1).div(127.5).sub(1.0).contiguous()
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """Inverse of to_tensor (for previews and tests)."""
+    arr = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(arr)
+
+
+def with_trigger(caption: str | None, trigger: str) -> str:
+    """Prepend the trigger phrase; a missing caption trains on the trigger alone. A caption that already
+    contains the trigger (users often write it in) is left as is rather than doubled."""
+    trigger = " ".join(trigger.split())
+    caption = caption or ""
+    if not trigger:
+        return caption or EMPTY_PROMPT
+    if not caption:
+        return trigger
+    if trigger.lower() in caption.lower():
+        return caption
+    return f"{trigger}, {caption}"
