@@ -1,0 +1,44 @@
+"""LoRA for HiDream-O1-Image: PEFT injection for training, export, import of every layout in the wild,
+and applying several LoRAs with scales to a resident base model (hot-swap, no reload).
+
+    from core.lora import LoraSpec, inject_lora, adapter_state_dict        # training (inject.py)
+    from core.lora import save_peft_folder, save_comfyui_file              # export (export.py)
+    from core.lora import read_lora, bind_lora, apply_loras, set_loras     # inference (formats.py, apply.py)
+"""
+from core.lora.apply import active_lora_modules, apply_loras, clear_loras, set_loras
+from core.lora.export import build_metadata, comfyui_tensors, config_hash, save_comfyui_file, save_peft_folder
+from core.lora.formats import BoundLora, LoraFile, bind_lora, read_lora
+from core.lora.inject import (
+    EXTRA_TARGETS,
+    LoraSpec,
+    adapter_state_dict,
+    inject_lora,
+    load_adapter_state_dict,
+    lora_parameters,
+    set_adapter_enabled,
+    target_names,
+)
+
+
+def load_lora(model, path, name: str | None = None, strict: bool = False) -> BoundLora:
+    """read + bind in one call (what `--lora FILE:scale` and the generation worker use)."""
+    return bind_lora(model, read_lora(path), name=name or str(path), strict=strict)
+
+
+def parse_lora_arg(arg: str) -> tuple[str, float]:
+    """'FILE' or 'FILE:scale' -> (FILE, scale); a Windows drive colon or a colon in a path stays in FILE."""
+    path, sep, tail = arg.rpartition(":")
+    if sep:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return arg, 1.0
+
+
+__all__ = [
+    "EXTRA_TARGETS", "BoundLora", "LoraFile", "LoraSpec", "active_lora_modules", "adapter_state_dict",
+    "apply_loras", "bind_lora", "build_metadata", "clear_loras", "comfyui_tensors", "config_hash",
+    "inject_lora", "load_adapter_state_dict", "load_lora", "lora_parameters", "parse_lora_arg", "read_lora",
+    "save_comfyui_file", "save_peft_folder", "set_adapter_enabled", "set_loras", "target_names",
+]

@@ -1,0 +1,80 @@
+"""Apply one or several LoRAs with scales to a resident model, and swap them without touching the base.
+
+    a = bind_lora(model, "style.safetensors"); b = bind_lora(model, "other.safetensors")
+    with apply_loras(model, [(a, 1.0), (b, 0.5)]):
+        images = sampler(...)
+    set_loras(model, [(a, 0.8)]) ... clear_loras(model)     # the same, for callers that hold state
+
+Why forward hooks and not merged weights: merging then un-merging in bfloat16 drifts the base a little
+on every swap, and the generation worker swaps often (it keeps an LRU of bound LoRAs). A hook adds
+up(down(x)) to a linear's output and is removed by dropping its handle, so the base weights are never
+written and state-dict keys stay the model's own. All LoRAs of one module are concatenated into one
+down/up pair, so N LoRAs cost two small matmuls per module, not 2N.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.lora.formats import BoundLora
+
+_HANDLES_ATTR = "_o1lora_hooks"
+
+
+class _Delta:
+    """The forward hook of one linear: out + up(down(x)); down/up already carry the scales."""
+
+    def __init__(self, down: torch.Tensor, up: torch.Tensor):
+        self.down, self.up = down, up
+
+    def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        return out + F.linear(F.linear(x.to(self.down.dtype), self.down), self.up).to(out.dtype)
+
+
+def clear_loras(model: nn.Module) -> None:
+    for h in getattr(model, _HANDLES_ATTR, []):
+        h.remove()
+    setattr(model, _HANDLES_ATTR, [])
+
+
+def set_loras(model: nn.Module, loras: Sequence[tuple[BoundLora, float]]) -> None:
+    """Replace whatever LoRAs are active with `loras` (an empty list clears). Scale 0 entries are skipped."""
+    for item in loras:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], BoundLora)):
+            raise TypeError(f"set_loras wants (BoundLora, scale) pairs, got {item!r:.80}")
+    modules = dict(model.named_modules())
+    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for lora, scale in loras:
+        if scale == 0:
+            continue
+        for path, (down, up) in lora.deltas.items():
+            if path not in modules:
+                raise ValueError(f"LoRA {lora.name!r} was bound to another model: {path} is not a module here")
+            parts.setdefault(path, []).append((down, up * scale))
+    clear_loras(model)
+    handles = []
+    for path, pairs in parts.items():
+        down = torch.cat([d for d, _ in pairs], dim=0)            # [sum r, in]
+        up = torch.cat([u for _, u in pairs], dim=1)              # [out, sum r]
+        handles.append(modules[path].register_forward_hook(_Delta(down, up)))
+    setattr(model, _HANDLES_ATTR, handles)
+
+
+@contextmanager
+def apply_loras(model: nn.Module, loras: Sequence[tuple[BoundLora, float]]) -> Iterator[nn.Module]:
+    """Context manager form of set_loras; restores the plain base model on exit, even on error."""
+    set_loras(model, loras)
+    try:
+        yield model
+    finally:
+        clear_loras(model)
+
+
+def active_lora_modules(model: nn.Module) -> int:
+    """How many linears currently carry a LoRA hook (0 means the model is the plain base)."""
+    return len(getattr(model, _HANDLES_ATTR, []))

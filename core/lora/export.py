@@ -1,0 +1,117 @@
+"""Write a trained adapter as a PEFT folder and as one ComfyUI-style safetensors file.
+
+    save_peft_folder(adapter, spec, "out/lora", metadata)      # adapter_config.json + adapter_model.safetensors
+    save_comfyui_file(adapter, spec, "out/lora.safetensors", metadata)
+
+`adapter` is core.lora.adapter_state_dict(model): {"model.<path>.lora_A.weight": [r, in], ...lora_B: [out, r]}.
+Both files are written to a temp name and renamed, so a reader never sees half a file. Metadata values
+are strings (a safetensors rule); `training` is JSON.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from core.lora.inject import LoraSpec
+
+# Config fields that name a machine or a library version rather than the architecture and weights layout.
+_VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures")
+
+
+def config_hash(config) -> str:
+    """sha256 of the base model's config (as sorted JSON, volatile fields removed): ties a LoRA to its base."""
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items() if k not in _VOLATILE_CONFIG_KEYS}
+        return x
+
+    return hashlib.sha256(json.dumps(clean(d), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def build_metadata(*, trigger: str, spec: LoraSpec, steps: int, resolution: int, base_model: str,
+                   base_config, training: dict) -> dict[str, str]:
+    """The sidecar facts every exported file carries."""
+    return {
+        "format": "pt",
+        "o1lora.trigger": trigger,
+        "o1lora.rank": str(spec.rank),
+        "o1lora.alpha": str(spec.alpha),
+        "o1lora.steps": str(steps),
+        "o1lora.resolution": str(resolution),
+        "o1lora.base_model": base_model,
+        "o1lora.base_config_sha256": config_hash(base_config),
+        "o1lora.targets": spec.pattern,
+        "o1lora.training": json.dumps(training, sort_keys=True, default=str),
+    }
+
+
+def _check_adapter(adapter: dict[str, torch.Tensor]) -> None:
+    bad = [k for k in adapter if not (k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight"))]
+    if bad or not adapter:
+        raise ValueError(f"not an adapter state dict (want *.lora_A.weight / *.lora_B.weight): {bad[:3] or 'empty'}")
+
+
+def _contiguous_cpu(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu").contiguous()
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_peft_folder(adapter: dict[str, torch.Tensor], spec: LoraSpec, folder: str | Path,
+                     metadata: dict[str, str] | None = None, base_model: str = "") -> Path:
+    """A folder that peft.PeftModel.from_pretrained (and core.lora.read_lora) loads."""
+    _check_adapter(adapter)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {"base_model.model." + k: _contiguous_cpu(v) for k, v in adapter.items()}
+    _atomic_save(tensors, folder / "adapter_model.safetensors", dict(metadata or {"format": "pt"}))
+    config = {
+        "peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model,
+        "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout, "bias": "none",
+        "target_modules": spec.pattern, "use_rslora": False, "use_dora": False, "fan_in_fan_out": False,
+        "init_lora_weights": True, "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
+        "inference_mode": True,
+    }
+    tmp = folder / "adapter_config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, folder / "adapter_config.json")
+    return folder
+
+
+def comfyui_tensors(adapter: dict[str, torch.Tensor], spec: LoraSpec) -> dict[str, torch.Tensor]:
+    """diffusion_model.<path without "model.">.lora_A/.lora_B.weight + a scalar .alpha per module."""
+    _check_adapter(adapter)
+    out: dict[str, torch.Tensor] = {}
+    for k, v in adapter.items():
+        if not k.startswith("model."):
+            raise ValueError(f"{k}: adapter keys must be model paths starting with 'model.'")
+        key = "diffusion_model." + k[len("model."):]
+        out[key] = _contiguous_cpu(v)
+        stem = key.rsplit(".lora_", 1)[0]
+        out[stem + ".alpha"] = torch.tensor(float(spec.alpha), dtype=torch.float32)
+    return out
+
+
+def save_comfyui_file(adapter: dict[str, torch.Tensor], spec: LoraSpec, path: str | Path,
+                      metadata: dict[str, str] | None = None) -> Path:
+    path = Path(path)
+    _atomic_save(comfyui_tensors(adapter, spec), path, dict(metadata or {"format": "pt"}))
+    return path
