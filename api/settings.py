@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     artifact_dir: Path | None = Field(None, description="local artifact store root; default <data_dir>/artifacts")
     broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker")
     redis_url: str = Field("", description="Redis for live job events (pub/sub); empty means broker_url")
+    broker_visibility_timeout_s: float = Field(
+        3600.0, gt=0, description="Redis redelivers a message unacked this long (see worker/celery_app.py)")
+    broker_key_prefix: str = Field("", description="prefix of every broker key, to share one Redis")
+    train_time_limit_s: float = Field(48 * 3600.0, gt=0, description="a training running longer fails")
+    generate_time_limit_s: float = Field(3600.0, gt=0, description="a generation running longer fails")
 
     model_path: Path = Field(REPO / "models" / "o1-tiny",
                              description="base model folder used for training and generation")
@@ -48,6 +53,11 @@ class Settings(BaseSettings):
 
     heartbeat_timeout_s: float = Field(180.0, gt=0, description="a running job silent this long is stale")
     sse_recheck_s: float = Field(5.0, gt=0, description="SSE re-reads the DB this often in case an event was lost")
+
+    # Workers (worker/): see worker/celery_app.py for why the broker is used the way it is.
+    progress_interval_s: float = Field(1.0, ge=0, description="a job writes progress / reads cancel at most this often")
+    reconcile_interval_s: float = Field(15.0, ge=0, description="each worker's reconciler pass period; 0 = off")
+    lora_cache_size: int = Field(8, gt=0, description="LoRAs a generation worker keeps bound in memory (LRU)")
 
     @property
     def resolved_database_url(self) -> str:
