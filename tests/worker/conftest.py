@@ -1,0 +1,47 @@
+"""Worker test fixtures: the real local Redis (under a key prefix of this test run) and a throwaway PostgreSQL.
+
+The broker settings go into the environment at import, before worker.celery_app builds its app, so the app
+and any worker process started from here use the same Redis database and prefix. A missing server fails
+the tests that need it; nothing skips.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+RUN_PREFIX = f"o1lora-test-{uuid.uuid4().hex[:8]}:"
+os.environ.setdefault("O1LORA_BROKER_URL", "redis://127.0.0.1:6379/11")
+os.environ["O1LORA_BROKER_KEY_PREFIX"] = RUN_PREFIX
+
+from api.settings import Settings, get_settings  # noqa: E402
+
+get_settings.cache_clear()
+
+
+@pytest.fixture
+def pg_url():
+    """A migrated PostgreSQL database of its own for each test (about 0.3 s)."""
+    from db.migrate import upgrade
+    from db.testing import temporary_postgres
+    with temporary_postgres() as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture
+def worker_ctx(pg_url, tmp_path):
+    """A WorkerContext on the test PostgreSQL, the run's Redis prefix and a fresh artifact folder."""
+    from worker.celery_app import app
+    from worker.context import WorkerContext
+    settings = Settings(database_url=pg_url, data_dir=tmp_path / "data", heartbeat_timeout_s=3.0)
+    assert app.conf.broker_transport_options["global_keyprefix"] == settings.broker_key_prefix == RUN_PREFIX, \
+        "worker.celery_app was imported before the test broker settings were set"
+    c = WorkerContext(settings)
+    yield c
+    if "sessions" in c.__dict__:
+        c.sessions.kw["bind"].dispose()
+    # Leave the shared Redis as found: drop this run's queues.
+    for key in c.redis.scan_iter(match=f"{RUN_PREFIX}*"):
+        c.redis.delete(key)

@@ -1,0 +1,64 @@
+"""What a worker process shares between its tasks: settings, DB sessions, the artifact store, a Redis client.
+
+Built lazily on first use, in the process that runs the tasks (never in a parent that forks), and rebuilt by
+`reset()` (tests point one process at several databases).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.settings import Settings, get_settings
+from db.session import make_sessionmaker
+from db.store import ArtifactStore, LocalStore
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return make_sessionmaker(self.settings.resolved_database_url)
+
+    @cached_property
+    def store(self) -> ArtifactStore:
+        return LocalStore(self.settings.resolved_artifact_dir)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        # Short timeouts: a live event is a hint, and a Redis outage must not stall a training step.
+        return redis.Redis.from_url(self.settings.resolved_redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+    @cached_property
+    def worker_id(self) -> str:
+        """Owner tag written on claimed rows: host and pid, so a log line names the process."""
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        # Six beats per timeout: one lost write (a DB blip) never makes a live worker look dead.
+        return self.settings.heartbeat_timeout_s / 6
+
+
+_ctx: WorkerContext | None = None
+
+
+def ctx() -> WorkerContext:
+    global _ctx
+    if _ctx is None:
+        _ctx = WorkerContext(get_settings())
+    return _ctx
+
+
+def reset() -> None:
+    global _ctx
+    if _ctx is not None and "sessions" in _ctx.__dict__:
+        _ctx.sessions.kw["bind"].dispose()
+    _ctx = None
+    get_settings.cache_clear()
