@@ -18,13 +18,22 @@ images (pixel limit, EXIF, RGB on white), catalog (captions), validate + report,
 dataset, sampler.
 """
 from .buckets import make_buckets, nearest_bucket
-from .dataset import TrainDataset, collate_batch
 from .images import DEFAULT_MAX_PIXELS
 from .report import DatasetError, DatasetReport
-from .sampler import BucketBatchSampler
 from .sources import Issue, SourceLimits, open_source
-from .transforms import EMPTY_PROMPT, to_pil, with_trigger
+from .transforms import EMPTY_PROMPT, with_trigger
 from .validate import DEFAULT_MIN_SIDE, validate_dataset
+
+# The torch parts load on first use, so that the API can validate uploads without importing torch.
+_LAZY = {"TrainDataset": ".dataset", "collate_batch": ".dataset", "BucketBatchSampler": ".sampler",
+         "to_pil": ".transforms"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["BucketBatchSampler", "DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE", "DatasetError", "DatasetReport",
            "EMPTY_PROMPT", "Issue", "SourceLimits", "TrainDataset", "collate_batch", "make_buckets",

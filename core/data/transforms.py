@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 
 EMPTY_PROMPT = " "   # the unconditional prompt the model was trained with (caption dropout trains on it)
@@ -28,13 +27,15 @@ def fit_to_size(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img.resize(size, Image.Resampling.LANCZOS, box=(left, top, left + cw, top + ch), reducing_gap=3.0)
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
+def to_tensor(img: Image.Image) -> "torch.Tensor":
+    import torch  # lazily: the API validates uploads with this package and must not load torch
     arr = np.asarray(img.convert("RGB"), dtype=np.float32)
     return torch.from_numpy(arr).permute(2, 0, 1).div(127.5).sub(1.0).contiguous()
 
 
 def to_pil(x: torch.Tensor) -> Image.Image:
     """Inverse of to_tensor (for previews and tests)."""
+    import torch
     arr = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return Image.fromarray(arr)
 
