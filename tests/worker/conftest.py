@@ -45,3 +45,12 @@ def worker_ctx(pg_url, tmp_path):
     # Leave the shared Redis as found: drop this run's queues.
     for key in c.redis.scan_iter(match=f"{RUN_PREFIX}*"):
         c.redis.delete(key)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny random HiDream-O1 checkpoint with its tokenizer (core.tiny), written once per session."""
+    from core.tiny import write_tiny_checkpoint
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    write_tiny_checkpoint(path)
+    return path
