@@ -1,0 +1,136 @@
+"""Loading: official folders (one file or shards), ComfyUI single files, bad checkpoints, tokenizer ids."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from core.layout import build_t2i, collate
+from core.loading import CheckpointError, load_model, load_tokenizer
+from core.tiny import TinySpec, build_model, save_checkpoint, save_comfy_file, build_tokenizer
+
+SPEC = TinySpec(hidden=32, layers=2, heads=4, kv_heads=2, head_dim=16, mlp=48)
+
+
+@pytest.fixture(scope="module")
+def source():
+    tok = build_tokenizer()
+    model, _ = build_model(SPEC, tok, seed=7)
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def folder(source, tmp_path_factory):
+    model, tok = source
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "one", tok)
+
+
+def same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k].float(), sb[k].float(), atol=0, rtol=0, msg=k)
+
+
+def test_single_file_folder_round_trip(source, folder):
+    model, tok = source
+    loaded = load_model(folder)
+    same_weights(loaded, model)
+    assert not loaded.training
+    batch = collate([build_t2i(tok, "a red circle", 64, 64)])
+    v = torch.randn(1, 4, 3072)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch.model_inputs(v, 0.3)).x_pred, model(**batch.model_inputs(v, 0.3)).x_pred)
+
+
+def test_sharded_folder_with_lm_head(source, tmp_path):
+    model, tok = source
+    path = save_checkpoint(model, tmp_path / "sharded", tok, shards=3, include_lm_head=True)
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == 3 and "lm_head.weight" in index["weight_map"]
+    same_weights(load_model(path), model)
+
+
+def test_sharded_folder_missing_shard_is_named(source, tmp_path):
+    model, tok = source
+    path = save_checkpoint(model, tmp_path / "sharded", tok, shards=2)
+    (path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model-00002-of-00002"):
+        load_model(path)
+
+
+def test_comfyui_single_file(source, folder, tmp_path):
+    model, tok = source
+    file = save_comfy_file(model, tmp_path / "comfy" / "hidream_o1.safetensors")
+    assert all(k.startswith("diffusion_model.") for k in load_file(str(file)))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model(file)  # no config beside it and none given
+    same_weights(load_model(file, config=folder), model)  # config passed in
+    shutil.copy(folder / "config.json", file.parent / "config.json")
+    same_weights(load_model(file, dtype=torch.bfloat16), copy.deepcopy(model).to(torch.bfloat16))  # config beside
+
+
+def test_unknown_key_is_named(folder, tmp_path):
+    path = shutil.copytree(folder, tmp_path / "extra")
+    state = load_file(str(path / "model.safetensors"))
+    state["model.language_model.layers.0.mlp.extra_proj.weight"] = torch.zeros(2, 2)
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"unknown keys.*layers\.0\.mlp\.extra_proj\.weight"):
+        load_model(path)
+
+
+def test_missing_key_is_named(folder, tmp_path):
+    path = shutil.copytree(folder, tmp_path / "missing")
+    state = load_file(str(path / "model.safetensors"))
+    del state["model.final_layer2.linear.bias"]
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing keys: model\.final_layer2\.linear\.bias"):
+        load_model(path)
+
+
+def test_shape_mismatch_is_named(folder, tmp_path):
+    path = shutil.copytree(folder, tmp_path / "shape")
+    state = load_file(str(path / "model.safetensors"))
+    state["model.x_embedder.proj2.bias"] = torch.zeros(5)
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"model\.x_embedder\.proj2\.bias.*\(5,\)"):
+        load_model(path)
+
+
+def test_dtype_cast_on_the_way_and_rotary_float32(folder):
+    m = load_model(folder, dtype=torch.bfloat16)
+    assert {p.dtype for p in m.parameters()} == {torch.bfloat16}
+    assert m.model.language_model.rotary_emb.inv_freq.dtype == torch.float32
+    assert not any(b.device.type == "meta" for b in m.buffers())
+
+
+def test_token_ids_come_from_the_tokenizer(source, folder):
+    model, tok = source
+    loaded = load_model(folder)
+    vocab = tok.get_vocab()
+    assert loaded.tms_token_id == vocab["<|tms_token|>"] != 151673
+    assert loaded.boi_token_id == vocab["<|boi_token|>"]
+    t2 = load_tokenizer(folder)
+    assert t2.get_vocab() == vocab
+    assert t2.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True) \
+        == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_no_tokenizer_falls_back_to_official_tms(conformance, tmp_path):
+    m = load_model(conformance / "tiny_checkpoint")
+    assert (m.tms_token_id, m.boi_token_id) == (151673, None)
+    with pytest.raises(FileNotFoundError, match="no tokenizer"):
+        load_tokenizer(conformance / "tiny_checkpoint")
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither model.safetensors"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="model_type is 'llama'"):
+        load_model(tmp_path)
