@@ -1,0 +1,477 @@
+"""Train a LoRA for HiDream-O1-Image (the published recipe and then some), or all weights of a small model.
+
+    python -m core.train --data_dir photos/ --out_dir runs/style --resolution 1024 --steps 2500 --rank 16 \
+        --sample_every 500 --sample_prompt "sks style, a lighthouse at dusk" --trigger "sks style"
+    python -m core.train ... --resume            # continue from the newest checkpoint in out_dir
+
+From Python (the training worker does this):
+
+    result = train(TrainConfig(model_path=..., data_dir=..., out_dir=..., trigger="sks style"),
+                   TrainCallbacks(on_step=..., on_preview=..., on_checkpoint=..., should_stop=...))
+
+Writes out_dir/checkpoints/step-N/ (see train_ckpt), previews/step-N-k.png (adapter on | off), and at the
+end lora/ (PEFT folder) + lora.safetensors (ComfyUI) -- or model/ (an HF folder) with full=True.
+
+Shape: Trainer.__init__ is the setup, run() the loop, save_checkpoint() / load_checkpoint() the state.
+Every random draw of a step (sigma, eps) comes from one generator whose state is checkpointed with the
+optimizer, the LR schedule and the data position, so an interrupted and resumed run equals an
+uninterrupted one (exactly, on the CPU in float32).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from core.lora import (LoraSpec, adapter_state_dict, build_metadata, inject_lora, load_adapter_state_dict,
+                       lora_parameters, save_comfyui_file, save_peft_folder)
+from core.objective import Objective
+from core.train_ckpt import latest_checkpoint, load_checkpoint, rng_states, save_checkpoint, set_rng_states
+
+
+@dataclass
+class TrainConfig:
+    model_path: str                          # base checkpoint: HF folder (with tokenizer) or ComfyUI file
+    out_dir: str                             # checkpoints/, previews/, lora/, lora.safetensors go here
+    data_dir: str | None = None              # folder or .zip of images (+ .txt / metadata.jsonl captions)
+    trigger: str = ""                        # prepended to every caption, and recorded in the LoRA metadata
+    # -- the recipe
+    resolution: int = 1024                   # bucket area ~ resolution^2, aspect kept, sides multiples of 32
+    steps: int = 2500                        # optimizer steps (the recipe: 2,500 on ~190 images)
+    batch_size: int = 1                      # images per micro-batch (one aspect bucket each)
+    grad_accum: int = 1                      # micro-batches per optimizer step
+    lr: float = 1e-4                         # AdamW learning rate (the usual LoRA rate for 8B DiTs)
+    lr_schedule: str = "constant"            # "constant" or "cosine" after warm-up
+    warmup_steps: int = 0                    # linear warm-up from lr/warmup to lr
+    min_lr_ratio: float = 0.0                # cosine floor as a fraction of lr
+    weight_decay: float = 0.0                # LoRA B starts at 0; decay would pull towards "no adapter"
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW defaults
+    max_grad_norm: float = 1.0               # gradient clipping (0 disables)
+    rank: int = 16                           # LoRA rank (the recipe)
+    alpha: float = 16.0                      # LoRA alpha; scale alpha/rank = 1 (the recipe)
+    lora_dropout: float = 0.0                # the recipe has none
+    extra_targets: tuple[str, ...] = ()      # add "x_embedder" / "final_layer2" to the LoRA targets
+    full: bool = False                       # train every weight (no LoRA): pretraining small models
+    # -- objective (defaults are the recipe's)
+    sigma_dist: str = "uniform"              # "uniform" U(0.001, 1) | "shifted" | "logit_normal"
+    sigma_shift: float = 3.0                 # for sigma_dist="shifted"
+    weighting: str = "none"                  # "velocity" = 1/sigma^2 on the x0 error
+    # -- data
+    repeats: int = 1                         # each image this many times per epoch (small datasets)
+    flip: bool = False                       # random horizontal flips (off: styles with text/asymmetry)
+    caption_dropout: float = 0.0             # fraction of captions replaced by " " (keeps CFG working)
+    num_workers: int = 0                     # DataLoader workers (0: decode in the training process)
+    min_side: int = 256                      # images with a shorter side are rejected by validation
+    # -- speed / precision
+    device: str = "auto"                     # "auto" = cuda when available, else cpu
+    precision: str = "auto"                  # "auto" = bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
+    gradient_checkpointing: bool = True      # recompute layer activations in backward (memory for time)
+    compile: bool = False                    # torch.compile each decoder layer (regional compilation)
+    log_every: int = 1                       # host sync + on_step every K steps (raise for fast full runs)
+    seed: int = 0                            # LoRA init, sigma/eps stream, data order
+    # -- checkpoints and previews
+    checkpoint_every: int = 500              # steps between checkpoints (0: only at the end / on stop)
+    keep_checkpoints: int = 2                # newest checkpoints kept (0 keeps all)
+    resume: str | None = None                # "latest" (newest in out_dir, else fresh) or a checkpoint path
+    sample_every: int = 500                  # steps between previews (0: none)
+    sample_prompts: tuple[str, ...] = ()     # preview prompts (include the trigger)
+    sample_steps: int = 20                   # sampler steps for previews (fewer than the 50 of final images)
+    sample_guidance: float = 5.0             # CFG for previews (the full model's default)
+    sample_size: int | None = None           # preview side in pixels (None: resolution)
+    sample_preset: str = "full"              # core.sampler preset ("full" / "dev")
+    sample_seed: int = 0                     # same seed for adapter on and off
+    base_model_name: str = ""                # recorded in the LoRA metadata (default: model_path's name)
+
+    def validate(self) -> None:
+        problems = []
+        for name in ("steps", "batch_size", "grad_accum", "rank", "log_every", "sample_steps", "repeats"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                problems.append(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.resolution < 32 or self.resolution % 32:
+            problems.append(f"resolution must be a multiple of 32, got {self.resolution}")
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            problems.append(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            problems.append(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+        for name in ("warmup_steps", "checkpoint_every", "sample_every", "keep_checkpoints", "num_workers"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.sample_size is not None and (self.sample_size < 32 or self.sample_size % 32):
+            problems.append(f"sample_size must be a multiple of 32, got {self.sample_size}")
+        if problems:
+            raise ValueError("bad training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Settings a resumed run must share with the checkpoint, or the continuation is not the same training.
+_RESUME_MUST_MATCH = ("rank", "alpha", "extra_targets", "full", "batch_size", "grad_accum", "seed", "resolution",
+                      "lr", "lr_schedule", "warmup_steps", "sigma_dist", "weighting", "repeats", "trigger")
+
+
+@dataclass
+class TrainCallbacks:
+    """Hooks the caller passes in (nothing global). Exceptions raised by a hook stop training."""
+    on_step: Callable[[int, int, float, float, float, float, float], None] | None = None
+    # on_step(step, total, loss, smoothed_loss, lr, seconds_per_step, eta_seconds), every log_every steps
+    on_preview: Callable[[int, list[Path]], None] | None = None      # (step, [png paths])
+    on_checkpoint: Callable[[int, Path], None] | None = None         # (step, checkpoint folder)
+    should_stop: Callable[[], bool] | None = None                    # asked every step; True: save and stop
+
+
+@dataclass
+class TrainResult:
+    steps_done: int                          # optimizer steps completed (including before a resume)
+    stopped: bool                            # True when should_stop ended the run early
+    last_loss: float | None                  # loss of the last logged step
+    smoothed_loss: float | None
+    checkpoint: Path | None                  # newest checkpoint written
+    lora_dir: Path | None = None             # PEFT folder (LoRA mode, completed runs)
+    lora_file: Path | None = None            # ComfyUI file (LoRA mode, completed runs)
+    model_dir: Path | None = None            # full mode: HF folder of the trained model
+    previews: list[Path] = field(default_factory=list)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of cfg.lr for optimizer step `step` (0-based): linear warm-up, then constant or cosine."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, callbacks: TrainCallbacks | None = None, data=None,
+                 model=None, tokenizer=None):
+        """Setup: device and precision, model (+ LoRA), optimizer, schedule, objective, data, resume."""
+        cfg.validate()
+        if data is None and not cfg.data_dir:
+            raise ValueError("no training data: set data_dir (or pass data= for a generated stream)")
+        self.cfg, self.cb = cfg, callbacks or TrainCallbacks()
+        self.out = Path(cfg.out_dir)
+        self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                                   else ("cpu" if cfg.device == "auto" else cfg.device))
+        on_cuda = self.device.type == "cuda"
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
+        # LoRA: the frozen base lives in bf16 (no per-step weight casts); full: float32 master weights.
+        base_dtype = torch.bfloat16 if (self.bf16 and not cfg.full) else torch.float32
+
+        torch.manual_seed(cfg.seed)          # LoRA A init (PEFT draws it from the global generator)
+        if model is None:
+            from core.loading import load_model, load_tokenizer
+
+            model = load_model(cfg.model_path, dtype=base_dtype, device=self.device)
+            tokenizer = tokenizer or load_tokenizer(cfg.model_path)
+        elif tokenizer is None:
+            raise ValueError("pass the tokenizer together with a prebuilt model")
+        self.model, self.tokenizer = model.to(self.device), tokenizer
+        if cfg.full:
+            # The vision tower only serves reference images; text-to-image training never reaches it.
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(not name.startswith("model.visual."))
+            self.params = [p for p in self.model.parameters() if p.requires_grad]
+            self.spec = None
+        else:
+            self.spec = LoraSpec(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
+                                 extra_targets=tuple(cfg.extra_targets))
+            inject_lora(self.model, self.spec)
+            self.params = lora_parameters(self.model)
+        if cfg.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        if cfg.compile:
+            for layer in self.model.model.language_model.layers:
+                layer.compile()
+        self.model.train()
+
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas),
+                                           weight_decay=cfg.weight_decay, fused=on_cuda)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.objective = Objective(sigma_dist=cfg.sigma_dist, shift=cfg.sigma_shift, weighting=cfg.weighting)
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        if data is None:
+            from core.train_data import FolderData
+
+            data = FolderData(cfg.data_dir, resolution=cfg.resolution, batch_size=cfg.batch_size,
+                              trigger=cfg.trigger, repeats=cfg.repeats, flip=cfg.flip,
+                              caption_dropout=cfg.caption_dropout, seed=cfg.seed, num_workers=cfg.num_workers,
+                              min_side=cfg.min_side,
+                              pin_memory=on_cuda)
+        self.data = data
+        self._layouts: dict[tuple[str, int, int], object] = {}
+        self.step = 0
+        self.smoothed: float | None = None
+        self._ema = (0.0, 0)                 # (uncorrected EMA of logged losses, count)
+        self._ckpt_step = -1                 # step of the newest checkpoint written or loaded
+        self.last_checkpoint: Path | None = None
+        self.previews: list[Path] = []
+
+        ckpt = self._resume_path()
+        if ckpt is not None:
+            self.load_checkpoint(ckpt)
+
+    # ------------------------------------------------------------------------------------- state
+    def _resume_path(self) -> Path | None:
+        r = self.cfg.resume
+        if not r:
+            return None
+        if r == "latest":
+            return latest_checkpoint(self.out / "checkpoints")
+        return Path(r)
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        if self.cfg.full:
+            return {k: v for k, v in self.model.state_dict().items()}
+        return adapter_state_dict(self.model)
+
+    def save_checkpoint(self) -> Path:
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_states(self.generator),
+            "data": self.data.state_after(self.step * self.cfg.grad_accum),
+            "ema": self._ema,
+            "config": self.cfg.to_dict(),
+        }
+        path = save_checkpoint(self.out / "checkpoints", self.step, self._weights(), state,
+                               keep=self.cfg.keep_checkpoints)
+        self.last_checkpoint, self._ckpt_step = path, self.step
+        if self.cb.on_checkpoint:
+            self.cb.on_checkpoint(self.step, path)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        weights, state = load_checkpoint(path, device=self.device)
+        old = state.get("config", {})
+        changed = [k for k in _RESUME_MUST_MATCH if k in old and _norm(old[k]) != _norm(getattr(self.cfg, k))]
+        if changed:
+            raise ValueError(f"cannot resume from {path}: settings changed since it was written: "
+                             + ", ".join(f"{k} {old[k]!r} -> {getattr(self.cfg, k)!r}" for k in changed))
+        if self.cfg.full:
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        else:
+            load_adapter_state_dict(self.model, weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_states(self.generator, state["rng"])
+        self.data.load_state_dict(state["data"])
+        self.step = int(state["step"])
+        self._ema = tuple(state["ema"])
+        self.smoothed = self._ema[0] / (1 - 0.9 ** self._ema[1]) if self._ema[1] else None
+        self.last_checkpoint, self._ckpt_step = Path(path), self.step
+
+    # ------------------------------------------------------------------------------------- one step
+    def _layout(self, caption: str, height: int, width: int):
+        from core.layout import build_t2i
+
+        key = (caption, height, width)
+        if key not in self._layouts:
+            if len(self._layouts) > 4096:     # generated captions never repeat: keep the cache bounded
+                self._layouts.clear()
+            self._layouts[key] = build_t2i(self.tokenizer, caption, height, width)
+        return self._layouts[key]
+
+    def loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """The recipe's loss for one micro-batch (float32 scalar, on the device)."""
+        from core.layout import collate, patchify
+
+        images = images.to(self.device, non_blocking=True)
+        h, w = images.shape[-2:]
+        x0 = patchify(images.float())
+        batch = collate([self._layout(c, h, w) for c in captions]).to(self.device)
+        z, t, sigma = self.objective.noise(x0, self.generator)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            x_pred = self.model(**batch.model_inputs(z, t)).x_pred
+        return self.objective.loss(x_pred, x0, sigma, mask=batch.vinput_mask)
+
+    # ------------------------------------------------------------------------------------- the loop
+    def run(self) -> TrainResult:
+        cfg, cb = self.cfg, self.cb
+        batches = iter(self.data)
+        stopped, last_loss = False, None
+        window_loss = torch.zeros((), device=self.device)
+        window_steps, t_window = 0, time.perf_counter()
+        while self.step < cfg.steps:
+            if cb.should_stop and cb.should_stop():
+                stopped = True
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            for _ in range(cfg.grad_accum):
+                images, captions = next(batches)
+                loss = self.loss(images, captions) / cfg.grad_accum
+                loss.backward()
+                window_loss += loss.detach()
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            window_steps += 1
+
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                last_loss = float(window_loss) / window_steps     # the one host sync of the window
+                now = time.perf_counter()
+                sec = (now - t_window) / window_steps
+                self._smooth(last_loss)
+                if cb.on_step:
+                    cb.on_step(self.step, cfg.steps, last_loss, self.smoothed, self.scheduler.get_last_lr()[0],
+                               sec, sec * (cfg.steps - self.step))
+                window_loss.zero_()
+                window_steps, t_window = 0, time.perf_counter()
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            if cfg.sample_every and cfg.sample_prompts and self.step % cfg.sample_every == 0:
+                self._preview()
+        if self._ckpt_step != self.step:
+            self.save_checkpoint()           # a stop, or a run whose end is not on the checkpoint grid
+        result = TrainResult(self.step, stopped, last_loss, self.smoothed, self.last_checkpoint,
+                             previews=list(self.previews))
+        if not stopped:
+            self._export(result)
+        return result
+
+    def _smooth(self, loss: float, beta: float = 0.9) -> None:
+        """Bias-corrected EMA of the logged losses (what progress bars and the API show)."""
+        raw, n = self._ema
+        self._ema = (beta * raw + (1 - beta) * loss, n + 1)
+        self.smoothed = self._ema[0] / (1 - beta ** self._ema[1])
+
+    def _preview(self) -> None:
+        from core.train_preview import render_previews
+
+        side = self.cfg.sample_size or self.cfg.resolution
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            paths = render_previews(self.model, self.tokenizer, list(self.cfg.sample_prompts), step=self.step,
+                                    out_dir=self.out / "previews", width=side, height=side,
+                                    steps=self.cfg.sample_steps, guidance=self.cfg.sample_guidance,
+                                    seed=self.cfg.sample_seed, preset=self.cfg.sample_preset,
+                                    lora=not self.cfg.full)
+        self.previews.extend(paths)
+        if self.cb.on_preview:
+            self.cb.on_preview(self.step, paths)
+
+    def _export(self, result: TrainResult) -> None:
+        cfg = self.cfg
+        if cfg.full:
+            from core.tiny import save_checkpoint as save_hf_folder
+
+            result.model_dir = save_hf_folder(self.model, self.out / "model", self.tokenizer)
+            return
+        meta = build_metadata(trigger=cfg.trigger, spec=self.spec, steps=self.step, resolution=cfg.resolution,
+                              base_model=cfg.base_model_name or Path(cfg.model_path).name,
+                              base_config=self.model.config, training=_training_settings(cfg))
+        adapter = adapter_state_dict(self.model)
+        result.lora_dir = save_peft_folder(adapter, self.spec, self.out / "lora", meta,
+                                           base_model=cfg.base_model_name or str(cfg.model_path))
+        result.lora_file = save_comfyui_file(adapter, self.spec, self.out / "lora.safetensors", meta)
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def _training_settings(cfg: TrainConfig) -> dict:
+    keep = ("steps", "batch_size", "grad_accum", "lr", "lr_schedule", "warmup_steps", "weight_decay",
+            "max_grad_norm", "sigma_dist", "weighting", "repeats", "flip", "caption_dropout", "seed", "precision")
+    return {k: getattr(cfg, k) for k in keep}
+
+
+def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None, data=None) -> TrainResult:
+    """Setup + loop + export. `data` (optional) replaces data_dir: see core.train_data.StreamData."""
+    return Trainer(cfg, callbacks, data=data).run()
+
+
+def train_full(cfg: TrainConfig, callbacks: TrainCallbacks | None = None, data=None) -> TrainResult:
+    """The same loop on every weight (no LoRA), e.g. pretraining a small model on core.synth scenes."""
+    return train(replace(cfg, full=True), callbacks, data)
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", dest="model_path", default="models/o1-small",
+                    help="base checkpoint (HF folder or ComfyUI file)")
+    ap.add_argument("--data_dir", required=True)
+    ap.add_argument("--out_dir", required=True)
+    ap.add_argument("--trigger", default="")
+    ap.add_argument("--resolution", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--alpha", type=float, default=None, help="default: = rank")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--batch_size", type=int, default=1)
+    ap.add_argument("--grad_accum", type=int, default=1)
+    ap.add_argument("--lr_schedule", choices=("constant", "cosine"), default="constant")
+    ap.add_argument("--warmup_steps", type=int, default=0)
+    ap.add_argument("--checkpoint_every", type=int, default=500)
+    ap.add_argument("--sample_every", type=int, default=500)
+    ap.add_argument("--sample_prompt", action="append", default=[], help="repeat for several prompts")
+    ap.add_argument("--sample_steps", type=int, default=20)
+    ap.add_argument("--resume", nargs="?", const="latest", default=None,
+                    help="continue from the newest checkpoint in out_dir, or from the one given")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--flip", action="store_true")
+    ap.add_argument("--caption_dropout", type=float, default=0.0)
+    ap.add_argument("--extra_targets", nargs="*", default=[], choices=("x_embedder", "final_layer2"))
+    ap.add_argument("--sigma_dist", choices=("uniform", "shifted", "logit_normal"), default="uniform")
+    ap.add_argument("--weighting", choices=("none", "velocity"), default="none")
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    ap.add_argument("--no_gradient_checkpointing", action="store_true")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--num_workers", type=int, default=2)
+    ap.add_argument("--full", action="store_true", help="train every weight instead of a LoRA")
+    return ap
+
+
+def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+    a = _parser().parse_args(argv)
+    names = {f.name for f in fields(TrainConfig)}
+    kw = {k: v for k, v in vars(a).items() if k in names and v is not None}
+    kw["alpha"] = float(a.alpha if a.alpha is not None else a.rank)
+    kw["sample_prompts"] = tuple(a.sample_prompt)
+    kw["extra_targets"] = tuple(a.extra_targets)
+    kw["gradient_checkpointing"] = not a.no_gradient_checkpointing
+    return TrainConfig(**kw)
+
+
+def main(argv: list[str] | None = None) -> TrainResult:
+    from tqdm import tqdm
+
+    cfg = config_from_args(argv)
+    bar = tqdm(total=cfg.steps, unit="step", dynamic_ncols=True)
+
+    def on_step(step, total, loss, smoothed, lr, sec, eta):
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.4f}", avg=f"{smoothed:.4f}", lr=f"{lr:.2e}", s_step=f"{sec:.2f}")
+
+    cbs = TrainCallbacks(on_step=on_step,
+                         on_preview=lambda s, paths: bar.write(f"step {s}: previews {', '.join(map(str, paths))}"),
+                         on_checkpoint=lambda s, p: bar.write(f"step {s}: checkpoint {p}"))
+    try:
+        trainer = Trainer(cfg, cbs)
+        bar.n = trainer.step
+        result = trainer.run()
+    finally:
+        bar.close()
+    print(f"done: {result.steps_done} steps, smoothed loss {result.smoothed_loss}; "
+          f"LoRA: {result.lora_dir} and {result.lora_file}" if not cfg.full else f"model: {result.model_dir}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Where training batches come from: a dataset folder/zip, or an endless on-the-fly generator.
+
+Both give (images [B, 3, H, W] in [-1, 1], captions [B]) forever and can be resumed exactly: the trainer
+saves `state_after(batches_done)` in each checkpoint and hands it back to `load_state_dict` on resume.
+
+    FolderData(cfg)                         # core.data: validation, aspect buckets, resumable bucket sampler
+    StreamData(make_stream, batch_size)     # make_stream(start) -> iterator of (image [3, H, W], caption),
+                                            # starting at item `start` (e.g. core.synth scenes for pretraining)
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+
+
+class FolderData:
+    """A dataset folder or zip through core.data; one DataLoader epoch after another."""
+
+    def __init__(self, source, *, resolution: int, batch_size: int, trigger: str = "", repeats: int = 1,
+                 flip: bool = False, caption_dropout: float = 0.0, seed: int = 0, num_workers: int = 0,
+                 pin_memory: bool = False, min_side: int = 256):
+        from core.data import BucketBatchSampler, TrainDataset
+
+        self.dataset = TrainDataset(source, resolution=resolution, trigger=trigger, repeats=repeats, flip=flip,
+                                    caption_dropout=caption_dropout, seed=seed, cache=True,
+                                    min_side=min_side)
+        self.sampler = BucketBatchSampler(self.dataset, batch_size=batch_size, seed=seed)
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+
+    def state_after(self, batches_done: int) -> dict:
+        return self.sampler.state_after(batches_done)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
+        from torch.utils.data import DataLoader
+
+        from core.data import collate_batch
+
+        loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate_batch,
+                            num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            persistent_workers=False)
+        while True:   # each pass over the loader is one epoch; the sampler moves on to the next by itself
+            for batch in loader:
+                yield batch["images"], batch["captions"]
+
+
+class StreamData:
+    """Batches from an endless stream of (image, caption); resumes by restarting the stream at an index."""
+
+    def __init__(self, make_stream: Callable[[int], Iterator[tuple[torch.Tensor, str]]], batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.make_stream, self.batch_size = make_stream, batch_size
+        self.start = 0    # index of the first item the next iteration yields
+
+    def state_after(self, batches_done: int) -> dict:
+        return {"items": batches_done * self.batch_size, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("batch_size", self.batch_size) != self.batch_size:
+            raise ValueError(f"cannot resume: the stream's batch size was {state['batch_size']}, now {self.batch_size}")
+        self.start = int(state["items"])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
+        stream = iter(self.make_stream(self.start))
+        while True:
+            items = []
+            for _ in range(self.batch_size):
+                try:
+                    items.append(next(stream))
+                except StopIteration:
+                    raise ValueError("the training stream ended; StreamData wants an endless stream") from None
+            shapes = {tuple(img.shape) for img, _ in items}
+            if len(shapes) != 1:
+                raise ValueError(f"one batch needs one image shape; the stream gave {sorted(shapes)}")
+            yield torch.stack([img for img, _ in items]), [cap for _, cap in items]
