@@ -12,15 +12,21 @@ reference grid starts one past the largest position before it (official get_rope
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from PIL import Image
 
 PATCH = 32
 FIX_POINT = 4096  # where the generated image's grid is anchored on all three M-RoPE axes
 TMS_TOKEN, BOI_TOKEN = "<|tms_token|>", "<|boi_token|>"
 IMAGE_PAD, VISION_START, VISION_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
 DEFAULT_TMS_ID = 151673
+CONDITION_SIZE = 384  # side of the (square-area) image the vision tower sees per reference, for K <= 4
+VISION_PATCH, VISION_TEMPORAL, VISION_MERGE = 16, 2, 2  # Qwen3-VL vision tower
+VISION_MIN_PIXELS, VISION_MAX_PIXELS = 65536, 16777216  # the Qwen3-VL image processor's bounds
 
 
 # ----------------------------------------------------------------------------- data
@@ -229,6 +235,152 @@ def build_t2i(tokenizer, prompt: str, height: int, width: int) -> Sample:
     """Text-to-image layout of one prompt at height x width (multiples of 32)."""
     return layout_from_ids(prompt_ids(tokenizer, prompt), height, width,
                            image_pad_id=special_id(tokenizer, IMAGE_PAD, 151655))
+
+
+def build_edit(tokenizer, prompt: str, height: int, width: int, refs: "References") -> Sample:
+    """Image-conditioned layout: K reference placeholders in the user message (vision tower, AR tokens),
+    target grid, then the K raw reference grids (generation tokens, clean). `refs` from prepare_references,
+    computed once per request and shared by the cond and uncond prompts."""
+    pad = special_id(tokenizer, IMAGE_PAD, 151655)
+    ids = []
+    grids = iter(refs.vlm_grids)
+    for i in prompt_ids(tokenizer, prompt, n_images=len(refs.vlm_grids)):
+        if i == pad:  # each placeholder stands for one merged vision grid
+            gh, gw = next(grids)
+            ids.extend([pad] * (gh * gw))
+        else:
+            ids.append(i)
+    sample = layout_from_ids(ids, height, width, image_pad_id=pad, vlm_grids=refs.vlm_grids,
+                             ref_sizes=refs.ref_sizes)
+    sample.pixel_values, sample.image_grid_thw, sample.ref_patches = refs.pixel_values, refs.image_grid_thw, \
+        refs.ref_patches
+    return sample
+
+
+# ----------------------------------------------------------------------------- reference images
+@dataclass
+class References:
+    """Reference images prepared for one request: the vision tower's rows and the raw patches."""
+
+    pixel_values: torch.Tensor  # [sum of grid_h*grid_w, 1536], bf16-rounded values in float32
+    image_grid_thw: torch.Tensor  # [K, 3] vision patch grids (before merging)
+    ref_patches: torch.Tensor  # [M, 3072] raw 32 px patches in [-1, 1], bf16-rounded, all references
+    ref_sizes: list[tuple[int, int]]  # (height, width) of each resized reference
+    vlm_grids: list[tuple[int, int]]  # merged (h, w) grid of each reference in the vision tower
+    resized: list[Image.Image] = field(default_factory=list)  # the references at their patch size
+
+
+def reference_side(k: int, height: int, width: int) -> int:
+    """Side of the square area each raw reference is resized to: smaller as references multiply."""
+    side = max(height, width)
+    if k <= 1:
+        return side
+    if k == 2:
+        return side * 48 // 64
+    if k <= 4:
+        return side // 2
+    if k <= 8:
+        return side * 24 // 64
+    return side // 4
+
+
+def condition_side(k: int) -> int:
+    """Side of the area the vision tower sees per reference."""
+    return CONDITION_SIZE if k <= 4 else CONDITION_SIZE * 48 // 64 if k <= 8 else CONDITION_SIZE // 2
+
+
+def resize_to_area(img: Image.Image, side: int, multiple: int = PATCH) -> Image.Image:
+    """Resize to at most side*side pixels, each side a multiple of `multiple`, keeping the aspect ratio by
+    scaling to cover and center-cropping (the official resize_pilimage behaviour)."""
+    while min(img.size) >= 2 * side:  # cheap box halving first for large images
+        img = img.resize((img.width // 2, img.height // 2), resample=Image.BOX)
+    w, h = img.size
+    limit = side * side
+    s = math.sqrt(limit / (w * h))
+    options = [(fw(w * s) // multiple * multiple, fh(h * s) // multiple * multiple)
+               for fw in (round, math.floor) for fh in (round, math.floor)]
+    options.sort(key=lambda wh: wh[0] * wh[1], reverse=True)
+    tw, th = next((o for o in options if o[0] * o[1] <= limit), options[-1])
+    if tw <= 0 or th <= 0:
+        raise ValueError(f"reference image {w}x{h} is too small/thin for a {side} px area at {multiple} px")
+    if w / tw < h / th:  # width is the tighter side: match it, crop height
+        nh = round(h / (w / tw))
+        img = img.resize((tw, nh), resample=Image.BICUBIC)
+        top = (nh - th) // 2
+        return img.crop((0, top, tw, top + th))
+    nw = round(w / (h / th))
+    img = img.resize((nw, th), resample=Image.BICUBIC)
+    left = (nw - tw) // 2
+    return img.crop((left, 0, left + tw, th))
+
+
+def vision_size(side: int, ratio: float, multiple: int = VISION_PATCH * VISION_MERGE) -> tuple[int, int]:
+    """(width, height) of ~side*side pixels at aspect `ratio` = w/h, floored to `multiple`."""
+    w = math.sqrt(side * side * ratio)
+    h = w / ratio
+    return int(w / multiple) * multiple, int(h / multiple) * multiple
+
+
+def _vision_bounds(w: int, h: int, factor: int = VISION_PATCH * VISION_MERGE) -> tuple[int, int]:
+    """The image processor's own size rule: round to `factor`, then scale into [min, max] pixels."""
+    hb, wb = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
+    if hb * wb > VISION_MAX_PIXELS:
+        beta = math.sqrt(h * w / VISION_MAX_PIXELS)
+        hb, wb = max(factor, math.floor(h / beta / factor) * factor), max(factor, math.floor(w / beta / factor) * factor)
+    elif hb * wb < VISION_MIN_PIXELS:
+        beta = math.sqrt(VISION_MIN_PIXELS / (h * w))
+        hb, wb = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
+    return wb, hb
+
+
+def to_unit_range(img) -> torch.Tensor:
+    """uint8 HWC (PIL or array) -> float32 CHW in [-1, 1], computed as the official transforms do."""
+    arr = torch.from_numpy(np.asarray(img.convert("RGB") if isinstance(img, Image.Image) else img).copy())
+    x = arr.permute(2, 0, 1).to(torch.float32).mul_(1 / 255)
+    return x.sub(0.5).div_(0.5)
+
+
+def vision_rows(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """An RGB image -> (pixel_values [gh*gw, 3*2*16*16], grid_thw [1, 3]) for the Qwen3-VL vision tower.
+
+    Rows are grouped by 2x2 merge block; each row is (channel, temporal copy, y, x); the one frame is
+    duplicated in time. Values are rounded to bfloat16, as the official pipeline passes them.
+    """
+    w, h = _vision_bounds(img.width, img.height)
+    if (w, h) != img.size:
+        img = img.resize((w, h), resample=Image.BICUBIC)
+    # normalise as the processor does: rescale in float64, then float32 (x - 0.5) / 0.5
+    arr = np.asarray(img.convert("RGB"), dtype=np.float64) * (1 / 255)
+    x = (torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1) - 0.5) / 0.5
+    p, m, tp = VISION_PATCH, VISION_MERGE, VISION_TEMPORAL
+    gh, gw = h // p, w // p
+    x = x[None].expand(tp, -1, -1, -1)  # [time, C, H, W]
+    x = x.reshape(tp, 3, gh // m, m, p, gw // m, m, p).permute(2, 5, 3, 6, 1, 0, 4, 7)
+    rows = x.reshape(gh * gw, 3 * tp * p * p)
+    return rows.to(torch.bfloat16).float(), torch.tensor([[1, gh, gw]])
+
+
+def prepare_references(images, height: int, width: int, condition: int | None = None) -> References:
+    """Resize K reference images for a height x width target and compute both of their inputs."""
+    if not images:
+        raise ValueError("prepare_references needs at least one image")
+    check_size(height, width)
+    k = len(images)
+    side, cond = reference_side(k, height, width), condition or condition_side(k)
+    pix, thw, patches, sizes, grids, resized = [], [], [], [], [], []
+    for i, img in enumerate(images):
+        if not isinstance(img, Image.Image):
+            img = Image.fromarray(np.asarray(img, dtype=np.uint8))
+        r = resize_to_area(img.convert("RGB"), side)
+        resized.append(r)
+        sizes.append((r.height, r.width))
+        patches.append(patchify(to_unit_range(r)[None])[0].to(torch.bfloat16).float())
+        vw, vh = vision_size(cond, r.width / r.height)
+        rows, grid = vision_rows(r.resize((vw, vh), resample=Image.LANCZOS))
+        pix.append(rows)
+        thw.append(grid)
+        grids.append((int(grid[0, 1]) // VISION_MERGE, int(grid[0, 2]) // VISION_MERGE))
+    return References(torch.cat(pix), torch.cat(thw), torch.cat(patches), sizes, grids, resized)
 
 
 # ----------------------------------------------------------------------------- batches
