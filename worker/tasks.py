@@ -1,0 +1,45 @@
+"""The Celery tasks: thin wrappers that hand a job id to its runner (the runners hold the logic).
+
+Imported by the worker process only (celery_app's `include`): the runners import torch lazily, on the
+first job, so the model and CUDA live in the process that runs the tasks (the solo pool's own process).
+Each worker also runs the reconciler in a daemon thread, started when the worker is ready.
+"""
+from __future__ import annotations
+
+import logging
+
+from celery.signals import worker_ready, worker_shutting_down
+
+from worker import reconciler
+from worker.celery_app import GENERATE_TASK, TRAIN_TASK, app
+
+log = logging.getLogger(__name__)
+_reconciler_stop = None
+
+
+@app.task(name=TRAIN_TASK, ignore_result=True)
+def train(job_id: str) -> str:
+    from worker.training import run_training
+    outcome = run_training(job_id)
+    log.info("training %s: %s", job_id, outcome)
+    return outcome
+
+
+@app.task(name=GENERATE_TASK, ignore_result=True)
+def generate(generation_id: str) -> str:
+    from worker.generation import run_generation
+    outcome = run_generation(generation_id)
+    log.info("generation %s: %s", generation_id, outcome)
+    return outcome
+
+
+@worker_ready.connect
+def _start_reconciler(**_):
+    global _reconciler_stop
+    _reconciler_stop = reconciler.start_thread()
+
+
+@worker_shutting_down.connect
+def _stop_reconciler(**_):
+    if _reconciler_stop is not None:
+        _reconciler_stop.set()

@@ -1,0 +1,219 @@
+"""One training job: row -> core.train.train -> row (LoRA files in the store, the job's LoRA row).
+
+Called by the `o1lora.train` task (worker/tasks.py); runnable on its own for a queued row:
+
+    python -m worker.training JOB_ID
+
+Checkpoints are copied into the artifact store as the trainer writes them and the row records the newest
+one, so any worker (on any machine sharing the store) resumes a job whose worker died from there. The
+trainer asks `should_stop` every step; the answer comes from the row's cancel flag (read at most every
+progress_interval_s), the time limit, a lost heartbeat, and a warm shutdown of this worker.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from db.datasets import get_dataset
+from db.jobs import owned_running, transition
+from db.models import TrainingJob
+from db.training import (add_preview, fail_training, finish_training, heartbeat_training, is_cancel_requested,
+                         mark_training_canceled, record_checkpoint, record_progress)
+from worker.context import WorkerContext, ctx
+from worker.pacing import Every, Heartbeat
+from worker.runs import JobLost, local_dir, publish, short_error, take
+
+log = logging.getLogger(__name__)
+
+# API parameter name -> TrainConfig field, where they differ.
+RENAMED = {"learning_rate": "lr"}
+
+
+def preview_url(job_id: str, step: int, index: int) -> str:
+    return f"/v1/trainings/{job_id}/previews/{step}/{index}"
+
+
+def checkpoint_every(params: dict, steps: int) -> int:
+    """The job's checkpoint period: asked for, else ~10 per run and at most 500 steps of work at risk."""
+    return int(params.get("checkpoint_every") or max(1, min(500, steps // 10)))
+
+
+def worker_shutting_down() -> bool:
+    """True once this Celery worker got a warm-shutdown request (SIGTERM): stop at the step boundary."""
+    try:
+        from celery.worker import state
+    except ImportError:
+        return False
+    return state.should_stop is not None or state.should_terminate is not None
+
+
+def train_config(c: WorkerContext, job: TrainingJob, data_dir: Path, out_dir: Path, resume: Path | None):
+    from core.train import TrainConfig
+    known = {f.name for f in fields(TrainConfig)}
+    kw = {}
+    for name, value in job.params.items():
+        name = RENAMED.get(name, name)
+        if name in known:
+            kw[name] = tuple(value) if isinstance(value, list) else value
+    kw.update(model_path=str(c.settings.model_path), data_dir=str(data_dir), out_dir=str(out_dir),
+              trigger=job.trigger, steps=job.total_steps,
+              checkpoint_every=checkpoint_every(job.params, job.total_steps),
+              keep_checkpoints=2, resume=str(resume) if resume else None,
+              base_model_name=c.settings.model_path.name)
+    return TrainConfig(**kw)
+
+
+def run_training(job_id: str, c: WorkerContext | None = None) -> str:
+    """Run (or resume) the job if this worker should (see worker.runs.take); returns what happened."""
+    c = c or ctx()
+    taken = take(c, "training", job_id)
+    if not taken.runs:
+        return taken.outcome
+    job = taken.job
+
+    def beat() -> bool:
+        with c.sessions() as s:
+            return heartbeat_training(s, job_id=job.id, worker_id=c.worker_id)
+
+    try:
+        with Heartbeat(beat, c.heartbeat_interval_s, lambda e: log.warning("heartbeat: %s", e)) as hb:
+            return _train(c, job, hb)
+    except JobLost:
+        log.warning("training %s: taken over by another worker; stopped", job.id)
+        return "lost"
+    except Exception as e:
+        log.exception("training %s failed", job.id)
+        with c.sessions() as s:
+            fail_training(s, job_id=job.id, worker_id=c.worker_id, error=short_error(e))
+        publish(c, "training", job.id, "status", {"status": "failed", "error": short_error(e)})
+        return "failed"
+
+
+def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
+    from core.train import TrainCallbacks, train
+
+    with c.sessions() as s:
+        dataset = get_dataset(s, dataset_id=job.dataset_id) if job.dataset_id else None
+    if dataset is None:
+        raise ValueError(f"dataset {job.dataset_id} no longer exists")
+    data_dir = local_dir(c, dataset.storage_prefix)
+    # A fresh work folder per attempt: a dead attempt's unrecorded checkpoints must not mix with this one's.
+    work = c.settings.data_dir.resolve() / "work" / "trainings" / job.id
+    out_dir = work / f"attempt-{job.attempt}"
+    if work.is_dir():
+        for old in work.iterdir():
+            if old != out_dir:
+                shutil.rmtree(old, ignore_errors=True)
+    resume = local_dir(c, job.checkpoint_path) if job.checkpoint_path else None
+    if resume is not None:
+        log.info("training %s: resuming from %s (step %s)", job.id, job.checkpoint_path, job.checkpoint_step)
+    cfg = train_config(c, job, data_dir, out_dir, resume)
+
+    deadline = time.monotonic() + c.settings.train_time_limit_s
+    write, poll = Every(c.settings.progress_interval_s), Every(c.settings.progress_interval_s)
+    why: list[str] = []
+    prefix = f"trainings/{job.id}"
+
+    def owned(ok: bool) -> None:
+        if not ok:
+            raise JobLost()
+
+    def on_step(step, total, loss, smoothed, lr, sec, eta):
+        if hb.lost.is_set():
+            raise JobLost()
+        if write(force=step == total):
+            with c.sessions() as s:
+                owned(record_progress(s, job_id=job.id, worker_id=c.worker_id, step=step, total_steps=total,
+                                      loss=smoothed, seconds_per_step=sec, eta_seconds=eta))
+            publish(c, "training", job.id, "progress", {"step": step, "total_steps": total, "loss": smoothed,
+                                                        "seconds_per_step": sec, "eta_seconds": eta})
+
+    def on_checkpoint(step, path: Path):
+        key = f"{prefix}/checkpoints/{path.name}"
+        c.store.put_dir(key, path)
+        with c.sessions() as s:
+            previous = s.get(TrainingJob, job.id).checkpoint_path
+            owned(record_checkpoint(s, job_id=job.id, worker_id=c.worker_id, path=key, step=step))
+        if previous and previous != key:
+            c.store.delete_prefix(previous)  # the row points at the new one: the old one is garbage
+
+    def on_preview(step, paths):
+        for index, path in enumerate(paths):
+            key = f"{prefix}/previews/{path.name}"
+            c.store.put_file(key, path)
+            prompt = cfg.sample_prompts[index] if index < len(cfg.sample_prompts) else ""
+            with c.sessions() as s:
+                add_preview(s, job_id=job.id, step=step, index=index, storage_key=key, prompt=prompt)
+            publish(c, "training", job.id, "preview",
+                    {"step": step, "index": index, "url": preview_url(job.id, step, index)})
+
+    def should_stop() -> bool:
+        if hb.lost.is_set():
+            why.append("lost")
+        elif time.monotonic() > deadline:
+            why.append("time")
+        elif worker_shutting_down():
+            why.append("shutdown")
+        elif poll():
+            with c.sessions() as s:
+                if is_cancel_requested(s, job_id=job.id):
+                    why.append("cancel")
+        return bool(why)
+
+    result = train(cfg, TrainCallbacks(on_step=on_step, on_preview=on_preview, on_checkpoint=on_checkpoint,
+                                       should_stop=should_stop))
+    if result.stopped:
+        return _stopped(c, job, why[0] if why else "cancel", result)
+    return _succeeded(c, job, cfg, result)
+
+
+def _stopped(c: WorkerContext, job: TrainingJob, why: str, result) -> str:
+    """The trainer stopped early and saved a checkpoint (already recorded by on_checkpoint)."""
+    if why == "lost":
+        raise JobLost()
+    with c.sessions() as s:
+        if why == "cancel":
+            mark_training_canceled(s, job_id=job.id, worker_id=c.worker_id)
+            status = "canceled"
+        elif why == "time":
+            error = f"time limit: still running after {c.settings.train_time_limit_s:.0f} s (train_time_limit_s)"
+            fail_training(s, job_id=job.id, worker_id=c.worker_id, error=error)
+            status = "failed"
+        else:
+            # Warm shutdown: hand the job back now rather than after a heartbeat timeout.
+            from worker.dispatch import enqueue
+            if transition(s, TrainingJob, owned_running(TrainingJob, job.id, c.worker_id),
+                          {"status": "queued", "worker_id": None, "enqueued_at": None}):
+                enqueue(s, "training", job.id)
+            log.info("training %s: worker shutting down at step %d; re-queued", job.id, result.steps_done)
+            return "requeued"
+    publish(c, "training", job.id, "status", {"status": status})
+    log.info("training %s: %s at step %d", job.id, status, result.steps_done)
+    return status
+
+
+def _succeeded(c: WorkerContext, job: TrainingJob, cfg, result) -> str:
+    prefix = f"trainings/{job.id}/lora"
+    peft_keys = c.store.put_dir(f"{prefix}/peft", result.lora_dir)
+    comfy_key = f"{prefix}/lora.safetensors"
+    c.store.put_file(comfy_key, result.lora_file)
+    size = sum(c.store.size(k) for k in peft_keys) + c.store.size(comfy_key)
+    meta = {"steps": result.steps_done, "final_loss": result.smoothed_loss, "resolution": cfg.resolution,
+            "base_model": cfg.base_model_name, "attempts": job.attempt}
+    with c.sessions() as s:
+        lora_id = finish_training(s, job_id=job.id, worker_id=c.worker_id, peft_prefix=f"{prefix}/peft",
+                                  comfyui_key=comfy_key, rank=cfg.rank, alpha=cfg.alpha, size_bytes=size, meta=meta)
+    if lora_id is None:
+        raise JobLost()
+    publish(c, "training", job.id, "status", {"status": "succeeded", "lora_id": lora_id})
+    shutil.rmtree(Path(cfg.out_dir).parent, ignore_errors=True)  # the work folder; everything is in the store
+    return "succeeded"
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    print(run_training(sys.argv[1]))
