@@ -1,0 +1,221 @@
+"""Text-to-image sampling with HiDream-O1: presets, CFG as one batch, the text prefix encoded once.
+
+    from core.loading import load_model, load_tokenizer
+    from core.sampler import Sampler
+    sampler = Sampler(load_model(path, torch.bfloat16, "cuda"), load_tokenizer(path))
+    images = sampler(["a red circle"], width=1024, height=1024, seed=0, preset="full")   # list[PIL.Image]
+
+Per request: the prompts and the negative prompt are laid out, right-padded into one batch, and their
+K/V prefix (everything before <|tms_token|>) is computed once by `model.encode_prefix`. Each step then
+runs only the generation tokens of every image, cond and uncond rows together, through `model.denoise`.
+Per step, at scheduler timestep T: sigma = T/1000, the model sees t = 1 - sigma,
+v = (x_pred - z) / max(sigma, 1e-3), CFG v = v_u + g (v_c - v_u), and the scheduler gets -v, as in the
+official pipeline. The latent is kept in the model's dtype between steps (the official bf16 state).
+
+`Sampler.reference(...)` is the plain loop (one full forward per image and per cond/uncond, no cache):
+the oracle the fast path is tested against.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.layout import build_t2i, check_size, collate, patchify, unpatchify
+from core.presets import Preset, get_preset, snap_resolution
+from core.schedulers import make_scheduler
+
+T_EPS = 1e-3  # sigma floor of the velocity, as the official pipeline
+# callback(step, total, preview): step counts finished steps (1..total); preview is the x0 prediction of
+# the request's first image as a PIL image on preview steps, else None.
+Callback = Callable[[int, int, "Image.Image | None"], None]
+
+
+@dataclass
+class Request:
+    """A validated sampling request (what __call__ and reference share)."""
+
+    prompts: list[str]
+    negative_prompt: str
+    width: int
+    height: int
+    seed: int
+    num_images: int
+    preset: Preset
+
+    @property
+    def cfg(self) -> bool:
+        return self.preset.guidance > 1.0  # the official pipeline builds the uncond sample only then
+
+    @property
+    def n_images(self) -> int:
+        return len(self.prompts) * self.num_images
+
+    def image_seeds(self) -> list[int]:
+        """Image i of the request (prompt-major) uses seed + i."""
+        return [self.seed + i for i in range(self.n_images)]
+
+
+def to_pil(z: torch.Tensor, height: int, width: int) -> list[Image.Image]:
+    """Patch tokens in [-1, 1] -> uint8 RGB images: (z + 1)/2, x255, clipped, rounded (official order)."""
+    img = unpatchify((z.detach().float().cpu() + 1) / 2, height, width)
+    arr = np.round(np.clip(img.numpy().transpose(0, 2, 3, 1) * 255, 0, 255)).astype(np.uint8)
+    return [Image.fromarray(a, "RGB") for a in arr]
+
+
+def initial_noise(seed: int, height: int, width: int, scale: float) -> torch.Tensor:
+    """[1, N, 3072] float32: scale * N(0, 1) from a private CPU generator seeded seed + 1 (official)."""
+    g = torch.Generator("cpu").manual_seed(seed + 1)
+    return scale * torch.randn((1, 3, height, width), generator=g)
+
+
+class Sampler:
+    def __init__(self, model, tokenizer, preview_every: int = 1):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preview_every = preview_every  # decode the x0 preview every this many steps (and the last)
+
+    # ------------------------------------------------------------------------------ request handling
+    def _request(self, prompts, negative_prompt, width, height, steps, guidance, seed, preset, scheduler,
+                 shift, num_images, snap) -> Request:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompts must be a string or a non-empty list of strings")
+        if not isinstance(negative_prompt, str):
+            raise ValueError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
+        if snap:
+            width, height = snap_resolution(width, height)
+        check_size(height, width)
+        if not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if guidance is not None and guidance < 0:
+            raise ValueError(f"guidance must be >= 0, got {guidance!r}")
+        p = get_preset(preset) if isinstance(preset, str) else preset
+        p = p.with_overrides(steps=steps, guidance=guidance, scheduler=scheduler, shift=shift)
+        return Request(prompts, negative_prompt, width, height, seed, num_images, p)
+
+    def _scheduler(self, req: Request, device):
+        p = req.preset
+        gens = None
+        if p.scheduler == "flash":  # one noise stream per image, seeded like the official global RNG
+            gens = [torch.Generator(device).manual_seed(s + 1) for s in req.image_seeds()]
+        return make_scheduler(p.scheduler, steps=p.steps, shift=p.shift, timesteps=p.timesteps,
+                              s_noise=p.s_noise, noise_clip_std=p.noise_clip_std, generator=gens)
+
+    def _latents(self, req: Request, device, dtype) -> torch.Tensor:
+        """[n_images, N, 3072] in the model's dtype (the official pipeline casts before patchifying)."""
+        z = [initial_noise(s, req.height, req.width, req.preset.noise_scale).to(device, dtype)
+             for s in req.image_seeds()]
+        return patchify(torch.cat(z))
+
+    def _autocast(self, device):
+        dtype = self.model.dtype
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    # ------------------------------------------------------------------------------ the fast path
+    @torch.no_grad()
+    def __call__(self, prompts: str | Sequence[str], negative_prompt: str = " ", width: int = 1024,
+                 height: int = 1024, steps: int | None = None, guidance: float | None = None, seed: int = 0,
+                 preset: str | Preset = "full", scheduler: str | None = None, shift: float | None = None,
+                 num_images: int = 1, callback: Callback | None = None, snap: bool = False,
+                 return_latents: bool = False) -> list[Image.Image] | torch.Tensor:
+        """Images for every prompt (num_images each, prompt-major). steps/guidance/scheduler/shift
+        override the preset; snap=True snaps the size to the official ~4 MP list.
+        return_latents=True returns the final patch tokens [n_images, N, 3072] instead of images."""
+        req = self._request(prompts, negative_prompt, width, height, steps, guidance, seed, preset, scheduler,
+                            shift, num_images, snap)
+        model, device = self.model, self.model.device
+        n, k = req.n_images, req.num_images
+        texts = req.prompts + ([req.negative_prompt] if req.cfg else [])
+        batch = collate([build_t2i(self.tokenizer, t, req.height, req.width) for t in texts]).to(device)
+        with self._autocast(device):
+            prefix = model.encode_prefix(batch)
+        # rows: every image's cond prompt, then (CFG) the negative prompt once per image
+        rows = [i // k for i in range(n)] + ([len(req.prompts)] * n if req.cfg else [])
+        prefix = select_rows(prefix, torch.tensor(rows, device=device))
+
+        def predict(z_in, t):
+            with self._autocast(device):
+                return model.denoise(prefix, z_in, t.to(device).expand(z_in.shape[0]))[:, : z_in.shape[1]]
+
+        return self._run(req, predict, callback, return_latents)
+
+    # ------------------------------------------------------------------------------ the oracle
+    @torch.no_grad()
+    def reference(self, prompts, negative_prompt: str = " ", width: int = 1024, height: int = 1024,
+                  steps=None, guidance=None, seed: int = 0, preset="full", scheduler=None, shift=None,
+                  num_images: int = 1, snap: bool = False, dense: bool = False, callback=None,
+                  return_latents: bool = False):
+        """The official way: every step, one full forward (prompt + image) per image and per cond/uncond,
+        nothing cached. dense=True uses model.reference_forward (the official dense-mask attention)."""
+        req = self._request(prompts, negative_prompt, width, height, steps, guidance, seed, preset, scheduler,
+                            shift, num_images, snap)
+        model, device = self.model, self.model.device
+        fwd = model.reference_forward if dense else model
+        one = {t: collate([build_t2i(self.tokenizer, t, req.height, req.width)]).to(device)
+               for t in req.prompts + [req.negative_prompt]}
+        rows = [req.prompts[i // req.num_images] for i in range(req.n_images)]
+        rows += [req.negative_prompt] * req.n_images if req.cfg else []
+
+        def predict(z_in, t):
+            out = []
+            for text, z_row in zip(rows, z_in.split(1)):
+                b = one[text]
+                with self._autocast(device):
+                    x = fwd(**b.model_inputs(z_row.clone(), t.to(device).reshape(1))).x_pred
+                out.append(x[0, b.vinput_mask[0]][: z_row.shape[1]][None])
+            return torch.cat(out)
+
+        return self._run(req, predict, callback, return_latents)
+
+    # ------------------------------------------------------------------------------ shared
+    def _run(self, req: Request, predict, callback, return_latents):
+        sched = self._scheduler(req, self.model.device)
+        z = self._latents(req, self.model.device, self.model.dtype)
+        guidance = req.preset.guidance if req.cfg else None
+
+        def on_step(i, total, x_pred, z):
+            if callback is not None:
+                done = i + 1
+                show = done == total or (self.preview_every > 0 and done % self.preview_every == 0)
+                callback(done, total, to_pil(x_pred[:1], req.height, req.width)[0] if show else None)
+
+        z = flow_loop(sched, z, predict, guidance, on_step)
+        return z if return_latents else to_pil(z, req.height, req.width)
+
+
+def flow_loop(sched, z: torch.Tensor, predict, guidance: float | None = None, on_step=None) -> torch.Tensor:
+    """The official denoising loop over `sched.timesteps`; z [B, N, 3072] stays in its own dtype.
+
+    predict(z_in, t) -> x_pred [len(z_in), N, 3072] with t the model's timestep (a 0-d float32 tensor)
+    and z_in = z, or [z; z] (cond rows, then uncond rows) when guidance is given (CFG).
+    on_step(i, total, x_pred, z) runs after every step (z: the new state).
+    """
+    dtype, total = z.dtype, len(sched.timesteps)
+    for i, step_t in enumerate(sched.timesteps):
+        sigma = (step_t.float() / 1000.0).clamp_min(T_EPS)  # T/1000, not the scheduler's own sigma
+        t = 1.0 - step_t.float() / 1000.0
+        z_in = z if guidance is None else torch.cat([z, z])
+        x_pred = predict(z_in, t)
+        v = (x_pred.float() - z_in.float()) / sigma
+        if guidance is not None:
+            v_c, v_u = v.chunk(2)
+            v = v_u + guidance * (v_c - v_u)
+        z = sched.step(-v, z.float()).to(dtype)
+        if on_step is not None:
+            on_step(i, total, x_pred, z)
+    return z
+
+
+def select_rows(prefix, rows: torch.Tensor):
+    """A PrefixCache whose row j is row rows[j] of `prefix` (prompts shared by several images)."""
+    kv = {layer: (k.index_select(0, rows), v.index_select(0, rows)) for layer, (k, v) in prefix.kv.items()}
+    lengths = None if prefix.ar_lengths is None else prefix.ar_lengths.index_select(0, rows)
+    return type(prefix)(kv, prefix.gen_position_ids.index_select(1, rows), prefix.n_ar, lengths)
