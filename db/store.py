@@ -18,7 +18,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-_KEY_PART = re.compile(r"^[A-Za-z0-9._ ()+=,@-]+$")
+# Any file name a user may upload (unicode included), but no separators, control characters or 255+ bytes.
+_KEY_PART = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,255}$")
 
 
 class InvalidKey(ValueError):

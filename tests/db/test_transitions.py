@@ -83,7 +83,7 @@ def test_only_the_owning_worker_writes_progress_and_finishes(session, owner, dat
     row = get_training(session, job_id=job.id)
     assert (row.step, row.loss, row.eta_seconds, row.checkpoint_step, row.status) == (3, 0.25, 14.0, 3, "running")
 
-    lora_id = finish_training(session, job_id=job.id, worker_id="w1", peft_prefix=f"loras/x/peft",
+    lora_id = finish_training(session, job_id=job.id, worker_id="w1", peft_prefix="loras/x/peft",
                               comfyui_key="loras/x/a.safetensors", rank=4, alpha=4.0, size_bytes=10)
     assert lora_id is not None
     assert finish_training(session, job_id=job.id, worker_id="w1", peft_prefix=None, comfyui_key=None,

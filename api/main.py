@@ -1,0 +1,46 @@
+"""The FastAPI app: wires settings, DB sessions, the artifact store, the Celery enqueuer and the routers.
+
+    .venv/bin/uvicorn --factory api.main:create_app --port 8000      # settings from env / .env
+    app = create_app(Settings(database_url=...), enqueuer=Enqueuer(lambda: my_celery))   # tests, embedding
+
+The schema is not created here: run migrations first (`python -m db.migrate`; the embedded launcher does).
+"""
+from __future__ import annotations
+
+import redis
+from fastapi import FastAPI
+
+from api.enqueue import Enqueuer
+from api.limits import BodySizeLimit
+from api.routes import datasets, generations, health, loras, trainings
+from api.settings import Settings, get_settings
+from db.session import make_sessionmaker
+from db.store import ArtifactStore, LocalStore
+
+JSON_BODY_LIMIT = 1 << 20  # every non-upload request: a job spec is a few kB
+
+
+def create_app(settings: Settings | None = None, *, store: ArtifactStore | None = None,
+               enqueuer: Enqueuer | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="o1lora", version="0.1.0",
+                  description="Train LoRA adapters for HiDream-O1-Image and generate images with them. "
+                              "Every route but /health and /ready needs `Authorization: Bearer <api key>`.")
+    app.state.settings = settings
+    app.state.sessions = make_sessionmaker(settings.resolved_database_url)
+    app.state.store = store or LocalStore(settings.resolved_artifact_dir)
+    app.state.enqueuer = enqueuer or Enqueuer()
+    # For the few events the API itself publishes (a queued job canceled); short timeouts, best effort.
+    app.state.redis = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=2, socket_connect_timeout=2)
+    for module in (health, datasets, trainings, loras, generations):
+        app.include_router(module.router)
+
+    def limit_for(method: str, path: str) -> int:
+        if method == "POST" and path.rstrip("/") == "/v1/datasets":
+            return settings.max_upload_request_bytes
+        if method == "POST" and path.rstrip("/") == "/v1/loras":
+            return settings.max_lora_bytes + (1 << 20)  # + multipart framing and the form fields
+        return JSON_BODY_LIMIT
+
+    app.add_middleware(BodySizeLimit, limit_for=limit_for)
+    return app

@@ -1,0 +1,100 @@
+"""/v1/datasets: upload (images + captions, or one zip), list, read, delete."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep, not_found
+from api.schemas import DatasetPublic, DatasetsPublic
+from api.uploads import Incoming, UploadError, UploadLimits, remove, stage_dataset, validate_staged
+from db.datasets import create_dataset, delete_dataset, get_dataset, list_datasets, new_dataset_id
+from db.models import Dataset
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+def to_public(ds: Dataset) -> DatasetPublic:
+    return DatasetPublic(id=ds.id, name=ds.name, num_images=ds.num_images, num_captions=ds.num_captions,
+                         total_bytes=ds.total_bytes, report=ds.report, created_at=ds.created_at)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetPublic)
+async def upload_dataset(
+    owner: CurrentOwner, session: SessionDep, settings: SettingsDep, store: StoreDep,
+    files: Annotated[list[UploadFile], File(description="images (PNG/JPEG/WebP) with optional same-name .txt "
+                                                        "captions or metadata.jsonl, or one .zip of those")],
+    name: Annotated[str | None, Form(max_length=200, description="display name")] = None,
+    resolution: Annotated[int, Form(ge=32, le=4096, description="training resolution the validation report "
+                                                                "buckets for")] = 1024,
+):
+    """Upload a dataset; every file is checked and the trainer's validation runs before anything is stored."""
+    if resolution % 32:
+        raise HTTPException(422, f"resolution must be a multiple of 32, got {resolution}")
+    staging = Path(tempfile.mkdtemp(prefix="upload-", dir=_tmp_dir(settings)))
+    incoming = [Incoming(f.filename or "", f.file, f.size) for f in files]
+    try:
+        staged = await run_in_threadpool(stage_dataset, incoming, staging, UploadLimits.from_settings(settings))
+        report = await run_in_threadpool(validate_staged, staging, resolution=resolution,
+                                         min_side=settings.dataset_min_side, max_pixels=settings.max_image_pixels)
+        ds_id = new_dataset_id()
+        prefix = f"datasets/{ds_id}"
+        await run_in_threadpool(store.put_dir, prefix, staging)
+    except UploadError as e:
+        raise HTTPException(e.status, {"message": str(e), "report": e.report} if e.report else str(e)) from None
+    finally:
+        remove(staging)
+    try:
+        ds = create_dataset(session, dataset_id=ds_id, owner_id=owner.id, name=name or _default_name(files),
+                            storage_prefix=prefix, num_images=report["usable"], num_captions=report["captioned"],
+                            total_bytes=staged.total_bytes, report=report)
+    except BaseException:
+        store.delete_prefix(prefix)  # no row, no files
+        raise
+    return to_public(ds)
+
+
+def _tmp_dir(settings) -> Path:
+    path = Path(settings.data_dir) / "tmp"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _default_name(files: list[UploadFile]) -> str:
+    first = files[0].filename or "dataset"
+    return first if len(files) == 1 else f"{first} and {len(files) - 1} more"
+
+
+@router.get("", response_model=DatasetsPublic)
+def read_datasets(owner: CurrentOwner, session: SessionDep,
+                  limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
+                  offset: Annotated[int, Query(ge=0, description="items to skip")] = 0):
+    """Your datasets, newest first."""
+    rows, total = list_datasets(session, owner_id=owner.id, limit=limit, offset=offset)
+    return DatasetsPublic(data=[to_public(r) for r in rows], count=total)
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic)
+def read_dataset(dataset_id: str, owner: CurrentOwner, session: SessionDep):
+    """One dataset with its validation report."""
+    ds = get_dataset(session, dataset_id=dataset_id, owner_id=owner.id)
+    if ds is None:
+        raise not_found("dataset", dataset_id)
+    return to_public(ds)
+
+
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
+def remove_dataset(dataset_id: str, owner: CurrentOwner, session: SessionDep, store: StoreDep):
+    """Delete a dataset and its files; refused (409) while a queued or running job trains on it."""
+    ds = get_dataset(session, dataset_id=dataset_id, owner_id=owner.id)
+    prefix = ds.storage_prefix if ds else None
+    outcome = delete_dataset(session, dataset_id=dataset_id, owner_id=owner.id)
+    if outcome is None:
+        raise not_found("dataset", dataset_id)
+    if outcome == "in_use":
+        raise HTTPException(status.HTTP_409_CONFLICT, f"dataset {dataset_id} is used by a queued or running "
+                                                      "training job; cancel it first")
+    store.delete_prefix(prefix)

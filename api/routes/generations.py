@@ -1,0 +1,97 @@
+"""/v1/generations: submit, list, read, stream events, download images."""
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import StreamingResponse
+
+from api.deps import CurrentOwner, EnqueuerDep, SessionDep, SettingsDep, StoreDep, not_found
+from api.enqueue import GENERATE
+from api.files import send_artifact
+from api.schemas import (GenerationCreate, GenerationProgress, GenerationPublic, GenerationsPublic, ImagePublic,
+                         JobStatus)
+from api.sse import job_events
+from db.generations import create_generation, get_generation, list_generations, mark_generation_enqueued
+from db.loras import get_lora
+from db.models import Generation
+
+router = APIRouter(prefix="/v1/generations", tags=["generations"])
+
+
+def to_public(gen: Generation) -> GenerationPublic:
+    return GenerationPublic(
+        id=gen.id, status=gen.status, prompt=gen.prompt, params=gen.params, error=gen.error,
+        progress=GenerationProgress(step=gen.step, total_steps=gen.total_steps),
+        images=[ImagePublic(index=i.index, url=f"/v1/generations/{gen.id}/images/{i.index}", width=i.width,
+                            height=i.height, seed=i.seed) for i in gen.images],
+        created_at=gen.created_at, started_at=gen.started_at, finished_at=gen.finished_at)
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic)
+def submit_generation(body: GenerationCreate, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep):
+    """Queue a generation with your LoRAs; poll it until its images are listed."""
+    for i, ref in enumerate(body.loras):
+        if get_lora(session, lora_id=ref.id, owner_id=owner.id) is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"loras[{i}].id: LoRA {ref.id} not found")
+    params = body.model_dump()
+    if params["seed"] is None:  # chosen here so the row records how to reproduce the images
+        params["seed"] = secrets.randbelow(2**31)
+    gen = create_generation(session, owner_id=owner.id, prompt=body.prompt, params=params,
+                            num_images=body.num_images, total_steps=body.steps)
+    task_id = enqueuer.send(GENERATE, gen.id)
+    if task_id is not None:
+        mark_generation_enqueued(session, generation_id=gen.id, celery_task_id=task_id)
+    session.refresh(gen)
+    return to_public(gen)
+
+
+@router.get("", response_model=GenerationsPublic)
+def read_generations(owner: CurrentOwner, session: SessionDep,
+                     status_: Annotated[JobStatus | None, Query(alias="status", description="only in this state")] = None,
+                     limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
+                     offset: Annotated[int, Query(ge=0, description="items to skip")] = 0):
+    """Your generations, newest first."""
+    rows, total = list_generations(session, owner_id=owner.id, status=status_, limit=limit, offset=offset)
+    return GenerationsPublic(data=[to_public(r) for r in rows], count=total)
+
+
+@router.get("/{generation_id}", response_model=GenerationPublic)
+def read_generation(generation_id: str, owner: CurrentOwner, session: SessionDep):
+    """Status and the images finished so far."""
+    gen = get_generation(session, generation_id=generation_id, owner_id=owner.id)
+    if gen is None:
+        raise not_found("generation", generation_id)
+    return to_public(gen)
+
+
+@router.get("/{generation_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "snapshot, then progress / image / status events until it ends"}})
+def stream_events(generation_id: str, owner: CurrentOwner, session: SessionDep, settings: SettingsDep,
+                  request: Request):
+    """Server-Sent Events: the current state, then live progress and images until the end."""
+    if get_generation(session, generation_id=generation_id, owner_id=owner.id) is None:
+        raise not_found("generation", generation_id)
+    sessions = request.app.state.sessions
+
+    def snapshot() -> dict:
+        with sessions() as s:
+            return to_public(get_generation(s, generation_id=generation_id)).model_dump(mode="json")
+
+    events = job_events(kind="generation", job_id=generation_id, redis_url=settings.resolved_redis_url,
+                        snapshot=snapshot, recheck_s=settings.sse_recheck_s)
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/{generation_id}/images/{n}", response_class=StreamingResponse,
+            responses={200: {"content": {"image/png": {}}, "description": "the PNG"}})
+def read_image(generation_id: str, n: int, owner: CurrentOwner, session: SessionDep, store: StoreDep):
+    """Image number n (0-based) as PNG."""
+    gen = get_generation(session, generation_id=generation_id, owner_id=owner.id)
+    image = next((i for i in gen.images if i.index == n), None) if gen else None
+    if image is None:
+        raise not_found("image", f"{generation_id}/{n}")
+    return send_artifact(store, image.storage_key, "image/png", filename=f"{generation_id}-{n}.png")

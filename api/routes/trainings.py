@@ -1,0 +1,116 @@
+"""/v1/trainings: submit, list, read, cancel, stream events, preview images."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import StreamingResponse
+
+from api.deps import CurrentOwner, EnqueuerDep, SessionDep, SettingsDep, StoreDep, not_found
+from api.enqueue import TRAIN
+from api.files import send_artifact
+from api.schemas import (CancelPublic, JobStatus, PreviewPublic, TrainingCreate, TrainingProgress, TrainingPublic,
+                         TrainingsPublic)
+from api.sse import job_events
+from db.datasets import get_dataset
+from db.events import publish
+from db.models import TrainingJob
+from db.training import (cancel_training, create_training, get_training, list_trainings,
+                         mark_training_enqueued)
+
+router = APIRouter(prefix="/v1/trainings", tags=["trainings"])
+
+
+def to_public(job: TrainingJob) -> TrainingPublic:
+    return TrainingPublic(
+        id=job.id, name=job.name, dataset_id=job.dataset_id, trigger=job.trigger, status=job.status,
+        cancel_requested=job.cancel_requested, params=job.params, error=job.error, attempt=job.attempt,
+        progress=TrainingProgress(step=job.step, total_steps=job.total_steps, loss=job.loss,
+                                  seconds_per_step=job.seconds_per_step, eta_seconds=job.eta_seconds),
+        previews=[PreviewPublic(step=p.step, index=p.index, prompt=p.prompt,
+                                url=f"/v1/trainings/{job.id}/previews/{p.step}/{p.index}") for p in job.previews],
+        lora_id=job.lora.id if job.lora else None,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at)
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TrainingPublic)
+def submit_training(body: TrainingCreate, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep):
+    """Queue a training job on one of your datasets; poll it or stream its events."""
+    if get_dataset(session, dataset_id=body.dataset_id, owner_id=owner.id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset_id: dataset {body.dataset_id} not found")
+    params = body.model_dump()
+    params["name"] = body.name or body.trigger
+    job = create_training(session, owner_id=owner.id, dataset_id=body.dataset_id, name=params["name"],
+                          trigger=body.trigger, params=params, total_steps=body.steps)
+    # The row is committed first: if the broker is down it stays queued and the reconciler sends it later.
+    task_id = enqueuer.send(TRAIN, job.id)
+    if task_id is not None:
+        mark_training_enqueued(session, job_id=job.id, celery_task_id=task_id)
+    session.refresh(job)
+    return to_public(job)
+
+
+@router.get("", response_model=TrainingsPublic)
+def read_trainings(owner: CurrentOwner, session: SessionDep,
+                   status_: Annotated[JobStatus | None, Query(alias="status", description="only jobs in this state")] = None,
+                   limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
+                   offset: Annotated[int, Query(ge=0, description="items to skip")] = 0):
+    """Your training jobs, newest first."""
+    rows, total = list_trainings(session, owner_id=owner.id, status=status_, limit=limit, offset=offset)
+    return TrainingsPublic(data=[to_public(r) for r in rows], count=total)
+
+
+@router.get("/{job_id}", response_model=TrainingPublic)
+def read_training(job_id: str, owner: CurrentOwner, session: SessionDep):
+    """Status, progress, previews so far, and the LoRA once done."""
+    job = get_training(session, job_id=job_id, owner_id=owner.id)
+    if job is None:
+        raise not_found("training job", job_id)
+    return to_public(job)
+
+
+@router.post("/{job_id}/cancel", response_model=CancelPublic)
+def cancel(job_id: str, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep, settings: SettingsDep,
+           request: Request):
+    """Cancel: a queued job is canceled at once; a running one stops at its next step, keeping its checkpoint."""
+    outcome = cancel_training(session, job_id=job_id, owner_id=owner.id)
+    job = get_training(session, job_id=job_id, owner_id=owner.id)
+    if job is None:
+        raise not_found("training job", job_id)
+    session.refresh(job)
+    if outcome is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"training job {job_id} is already {job.status}")
+    if outcome == "canceled":
+        enqueuer.revoke(job.celery_task_id)
+        publish(request.app.state.redis, kind="training", job_id=job.id, type="status", data={"status": "canceled"})
+    return CancelPublic(id=job.id, status=job.status, cancel_requested=job.cancel_requested)
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "snapshot, then progress / preview / status events until the job ends"}})
+def stream_events(job_id: str, owner: CurrentOwner, session: SessionDep, settings: SettingsDep, request: Request):
+    """Server-Sent Events: the current state, then live progress, previews and status changes until the end."""
+    if get_training(session, job_id=job_id, owner_id=owner.id) is None:
+        raise not_found("training job", job_id)
+    sessions = request.app.state.sessions
+
+    def snapshot() -> dict:
+        with sessions() as s:
+            return to_public(get_training(s, job_id=job_id)).model_dump(mode="json")
+
+    events = job_events(kind="training", job_id=job_id, redis_url=settings.resolved_redis_url, snapshot=snapshot,
+                        recheck_s=settings.sse_recheck_s)
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/{job_id}/previews/{step}/{index}", response_class=StreamingResponse,
+            responses={200: {"content": {"image/png": {}}, "description": "the preview PNG"}})
+def read_preview(job_id: str, step: int, index: int, owner: CurrentOwner, session: SessionDep, store: StoreDep):
+    """One preview image."""
+    job = get_training(session, job_id=job_id, owner_id=owner.id)
+    preview = next((p for p in job.previews if p.step == step and p.index == index), None) if job else None
+    if preview is None:
+        raise not_found("preview", f"{job_id}/{step}/{index}")
+    return send_artifact(store, preview.storage_key, "image/png")

@@ -1,0 +1,247 @@
+"""Request and response bodies, in families: XCreate (request), XPublic (one), XsPublic (a page).
+
+Every field has a description: they are the API's documentation at /docs.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+MAX_SEED = 2**63 - 1
+
+
+def _multiple_of_32(name: str, value: int) -> int:
+    if value % 32:
+        raise ValueError(f"{name} must be a multiple of 32 (the model's patch size), got {value}")
+    return value
+
+
+class Strict(BaseModel):
+    # Unknown fields are errors: a typo such as "learning_rte" must not silently train with the default.
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- datasets -------------------------------------------------------------------------------------------------
+
+class DatasetPublic(BaseModel):
+    id: str = Field(description="dataset id")
+    name: str = Field(description="display name (the form field `name`, else the first file's name)")
+    num_images: int = Field(description="images that will train")
+    num_captions: int = Field(description="of those, images with a caption")
+    total_bytes: int = Field(description="bytes stored for this dataset")
+    report: dict[str, Any] = Field(description="the trainer's validation report: counts, sizes, aspect buckets, "
+                                               "warnings, and every file that will not train with the reason")
+    created_at: datetime = Field(description="upload time (UTC)")
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic] = Field(description="this page, newest first")
+    count: int = Field(description="total across all pages")
+
+
+# ---- trainings ------------------------------------------------------------------------------------------------
+
+class TrainingCreate(Strict):
+    dataset_id: str = Field(description="id of an uploaded dataset of yours", min_length=1, max_length=64)
+    trigger: str = Field(description="trigger phrase put in front of every caption, and used in prompts",
+                         min_length=1, max_length=200)
+    name: str | None = Field(None, description="name of the job and of its LoRA; default: the trigger",
+                             max_length=200)
+    steps: int = Field(2500, ge=1, le=200_000, description="optimizer steps")
+    rank: int = Field(16, ge=1, le=512, description="LoRA rank r")
+    alpha: float = Field(16.0, gt=0, le=4096, description="LoRA alpha; the update is scaled by alpha / rank")
+    learning_rate: float = Field(1e-4, gt=0, le=1e-1, description="AdamW learning rate")
+    resolution: int = Field(1024, ge=32, le=4096, description="training area is about resolution^2 pixels, "
+                                                                "aspect kept; multiple of 32")
+    batch_size: int = Field(1, ge=1, le=64, description="images per optimizer step")
+    sample_every: int = Field(500, ge=0, description="steps between preview images; 0 = no previews")
+    sample_prompts: list[str] = Field(default_factory=list, max_length=8,
+                                      description="prompts rendered at every preview (at most 8)")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of noise, timesteps, data order and LoRA init")
+
+    @field_validator("resolution")
+    @classmethod
+    def _res(cls, v: int) -> int:
+        return _multiple_of_32("resolution", v)
+
+    @field_validator("sample_prompts")
+    @classmethod
+    def _prompts(cls, v: list[str]) -> list[str]:
+        for i, p in enumerate(v):
+            if not p.strip() or len(p) > 2000:
+                raise ValueError(f"sample_prompts[{i}] must be 1-2000 characters of text")
+        return v
+
+    @field_validator("trigger")
+    @classmethod
+    def _trigger(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("trigger must not be blank")
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _sampling(self) -> "TrainingCreate":
+        if self.sample_every > self.steps:
+            raise ValueError(f"sample_every ({self.sample_every}) must not exceed steps ({self.steps})")
+        return self
+
+
+class TrainingProgress(BaseModel):
+    step: int = Field(description="optimizer steps done")
+    total_steps: int = Field(description="steps the job will run")
+    loss: float | None = Field(description="training loss at the last reported step (smoothed by the trainer)")
+    seconds_per_step: float | None = Field(description="recent wall time per step")
+    eta_seconds: float | None = Field(description="estimated seconds until done")
+
+
+class PreviewPublic(BaseModel):
+    step: int = Field(description="training step the preview was rendered at")
+    index: int = Field(description="which sample prompt (position in sample_prompts)")
+    prompt: str = Field(description="the prompt rendered")
+    url: str = Field(description="path of the PNG on this API (needs the same Authorization header)")
+
+
+class TrainingPublic(BaseModel):
+    id: str = Field(description="job id")
+    name: str = Field(description="job name (also the LoRA's)")
+    dataset_id: str | None = Field(description="dataset trained on; null once that dataset was deleted")
+    trigger: str = Field(description="trigger phrase")
+    status: JobStatus = Field(description="queued, running, succeeded, failed or canceled")
+    cancel_requested: bool = Field(description="a cancel was asked while running; the trainer stops at its next step")
+    params: dict[str, Any] = Field(description="every training parameter, defaults filled in")
+    progress: TrainingProgress = Field(description="latest progress written by the worker")
+    error: str | None = Field(description="why the job failed")
+    attempt: int = Field(description="times a worker started this job (2+ means it resumed from a checkpoint)")
+    previews: list[PreviewPublic] = Field(description="preview images so far, by step")
+    lora_id: str | None = Field(description="the trained LoRA, once succeeded")
+    created_at: datetime = Field(description="submit time (UTC)")
+    started_at: datetime | None = Field(description="first start (UTC)")
+    finished_at: datetime | None = Field(description="end time (UTC)")
+
+
+class TrainingsPublic(BaseModel):
+    data: list[TrainingPublic] = Field(description="this page, newest first")
+    count: int = Field(description="total across all pages (with the status filter)")
+
+
+class CancelPublic(BaseModel):
+    id: str = Field(description="job id")
+    status: JobStatus = Field(description="status after the request")
+    cancel_requested: bool = Field(description="true when the job was running and will stop at its next step")
+
+
+# ---- LoRAs ------------------------------------------------------------------------------------------------------
+
+class LoraPublic(BaseModel):
+    id: str = Field(description="LoRA id")
+    name: str = Field(description="display name")
+    source: Literal["trained", "imported"] = Field(description="trained here, or imported from a file")
+    format: str = Field(description="key layout as stored: peft, comfyui, musubi, diffsynth, bare or mixed")
+    rank: int | None = Field(description="rank r (largest over modules for imported files)")
+    alpha: float | None = Field(description="alpha, when the file states it")
+    trigger: str | None = Field(description="trigger phrase it was trained with")
+    training_job_id: str | None = Field(description="job that trained it")
+    size_bytes: int = Field(description="size of the stored file(s)")
+    metadata: dict[str, Any] = Field(description="what produced it (sidecar / safetensors metadata)")
+    downloads: dict[str, str] = Field(description="format -> download path, for the formats available")
+    created_at: datetime = Field(description="creation time (UTC)")
+
+
+class LorasPublic(BaseModel):
+    data: list[LoraPublic] = Field(description="this page, newest first")
+    count: int = Field(description="total across all pages")
+
+
+# ---- generations ----------------------------------------------------------------------------------------------
+
+PRESET_DEFAULTS = {"full": {"steps": 50, "guidance": 5.0}, "dev": {"steps": 28, "guidance": 0.0}}
+
+
+class LoraRef(Strict):
+    id: str = Field(description="id of one of your LoRAs", min_length=1, max_length=64)
+    scale: float = Field(1.0, ge=-4.0, le=4.0, description="strength; 1 = as trained, 0 = off")
+
+
+class GenerationCreate(Strict):
+    prompt: str = Field(description="what to draw", min_length=1, max_length=4000)
+    negative_prompt: str | None = Field(None, max_length=4000,
+                                        description="what to avoid (used with CFG); default: the model's")
+    loras: list[LoraRef] = Field(default_factory=list, max_length=8, description="LoRAs to apply, with scales")
+    width: int = Field(1024, ge=32, le=4096, description="image width, multiple of 32")
+    height: int = Field(1024, ge=32, le=4096, description="image height, multiple of 32")
+    steps: int | None = Field(None, ge=1, le=500, description="sampling steps; default: the preset's (50 full, 28 dev)")
+    guidance: float | None = Field(None, ge=0, le=30,
+                                   description="CFG scale; default: the preset's (5 full, 0 = none for dev)")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed of image 0 (image k uses seed + k); "
+                                                                  "default: random, reported back")
+    preset: Literal["full", "dev"] = Field("full", description="sampler recipe: full (UniPC + CFG) or dev (distilled)")
+    num_images: int = Field(1, ge=1, le=8, description="images to generate")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _sides(cls, v: int, info) -> int:
+        return _multiple_of_32(info.field_name, v)
+
+    @field_validator("loras")
+    @classmethod
+    def _unique(cls, v: list[LoraRef]) -> list[LoraRef]:
+        ids = [r.id for r in v]
+        if len(set(ids)) != len(ids):
+            raise ValueError("each LoRA may appear once")
+        return v
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "GenerationCreate":
+        d = PRESET_DEFAULTS[self.preset]
+        self.steps = self.steps if self.steps is not None else d["steps"]
+        self.guidance = self.guidance if self.guidance is not None else d["guidance"]
+        return self
+
+
+class ImagePublic(BaseModel):
+    index: int = Field(description="0-based image number")
+    url: str = Field(description="path of the PNG on this API (needs the same Authorization header)")
+    width: int = Field(description="pixels")
+    height: int = Field(description="pixels")
+    seed: int = Field(description="seed this image was drawn with")
+
+
+class GenerationProgress(BaseModel):
+    step: int = Field(description="sampling steps done")
+    total_steps: int = Field(description="sampling steps per image")
+
+
+class GenerationPublic(BaseModel):
+    id: str = Field(description="generation id")
+    status: JobStatus = Field(description="queued, running, succeeded, failed or canceled")
+    prompt: str = Field(description="the prompt")
+    params: dict[str, Any] = Field(description="the request with defaults filled in (seed included)")
+    progress: GenerationProgress = Field(description="latest progress written by the worker")
+    images: list[ImagePublic] = Field(description="images finished so far")
+    error: str | None = Field(description="why it failed")
+    created_at: datetime = Field(description="submit time (UTC)")
+    started_at: datetime | None = Field(description="start time (UTC)")
+    finished_at: datetime | None = Field(description="end time (UTC)")
+
+
+class GenerationsPublic(BaseModel):
+    data: list[GenerationPublic] = Field(description="this page, newest first")
+    count: int = Field(description="total across all pages")
+
+
+# ---- service ----------------------------------------------------------------------------------------------------
+
+class Health(BaseModel):
+    status: Literal["ok"] = Field(description="the process answers")
+
+
+class Ready(BaseModel):
+    status: Literal["ready", "not ready"] = Field(description="ready when every dependency answered")
+    checks: dict[str, str] = Field(description="dependency -> 'ok' or the error")
+
+
+class ErrorOut(BaseModel):
+    detail: Any = Field(description="what is wrong: a message, or a list of field errors with their location")

@@ -1,0 +1,56 @@
+"""Helpers for the API tests (a unique module name: tests/*/conftest.py all share the name `conftest`)."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+
+import redis
+from PIL import Image
+from sqlalchemy import func, select
+
+from db.models import Base
+
+REDIS_URL = "redis://127.0.0.1:6379/13"
+
+
+def auth(owner: dict) -> dict:
+    return {"Authorization": owner["Authorization"]}
+
+
+def png(w: int = 64, h: int = 48, color=(200, 30, 30), fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def zip_bytes(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def queued_messages(key_prefix: str, queue: str) -> list[dict]:
+    """The Celery messages waiting in a queue, decoded (task name + args)."""
+    r = redis.Redis.from_url(REDIS_URL)
+    out = []
+    for raw in r.lrange(f"{key_prefix}{queue}", 0, -1):
+        msg = json.loads(raw)
+        body = json.loads(base64.b64decode(msg["body"]))
+        out.append({"task": msg["headers"]["task"], "args": body[0], "id": msg["headers"]["id"]})
+    return out
+
+
+def db_counts(Session) -> dict[str, int]:
+    with Session() as s:
+        return {name: s.scalar(select(func.count()).select_from(table)) for name, table in Base.metadata.tables.items()}
+
+
+def store_files(settings) -> list[str]:
+    root = settings.resolved_artifact_dir
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+

@@ -1,0 +1,101 @@
+"""API test fixtures: the app on a fresh real PostgreSQL database, a real Celery app on the local Redis,
+a local artifact store in a temp folder, and two owners with keys.
+
+Nothing is mocked: messages land in Redis (db 13, under a key prefix unique to the test session), rows in
+PostgreSQL. A missing server fails the tests.
+"""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+from celery import Celery
+from fastapi.testclient import TestClient
+
+from api.enqueue import Enqueuer
+from api.main import create_app
+from api.settings import Settings
+from db.migrate import upgrade
+from db.owners import create_api_key, create_owner
+from db.testing import temporary_postgres
+
+from api_helpers import REDIS_URL, auth, png
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    with temporary_postgres() as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def key_prefix():
+    prefix = f"o1lora-test-{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    r = redis.Redis.from_url(REDIS_URL)
+    for k in r.scan_iter(f"{prefix}*"):
+        r.delete(k)
+
+
+def make_celery(broker_url: str, prefix: str) -> Celery:
+    app = Celery("o1lora-api-tests", set_as_current=False)
+    app.conf.update(broker_url=broker_url, broker_transport_options={"global_keyprefix": prefix},
+                    task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=False,
+                    broker_connection_timeout=1, broker_connection_max_retries=0)
+    return app
+
+
+@pytest.fixture(scope="session")
+def settings(pg_url, tmp_path_factory):
+    return Settings(data_dir=tmp_path_factory.mktemp("data"), database_url=pg_url, broker_url=REDIS_URL,
+                    dataset_min_side=16, max_upload_file_bytes=200_000, max_upload_request_bytes=2_000_000,
+                    max_upload_files=20, max_zip_uncompressed_bytes=1_000_000, max_image_pixels=512 * 512,
+                    max_caption_bytes=1000, max_lora_bytes=1_000_000, sse_recheck_s=0.3)
+
+
+@pytest.fixture(scope="session")
+def app(settings, key_prefix):
+    return create_app(settings, enqueuer=Enqueuer(lambda: make_celery(REDIS_URL, key_prefix)))
+
+
+@pytest.fixture(scope="session")
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def Session(app):
+    return app.state.sessions
+
+
+@pytest.fixture(scope="session")
+def store(app):
+    return app.state.store
+
+
+def _owner_headers(Session, name: str) -> dict:
+    with Session() as s:
+        owner = create_owner(s, name=f"{name}-{uuid.uuid4().hex[:6]}")
+        return {"Authorization": f"Bearer {create_api_key(s, owner_id=owner.id)}", "owner_id": owner.id}
+
+
+@pytest.fixture(scope="session")
+def alice(Session):
+    return _owner_headers(Session, "alice")
+
+
+@pytest.fixture(scope="session")
+def bob(Session):
+    return _owner_headers(Session, "bob")
+
+
+@pytest.fixture
+def dataset(client, alice):
+    files = [("files", ("a.png", png(), "image/png")), ("files", ("a.txt", b"a red box", "text/plain")),
+             ("files", ("b.jpg", png(48, 64, fmt="JPEG"), "image/jpeg"))]
+    r = client.post("/v1/datasets", headers=auth(alice), files=files, data={"name": "boxes", "resolution": "64"})
+    assert r.status_code == 201, r.text
+    return r.json()
