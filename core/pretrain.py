@@ -1,0 +1,235 @@
+"""Pretrain a small HiDream-O1-architecture model from scratch on procedural shape scenes (the bundled model).
+
+    python -m core.pretrain --out models/o1-shapes --minutes 7.5            # on one GPU (bf16 autocast)
+    python -m core.pretrain --out /tmp/smoke --minutes 0.2 --smoke          # CPU smoke run, tiny sizes
+
+Same architecture code path (core.model.HiDreamO1 on stock Qwen3-VL modules), same 32-px patches, layout
+and objective as the LoRA recipe (x0-MSE, noise scale 8, t = 1 - sigma, sigma ~ U(0.001, 1)); only smaller.
+Why a pool: rendering ~10k scenes a second would need every CPU core, so the run first renders a fixed pool
+of scenes per size in parallel (uint8, kept on the GPU) and then trains on random draws from it with no
+host work per step. Captions are dropped to " " 10% of the time so classifier-free guidance works.
+Writes the checkpoint in the official folder layout (bf16, sharded to stay under 16 MB a file), the
+tokenizer, `pretrain_log.json` (loss curve, settings, timings).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.layout import FIX_POINT, patchify, prompt_ids
+from core.objective import Objective
+from core.synth.render import render
+from core.synth.scene import sample_scene
+from core.synth.vocab import BACKGROUNDS, COLOURS, REGION_PHRASES, SHAPES, SIZES
+from core.tiny import TinySpec, build_model, build_tokenizer, save_checkpoint
+
+# Words a user of the bundled model is likely to type beyond the scene vocabulary: the byte-level BPE
+# encodes any text, but words it has merges for cost fewer tokens.
+EXTRA_WORDS = ("a an the one two three and with on in of at to style drawing picture image photo painting "
+               "hatched hatching outline outlined striped stripes sketch ink pen cartoon flat simple bold "
+               "shape shapes object objects scene big little huge tiny middle corner side upper lower "
+               "black white grey gray brown cyan magenta dark light bright pale").split()
+
+
+def corpus(n_scenes: int = 4000) -> list[str]:
+    words = list(EXTRA_WORDS) + list(SHAPES) + list(COLOURS) + list(BACKGROUNDS) + list(SIZES)
+    words += list(REGION_PHRASES.values())
+    return words + [sample_scene(7, i).caption() for i in range(n_scenes)]
+
+
+def _render_chunk(args):
+    seed, start, stop, size = args
+    imgs, caps = [], []
+    for k in range(start, stop):
+        scene = sample_scene(seed, k)
+        imgs.append(np.asarray(render(scene, size), dtype=np.uint8))
+        caps.append(scene.caption())
+    return np.stack(imgs), caps
+
+
+def render_pool(n: int, size: int, seed: int, workers: int) -> tuple[np.ndarray, list[str]]:
+    """n scenes of stream `seed` at `size` px, rendered in parallel: (uint8 [n, size, size, 3], captions)."""
+    step = max(1, n // (workers * 8))
+    jobs = [(seed, a, min(n, a + step), size) for a in range(0, n, step)]
+    if workers <= 1:
+        parts = [_render_chunk(j) for j in jobs]
+    else:
+        with mp.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_render_chunk, jobs)
+    return np.concatenate([p[0] for p in parts]), [c for p in parts for c in p[1]]
+
+
+class TokenPool:
+    """Captions as right-padded AR ids [n, A] + lengths, so a batch's layout is built on the device."""
+
+    def __init__(self, tokenizer, captions: list[str], device):
+        cache: dict[str, list[int]] = {}
+        rows = [cache.setdefault(c, prompt_ids(tokenizer, c)) for c in captions]
+        self.tms = rows[0][-1]
+        if any(r[-1] != self.tms for r in rows):
+            raise ValueError("every prompt must end with <|tms_token|>")
+        ar = [r[:-1] for r in rows]
+        width = max(map(len, ar))
+        self.ids = torch.tensor([a + [0] * (width - len(a)) for a in ar], dtype=torch.long, device=device)
+        self.lengths = torch.tensor([len(a) for a in ar], dtype=torch.long, device=device)
+        empty = prompt_ids(tokenizer, " ")[:-1]
+        self.empty_ids = torch.tensor(empty + [0] * (width - len(empty)), dtype=torch.long, device=device)
+        self.empty_len = len(empty)
+
+
+def batch_inputs(tp: TokenPool, idx: torch.Tensor, drop: torch.Tensor, height: int, width: int) -> dict:
+    """Model keyword inputs for pool rows `idx` (rows with `drop` get the empty prompt), image tokens last.
+
+    Equivalent to core.layout.collate of build_t2i samples (tests/core/test_pretrain.py checks it): AR part
+    right-padded, tms at each row's real length, image grid anchored at FIX_POINT.
+    """
+    dev = idx.device
+    ids = torch.where(drop[:, None], tp.empty_ids[None], tp.ids[idx])
+    lens = torch.where(drop, torch.full_like(idx, tp.empty_len), tp.lengths[idx])
+    a = int(lens.max())
+    ids = torch.cat([ids[:, :a], torch.full((len(idx), 1), tp.tms, dtype=torch.long, device=dev)], dim=1)
+    b, gh, gw = len(idx), height // 32, width // 32
+    ar_pos = torch.arange(a, device=dev).expand(b, a)
+    r, c = torch.meshgrid(torch.arange(gh, device=dev), torch.arange(gw, device=dev), indexing="ij")
+    img_pos = torch.stack([torch.full((gh * gw,), FIX_POINT, device=dev), FIX_POINT + r.flatten(),
+                           FIX_POINT + c.flatten()])                                   # [3, N]
+    pos = torch.cat([ar_pos[None].expand(3, b, a), lens[None, :, None].expand(3, b, 1),
+                     img_pos[:, None].expand(3, b, gh * gw)], dim=2)
+    types = torch.cat([torch.zeros(b, a, dtype=torch.long, device=dev),
+                       torch.ones(b, 1 + gh * gw, dtype=torch.long, device=dev)], dim=1)
+    return dict(input_ids=ids, position_ids=pos, token_types=types, text_lengths=lens + 1)
+
+
+@torch.no_grad()
+def init_for_training(model, n_layers: int) -> None:
+    """GPT-style init for training from scratch: N(0, 0.02), residual outputs scaled by 1/sqrt(2 L),
+    norms at 1, biases 0, and final_layer2 at zero (as the official code initialises it)."""
+    for name, p in model.named_parameters():
+        if p.ndim == 1:
+            p.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
+        elif "final_layer2" in name:
+            p.zero_()
+        else:
+            std = 0.02 / math.sqrt(2 * n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+            p.normal_(0.0, std)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--minutes", type=float, default=7.5, help="training wall-clock budget (after the pool)")
+    ap.add_argument("--sizes", default="128,256", help="square training sizes, alternated step by step")
+    ap.add_argument("--batch", default="256,96", help="batch size per size")
+    ap.add_argument("--pool", default="80000,40000", help="scenes rendered per size")
+    ap.add_argument("--lr", type=float, default=8e-4)
+    ap.add_argument("--warmup", type=int, default=500)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--caption_dropout", type=float, default=0.1)
+    ap.add_argument("--hidden", type=int, default=384)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--heads", type=int, default=6)
+    ap.add_argument("--kv_heads", type=int, default=2)
+    ap.add_argument("--head_dim", type=int, default=64)
+    ap.add_argument("--mlp", type=int, default=1024)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes for a CPU check of the whole script")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.batch, args.pool = "64,96", "4,2", "16,8"
+        args.hidden, args.layers, args.heads, args.kv_heads, args.head_dim, args.mlp = 32, 2, 2, 1, 16, 64
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(args.seed)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    batches = [int(b) for b in args.batch.split(",")]
+    pools = [int(n) for n in args.pool.split(",")]
+    t_start = time.time()
+
+    # Render first: the pool's worker processes are forked before CUDA is initialised in this one.
+    workers = max(1, min(16, (mp.cpu_count() or 1) - 1))
+    data = []
+    for size, n, b in zip(sizes, pools, batches):
+        imgs, caps = render_pool(n, size, args.seed + size, workers)
+        data.append((size, b, imgs, caps))
+    tokenizer = build_tokenizer(corpus(), vocab_size=1024)
+    spec = TinySpec(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
+                    head_dim=args.head_dim, mlp=args.mlp, vision_hidden=64, vision_depth=1, vision_heads=2,
+                    vision_mlp=128)
+    model, tokenizer = build_model(spec, tokenizer, seed=args.seed)
+    init_for_training(model, args.layers)
+    model.to(device).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    # The vision tower is not used by text-to-image; train everything else.
+    params = [p for n, p in model.named_parameters() if ".visual." not in n]
+
+    data = [(size, b, torch.from_numpy(imgs).to(device), TokenPool(tokenizer, caps, device))
+            for size, b, imgs, caps in data]
+    t_pool = time.time() - t_start
+    print(f"{n_params / 1e6:.2f}M parameters; pools {[len(d[2]) for d in data]} rendered in {t_pool:.0f}s", flush=True)
+
+    fused = device.type == "cuda"
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01, fused=fused)
+    ema = [p.detach().clone().float() for p in params]
+    obj = Objective()
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    log, acc, acc_n, step = [], torch.zeros((), device=device), 0, 0
+    budget = args.minutes * 60
+    t0 = time.time()
+    while True:
+        elapsed = time.time() - t0
+        if elapsed > budget:
+            break
+        size, bsz, imgs, tp = data[step % len(data)]
+        # warm-up, then cosine down to 10% over the time budget (steps are not known in advance)
+        frac = min(1.0, elapsed / budget)
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, imgs.shape[0], (bsz,), device=device, generator=gen)
+        drop = torch.rand(bsz, device=device, generator=gen) < args.caption_dropout
+        x0 = patchify(imgs[idx].permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+        z_t, t, sigma = obj.noise(x0, gen)
+        inputs = batch_inputs(tp, idx, drop, size, size)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            x_pred = model(vinputs=z_t, timestep=t, **inputs).x_pred[:, -x0.shape[1]:]
+        loss = obj.loss(x_pred.float(), x0, sigma)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1.0 - args.ema)
+        acc += loss.detach()
+        acc_n += 1
+        step += 1
+        if step % 200 == 0 or args.smoke:
+            mean = float(acc) / acc_n   # the only host sync: every 200 steps
+            log.append({"step": step, "seconds": round(time.time() - t0, 1), "loss": round(mean, 5), "lr": lr})
+            print(f"step {step} t={time.time() - t0:.0f}s loss {mean:.4f} lr {lr:.2e}", flush=True)
+            acc.zero_(), None
+            acc_n = 0
+    train_s = time.time() - t0
+
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e.to(p.dtype))
+    model.eval()
+    out = Path(args.out)
+    save_checkpoint(model, out, tokenizer, shards=args.shards, dtype=torch.bfloat16)
+    settings = {k: v for k, v in vars(args).items()}
+    (out / "pretrain_log.json").write_text(json.dumps({
+        "parameters": n_params, "steps": step, "train_seconds": round(train_s, 1), "pool_seconds": round(t_pool, 1),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+        "settings": settings, "loss_curve": log}, indent=1))
+    print(f"done: {step} steps in {train_s:.0f}s; wrote {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The pretraining script builds the same model inputs as the layout code, and its checkpoint loads back."""
+import json
+
+import torch
+
+from core.layout import build_t2i, collate
+from core.loading import load_model, load_tokenizer
+from core.pretrain import TokenPool, batch_inputs, main
+from core.tiny import build_tokenizer
+
+
+def test_device_side_batch_equals_layout_collate():
+    tok = build_tokenizer(["a small red circle in the top left", "on a light blue background", "star"])
+    caps = ["a small red circle in the top left on a light blue background", "a star", "red red red star circle"]
+    tp = TokenPool(tok, caps, "cpu")
+    idx = torch.tensor([2, 0, 1, 0])
+    drop = torch.tensor([False, False, False, True])
+    got = batch_inputs(tp, idx, drop, 64, 96)
+    want = collate([build_t2i(tok, caps[2], 64, 96), build_t2i(tok, caps[0], 64, 96),
+                    build_t2i(tok, caps[1], 64, 96), build_t2i(tok, " ", 64, 96)])
+    assert torch.equal(got["input_ids"], want.input_ids)
+    assert torch.equal(got["token_types"], want.token_types)
+    assert torch.equal(got["text_lengths"], want.text_lengths)
+    # pad positions may differ (nothing attends to pads); every real position must match
+    n_ar = want.input_ids.shape[1] - 1
+    real = torch.ones_like(want.token_types, dtype=torch.bool)
+    for b, length in enumerate(want.text_lengths.tolist()):
+        real[b, length - 1:n_ar] = False
+    assert torch.equal(got["position_ids"][:, real], want.position_ids[:, real])
+
+
+def test_smoke_run_writes_a_loadable_checkpoint(tmp_path):
+    out = tmp_path / "m"
+    main(["--out", str(out), "--minutes", "0.02", "--smoke"])
+    log = json.loads((out / "pretrain_log.json").read_text())
+    assert log["steps"] >= 1 and log["loss_curve"]
+    model = load_model(out)
+    tok = load_tokenizer(out)
+    assert model.tms_token_id == tok.convert_tokens_to_ids("<|tms_token|>")
+    assert len(list(out.glob("model-*.safetensors"))) == 4
