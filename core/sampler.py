@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.layout import build_t2i, check_size, collate, patchify, unpatchify
+from core.layout import build_edit, build_t2i, check_size, collate, patchify, prepare_references, unpatchify
 from core.presets import Preset, get_preset, snap_resolution
 from core.schedulers import make_scheduler
 
@@ -45,6 +45,7 @@ class Request:
     seed: int
     num_images: int
     preset: Preset
+    references: object = None  # core.layout.References (editing / personalisation), or None
 
     @property
     def cfg(self) -> bool:
@@ -80,7 +81,7 @@ class Sampler:
 
     # ------------------------------------------------------------------------------ request handling
     def _request(self, prompts, negative_prompt, width, height, steps, guidance, seed, preset, scheduler,
-                 shift, num_images, snap) -> Request:
+                 shift, num_images, snap, references=None) -> Request:
         if isinstance(prompts, str):
             prompts = [prompts]
         prompts = list(prompts)
@@ -99,7 +100,24 @@ class Sampler:
             raise ValueError(f"guidance must be >= 0, got {guidance!r}")
         p = get_preset(preset) if isinstance(preset, str) else preset
         p = p.with_overrides(steps=steps, guidance=guidance, scheduler=scheduler, shift=shift)
-        return Request(prompts, negative_prompt, width, height, seed, num_images, p)
+        refs = None
+        if references is not None:
+            if isinstance(references, Image.Image) or not isinstance(references, (list, tuple)) or not references:
+                raise ValueError("references must be a non-empty list of images")
+            refs = prepare_references(list(references), height, width)
+        return Request(prompts, negative_prompt, width, height, seed, num_images, p, refs)
+
+    def _layout(self, req: Request, text: str):
+        if req.references is None:
+            return build_t2i(self.tokenizer, text, req.height, req.width)
+        return build_edit(self.tokenizer, text, req.height, req.width, req.references)
+
+    def _with_refs(self, req: Request, z_in: torch.Tensor) -> torch.Tensor:
+        """Target latents followed by the clean reference patches (generation tokens, never denoised)."""
+        if req.references is None:
+            return z_in
+        ref = req.references.ref_patches.to(z_in.device, z_in.dtype)
+        return torch.cat([z_in, ref[None].expand(z_in.shape[0], -1, -1)], dim=1)
 
     def _scheduler(self, req: Request, device):
         p = req.preset
@@ -125,25 +143,33 @@ class Sampler:
                  height: int = 1024, steps: int | None = None, guidance: float | None = None, seed: int = 0,
                  preset: str | Preset = "full", scheduler: str | None = None, shift: float | None = None,
                  num_images: int = 1, callback: Callback | None = None, snap: bool = False,
+                 references: Sequence[Image.Image] | None = None,
                  return_latents: bool = False) -> list[Image.Image] | torch.Tensor:
         """Images for every prompt (num_images each, prompt-major). steps/guidance/scheduler/shift
-        override the preset; snap=True snaps the size to the official ~4 MP list.
+        override the preset; snap=True snaps the size to the official ~4 MP list; references: images
+        that condition every prompt (editing / personalisation).
         return_latents=True returns the final patch tokens [n_images, N, 3072] instead of images."""
         req = self._request(prompts, negative_prompt, width, height, steps, guidance, seed, preset, scheduler,
-                            shift, num_images, snap)
+                            shift, num_images, snap, references)
         model, device = self.model, self.model.device
         n, k = req.n_images, req.num_images
         texts = req.prompts + ([req.negative_prompt] if req.cfg else [])
-        batch = collate([build_t2i(self.tokenizer, t, req.height, req.width) for t in texts]).to(device)
+        batch = collate([self._layout(req, t) for t in texts]).to(device)
         with self._autocast(device):
-            prefix = model.encode_prefix(batch)
+            vision = None
+            if req.references is not None:  # the vision tower runs once per request, shared by every row
+                emb, deep = model.vision_features(req.references.pixel_values.to(device),
+                                                  req.references.image_grid_thw.to(device))
+                vision = (emb.repeat(len(texts), 1), [d.repeat(len(texts), 1) for d in deep])
+            prefix = model.encode_prefix(batch, vision=vision)
         # rows: every image's cond prompt, then (CFG) the negative prompt once per image
         rows = [i // k for i in range(n)] + ([len(req.prompts)] * n if req.cfg else [])
         prefix = select_rows(prefix, torch.tensor(rows, device=device))
 
         def predict(z_in, t):
             with self._autocast(device):
-                return model.denoise(prefix, z_in, t.to(device).expand(z_in.shape[0]))[:, : z_in.shape[1]]
+                x = model.denoise(prefix, self._with_refs(req, z_in), t.to(device).expand(z_in.shape[0]))
+            return x[:, : z_in.shape[1]]
 
         return self._run(req, predict, callback, return_latents)
 
@@ -152,15 +178,14 @@ class Sampler:
     def reference(self, prompts, negative_prompt: str = " ", width: int = 1024, height: int = 1024,
                   steps=None, guidance=None, seed: int = 0, preset="full", scheduler=None, shift=None,
                   num_images: int = 1, snap: bool = False, dense: bool = False, callback=None,
-                  return_latents: bool = False):
+                  references=None, return_latents: bool = False):
         """The official way: every step, one full forward (prompt + image) per image and per cond/uncond,
         nothing cached. dense=True uses model.reference_forward (the official dense-mask attention)."""
         req = self._request(prompts, negative_prompt, width, height, steps, guidance, seed, preset, scheduler,
-                            shift, num_images, snap)
+                            shift, num_images, snap, references)
         model, device = self.model, self.model.device
         fwd = model.reference_forward if dense else model
-        one = {t: collate([build_t2i(self.tokenizer, t, req.height, req.width)]).to(device)
-               for t in req.prompts + [req.negative_prompt]}
+        one = {t: collate([self._layout(req, t)]).to(device) for t in req.prompts + [req.negative_prompt]}
         rows = [req.prompts[i // req.num_images] for i in range(req.n_images)]
         rows += [req.negative_prompt] * req.n_images if req.cfg else []
 
@@ -169,7 +194,7 @@ class Sampler:
             for text, z_row in zip(rows, z_in.split(1)):
                 b = one[text]
                 with self._autocast(device):
-                    x = fwd(**b.model_inputs(z_row.clone(), t.to(device).reshape(1))).x_pred
+                    x = fwd(**b.model_inputs(b.vinputs(z_row.clone()), t.to(device).reshape(1))).x_pred
                 out.append(x[0, b.vinput_mask[0]][: z_row.shape[1]][None])
             return torch.cat(out)
 

@@ -244,3 +244,30 @@ def test_dev_preset_runs_other_schedulers_when_asked(sampler):
     """steps on a fixed-list preset need an explicit scheduler; with one, the override is honoured."""
     z = sampler(PROMPTS[0], width=32, height=32, preset="dev", scheduler="unipc", steps=3, return_latents=True)
     assert z.shape == (1, 1, 3072) and torch.isfinite(z).all()
+
+
+# ------------------------------------------------------------------------------ reference images
+@pytest.fixture(scope="module")
+def ref_image():
+    rng = np.random.RandomState(0)
+    return Image.fromarray((rng.rand(48, 80, 3) * 255).astype(np.uint8))
+
+
+def test_editing_fast_equals_plain_and_runs_vision_once(sampler, ref_image, monkeypatch):
+    kw = dict(width=96, height=64, steps=4, seed=3, num_images=2, references=[ref_image], return_latents=True)
+    model, calls = sampler.model, []
+    vf = model.vision_features
+    monkeypatch.setattr(model, "vision_features", lambda *a, **k: calls.append(1) or vf(*a, **k))
+    fast = sampler(PROMPTS, **kw)
+    assert len(calls) == 1  # once per request, shared by 2 prompts x 2 images x cond/uncond
+    plain = sampler.reference(PROMPTS, **kw)
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4)
+    kw.pop("references")
+    assert (fast - sampler(PROMPTS, **kw)).abs().max() > 0.1  # the reference really conditions
+
+
+def test_bad_references(sampler, ref_image):
+    with pytest.raises(ValueError, match="references must be a non-empty list"):
+        sampler("x", width=64, height=64, steps=1, references=ref_image)
+    with pytest.raises(ValueError, match="references must be a non-empty list"):
+        sampler("x", width=64, height=64, steps=1, references=[])
