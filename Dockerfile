@@ -26,4 +26,4 @@ USER o1lora
 
 ENV O1LORA_DATA_DIR=/data
 EXPOSE 8000
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "--factory", "api.main:create_app", "--host", "0.0.0.0", "--port", "8000"]

@@ -102,7 +102,8 @@ def _generate(c: WorkerContext, gen, progress: list[int], hb: Heartbeat) -> None
     # can be stored and announced as soon as it is done.
     for i in range(n):
         def on_step(step, total, _preview=None, i=i):
-            progress[0] = i * steps + int(step)
+            # The row's total_steps is authoritative (steps per image or for all images): scale onto it.
+            progress[0] = min(gen.total_steps, round((i * steps + int(step)) * gen.total_steps / (n * steps)))
             if hb.lost.is_set():
                 raise JobLost()
             if time.monotonic() > deadline:
@@ -112,7 +113,7 @@ def _generate(c: WorkerContext, gen, progress: list[int], hb: Heartbeat) -> None
                     if not record_generation_progress(s, generation_id=gen.id, worker_id=c.worker_id,
                                                       step=progress[0]):
                         raise JobLost()
-                publish(c, "generation", gen.id, "progress", {"step": progress[0], "total_steps": n * steps})
+                publish(c, "generation", gen.id, "progress", {"step": progress[0], "total_steps": gen.total_steps})
 
         with apply_loras(model, loras):
             image = sampler([gen.prompt], negative_prompt=p.get("negative_prompt", " ") or " ",

@@ -37,7 +37,7 @@ class Launcher:
         return proc
 
     def start_api(self, host: str = "127.0.0.1", port: int = 8000, name: str = "api") -> subprocess.Popen:
-        return self._spawn(name, [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host,
+        return self._spawn(name, [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", host,
                                   "--port", str(port), "--log-level", "warning"])
 
     def start_worker(self, name: str = "worker", queues: str = "train,generate") -> subprocess.Popen:

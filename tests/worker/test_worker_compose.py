@@ -16,7 +16,7 @@ def test_services_and_their_commands():
     services = compose()["services"]
     assert set(services) == {"postgres", "redis", "api", "worker-train", "worker-generate"}
     api_cmd = " ".join(services["api"]["command"])
-    assert api_cmd.index("alembic upgrade head") < api_cmd.index("uvicorn api.main:app")  # migrations first
+    assert api_cmd.index("alembic upgrade head") < api_cmd.index("uvicorn --factory api.main:create_app")  # migrations first
     for name, queue in (("worker-train", "train"), ("worker-generate", "generate")):
         cmd = services[name]["command"]
         assert cmd[:4] == ["celery", "-A", "worker.celery_app", "worker"]
