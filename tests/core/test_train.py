@@ -211,3 +211,28 @@ def test_cli_is_the_recipe_command():
     assert (cfg.model_path, cfg.trigger, cfg.lr, cfg.batch_size, cfg.checkpoint_every, cfg.seed) == \
         ("m", "sks", 2e-4, 2, 250, 7)
     assert config_from_args(["--data_dir", "d", "--out_dir", "o", "--rank", "8", "--alpha", "4"]).alpha == 4.0
+
+
+def test_previews_show_adapter_on_and_off_and_do_not_disturb_training(tiny, flat_images, tmp_path):
+    got = []
+    kw = dict(steps=4, lr=5e-2, extra_targets=("final_layer2",))
+    with_previews = Trainer(config(tiny, flat_images, tmp_path / "p", sample_every=2, sample_size=64,
+                                   sample_prompts=("flat style, red top", "flat style, blue top"), sample_steps=2,
+                                   **kw),
+                            TrainCallbacks(on_preview=lambda s, paths: got.append((s, paths))))
+    result = with_previews.run()
+    assert [s for s, _ in got] == [2, 4] and all(len(p) == 2 for _, p in got)
+    assert result.previews == got[0][1] + got[1][1]
+    img = np.asarray(Image.open(got[-1][1][1]))
+    assert img.shape == (64, 128, 3)                       # adapter on | adapter off, side by side
+    assert np.abs(img[:, :64].astype(int) - img[:, 64:].astype(int)).mean() > 1.0
+    # Same seed for both halves: before any training the halves would be identical; the base half
+    # must not change between previews (the adapter is really off for it).
+    first_off = np.asarray(Image.open(got[0][1][1]))[:, 64:]
+    assert np.array_equal(first_off, img[:, 64:])
+    # A run without previews ends with exactly the same adapter.
+    plain = Trainer(config(tiny, flat_images, tmp_path / "q", **kw))
+    plain.run()
+    a = {k: v.detach() for k, v in with_previews.model.named_parameters() if ".lora_" in k}
+    b = {k: v.detach() for k, v in plain.model.named_parameters() if ".lora_" in k}
+    assert all(torch.equal(a[k], b[k]) for k in a)
