@@ -85,8 +85,8 @@ class HiDreamInner(nn.Module):
     def __init__(self, config: Qwen3VLConfig):
         super().__init__()
         hidden = config.text_config.hidden_size
-        self.visual = Qwen3VLVisionModel._from_config(config.vision_config)
-        self.language_model = Qwen3VLTextModel._from_config(config.text_config)
+        self.visual = Qwen3VLVisionModel(config.vision_config)  # plain constructors: the default dtype,
+        self.language_model = Qwen3VLTextModel(config.text_config)  # whatever config.dtype says
         self.x_embedder = XEmbedder(hidden)
         self.t_embedder1 = TimestepEmbedder(hidden)
         self.final_layer2 = FinalLayer(hidden)
@@ -186,6 +186,13 @@ class PrefixCache:
         kv = {i: (rep(k, 0), rep(v, 0)) for i, (k, v) in self.kv.items()}
         lengths = None if self.ar_lengths is None else self.ar_lengths.repeat_interleave(copies)
         return PrefixCache(kv, rep(self.gen_position_ids, 1), self.n_ar, lengths)
+
+    def select(self, rows: torch.Tensor) -> "PrefixCache":
+        """Row j of the result is row rows[j] of this prefix (e.g. [cond x k, uncond x k] for CFG)."""
+        rows = torch.as_tensor(rows, device=self.gen_position_ids.device)
+        kv = {i: (k.index_select(0, rows), v.index_select(0, rows)) for i, (k, v) in self.kv.items()}
+        lengths = None if self.ar_lengths is None else self.ar_lengths.index_select(0, rows)
+        return PrefixCache(kv, self.gen_position_ids.index_select(1, rows), self.n_ar, lengths)
 
     def key_mask(self, n_gen: int) -> torch.Tensor | None:
         if self.ar_lengths is None:
@@ -336,10 +343,12 @@ class HiDreamO1(nn.Module):
 
     # -- the three entry points ---------------------------------------------------------------------
     def forward(self, input_ids, position_ids, vinputs, timestep, token_types=None, pixel_values=None,
-                image_grid_thw=None, text_lengths=None, vision=None, **_ignored) -> HiDreamOutput:
-        """Official-compatible forward: x_pred at every position [B, L - 1 + 1 + N(+M), 3072].
+                image_grid_thw=None, text_lengths=None, vision=None, use_flash_attn=None) -> HiDreamOutput:
+        """Official-compatible forward: x_pred at every position [B, L + N(+M), 3072].
 
         vision: optional precomputed (embeds, deepstack) from `vision_features`, reused across steps.
+        use_flash_attn: accepted for call compatibility with the official code and ignored (SDPA picks
+        the kernel; the masking semantics are the same).
         """
         self._check_layout(input_ids, token_types, 1 + vinputs.shape[1])
         n_ar = input_ids.shape[1] - 1
@@ -353,7 +362,8 @@ class HiDreamO1(nn.Module):
 
     @torch.no_grad()
     def reference_forward(self, input_ids, position_ids, vinputs, timestep, token_types, pixel_values=None,
-                          image_grid_thw=None, text_lengths=None, vision=None, **_ignored) -> HiDreamOutput:
+                          image_grid_thw=None, text_lengths=None, vision=None,
+                          use_flash_attn=None) -> HiDreamOutput:
         """The official way: one full pass with a dense additive [B, 1, S, S] mask (oracle, benchmarks)."""
         b, n_text = input_ids.shape
         n_ar = n_text - 1
@@ -373,7 +383,7 @@ class HiDreamO1(nn.Module):
         return HiDreamOutput(self.model.final_layer2(hidden))
 
     def encode_prefix(self, batch=None, *, input_ids=None, position_ids=None, pixel_values=None,
-                      image_grid_thw=None, text_lengths=None, vision=None, **_ignored) -> PrefixCache:
+                      image_grid_thw=None, text_lengths=None, vision=None) -> PrefixCache:
         """K/V of the AR tokens (everything before tms), once per prompt.
 
         Takes a core.layout Batch (or the same fields as keywords); position_ids must cover the whole

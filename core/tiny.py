@@ -188,8 +188,7 @@ def save_checkpoint(model: HiDreamO1, path, tokenizer=None, shards: int = 1, dty
             total += sum(t.numel() * t.element_size() for t in part.values())
         (path / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    config = model.config.to_dict()
-    config["architectures"] = ["Qwen3VLForConditionalGeneration"]
+    config = official_config_dict(model.config)
     config["dtype"] = str(dtype or next(iter(state.values())).dtype).replace("torch.", "")
     (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     text = model.config.text_config
@@ -197,7 +196,41 @@ def save_checkpoint(model: HiDreamO1, path, tokenizer=None, shards: int = 1, dty
         {"bos_token_id": text.bos_token_id, "eos_token_id": text.eos_token_id}, indent=2))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
+        _portable_tokenizer_config(path / "tokenizer_config.json")
     return path
+
+
+def _portable_tokenizer_config(file: Path) -> None:
+    """transformers 5 names the class `TokenizersBackend`, which 4.x cannot import; both load the
+    generic fast class; 4.x reads the special-token list from `additional_special_tokens` (5.x reads both)."""
+    cfg = json.loads(file.read_text())
+    if cfg.get("tokenizer_class") == "TokenizersBackend":
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(cfg.get("extra_special_tokens"), list):  # 4.x expects a dict there
+        cfg["additional_special_tokens"] = cfg.pop("extra_special_tokens")
+    file.write_text(json.dumps(cfg, indent=2))
+
+
+def official_config_dict(config: Qwen3VLConfig) -> dict:
+    """config.json as the official checkpoint writes it (transformers 4.57 style: rope_theta and
+    rope_scaling in text_config), which transformers 4.57 and 5.x both read."""
+    d = config.to_diff_dict()
+    d["architectures"] = ["Qwen3VLForConditionalGeneration"]
+    d["model_type"] = "qwen3_vl"
+    text, vision = config.text_config.to_diff_dict(), config.vision_config.to_diff_dict()
+    d["text_config"], d["vision_config"] = text, vision
+    rope = dict(getattr(config.text_config, "rope_parameters", None) or text.get("rope_scaling") or {})
+    text.pop("rope_parameters", None)
+    if "rope_theta" in rope:
+        text["rope_theta"] = rope.pop("rope_theta")
+    text["rope_scaling"] = rope
+    vision.pop("rope_parameters", None)  # 5.x default (axial, 10000); 4.57 has no such field
+    for sub in (text, vision):
+        for k in [k for k, v in sub.items() if v is None]:
+            del sub[k]
+        sub.pop("dtype", None)
+    vision["model_type"] = "qwen3_vl"  # as the official file has it
+    return d
 
 
 def save_comfy_file(model: HiDreamO1, file, dtype=None) -> Path:
