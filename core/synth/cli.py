@@ -49,7 +49,8 @@ def write_dataset(out: str | Path, n: int, size: int = 128, seed: int = 0, style
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
             for name, data in files:
-                zf.writestr(name, data)
+                # A fixed timestamp makes the archive a function of the arguments alone (reproducible).
+                zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
         os.replace(tmp, out)
     else:
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))

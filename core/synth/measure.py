@@ -16,15 +16,15 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from .render import primitives, shape_mask
+from .render import shape_mask
 from .scene import Scene
 from .vocab import BACKGROUNDS, COLOURS, REGIONS, SHAPES
 
 FG_DISTANCE = 60.0      # RGB distance from the background that counts as foreground (light vs saturated: >100)
 MIN_FG_FRACTION = 0.03  # of a cell; a small star covers ~8%, generation noise a fraction of a percent
 TEMPLATE = 32           # side of the silhouettes compared
-INK_FULL = 0.4          # ink share at which the score's ink part is full (hatched renders: 0.45-0.9; flat: 0)
-ENERGY_FULL = 0.1       # texture at which its texture part is full (hatched: up to 0.35; flat: < 0.04)
+INK_FULL = 0.4          # ink share at which the score's ink part is full (hatched renders: 0.4-0.8; flat: 0)
+ENERGY_FULL = 0.1       # texture at which its texture part is full (hatched renders: 0.04-0.4; flat: 0)
 
 
 def _array(img: Image.Image | np.ndarray) -> np.ndarray:
@@ -61,13 +61,13 @@ def _erode(mask: np.ndarray, k: int) -> np.ndarray:
 
 def style_features(img) -> dict[str, float]:
     """ink_share: ink pixels / foreground pixels (outlines and hatch lines). hatch_energy: inside the shapes,
-    how much more the grey level changes across the 45-degree hatch direction than along it; noise and
-    blur change both directions alike, so they cancel. Both are about 0 for flat shapes."""
+    how much more the grey level changes across the 45-degree hatch lines than along them (pixel noise
+    adds to both alike and cancels; edges are kept out by a 2-px erosion). Both are 0 for flat shapes."""
     arr = _array(img)
     bg = background_colour(arr)
     fg = foreground(arr, bg)
     gray = arr.mean(axis=-1) / 255.0
-    inside = _erode(fg, 1)[1:-1, 1:-1]
+    inside = _erode(fg, 2)[1:-1, 1:-1]
     g = gray[1:-1, 1:-1]
     across = np.abs(gray[2:, 2:] - g)     # step along (1, 1): crosses the lines x + y = const
     along = np.abs(gray[:-2, 2:] - g)     # step along (1, -1): follows them

@@ -1,0 +1,142 @@
+"""Synthetic shape scenes: captions, determinism, the style score and the prompt-following measure.
+
+    .venv/bin/python -m pytest tests/core/test_synth.py -q
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from core.synth import (REGIONS, Scene, ShapeSpec, SynthDataset, prompt_following, render, sample_scene,
+                        style_score)
+from core.synth.vocab import REGION_PHRASES
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def degrade(img: Image.Image, rng: np.random.Generator, blur: float = 1.0, noise: float = 12.0) -> Image.Image:
+    """What a generator's output looks like next to a clean render: softer edges and pixel noise."""
+    arr = np.asarray(img.filter(ImageFilter.GaussianBlur(blur)), dtype=np.float32)
+    return Image.fromarray((arr + rng.normal(0, noise, arr.shape)).clip(0, 255).astype(np.uint8))
+
+
+def test_caption_reads_the_labels():
+    scene = Scene((ShapeSpec("circle", "red", "small", "top left"),), "light blue")
+    assert scene.caption() == "a small red circle in the top left on a light blue background"
+    two = Scene((ShapeSpec("star", "blue", "large", "centre"), ShapeSpec("ring", "green", "small", "bottom")), "white")
+    assert two.caption("hatchwork style") == ("hatchwork style, a large blue star in the centre and a small green "
+                                              "ring at the bottom, on a white background")
+    for i in range(300):
+        s = sample_scene(5, i)
+        cap, lab = s.caption(), s.labels()
+        assert cap.endswith(f"on a {lab['background']} background")
+        for sh in lab["shapes"]:
+            assert f"a {sh['size']} {sh['colour']} {sh['shape']} {REGION_PHRASES[sh['region']]}" in cap
+        assert len({sh["region"] for sh in lab["shapes"]}) == len(lab["shapes"])
+        assert len({sh["colour"] for sh in lab["shapes"]}) == len(lab["shapes"])
+
+
+def test_scenes_cover_the_vocabulary_and_are_deterministic():
+    scenes = [sample_scene(0, i) for i in range(400)]
+    assert scenes == [sample_scene(0, i) for i in range(400)]
+    assert scenes != [sample_scene(1, i) for i in range(400)]
+    assert {s.region for sc in scenes for s in sc.shapes} == set(REGIONS)
+    assert 0.35 < np.mean([len(sc.shapes) == 2 for sc in scenes]) < 0.65
+    a, b = render(scenes[7], 128, "hatched"), render(sample_scene(0, 7), 128, "hatched")
+    assert a.tobytes() == b.tobytes()
+    ds1, ds2 = SynthDataset(n=10, size=128, seed=4), SynthDataset(n=10, size=128, seed=4)
+    assert ds1[123]["caption"] == ds2[123]["caption"] and (ds1[123]["image"] == ds2[123]["image"]).all()
+
+
+def test_cli_output_is_identical_across_processes_and_accepted_by_the_dataset(tmp_path):
+    from core.data import TrainDataset, validate_dataset
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"run{k}"
+        subprocess.run([sys.executable, "-m", "core.synth", "--out", str(out), "--n", "12", "--size", "128",
+                        "--style", "hatched", "--trigger", "hatchwork style", "--zip"], cwd=REPO, check=True,
+                       capture_output=True)
+        outs.append(out.with_name(out.name + ".zip"))
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    report = validate_dataset(outs[0], resolution=128, min_side=128)
+    assert (report.usable, report.captioned, report.unsupported, report.caption_issues) == (12, 12, [], [])
+    ds = TrainDataset(outs[0], resolution=128, min_side=128, trigger="hatchwork style")
+    item = ds[0]
+    assert item["image"].shape == (3, 128, 128)
+    assert item["caption"].startswith("hatchwork style, a ") and item["caption"].count("hatchwork style") == 1
+    folder = tmp_path / "plain"
+    r = subprocess.run([sys.executable, "-m", "core.synth", "--out", str(folder), "--n", "3", "--size", "100"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "--size must be a multiple of 32" in r.stderr and not folder.exists()
+
+
+def test_style_score_separates_hatched_from_plain_by_a_wide_margin():
+    rng = np.random.default_rng(0)
+    for size in (128, 256):
+        plain = [style_score(render(sample_scene(9, i), size, "plain")) for i in range(60)]
+        hatched = [style_score(render(sample_scene(9, i), size, "hatched")) for i in range(60)]
+        assert max(plain) < 0.15 and min(hatched) > 0.8, (size, max(plain), min(hatched))
+    # Generated images are softer and noisier: the margin must survive that at 128 px.
+    plain = [style_score(degrade(render(sample_scene(9, i), 128, "plain"), rng)) for i in range(60)]
+    hatched = [style_score(degrade(render(sample_scene(9, i), 128, "hatched"), rng)) for i in range(60)]
+    assert max(plain) < 0.15 and min(hatched) > 0.5, (max(plain), min(hatched))
+
+
+@pytest.mark.parametrize("style", ["plain", "hatched"])
+def test_prompt_following_recovers_the_labels_of_renders(style):
+    rng = np.random.default_rng(1)
+    clean, noisy, wrong = [], [], []
+    for i in range(80):
+        scene = sample_scene(11, i)
+        img = render(scene, 128, style)
+        m = prompt_following(img, scene)
+        clean.append(m["score"])
+        assert m["extra_regions"] == []
+        noisy.append(prompt_following(degrade(img, rng), scene)["score"])
+        wrong.append(prompt_following(img, sample_scene(12, i))["score"])   # someone else's prompt
+    assert np.mean(clean) >= 0.99
+    assert np.mean(noisy) >= 0.95
+    assert np.mean(wrong) < 0.3          # the measure is not satisfied by any image
+
+
+def test_measure_names_what_is_wrong():
+    scene = Scene((ShapeSpec("triangle", "yellow", "large", "top right"),), "light grey")
+    img = render(Scene((ShapeSpec("ring", "blue", "large", "bottom left"),), "white"), 128)
+    m = prompt_following(img, scene)
+    assert m["background"] == {"expected": "light grey", "found": "white"}
+    assert m["shapes"][0]["present"] is False and m["extra_regions"] == ["bottom left"]
+    moved = render(Scene((ShapeSpec("ring", "blue", "large", "top right"),), "light grey"), 128)
+    row = prompt_following(moved, scene)["shapes"][0]
+    assert row["present"] and row["found"]["colour"] == "blue" and row["found"]["shape"] == "ring"
+    assert not row["colour_ok"] and not row["shape_ok"]
+
+
+def test_rendering_is_cheap_enough_for_on_the_fly_pretraining():
+    scenes = [sample_scene(3, i) for i in range(200)]
+    t = time.perf_counter()
+    for s in scenes:
+        render(s, 128, "hatched")
+    per_image = (time.perf_counter() - t) / len(scenes)
+    assert per_image < 0.015, f"{per_image * 1e3:.1f} ms per 128-px image"   # ~1.5 ms measured alone
+
+
+def test_synth_dataset_batches_with_the_bucket_sampler():
+    from core.data import BucketBatchSampler, collate_batch
+    ds = SynthDataset(n=8, size=128, seed=0, style="hatched", trigger="hw")
+    sampler = BucketBatchSampler(ds, batch_size=4, seed=0)
+    batches = [collate_batch([ds[k] for k in b]) for b in sampler]
+    assert len(batches) == 2 and batches[0]["images"].shape == (4, 3, 128, 128)
+    assert all(c.startswith("hw, a ") for b in batches for c in b["captions"])
+    nxt = next(iter(sampler))             # the next epoch draws new scenes, not the same eight again
+    assert min(nxt) >= 8
+    with pytest.raises(ValueError, match="multiple of 32"):
+        SynthDataset(size=100)
+    with pytest.raises(ValueError, match="unknown colour 'teal'"):
+        ShapeSpec("circle", "teal", "small", "centre")
+    with pytest.raises(ValueError, match="distinct regions"):
+        Scene((ShapeSpec("circle", "red", "small", "centre"), ShapeSpec("star", "blue", "small", "centre")), "white")
