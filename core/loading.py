@@ -118,8 +118,10 @@ def load_model(path, dtype=torch.float32, device="cpu", config=None, tokenizer=N
     device = torch.device(device)
 
     unknown, loaded = [], set()
+    # CUDA: safetensors reads each tensor straight onto the GPU, so host RAM never holds the weights
+    read_on = str(device) if device.type == "cuda" else "cpu"
     for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
+        with safe_open(str(file), framework="pt", device=read_on) as f:
             for key in f.keys():
                 name = _our_name(key, prefix)
                 if name is None:
