@@ -119,7 +119,9 @@ def load_model(path, dtype=torch.float32, device="cpu", config=None, tokenizer=N
 
     unknown, loaded = [], set()
     # CUDA: safetensors reads each tensor straight onto the GPU, so host RAM never holds the weights
-    read_on = str(device) if device.type == "cuda" else "cpu"
+    read_on = "cpu"
+    if device.type == "cuda":
+        read_on = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
     for file in files:
         with safe_open(str(file), framework="pt", device=read_on) as f:
             for key in f.keys():
