@@ -137,8 +137,9 @@ def split_attention(module, query, key, value, attention_mask, scaling=None, dro
         p.kv[module.layer_idx] = (key, value)
         out = _sdpa(query, key, value, causal=True, scale=scaling)
     elif p.mode == "denoise":
-        pk, pv = p.kv[module.layer_idx]
-        out = _sdpa(query, torch.cat([pk, key], dim=2), torch.cat([pv, value], dim=2), mask=p.key_mask,
+        pk, pv = p.kv[module.layer_idx]  # a prefix made outside autocast may differ in dtype
+        out = _sdpa(query, torch.cat([pk.to(key.dtype), key], dim=2), torch.cat([pv.to(value.dtype), value], dim=2),
+                    mask=p.key_mask,
                     scale=scaling)
     elif p.mode == "dense":
         out = _sdpa(query, key, value, mask=p.dense_mask.to(query.dtype), scale=scaling)

@@ -64,6 +64,10 @@ def test_written_checkpoint_has_official_layout_and_reloads(tmp_path):
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["model_type"] == "qwen3_vl" and cfg["architectures"] == ["Qwen3VLForConditionalGeneration"]
     assert cfg["text_config"]["num_hidden_layers"] == 3 and cfg["text_config"]["head_dim"] == 8
+    # the official (transformers 4.57) spelling, which 4.57 and 5.x both read
+    assert cfg["text_config"]["rope_theta"] == 5e6 and "rope_parameters" not in cfg["text_config"]
+    assert cfg["text_config"]["rope_scaling"] == {"rope_type": "default", "mrope_section": [2, 1, 1],
+                                                  "mrope_interleaved": True}
     tok = load_tokenizer(path)
     assert cfg["image_token_id"] == tok.get_vocab()["<|image_pad|>"]
     model = load_model(path)
