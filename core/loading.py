@@ -183,7 +183,13 @@ def load_tokenizer(path):
     folder = path.parent if path.is_file() else path
     if not has_tokenizer(folder):
         raise FileNotFoundError(f"no tokenizer files (tokenizer.json / tokenizer_config.json) in {folder}")
-    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if getattr(tok, "chat_template", None) is None:
+        # Qwen3-VL folders may keep the template with the processor (chat_template.json) only
+        proc = folder / "chat_template.json"
+        if proc.is_file():
+            tok.chat_template = json.loads(proc.read_text())["chat_template"]
+    return tok
 
 
 def token_id(tokenizer, token: str) -> int | None:

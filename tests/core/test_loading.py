@@ -134,3 +134,16 @@ def test_not_a_checkpoint(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(CheckpointError, match="model_type is 'llama'"):
         load_model(tmp_path)
+
+
+def test_chat_template_from_the_processor_file(folder, tmp_path):
+    path = shutil.copytree(folder, tmp_path / "proc")
+    template = (path / "chat_template.jinja").read_text()
+    (path / "chat_template.jinja").unlink()
+    cfg = json.loads((path / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (path / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    tok = load_tokenizer(path)
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True) \
+        == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
