@@ -77,9 +77,10 @@ class TrainDataset(Dataset):
             raise IndexError(f"key must be >= 0, got {key}")
         rec_idx = key % len(self.records)
         _, flip = self._draws(key)
-        x = to_tensor(self._fitted(rec_idx))
+        img = self._fitted(rec_idx)
         if flip:
-            x = x.flip(-1)
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        x = to_tensor(img)
         return {"image": x, "caption": self.caption(key), "name": self.records[rec_idx].name}
 
 

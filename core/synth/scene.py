@@ -4,10 +4,12 @@
     scene.caption()          # "a small red circle in the top left on a light blue background"
     scene.caption("sks")     # "sks, a small red circle ..."
     scene.labels()           # {"background": "light blue", "shapes": [{"shape", "colour", "size", "region"}]}
+    parse_caption("sks, a small red circle in the top left on a light blue background") == scene.labels()
 """
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import asdict, dataclass
 
 from .vocab import BACKGROUNDS, COLOURS, REGION_PHRASES, REGIONS, SHAPES, SIZES
@@ -65,3 +67,24 @@ def sample_scene(seed: int, index: int, two_shape_prob: float = 0.5,
     shapes = tuple(ShapeSpec(shape=rng.choice(SHAPES), colour=c, size=rng.choice(list(SIZES)), region=r,
                              dx=rng.uniform(-1, 1), dy=rng.uniform(-1, 1)) for c, r in zip(colours, where))
     return Scene(shapes=shapes, background=rng.choice(list(BACKGROUNDS)))
+
+
+def _alternatives(words) -> str:
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+
+
+_PHRASE_TO_REGION = {v: k for k, v in REGION_PHRASES.items()}
+_SHAPE_RE = re.compile(rf"\ba ({_alternatives(SIZES)}) ({_alternatives(COLOURS)}) ({_alternatives(SHAPES)}) "
+                       rf"({_alternatives(_PHRASE_TO_REGION)})(?= and |,? on a )")
+_BACKGROUND_RE = re.compile(rf",? on a ({_alternatives(BACKGROUNDS)}) background\s*$")
+
+
+def parse_caption(caption: str) -> dict:
+    """Labels back from a caption of this grammar (any trigger prefix), so a prompt alone can be scored."""
+    bg = _BACKGROUND_RE.search(caption)
+    shapes = [{"shape": m[3], "colour": m[2], "size": m[1], "region": _PHRASE_TO_REGION[m[4]]}
+              for m in _SHAPE_RE.finditer(caption)]
+    if bg is None or not shapes:
+        raise ValueError(f"not a shape-scene caption (\"a <size> <colour> <shape> <where> ... on a <background> "
+                         f"background\"): {caption!r}")
+    return {"background": bg[1], "shapes": shapes}

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from core.data import BucketBatchSampler, TrainDataset, collate_batch, make_buckets, nearest_bucket
 from core.data.images import load_rgb
+from core.data.transforms import with_trigger
 
 
 def save(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -187,3 +188,11 @@ def test_bad_arguments_are_named(mixed):
         BucketBatchSampler(ds, batch_size=4, drop_last=True)
     with pytest.raises(ValueError, match="batch_size must be"):
         BucketBatchSampler(ds, batch_size=0)
+
+
+def test_trigger_is_prepended_once_and_dropout_trains_on_the_empty_prompt():
+    assert with_trigger("a red cube", "sks style") == "sks style, a red cube"
+    assert with_trigger("SKS Style, a red cube", "sks style") == "SKS Style, a red cube"   # already there
+    assert with_trigger("a category of things", "cat") == "cat, a category of things"    # a word, not a part
+    assert with_trigger(None, "  sks   style ") == "sks style"
+    assert with_trigger(None, "") == " " and with_trigger("a dog", "") == "a dog"

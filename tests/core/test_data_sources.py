@@ -182,3 +182,13 @@ def test_strict_rejects_any_bad_file_and_bad_arguments_are_named(tmp_path):
         validate_dataset(d / "a.png")
     with pytest.raises(DatasetError, match="dataset not found"):
         validate_dataset(tmp_path / "nope")
+
+
+def test_validation_does_not_import_torch(tmp_path):
+    """The API validates uploads in a process that must stay free of torch."""
+    import subprocess
+    import sys
+    (tmp_path / "a.png").write_bytes(png_bytes())
+    code = ("import sys, core.data, core.synth; r = core.data.validate_dataset(sys.argv[1], resolution=64, "
+            "min_side=32); assert r.usable == 1; assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=Path(__file__).parents[2])

@@ -14,6 +14,8 @@ from PIL import Image, ImageFilter
 
 from core.synth import (REGIONS, Scene, ShapeSpec, SynthDataset, prompt_following, render, sample_scene,
                         style_score)
+from core.synth.evaluate import evaluate, evaluate_folder
+from core.synth.scene import parse_caption
 from core.synth.vocab import REGION_PHRASES
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -39,6 +41,9 @@ def test_caption_reads_the_labels():
             assert f"a {sh['size']} {sh['colour']} {sh['shape']} {REGION_PHRASES[sh['region']]}" in cap
         assert len({sh["region"] for sh in lab["shapes"]}) == len(lab["shapes"])
         assert len({sh["colour"] for sh in lab["shapes"]}) == len(lab["shapes"])
+        assert parse_caption(s.caption("sks style")) == lab      # a prompt alone can be scored
+    with pytest.raises(ValueError, match="not a shape-scene caption"):
+        parse_caption("a photo of a dog")
 
 
 def test_scenes_cover_the_vocabulary_and_are_deterministic():
@@ -140,3 +145,26 @@ def test_synth_dataset_batches_with_the_bucket_sampler():
         ShapeSpec("circle", "teal", "small", "centre")
     with pytest.raises(ValueError, match="distinct regions"):
         Scene((ShapeSpec("circle", "red", "small", "centre"), ShapeSpec("star", "blue", "small", "centre")), "white")
+
+
+def test_evaluate_folder_scores_renders_and_catches_a_wrong_style(tmp_path):
+    from core.synth.cli import write_dataset
+    folder = write_dataset(tmp_path / "h", n=20, size=128, seed=2, style="hatched", trigger="hw")
+    out = evaluate_folder(folder)
+    assert out["n"] == 20 and out["mean_follow_score"] >= 0.99 and out["mean_style_score"] > 0.8
+    assert out["rows"][0]["file_name"] == "000000.png"
+    plain = evaluate([(render(sample_scene(2, i), 128, "plain"), sample_scene(2, i).caption("hw")) for i in range(20)])
+    assert plain["mean_follow_score"] >= 0.99 and plain["mean_style_score"] < 0.1
+    with pytest.raises(FileExistsError):
+        write_dataset(folder, n=1)
+
+
+def test_synth_dataset_mixed_sizes_keep_their_bucket_across_epochs():
+    from core.data import BucketBatchSampler, collate_batch
+    ds = SynthDataset(n=12, sizes=(128, 192), seed=1)
+    assert {ds.bucket(k) for k in range(12)} == {(128, 128), (192, 192)}
+    sampler = BucketBatchSampler(ds, batch_size=3, seed=0)
+    for epoch in range(2):
+        for b in sampler:
+            batch = collate_batch([ds[k] for k in b])   # raises if a batch mixed sizes
+            assert batch["images"].shape[-1] == ds.bucket(b[0])[0] == ds.bucket(b[0] % 12)[0]
