@@ -187,12 +187,17 @@ class Trainer:
                                  extra_targets=tuple(cfg.extra_targets))
             inject_lora(self.model, self.spec)
             self.params = lora_parameters(self.model)
+            if self.bf16:
+                # PEFT casts each LoRA input to the adapter's float32 and autocast casts it straight back
+                # to bf16: two activation-sized copies per linear for nothing. Autocast alone suffices.
+                _set_peft_input_casting(self.model, False)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         if cfg.compile:
             for layer in self.model.model.language_model.layers:
                 layer.compile()
         self.model.train()
+        self.forward = self.model            # what loss() calls; benchmarks swap in the dense-mask path
 
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas),
                                            weight_decay=cfg.weight_decay, fused=on_cuda)
@@ -208,7 +213,7 @@ class Trainer:
                               min_side=cfg.min_side,
                               pin_memory=on_cuda)
         self.data = data
-        self._layouts: dict[tuple[str, int, int], object] = {}
+        self._layouts: dict[tuple, tuple[dict, int]] = {}
         self.step = 0
         self.smoothed: float | None = None
         self._ema = (0.0, 0)                 # (uncorrected EMA of logged losses, count)
@@ -274,28 +279,60 @@ class Trainer:
         self.last_checkpoint, self._ckpt_step = Path(path), self.step
 
     # ------------------------------------------------------------------------------------- one step
-    def _layout(self, caption: str, height: int, width: int):
-        from core.layout import build_t2i
+    def _inputs(self, captions: list[str], height: int, width: int) -> tuple[dict, int]:
+        """Model inputs of a caption batch (all but vinputs / timestep), on the device, cached.
 
-        key = (caption, height, width)
-        if key not in self._layouts:
-            if len(self._layouts) > 4096:     # generated captions never repeat: keep the cache bounded
-                self._layouts.clear()
-            self._layouts[key] = build_t2i(self.tokenizer, caption, height, width)
-        return self._layouts[key]
+        Built on the CPU and moved once: a blocking host-to-device copy or a `bool()` of a device tensor
+        would stall the GPU every step. Text-to-image layouts put the N image tokens last, so the loss
+        reads x_pred[:, -N:] instead of a boolean-mask gather (which would sync too).
+        """
+        from core.layout import build_t2i, collate
+
+        key = (tuple(captions), height, width)
+        hit = self._layouts.get(key)
+        if hit is not None:
+            return hit
+        batch = collate([build_t2i(self.tokenizer, c, height, width) for c in captions])
+        n = batch.n_image
+        if batch.n_ref or not bool(batch.vinput_mask[:, -n:].all()) or int(batch.vinput_mask.sum()) != n * len(captions):
+            raise ValueError("training expects text-to-image layouts with the image tokens last")
+        inputs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids, token_types=batch.token_types,
+                      text_lengths=batch.text_lengths if batch.padded else None)
+        inputs = {k: (v.to(self.device, non_blocking=True) if v is not None else None) for k, v in inputs.items()}
+        if len(self._layouts) >= 4096:     # generated captions rarely repeat: keep the cache bounded
+            self._layouts.clear()
+        self._layouts[key] = (inputs, n)
+        return inputs, n
 
     def loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
         """The recipe's loss for one micro-batch (float32 scalar, on the device)."""
-        from core.layout import collate, patchify
+        from core.layout import patchify
 
         images = images.to(self.device, non_blocking=True)
         h, w = images.shape[-2:]
         x0 = patchify(images.float())
-        batch = collate([self._layout(c, h, w) for c in captions]).to(self.device)
+        inputs, n = self._inputs(captions, h, w)
         z, t, sigma = self.objective.noise(x0, self.generator)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            x_pred = self.model(**batch.model_inputs(z, t)).x_pred
-        return self.objective.loss(x_pred, x0, sigma, mask=batch.vinput_mask)
+            x_pred = self.forward(vinputs=z, timestep=t, **inputs).x_pred
+        return self.objective.loss(x_pred[:, -n:], x0, sigma)
+
+    def train_step(self, batches) -> torch.Tensor:
+        """One optimizer step over grad_accum micro-batches from `batches`; returns the loss, not synced."""
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for _ in range(cfg.grad_accum):
+            images, captions = next(batches)
+            loss = self.loss(images, captions) / cfg.grad_accum
+            loss.backward()
+            total += loss.detach()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return total
 
     # ------------------------------------------------------------------------------------- the loop
     def run(self) -> TrainResult:
@@ -308,17 +345,7 @@ class Trainer:
             if cb.should_stop and cb.should_stop():
                 stopped = True
                 break
-            self.optimizer.zero_grad(set_to_none=True)
-            for _ in range(cfg.grad_accum):
-                images, captions = next(batches)
-                loss = self.loss(images, captions) / cfg.grad_accum
-                loss.backward()
-                window_loss += loss.detach()
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
+            window_loss += self.train_step(batches)
             window_steps += 1
 
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
@@ -377,6 +404,14 @@ class Trainer:
         result.lora_dir = save_peft_folder(adapter, self.spec, self.out / "lora", meta,
                                            base_model=cfg.base_model_name or str(cfg.model_path))
         result.lora_file = save_comfyui_file(adapter, self.spec, self.out / "lora.safetensors", meta)
+
+
+def _set_peft_input_casting(model, enabled: bool) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for m in model.modules():
+        if isinstance(m, BaseTunerLayer):
+            m.cast_input_dtype_enabled = enabled
 
 
 def _norm(v):
