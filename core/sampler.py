@@ -168,7 +168,7 @@ class Sampler:
 
         def predict(z_in, t):
             with self._autocast(device):
-                x = model.denoise(prefix, self._with_refs(req, z_in), t.to(device).expand(z_in.shape[0]))
+                x = model.denoise(prefix, self._with_refs(req, z_in), t.expand(z_in.shape[0]))
             return x[:, : z_in.shape[1]]
 
         return self._run(req, predict, callback, return_latents)
@@ -194,7 +194,7 @@ class Sampler:
             for text, z_row in zip(rows, z_in.split(1)):
                 b = one[text]
                 with self._autocast(device):
-                    x = fwd(**b.model_inputs(b.vinputs(z_row.clone()), t.to(device).reshape(1))).x_pred
+                    x = fwd(**b.model_inputs(b.vinputs(z_row.clone()), t.reshape(1))).x_pred
                 out.append(x[0, b.vinput_mask[0]][: z_row.shape[1]][None])
             return torch.cat(out)
 
@@ -219,14 +219,16 @@ class Sampler:
 def flow_loop(sched, z: torch.Tensor, predict, guidance: float | None = None, on_step=None) -> torch.Tensor:
     """The official denoising loop over `sched.timesteps`; z [B, N, 3072] stays in its own dtype.
 
-    predict(z_in, t) -> x_pred [len(z_in), N, 3072] with t the model's timestep (a 0-d float32 tensor)
+    predict(z_in, t) -> x_pred [len(z_in), N, 3072] with t the model's timestep (0-d float32, on z's device)
     and z_in = z, or [z; z] (cond rows, then uncond rows) when guidance is given (CFG).
     on_step(i, total, x_pred, z) runs after every step (z: the new state).
     """
     dtype, total = z.dtype, len(sched.timesteps)
+    # the model's t for every step, moved to the device once (a per-step host copy would stall the queue)
+    ts = (1.0 - sched.timesteps.float() / 1000.0).to(z.device)
     for i, step_t in enumerate(sched.timesteps):
         sigma = (step_t.float() / 1000.0).clamp_min(T_EPS)  # T/1000, not the scheduler's own sigma
-        t = 1.0 - step_t.float() / 1000.0
+        t = ts[i]
         z_in = z if guidance is None else torch.cat([z, z])
         x_pred = predict(z_in, t)
         v = (x_pred.float() - z_in.float()) / sigma
