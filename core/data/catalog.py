@@ -49,7 +49,9 @@ def _decode(source: Source, name: str, size: int, issues: list[Issue]) -> str | 
         return source.read(name).decode("utf-8-sig")
     except UnicodeDecodeError as e:
         issues.append(Issue(name, f"caption is not UTF-8 text ({e.reason} at byte {e.start})"))
-        return None
+    except OSError as e:
+        issues.append(Issue(name, str(e)))
+    return None
 
 
 def _metadata_captions(source: Source, name: str, size: int, issues: list[Issue]) -> dict[str, str | None]:

@@ -11,6 +11,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageOps
 
 FORMATS = ("PNG", "JPEG", "WEBP")
@@ -85,6 +86,10 @@ def load_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
             img.draft("RGB", (dw, dh))
         img.load()
         img = ImageOps.exif_transpose(img)
+        if img.mode.startswith("I"):
+            # 16-bit greyscale PNGs: Pillow's convert("RGB") clips them to white; scale 0..65535 to 0..255.
+            arr = np.asarray(img).astype(np.float64)
+            img = Image.fromarray(np.clip(arr / 257.0 if arr.max() > 255 else arr, 0, 255).round().astype(np.uint8))
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

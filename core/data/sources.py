@@ -2,7 +2,7 @@
 
     src = open_source("photos.zip")          # or a folder
     for entry in src.entries: ...            # safe, regular files only, posix names relative to the root
-    data = src.read(entry.name)              # bytes, never more than the entry's declared size
+    data = src.read(entry.name)              # bytes, never more than the entry's declared size; OSError if corrupt
     src.unsafe                               # [Issue(name, reason)] entries refused (absolute, '..', links, ...)
 
 A zip is checked from its central directory before anything is read: entry count, total and per-entry
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -161,9 +162,13 @@ class ZipSource:
 
     def read(self, name: str) -> bytes:
         info = self._infos[name]
-        # ZipExtFile stops at the declared size, so a lying header cannot make this read more.
-        with self._zip().open(info) as f:
-            return f.read(info.file_size + 1)[: info.file_size]
+        try:
+            # ZipExtFile stops at the declared size, so a lying header cannot make this read more.
+            with self._zip().open(info) as f:
+                return f.read(info.file_size + 1)[: info.file_size]
+        except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as e:
+            # CRC mismatch, truncated archive, unknown compression: one bad entry, reported by name.
+            raise OSError(f"corrupt zip entry ({type(e).__name__}: {e})") from e
 
     def __getstate__(self):
         state = self.__dict__.copy()

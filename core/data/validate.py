@@ -59,7 +59,11 @@ def scan(source: str | Path | Source, resolution: int = 1024, min_side: int = DE
     records: list[Record] = []
     upscaled: list[str] = []
     for item in cat.items:
-        data = src.read(item.name)
+        try:
+            data = src.read(item.name)
+        except OSError as e:
+            report.unreadable.append(Issue(item.name, str(e)))
+            continue
         try:
             info = probe(data, max_pixels)   # header: the true oriented size, and the pixel limit
             # Decoding for real (not only the header) is what catches truncated and corrupt files; JPEG

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -66,6 +67,13 @@ def test_rgba_is_composited_on_white(tmp_path):
     pal = img.convert("P")                                        # palette + transparency index
     pal.info["transparency"] = pal.getpixel((48, 10))
     assert load_rgb(save(pal)).getpixel((48, 10)) == (255, 255, 255)
+
+
+def test_16_bit_greyscale_keeps_its_tones():
+    ramp = Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))   # 0 .. 65520
+    out = np.asarray(load_rgb(save(ramp)))
+    assert out[0, 0].tolist() == [0, 0, 0] and out[-1, -1, 0] == 255
+    assert 120 < out[32, 0, 0] < 135                                                    # mid-grey stays mid-grey
 
 
 @pytest.mark.parametrize("res", [128, 256, 512, 1024])

@@ -12,6 +12,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -102,6 +103,28 @@ def test_zip_with_escaping_paths_is_refused_naming_the_entry(tmp_path, monkeypat
     assert [i.name for i in e.value.report.unsafe] == [bad_name]
     assert e.value.report.to_dict()["ok"] is False
     assert tree_snapshot(tmp_path) == before
+
+
+def test_corrupt_zip_entry_is_reported_by_name(tmp_path):
+    z = tmp_path / "ds.zip"
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    noisy.save(buf, format="PNG")
+    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("good.png", png_bytes())
+        zf.writestr("bad.png", buf.getvalue())
+        zf.writestr("bad.txt", "a caption " * 50)
+    raw = bytearray(z.read_bytes())
+    with zipfile.ZipFile(z) as zf:
+        for info in zf.infolist():
+            if info.filename.startswith("bad"):   # flip bytes in the middle of the entry's compressed data
+                at = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size // 2
+                raw[at:at + 4] = bytes(b ^ 0xFF for b in raw[at:at + 4])
+    z.write_bytes(bytes(raw))
+    r = validate_dataset(z, resolution=64, min_side=32)
+    assert r.usable == 1 and [i.name for i in r.unreadable] == ["bad.png"]
+    assert "corrupt zip entry" in r.unreadable[0].reason
+    assert [i.name for i in r.caption_issues] == ["bad.txt"]
 
 
 def test_zip_with_symlink_is_refused(tmp_path):
