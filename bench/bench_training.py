@@ -128,6 +128,8 @@ def make_trainer(v: Variant, model, tokenizer, device, out_dir: Path):
 
 def measure(v: Variant, spec, tokenizer, device, vocab, steps: int, warmup: int) -> dict:
     on_cuda = device.type == "cuda"
+    if on_cuda:     # anything still allocated here leaked from the previous variant and would inflate the peak
+        print(f"   allocated before building: {torch.cuda.memory_allocated() / 2**30:.2f} GiB", flush=True)
     model = build_model(spec, tokenizer, device, vocab)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = make_trainer(v, model, tokenizer, device, Path(tmp))
@@ -155,6 +157,7 @@ def measure(v: Variant, spec, tokenizer, device, vocab, steps: int, warmup: int)
         peak = torch.cuda.max_memory_allocated() / 2**30 if on_cuda else float("nan")
         n_tokens = (v.resolution // 32) ** 2
     del trainer, model, batches
+    torch._dynamo.reset()     # compiled graphs hold on to the old model's tensors
     gc.collect()
     if on_cuda:
         torch.cuda.empty_cache()
