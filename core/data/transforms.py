@@ -7,9 +7,13 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:   # torch itself is imported where it is used: validation must not load it
+    import torch
 
 EMPTY_PROMPT = " "   # the unconditional prompt the model was trained with (caption dropout trains on it)
 
@@ -29,7 +33,7 @@ def fit_to_size(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img.resize(size, Image.Resampling.LANCZOS, box=(left, top, left + cw, top + ch), reducing_gap=3.0)
 
 
-def to_tensor(img: Image.Image) -> "torch.Tensor":
+def to_tensor(img: Image.Image) -> torch.Tensor:
     import torch  # lazily: the API validates uploads with this package and must not load torch
     # numpy does the arithmetic: torch's intra-op threads cost milliseconds per tiny image on a busy CPU,
     # and this runs in DataLoader workers next to the training process.

@@ -4,7 +4,7 @@
 
     scene = sample_scene(seed=0, index=5)          # one or two shapes in a 3x3 grid on a light background
     img = render(scene, size=128, style="hatched") # PIL RGB
-    scene.caption("hatchwork style")               # "hatchwork style, a large blue star in the centre on a white background"
+    scene.caption("hatchwork style")               # "hatchwork style, a large blue star in the centre on a ..."
     style_score(img)                               # ~1 hatched, ~0 plain
     prompt_following(img, scene)["score"]          # 1.0 on the render itself
 

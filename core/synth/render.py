@@ -36,7 +36,8 @@ def primitives(shape: str, cx: float, cy: float, r: float) -> list[tuple[str, ob
         return [("ellipse", (cx - r, cy - r, cx + r, cy + r), False)]
     if shape == "ring":
         q = 0.55 * r
-        return [("ellipse", (cx - r, cy - r, cx + r, cy + r), False), ("ellipse", (cx - q, cy - q, cx + q, cy + q), True)]
+        return [("ellipse", (cx - r, cy - r, cx + r, cy + r), False),
+                ("ellipse", (cx - q, cy - q, cx + q, cy + q), True)]
     if shape == "square":
         a = 0.85
         return poly([(-a, -a), (a, -a), (a, a), (-a, a)])
