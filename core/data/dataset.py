@@ -22,12 +22,12 @@ from torch.utils.data import Dataset
 from .images import DEFAULT_MAX_PIXELS, load_rgb
 from .sources import Source, SourceLimits
 from .transforms import EMPTY_PROMPT, fit_to_size, to_tensor, with_trigger
-from .validate import DEFAULT_MIN_SIDE, Record, check, scan
+from .validate import Record, check, scan
 
 
 class TrainDataset(Dataset):
     def __init__(self, source: str | Path | Source, resolution: int = 1024, trigger: str = "", repeats: int = 1,
-                 flip: bool = False, caption_dropout: float = 0.0, min_side: int = DEFAULT_MIN_SIDE, seed: int = 0,
+                 flip: bool = False, caption_dropout: float = 0.0, min_side: int | None = None, seed: int = 0,
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_aspect: float = 3.0, cache: bool = False,
                  limits: SourceLimits = SourceLimits()):
         if not isinstance(repeats, int) or repeats < 1:

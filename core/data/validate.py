@@ -3,9 +3,10 @@
     report = validate_dataset("photos.zip", resolution=1024, min_side=256)
     json.dumps(report.to_dict())
 
-Raises DatasetError (with `.report`) when the source is unsafe (zip entries with absolute paths, '..', links;
-over the size limits) or when no usable image is left; with strict=True also when any file is rejected.
-Nothing is written anywhere: zips are read in place.
+min_side (shorter images are rejected) defaults to min(256, resolution). Raises DatasetError (with
+`.report`) when the source is unsafe (zip entries with absolute paths, '..', links; over the size limits)
+or when no usable image is left; with strict=True also when any file is rejected. Nothing is written
+anywhere: zips are read in place.
 """
 from __future__ import annotations
 
@@ -33,12 +34,15 @@ class Record:
     bucket: tuple[int, int]
 
 
-def scan(source: str | Path | Source, resolution: int = 1024, min_side: int = DEFAULT_MIN_SIDE,
+def scan(source: str | Path | Source, resolution: int = 1024, min_side: int | None = None,
          max_pixels: int = DEFAULT_MAX_PIXELS, limits: SourceLimits = SourceLimits(),
          max_aspect: float = 3.0) -> tuple[Source, DatasetReport, list[Record]]:
     """Open and check everything; returns the source, the report and the usable records (no raising on
     bad content; see validate_dataset for that)."""
     buckets = make_buckets(resolution, max_aspect)   # raises ValueError on a bad resolution, before any I/O
+    if min_side is None:
+        # 256 px, or less when training smaller: an image as large as the training size needs no upscaling.
+        min_side = min(DEFAULT_MIN_SIDE, resolution)
     if min_side < 1:
         raise ValueError(f"min_side must be >= 1, got {min_side}")
     report = DatasetReport(source=str(source), resolution=resolution, min_side=min_side, max_pixels=max_pixels)
@@ -116,7 +120,7 @@ def check(report: DatasetReport, strict: bool = False) -> None:
                            report)
 
 
-def validate_dataset(source: str | Path | Source, resolution: int = 1024, min_side: int = DEFAULT_MIN_SIDE,
+def validate_dataset(source: str | Path | Source, resolution: int = 1024, min_side: int | None = None,
                      max_pixels: int = DEFAULT_MAX_PIXELS, limits: SourceLimits = SourceLimits(),
                      strict: bool = False) -> DatasetReport:
     """Look at every file; return the report, or raise DatasetError naming the files that make it unusable."""

@@ -215,3 +215,14 @@ def test_validation_does_not_import_torch(tmp_path):
     code = ("import sys, core.data, core.synth; r = core.data.validate_dataset(sys.argv[1], resolution=64, "
             "min_side=32); assert r.usable == 1; assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_cli_prints_the_report_and_fails_on_unusable(tmp_path, capsys):
+    from core.data.__main__ import main
+    (tmp_path / "a.png").write_bytes(png_bytes((160, 160)))
+    assert main([str(tmp_path), "--resolution", "128"]) == 0        # min_side defaults to min(256, 128)
+    assert json.loads(capsys.readouterr().out)["usable"] == 1
+    assert main([str(tmp_path), "--resolution", "512"]) == 1        # 160 px < min(256, 512)
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["too_small"][0]["name"] == "a.png"
+    assert "a.png: 160x160: shortest side under 256 px" in captured.err
