@@ -147,3 +147,46 @@ def test_chat_template_from_the_processor_file(folder, tmp_path):
     tok = load_tokenizer(path)
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True) \
         == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+PROBE = r"""
+import sys, threading, time, torch
+from core.loading import load_model
+
+def anon_mib():  # private memory of this process (file-backed mmap pages are not counted)
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon"):
+            return int(line.split()[1]) / 1024
+
+base, peak, done = anon_mib(), [0.0], []
+def poll():
+    while not done:
+        peak[0] = max(peak[0], anon_mib())
+        time.sleep(0.002)
+t = threading.Thread(target=poll)
+t.start()
+m = load_model(sys.argv[1], dtype=torch.bfloat16)
+done.append(1)
+t.join()
+size = sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20
+print(f"{size:.1f} {peak[0] - base:.1f}")
+"""
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_loading_holds_one_copy_in_host_ram(tmp_path):
+    """Peak private memory while loading a float32 checkpoint as bf16 stays near one bf16 model
+    (materialising the float32 state dict first would need three times that)."""
+    import subprocess
+    import sys
+
+    spec = TinySpec(hidden=512, layers=4, heads=8, kv_heads=2, head_dim=64, mlp=2048)
+    model, tok = build_model(spec, seed=0)
+    path = save_checkpoint(model, tmp_path / "big", tok, shards=2)
+    del model
+    out = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    size, growth = map(float, out.stdout.split()[-2:])
+    assert size > 30, size  # big enough to see
+    print(f"bf16 model {size:.1f} MiB, peak private memory growth while loading {growth:.1f} MiB")
+    assert growth < 1.5 * size, (size, growth)
