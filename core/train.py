@@ -437,8 +437,8 @@ def train_full(cfg: TrainConfig, callbacks: TrainCallbacks | None = None, data=N
 # ----------------------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", dest="model_path", default="models/o1-small",
-                    help="base checkpoint (HF folder or ComfyUI file)")
+    ap.add_argument("--model", dest="model_path", default="models/o1-tiny",
+                    help="base checkpoint: HF folder or ComfyUI file (default: the service's default model)")
     ap.add_argument("--data_dir", required=True)
     ap.add_argument("--out_dir", required=True)
     ap.add_argument("--trigger", default="")
@@ -469,6 +469,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--num_workers", type=int, default=2)
+    ap.add_argument("--min_side", type=int, default=256, help="reject images whose shorter side is smaller")
     ap.add_argument("--full", action="store_true", help="train every weight instead of a LoRA")
     return ap
 
