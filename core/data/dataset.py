@@ -12,6 +12,7 @@ BucketBatchSampler (sampler.py) hands out keys epoch * len(ds) + j, so each epoc
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,9 @@ from .images import DEFAULT_MAX_PIXELS, load_rgb
 from .sources import Source, SourceLimits
 from .transforms import EMPTY_PROMPT, fit_to_size, to_tensor, with_trigger
 from .validate import Record, check, scan
+
+
+_SIDES = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
 
 class TrainDataset(Dataset):
@@ -40,6 +44,11 @@ class TrainDataset(Dataset):
         self.resolution, self.trigger, self.repeats = resolution, trigger, repeats
         self.flip, self.caption_dropout, self.seed = flip, caption_dropout, seed
         self.max_pixels = max_pixels
+        sided = [r.name for r in records if r.caption and _SIDES.search(r.caption)]
+        if flip and sided:
+            # A mirrored image contradicts "on the left"; the trainer shows report warnings to the user.
+            self.report.warnings.append(f"flip is on but {len(sided)} caption(s) say left or right "
+                                        f"(e.g. {sided[0]}); those captions are wrong on flipped samples")
         self.cache = cache
         self._cache: dict[int, bytes] = {}   # record index -> fitted RGB bytes (cache=True)
 

@@ -55,6 +55,11 @@ def test_exif_rotation_is_applied(tmp_path):
     assert r > 200 and b < 60
     r, g, b = out.getpixel((20, 55))
     assert b > 200 and r < 60
+    (tmp_path / "rot.jpg").write_bytes(save(halves((300, 200)), "JPEG", exif=exif.tobytes(), quality=95))
+    ds = TrainDataset(tmp_path, resolution=128, min_side=64)
+    assert ds.report.sizes["min"] == [200, 300] and ds.bucket(0) == (96, 160)   # portrait bucket
+    x = ds[0]["image"]
+    assert x[0, 5, 48] > 0.8 and x[2, -5, 48] > 0.8                           # red on top, blue below
 
 
 def test_rgba_is_composited_on_white(tmp_path):
@@ -125,6 +130,13 @@ def test_caption_dropout_and_flip_are_deterministic_per_key(mixed):
     flips = [bool(ds[k]["image"][0, 60, 2] < 0) for k in range(0, 60)]       # red moved off the left edge
     assert 15 < sum(flips) < 45
     assert flips == [bool(ds[k]["image"][0, 60, 2] < 0) for k in range(0, 60)]
+
+
+def test_flip_with_left_right_captions_is_warned(mixed):
+    (mixed / "img0.txt").write_text("a dog on the left")
+    assert not TrainDataset(mixed, resolution=128, min_side=64).report.warnings[-1].startswith("flip")
+    warning = TrainDataset(mixed, resolution=128, min_side=64, flip=True).report.warnings[-1]
+    assert warning.startswith("flip is on but 1 caption(s) say left or right (e.g. img0.png)")
 
 
 def test_sampler_resume_equals_uninterrupted_order(mixed):
