@@ -261,6 +261,17 @@ def bench_size(model, tok, prompt, size, args, device) -> dict:
         sync(device)
         r["ours_image_s"] = time.perf_counter() - t
         print(f"ours: {r['ours_image_s']:.2f} s per {args.image_steps}-step image", flush=True)
+        if args.cuda_graph and device.type == "cuda":
+            graphed = Sampler(model, tok, preview_every=0, cuda_graph=True)
+            graphed(prompt, **{**kw, "steps": 2})
+            sync(device)
+            t = time.perf_counter()
+            graphed(prompt, **kw)
+            sync(device)
+            r["ours_graph_image_s"] = time.perf_counter() - t
+            print(f"ours + CUDA graph: {r['ours_graph_image_s']:.2f} s per {args.image_steps}-step image"
+                  + (f" (capture failed, ran eager: {graphed.graph_failed})" if graphed.graph_failed else ""),
+                  flush=True)
         if args.official_image:
             t = time.perf_counter()
             sampler.reference(prompt, dense=True, **kw)
@@ -275,7 +286,8 @@ def table(rows: list[dict], args) -> str:
         return fmt.format(r[k]) if k in r else "-"
 
     head = ("| size | text tok (cond/uncond) | official ms/step | ours ms/step | speed-up | ours, 2 CFG calls | "
-            "ours + graph | ours + compile | x_pred rel diff (floor) | ours s/image | official s/image |")
+            "ours + graph | ours + compile | x_pred rel diff (floor) | ours s/image | ours + graph s/image | "
+            "official s/image |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         speed = f"{r['official_ms'] / r['ours_ms']:.2f}x" if "ours_ms" in r else "-"
@@ -283,7 +295,8 @@ def table(rows: list[dict], args) -> str:
             f"| {r['size']}x{r['size']} | {r['text_tokens'][0]}/{r['text_tokens'][1]} | {f(r, 'official_ms')} | "
             f"{f(r, 'ours_ms')} | {speed} | {f(r, 'ours_unbatched_ms')} | {f(r, 'ours_graph_ms')} | "
             f"{f(r, 'ours_compiled_ms')} | {r['diff_ours_vs_official']:.1e} ({r['diff_floor_split_vs_official']:.1e}) | "
-            f"{f(r, 'ours_image_s', '{:.2f}')} | {f(r, 'official_image_s', '{:.2f}')} |")
+            f"{f(r, 'ours_image_s', '{:.2f}')} | {f(r, 'ours_graph_image_s', '{:.2f}')} | "
+            f"{f(r, 'official_image_s', '{:.2f}')} |")
     return "\n".join(lines)
 
 
