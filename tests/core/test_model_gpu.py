@@ -77,3 +77,27 @@ def test_training_step_with_checkpointing_and_autocast(setup):
         model.zero_grad(set_to_none=True)
         model.gradient_checkpointing = False
         model.eval().to(torch.bfloat16)
+
+
+REAL = os.environ.get("O1LORA_REAL_MODEL")  # a real HiDream-O1-Image folder, e.g. on the GPU machine
+
+
+@pytest.mark.skipif(not REAL or SMOKE, reason="set O1LORA_REAL_MODEL to a real checkpoint folder (CUDA)")
+@torch.no_grad()
+def test_real_checkpoint_loads_and_split_matches_dense():
+    from core.loading import load_model, load_tokenizer
+
+    model = load_model(REAL, dtype=torch.bfloat16, device="cuda")
+    tok = load_tokenizer(REAL)
+    assert model.boi_token_id is not None and model.tms_token_id == tok.get_vocab()["<|tms_token|>"]
+    assert sum(p.numel() for p in model.parameters()) > 7e9
+    assert model.model.language_model.rotary_emb.inv_freq.dtype == torch.float32
+    batch = collate([build_t2i(tok, "a red fox in the snow, photograph", 1024, 1024), build_t2i(tok, " ", 1024, 1024)])
+    batch = batch.to("cuda")
+    v = (8 * torch.randn(2, batch.n_image, 3072, generator=torch.Generator().manual_seed(0))).cuda().bfloat16()
+    t = torch.tensor([0.05, 0.05], device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(**batch.model_inputs(v, t)).x_pred[batch.vinput_mask].view(2, batch.n_image, -1)
+        dense = model.reference_forward(**batch.model_inputs(v, t)).x_pred[batch.vinput_mask].view(2, batch.n_image, -1)
+        den = model.denoise(model.encode_prefix(batch), v, t)
+    assert rel(out, dense) < 2e-2 and rel(den, out) < 2e-2, (rel(out, dense), rel(den, out))
