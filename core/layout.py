@@ -107,7 +107,8 @@ def patchify(images: torch.Tensor, patch: int = PATCH) -> torch.Tensor:
     if images.ndim != 4:
         raise ValueError(f"patchify expects [B, C, H, W], got shape {tuple(images.shape)}")
     b, c, h, w = images.shape
-    check_size(h, w) if patch == PATCH else None
+    if h % patch or w % patch:
+        raise ValueError(f"height and width must be multiples of {patch}, got {h}x{w}")
     x = images.reshape(b, c, h // patch, patch, w // patch, patch)
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
 
