@@ -67,7 +67,8 @@ def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     w, h = img.size
     if _orientation(img) in _ROTATED:
         w, h = h, w
-    return ImageInfo(img.format, w, h)
+    # Phone cameras write MPO (a JPEG with extra frames, e.g. depth); its first frame is the plain JPEG photo.
+    return ImageInfo("JPEG" if img.format == "MPO" else img.format, w, h)
 
 
 def load_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,

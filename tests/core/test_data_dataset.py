@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from core.data import BucketBatchSampler, TrainDataset, collate_batch, make_buckets, nearest_bucket
-from core.data.images import load_rgb
+from core.data.images import load_rgb, probe
 from core.data.transforms import with_trigger
 
 
@@ -72,6 +72,14 @@ def test_rgba_is_composited_on_white(tmp_path):
     pal = img.convert("P")                                        # palette + transparency index
     pal.info["transparency"] = pal.getpixel((48, 10))
     assert load_rgb(save(pal)).getpixel((48, 10)) == (255, 255, 255)
+
+
+def test_phone_mpo_jpeg_counts_as_jpeg():
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(buf, format="MPO", save_all=True,
+                                                  append_images=[Image.new("RGB", (64, 48), (0, 255, 0))])
+    assert probe(buf.getvalue()).format == "JPEG"
+    assert load_rgb(buf.getvalue()).getpixel((5, 5))[0] > 240        # the first (primary) frame
 
 
 def test_16_bit_greyscale_keeps_its_tones():
