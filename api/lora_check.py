@@ -23,7 +23,7 @@ ROLES = ((".lora_A.default.weight", "down"), (".lora_B.default.weight", "up"), (
          (".lora_B.weight", "up"), (".lora_down.weight", "down"), (".lora_up.weight", "up"), (".alpha", "alpha"))
 # Module names of HiDream-O1 a LoRA can target (attention/MLP linears, and the image in/out layers).
 TARGETS = re.compile(r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|final_layer2|x_embedder|"
-                     r"t_embedder1|qkv|proj)")
+                     r"t_embedder1)")
 
 
 class LoraFileError(ValueError):

@@ -7,6 +7,7 @@ import json
 import zipfile
 
 import redis
+from celery import Celery
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -54,3 +55,30 @@ def store_files(settings) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
+
+
+def make_celery(broker_url: str, prefix: str) -> Celery:
+    app = Celery("o1lora-api-tests", set_as_current=False)
+    app.conf.update(broker_url=broker_url, broker_transport_options={"global_keyprefix": prefix},
+                    task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=False,
+                    broker_connection_timeout=1, broker_connection_max_retries=0)
+    return app
+
+
+def lora_safetensors(layout: str = "comfyui", rank: int = 4, layers: int = 2, alpha: float | None = 8.0,
+                     extra: dict | None = None) -> bytes:
+    """A small LoRA file in one of the layouts in the wild (zeros; only names and shapes matter to the API)."""
+    import numpy as np
+    from safetensors.numpy import save
+    prefix, down, up = {"comfyui": ("diffusion_model.", "lora_A", "lora_B"),
+                        "peft": ("base_model.model.model.", "lora_A", "lora_B"),
+                        "kohya": ("diffusion_model.", "lora_down", "lora_up")}[layout]
+    tensors = {}
+    for i in range(layers):
+        stem = f"{prefix}language_model.layers.{i}.self_attn.q_proj"
+        tensors[f"{stem}.{down}.weight"] = np.zeros((rank, 64), np.float32)
+        tensors[f"{stem}.{up}.weight"] = np.zeros((64, rank), np.float32)
+        if alpha is not None and layout != "peft":
+            tensors[f"{stem}.alpha"] = np.array(alpha, np.float32)
+    tensors.update(extra or {})
+    return save(tensors, metadata={"o1lora_test": "1"})

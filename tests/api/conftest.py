@@ -10,7 +10,6 @@ import uuid
 
 import pytest
 import redis
-from celery import Celery
 from fastapi.testclient import TestClient
 
 from api.enqueue import Enqueuer
@@ -20,7 +19,7 @@ from db.migrate import upgrade
 from db.owners import create_api_key, create_owner
 from db.testing import temporary_postgres
 
-from api_helpers import REDIS_URL, auth, png
+from api_helpers import REDIS_URL, auth, make_celery, png
 
 
 @pytest.fixture(scope="session")
@@ -37,14 +36,6 @@ def key_prefix():
     r = redis.Redis.from_url(REDIS_URL)
     for k in r.scan_iter(f"{prefix}*"):
         r.delete(k)
-
-
-def make_celery(broker_url: str, prefix: str) -> Celery:
-    app = Celery("o1lora-api-tests", set_as_current=False)
-    app.conf.update(broker_url=broker_url, broker_transport_options={"global_keyprefix": prefix},
-                    task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=False,
-                    broker_connection_timeout=1, broker_connection_max_retries=0)
-    return app
 
 
 @pytest.fixture(scope="session")
