@@ -68,7 +68,7 @@ def to_pil(z: torch.Tensor, height: int, width: int) -> list[Image.Image]:
 
 
 def initial_noise(seed: int, height: int, width: int, scale: float) -> torch.Tensor:
-    """[1, N, 3072] float32: scale * N(0, 1) from a private CPU generator seeded seed + 1 (official)."""
+    """[1, 3, H, W] float32: scale * N(0, 1) from a private CPU generator seeded seed + 1 (official)."""
     g = torch.Generator("cpu").manual_seed(seed + 1)
     return scale * torch.randn((1, 3, height, width), generator=g)
 
@@ -103,6 +103,8 @@ class Sampler:
         if guidance is not None and guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {guidance!r}")
         p = get_preset(preset) if isinstance(preset, str) else preset
+        if references is not None and p.name == "dev" and scheduler is None:
+            p = get_preset("dev-edit")  # the official dev editing default: plain Euler, no re-noising
         p = p.with_overrides(steps=steps, guidance=guidance, scheduler=scheduler, shift=shift)
         refs = None
         if references is not None:
@@ -116,11 +118,11 @@ class Sampler:
             return build_t2i(self.tokenizer, text, req.height, req.width)
         return build_edit(self.tokenizer, text, req.height, req.width, req.references)
 
-    def _with_refs(self, req: Request, z_in: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _with_refs(ref: torch.Tensor | None, z_in: torch.Tensor) -> torch.Tensor:
         """Target latents followed by the clean reference patches (generation tokens, never denoised)."""
-        if req.references is None:
+        if ref is None:
             return z_in
-        ref = req.references.ref_patches.to(z_in.device, z_in.dtype)
         return torch.cat([z_in, ref[None].expand(z_in.shape[0], -1, -1)], dim=1)
 
     def _scheduler(self, req: Request, device):
@@ -177,8 +179,10 @@ class Sampler:
         if self.cuda_graph and device.type == "cuda":
             denoise = GraphedCall(denoise)
 
+        ref = None if req.references is None else req.references.ref_patches.to(device, model.dtype)
+
         def predict(z_in, t):
-            return denoise(self._with_refs(req, z_in), t.expand(z_in.shape[0]))[:, : z_in.shape[1]]
+            return denoise(self._with_refs(ref, z_in), t.expand(z_in.shape[0]))[:, : z_in.shape[1]]
 
         out = self._run(req, predict, callback, return_latents)
         if isinstance(denoise, GraphedCall):

@@ -271,3 +271,8 @@ def test_bad_references(sampler, ref_image):
         sampler("x", width=64, height=64, steps=1, references=ref_image)
     with pytest.raises(ValueError, match="references must be a non-empty list"):
         sampler("x", width=64, height=64, steps=1, references=[])
+
+
+def test_dev_editing_uses_the_official_dev_edit_scheduler(sampler, ref_image):
+    kw = dict(width=64, height=64, seed=4, references=[ref_image], return_latents=True)
+    assert torch.equal(sampler("make it red", preset="dev", **kw), sampler("make it red", preset="dev-edit", **kw))
