@@ -28,3 +28,13 @@ def test_graphed_call_replays_with_new_inputs():
         x = torch.randn(8, 64, device="cuda")
         torch.testing.assert_close(call(x).clone(), torch.tanh(x @ w))
     assert call.failed is None and call.graph is not None
+
+
+def test_flash_noise_stream_is_the_official_global_one():
+    """The official pipeline seeds the global CUDA RNG with seed + 1 and the flash scheduler draws from it;
+    our per-image generator seeded the same gives the same draws."""
+    torch.cuda.manual_seed_all(33)
+    want = [torch.randn((1, 4, 3072), device="cuda") for _ in range(3)]
+    g = torch.Generator("cuda").manual_seed(33)
+    got = [torch.randn((1, 4, 3072), generator=g, device="cuda") for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
