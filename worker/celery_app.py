@@ -31,8 +31,8 @@ def make_app() -> Celery:
         # recovery of a message whose worker died by that much. With early acks the broker never
         # redelivers: a worker that dies mid-job leaves a `running` row whose heartbeat stops, and the
         # reconciler (worker/reconciler.py) resumes it from its last checkpoint within heartbeat_timeout_s.
-        # tests/worker/test_celery_delivery.py runs a job longer than a 2 s visibility timeout and checks
-        # that it is executed once.
+        # tests/worker/test_worker_celery_delivery.py runs a job far longer than a 1 s visibility timeout
+        # and checks that its message is acked while it runs and that it is executed once.
         task_acks_late=False,
         # The visibility timeout now only covers a message taken by a worker that dies before the ack (a
         # few ms); the reconciler re-sends such a job anyway. The key prefix lets deployments (and test
@@ -43,10 +43,14 @@ def make_app() -> Celery:
         # its reserve while another worker sits idle.
         worker_prefetch_multiplier=1,
         worker_disable_prefetch=True,
-        # Solo pool: the task runs in the worker's own process, so CUDA is initialised there (lazily, on
-        # the first task, never in a parent that then forks) and the generation worker keeps its base
-        # model resident across tasks. One task per process; scale with more processes/machines.
-        worker_pool="solo",
+        # Threads pool with one thread: the task runs inside the worker's own process, so CUDA is
+        # initialised there (lazily, on the first task, never in a parent that then forks) and the
+        # generation worker keeps its base model resident across tasks. Not the solo pool: with Redis,
+        # Celery queues the ack on the worker's event loop, which the solo pool blocks for the whole task,
+        # so an "early" ack would really happen at the end and a long job would be redelivered after the
+        # visibility timeout (the delivery test catches exactly this). A pool thread leaves the loop free
+        # to ack at once and to answer control commands (revoke, ping) during a training.
+        worker_pool="threads",
         worker_concurrency=1,
         # Celery enforces task_time_limit only in the prefork pool; our limits are checked by the tasks
         # themselves (train_time_limit_s / generate_time_limit_s in should_stop and the sampler callback),

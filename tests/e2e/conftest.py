@@ -6,14 +6,12 @@ crash recovery observable in seconds; the logic is the same as with the producti
 """
 from __future__ import annotations
 
-import io
 import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image, ImageDraw
 
 from worker.broker import free_port
 from worker.launcher import Launcher, wait_http
@@ -95,17 +93,3 @@ def tiny_model_e2e(tmp_path_factory):
     write_tiny_checkpoint(path)
     return path
 
-
-def dataset_files(n: int = 4, side: int = 256) -> list[tuple[str, tuple[str, bytes, str]]]:
-    """Multipart parts for POST /v1/datasets: coloured squares with same-name captions."""
-    colours = ["red", "green", "blue", "yellow"]
-    parts = []
-    for i in range(n):
-        img = Image.new("RGB", (side, side), (128, 128, 128))
-        o = 20 + 20 * i
-        ImageDraw.Draw(img).rectangle([o, o, o + side // 3, o + side // 3], fill=colours[i % 4])
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        parts.append(("files", (f"sq{i}.png", buf.getvalue(), "image/png")))
-        parts.append(("files", (f"sq{i}.txt", f"a {colours[i % 4]} square".encode(), "text/plain")))
-    return parts

@@ -11,7 +11,7 @@ import zipfile
 from PIL import Image
 from safetensors.torch import load
 
-from conftest import dataset_files
+from e2e_helpers import dataset_files
 from db.training import get_training
 
 TRAIN = {"trigger": "sks", "rank": 4, "alpha": 4.0, "learning_rate": 1e-3, "resolution": 64, "seed": 1,

@@ -6,18 +6,26 @@ the tests that need it; nothing skips.
 """
 from __future__ import annotations
 
+import importlib
 import os
-import uuid
+import sys
 
 import pytest
 
-RUN_PREFIX = f"o1lora-test-{uuid.uuid4().hex[:8]}:"
-os.environ.setdefault("O1LORA_BROKER_URL", "redis://127.0.0.1:6379/11")
+from worker_helpers import RUN_PREFIX, TEST_BROKER
+
+os.environ["O1LORA_BROKER_URL"] = TEST_BROKER
 os.environ["O1LORA_BROKER_KEY_PREFIX"] = RUN_PREFIX
 
 from api.settings import Settings, get_settings  # noqa: E402
 
 get_settings.cache_clear()
+if "worker.celery_app" in sys.modules:
+    # Another test package imported the app first, with its own broker settings: rebuild it (and the
+    # module that sends through it) on ours. reload keeps each module object, so importers see the change.
+    importlib.reload(sys.modules["worker.celery_app"])
+    if "worker.dispatch" in sys.modules:
+        importlib.reload(sys.modules["worker.dispatch"])
 
 
 @pytest.fixture
@@ -55,26 +63,3 @@ def tiny_model(tmp_path_factory):
     write_tiny_checkpoint(path)
     return path
 
-
-def put_dataset(c, owner_id: str, n: int = 4, side: int = 256):
-    """A small captioned dataset in the store (coloured squares on grey), and its row."""
-    import io
-
-    from PIL import Image, ImageDraw
-
-    from db.datasets import create_dataset, new_dataset_id
-    dataset_id = new_dataset_id()
-    prefix = f"datasets/{dataset_id}"
-    colours = ["red", "green", "blue", "yellow", "white", "black"]
-    for i in range(n):
-        img = Image.new("RGB", (side, side), (128, 128, 128))
-        d = ImageDraw.Draw(img)
-        o = 20 + 15 * i
-        d.rectangle([o, o, o + side // 3, o + side // 3], fill=colours[i % len(colours)])
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        c.store.put_bytes(f"{prefix}/img_{i:03d}.png", buf.getvalue())
-        c.store.put_bytes(f"{prefix}/img_{i:03d}.txt", f"a {colours[i % len(colours)]} square".encode())
-    with c.sessions() as s:
-        return create_dataset(s, dataset_id=dataset_id, owner_id=owner_id, name="squares", storage_prefix=prefix,
-                              num_images=n, num_captions=n, total_bytes=0, report={})

@@ -8,7 +8,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from conftest import put_dataset
+from worker_helpers import put_dataset
 from db.owners import create_owner
 from db.training import cancel_training, create_training, get_training
 from db.loras import get_lora
