@@ -236,3 +236,39 @@ def test_previews_show_adapter_on_and_off_and_do_not_disturb_training(tiny, flat
     a = {k: v.detach() for k, v in with_previews.model.named_parameters() if ".lora_" in k}
     b = {k: v.detach() for k, v in plain.model.named_parameters() if ".lora_" in k}
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_padded_caption_batches_match_single_samples(tiny, flat_images, tmp_path):
+    """Captions of different lengths in one batch: each row's image predictions equal that row run alone."""
+    trainer = Trainer(config(tiny, flat_images, tmp_path / "pad"))
+    trainer.model.eval()
+    short, long = "red top", "yellow top, red bottom with a plain and even background and more words"
+    z = torch.randn(2, 4, 3072, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        inputs, n = trainer._inputs([short, long], 64, 64)
+        assert inputs["text_lengths"] is not None            # the batch really is padded
+        both = trainer.forward(vinputs=z, timestep=t, **inputs).x_pred[:, -n:]
+        for i, caption in enumerate((short, long)):
+            alone_inputs, _ = trainer._inputs([caption], 64, 64)
+            alone = trainer.forward(vinputs=z[i:i + 1], timestep=t[i:i + 1], **alone_inputs).x_pred[:, -n:]
+            torch.testing.assert_close(both[i:i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    from core import train_ckpt
+
+    root = tmp_path / "checkpoints"
+    w = {"a.lora_A.weight": torch.ones(2, 3)}
+    train_ckpt.save_checkpoint(root, 1, w, {"step": 1})
+
+    def broken_save(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(train_ckpt.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        train_ckpt.save_checkpoint(root, 2, w, {"step": 2})
+    assert [p.name for p in root.iterdir()] == ["step-000001"]       # no half-written step-2, no temp folder
+    assert train_ckpt.latest_checkpoint(root).name == "step-000001"
+    weights, state = train_ckpt.load_checkpoint(root / "step-000001")
+    assert state["step"] == 1 and torch.equal(weights["a.lora_A.weight"], w["a.lora_A.weight"])
