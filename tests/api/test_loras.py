@@ -1,0 +1,95 @@
+"""LoRAs over HTTP: import in each layout, download as PEFT zip / ComfyUI file / original, delete.
+
+    .venv/bin/python -m pytest tests/api/test_loras.py -q
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+from api_helpers import auth, lora_safetensors, png, store_files, zip_bytes
+from db.training import claim_training, finish_training
+
+
+def upload(client, owner, filename, data, **form):
+    return client.post("/v1/loras", headers=auth(owner), files={"file": (filename, data, "application/octet-stream")},
+                       data=form)
+
+
+def test_import_comfyui_file_and_download_it_back(client, alice):
+    data = lora_safetensors("comfyui", rank=8, layers=3, alpha=4.0)
+    r = upload(client, alice, "style.safetensors", data, trigger="in sks style")
+    assert r.status_code == 201, r.text
+    lora = r.json()
+    assert (lora["name"], lora["source"], lora["format"], lora["rank"], lora["alpha"]) == \
+        ("style", "imported", "comfyui", 8, 4.0)
+    assert lora["trigger"] == "in sks style" and lora["size_bytes"] == len(data)
+    assert lora["metadata"] == {"o1lora_test": "1"}
+    assert set(lora["downloads"]) == {"comfyui", "original"}
+    got = client.get(f"/v1/loras/{lora['id']}/file?format=comfyui", headers=auth(alice))
+    assert got.status_code == 200 and got.content == data
+    assert 'filename="style.safetensors"' in got.headers["content-disposition"]
+    assert client.get(f"/v1/loras/{lora['id']}/file", headers=auth(alice)).content == data  # default: comfyui
+    r = client.get(f"/v1/loras/{lora['id']}/file?format=peft", headers=auth(alice))
+    assert r.status_code == 409 and "available: comfyui, original" in r.json()["detail"]
+
+
+def test_import_other_layouts(client, alice):
+    kohya = upload(client, alice, "k.safetensors", lora_safetensors("kohya", rank=2)).json()
+    assert (kohya["format"], kohya["rank"], kohya["alpha"]) == ("comfyui", 2, 8.0)
+    peft_file = upload(client, alice, "adapter_model.safetensors", lora_safetensors("peft")).json()
+    assert peft_file["format"] == "peft" and set(peft_file["downloads"]) == {"original"}
+
+
+def test_import_peft_zip_and_download_as_peft_zip(client, alice):
+    weights = lora_safetensors("peft", rank=4)
+    cfg = {"r": 4, "lora_alpha": 2, "target_modules": ["q_proj"]}
+    data = zip_bytes({"my_lora/adapter_config.json": json.dumps(cfg).encode(), "my_lora/adapter_model.safetensors": weights,
+                      "my_lora/README.md": b"ignored"})
+    lora = upload(client, alice, "my_lora.zip", data, name="mine").json()
+    assert (lora["name"], lora["format"], lora["rank"], lora["alpha"]) == ("mine", "peft", 4, 2.0)
+    r = client.get(f"/v1/loras/{lora['id']}/file?format=peft", headers=auth(alice))
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        assert sorted(zf.namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
+        assert zf.read("adapter_model.safetensors") == weights
+        assert json.loads(zf.read("adapter_config.json")) == cfg
+
+
+def test_trained_lora_downloads_in_both_formats_and_delete_removes_files(client, alice, dataset, Session, store,
+                                                                         settings):
+    job = client.post("/v1/trainings", headers=auth(alice), json={"dataset_id": dataset["id"], "trigger": "sks"}).json()
+    prefix = f"trainings/{job['id']}"
+    store.put_bytes(f"{prefix}/lora/adapter_config.json", b'{"r": 16}')
+    store.put_bytes(f"{prefix}/lora/adapter_model.safetensors", b"peft-bytes")
+    store.put_bytes(f"{prefix}/lora.safetensors", b"comfy-bytes")
+    with Session() as s:
+        claim_training(s, job_id=job["id"], worker_id="w")
+        lora_id = finish_training(s, job_id=job["id"], worker_id="w", peft_prefix=f"{prefix}/lora",
+                                  comfyui_key=f"{prefix}/lora.safetensors", rank=16, alpha=16.0, size_bytes=21,
+                                  meta={"base_model": "tiny"})
+    lora = client.get(f"/v1/loras/{lora_id}", headers=auth(alice)).json()
+    assert (lora["source"], lora["trigger"], lora["training_job_id"], lora["name"]) == ("trained", "sks", job["id"], "sks")
+    assert set(lora["downloads"]) == {"peft", "comfyui"}
+    assert client.get(lora["downloads"]["comfyui"], headers=auth(alice)).content == b"comfy-bytes"
+    with zipfile.ZipFile(io.BytesIO(client.get(lora["downloads"]["peft"], headers=auth(alice)).content)) as zf:
+        assert zf.read("adapter_model.safetensors") == b"peft-bytes"
+
+    gen = client.post("/v1/generations", headers=auth(alice), json={"prompt": "p", "loras": [{"id": lora_id}]}).json()
+    r = client.delete(f"/v1/loras/{lora_id}", headers=auth(alice))
+    assert r.status_code == 409 and "generation" in r.json()["detail"]
+    from db.generations import claim_generation, fail_generation
+    with Session() as s:
+        claim_generation(s, generation_id=gen["id"], worker_id="g")
+        fail_generation(s, generation_id=gen["id"], worker_id="g", error="x")
+    assert client.delete(f"/v1/loras/{lora_id}", headers=auth(alice)).status_code == 204
+    assert client.get(f"/v1/loras/{lora_id}", headers=auth(alice)).status_code == 404
+    assert not any(f.startswith(f"{prefix}/lora") for f in store_files(settings))
+    assert client.get(f"/v1/trainings/{job['id']}", headers=auth(alice)).json()["lora_id"] is None
+
+
+def test_list_loras(client, alice):
+    ids = [upload(client, alice, f"l{i}.safetensors", lora_safetensors()).json()["id"] for i in range(2)]
+    page = client.get("/v1/loras?limit=2", headers=auth(alice)).json()
+    assert [x["id"] for x in page["data"]] == ids[::-1] and page["count"] >= 2
