@@ -2,8 +2,8 @@
 
     python -m worker.health        # exit 0 when both answer, 1 (with the reason on stderr) otherwise
 
-A solo-pool worker busy with a long task does not answer Celery's ping, so `celery inspect ping` would call a
-healthy training worker dead; this asks the two services a worker cannot work without instead.
+`celery inspect ping` only shows that the worker's event loop runs; this asks the two services a worker cannot
+work without, from the worker's own container and settings.
 """
 from __future__ import annotations
 
