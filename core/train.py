@@ -358,10 +358,12 @@ class Trainer:
                                sec, sec * (cfg.steps - self.step))
                 window_loss.zero_()
                 window_steps, t_window = 0, time.perf_counter()
+            t_side = time.perf_counter()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
             if cfg.sample_every and cfg.sample_prompts and self.step % cfg.sample_every == 0:
                 self._preview()
+            t_window += time.perf_counter() - t_side     # seconds/step measures training, not previews
         if self._ckpt_step != self.step:
             self.save_checkpoint()           # a stop, or a run whose end is not on the checkpoint grid
         result = TrainResult(self.step, stopped, last_loss, self.smoothed, self.last_checkpoint,
