@@ -117,32 +117,37 @@ def load_model(path, dtype=torch.float32, device="cpu", config=None, tokenizer=N
     expected = dict(model.state_dict().items())  # persistent params + buffers, all on meta
     device = torch.device(device)
 
-    unknown, loaded = [], set()
+    # Check names first (headers only): a bad checkpoint fails before any weight is read.
+    plan, unknown = [], []
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                name = _our_name(key, prefix)
+                if name is None:
+                    continue
+                if name in expected:
+                    plan.append((file, key, name))
+                else:
+                    unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown keys (not in the HiDream-O1 architecture): "
+                              f"{_head(sorted(unknown))}")
+    missing = sorted(set(expected) - {name for _, _, name in plan})
+    if missing:
+        shown = [m if prefix != COMFY_PREFIX else COMFY_PREFIX + m[len("model."):] for m in missing]
+        raise CheckpointError(f"{path}: missing keys: {_head(shown)}")
+
     # CUDA: safetensors reads each tensor straight onto the GPU, so host RAM never holds the weights
     read_on = "cpu"
     if device.type == "cuda":
         read_on = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
     for file in files:
         with safe_open(str(file), framework="pt", device=read_on) as f:
-            for key in f.keys():
-                name = _our_name(key, prefix)
-                if name is None:
-                    continue
-                if name not in expected:
-                    unknown.append(key)
-                    continue
+            for _, key, name in [p for p in plan if p[0] == file]:
                 t = f.get_tensor(key)
                 if t.is_floating_point():
                     t = t.to(dtype)
-                _place(model, name, t.to(device))
-                loaded.add(name)
-    if unknown:
-        raise CheckpointError(f"{path}: unknown keys (not in the HiDream-O1 architecture): "
-                              f"{_head(sorted(unknown))}")
-    missing = sorted(set(expected) - loaded)
-    if missing:
-        shown = [m if prefix != COMFY_PREFIX else COMFY_PREFIX + m[len('model.'):] for m in missing]
-        raise CheckpointError(f"{path}: missing keys: {_head(shown)}")
+                _place(model, name, t.to(device))  # one tensor at a time, cast on the way
     model.reset_rotary()
     _to_device_leftovers(model, device)
     model.eval()
