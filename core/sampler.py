@@ -7,7 +7,9 @@
 
 Per request: the prompts and the negative prompt are laid out, right-padded into one batch, and their
 K/V prefix (everything before <|tms_token|>) is computed once by `model.encode_prefix`. Each step then
-runs only the generation tokens of every image, cond and uncond rows together, through `model.denoise`.
+runs only the generation tokens of every image, cond and uncond rows together, through `model.denoise`
+(`Sampler(..., cfg_batch=False)`: cond and uncond as two unpadded calls; `cuda_graph=True`: the step's
+denoise replayed as a CUDA graph).
 Per step, at scheduler timestep T: sigma = T/1000, the model sees t = 1 - sigma,
 v = (x_pred - z) / max(sigma, 1e-3), CFG v = v_u + g (v_c - v_u), and the scheduler gets -v, as in the
 official pipeline. The latent is kept in the model's dtype between steps (the official bf16 state).
@@ -74,7 +76,7 @@ def initial_noise(seed: int, height: int, width: int, scale: float) -> torch.Ten
 
 
 class Sampler:
-    def __init__(self, model, tokenizer, preview_every: int = 1, cuda_graph: bool = False):
+    def __init__(self, model, tokenizer, preview_every: int = 1, cuda_graph: bool = False, cfg_batch: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.preview_every = preview_every  # decode the x0 preview every this many steps (and the last)
@@ -82,6 +84,9 @@ class Sampler:
         # per-kernel launch cost of ~2k small kernels per step; falls back to eager if capture fails
         self.cuda_graph = cuda_graph
         self.graph_failed: str | None = None
+        # CFG rows in one denoise call (prompts padded to one length, so attention takes a key-padding
+        # mask); False: cond and uncond as two calls, each unpadded, so SDPA can pick mask-free kernels
+        self.cfg_batch = cfg_batch
 
     # ------------------------------------------------------------------------------ request handling
     def _request(self, prompts, negative_prompt, width, height, steps, guidance, seed, preset, scheduler,
@@ -159,22 +164,30 @@ class Sampler:
                             shift, num_images, snap, references)
         model, device = self.model, self.model.device
         n, k = req.n_images, req.num_images
-        texts = req.prompts + ([req.negative_prompt] if req.cfg else [])
-        batch = collate([self._layout(req, t) for t in texts]).to(device)
-        with self._autocast(device):
-            vision = None
-            if req.references is not None:  # the vision tower runs once per request, shared by every row
-                emb, deep = model.vision_features(req.references.pixel_values.to(device),
-                                                  req.references.image_grid_thw.to(device))
-                vision = (emb.repeat(len(texts), 1), [d.repeat(len(texts), 1) for d in deep])
-            prefix = model.encode_prefix(batch, vision=vision)
+        vision = None
+        if req.references is not None:  # the vision tower runs once per request, shared by every row
+            with self._autocast(device):
+                vision = model.vision_features(req.references.pixel_values.to(device),
+                                               req.references.image_grid_thw.to(device))
         # rows: every image's cond prompt, then (CFG) the negative prompt once per image
-        rows = [i // k for i in range(n)] + ([len(req.prompts)] * n if req.cfg else [])
-        prefix = select_rows(prefix, torch.tensor(rows, device=device))
+        cond = (req.prompts, [i // k for i in range(n)])
+        uncond = ([req.negative_prompt], [0] * n)
+        if not req.cfg:
+            groups = [cond]
+        elif self.cfg_batch:
+            groups = [(cond[0] + uncond[0], cond[1] + [len(req.prompts)] * n)]
+        else:
+            groups = [cond, uncond]
+        prefixes = [self._prefix(req, texts, rows, vision) for texts, rows in groups]
 
         def denoise(vinputs, t):
-            with self._autocast(device):
-                return model.denoise(prefix, vinputs, t)
+            out, i = [], 0
+            for prefix in prefixes:  # one call per group: a single one unless cfg_batch is off
+                b = prefix.batch_size
+                with self._autocast(device):
+                    out.append(model.denoise(prefix, vinputs[i:i + b], t[i:i + b]))
+                i += b
+            return out[0] if len(out) == 1 else torch.cat(out)
 
         if self.cuda_graph and device.type == "cuda":
             denoise = GraphedCall(denoise)
@@ -188,6 +201,17 @@ class Sampler:
         if isinstance(denoise, GraphedCall):
             self.graph_failed = denoise.failed  # None when every step after the first replayed the graph
         return out
+
+    def _prefix(self, req: Request, texts: list[str], rows: list[int], vision):
+        """K/V prefix of `texts` (right-padded into one batch), row j being texts[rows[j]]."""
+        device = self.model.device
+        batch = collate([self._layout(req, t) for t in texts]).to(device)
+        if vision is not None:
+            emb, deep = vision
+            vision = (emb.repeat(len(texts), 1), [d.repeat(len(texts), 1) for d in deep])
+        with self._autocast(device):
+            prefix = self.model.encode_prefix(batch, vision=vision)
+        return select_rows(prefix, torch.tensor(rows, device=device))
 
     # ------------------------------------------------------------------------------ the oracle
     @torch.no_grad()

@@ -141,6 +141,17 @@ def test_image_k_uses_seed_plus_k(sampler):
     assert torch.equal(sampler(PROMPTS[0], seed=10, **kw), sampler(PROMPTS[0], seed=10, **kw))
 
 
+def test_cfg_as_two_unpadded_calls_gives_the_same_images(sampler, monkeypatch):
+    kw = dict(width=64, height=64, steps=5, seed=3, num_images=2, return_latents=True)
+    batched = sampler(PROMPTS, **kw)
+    split = Sampler(sampler.model, sampler.tokenizer, cfg_batch=False)
+    calls = []
+    den = sampler.model.denoise
+    monkeypatch.setattr(sampler.model, "denoise", lambda p, v, t: calls.append(v.shape[0]) or den(p, v, t))
+    torch.testing.assert_close(split(PROMPTS, **kw), batched, rtol=0, atol=1e-4)
+    assert calls == [4, 4] * 5  # per step: the 4 cond rows, then the 4 uncond rows
+
+
 def test_prefix_encoded_once_and_one_denoise_call_per_step(sampler, monkeypatch):
     model, calls = sampler.model, {"prefix": 0, "denoise": []}
     enc, den = model.encode_prefix, model.denoise
