@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     train_time_limit_s: float = Field(48 * 3600.0, gt=0, description="a training running longer fails")
     generate_time_limit_s: float = Field(3600.0, gt=0, description="a generation running longer fails")
 
-    model_path: Path = Field(REPO / "models" / "o1-tiny",
+    model_path: Path = Field(REPO / "models" / "o1-shapes",
                              description="base model folder used for training and generation")
 
     # Uploads. The per-request limit also bounds a dataset zip; the pixel limit keeps decode memory bounded.
