@@ -1,7 +1,7 @@
 """The app as a whole: no torch in the API process, the embedded SQLite default works, OpenAPI documents every
 field, and the owner command prints a working key.
 
-    .venv/bin/python -m pytest tests/api/test_app.py -q
+    .venv/bin/python -m pytest tests/api/test_api_app.py -q
 """
 from __future__ import annotations
 

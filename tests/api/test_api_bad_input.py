@@ -1,7 +1,7 @@
 """Malformed requests and hostile uploads: a 4xx whose message says what is wrong, and the database and the
 artifact store exactly as before (no row, no file, no staging left behind).
 
-    .venv/bin/python -m pytest tests/api/test_bad_input.py -q
+    .venv/bin/python -m pytest tests/api/test_api_bad_input.py -q
 """
 from __future__ import annotations
 

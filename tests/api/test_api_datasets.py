@@ -1,6 +1,6 @@
 """Dataset uploads: plain files and zips are validated by the trainer's check and stored; list/get/delete.
 
-    .venv/bin/python -m pytest tests/api/test_datasets.py -q
+    .venv/bin/python -m pytest tests/api/test_api_datasets.py -q
 """
 from __future__ import annotations
 

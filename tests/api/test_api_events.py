@@ -1,7 +1,7 @@
 """SSE: the current DB state first, then the worker's Redis events, ending when the job is terminal; without
 events (or without Redis) the stream still follows the DB and ends.
 
-    .venv/bin/python -m pytest tests/api/test_events.py -q
+    .venv/bin/python -m pytest tests/api/test_api_events.py -q
 """
 from __future__ import annotations
 

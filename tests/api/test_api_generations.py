@@ -1,6 +1,6 @@
 """Generations over HTTP: submit -> queued + a real message on the generate queue; preset defaults; images.
 
-    .venv/bin/python -m pytest tests/api/test_generations.py -q
+    .venv/bin/python -m pytest tests/api/test_api_generations.py -q
 """
 from __future__ import annotations
 

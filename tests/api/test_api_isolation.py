@@ -1,6 +1,6 @@
 """Owner isolation: every route answers 404 for another owner's ids (and changes nothing); 401 without a key.
 
-    .venv/bin/python -m pytest tests/api/test_isolation.py -q
+    .venv/bin/python -m pytest tests/api/test_api_isolation.py -q
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """LoRAs over HTTP: import in each layout, download as PEFT zip / ComfyUI file / original, delete.
 
-    .venv/bin/python -m pytest tests/api/test_loras.py -q
+    .venv/bin/python -m pytest tests/api/test_api_loras.py -q
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Training jobs over HTTP: submit -> row queued + a real Celery message in Redis; defaults; 422s naming the
 field; progress and previews as the worker writes them; cancel; a dead broker leaves the row queued.
 
-    .venv/bin/python -m pytest tests/api/test_trainings.py -q
+    .venv/bin/python -m pytest tests/api/test_api_trainings.py -q
 """
 from __future__ import annotations
 

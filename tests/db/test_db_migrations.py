@@ -1,6 +1,6 @@
 """Migrations build the schema on empty SQLite and PostgreSQL databases, match the models, and downgrade.
 
-    .venv/bin/python -m pytest tests/db/test_migrations.py -q
+    .venv/bin/python -m pytest tests/db/test_db_migrations.py -q
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Job state transitions are conditional UPDATEs: only from the expected state, only by the owning worker.
 
-    .venv/bin/python -m pytest tests/db/test_transitions.py -q
+    .venv/bin/python -m pytest tests/db/test_db_transitions.py -q
 """
 from __future__ import annotations
 
