@@ -110,6 +110,32 @@ def median_ms(fn, device, warmup: int, iters: int) -> float:
     return statistics.median(times)
 
 
+def host_ms(fn, device) -> float:
+    """Time the host spends issuing fn (no sync at the end): close to the synced time = launch-bound."""
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    ms = (time.perf_counter() - t) * 1000
+    sync(device)
+    return ms
+
+
+def count_host_syncs(fn, device) -> int | None:
+    """How many host<->device synchronisations fn makes (CUDA's sync debug mode), None off CUDA."""
+    if device.type != "cuda":
+        return None
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """mean |a - b| / mean |b| over all values (float32)."""
     a, b = a.float(), b.float()
@@ -227,6 +253,12 @@ def bench_size(model, tok, prompt, size, args, device) -> dict:
     print(f"ours      {r['ours_ms']:.1f} ms/step  ({r['official_ms'] / r['ours_ms']:.2f}x)", flush=True)
     r["ours_unbatched_ms"] = median_ms(steps.ours_unbatched, device, args.warmup, args.iters)
     print(f"ours, CFG as 2 calls (no pad mask) {r['ours_unbatched_ms']:.1f} ms/step", flush=True)
+    # diagnostics: host time to issue one step (launch-bound when close to the step time), host syncs
+    r["official_host_ms"], r["ours_host_ms"] = host_ms(steps.official, device), host_ms(steps.ours, device)
+    r["official_syncs"], r["ours_syncs"] = count_host_syncs(steps.official, device), count_host_syncs(steps.ours,
+                                                                                                      device)
+    print(f"host time to issue a step: official {r['official_host_ms']:.1f} ms, ours {r['ours_host_ms']:.1f} ms; "
+          f"host syncs per step: official {r['official_syncs']}, ours {r['ours_syncs']}", flush=True)
 
     if args.cuda_graph and device.type == "cuda":
         try:
