@@ -61,11 +61,28 @@ class TrainingCreate(Strict):
     sample_prompts: list[str] = Field(default_factory=list, max_length=8,
                                       description="prompts rendered at every preview (at most 8)")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of noise, timesteps, data order and LoRA init")
+    # Optional knobs of the trainer (core.train.TrainConfig fields of the same name); defaults are the recipe's.
+    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (resume points); "
+                                                                 "default: about 10 per run, at most 500 apart")
+    repeats: int = Field(1, ge=1, le=1000, description="times each image is seen per epoch (small datasets)")
+    flip: bool = Field(False, description="random horizontal flips (leave off for text or asymmetric subjects)")
+    caption_dropout: float = Field(0.0, ge=0, le=1, description="fraction of captions dropped (keeps CFG working)")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="learning-rate schedule after warm-up")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
+    grad_accum: int = Field(1, ge=1, le=64, description="micro-batches accumulated per optimizer step")
+    sample_steps: int = Field(20, ge=1, le=200, description="sampler steps of each preview image")
+    sample_size: int | None = Field(None, ge=32, le=4096, description="preview side in pixels, multiple of 32; "
+                                                                      "default: resolution")
 
     @field_validator("resolution")
     @classmethod
     def _res(cls, v: int) -> int:
         return _multiple_of_32("resolution", v)
+
+    @field_validator("sample_size")
+    @classmethod
+    def _sample_size(cls, v: int | None) -> int | None:
+        return v if v is None else _multiple_of_32("sample_size", v)
 
     @field_validator("sample_prompts")
     @classmethod
@@ -86,6 +103,8 @@ class TrainingCreate(Strict):
     def _sampling(self) -> "TrainingCreate":
         if self.sample_every > self.steps:
             raise ValueError(f"sample_every ({self.sample_every}) must not exceed steps ({self.steps})")
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})")
         return self
 
 

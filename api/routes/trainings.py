@@ -34,12 +34,14 @@ def to_public(job: TrainingJob) -> TrainingPublic:
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TrainingPublic)
-def submit_training(body: TrainingCreate, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep):
+def submit_training(body: TrainingCreate, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep,
+                    settings: SettingsDep):
     """Queue a training job on one of your datasets; poll it or stream its events."""
     if get_dataset(session, dataset_id=body.dataset_id, owner_id=owner.id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset_id: dataset {body.dataset_id} not found")
     params = body.model_dump()
     params["name"] = body.name or body.trigger
+    params["min_side"] = settings.dataset_min_side  # the trainer checks the dataset as the upload did
     job = create_training(session, owner_id=owner.id, dataset_id=body.dataset_id, name=params["name"],
                           trigger=body.trigger, params=params, total_steps=body.steps)
     # The row is committed first: if the broker is down it stays queued and the reconciler sends it later.
@@ -70,8 +72,7 @@ def read_training(job_id: str, owner: CurrentOwner, session: SessionDep):
 
 
 @router.post("/{job_id}/cancel", response_model=CancelPublic)
-def cancel(job_id: str, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep, settings: SettingsDep,
-           request: Request):
+def cancel(job_id: str, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep, request: Request):
     """Cancel: a queued job is canceled at once; a running one stops at its next step, keeping its checkpoint."""
     outcome = cancel_training(session, job_id=job_id, owner_id=owner.id)
     job = get_training(session, job_id=job_id, owner_id=owner.id)

@@ -25,7 +25,10 @@ def test_submit_queues_the_row_and_sends_the_message_by_name(client, alice, data
     assert job["status"] == "queued" and job["lora_id"] is None and job["previews"] == []
     assert job["params"] == {"dataset_id": dataset["id"], "trigger": "sks", "name": "sks", "steps": 2500, "rank": 16,
                              "alpha": 16.0, "learning_rate": 1e-4, "resolution": 1024, "batch_size": 1,
-                             "sample_every": 500, "sample_prompts": [], "seed": 0}
+                             "sample_every": 500, "sample_prompts": [], "seed": 0, "checkpoint_every": None,
+                             "repeats": 1, "flip": False, "caption_dropout": 0.0, "lr_schedule": "constant",
+                             "warmup_steps": 0, "grad_accum": 1, "sample_steps": 20, "sample_size": None,
+                             "min_side": 16}
     assert job["progress"] == {"step": 0, "total_steps": 2500, "loss": None, "seconds_per_step": None,
                                "eta_seconds": None}
     sent = [m for m in queued_messages(key_prefix, "train") if m["args"] == [job["id"]]]
@@ -40,7 +43,8 @@ def test_submit_queues_the_row_and_sends_the_message_by_name(client, alice, data
     ({"alpha": -1}, "alpha"), ({"resolution": 1000}, "resolution"), ({"batch_size": 0}, "batch_size"),
     ({"sample_every": -1}, "sample_every"), ({"steps": 10, "sample_every": 20}, "sample_every"),
     ({"sample_prompts": ["ok", " "]}, "sample_prompts"), ({"sample_prompts": ["p"] * 9}, "sample_prompts"),
-    ({"trigger": ""}, "trigger"), ({"seed": -1}, "seed"), ({"learning_rte": 1e-3}, "learning_rte"),
+    ({"trigger": ""}, "trigger"), ({"lr_schedule": "linear"}, "lr_schedule"), ({"sample_size": 100}, "sample_size"),
+    ({"steps": 10, "warmup_steps": 11}, "warmup_steps"), ({"caption_dropout": 1.5}, "caption_dropout"), ({"seed": -1}, "seed"), ({"learning_rte": 1e-3}, "learning_rte"),
 ])
 def test_invalid_values_are_422_naming_the_field(client, alice, dataset, fields, field, key_prefix):
     before = len(queued_messages(key_prefix, "train"))
