@@ -156,7 +156,8 @@ class Steps:
         self.z = (8.0 * torch.randn(1, n, 3072, generator=g, device=device)).to(model.dtype)
         self.t = torch.tensor([0.3], device=device)  # sigma 0.7
         self.sigma = 0.7
-        self.autocast = torch.autocast(device.type, dtype=model.dtype, enabled=model.dtype != torch.float32)
+        self.autocast = torch.autocast(device.type, dtype=model.dtype, enabled=model.dtype != torch.float32,
+                                       cache_enabled=False)  # as core.sampler (and safe under graph capture)
         self.text_tokens = (self.cond.input_ids.shape[1], self.uncond.input_ids.shape[1])
         self.n = n
         with torch.no_grad(), self.autocast:
