@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import redis
 from fastapi import FastAPI
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from api.enqueue import Enqueuer
 from api.limits import BodySizeLimit
@@ -31,7 +33,8 @@ def create_app(settings: Settings | None = None, *, store: ArtifactStore | None 
     app.state.store = store or LocalStore(settings.resolved_artifact_dir)
     app.state.enqueuer = enqueuer or Enqueuer()
     # For the few events the API itself publishes (a queued job canceled); short timeouts, best effort.
-    app.state.redis = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=2, socket_connect_timeout=2)
+    app.state.redis = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=2, socket_connect_timeout=2,
+                                           retry=Retry(NoBackoff(), 0))
     for module in (health, datasets, trainings, loras, generations):
         app.include_router(module.router)
 

@@ -42,8 +42,10 @@ def _broker(request: Request) -> None:
     url = request.app.state.settings.broker_url
     if url.split(":", 1)[0] in ("redis", "rediss", "unix", "redis+socket"):
         import redis
-        redis.Redis.from_url(url.replace("redis+socket://", "unix://"), socket_connect_timeout=2,
-                             socket_timeout=2).ping()
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+        redis.Redis.from_url(url.replace("redis+socket://", "unix://"), socket_connect_timeout=2, socket_timeout=2,
+                             retry=Retry(NoBackoff(), 0)).ping()
     else:
         from kombu import Connection
         with Connection(url, connect_timeout=2) as conn:

@@ -70,3 +70,16 @@ def test_create_owner_command_prints_a_key_that_works(tmp_path, settings, client
     again = subprocess.run([sys.executable, "-m", "db.create_owner", "carol-cli", "--database-url", url], cwd=REPO,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_ready_is_503_naming_the_dependency_that_is_down(settings, app):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    broken = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0",
+                                         "database_url": "postgresql+psycopg://postgres@127.0.0.1:1/none"})
+    with TestClient(create_app(broken, enqueuer=app.state.enqueuer)) as c:
+        assert c.get("/health").status_code == 200  # liveness does not depend on them
+        r = c.get("/ready")
+    assert r.status_code == 503 and r.json()["status"] == "not ready"
+    assert r.json()["checks"]["database"] != "ok" and r.json()["checks"]["broker"] != "ok"

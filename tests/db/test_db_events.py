@@ -34,7 +34,9 @@ def test_publish_reaches_a_subscriber_of_that_job_only():
 
 
 def test_publish_survives_a_dead_redis_and_rejects_unknown_types():
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     assert publish(dead, kind="generation", job_id="x", type="status", data={"status": "running"}) is False
     with pytest.raises(ValueError, match="unknown event type"):
         publish(dead, kind="training", job_id="x", type="bogus", data={})
