@@ -36,6 +36,9 @@ class Preset:
             out = replace(out, timesteps=None)  # UniPC builds its own schedule
         if out.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {out.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if out.scheduler == "flash" and (out.timesteps is None or out.s_noise <= 0):
+            raise ValueError(f"the flash scheduler is the distilled dev models' sampler (fixed timesteps, "
+                             f"re-noising); use preset='dev' rather than preset={self.name!r}")
         if "steps" in kw and out.timesteps is not None and kw["steps"] != len(out.timesteps):
             raise ValueError(f"preset {self.name!r} runs a fixed list of {len(out.timesteps)} timesteps; "
                              f"steps={kw['steps']} needs another scheduler (e.g. scheduler='unipc')")

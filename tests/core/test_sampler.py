@@ -236,6 +236,7 @@ def test_snap_resolution_picks_closest_official_aspect():
     (dict(height=0), "multiples of 32"),
     (dict(preset="turbo"), "unknown preset 'turbo'"),
     (dict(scheduler="ddim"), "unknown scheduler 'ddim'"),
+    (dict(scheduler="flash"), "use preset='dev'"),
     (dict(preset="dev", steps=10), "fixed list of 28"),
     (dict(seed=-1), "seed must be"),
     (dict(num_images=0), "num_images must be"),
