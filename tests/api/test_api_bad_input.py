@@ -181,3 +181,20 @@ def test_malformed_requests_are_4xx_naming_the_problem(client, alice, Session, s
     assert r.status_code == code, (path, body if not isinstance(body, dict) else list(body), r.text[:300])
     assert message in r.text
     assert (db_counts(Session), store_files(settings)) == before
+
+
+def test_chunked_upload_without_content_length_is_cut_off_at_the_limit(client, alice, Session, settings):
+    before = (db_counts(Session), store_files(settings))
+    boundary = "b0undary"
+
+    def body():  # no Content-Length: the limit must be enforced on the bytes as they arrive
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n"
+               f"Content-Type: image/png\r\n\r\n").encode()
+        for _ in range(30):
+            yield b"\0" * 100_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = client.post("/v1/datasets", headers={**auth(alice), "content-type": f"multipart/form-data; boundary={boundary}"},
+                    content=body())
+    assert r.status_code == 413 and "over the limit of 2000000 bytes" in r.text
+    assert (db_counts(Session), store_files(settings)) == before
