@@ -135,6 +135,14 @@ def stale_running_trainings(session: Session, *, stale_before: datetime) -> list
 
 
 def requeue_stale_training(session: Session, *, job_id: str, stale_before: datetime) -> bool:
+    """running + dead heartbeat -> queued for a resume; -> canceled instead when a cancel was asked (a queued job
+    with cancel_requested could never be claimed again). True when the job moved either way."""
+    now = utcnow()
+    if jobs.transition(session, TrainingJob, [TrainingJob.id == job_id, TrainingJob.status == "running",
+                                              TrainingJob.cancel_requested.is_(True),
+                                              jobs.stale_clause(TrainingJob, stale_before)],
+                       {"status": "canceled", "finished_at": now, "worker_id": None}):
+        return True
     return jobs.requeue_stale(session, TrainingJob, job_id=job_id, stale_before=stale_before)
 
 

@@ -40,20 +40,24 @@ async def upload_dataset(
         staged = await run_in_threadpool(stage_dataset, incoming, staging, UploadLimits.from_settings(settings))
         report = await run_in_threadpool(validate_staged, staging, resolution=resolution,
                                          min_side=settings.dataset_min_side, max_pixels=settings.max_image_pixels)
-        ds_id = new_dataset_id()
-        prefix = f"datasets/{ds_id}"
-        await run_in_threadpool(store.put_dir, prefix, staging)
     except UploadError as e:
-        raise HTTPException(e.status, {"message": str(e), "report": e.report} if e.report else str(e)) from None
-    finally:
         remove(staging)
+        raise HTTPException(e.status, {"message": str(e), "report": e.report} if e.report else str(e)) from None
+    except BaseException:
+        remove(staging)
+        raise
+    ds_id = new_dataset_id()
+    prefix = f"datasets/{ds_id}"
     try:
+        await run_in_threadpool(store.put_dir, prefix, staging)
         ds = create_dataset(session, dataset_id=ds_id, owner_id=owner.id, name=name or _default_name(files),
                             storage_prefix=prefix, num_images=report["usable"], num_captions=report["captioned"],
                             total_bytes=staged.total_bytes, report=report)
     except BaseException:
         store.delete_prefix(prefix)  # no row, no files
         raise
+    finally:
+        remove(staging)
     return to_public(ds)
 
 

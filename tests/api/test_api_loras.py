@@ -8,7 +8,7 @@ import io
 import json
 import zipfile
 
-from api_helpers import auth, lora_safetensors, png, store_files, zip_bytes
+from api_helpers import auth, lora_safetensors, store_files, zip_bytes
 from db.training import claim_training, finish_training
 
 

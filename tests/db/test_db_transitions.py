@@ -209,3 +209,15 @@ def test_api_keys_are_hashed_and_resolve_to_their_owner(session, owner):
     assert owner_for_key(session, key=key + "x") is None
     with pytest.raises(ValueError, match="already exists"):
         create_owner(session, name=owner.name)
+
+
+def test_stale_job_with_a_cancel_request_is_canceled_not_requeued(session, owner, dataset):
+    job = new_job(session, owner, dataset)
+    claim_training(session, job_id=job.id, worker_id="w1")
+    cancel_training(session, job_id=job.id, owner_id=owner.id)  # the worker dies before it sees the flag
+    later = utcnow() + timedelta(minutes=1)
+    assert requeue_stale_training(session, job_id=job.id, stale_before=later) is True
+    session.expire_all()
+    row = get_training(session, job_id=job.id)
+    assert (row.status, row.worker_id) == ("canceled", None) and row.finished_at is not None
+    assert claim_training(session, job_id=job.id, worker_id="w2") is False
