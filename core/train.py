@@ -70,7 +70,8 @@ class TrainConfig:
     # -- speed / precision
     device: str = "auto"                     # "auto" = cuda when available, else cpu
     precision: str = "auto"                  # "auto" = bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
-    gradient_checkpointing: bool = True      # recompute layer activations in backward (memory for time)
+    gradient_checkpointing: bool | str = "auto"  # recompute activations in backward; "auto": on only when
+                                             # the estimated activations would not fit in free GPU memory
     compile: bool = False                    # torch.compile each decoder layer (regional compilation)
     log_every: int = 1                       # host sync + on_step every K steps (raise for fast full runs)
     seed: int = 0                            # LoRA init, sigma/eps stream, data order
@@ -92,6 +93,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "rank", "log_every", "sample_steps", "repeats"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.gradient_checkpointing not in (True, False, "auto"):
+            problems.append(f"gradient_checkpointing must be true, false or 'auto', got {self.gradient_checkpointing!r}")
         if self.resolution < 32 or self.resolution % 32:
             problems.append(f"resolution must be a multiple of 32, got {self.resolution}")
         if not self.lr > 0:
@@ -191,7 +194,8 @@ class Trainer:
                 # PEFT casts each LoRA input to the adapter's float32 and autocast casts it straight back
                 # to bf16: two activation-sized copies per linear for nothing. Autocast alone suffices.
                 _set_peft_input_casting(self.model, False)
-        if cfg.gradient_checkpointing:
+        self.checkpointing = self._want_checkpointing()
+        if self.checkpointing:
             self.model.gradient_checkpointing_enable()
         if cfg.compile:
             for layer in self.model.model.language_model.layers:
@@ -224,6 +228,20 @@ class Trainer:
         ckpt = self._resume_path()
         if ckpt is not None:
             self.load_checkpoint(ckpt)
+
+    def _want_checkpointing(self) -> bool:
+        choice = self.cfg.gradient_checkpointing
+        if choice != "auto":
+            return bool(choice)
+        if self.device.type != "cuda":
+            return False     # CPU runs are small models; host memory is not the limit there
+        free, _ = torch.cuda.mem_get_info(self.device)
+        # optimizer state (2 fp32 moments) + fp32 grads of the trained parameters are still to come
+        free -= sum(p.numel() for p in self.params) * 12
+        tokens = _max_tokens(self.cfg.resolution)
+        need = activation_bytes(self.model.config.text_config, self.cfg.batch_size, tokens,
+                                self.cfg.rank if not self.cfg.full else 0)
+        return need > 0.8 * free
 
     # ------------------------------------------------------------------------------------- state
     def _resume_path(self) -> Path | None:
@@ -408,6 +426,25 @@ class Trainer:
         result.lora_file = save_comfyui_file(adapter, self.spec, self.out / "lora.safetensors", meta)
 
 
+def _max_tokens(resolution: int, caption_tokens: int = 320) -> int:
+    """Sequence length to plan memory for: the widest bucket's patches (area ~ resolution^2, at most a few
+    percent over) plus a long prose caption in the chat template."""
+    return int((resolution // 32) ** 2 * 1.06) + caption_tokens
+
+
+def activation_bytes(text_config, batch: int, tokens: int, rank: int = 16) -> int:
+    """Estimated autograd memory of the decoder layers without checkpointing (bf16 activations).
+
+    Per token and layer a Qwen3 decoder layer keeps ~12 hidden-sized tensors (norm outputs, q/k/v before
+    and after their norms and rotary, attention output, residuals), 4 MLP-sized ones (gate, up, act(gate),
+    product) and two float32 hidden-sized norm intermediates; LoRA adds 7 rank-sized ones. A 1.5 margin
+    covers the allocator and transient buffers. Full size, 1024 px, batch 1: ~16 GiB; 2048 px: ~54 GiB.
+    """
+    h, m = text_config.hidden_size, text_config.intermediate_size
+    per_token = 2 * (12 * h + 4 * m + 7 * rank) + 4 * 2 * h
+    return int(1.5 * per_token * tokens * batch * text_config.num_hidden_layers)
+
+
 def _set_peft_input_casting(model, enabled: bool) -> None:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -467,7 +504,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--sigma_dist", choices=("uniform", "shifted", "logit_normal"), default="uniform")
     ap.add_argument("--weighting", choices=("none", "velocity"), default="none")
     ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
-    ap.add_argument("--no_gradient_checkpointing", action="store_true")
+    ap.add_argument("--gradient_checkpointing", choices=("auto", "on", "off"), default="auto",
+                    help="auto: only when the activations would not fit in free GPU memory")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--num_workers", type=int, default=2)
@@ -483,7 +521,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     kw["alpha"] = float(a.alpha if a.alpha is not None else a.rank)
     kw["sample_prompts"] = tuple(a.sample_prompt)
     kw["extra_targets"] = tuple(a.extra_targets)
-    kw["gradient_checkpointing"] = not a.no_gradient_checkpointing
+    kw["gradient_checkpointing"] = {"auto": "auto", "on": True, "off": False}[a.gradient_checkpointing]
     return TrainConfig(**kw)
 
 

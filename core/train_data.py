@@ -41,7 +41,7 @@ class FolderData:
 
         loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate_batch,
                             num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            persistent_workers=False)
+                            persistent_workers=self.num_workers > 0)   # keeps each worker's image cache
         while True:   # each pass over the loader is one epoch; the sampler moves on to the next by itself
             for batch in loader:
                 yield batch["images"], batch["captions"]

@@ -29,6 +29,8 @@ _SUFFIXES = (
     (".lora_A.default.weight", "down"), (".lora_B.default.weight", "up"),
     (".lora_A.weight", "down"), (".lora_B.weight", "up"),
     (".lora_down.weight", "down"), (".lora_up.weight", "up"),
+    (".lora.down.weight", "down"), (".lora.up.weight", "up"),                  # older kohya / diffusers
+    (".lora_linear_layer.down.weight", "down"), (".lora_linear_layer.up.weight", "up"),
     (".alpha", "alpha"),
 )
 # Prefixes writers put before the model's own module path; tried in order, then "model." is added.

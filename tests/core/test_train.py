@@ -272,3 +272,19 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch
     assert train_ckpt.latest_checkpoint(root).name == "step-000001"
     weights, state = train_ckpt.load_checkpoint(root / "step-000001")
     assert state["step"] == 1 and torch.equal(weights["a.lora_A.weight"], w["a.lora_A.weight"])
+
+
+def test_auto_checkpointing_estimate():
+    from types import SimpleNamespace
+
+    from core.train import _max_tokens, activation_bytes
+
+    full = SimpleNamespace(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36)
+    gib = 2 ** 30
+    at_1024 = activation_bytes(full, 1, _max_tokens(1024))
+    # fits next to the 16 GB bf16 base on an 80 GB card, not on a 24 GB one
+    assert 8 * gib < at_1024 < 24 * gib
+    assert activation_bytes(full, 1, _max_tokens(2048)) > 3 * at_1024            # ~4x the tokens
+    assert activation_bytes(full, 4, _max_tokens(1024)) == 4 * at_1024
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        TrainConfig(model_path="m", out_dir="o", gradient_checkpointing="sometimes").validate()
