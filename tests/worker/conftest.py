@@ -1,7 +1,7 @@
 """Worker test fixtures: the real local Redis (under a key prefix of this test run) and a throwaway PostgreSQL.
 
-The broker settings go into the environment at import, before worker.celery_app builds its app, so the app
-and any worker process started from here use the same Redis database and prefix. A missing server fails
+worker.celery_app's app is built on the test broker settings at import (the environment is put back
+afterwards); worker processes started from here get the same settings passed explicitly. A missing server fails
 the tests that need it; nothing skips.
 """
 from __future__ import annotations
@@ -14,18 +14,35 @@ import pytest
 
 from worker_helpers import RUN_PREFIX, TEST_BROKER
 
-os.environ["O1LORA_BROKER_URL"] = TEST_BROKER
-os.environ["O1LORA_BROKER_KEY_PREFIX"] = RUN_PREFIX
-
 from api.settings import Settings, get_settings  # noqa: E402
 
-get_settings.cache_clear()
-if "worker.celery_app" in sys.modules:
-    # Another test package imported the app first, with its own broker settings: rebuild it (and the
-    # module that sends through it) on ours. reload keeps each module object, so importers see the change.
-    importlib.reload(sys.modules["worker.celery_app"])
-    if "worker.dispatch" in sys.modules:
-        importlib.reload(sys.modules["worker.dispatch"])
+TEST_ENV = {"O1LORA_BROKER_URL": TEST_BROKER, "O1LORA_BROKER_KEY_PREFIX": RUN_PREFIX}
+
+
+def _build_app_on_the_test_broker() -> None:
+    """Build (or rebuild) worker.celery_app's app from the test broker settings, then put the environment
+    back, so that other test packages in the same session keep their own settings."""
+    saved = {k: os.environ.get(k) for k in TEST_ENV}
+    os.environ.update(TEST_ENV)
+    get_settings.cache_clear()
+    try:
+        if "worker.celery_app" in sys.modules:
+            # reload keeps the module object, so modules that imported from it see the new app.
+            importlib.reload(sys.modules["worker.celery_app"])
+            if "worker.dispatch" in sys.modules:
+                importlib.reload(sys.modules["worker.dispatch"])
+        else:
+            importlib.import_module("worker.celery_app")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()
+
+
+_build_app_on_the_test_broker()
 
 
 @pytest.fixture
@@ -43,7 +60,8 @@ def worker_ctx(pg_url, tmp_path):
     """A WorkerContext on the test PostgreSQL, the run's Redis prefix and a fresh artifact folder."""
     from worker.celery_app import app
     from worker.context import WorkerContext
-    settings = Settings(database_url=pg_url, data_dir=tmp_path / "data", heartbeat_timeout_s=3.0)
+    settings = Settings(database_url=pg_url, data_dir=tmp_path / "data", heartbeat_timeout_s=3.0,
+                        broker_url=TEST_BROKER, redis_url=TEST_BROKER, broker_key_prefix=RUN_PREFIX)
     assert app.conf.broker_transport_options["global_keyprefix"] == settings.broker_key_prefix == RUN_PREFIX, \
         "worker.celery_app was imported before the test broker settings were set"
     c = WorkerContext(settings)
