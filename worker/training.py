@@ -125,7 +125,8 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
     def on_step(step, total, loss, smoothed, lr, sec, eta):
         if hb.lost.is_set():
             raise JobLost()
-        if write(force=step == total):
+        # Throttled, but never skipped at a checkpoint or the end: the row then matches what a resume sees.
+        if write(force=step == total or step % cfg.checkpoint_every == 0):
             with c.sessions() as s:
                 owned(record_progress(s, job_id=job.id, worker_id=c.worker_id, step=step, total_steps=total,
                                       loss=smoothed, seconds_per_step=sec, eta_seconds=eta))
