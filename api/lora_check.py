@@ -112,7 +112,8 @@ def inspect_lora(f: BinaryIO, size: int, peft_config: dict[str, Any] | None = No
             continue
         stem = key[: -len(role[0])]
         stems.setdefault(stem, {})[role[1]] = entry
-        layouts.add(_layout(key))
+        if role[1] != "alpha":  # a bare ".alpha" says nothing about the layout (DiffSynth files may carry one)
+            layouts.add(_layout(key))
     pairs, ranks, alphas = 0, set(), []
     for stem, roles in stems.items():
         down, up = roles.get("down"), roles.get("up")

@@ -26,20 +26,32 @@ def test_import_comfyui_file_and_download_it_back(client, alice):
         ("style", "imported", "comfyui", 8, 4.0)
     assert lora["trigger"] == "in sks style" and lora["size_bytes"] == len(data)
     assert lora["metadata"] == {"o1lora_test": "1"}
-    assert set(lora["downloads"]) == {"comfyui", "original"}
+    assert set(lora["downloads"]) == {"comfyui", "peft", "original"}  # a PEFT copy is converted on import
     got = client.get(f"/v1/loras/{lora['id']}/file?format=comfyui", headers=auth(alice))
-    assert got.status_code == 200 and got.content == data
+    assert got.status_code == 200 and got.content == data  # already ComfyUI: served exactly as uploaded
     assert 'filename="style.safetensors"' in got.headers["content-disposition"]
     assert client.get(f"/v1/loras/{lora['id']}/file", headers=auth(alice)).content == data  # default: comfyui
-    r = client.get(f"/v1/loras/{lora['id']}/file?format=peft", headers=auth(alice))
-    assert r.status_code == 409 and "available: comfyui, original" in r.json()["detail"]
 
 
 def test_import_other_layouts(client, alice):
     kohya = upload(client, alice, "k.safetensors", lora_safetensors("kohya", rank=2)).json()
     assert (kohya["format"], kohya["rank"], kohya["alpha"]) == ("comfyui", 2, 8.0)
     peft_file = upload(client, alice, "adapter_model.safetensors", lora_safetensors("peft")).json()
-    assert peft_file["format"] == "peft" and set(peft_file["downloads"]) == {"original"}
+    assert peft_file["format"] == "peft" and set(peft_file["downloads"]) == {"comfyui", "peft", "original"}
+
+
+def test_musubi_lora_downloads_as_original_only(client, alice):
+    import numpy as np
+    from safetensors.numpy import save
+    stem = "lora_unet_language_model_layers_0_self_attn_q_proj"
+    data = save({f"{stem}.lora_down.weight": np.zeros((4, 64), np.float32),
+                 f"{stem}.lora_up.weight": np.zeros((64, 4), np.float32), f"{stem}.alpha": np.array(4.0, np.float32)})
+    lora = upload(client, alice, "m.safetensors", data).json()
+    assert lora["format"] == "musubi" and set(lora["downloads"]) == {"original"}
+    assert "kept as uploaded" in lora["metadata"]["conversion"]
+    r = client.get(f"/v1/loras/{lora['id']}/file?format=peft", headers=auth(alice))
+    assert r.status_code == 409 and "available: original" in r.json()["detail"]
+    assert client.get(f"/v1/loras/{lora['id']}/file", headers=auth(alice)).content == data
 
 
 def test_import_peft_zip_and_download_as_peft_zip(client, alice):
@@ -55,6 +67,14 @@ def test_import_peft_zip_and_download_as_peft_zip(client, alice):
         assert sorted(zf.namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
         assert zf.read("adapter_model.safetensors") == weights
         assert json.loads(zf.read("adapter_config.json")) == cfg
+    # The ComfyUI copy is converted: same tensors, PEFT's lora_alpha as per-module .alpha scalars.
+    assert set(lora["downloads"]) == {"peft", "comfyui", "original"}
+    comfy = client.get(lora["downloads"]["comfyui"], headers=auth(alice)).content
+    from safetensors.numpy import load
+    tensors = load(comfy)
+    assert sorted(tensors) == sorted(f"diffusion_model.language_model.layers.{i}.self_attn.q_proj.{k}"
+                                     for i in range(2) for k in ("alpha", "lora_A.weight", "lora_B.weight"))
+    assert float(tensors["diffusion_model.language_model.layers.0.self_attn.q_proj.alpha"]) == 2.0
 
 
 def test_trained_lora_downloads_in_both_formats_and_delete_removes_files(client, alice, dataset, Session, store,
