@@ -7,10 +7,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from db.models import ApiKey, Owner
+from db.models import ApiKey, Owner, utcnow
 
 KEY_PREFIX = "o1l_"
 
@@ -44,3 +44,14 @@ def owner_for_key(session: Session, *, key: str) -> Owner | None:
     """The owner of a live (not revoked) key, or None."""
     return session.scalar(select(Owner).join(ApiKey, ApiKey.owner_id == Owner.id)
                           .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
+
+
+def revoke_api_keys(session: Session, *, owner_id: str, prefix: str) -> int:
+    """Revoke the owner's live keys starting with ``prefix`` (as printed, e.g. "o1l_AbCd"); returns how many."""
+    if len(prefix) < 8:
+        raise ValueError("give at least the first 8 characters of the key")
+    result = session.execute(update(ApiKey).where(ApiKey.owner_id == owner_id, ApiKey.revoked_at.is_(None),
+                                                  ApiKey.prefix.startswith(prefix[:12], autoescape=True))
+                             .values(revoked_at=utcnow()))
+    session.commit()
+    return result.rowcount

@@ -4,7 +4,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentOwner, EnqueuerDep, SessionDep, SettingsDep, StoreDep, not_found
@@ -30,7 +30,7 @@ def to_public(gen: Generation) -> GenerationPublic:
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic)
-def submit_generation(body: GenerationCreate, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep):
+def submit_generation(response: Response, body: GenerationCreate, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep):
     """Queue a generation with your LoRAs; poll it until its images are listed."""
     for i, ref in enumerate(body.loras):
         if get_lora(session, lora_id=ref.id, owner_id=owner.id) is None:
@@ -44,6 +44,7 @@ def submit_generation(body: GenerationCreate, owner: CurrentOwner, session: Sess
     if task_id is not None:
         mark_generation_enqueued(session, generation_id=gen.id, celery_task_id=task_id)
     session.refresh(gen)
+    response.headers["Location"] = f"/v1/generations/{gen.id}"
     return to_public(gen)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentOwner, EnqueuerDep, SessionDep, SettingsDep, StoreDep, not_found
@@ -34,7 +34,7 @@ def to_public(job: TrainingJob) -> TrainingPublic:
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TrainingPublic)
-def submit_training(body: TrainingCreate, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep,
+def submit_training(response: Response, body: TrainingCreate, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep,
                     settings: SettingsDep):
     """Queue a training job on one of your datasets; poll it or stream its events."""
     if get_dataset(session, dataset_id=body.dataset_id, owner_id=owner.id) is None:
@@ -49,6 +49,7 @@ def submit_training(body: TrainingCreate, owner: CurrentOwner, session: SessionD
     if task_id is not None:
         mark_training_enqueued(session, job_id=job.id, celery_task_id=task_id)
     session.refresh(job)
+    response.headers["Location"] = f"/v1/trainings/{job.id}"
     return to_public(job)
 
 

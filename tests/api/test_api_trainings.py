@@ -22,6 +22,7 @@ def test_submit_queues_the_row_and_sends_the_message_by_name(client, alice, data
     r = submit(client, alice, dataset)
     assert r.status_code == 202, r.text
     job = r.json()
+    assert r.headers["location"] == f"/v1/trainings/{job['id']}"
     assert job["status"] == "queued" and job["lora_id"] is None and job["previews"] == []
     assert job["params"] == {"dataset_id": dataset["id"], "trigger": "sks", "name": "sks", "steps": 2500, "rank": 16,
                              "alpha": 16.0, "learning_rate": 1e-4, "resolution": 1024, "batch_size": 1,

@@ -221,3 +221,13 @@ def test_stale_job_with_a_cancel_request_is_canceled_not_requeued(session, owner
     row = get_training(session, job_id=job.id)
     assert (row.status, row.worker_id) == ("canceled", None) and row.finished_at is not None
     assert claim_training(session, job_id=job.id, worker_id="w2") is False
+
+
+def test_revoked_key_no_longer_resolves(session, owner):
+    from db.owners import revoke_api_keys
+    keep, drop = create_api_key(session, owner_id=owner.id), create_api_key(session, owner_id=owner.id)
+    with pytest.raises(ValueError, match="first 8"):
+        revoke_api_keys(session, owner_id=owner.id, prefix="o1l_")
+    assert revoke_api_keys(session, owner_id="someone-else", prefix=drop[:12]) == 0
+    assert revoke_api_keys(session, owner_id=owner.id, prefix=drop[:12]) == 1
+    assert owner_for_key(session, key=drop) is None and owner_for_key(session, key=keep).id == owner.id
