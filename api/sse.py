@@ -14,6 +14,7 @@ import json
 import logging
 from typing import Any, AsyncIterator, Callable
 
+import anyio
 from fastapi.concurrency import run_in_threadpool
 
 from db.events import channel, decode
@@ -51,7 +52,6 @@ async def job_events(*, kind: str, job_id: str, redis_url: str, snapshot: Callab
                     log.warning("SSE lost Redis for %s %s: %s", kind, job_id, e)
                     live = False
             else:
-                import anyio
                 await anyio.sleep(recheck_s)
             if message is not None:
                 try:
