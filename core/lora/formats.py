@@ -79,15 +79,17 @@ def _layout_of(key: str) -> str:
     return "bare"
 
 
-def _peft_config_alphas(cfg: dict) -> tuple[float | None, dict[str, float], dict[str, int]]:
-    """Effective alpha for the whole adapter (rsLoRA folded in) plus per-module patterns."""
-    r, alpha = cfg.get("r"), cfg.get("lora_alpha")
-    if r is None or alpha is None:
-        return None, {}, {}
-    alpha = float(alpha)
-    if cfg.get("use_rslora"):
-        alpha = alpha * math.sqrt(r)      # rsLoRA scales by alpha/sqrt(r) = (alpha*sqrt(r))/r
-    return alpha, dict(cfg.get("alpha_pattern") or {}), dict(cfg.get("rank_pattern") or {})
+def _peft_alpha(cfg: dict, stem: str, rank: int) -> float | None:
+    """The alpha PEFT would use for one module: alpha_pattern over lora_alpha; rsLoRA's alpha/sqrt(r)
+    scale expressed as the alpha that gives it under our alpha/r rule."""
+    alpha = cfg.get("lora_alpha")
+    for pat, a in (cfg.get("alpha_pattern") or {}).items():    # PEFT matches patterns at the path's end
+        if re.match(rf"(.*\.)?({pat})$", stem):
+            alpha = a
+            break
+    if alpha is None:
+        return None
+    return float(alpha) * math.sqrt(rank) if cfg.get("use_rslora") else float(alpha)
 
 
 def read_lora(src: str | Path | dict[str, torch.Tensor], name: str | None = None) -> LoraFile:
@@ -136,13 +138,9 @@ def read_lora(src: str | Path | dict[str, torch.Tensor], name: str | None = None
         raise ValueError(f"{source}: no LoRA tensors found (expected keys ending in .lora_A/.lora_B/.lora_down/.lora_up)")
 
     if peft_cfg is not None:
-        alpha, alpha_pattern, _ = _peft_config_alphas(peft_cfg)
         for stem, m in modules.items():
-            if m.alpha is None and alpha is not None:
-                m.alpha = alpha
-                for pat, a in alpha_pattern.items():    # PEFT matches patterns against the module path's end
-                    if re.search(rf"(^|\.){pat}$", stem):
-                        m.alpha = float(a)
+            if m.alpha is None and m.down is not None:
+                m.alpha = _peft_alpha(peft_cfg, stem, m.down.shape[0])
     layout = layouts.pop() if len(layouts) == 1 else "mixed"
     return LoraFile(source=source, layout=layout, modules=modules, metadata=metadata, unknown_keys=unknown)
 

@@ -262,3 +262,20 @@ def test_parse_lora_arg():
     assert parse_lora_arg("style.safetensors") == ("style.safetensors", 1.0)
     assert parse_lora_arg("C:/loras/x.safetensors") == ("C:/loras/x.safetensors", 1.0)
     assert parse_lora_arg("dir/x:-0.5") == ("dir/x", -0.5)
+
+
+def test_a_folder_written_by_peft_itself_with_rslora_and_patterns(ckpt, case, tmp_path):
+    """A real PEFT save (not ours): rsLoRA scaling and per-module rank/alpha patterns are honoured."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=4, lora_alpha=8, use_rslora=True, rank_pattern={"v_proj": 2}, alpha_pattern={"q_proj": 3},
+                     target_modules=["q_proj", "k_proj", "v_proj", "up_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(fresh(ckpt), cfg)
+    want = run(peft_model, case)
+    peft_model.save_pretrained(str(tmp_path / "peft"))
+    base = fresh(ckpt)
+    bound = bind_lora(base, read_lora(tmp_path / "peft"), strict=True)
+    assert len(bound.deltas) == 8
+    assert bound.deltas["model.language_model.layers.0.self_attn.v_proj"][0].shape[0] == 2
+    with apply_loras(base, [(bound, 1.0)]):
+        torch.testing.assert_close(run(base, case), want, atol=ATOL, rtol=1e-4)
