@@ -15,6 +15,15 @@ TRAIN = ("o1lora.train", "train")          # (task name, queue)
 GENERATE = ("o1lora.generate", "generate")
 
 
+def send_and_record(enqueuer: "Enqueuer", task: tuple[str, str], job_id: str, sessions, mark) -> None:
+    """Send the job's message and record it on the row (``mark``: db.*.mark_*_enqueued); run after the response,
+    so a slow or dead broker never holds up the request. A failed send leaves the row for the reconciler."""
+    task_id = enqueuer.send(task, job_id)
+    if task_id is not None:
+        with sessions() as s:
+            mark(s, job_id, task_id)
+
+
 class Enqueuer:
     def __init__(self, celery_app_factory: Callable[[], Any] | None = None):
         self._factory = celery_app_factory

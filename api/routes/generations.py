@@ -4,11 +4,11 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentOwner, EnqueuerDep, SessionDep, SettingsDep, StoreDep, not_found
-from api.enqueue import GENERATE
+from api.enqueue import GENERATE, send_and_record
 from api.files import send_artifact
 from api.schemas import (GenerationCreate, GenerationProgress, GenerationPublic, GenerationsPublic, ImagePublic,
                          JobStatus)
@@ -30,7 +30,8 @@ def to_public(gen: Generation) -> GenerationPublic:
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic)
-def submit_generation(response: Response, body: GenerationCreate, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep):
+def submit_generation(response: Response, body: GenerationCreate, owner: CurrentOwner, session: SessionDep,
+                      enqueuer: EnqueuerDep, request: Request, background: BackgroundTasks):
     """Queue a generation with your LoRAs; poll it until its images are listed."""
     for i, ref in enumerate(body.loras):
         if get_lora(session, lora_id=ref.id, owner_id=owner.id) is None:
@@ -40,9 +41,8 @@ def submit_generation(response: Response, body: GenerationCreate, owner: Current
         params["seed"] = secrets.randbelow(2**31)
     gen = create_generation(session, owner_id=owner.id, prompt=body.prompt, params=params,
                             num_images=body.num_images, total_steps=body.steps)
-    task_id = enqueuer.send(GENERATE, gen.id)
-    if task_id is not None:
-        mark_generation_enqueued(session, generation_id=gen.id, celery_task_id=task_id)
+    background.add_task(send_and_record, enqueuer, GENERATE, gen.id, request.app.state.sessions,
+                        lambda s, id_, task_id: mark_generation_enqueued(s, generation_id=id_, celery_task_id=task_id))
     session.refresh(gen)
     response.headers["Location"] = f"/v1/generations/{gen.id}"
     return to_public(gen)

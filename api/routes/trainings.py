@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentOwner, EnqueuerDep, SessionDep, SettingsDep, StoreDep, not_found
-from api.enqueue import TRAIN
+from api.enqueue import TRAIN, send_and_record
 from api.files import send_artifact
 from api.schemas import (CancelPublic, JobStatus, PreviewPublic, TrainingCreate, TrainingProgress, TrainingPublic,
                          TrainingsPublic)
@@ -34,8 +34,8 @@ def to_public(job: TrainingJob) -> TrainingPublic:
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TrainingPublic)
-def submit_training(response: Response, body: TrainingCreate, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep,
-                    settings: SettingsDep):
+def submit_training(response: Response, body: TrainingCreate, owner: CurrentOwner, session: SessionDep,
+                    enqueuer: EnqueuerDep, settings: SettingsDep, request: Request, background: BackgroundTasks):
     """Queue a training job on one of your datasets; poll it or stream its events."""
     if get_dataset(session, dataset_id=body.dataset_id, owner_id=owner.id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset_id: dataset {body.dataset_id} not found")
@@ -44,10 +44,10 @@ def submit_training(response: Response, body: TrainingCreate, owner: CurrentOwne
     params["min_side"] = settings.dataset_min_side  # the trainer checks the dataset as the upload did
     job = create_training(session, owner_id=owner.id, dataset_id=body.dataset_id, name=params["name"],
                           trigger=body.trigger, params=params, total_steps=body.steps)
-    # The row is committed first: if the broker is down it stays queued and the reconciler sends it later.
-    task_id = enqueuer.send(TRAIN, job.id)
-    if task_id is not None:
-        mark_training_enqueued(session, job_id=job.id, celery_task_id=task_id)
+    # The row is committed first; the message goes out after the response (if the broker is down the row stays
+    # queued and the reconciler sends it later).
+    background.add_task(send_and_record, enqueuer, TRAIN, job.id, request.app.state.sessions,
+                        lambda s, id_, task_id: mark_training_enqueued(s, job_id=id_, celery_task_id=task_id))
     session.refresh(job)
     response.headers["Location"] = f"/v1/trainings/{job.id}"
     return to_public(job)
@@ -73,7 +73,8 @@ def read_training(job_id: str, owner: CurrentOwner, session: SessionDep):
 
 
 @router.post("/{job_id}/cancel", response_model=CancelPublic)
-def cancel(job_id: str, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep, request: Request):
+def cancel(job_id: str, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep, request: Request,
+           background: BackgroundTasks):
     """Cancel: a queued job is canceled at once; a running one stops at its next step, keeping its checkpoint."""
     outcome = cancel_training(session, job_id=job_id, owner_id=owner.id)
     job = get_training(session, job_id=job_id, owner_id=owner.id)
@@ -83,7 +84,7 @@ def cancel(job_id: str, owner: CurrentOwner, session: SessionDep, enqueuer: Enqu
     if outcome is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"training job {job_id} is already {job.status}")
     if outcome == "canceled":
-        enqueuer.revoke(job.celery_task_id)
+        background.add_task(enqueuer.revoke, job.celery_task_id)  # best effort, after the response
         publish(request.app.state.redis, kind="training", job_id=job.id, type="status", data={"status": "canceled"})
     return CancelPublic(id=job.id, status=job.status, cancel_requested=job.cancel_requested)
 
