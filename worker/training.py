@@ -122,16 +122,22 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
         if not ok:
             raise JobLost()
 
+    last: dict = {}          # the newest on_step values
+    written = [None]         # the step the row holds
+
+    def write_progress() -> None:
+        with c.sessions() as s:
+            owned(record_progress(s, job_id=job.id, worker_id=c.worker_id, **last))
+        written[0] = last["step"]
+        publish(c, "training", job.id, "progress", dict(last))
+
     def on_step(step, total, loss, smoothed, lr, sec, eta):
         if hb.lost.is_set():
             raise JobLost()
+        last.update(step=step, total_steps=total, loss=smoothed, seconds_per_step=sec, eta_seconds=eta)
         # Throttled, but never skipped at a checkpoint or the end: the row then matches what a resume sees.
         if write(force=step == total or step % cfg.checkpoint_every == 0):
-            with c.sessions() as s:
-                owned(record_progress(s, job_id=job.id, worker_id=c.worker_id, step=step, total_steps=total,
-                                      loss=smoothed, seconds_per_step=sec, eta_seconds=eta))
-            publish(c, "training", job.id, "progress", {"step": step, "total_steps": total, "loss": smoothed,
-                                                        "seconds_per_step": sec, "eta_seconds": eta})
+            write_progress()
 
     def on_checkpoint(step, path: Path):
         key = f"{prefix}/checkpoints/{path.name}"
@@ -163,6 +169,8 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
             with c.sessions() as s:
                 if is_cancel_requested(s, job_id=job.id):
                     why.append("cancel")
+        if why and last and written[0] != last["step"]:
+            write_progress()  # the trainer now saves a checkpoint here: the row must say this step
         return bool(why)
 
     result = train(cfg, TrainCallbacks(on_step=on_step, on_preview=on_preview, on_checkpoint=on_checkpoint,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import threading
 import time
 import zipfile
@@ -137,3 +138,23 @@ def test_sigkill_mid_training_then_a_new_worker_resumes_from_the_checkpoint(serv
     assert f"resuming from trainings/{first}/checkpoints/step-{killed_at_checkpoint:06d}" in log
     other = svc.poll(f"/v1/trainings/{second}", lambda b: b["status"] in ("succeeded", "failed"), timeout=120)
     assert other["status"] == "succeeded" and other["attempt"] == 1
+
+
+def test_sigterm_hands_the_training_back_at_once(service):
+    """`docker compose stop`: a warm shutdown stops the training at a step, checkpoints it and re-queues it
+    right away (no heartbeat timeout), and the next worker resumes it."""
+    svc = service
+    for name in [n for n, p in svc.launcher.procs.items() if n.startswith("w") and p.poll() is None]:
+        svc.launcher.stop(name)
+    svc.start_worker("w-term")
+    job_id = submit(svc, upload(svc), steps=60)
+    svc.poll(f"/v1/trainings/{job_id}", lambda b: b["progress"]["step"] >= 5)
+    svc.launcher.kill("w-term", signal.SIGTERM)          # returns once the worker process has exited
+    with svc.sessions() as s:
+        row = get_training(s, job_id=job_id)
+    assert (row.status, row.worker_id) == ("queued", None) and 5 <= row.checkpoint_step < 60
+    assert row.step == row.checkpoint_step                 # the row says exactly where the resume starts
+    assert "re-queued" in svc.launcher.log("w-term")
+    svc.start_worker("w-next")
+    done = svc.poll(f"/v1/trainings/{job_id}", lambda b: b["status"] != "running" and b["status"] != "queued")
+    assert (done["status"], done["attempt"], done["progress"]["step"]) == ("succeeded", 2, 60)
