@@ -12,13 +12,13 @@ import sys
 import redis
 from sqlalchemy import text
 
-from api.settings import get_settings
+from api.settings import Settings, get_settings
 from db.session import make_engine
 
 
-def check() -> list[str]:
+def check(s: Settings | None = None) -> list[str]:
     """The problems found; empty when healthy."""
-    s = get_settings()
+    s = s or get_settings()
     problems = []
     try:
         redis.Redis.from_url(s.broker_url, socket_timeout=5, socket_connect_timeout=5).ping()

@@ -1,0 +1,17 @@
+"""The worker container's health check against the real services, and against unreachable ones."""
+from __future__ import annotations
+
+from api.settings import Settings
+from worker.health import check
+from worker_helpers import TEST_BROKER
+
+
+def test_healthy_when_broker_and_database_answer(pg_url):
+    assert check(Settings(database_url=pg_url, broker_url=TEST_BROKER)) == []
+
+
+def test_names_each_dependency_that_does_not_answer(pg_url):
+    problems = check(Settings(database_url="postgresql+psycopg://postgres@127.0.0.1:1/nope",
+                              broker_url="redis://:secret@127.0.0.1:1/0"))
+    assert [p.split(":")[0] for p in problems] == ["broker", "database"]
+    assert "secret" not in " ".join(problems)        # no credentials in container logs
