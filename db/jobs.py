@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Generation, TrainingJob, utcnow
@@ -87,8 +87,10 @@ def requeue_stale(session: Session, model: type[Job], *, job_id: str, stale_befo
 
 
 def queued_unsent(session: Session, model: type[Job], *, sent_before: datetime) -> list[Job]:
-    """Queued jobs whose message was never sent, or sent before ``sent_before`` (maybe lost with the broker)."""
+    """Queued jobs whose message was sent before ``sent_before`` (maybe lost with the broker), or never sent
+    and created before it (the API sends right after its response: a newer job is not "unsent" yet)."""
     return list(session.scalars(
         select(model).where(model.status == "queued",
-                            or_(model.enqueued_at.is_(None), model.enqueued_at < sent_before))
+                            or_(and_(model.enqueued_at.is_(None), model.created_at < sent_before),
+                                model.enqueued_at < sent_before))
         .order_by(model.created_at)))
