@@ -33,7 +33,8 @@ Training (db/training.py):
     cancel_training(s, *, job_id, owner_id) -> "canceled" | "cancel_requested" | None
     stale_running_trainings(s, *, stale_before) -> list[TrainingJob]
     requeue_stale_training(s, *, job_id, stale_before) -> bool            # running+dead -> queued (re-send it)
-    queued_unsent_trainings(s, *, sent_before) -> list[TrainingJob]       # for the reconciler to (re)send
+    queued_unsent_trainings(s, *, sent_before) -> list[TrainingJob]       # sent (or, never sent, created) before
+    revoke_api_keys(s, *, owner_id, prefix) -> int   (db/owners.py; also create_owner, create_api_key, owner_for_key)
 
 Generations (db/generations.py): the same shape with generation_id=:
     create_generation, get_generation, list_generations, mark_generation_enqueued, claim_generation,
@@ -59,5 +60,7 @@ Live events (db/events.py): channel(kind, job_id); publish(redis_client, *, kind
     kind: "training" | "generation"; type: "progress" | "preview" | "status" | "image" (payloads in the module).
 
 Job messages: the API sends celery_app.send_task("o1lora.train", args=[job_id], queue="train") and
-    ("o1lora.generate", args=[generation_id], queue="generate") AFTER the row is committed, then mark_*_enqueued.
+    ("o1lora.generate", args=[generation_id], queue="generate") after the row is committed (in a background task
+    after the response), then mark_*_enqueued. A failed send leaves enqueued_at NULL for the reconciler.
+Which file a worker loads for a Lora row: peft_prefix (a PEFT folder) if set, else comfyui_key, else original_key.
 """
