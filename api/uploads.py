@@ -221,5 +221,13 @@ def validate_staged(folder: Path, *, resolution: int, min_side: int, max_pixels:
     return out
 
 
+def prepare_dataset(files: list[Incoming], staging: Path, settings, resolution: int) -> tuple[Staged, dict[str, Any]]:
+    """stage_dataset + validate_staged with the settings' limits: the staged files and the validation report."""
+    staged = stage_dataset(files, staging, UploadLimits.from_settings(settings))
+    report = validate_staged(staging, resolution=resolution, min_side=settings.dataset_min_side,
+                             max_pixels=settings.max_image_pixels)
+    return staged, report
+
+
 def remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)

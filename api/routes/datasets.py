@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep, not_found
 from api.schemas import DatasetPublic, DatasetsPublic
-from api.uploads import Incoming, UploadError, UploadLimits, remove, stage_dataset, validate_staged
+from api.uploads import Incoming, UploadError, prepare_dataset, remove
 from db.datasets import create_dataset, delete_dataset, get_dataset, list_datasets, new_dataset_id
 from db.models import Dataset
 
@@ -37,25 +37,19 @@ async def upload_dataset(
     staging = Path(tempfile.mkdtemp(prefix="upload-", dir=_tmp_dir(settings)))
     incoming = [Incoming(f.filename or "", f.file, f.size) for f in files]
     try:
-        staged = await run_in_threadpool(stage_dataset, incoming, staging, UploadLimits.from_settings(settings))
-        report = await run_in_threadpool(validate_staged, staging, resolution=resolution,
-                                         min_side=settings.dataset_min_side, max_pixels=settings.max_image_pixels)
+        staged, report = await run_in_threadpool(prepare_dataset, incoming, staging, settings, resolution)
+        ds_id = new_dataset_id()
+        prefix = f"datasets/{ds_id}"
+        try:
+            await run_in_threadpool(store.put_dir, prefix, staging)
+            ds = create_dataset(session, dataset_id=ds_id, owner_id=owner.id, name=name or _default_name(files),
+                                storage_prefix=prefix, num_images=report["usable"],
+                                num_captions=report["captioned"], total_bytes=staged.total_bytes, report=report)
+        except BaseException:
+            store.delete_prefix(prefix)  # no row, no files
+            raise
     except UploadError as e:
-        remove(staging)
         raise HTTPException(e.status, {"message": str(e), "report": e.report} if e.report else str(e)) from None
-    except BaseException:
-        remove(staging)
-        raise
-    ds_id = new_dataset_id()
-    prefix = f"datasets/{ds_id}"
-    try:
-        await run_in_threadpool(store.put_dir, prefix, staging)
-        ds = create_dataset(session, dataset_id=ds_id, owner_id=owner.id, name=name or _default_name(files),
-                            storage_prefix=prefix, num_images=report["usable"], num_captions=report["captioned"],
-                            total_bytes=staged.total_bytes, report=report)
-    except BaseException:
-        store.delete_prefix(prefix)  # no row, no files
-        raise
     finally:
         remove(staging)
     return to_public(ds)
