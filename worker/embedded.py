@@ -4,7 +4,8 @@
 
 It starts a Redis server of its own (worker/broker.py: the broker and the live-event channel), brings the
 SQLite database under the data directory (./data, or O1LORA_DATA_DIR) to the newest schema, makes sure there
-is a base model (the bundled one in models/, else a tiny random one written once under the data directory),
+is a base model (the configured one, else the bundled models/o1-shapes, else a tiny random one written once
+under the data directory),
 creates the owner `default` with an API key the first time, then runs the API and one worker on both
 queues, restarting the worker if it dies (its job resumes from the last checkpoint). Ctrl-C stops it all.
 
@@ -26,13 +27,22 @@ from worker.broker import EmbeddedRedis
 from worker.launcher import Launcher, wait_http
 
 
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "models" / "o1-shapes"   # the small pretrained model shipped with the project
+
+
 def ensure_model(model_path: Path, data_dir: Path) -> Path:
-    """The configured model folder when it holds a checkpoint, else a tiny random one (written once)."""
-    if (model_path / "config.json").is_file():
-        return model_path
+    """The configured model folder when it holds a checkpoint, else the bundled one, else a tiny random one
+    (written once under the data folder, so that a checkout without model files still runs end to end)."""
+    for candidate in (model_path, BUNDLED):
+        if (candidate / "config.json").is_file():
+            if candidate != model_path:
+                print(f"no model at {model_path}; using the bundled {candidate}", flush=True)
+            return candidate
     tiny = (data_dir / "models" / "o1-tiny-random").resolve()
     if not (tiny / "config.json").is_file():
-        print(f"no model at {model_path}; writing a tiny random one to {tiny} (outputs will be noise)", flush=True)
+        print(f"no model at {model_path} nor {BUNDLED}; writing a tiny random one to {tiny} "
+              "(its images are noise)", flush=True)
         subprocess.run([sys.executable, "-m", "core.tiny", str(tiny)], check=True)
     return tiny
 

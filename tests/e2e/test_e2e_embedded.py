@@ -13,11 +13,12 @@ from pathlib import Path
 import httpx
 
 from worker.broker import free_port
+from worker.embedded import BUNDLED
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start(data_dir: Path, port: int, model: Path) -> tuple[subprocess.Popen, str]:
+def start(data_dir: Path, port: int, model: Path) -> tuple[subprocess.Popen, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("O1LORA_")}
     env.update(O1LORA_DATA_DIR=str(data_dir), O1LORA_MODEL_PATH=str(model))
     proc = subprocess.Popen([sys.executable, "-m", "worker.embedded", "--port", str(port)], cwd=REPO, env=env,
@@ -31,7 +32,7 @@ def start(data_dir: Path, port: int, model: Path) -> tuple[subprocess.Popen, str
         out.append(line)
         m = re.match(r"API key: (\S+)", line)
         if m:
-            return proc, m.group(1)
+            return proc, m.group(1), "".join(out)
     proc.kill()
     raise AssertionError("embedded service did not start:\n" + "".join(out))
 
@@ -67,10 +68,13 @@ def test_embedded_default_from_nothing_then_restart(tmp_path):
     data = tmp_path / "data"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    # No model at the configured path: it writes a tiny random one under the data folder.
-    proc, key = start(data, port, tmp_path / "no-model-here")
+    # No model at the configured path: the bundled one, or (a checkout without it) a tiny random one.
+    proc, key, out = start(data, port, tmp_path / "no-model-here")
     try:
-        assert (data / "models" / "o1-tiny-random" / "config.json").is_file()
+        if (BUNDLED / "config.json").is_file():
+            assert f"using the bundled {BUNDLED}" in out
+        else:
+            assert (data / "models" / "o1-tiny-random" / "config.json").is_file()
         assert (data / "o1lora.db").is_file() and (data / "redis").is_dir()
         assert oct((data / "api_key").stat().st_mode & 0o777) == "0o600"
         first = generate(base, key)
@@ -83,7 +87,7 @@ def test_embedded_default_from_nothing_then_restart(tmp_path):
         except httpx.TransportError:
             pass
 
-    proc, key_again = start(data, port, tmp_path / "no-model-here")
+    proc, key_again, _ = start(data, port, tmp_path / "no-model-here")
     try:
         assert key_again == key
         http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"})
