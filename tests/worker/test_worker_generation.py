@@ -136,3 +136,27 @@ def test_redelivery_rules_fresh_running_is_left_stale_running_is_taken_over(gctx
     with c.sessions() as s:
         row = get_generation(s, generation_id=gen.id)
     assert (row.attempt, row.worker_id) == (2, c.worker_id)
+
+
+def test_lora_cache_keeps_the_most_recently_used(gctx):
+    from worker.model_host import ModelHost
+    c = gctx
+    with c.sessions() as s:
+        owner = create_owner(s, name="g5")
+    ids = [make_lora(c, c.settings.model_path, owner.id, seed=k) for k in range(3)]
+    host = ModelHost(c.settings.model_path, lora_capacity=2)
+    binds = []
+
+    def file_of(lora_id):
+        def local():
+            binds.append(lora_id)
+            return generation.lora_path(c, lora_id, owner.id)
+        return local
+
+    first = host.lora(ids[0], file_of(ids[0]))
+    host.lora(ids[1], file_of(ids[1]))
+    assert host.lora(ids[0], file_of(ids[0])) is first          # a hit: not read again
+    host.lora(ids[2], file_of(ids[2]))                          # evicts ids[1], the least recently used
+    assert host.cached_lora_ids() == [ids[0], ids[2]]
+    host.lora(ids[1], file_of(ids[1]))
+    assert binds == [ids[0], ids[1], ids[2], ids[1]] and host.loads == 1
