@@ -1,8 +1,6 @@
 """/v1/loras: list, read, download (PEFT zip / ComfyUI file / original), import, delete."""
 from __future__ import annotations
 
-import io
-import json
 import os
 import tempfile
 import zipfile
@@ -16,15 +14,14 @@ from starlette.background import BackgroundTask
 
 from api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep, not_found
 from api.files import send_artifact
-from api.lora_check import LoraFileError, inspect_lora, read_header
-from api.lora_convert import NotConvertible, canonical_modules, write_comfyui, write_peft
+from api.lora_check import LoraFileError
+from api.lora_import import store_lora_file
 from api.schemas import LoraPublic, LorasPublic
 from db.loras import create_imported_lora, delete_lora, get_lora, list_loras, new_lora_id
 from db.models import Lora
 from db.store import ArtifactStore
 
 router = APIRouter(prefix="/v1/loras", tags=["loras"])
-PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def downloads(lora: Lora) -> dict[str, str]:
@@ -127,7 +124,7 @@ async def import_lora(
         raise HTTPException(413, f"{filename}: over the LoRA size limit of {settings.max_lora_bytes} bytes")
     lora_id = new_lora_id()
     try:
-        stored = await run_in_threadpool(_check_and_store, store, lora_id, filename, file.file,
+        stored = await run_in_threadpool(store_lora_file, store, lora_id, filename, file.file,
                                           settings.max_lora_bytes)
     except LoraFileError as e:
         raise HTTPException(422, f"{filename}: {e}") from None
@@ -138,93 +135,3 @@ async def import_lora(
         store.delete_prefix(f"loras/{lora_id}")
         raise
     return to_public(lora)
-
-
-def _check_and_store(store: ArtifactStore, lora_id: str, filename: str, f, max_bytes: int) -> dict:
-    """Check the upload, store it as uploaded, and store the download formats it converts to."""
-    size = f.seek(0, 2)
-    if size > max_bytes:
-        raise LoraFileError(f"over the LoRA size limit of {max_bytes} bytes")
-    lower = filename.lower()
-    if lower.endswith(".safetensors"):
-        weights, wsize, config, original = f, size, None, "original.safetensors"
-    elif lower.endswith(".zip"):
-        data, config = _peft_zip(f, max_bytes)
-        weights, wsize, original = io.BytesIO(data), len(data), "original.zip"
-    else:
-        raise LoraFileError("upload a .safetensors file or a .zip of a PEFT folder (pickle .bin/.pt files can run "
-                            "code and are not accepted)")
-    weights.seek(0)
-    info = inspect_lora(weights, wsize, peft_config=config)
-    if config is not None and info.format != "peft":
-        raise LoraFileError(f"adapter_model.safetensors has {info.format} keys, not PEFT ones")
-    prefix = f"loras/{lora_id}"
-    try:
-        f.seek(0)
-        store.put_stream(f"{prefix}/{original}", iter(lambda: f.read(1 << 20), b""))
-        where, note = _store_formats(store, prefix, f"{prefix}/{original}", weights, wsize, info, config)
-    except BaseException:
-        store.delete_prefix(prefix)
-        raise
-    meta = {**info.metadata, **({"unknown_keys": info.unknown_keys} if info.unknown_keys else {}),
-            **({"conversion": note} if note else {})}
-    return dict(format=info.format, original_key=f"{prefix}/{original}", rank=info.rank, alpha=info.alpha,
-                size_bytes=size, meta=meta, **where)
-
-
-def _store_formats(store: ArtifactStore, prefix: str, original_key: str, weights, wsize: int, info,
-                   config: dict | None) -> tuple[dict, str | None]:
-    """Store keys of the ComfyUI file and the PEFT folder (converted when the upload is in another layout)."""
-    where = {"comfyui_key": original_key} if info.format == "comfyui" else {}
-    if config is not None:  # an uploaded PEFT folder: kept exactly as it came
-        weights.seek(0)
-        store.put_stream(f"{prefix}/peft/adapter_model.safetensors", iter(lambda: weights.read(1 << 20), b""))
-        store.put_bytes(f"{prefix}/peft/adapter_config.json", json.dumps(config, indent=2).encode())
-        where["peft_prefix"] = f"{prefix}/peft"
-    weights.seek(0)
-    header, _, data_start = read_header(weights, wsize)
-    try:
-        modules = canonical_modules(weights, header, data_start, info.format, config)
-    except NotConvertible as e:
-        return where, str(e)
-    if config is None:
-        with tempfile.TemporaryFile() as tmp:
-            peft_config = write_peft(weights, data_start, modules, tmp, info.metadata)
-            tmp.seek(0)
-            store.put_stream(f"{prefix}/peft/adapter_model.safetensors", iter(lambda: tmp.read(1 << 20), b""))
-        store.put_bytes(f"{prefix}/peft/adapter_config.json", json.dumps(peft_config, indent=2).encode())
-    where["peft_prefix"] = f"{prefix}/peft"
-    if "comfyui_key" not in where:
-        with tempfile.TemporaryFile() as tmp:
-            write_comfyui(weights, data_start, modules, tmp, info.metadata)
-            tmp.seek(0)
-            store.put_stream(f"{prefix}/lora.safetensors", iter(lambda: tmp.read(1 << 20), b""))
-        where["comfyui_key"] = f"{prefix}/lora.safetensors"
-    return where, None
-
-
-def _peft_zip(f, max_bytes: int) -> tuple[bytes, dict]:
-    """The weights and config of a PEFT folder in a zip (at its root or in one folder); nothing else is read."""
-    f.seek(0)
-    try:
-        zf = zipfile.ZipFile(f)
-    except zipfile.BadZipFile as e:
-        raise LoraFileError(f"not a readable zip ({e})") from None
-    with zf:
-        found = {PurePosixPath(i.filename).name: i for i in zf.infolist()
-                 if PurePosixPath(i.filename).name in PEFT_FILES and len(PurePosixPath(i.filename).parts) <= 2
-                 and ".." not in PurePosixPath(i.filename).parts and not i.is_dir()}
-        missing = [n for n in PEFT_FILES if n not in found]
-        if missing:
-            raise LoraFileError(f"the zip is not a PEFT folder: {', '.join(missing)} missing")
-        if found["adapter_model.safetensors"].file_size > max_bytes:
-            raise LoraFileError(f"adapter_model.safetensors expands to over {max_bytes} bytes")
-        if found["adapter_config.json"].file_size > 1 << 20:
-            raise LoraFileError("adapter_config.json is over 1 MiB")
-        try:
-            config = json.loads(zf.read(found["adapter_config.json"]))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise LoraFileError("adapter_config.json is not JSON") from None
-        if not isinstance(config, dict):
-            raise LoraFileError("adapter_config.json is not a JSON object")
-        return zf.read(found["adapter_model.safetensors"]), config
