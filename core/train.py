@@ -3,6 +3,7 @@
     python -m core.train --data_dir photos/ --out_dir runs/style --resolution 1024 --steps 2500 --rank 16 \
         --sample_every 500 --sample_prompt "sks style, a lighthouse at dusk" --trigger "sks style"
     python -m core.train ... --resume            # continue from the newest checkpoint in out_dir
+    torchrun --nproc_per_node 4 -m core.train ...   # one job on 4 GPUs of a host (DDP, see train_dist)
 
 From Python (the training worker does this):
 
@@ -20,7 +21,9 @@ uninterrupted one (exactly, on the CPU in float32).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -31,7 +34,9 @@ import torch
 from core.lora import (LoraSpec, adapter_state_dict, build_metadata, inject_lora, load_adapter_state_dict,
                        lora_parameters, save_comfyui_file, save_peft_folder)
 from core.objective import Objective
-from core.train_ckpt import latest_checkpoint, load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from core import train_dist
+from core.train_ckpt import (latest_checkpoint, load_checkpoint, rng_states, save_checkpoint, set_rng_states,
+                             step_dir_name)
 
 
 @dataclass
@@ -161,11 +166,15 @@ class Trainer:
         cfg.validate()
         if data is None and not cfg.data_dir:
             raise ValueError("no training data: set data_dir (or pass data= for a generated stream)")
-        self.cfg, self.cb = cfg, callbacks or TrainCallbacks()
         self.out = Path(cfg.out_dir)
         self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                                    else ("cpu" if cfg.device == "auto" else cfg.device))
         on_cuda = self.device.type == "cuda"
+        self.dist = train_dist.setup(self.device.type)        # torchrun: one process per GPU
+        if self.dist.active and on_cuda:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        # Callbacks (progress, previews, the job row) belong to rank 0 alone.
+        self.cfg, self.cb = cfg, (callbacks or TrainCallbacks()) if self.dist.main else TrainCallbacks()
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
         # LoRA: the frozen base lives in bf16 (no per-step weight casts); full: float32 master weights.
         base_dtype = torch.bfloat16 if (self.bf16 and not cfg.full) else torch.float32
@@ -202,20 +211,27 @@ class Trainer:
                 layer.compile()
         self.model.train()
         self.forward = self.model            # what loss() calls; benchmarks swap in the dense-mask path
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(self.model, device_ids=[self.device.index] if on_cuda else None)
 
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas),
                                            weight_decay=cfg.weight_decay, fused=on_cuda)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.objective = Objective(sigma_dist=cfg.sigma_dist, shift=cfg.sigma_shift, weighting=cfg.weighting)
-        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        # rank 0 draws exactly what a single-process run draws; other ranks get streams of their own
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
         if data is None:
             from core.train_data import FolderData
 
             data = FolderData(cfg.data_dir, resolution=cfg.resolution, batch_size=cfg.batch_size,
                               trigger=cfg.trigger, repeats=cfg.repeats, flip=cfg.flip,
                               caption_dropout=cfg.caption_dropout, seed=cfg.seed, num_workers=cfg.num_workers,
-                              min_side=cfg.min_side,
-                              pin_memory=on_cuda)
+                              min_side=cfg.min_side, pin_memory=on_cuda, rank=self.dist.rank,
+                              world_size=self.dist.world)
+        elif self.dist.active:
+            data.shard(self.dist.rank, self.dist.world)
         self.data = data
         self._layouts: dict[tuple, tuple[dict, int]] = {}
         self.step = 0
@@ -258,17 +274,23 @@ class Trainer:
         return adapter_state_dict(self.model)
 
     def save_checkpoint(self) -> Path:
-        state = {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng_states(self.generator),
-            "data": self.data.state_after(self.step * self.cfg.grad_accum),
-            "ema": self._ema,
-            "config": self.cfg.to_dict(),
-        }
-        path = save_checkpoint(self.out / "checkpoints", self.step, self._weights(), state,
-                               keep=self.cfg.keep_checkpoints)
+        """Every rank calls this (its RNG state is gathered); rank 0 writes."""
+        rngs = train_dist.gather_objects(rng_states(self.generator), self.dist)
+        path = self.out / "checkpoints" / step_dir_name(self.step)
+        if self.dist.main:
+            state = {
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rngs,                     # one entry per rank
+                "data": self.data.state_after(self.step * self.cfg.grad_accum),
+                "ema": self._ema,
+                "world_size": self.dist.world,
+                "config": self.cfg.to_dict(),
+            }
+            path = save_checkpoint(self.out / "checkpoints", self.step, self._weights(), state,
+                                   keep=self.cfg.keep_checkpoints)
+        train_dist.barrier(self.dist)
         self.last_checkpoint, self._ckpt_step = path, self.step
         if self.cb.on_checkpoint:
             self.cb.on_checkpoint(self.step, path)
@@ -281,15 +303,20 @@ class Trainer:
         if changed:
             raise ValueError(f"cannot resume from {path}: settings changed since it was written: "
                              + ", ".join(f"{k} {old[k]!r} -> {getattr(self.cfg, k)!r}" for k in changed))
+        world = state.get("world_size", 1)
+        if world != self.dist.world:
+            raise ValueError(f"cannot resume from {path}: it was written by {world} processes, this run has "
+                             f"{self.dist.world} (each rank's data share and noise stream would change)")
         if self.cfg.full:
             missing, unexpected = self.model.load_state_dict(weights, strict=False)
             if missing or unexpected:
-                raise ValueError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+                raise ValueError(f"{path}: weights do not fit the model "
+                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         else:
             load_adapter_state_dict(self.model, weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_states(self.generator, state["rng"])
+        set_rng_states(self.generator, state["rng"][self.dist.rank])
         self.data.load_state_dict(state["data"])
         self.step = int(state["step"])
         self._ema = tuple(state["ema"])
@@ -340,10 +367,15 @@ class Trainer:
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
-        for _ in range(cfg.grad_accum):
+        for i in range(cfg.grad_accum):
             images, captions = next(batches)
-            loss = self.loss(images, captions) / cfg.grad_accum
-            loss.backward()
+            # DDP all-reduces gradients in backward; only the last micro-batch of a step needs to
+            sync = contextlib.nullcontext()
+            if self.dist.active and i < cfg.grad_accum - 1:
+                sync = self.forward.no_sync()
+            with sync:
+                loss = self.loss(images, captions) / cfg.grad_accum
+                loss.backward()
             total += loss.detach()
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
@@ -360,14 +392,16 @@ class Trainer:
         window_loss = torch.zeros((), device=self.device)
         window_steps, t_window = 0, time.perf_counter()
         while self.step < cfg.steps:
-            if cb.should_stop and cb.should_stop():
+            stop = bool(cb.should_stop and cb.should_stop())
+            if train_dist.broadcast_flag(stop, self.dist, self.device):
                 stopped = True
                 break
             window_loss += self.train_step(batches)
             window_steps += 1
 
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                last_loss = float(window_loss) / window_steps     # the one host sync of the window
+                # the one host sync of the window (and, with several ranks, their mean)
+                last_loss = float(train_dist.mean_over_ranks(window_loss, self.dist)) / window_steps
                 now = time.perf_counter()
                 sec = (now - t_window) / window_steps
                 self._smooth(last_loss)
@@ -380,14 +414,17 @@ class Trainer:
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
             if cfg.sample_every and cfg.sample_prompts and self.step % cfg.sample_every == 0:
-                self._preview()
+                if self.dist.main:
+                    self._preview()
+                train_dist.barrier(self.dist)
             t_window += time.perf_counter() - t_side     # seconds/step measures training, not previews
         if self._ckpt_step != self.step:
             self.save_checkpoint()           # a stop, or a run whose end is not on the checkpoint grid
         result = TrainResult(self.step, stopped, last_loss, self.smoothed, self.last_checkpoint,
                              previews=list(self.previews))
-        if not stopped:
+        if not stopped and self.dist.main:
             self._export(result)
+        train_dist.barrier(self.dist)
         return result
 
     def _smooth(self, loss: float, beta: float = 0.9) -> None:
@@ -529,7 +566,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
     from tqdm import tqdm
 
     cfg = config_from_args(argv)
-    bar = tqdm(total=cfg.steps, unit="step", dynamic_ncols=True)
+    main_rank = os.environ.get("RANK", "0") == "0"      # under torchrun only rank 0 reports
+    bar = tqdm(total=cfg.steps, unit="step", dynamic_ncols=True, disable=not main_rank)
 
     def on_step(step, total, loss, smoothed, lr, sec, eta):
         bar.n = step
@@ -544,6 +582,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
         result = trainer.run()
     finally:
         bar.close()
+    if not main_rank:
+        return result
     print(f"done: {result.steps_done} steps, smoothed loss {result.smoothed_loss}; "
           f"LoRA: {result.lora_dir} and {result.lora_file}" if not cfg.full else f"model: {result.model_dir}")
     return result

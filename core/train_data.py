@@ -19,13 +19,15 @@ class FolderData:
 
     def __init__(self, source, *, resolution: int, batch_size: int, trigger: str = "", repeats: int = 1,
                  flip: bool = False, caption_dropout: float = 0.0, seed: int = 0, num_workers: int = 0,
-                 pin_memory: bool = False, min_side: int = 256):
+                 pin_memory: bool = False, min_side: int = 256, rank: int = 0, world_size: int = 1):
         from core.data import BucketBatchSampler, TrainDataset
 
         self.dataset = TrainDataset(source, resolution=resolution, trigger=trigger, repeats=repeats, flip=flip,
                                     caption_dropout=caption_dropout, seed=seed, cache=True,
                                     min_side=min_side)
-        self.sampler = BucketBatchSampler(self.dataset, batch_size=batch_size, seed=seed)
+        # with several ranks each takes every world_size-th batch of one shared epoch order
+        self.sampler = BucketBatchSampler(self.dataset, batch_size=batch_size, seed=seed, rank=rank,
+                                          world_size=world_size)
         self.num_workers, self.pin_memory = num_workers, pin_memory
 
     def state_after(self, batches_done: int) -> dict:
@@ -55,6 +57,11 @@ class StreamData:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.make_stream, self.batch_size = make_stream, batch_size
         self.start = 0    # index of the first item the next iteration yields
+        self.offset = 0   # where this rank's items begin (several ranks: disjoint index ranges)
+
+    def shard(self, rank: int, world: int) -> None:
+        """Give rank r the items r * 2^40 + k: an endless seeded stream needs no coordination."""
+        self.offset = rank << 40
 
     def state_after(self, batches_done: int) -> dict:
         return {"items": batches_done * self.batch_size, "batch_size": self.batch_size}
@@ -65,7 +72,7 @@ class StreamData:
         self.start = int(state["items"])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
-        stream = iter(self.make_stream(self.start))
+        stream = iter(self.make_stream(self.offset + self.start))
         while True:
             items = []
             for _ in range(self.batch_size):
