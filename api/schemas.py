@@ -134,6 +134,7 @@ class TrainingPublic(BaseModel):
     progress: TrainingProgress = Field(description="latest progress written by the worker")
     error: str | None = Field(description="why the job failed")
     attempt: int = Field(description="times a worker started this job (2+ means it resumed from a checkpoint)")
+    checkpoint_step: int | None = Field(description="step of the last saved checkpoint: where a resume starts")
     previews: list[PreviewPublic] = Field(description="preview images so far, by step")
     lora_id: str | None = Field(description="the trained LoRA, once succeeded")
     created_at: datetime = Field(description="submit time (UTC)")

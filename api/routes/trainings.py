@@ -25,6 +25,7 @@ def to_public(job: TrainingJob) -> TrainingPublic:
     return TrainingPublic(
         id=job.id, name=job.name, dataset_id=job.dataset_id, trigger=job.trigger, status=job.status,
         cancel_requested=job.cancel_requested, params=job.params, error=job.error, attempt=job.attempt,
+        checkpoint_step=job.checkpoint_step,
         progress=TrainingProgress(step=job.step, total_steps=job.total_steps, loss=job.loss,
                                   seconds_per_step=job.seconds_per_step, eta_seconds=job.eta_seconds),
         previews=[PreviewPublic(step=p.step, index=p.index, prompt=p.prompt,

@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from api.enqueue import Enqueuer
 from api.main import create_app
 from api_helpers import auth, make_celery, png, queued_messages
-from db.training import add_preview, claim_training, fail_training, finish_training, get_training, record_progress
+from db.training import (add_preview, claim_training, fail_training, finish_training, get_training,
+                         record_checkpoint, record_progress)
 
 
 def submit(client, owner, dataset, **fields):
@@ -66,11 +67,13 @@ def test_progress_previews_and_lora_appear_as_the_worker_writes_them(client, ali
         assert claim_training(s, job_id=job["id"], worker_id="w1")
         record_progress(s, job_id=job["id"], worker_id="w1", step=10, total_steps=20, loss=0.07,
                         seconds_per_step=0.5, eta_seconds=5.0)
+        record_checkpoint(s, job_id=job["id"], worker_id="w1", path="/work/ck/step-10", step=10)
         store.put_bytes(f"trainings/{job['id']}/previews/step-10-0.png", png(32, 32))
         add_preview(s, job_id=job["id"], step=10, index=0, prompt="a box",
                     storage_key=f"trainings/{job['id']}/previews/step-10-0.png")
     got = client.get(f"/v1/trainings/{job['id']}", headers=auth(alice)).json()
-    assert got["status"] == "running" and got["started_at"] and got["attempt"] == 1
+    assert got["status"] == "running" and got["started_at"] and got["attempt"] == 1 and got["checkpoint_step"] == 10
+    assert "/work/ck" not in str(got)  # server paths stay private
     assert got["progress"] == {"step": 10, "total_steps": 20, "loss": 0.07, "seconds_per_step": 0.5,
                                "eta_seconds": 5.0}
     assert got["previews"] == [{"step": 10, "index": 0, "prompt": "a box",
