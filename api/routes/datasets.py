@@ -62,7 +62,7 @@ def _tmp_dir(settings) -> Path:
 
 
 def _default_name(files: list[UploadFile]) -> str:
-    first = files[0].filename or "dataset"
+    first = (files[0].filename or "dataset")[:150]  # the column holds 200
     return first if len(files) == 1 else f"{first} and {len(files) - 1} more"
 
 

@@ -50,3 +50,11 @@ def test_dataset_of_a_queued_job_cannot_be_deleted(client, alice, dataset):
     assert r.status_code == 409 and "cancel it first" in r.json()["detail"]
     client.post(f"/v1/trainings/{job.json()['id']}/cancel", headers=auth(alice))
     assert client.delete(f"/v1/datasets/{dataset['id']}", headers=auth(alice)).status_code == 204
+
+
+def test_long_file_names_make_a_valid_default_name(client, alice):
+    long = "x" * 240 + ".png"
+    r = client.post("/v1/datasets", headers=auth(alice), files=[("files", (long, png(), "image/png")),
+                                                                ("files", ("b.png", png(), "image/png"))])
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "x" * 150 + " and 1 more"

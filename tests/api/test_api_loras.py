@@ -113,3 +113,8 @@ def test_list_loras(client, alice):
     ids = [upload(client, alice, f"l{i}.safetensors", lora_safetensors()).json()["id"] for i in range(2)]
     page = client.get("/v1/loras?limit=2", headers=auth(alice)).json()
     assert [x["id"] for x in page["data"]] == ids[::-1] and page["count"] >= 2
+
+
+def test_long_file_name_is_cut_to_the_name_column(client, alice):
+    r = upload(client, alice, "y" * 240 + ".safetensors", lora_safetensors())
+    assert r.status_code == 201 and r.json()["name"] == "y" * 200
