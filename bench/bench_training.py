@@ -227,7 +227,8 @@ def main(argv=None) -> None:
             continue
         same_shape = base and (v.resolution, v.batch) == (base["resolution"], base["batch"])
         speed = f"{base['sec'] / r['sec']:.2f}x" if same_shape else "-"
-        print(f"{head} {r['sec']:.3f} | {1 / r['sec']:.2f} | {v.batch / r['sec']:.2f} | {r['peak_gib']:.1f} | {speed} |")
+        print(f"{head} {r['sec']:.3f} | {1 / r['sec']:.2f} | {v.batch / r['sec']:.2f} | "
+              f"{r['peak_gib']:.1f} | {speed} |")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,8 @@ class TrainConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if self.gradient_checkpointing not in (True, False, "auto"):
-            problems.append(f"gradient_checkpointing must be true, false or 'auto', got {self.gradient_checkpointing!r}")
+            problems.append(f"gradient_checkpointing must be true, false or 'auto', "
+                            f"got {self.gradient_checkpointing!r}")
         if self.resolution < 32 or self.resolution % 32:
             problems.append(f"resolution must be a multiple of 32, got {self.resolution}")
         if not self.lr > 0:
@@ -339,7 +340,8 @@ class Trainer:
             return hit
         batch = collate([build_t2i(self.tokenizer, c, height, width) for c in captions])
         n = batch.n_image
-        if batch.n_ref or not bool(batch.vinput_mask[:, -n:].all()) or int(batch.vinput_mask.sum()) != n * len(captions):
+        tail_only = bool(batch.vinput_mask[:, -n:].all()) and int(batch.vinput_mask.sum()) == n * len(captions)
+        if batch.n_ref or not tail_only:
             raise ValueError("training expects text-to-image layouts with the image tokens last")
         inputs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids, token_types=batch.token_types,
                       text_lengths=batch.text_lengths if batch.padded else None)

@@ -135,7 +135,8 @@ def read_lora(src: str | Path | dict[str, torch.Tensor], name: str | None = None
         else:
             unknown.append(key)
     if not modules:
-        raise ValueError(f"{source}: no LoRA tensors found (expected keys ending in .lora_A/.lora_B/.lora_down/.lora_up)")
+        raise ValueError(f"{source}: no LoRA tensors found "
+                         "(expected keys ending in .lora_A/.lora_B/.lora_down/.lora_up)")
 
     if peft_cfg is not None:
         for stem, m in modules.items():

@@ -55,7 +55,8 @@ def target_names(model: nn.Module, spec: LoraSpec) -> list[str]:
     rx = re.compile(spec.pattern)
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and rx.fullmatch(n)]
     if not names:
-        raise ValueError("no LoRA target found: the model has no model.language_model.layers.*.(q|k|v|o|gate|up|down)_proj")
+        raise ValueError("no LoRA target found: the model has no "
+                         "model.language_model.layers.*.(q|k|v|o|gate|up|down)_proj")
     return names
 
 
