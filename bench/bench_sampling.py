@@ -202,6 +202,25 @@ class Steps:
         return self._cfg(x_c, x_u)
 
 
+def fp32_errors(steps: Steps, tok, prompt: str, size: int, compiled) -> dict:
+    """bf16 error of each path against the same weights run in float32 (ours, eager): the honest yardstick
+    for "same output", since fused kernels round differently from eager ones without being less exact."""
+    import copy
+
+    m32 = copy.deepcopy(steps.model).float()
+    s32 = Steps(m32, tok, prompt, size, size, steps.device)
+    s32.z = steps.z.float()  # the very same (bf16-rounded) latent
+    ref = s32.ours_x()
+    errs = {"err_official_vs_fp32": max(rel_diff(a, b) for a, b in zip(steps.official_x(), ref)),
+            "err_ours_vs_fp32": max(rel_diff(a, b) for a, b in zip(steps.ours_x(), ref)),
+            "err_compiled_vs_fp32": max(rel_diff(a, b) for a, b in zip(steps.ours_x(compiled), ref))}
+    del m32, s32, ref
+    torch.cuda.empty_cache() if steps.device.type == "cuda" else None
+    print("x_pred rel error vs float32: official bf16 {err_official_vs_fp32:.2e}, ours bf16 {err_ours_vs_fp32:.2e}, "
+          "ours + compile bf16 {err_compiled_vs_fp32:.2e}".format(**errs), flush=True)
+    return errs
+
+
 def cuda_graph_step(steps: Steps):
     """Our step captured as a CUDA graph (static z, t and prefix; replay = the whole denoise call)."""
     model = steps.model
@@ -279,6 +298,8 @@ def bench_size(model, tok, prompt, size, args, device) -> dict:
                                               args.warmup, args.iters)
             print(f"ours + torch.compile {r['ours_compiled_ms']:.1f} ms/step "
                   f"(x_pred diff {r['diff_compiled_vs_ours']:.1e})", flush=True)
+            if args.fp32_check:
+                r.update(fp32_errors(steps, tok, prompt, size, compiled))
         except Exception as e:  # noqa: BLE001
             r["ours_compiled_error"] = f"{type(e).__name__}: {e}"[:300]
             print(f"torch.compile failed: {r['ours_compiled_error']}", flush=True)
@@ -305,6 +326,15 @@ def bench_size(model, tok, prompt, size, args, device) -> dict:
             print(f"ours + CUDA graph: {r['ours_graph_image_s']:.2f} s per {args.image_steps}-step image"
                   + (f" (capture failed, ran eager: {graphed.graph_failed})" if graphed.graph_failed else ""),
                   flush=True)
+        if args.compile:
+            fast = Sampler(model, tok, preview_every=0, compile=True)
+            fast(prompt, **{**kw, "steps": 2})  # compiles
+            sync(device)
+            t = time.perf_counter()
+            fast(prompt, **kw)
+            sync(device)
+            r["ours_compiled_image_s"] = time.perf_counter() - t
+            print(f"ours + compile: {r['ours_compiled_image_s']:.2f} s per {args.image_steps}-step image", flush=True)
         if args.official_image:
             t = time.perf_counter()
             sampler.reference(prompt, dense=True, **kw)
@@ -319,8 +349,8 @@ def table(rows: list[dict], args) -> str:
         return fmt.format(r[k]) if k in r else "-"
 
     head = ("| size | text tok (cond/uncond) | official ms/step | ours ms/step | speed-up | ours, 2 CFG calls | "
-            "ours + graph | ours + compile | x_pred rel diff (floor) | ours s/image | ours + graph s/image | "
-            "official s/image |")
+            "ours + graph | ours + compile | x_pred rel diff (floor) | err vs fp32: official / ours / compiled | "
+            "ours s/image | ours + graph s/image | ours + compile s/image | official s/image |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         speed = f"{r['official_ms'] / r['ours_ms']:.2f}x" if "ours_ms" in r else "-"
@@ -329,7 +359,10 @@ def table(rows: list[dict], args) -> str:
             f"{f(r, 'ours_ms')} | {speed} | {f(r, 'ours_unbatched_ms')} | {f(r, 'ours_graph_ms')} | "
             f"{f(r, 'ours_compiled_ms')} | "
             f"{r['diff_ours_vs_official']:.1e} ({r['diff_floor_split_vs_official']:.1e}) | "
+            f"{f(r, 'err_official_vs_fp32', '{:.1e}')} / {f(r, 'err_ours_vs_fp32', '{:.1e}')} / "
+            f"{f(r, 'err_compiled_vs_fp32', '{:.1e}')} | "
             f"{f(r, 'ours_image_s', '{:.2f}')} | {f(r, 'ours_graph_image_s', '{:.2f}')} | "
+            f"{f(r, 'ours_compiled_image_s', '{:.2f}')} | "
             f"{f(r, 'official_image_s', '{:.2f}')} |")
     return "\n".join(lines)
 
@@ -345,6 +378,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--official-image", action="store_true", help="also time a whole image the official way")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(model.denoise)")
     ap.add_argument("--cuda-graph", action="store_true", help="also time our step as a CUDA graph")
+    ap.add_argument("--fp32-check", action="store_true",
+                    help="with --compile: error of every bf16 path against a float32 copy of the model")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
 
