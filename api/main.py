@@ -8,9 +8,11 @@ The schema is not created here: run migrations first (`python -m db.migrate`; th
 from __future__ import annotations
 
 import redis
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from sqlalchemy.exc import DataError
 
 from api.enqueue import Enqueuer
 from api.limits import BodySizeLimit
@@ -46,4 +48,11 @@ def create_app(settings: Settings | None = None, *, store: ArtifactStore | None 
         return JSON_BODY_LIMIT
 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
+    app.add_exception_handler(DataError, _unstorable_value)
     return app
+
+
+async def _unstorable_value(request: Request, exc: DataError) -> JSONResponse:
+    # The schemas refuse what they can name; this catches the rest (e.g. a NUL byte in a path id) as a 4xx.
+    return JSONResponse({"detail": "the request holds a value the database cannot store or compare "
+                                   "(e.g. a NUL character or a number out of range)"}, status_code=422)

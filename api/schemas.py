@@ -9,8 +9,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+NO_NUL = r"^[^\x00]*$"  # for form fields (PostgreSQL text cannot hold NUL)
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**62  # image k uses seed + k: leaves room in a signed 64-bit column
 
 
 def _multiple_of_32(name: str, value: int) -> int:
@@ -22,6 +23,14 @@ def _multiple_of_32(name: str, value: int) -> int:
 class Strict(BaseModel):
     # Unknown fields are errors: a typo such as "learning_rte" must not silently train with the default.
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, v: Any) -> Any:
+        # PostgreSQL text cannot hold NUL; refuse it here, naming the field, rather than fail in the database.
+        if any(isinstance(x, str) and "\x00" in x for x in (v if isinstance(v, list) else [v])):
+            raise ValueError("must not contain NUL characters")
+        return v
 
 
 # ---- datasets -------------------------------------------------------------------------------------------------

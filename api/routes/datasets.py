@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, sta
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep, not_found
-from api.schemas import DatasetPublic, DatasetsPublic
+from api.schemas import NO_NUL, DatasetPublic, DatasetsPublic
 from api.uploads import Incoming, UploadError, prepare_dataset, remove
 from db.datasets import create_dataset, delete_dataset, get_dataset, list_datasets, new_dataset_id
 from db.models import Dataset
@@ -27,7 +27,7 @@ async def upload_dataset(
     owner: CurrentOwner, session: SessionDep, settings: SettingsDep, store: StoreDep,
     files: Annotated[list[UploadFile], File(description="images (PNG/JPEG/WebP) with optional same-name .txt "
                                                         "captions or metadata.jsonl, or one .zip of those")],
-    name: Annotated[str | None, Form(max_length=200, description="display name")] = None,
+    name: Annotated[str | None, Form(max_length=200, pattern=NO_NUL, description="display name")] = None,
     resolution: Annotated[int, Form(ge=32, le=4096, description="training resolution the validation report "
                                                                 "buckets for")] = 1024,
 ):

@@ -16,7 +16,7 @@ from api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep, not_found
 from api.files import send_artifact
 from api.lora_check import LoraFileError
 from api.lora_import import store_lora_file
-from api.schemas import LoraPublic, LorasPublic
+from api.schemas import NO_NUL, LoraPublic, LorasPublic
 from db.loras import create_imported_lora, delete_lora, get_lora, list_loras, new_lora_id
 from db.models import Lora
 from db.store import ArtifactStore
@@ -115,8 +115,10 @@ async def import_lora(
     file: Annotated[UploadFile, File(description="a .safetensors LoRA (PEFT, ComfyUI, musubi-tuner, DiffSynth or "
                                                  "bare keys), or a .zip of a PEFT folder (adapter_config.json + "
                                                  "adapter_model.safetensors)")],
-    name: Annotated[str | None, Form(max_length=200, description="display name; default: the file name")] = None,
-    trigger: Annotated[str | None, Form(max_length=200, description="trigger phrase, if it has one")] = None,
+    name: Annotated[str | None, Form(max_length=200, pattern=NO_NUL,
+                                     description="display name; default: the file name")] = None,
+    trigger: Annotated[str | None, Form(max_length=200, pattern=NO_NUL,
+                                        description="trigger phrase, if it has one")] = None,
 ):
     """Import a LoRA file; its keys are checked against the layouts the loader reads before it is stored."""
     filename = PurePosixPath((file.filename or "").replace("\\", "/")).name

@@ -168,6 +168,10 @@ JSON_REQUESTS = [
     ("GET", "/v1/loras?offset=-1", None, 422, "offset"),
     ("GET", "/v1/loras/x/file?format=onnx", None, 422, "format"),
     ("GET", "/v1/generations/x/images/first", None, 422, "n"),
+    ("POST", "/v1/generations", {"prompt": "a\u0000b"}, 422, "NUL"),
+    ("POST", "/v1/generations", {"prompt": "p", "seed": 2**63}, 422, "seed"),
+    ("POST", "/v1/trainings", {"dataset_id": "d", "trigger": "t", "sample_prompts": ["a\u0000"]}, 422, "NUL"),
+    ("GET", "/v1/datasets/a%00b", None, 422, "cannot store"),
 ]
 
 
@@ -197,4 +201,14 @@ def test_chunked_upload_without_content_length_is_cut_off_at_the_limit(client, a
     r = client.post("/v1/datasets", headers={**auth(alice), "content-type": f"multipart/form-data; boundary={boundary}"},
                     content=body())
     assert r.status_code == 413 and "over the limit of 2000000 bytes" in r.text
+    assert (db_counts(Session), store_files(settings)) == before
+
+
+def test_nul_in_form_fields_is_422_naming_the_field(client, alice, Session, settings):
+    before = (db_counts(Session), store_files(settings))
+    r = client.post("/v1/loras", headers=auth(alice), data={"trigger": "a\x00b"},
+                    files={"file": ("l.safetensors", lora_safetensors(), "application/octet-stream")})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "trigger"]
+    r = client.post("/v1/datasets", headers=auth(alice), data={"name": "a\x00b"}, files=one("a.png", png()))
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "name"]
     assert (db_counts(Session), store_files(settings)) == before
