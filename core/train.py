@@ -513,43 +513,50 @@ def train_full(cfg: TrainConfig, callbacks: TrainCallbacks | None = None, data=N
 
 
 # ----------------------------------------------------------------------------------------- CLI
+_CHOICES = {"lr_schedule": ("constant", "cosine"), "sigma_dist": ("uniform", "shifted", "logit_normal"),
+            "weighting": ("none", "velocity"), "precision": ("auto", "bf16", "fp32")}
+
+
+def _field_comments() -> dict[str, str]:
+    """TrainConfig's per-field comments, so the CLI help and the dataclass cannot drift apart."""
+    import inspect
+    import re
+
+    out = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
+    """The recipe's flags, then one flag for every other plain TrainConfig field (defaults: the dataclass)."""
     ap = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0])
     ap.add_argument("--model", dest="model_path", default="models/o1-tiny",
                     help="base checkpoint: HF folder or ComfyUI file (default: the service's default model)")
     ap.add_argument("--data_dir", required=True)
     ap.add_argument("--out_dir", required=True)
-    ap.add_argument("--trigger", default="")
-    ap.add_argument("--resolution", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=2500)
-    ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--alpha", type=float, default=None, help="default: = rank")
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--batch_size", type=int, default=1)
-    ap.add_argument("--grad_accum", type=int, default=1)
-    ap.add_argument("--lr_schedule", choices=("constant", "cosine"), default="constant")
-    ap.add_argument("--warmup_steps", type=int, default=0)
-    ap.add_argument("--checkpoint_every", type=int, default=500)
-    ap.add_argument("--sample_every", type=int, default=500)
-    ap.add_argument("--sample_prompt", action="append", default=[], help="repeat for several prompts")
-    ap.add_argument("--sample_steps", type=int, default=20)
+    ap.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: = rank)")
+    ap.add_argument("--sample_prompt", action="append", default=[], help="a preview prompt; repeat for several")
     ap.add_argument("--resume", nargs="?", const="latest", default=None,
                     help="continue from the newest checkpoint in out_dir, or from the one given")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--flip", action="store_true")
-    ap.add_argument("--caption_dropout", type=float, default=0.0)
     ap.add_argument("--extra_targets", nargs="*", default=[], choices=("x_embedder", "final_layer2"))
-    ap.add_argument("--sigma_dist", choices=("uniform", "shifted", "logit_normal"), default="uniform")
-    ap.add_argument("--weighting", choices=("none", "velocity"), default="none")
-    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
     ap.add_argument("--gradient_checkpointing", choices=("auto", "on", "off"), default="auto",
                     help="auto: only when the activations would not fit in free GPU memory")
-    ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--num_workers", type=int, default=2)
-    ap.add_argument("--min_side", type=int, default=256, help="reject images whose shorter side is smaller")
-    ap.add_argument("--full", action="store_true", help="train every weight instead of a LoRA")
+    ap.add_argument("--num_workers", type=int, default=2, help="DataLoader workers decoding images")
+    taken = {a.dest for a in ap._actions}
+    notes = _field_comments()
+    for f in fields(TrainConfig):
+        if f.name in taken or f.name in ("sample_prompts", "betas", "base_model_name"):
+            continue
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        help_ = f"{notes.get(f.name, '')} (default: {f.default})"
+        if kind == "bool":
+            ap.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif kind in ("int", "float", "str", "int | None", "str | None"):
+            conv = {"int": int, "float": float}.get(kind.split(" ")[0], str)
+            ap.add_argument(f"--{f.name}", type=conv, default=None, choices=_CHOICES.get(f.name), help=help_)
     return ap
 
 
@@ -557,7 +564,8 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     a = _parser().parse_args(argv)
     names = {f.name for f in fields(TrainConfig)}
     kw = {k: v for k, v in vars(a).items() if k in names and v is not None}
-    kw["alpha"] = float(a.alpha if a.alpha is not None else a.rank)
+    rank = kw.get("rank", TrainConfig.rank)
+    kw["alpha"] = float(a.alpha if a.alpha is not None else rank)
     kw["sample_prompts"] = tuple(a.sample_prompt)
     kw["extra_targets"] = tuple(a.extra_targets)
     kw["gradient_checkpointing"] = {"auto": "auto", "on": True, "off": False}[a.gradient_checkpointing]

@@ -287,3 +287,20 @@ def test_auto_checkpointing_estimate():
     assert activation_bytes(full, 4, _max_tokens(1024)) == 4 * at_1024
     with pytest.raises(ValueError, match="gradient_checkpointing"):
         TrainConfig(model_path="m", out_dir="o", gradient_checkpointing="sometimes").validate()
+
+
+def test_every_setting_has_a_cli_flag():
+    from dataclasses import fields
+
+    from core.train import _parser
+
+    flags = {a.dest for a in _parser()._actions}
+    cli_names = {"sample_prompts": "sample_prompt"}
+    missing = [f.name for f in fields(TrainConfig)
+               if cli_names.get(f.name, f.name) not in flags and f.name not in ("betas", "base_model_name")]
+    assert missing == []
+    cfg = config_from_args(["--data_dir", "d", "--out_dir", "o", "--sigma_dist", "shifted", "--sigma_shift", "2.5",
+                            "--log_every", "10", "--compile", "--sample_size", "512", "--weighting", "velocity"])
+    assert (cfg.sigma_dist, cfg.sigma_shift, cfg.log_every, cfg.compile, cfg.sample_size, cfg.weighting) == \
+        ("shifted", 2.5, 10, True, 512, "velocity")
+    assert cfg.min_side == TrainConfig.min_side and cfg.flip is False          # unset flags keep the defaults
