@@ -82,7 +82,7 @@ class Sampler:
         # torch.compile of the per-step call fuses the ~30 elementwise / cast kernels of each layer (norms,
         # rotary, SwiGLU): 1.4x per step on an H200 at 1024 px (bench/RESULTS.md). Off by default: the first
         # request of each new shape pays the compilation (tens of seconds at full size).
-        self._denoise = torch.compile(model.denoise, dynamic=None) if compile else model.denoise
+        self._compiled = torch.compile(model.denoise, dynamic=None) if compile else None
         self.tokenizer = tokenizer
         self.preview_every = preview_every  # decode the x0 preview every this many steps (and the last)
         # replay each request's denoise call as a CUDA graph (captured at its first step): removes the
@@ -190,7 +190,8 @@ class Sampler:
             for prefix in prefixes:  # one call per group: a single one unless cfg_batch is off
                 b = prefix.batch_size
                 with self._autocast(device):
-                    out.append(self._denoise(prefix, vinputs[i:i + b], t[i:i + b]))
+                    step_fn = self._compiled or model.denoise
+                    out.append(step_fn(prefix, vinputs[i:i + b], t[i:i + b]))
                 i += b
             return out[0] if len(out) == 1 else torch.cat(out)
 
