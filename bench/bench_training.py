@@ -127,7 +127,22 @@ def make_trainer(v: Variant, model, tokenizer, device, out_dir: Path):
     return trainer
 
 
-def measure(v: Variant, spec, tokenizer, device, vocab, steps: int, warmup: int) -> dict:
+def profile_step(step, on_cuda: bool, top: int = 8) -> str:
+    """One more step under torch.profiler: how many kernels it launched and which took the time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    with profile(activities=acts) as prof:
+        float(step())
+    key = "self_device_time_total" if on_cuda else "self_cpu_time_total"
+    events = prof.key_averages()
+    kernels = sum(e.count for e in events if on_cuda and getattr(e, "device_type", None) is not None
+                  and str(e.device_type).endswith("CUDA"))
+    table = events.table(sort_by=key, row_limit=top, max_name_column_width=60)
+    return f"   kernels launched in one step: {kernels if on_cuda else 'n/a (CPU)'}\n{table}"
+
+
+def measure(v: Variant, spec, tokenizer, device, vocab, steps: int, warmup: int, profile: bool = False) -> dict:
     on_cuda = device.type == "cuda"
     if on_cuda:     # anything still allocated here leaked from the previous variant and would inflate the peak
         print(f"   allocated before building: {torch.cuda.memory_allocated() / 2**30:.2f} GiB", flush=True)
@@ -157,6 +172,8 @@ def measure(v: Variant, spec, tokenizer, device, vocab, steps: int, warmup: int)
             torch.cuda.synchronize()
         sec = (time.perf_counter() - t0) / steps
         peak = torch.cuda.max_memory_allocated() / 2**30 if on_cuda else float("nan")
+        if profile:
+            print(profile_step(step, on_cuda), flush=True)
         n_tokens = (v.resolution // 32) ** 2
     del trainer, model, batches
     torch._dynamo.reset()     # compiled graphs hold on to the old model's tensors
@@ -174,6 +191,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 10; tiny 2)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; tiny 1)")
     ap.add_argument("--no_compile", action="store_true", help="turn torch.compile off in every variant")
+    ap.add_argument("--profile", action="store_true", help="after timing, profile one step per variant")
     args = ap.parse_args(argv)
 
     from core.tiny import build_tokenizer
@@ -204,7 +222,7 @@ def main(argv=None) -> None:
             v = Variant(v.name, v.resolution, v.batch, v.recipe, v.checkpointing, False)
         print(f"== {name}: {v}", flush=True)
         try:
-            r = measure(v, spec, tokenizer, device, vocab, steps, warmup)
+            r = measure(v, spec, tokenizer, device, vocab, steps, warmup, args.profile)
             print(f"   {r['sec']:.3f} s/step, peak {r['peak_gib']:.1f} GiB, warm-up {r['warmup_s']:.0f} s, "
                   f"loss {r['loss']:.3f}", flush=True)
             rows.append((v, r, None))
