@@ -53,8 +53,8 @@ Artifact store (db/store.py):  store = LocalStore(settings.resolved_artifact_dir
     put_bytes(key, data), put_file(key, path), put_stream(key, chunks), put_dir(prefix, dir) -> keys,
     open(key) -> BinaryIO, exists(key), size(key), list(prefix), delete_prefix(prefix),
     local_path(key) -> Path | None, fetch_dir(prefix, dest) -> Path (a local folder with those files)
-    Keys used: datasets/<id>/..., trainings/<id>/previews/step-N-k.png, loras/<id>/peft/..., loras/<id>/<name>.safetensors,
-    generations/<id>/<n>.png
+    Keys used: datasets/<id>/..., loras/<id>/{original.*, lora.safetensors, peft/...} (imports); the worker
+    chooses its own under trainings/<id>/ and generations/<id>/
 
 Live events (db/events.py): channel(kind, job_id); publish(redis_client, *, kind, job_id, type, data)
     kind: "training" | "generation"; type: "progress" | "preview" | "status" | "image" (payloads in the module).

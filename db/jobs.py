@@ -42,8 +42,9 @@ def claim(session: Session, model: type[Job], *, job_id: str, worker_id: str, no
 def take_over_stale(session: Session, model: type[Job], *, job_id: str, worker_id: str, stale_before: datetime,
                     now: datetime | None = None) -> bool:
     """A running job whose heartbeat is older than ``stale_before`` passes to ``worker_id`` (for a resume)."""
-    return transition(session, model, [model.id == job_id, model.status == "running", stale_clause(model, stale_before)],
-                   {"worker_id": worker_id, "heartbeat_at": now or utcnow(), "attempt": model.attempt + 1})
+    return transition(session, model,
+                      [model.id == job_id, model.status == "running", stale_clause(model, stale_before)],
+                      {"worker_id": worker_id, "heartbeat_at": now or utcnow(), "attempt": model.attempt + 1})
 
 
 def stale_clause(model, stale_before: datetime):
@@ -82,8 +83,9 @@ def stale_running(session: Session, model: type[Job], *, stale_before: datetime)
 
 def requeue_stale(session: Session, model: type[Job], *, job_id: str, stale_before: datetime) -> bool:
     """running with a dead heartbeat -> queued (keeps progress and checkpoint), so a new message resumes it."""
-    return transition(session, model, [model.id == job_id, model.status == "running", stale_clause(model, stale_before)],
-                   {"status": "queued", "worker_id": None, "enqueued_at": None})
+    return transition(session, model,
+                      [model.id == job_id, model.status == "running", stale_clause(model, stale_before)],
+                      {"status": "queued", "worker_id": None, "enqueued_at": None})
 
 
 def queued_unsent(session: Session, model: type[Job], *, sent_before: datetime) -> list[Job]:

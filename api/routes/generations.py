@@ -50,7 +50,8 @@ def submit_generation(response: Response, body: GenerationCreate, owner: Current
 
 @router.get("", response_model=GenerationsPublic)
 def read_generations(owner: CurrentOwner, session: SessionDep,
-                     status_: Annotated[JobStatus | None, Query(alias="status", description="only in this state")] = None,
+                     status_: Annotated[JobStatus | None,
+                                        Query(alias="status", description="only in this state")] = None,
                      limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
                      offset: Annotated[int, Query(ge=0, description="items to skip")] = 0):
     """Your generations, newest first."""

@@ -131,8 +131,8 @@ async def import_lora(
     except LoraFileError as e:
         raise HTTPException(422, f"{filename}: {e}") from None
     try:
-        lora = create_imported_lora(session, lora_id=lora_id, owner_id=owner.id, name=name or Path(filename).stem[:200] or "lora",
-                                    trigger=trigger, **stored)
+        lora = create_imported_lora(session, lora_id=lora_id, owner_id=owner.id, trigger=trigger,
+                                    name=name or Path(filename).stem[:200] or "lora", **stored)
     except BaseException:
         store.delete_prefix(f"loras/{lora_id}")
         raise

@@ -56,7 +56,8 @@ def submit_training(response: Response, body: TrainingCreate, owner: CurrentOwne
 
 @router.get("", response_model=TrainingsPublic)
 def read_trainings(owner: CurrentOwner, session: SessionDep,
-                   status_: Annotated[JobStatus | None, Query(alias="status", description="only jobs in this state")] = None,
+                   status_: Annotated[JobStatus | None,
+                                      Query(alias="status", description="only jobs in this state")] = None,
                    limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
                    offset: Annotated[int, Query(ge=0, description="items to skip")] = 0):
     """Your training jobs, newest first."""

@@ -46,7 +46,8 @@ def test_submit_queues_the_row_and_sends_the_message_by_name(client, alice, data
     ({"sample_every": -1}, "sample_every"), ({"steps": 10, "sample_every": 20}, "sample_every"),
     ({"sample_prompts": ["ok", " "]}, "sample_prompts"), ({"sample_prompts": ["p"] * 9}, "sample_prompts"),
     ({"trigger": ""}, "trigger"), ({"lr_schedule": "linear"}, "lr_schedule"), ({"sample_size": 100}, "sample_size"),
-    ({"steps": 10, "warmup_steps": 11}, "warmup_steps"), ({"caption_dropout": 1.5}, "caption_dropout"), ({"seed": -1}, "seed"), ({"learning_rte": 1e-3}, "learning_rte"),
+    ({"steps": 10, "warmup_steps": 11}, "warmup_steps"), ({"caption_dropout": 1.5}, "caption_dropout"),
+    ({"seed": -1}, "seed"), ({"learning_rte": 1e-3}, "learning_rte"),
 ])
 def test_invalid_values_are_422_naming_the_field(client, alice, dataset, fields, field, key_prefix):
     before = len(queued_messages(key_prefix, "train"))
