@@ -1,13 +1,14 @@
 """`make demo`: the service on its embedded default learns a style over HTTP and shows before / after.
 
-    python -m worker.demo                      # ~5-10 min on 2 CPU cores; writes runs/demo/grid.png
+    python -m worker.demo                      # writes runs/demo/grid.png; 21 min on 2 busy CPU cores
     python -m worker.demo --steps 4 --images 8 --gen-steps 2 --out /tmp/demo   # a smoke run
 
 It starts `python -m worker.embedded` (own Redis, SQLite, API, one worker) on the bundled model
 (models/o1-shapes, else the embedded fallback), writes the procedural shapes dataset in the "hatched" style
 (core.synth) as a zip, uploads it, trains a LoRA with a trigger phrase, generates the same prompts and seeds
 without and with the LoRA, and writes a grid: one row per prompt, base on the left, LoRA on the right. It
-also prints core.synth's style score (about 1 for hatched images, 0 for plain ones) of both columns.
+also prints core.synth's style score (about 1 for hatched images, 0 for plain ones) of both columns; a
+default run measured base 0.06 -> with the LoRA 0.48 (300 steps on the bundled o1-shapes model).
 """
 from __future__ import annotations
 
