@@ -147,14 +147,14 @@ def test_sigterm_hands_the_training_back_at_once(service):
     for name in [n for n, p in svc.launcher.procs.items() if n.startswith("w") and p.poll() is None]:
         svc.launcher.stop(name)
     svc.start_worker("w-term")
-    job_id = submit(svc, upload(svc), steps=60)
+    job_id = submit(svc, upload(svc), steps=30)
     svc.poll(f"/v1/trainings/{job_id}", lambda b: b["progress"]["step"] >= 5)
     svc.launcher.kill("w-term", signal.SIGTERM)          # returns once the worker process has exited
     with svc.sessions() as s:
         row = get_training(s, job_id=job_id)
-    assert (row.status, row.worker_id) == ("queued", None) and 5 <= row.checkpoint_step < 60
+    assert (row.status, row.worker_id) == ("queued", None) and 5 <= row.checkpoint_step < 30
     assert row.step == row.checkpoint_step                 # the row says exactly where the resume starts
     assert "re-queued" in svc.launcher.log("w-term")
     svc.start_worker("w-next")
     done = svc.poll(f"/v1/trainings/{job_id}", lambda b: b["status"] != "running" and b["status"] != "queued")
-    assert (done["status"], done["attempt"], done["progress"]["step"]) == ("succeeded", 2, 60)
+    assert (done["status"], done["attempt"], done["progress"]["step"]) == ("succeeded", 2, 30)
