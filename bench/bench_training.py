@@ -54,7 +54,7 @@ class Variant:
     batch: int = 1
     recipe: bool = False
     checkpointing: bool | str = True     # "auto": the trainer's own choice from free memory
-    compile: bool = True
+    compile: bool | str = True           # "module": the older per-module layer.compile()
 
 
 VARIANTS = {
@@ -62,6 +62,7 @@ VARIANTS = {
     "ours": Variant("ours"),
     "ours-nockpt": Variant("ours-nockpt", checkpointing=False),
     "ours-eager": Variant("ours-eager", compile=False),
+    "ours-modcompile": Variant("ours-modcompile", compile="module"),
     "ours-2048": Variant("ours-2048", resolution=2048, checkpointing="auto"),
     "ours-b4": Variant("ours-b4", batch=4, checkpointing="auto"),
 }
@@ -112,10 +113,20 @@ def make_trainer(v: Variant, model, tokenizer, device, out_dir: Path):
 
     cfg = TrainConfig(model_path="<random>", out_dir=str(out_dir), resolution=v.resolution, steps=10**6,
                       batch_size=v.batch, rank=16, alpha=16.0, lr=1e-4, device=str(device), precision="bf16",
-                      gradient_checkpointing=v.checkpointing, compile=v.compile and not v.recipe,
+                      gradient_checkpointing=v.checkpointing, compile=v.compile is True and not v.recipe,
                       checkpoint_every=0, sample_every=0)
+    # the model is shared by the variants: undo an earlier variant's compilation first
+    from core.model import run_layer
+
+    model._layer_fn = run_layer
+    for layer in model.model.language_model.layers:
+        layer._compiled_call_impl = None
     trainer = Trainer(cfg, data=StreamData(random_stream(v.resolution), v.batch), model=model, tokenizer=tokenizer)
+    if v.compile == "module":  # the older regional form: layer.compile(), checkpoint around the compiled module
+        for layer in model.model.language_model.layers:
+            layer.compile()
     if v.recipe:
+        model.validate_inputs = True  # the official forward reads its inputs back on the host (syncs)
         # The recipe's choices, applied to the same trainer so that only they differ.
         # reference_forward is the model's official dense-mask pass; it is decorated no_grad for its use as
         # an oracle, so the undecorated function is called to train through it.

@@ -221,6 +221,11 @@ class HiDreamO1(nn.Module):
         self.tms_token_id = DEFAULT_TMS_TOKEN_ID
         self.boi_token_id: int | None = None
         self.gradient_checkpointing = False
+        # Value checks of the inputs (tms at the end, generation token types, text lengths) read device
+        # tensors, i.e. block the host on the GPU once per forward; a trainer that builds its own layouts
+        # on the CPU turns them off so steps queue back to back. Shape checks always run.
+        self.validate_inputs = True
+        self._layer_fn = run_layer  # torch.compile'd by compile_layers()
 
     # -- housekeeping ---------------------------------------------------------------------------
     @property
@@ -236,6 +241,13 @@ class HiDreamO1(nn.Module):
 
     def gradient_checkpointing_disable(self):
         self.gradient_checkpointing = False
+
+    def compile_layers(self) -> None:
+        """Regional torch.compile: one compiled function shared by every decoder layer (same code, the layer's
+        weights as inputs), with gradient checkpointing traced inside it so that the backward's recompute runs
+        compiled too (a checkpoint around a compiled module recomputes through saved-tensor hooks, which
+        torch.compile does not trace)."""
+        self._layer_fn = torch.compile(run_layer)
 
     def get_input_embeddings(self):
         return self.model.language_model.embed_tokens
@@ -304,11 +316,7 @@ class HiDreamO1(nn.Module):
         position_embeddings = lm.rotary_emb(hidden, position_ids)
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(lm.layers):
-            if ckpt:
-                hidden = checkpoint(layer, hidden, position_embeddings=position_embeddings, o1_plan=plan,
-                                    use_reentrant=False)
-            else:
-                hidden = layer(hidden, position_embeddings=position_embeddings, o1_plan=plan)
+            hidden = self._layer_fn(layer, hidden, position_embeddings, plan, ckpt)
             if deepstack is not None and i < len(deepstack):
                 # DeepStack: add the vision tower's intermediate features at the image-pad positions
                 mask = deepstack_mask
@@ -321,6 +329,8 @@ class HiDreamO1(nn.Module):
     def _check_layout(self, input_ids, token_types, n_gen_tokens):
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+        if not self.validate_inputs:
+            return
         if not bool((input_ids[:, -1] == self.tms_token_id).all()):
             raise ValueError(f"every row of input_ids must end with <|tms_token|> (id {self.tms_token_id}); "
                              f"got last ids {input_ids[:, -1].tolist()}")
@@ -333,11 +343,12 @@ class HiDreamO1(nn.Module):
             if bool((token_types[:, n_ar:] == 0).any()):
                 raise ValueError("token_types must be > 0 from <|tms_token|> on (generation tokens)")
 
-    @staticmethod
-    def _ar_lengths(text_lengths, n_ar, device):
+    def _ar_lengths(self, text_lengths, n_ar, device):
         if text_lengths is None:
             return None
         lengths = torch.as_tensor(text_lengths, device=device).reshape(-1) - 1  # minus the tms token
+        if not self.validate_inputs:  # trusted caller: passes text_lengths only for padded batches
+            return lengths
         if bool((lengths < 0).any()) or bool((lengths > n_ar).any()):
             raise ValueError(f"text_lengths {(lengths + 1).tolist()} must be in 1..{n_ar + 1}")
         return None if bool((lengths == n_ar).all()) else lengths
@@ -419,6 +430,13 @@ class HiDreamO1(nn.Module):
         plan = _AttnPlan("denoise", n_ar=prefix.n_ar, key_mask=prefix.key_mask(hidden.shape[1]), kv=prefix.kv)
         hidden = self._run_layers(hidden, prefix.gen_position_ids, plan)
         return self.model.final_layer2(hidden[:, 1:])
+
+
+def run_layer(layer, hidden, position_embeddings, plan, ckpt: bool):
+    """One decoder layer, recomputed in backward when `ckpt` (gradient checkpointing)."""
+    if ckpt:
+        return checkpoint(layer, hidden, position_embeddings=position_embeddings, o1_plan=plan, use_reentrant=False)
+    return layer(hidden, position_embeddings=position_embeddings, o1_plan=plan)
 
 
 def _fresh_rotary(m: nn.Module, config: Qwen3VLConfig) -> nn.Module:

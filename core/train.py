@@ -77,7 +77,8 @@ class TrainConfig:
     precision: str = "auto"                  # "auto" = bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
     gradient_checkpointing: bool | str = "auto"  # recompute activations in backward; "auto": on only when
                                              # the estimated activations would not fit in free GPU memory
-    compile: bool = False                    # torch.compile each decoder layer (regional compilation)
+    compile: bool = False                    # torch.compile the decoder layers (one shared compiled call,
+                                             # gradient checkpointing traced inside it)
     log_every: int = 1                       # host sync + on_step every K steps (raise for fast full runs)
     seed: int = 0                            # LoRA init, sigma/eps stream, data order
     # -- checkpoints and previews
@@ -208,8 +209,9 @@ class Trainer:
         if self.checkpointing:
             self.model.gradient_checkpointing_enable()
         if cfg.compile:
-            for layer in self.model.model.language_model.layers:
-                layer.compile()
+            self.model.compile_layers()
+        # layouts are built here on the CPU: the model's value checks would block on the GPU every step
+        self.model.validate_inputs = not on_cuda
         self.model.train()
         self.forward = self.model            # what loss() calls; benchmarks swap in the dense-mask path
         if self.dist.active:
