@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(1.0, ge=0, description="a job writes progress / reads cancel at most this often")
     reconcile_interval_s: float = Field(15.0, ge=0, description="each worker's reconciler pass period; 0 = off")
     lora_cache_size: int = Field(8, gt=0, description="LoRAs a generation worker keeps bound in memory (LRU)")
+    train_processes: int = Field(0, ge=0, description="processes (DDP ranks) per training job: 0 = one per "
+                                                       "visible GPU of the worker (1 without GPUs)")
 
     @property
     def resolved_database_url(self) -> str:

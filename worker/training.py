@@ -12,8 +12,10 @@ progress_interval_s), the time limit, a lost heartbeat, and a warm shutdown of t
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -42,8 +44,14 @@ def checkpoint_every(params: dict, steps: int) -> int:
     return int(params.get("checkpoint_every") or max(1, min(500, steps // 10)))
 
 
+# Set by SIGTERM in the processes of a multi-GPU job (worker/train_ranks.py), which have no Celery state.
+terminate_requested = threading.Event()
+
+
 def worker_shutting_down() -> bool:
-    """True once this Celery worker got a warm-shutdown request (SIGTERM): stop at the step boundary."""
+    """True once this worker got a warm-shutdown request (SIGTERM): stop at the step boundary."""
+    if terminate_requested.is_set():
+        return True
     try:
         from celery.worker import state
     except ImportError:
@@ -73,8 +81,28 @@ def run_training(job_id: str, c: WorkerContext | None = None) -> str:
     taken = take(c, "training", job_id)
     if not taken.runs:
         return taken.outcome
-    job = taken.job
+    ranks = training_processes(c)
+    if ranks > 1:
+        from worker.train_ranks import run_ranks
+        return run_ranks(c, taken.job, ranks)
+    return run_owned(c, taken.job)
 
+
+def training_processes(c: WorkerContext) -> int:
+    """DDP ranks for one job: the setting, or one per visible GPU (without importing torch when set)."""
+    if c.settings.train_processes:
+        return c.settings.train_processes
+    import torch
+    return max(1, torch.cuda.device_count())
+
+
+def is_main_rank() -> bool:
+    """False in the extra processes of a multi-GPU job (torchrun's RANK > 0): they train, rank 0 reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_owned(c: WorkerContext, job: TrainingJob) -> str:
+    """Train a job this worker already owns: heartbeat, the trainer, and the row's final state."""
     def beat() -> bool:
         with c.sessions() as s:
             return heartbeat_training(s, job_id=job.id, worker_id=c.worker_id)
@@ -104,7 +132,7 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
     # A fresh work folder per attempt: a dead attempt's unrecorded checkpoints must not mix with this one's.
     work = c.settings.data_dir.resolve() / "work" / "trainings" / job.id
     out_dir = work / f"attempt-{job.attempt}"
-    if work.is_dir():
+    if work.is_dir() and is_main_rank():
         for old in work.iterdir():
             if old != out_dir:
                 shutil.rmtree(old, ignore_errors=True)
@@ -175,6 +203,8 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
 
     result = train(cfg, TrainCallbacks(on_step=on_step, on_preview=on_preview, on_checkpoint=on_checkpoint,
                                        should_stop=should_stop))
+    if not is_main_rank():
+        return "rank-done"   # the core ran no callbacks here; rank 0 writes the row and the files
     if result.stopped:
         return _stopped(c, job, why[0] if why else "cancel", result)
     return _succeeded(c, job, cfg, result)
