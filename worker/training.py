@@ -168,7 +168,11 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
             write_progress()
 
     def on_checkpoint(step, path: Path):
-        key = f"{prefix}/checkpoints/{path.name}"
+        # Per attempt: a worker judged dead that is still running must never write into the folder the row
+        # of the new owner points at (its record_checkpoint then fails, and it stops).
+        if hb.lost.is_set():
+            raise JobLost()
+        key = f"{prefix}/checkpoints/attempt-{job.attempt}/{path.name}"
         c.store.put_dir(key, path)
         with c.sessions() as s:
             previous = s.get(TrainingJob, job.id).checkpoint_path
@@ -236,7 +240,7 @@ def _stopped(c: WorkerContext, job: TrainingJob, why: str, result) -> str:
 
 
 def _succeeded(c: WorkerContext, job: TrainingJob, cfg, result) -> str:
-    prefix = f"trainings/{job.id}/lora"
+    prefix = f"trainings/{job.id}/lora/attempt-{job.attempt}"  # see on_checkpoint: per attempt
     peft_keys = c.store.put_dir(f"{prefix}/peft", result.lora_dir)
     comfy_key = f"{prefix}/lora.safetensors"
     c.store.put_file(comfy_key, result.lora_file)

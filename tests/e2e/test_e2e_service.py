@@ -107,6 +107,7 @@ def test_cancel_a_running_training(service):
         row = get_training(s, job_id=job_id)
     # Stopped within a few steps of the request (progress is written every 0.2 s, the flag read as often).
     assert asked_at <= row.checkpoint_step <= asked_at + 20 < 3000
+    print(f"cancel asked at step {asked_at}; stopped at step {row.checkpoint_step}")
     assert (svc.store_root / row.checkpoint_path / "weights.safetensors").is_file()
 
 
@@ -135,7 +136,8 @@ def test_sigkill_mid_training_then_a_new_worker_resumes_from_the_checkpoint(serv
     assert done["status"] == "succeeded", done["error"]
     assert done["attempt"] == 2 and done["progress"]["step"] == 40     # one resume, no third start
     log = svc.launcher.log("w2")
-    assert f"resuming from trainings/{first}/checkpoints/step-{killed_at_checkpoint:06d}" in log
+    assert f"resuming from trainings/{first}/checkpoints/attempt-1/step-{killed_at_checkpoint:06d}" in log
+    print(f"SIGKILL at step {dead.step}; resumed from the step-{killed_at_checkpoint} checkpoint")
     other = svc.poll(f"/v1/trainings/{second}", lambda b: b["status"] in ("succeeded", "failed"), timeout=120)
     assert other["status"] == "succeeded" and other["attempt"] == 1
 
