@@ -1,7 +1,7 @@
 """The Celery tasks: thin wrappers that hand a job id to its runner (the runners hold the logic).
 
 Imported by the worker process only (celery_app's `include`): the runners import torch lazily, on the
-first job, so the model and CUDA live in the process that runs the tasks (the solo pool's own process).
+first job, so the model and CUDA live in the worker's own process (the pool is one thread of it).
 Each worker also runs the reconciler in a daemon thread, started when the worker is ready.
 """
 from __future__ import annotations
