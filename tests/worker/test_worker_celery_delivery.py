@@ -24,7 +24,7 @@ def test_long_job_outlives_the_visibility_timeout_without_redelivery(worker_ctx,
         owner = create_owner(s, name="deliver")
     ds = put_dataset(c, owner.id)
     with c.sessions() as s:
-        job = create_training(s, owner_id=owner.id, dataset_id=ds.id, name="j", trigger="sks", total_steps=20,
+        job = create_training(s, owner_id=owner.id, dataset_id=ds.id, name="j", trigger="sks", total_steps=40,
                               params={"rank": 4, "alpha": 4.0, "resolution": 64, "sample_every": 0})
     env = {"O1LORA_DATABASE_URL": c.settings.resolved_database_url, "O1LORA_BROKER_URL": app.conf.broker_url,
            "O1LORA_BROKER_KEY_PREFIX": RUN_PREFIX, "O1LORA_DATA_DIR": str(c.settings.data_dir),
@@ -62,7 +62,7 @@ def test_long_job_outlives_the_visibility_timeout_without_redelivery(worker_ctx,
         log = procs.log("w")
     finally:
         procs.stop_all()
-    assert ran_for > 2, "the job must outlive the 1 s visibility timeout for this test to mean anything"
+    assert ran_for > 1.5, "the job must outlive the 1 s visibility timeout for this test to mean anything"
     assert len(unacked_while_running) >= 5 and set(unacked_while_running) == {0}   # acked at start
     # The duplicate sent mid-run waits in the queue (no prefetch while busy) and, like the one sent after
     # the end, finds the job finished.
