@@ -217,7 +217,7 @@ class Sampler:
             vision = (emb.repeat(len(texts), 1), [d.repeat(len(texts), 1) for d in deep])
         with self._autocast(device):
             prefix = self.model.encode_prefix(batch, vision=vision)
-        return select_rows(prefix, torch.tensor(rows, device=device))
+        return prefix.select(torch.tensor(rows, device=device))
 
     # ------------------------------------------------------------------------------ the oracle
     @torch.no_grad()
@@ -326,9 +326,3 @@ class GraphedCall:
             torch.cuda.synchronize()
         return result
 
-
-def select_rows(prefix, rows: torch.Tensor):
-    """A PrefixCache whose row j is row rows[j] of `prefix` (prompts shared by several images)."""
-    kv = {layer: (k.index_select(0, rows), v.index_select(0, rows)) for layer, (k, v) in prefix.kv.items()}
-    lengths = None if prefix.ar_lengths is None else prefix.ar_lengths.index_select(0, rows)
-    return type(prefix)(kv, prefix.gen_position_ids.index_select(1, rows), prefix.n_ar, lengths)
