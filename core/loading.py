@@ -21,11 +21,10 @@ from safetensors import safe_open
 from torch import nn
 from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
 
+from core.layout import BOI_TOKEN, TMS_TOKEN, token_id
 from core.model import DEFAULT_TMS_TOKEN_ID, HiDreamO1
 
 IGNORED_KEYS = {"lm_head.weight"}  # the generation forward never uses the LM head
-TMS_TOKEN = "<|tms_token|>"
-BOI_TOKEN = "<|boi_token|>"
 COMFY_PREFIX = "diffusion_model."
 
 
@@ -195,12 +194,6 @@ def load_tokenizer(path):
         if proc.is_file():
             tok.chat_template = json.loads(proc.read_text())["chat_template"]
     return tok
-
-
-def token_id(tokenizer, token: str) -> int | None:
-    """The id of a special token, or None when the tokenizer does not know it (no silent unk id)."""
-    vocab = tokenizer.get_vocab()
-    return vocab.get(token)
 
 
 def set_token_ids(model: HiDreamO1, tokenizer) -> None:
