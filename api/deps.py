@@ -1,12 +1,14 @@
 """FastAPI dependencies as Annotated aliases; everything comes from app.state, set by create_app."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Iterator
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
 from sqlalchemy.orm import Session
 
 from api.enqueue import Enqueuer
+from api.schemas import JobStatus
 from api.settings import Settings
 from db.models import Owner
 from db.owners import owner_for_key
@@ -58,3 +60,18 @@ EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
 def not_found(what: str, id_: str) -> HTTPException:
     # The same answer for "does not exist" and "belongs to someone else": ids leak nothing.
     return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {id_} not found")
+
+
+@dataclass(frozen=True)
+class Page:
+    limit: int
+    offset: int
+
+
+def get_page(limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
+             offset: Annotated[int, Query(ge=0, description="items to skip")] = 0) -> Page:
+    return Page(limit, offset)
+
+
+PageDep = Annotated[Page, Depends(get_page)]  # ?limit=&offset= of every list route
+StatusFilter = Annotated[JobStatus | None, Query(alias="status", description="only jobs in this state")]

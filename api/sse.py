@@ -16,6 +16,8 @@ from typing import Any, AsyncIterator, Callable
 
 import anyio
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from db.events import channel, decode
 from db.models import TERMINAL
@@ -74,3 +76,16 @@ async def job_events(*, kind: str, job_id: str, redis_url: str, snapshot: Callab
             await client.aclose()
         except Exception:
             pass
+
+
+def job_stream(*, kind: str, job_id: str, settings, sessions, read: Callable[[Any], BaseModel]) -> StreamingResponse:
+    """The /events response of one job; ``read(session)`` is its public model, read in a fresh session for every
+    snapshot (the request's own session is gone once the response streams)."""
+    def snapshot() -> dict[str, Any]:
+        with sessions() as s:
+            return read(s).model_dump(mode="json")
+
+    events = job_events(kind=kind, job_id=job_id, redis_url=settings.resolved_redis_url, snapshot=snapshot,
+                        recheck_s=settings.sse_recheck_s)
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

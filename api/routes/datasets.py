@@ -5,10 +5,10 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep, not_found
+from api.deps import CurrentOwner, PageDep, SessionDep, SettingsDep, StoreDep, not_found
 from api.schemas import NO_NUL, DatasetPublic, DatasetsPublic
 from api.uploads import Incoming, UploadError, prepare_dataset, remove
 from db.datasets import create_dataset, delete_dataset, get_dataset, list_datasets, new_dataset_id
@@ -67,11 +67,9 @@ def _default_name(files: list[UploadFile]) -> str:
 
 
 @router.get("", response_model=DatasetsPublic)
-def read_datasets(owner: CurrentOwner, session: SessionDep,
-                  limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
-                  offset: Annotated[int, Query(ge=0, description="items to skip")] = 0):
+def read_datasets(owner: CurrentOwner, session: SessionDep, page: PageDep):
     """Your datasets, newest first."""
-    rows, total = list_datasets(session, owner_id=owner.id, limit=limit, offset=offset)
+    rows, total = list_datasets(session, owner_id=owner.id, limit=page.limit, offset=page.offset)
     return DatasetsPublic(data=[to_public(r) for r in rows], count=total)
 
 

@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from api.deps import CurrentOwner, EnqueuerDep, SessionDep, SettingsDep, StoreDep, not_found
+from api.deps import CurrentOwner, EnqueuerDep, PageDep, SessionDep, SettingsDep, StatusFilter, StoreDep, not_found
 from api.enqueue import GENERATE, send_and_record
 from api.files import send_artifact
-from api.schemas import (GenerationCreate, GenerationProgress, GenerationPublic, GenerationsPublic, ImagePublic,
-                         JobStatus)
-from api.sse import job_events
+from api.schemas import GenerationCreate, GenerationProgress, GenerationPublic, GenerationsPublic, ImagePublic
+from api.sse import job_stream
 from db.generations import create_generation, get_generation, list_generations, mark_generation_enqueued
 from db.loras import get_lora
 from db.models import Generation
@@ -49,13 +47,9 @@ def submit_generation(response: Response, body: GenerationCreate, owner: Current
 
 
 @router.get("", response_model=GenerationsPublic)
-def read_generations(owner: CurrentOwner, session: SessionDep,
-                     status_: Annotated[JobStatus | None,
-                                        Query(alias="status", description="only in this state")] = None,
-                     limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
-                     offset: Annotated[int, Query(ge=0, description="items to skip")] = 0):
+def read_generations(owner: CurrentOwner, session: SessionDep, page: PageDep, status_: StatusFilter = None):
     """Your generations, newest first."""
-    rows, total = list_generations(session, owner_id=owner.id, status=status_, limit=limit, offset=offset)
+    rows, total = list_generations(session, owner_id=owner.id, status=status_, limit=page.limit, offset=page.offset)
     return GenerationsPublic(data=[to_public(r) for r in rows], count=total)
 
 
@@ -76,16 +70,8 @@ def stream_events(generation_id: str, owner: CurrentOwner, session: SessionDep, 
     """Server-Sent Events: the current state, then live progress and images until the end."""
     if get_generation(session, generation_id=generation_id, owner_id=owner.id) is None:
         raise not_found("generation", generation_id)
-    sessions = request.app.state.sessions
-
-    def snapshot() -> dict:
-        with sessions() as s:
-            return to_public(get_generation(s, generation_id=generation_id)).model_dump(mode="json")
-
-    events = job_events(kind="generation", job_id=generation_id, redis_url=settings.resolved_redis_url,
-                        snapshot=snapshot, recheck_s=settings.sse_recheck_s)
-    return StreamingResponse(events, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return job_stream(kind="generation", job_id=generation_id, settings=settings, sessions=request.app.state.sessions,
+                      read=lambda s: to_public(get_generation(s, generation_id=generation_id)))
 
 
 @router.get("/{generation_id}/images/{n}", response_class=StreamingResponse,

@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep, not_found
+from api.deps import CurrentOwner, PageDep, SessionDep, SettingsDep, StoreDep, not_found
 from api.files import send_artifact
 from api.lora_check import LoraFileError
 from api.lora_import import store_lora_file
@@ -38,11 +38,9 @@ def to_public(lora: Lora) -> LoraPublic:
 
 
 @router.get("", response_model=LorasPublic)
-def read_loras(owner: CurrentOwner, session: SessionDep,
-               limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
-               offset: Annotated[int, Query(ge=0, description="items to skip")] = 0):
+def read_loras(owner: CurrentOwner, session: SessionDep, page: PageDep):
     """Your LoRAs (trained and imported), newest first."""
-    rows, total = list_loras(session, owner_id=owner.id, limit=limit, offset=offset)
+    rows, total = list_loras(session, owner_id=owner.id, limit=page.limit, offset=page.offset)
     return LorasPublic(data=[to_public(r) for r in rows], count=total)
 
 

@@ -1,17 +1,15 @@
 """/v1/trainings: submit, list, read, cancel, stream events, preview images."""
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from api.deps import CurrentOwner, EnqueuerDep, SessionDep, SettingsDep, StoreDep, not_found
+from api.deps import CurrentOwner, EnqueuerDep, PageDep, SessionDep, SettingsDep, StatusFilter, StoreDep, not_found
 from api.enqueue import TRAIN, send_and_record
 from api.files import send_artifact
-from api.schemas import (CancelPublic, JobStatus, PreviewPublic, TrainingCreate, TrainingProgress, TrainingPublic,
+from api.schemas import (CancelPublic, PreviewPublic, TrainingCreate, TrainingProgress, TrainingPublic,
                          TrainingsPublic)
-from api.sse import job_events
+from api.sse import job_stream
 from db.datasets import get_dataset
 from db.events import publish
 from db.models import TrainingJob
@@ -55,13 +53,9 @@ def submit_training(response: Response, body: TrainingCreate, owner: CurrentOwne
 
 
 @router.get("", response_model=TrainingsPublic)
-def read_trainings(owner: CurrentOwner, session: SessionDep,
-                   status_: Annotated[JobStatus | None,
-                                      Query(alias="status", description="only jobs in this state")] = None,
-                   limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
-                   offset: Annotated[int, Query(ge=0, description="items to skip")] = 0):
+def read_trainings(owner: CurrentOwner, session: SessionDep, page: PageDep, status_: StatusFilter = None):
     """Your training jobs, newest first."""
-    rows, total = list_trainings(session, owner_id=owner.id, status=status_, limit=limit, offset=offset)
+    rows, total = list_trainings(session, owner_id=owner.id, status=status_, limit=page.limit, offset=page.offset)
     return TrainingsPublic(data=[to_public(r) for r in rows], count=total)
 
 
@@ -98,16 +92,8 @@ def stream_events(job_id: str, owner: CurrentOwner, session: SessionDep, setting
     """Server-Sent Events: the current state, then live progress, previews and status changes until the end."""
     if get_training(session, job_id=job_id, owner_id=owner.id) is None:
         raise not_found("training job", job_id)
-    sessions = request.app.state.sessions
-
-    def snapshot() -> dict:
-        with sessions() as s:
-            return to_public(get_training(s, job_id=job_id)).model_dump(mode="json")
-
-    events = job_events(kind="training", job_id=job_id, redis_url=settings.resolved_redis_url, snapshot=snapshot,
-                        recheck_s=settings.sse_recheck_s)
-    return StreamingResponse(events, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return job_stream(kind="training", job_id=job_id, settings=settings, sessions=request.app.state.sessions,
+                      read=lambda s: to_public(get_training(s, job_id=job_id)))
 
 
 @router.get("/{job_id}/previews/{step}/{index}", response_class=StreamingResponse,
