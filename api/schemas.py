@@ -5,7 +5,7 @@ Every field has a description: they are the API's documentation at /docs.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -33,6 +33,15 @@ class Strict(BaseModel):
         return v
 
 
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[Item]):
+    """A page of a list route (the XsPublic family)."""
+    data: list[Item] = Field(description="this page, newest first")
+    count: int = Field(description="total across all pages (with the status filter, where there is one)")
+
+
 # ---- datasets -------------------------------------------------------------------------------------------------
 
 class DatasetPublic(BaseModel):
@@ -46,9 +55,8 @@ class DatasetPublic(BaseModel):
     created_at: datetime = Field(description="upload time (UTC)")
 
 
-class DatasetsPublic(BaseModel):
-    data: list[DatasetPublic] = Field(description="this page, newest first")
-    count: int = Field(description="total across all pages")
+class DatasetsPublic(Page[DatasetPublic]):
+    pass
 
 
 # ---- trainings ------------------------------------------------------------------------------------------------
@@ -151,9 +159,8 @@ class TrainingPublic(BaseModel):
     finished_at: datetime | None = Field(description="end time (UTC)")
 
 
-class TrainingsPublic(BaseModel):
-    data: list[TrainingPublic] = Field(description="this page, newest first")
-    count: int = Field(description="total across all pages (with the status filter)")
+class TrainingsPublic(Page[TrainingPublic]):
+    pass
 
 
 class CancelPublic(BaseModel):
@@ -179,9 +186,8 @@ class LoraPublic(BaseModel):
     created_at: datetime = Field(description="creation time (UTC)")
 
 
-class LorasPublic(BaseModel):
-    data: list[LoraPublic] = Field(description="this page, newest first")
-    count: int = Field(description="total across all pages")
+class LorasPublic(Page[LoraPublic]):
+    pass
 
 
 # ---- generations ----------------------------------------------------------------------------------------------
@@ -256,9 +262,8 @@ class GenerationPublic(BaseModel):
     finished_at: datetime | None = Field(description="end time (UTC)")
 
 
-class GenerationsPublic(BaseModel):
-    data: list[GenerationPublic] = Field(description="this page, newest first")
-    count: int = Field(description="total across all pages")
+class GenerationsPublic(Page[GenerationPublic]):
+    pass
 
 
 # ---- service ----------------------------------------------------------------------------------------------------
