@@ -17,7 +17,7 @@ from db.loras import get_lora
 from worker.context import WorkerContext, ctx
 from worker.model_host import ModelHost
 from worker.pacing import Every, Heartbeat
-from worker.runs import JobLost, TimeLimitExceeded, local_dir, local_file, publish, short_error, take
+from worker.runs import JobLost, TimeLimitExceeded, local_dir, local_file, publish, run_with_heartbeat, take
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +64,11 @@ def run_generation(generation_id: str, c: WorkerContext | None = None) -> str:
             return record_generation_progress(s, generation_id=gen.id, worker_id=c.worker_id, step=progress[0])
 
     progress = [0]
-    try:
-        with Heartbeat(beat, c.heartbeat_interval_s, lambda e: log.warning("heartbeat: %s", e)) as hb:
-            _generate(c, gen, progress, hb)
-    except JobLost:
-        log.warning("generation %s: taken over by another worker; stopped", gen.id)
-        return "lost"
-    except Exception as e:
-        log.exception("generation %s failed", gen.id)
-        with c.sessions() as s:
-            fail_generation(s, generation_id=gen.id, worker_id=c.worker_id, error=short_error(e))
-        publish(c, "generation", gen.id, "status", {"status": "failed", "error": short_error(e)})
-        return "failed"
+    stopped = run_with_heartbeat(
+        c, "generation", gen.id, beat=beat, body=lambda hb: _generate(c, gen, progress, hb),
+        fail=lambda s, error: fail_generation(s, generation_id=gen.id, worker_id=c.worker_id, error=error))
+    if stopped is not None:
+        return stopped
     with c.sessions() as s:
         if not finish_generation(s, generation_id=gen.id, worker_id=c.worker_id):
             return "lost"

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from db import events
 from db.generations import claim_generation, get_generation, take_over_stale_generation
@@ -21,6 +21,7 @@ from db.jobs import transition
 from db.models import TERMINAL, Generation, TrainingJob, utcnow
 from db.training import claim_training, get_training, take_over_stale_training
 from worker.context import WorkerContext
+from worker.pacing import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,25 @@ def take(c: WorkerContext, kind: Kind, job_id: str) -> Taken:
     log.info("%s %s: %s by %s (attempt %d)", kind, job_id, outcome, c.worker_id, job.attempt)
     publish(c, kind, job_id, "status", {"status": "running", "attempt": job.attempt})
     return Taken(outcome, job)
+
+
+def run_with_heartbeat(c: WorkerContext, kind: Kind, job_id: str, *, beat: Callable[[], bool],
+                       fail: Callable[[Any, str], Any], body: Callable[[Heartbeat], str | None]) -> str | None:
+    """Run ``body(heartbeat)`` for a job this worker owns, beating from a thread; what ``body`` returns, or
+    "lost" when another worker took the job over (nothing written), or "failed" when it raised (``fail(session,
+    error)`` records it on the row, and a status event goes out)."""
+    try:
+        with Heartbeat(beat, c.heartbeat_interval_s, lambda e: log.warning("heartbeat: %s", e)) as hb:
+            return body(hb)
+    except JobLost:
+        log.warning("%s %s: taken over by another worker; stopped", kind, job_id)
+        return "lost"
+    except Exception as e:
+        log.exception("%s %s failed", kind, job_id)
+        with c.sessions() as s:
+            fail(s, short_error(e))
+        publish(c, kind, job_id, "status", {"status": "failed", "error": short_error(e)})
+        return "failed"
 
 
 def publish(c: WorkerContext, kind: Kind, job_id: str, type: str, data: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from db.training import (add_preview, fail_training, finish_training, heartbeat_
                          mark_training_canceled, record_checkpoint, record_progress)
 from worker.context import WorkerContext, ctx
 from worker.pacing import Every, Heartbeat
-from worker.runs import JobLost, local_dir, publish, short_error, take
+from worker.runs import JobLost, local_dir, publish, run_with_heartbeat, take
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +107,9 @@ def run_owned(c: WorkerContext, job: TrainingJob) -> str:
         with c.sessions() as s:
             return heartbeat_training(s, job_id=job.id, worker_id=c.worker_id)
 
-    try:
-        with Heartbeat(beat, c.heartbeat_interval_s, lambda e: log.warning("heartbeat: %s", e)) as hb:
-            return _train(c, job, hb)
-    except JobLost:
-        log.warning("training %s: taken over by another worker; stopped", job.id)
-        return "lost"
-    except Exception as e:
-        log.exception("training %s failed", job.id)
-        with c.sessions() as s:
-            fail_training(s, job_id=job.id, worker_id=c.worker_id, error=short_error(e))
-        publish(c, "training", job.id, "status", {"status": "failed", "error": short_error(e)})
-        return "failed"
+    return run_with_heartbeat(
+        c, "training", job.id, beat=beat, body=lambda hb: _train(c, job, hb),
+        fail=lambda s, error: fail_training(s, job_id=job.id, worker_id=c.worker_id, error=error))
 
 
 def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
