@@ -33,6 +33,8 @@ Training (db/training.py):
     cancel_training(s, *, job_id, owner_id) -> "canceled" | "cancel_requested" | None
     stale_running_trainings(s, *, stale_before) -> list[TrainingJob]
     requeue_stale_training(s, *, job_id, stale_before) -> bool            # running+dead -> queued (re-send it)
+    hand_back_training(s, *, job_id, worker_id) -> bool                   # mine, running -> queued (warm shutdown)
+    cancel_queued_on_request(s, *, job_id) -> bool                        # queued+cancel_requested -> canceled
     queued_unsent_trainings(s, *, sent_before) -> list[TrainingJob]       # sent (or, never sent, created) before
     revoke_api_keys(s, *, owner_id, prefix) -> int   (db/owners.py; also create_owner, create_api_key, owner_for_key)
 

@@ -14,19 +14,22 @@ from sqlalchemy.orm import Session
 from db.models import Generation, TrainingJob, utcnow
 
 Job = TypeVar("Job", TrainingJob, Generation)
+REQUEUED = {"status": "queued", "worker_id": None, "enqueued_at": None}  # a new message will be sent for it
 
 
-def transition(session: Session, model: type[Job], where: list, values: dict[str, Any]) -> bool:
+def transition(session: Session, model: type[Job], where: list, values: dict[str, Any], commit: bool = True) -> bool:
+    """UPDATE the one row matching ``where``; whether it did. commit=False leaves the transaction open."""
     result = session.execute(update(model).where(*where).values(**values)
                              .execution_options(synchronize_session=False))
-    session.commit()
+    if commit:
+        session.commit()
     return result.rowcount == 1
 
 
 def mark_enqueued(session: Session, model: type[Job], *, job_id: str, celery_task_id: str | None,
                   now: datetime | None = None) -> bool:
     return transition(session, model, [model.id == job_id, model.status == "queued"],
-                   {"enqueued_at": now or utcnow(), "celery_task_id": celery_task_id})
+                      {"enqueued_at": now or utcnow(), "celery_task_id": celery_task_id})
 
 
 def claim(session: Session, model: type[Job], *, job_id: str, worker_id: str, now: datetime | None = None) -> bool:
@@ -59,7 +62,7 @@ def heartbeat(session: Session, model: type[Job], *, job_id: str, worker_id: str
               **values: Any) -> bool:
     """Refresh the heartbeat (and set ``values``) while this worker still owns the running job."""
     return transition(session, model, owned_running(model, job_id, worker_id),
-                   {"heartbeat_at": now or utcnow(), **values})
+                      {"heartbeat_at": now or utcnow(), **values})
 
 
 def finish(session: Session, model: type[Job], *, job_id: str, worker_id: str, status: str,
@@ -67,13 +70,8 @@ def finish(session: Session, model: type[Job], *, job_id: str, worker_id: str, s
     if status not in ("succeeded", "failed", "canceled"):
         raise ValueError(f"not a terminal status: {status!r}")
     now = now or utcnow()
-    stmt = (update(model).where(*owned_running(model, job_id, worker_id))
-            .values(status=status, error=error, finished_at=now, heartbeat_at=now)
-            .execution_options(synchronize_session=False))
-    won = session.execute(stmt).rowcount == 1
-    if commit:
-        session.commit()
-    return won
+    return transition(session, model, owned_running(model, job_id, worker_id),
+                      {"status": status, "error": error, "finished_at": now, "heartbeat_at": now}, commit=commit)
 
 
 def stale_running(session: Session, model: type[Job], *, stale_before: datetime) -> list[Job]:
@@ -84,8 +82,12 @@ def stale_running(session: Session, model: type[Job], *, stale_before: datetime)
 def requeue_stale(session: Session, model: type[Job], *, job_id: str, stale_before: datetime) -> bool:
     """running with a dead heartbeat -> queued (keeps progress and checkpoint), so a new message resumes it."""
     return transition(session, model,
-                      [model.id == job_id, model.status == "running", stale_clause(model, stale_before)],
-                      {"status": "queued", "worker_id": None, "enqueued_at": None})
+                      [model.id == job_id, model.status == "running", stale_clause(model, stale_before)], REQUEUED)
+
+
+def hand_back(session: Session, model: type[Job], *, job_id: str, worker_id: str) -> bool:
+    """running (owned by this worker) -> queued at once, keeping progress and checkpoint (a warm shutdown)."""
+    return transition(session, model, owned_running(model, job_id, worker_id), REQUEUED)
 
 
 def queued_unsent(session: Session, model: type[Job], *, sent_before: datetime) -> list[Job]:

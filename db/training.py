@@ -123,11 +123,24 @@ def cancel_training(session: Session, *, job_id: str,
     own = [TrainingJob.id == job_id, TrainingJob.owner_id == owner_id]
     now = utcnow()
     if jobs.transition(session, TrainingJob, [*own, TrainingJob.status == "queued"],
-                    {"status": "canceled", "finished_at": now}):
+                       {"status": "canceled", "finished_at": now}):
         return "canceled"
     if jobs.transition(session, TrainingJob, [*own, TrainingJob.status == "running"], {"cancel_requested": True}):
         return "cancel_requested"
     return None
+
+
+def cancel_queued_on_request(session: Session, *, job_id: str) -> bool:
+    """queued with cancel_requested -> canceled: a cancel asked while its dead worker's job waited for a resume
+    (such a job can never be claimed)."""
+    return jobs.transition(session, TrainingJob, [TrainingJob.id == job_id, TrainingJob.status == "queued",
+                                                  TrainingJob.cancel_requested.is_(True)],
+                           {"status": "canceled", "finished_at": utcnow()})
+
+
+def hand_back_training(session: Session, *, job_id: str, worker_id: str) -> bool:
+    """running (owned by this worker) -> queued for another worker to resume (a warm shutdown)."""
+    return jobs.hand_back(session, TrainingJob, job_id=job_id, worker_id=worker_id)
 
 
 def stale_running_trainings(session: Session, *, stale_before: datetime) -> list[TrainingJob]:

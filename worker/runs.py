@@ -17,9 +17,8 @@ from typing import Any, Callable, Literal
 
 from db import events
 from db.generations import claim_generation, get_generation, take_over_stale_generation
-from db.jobs import transition
 from db.models import TERMINAL, Generation, TrainingJob, utcnow
-from db.training import claim_training, get_training, take_over_stale_training
+from db.training import cancel_queued_on_request, claim_training, get_training, take_over_stale_training
 from worker.context import WorkerContext
 from worker.pacing import Heartbeat
 
@@ -50,7 +49,6 @@ class Taken:
 def take(c: WorkerContext, kind: Kind, job_id: str) -> Taken:
     """Own the job for this worker if (and only if) it should run here now; see the module docstring."""
     training = kind == "training"
-    model = TrainingJob if training else Generation
     stale_before = utcnow() - timedelta(seconds=c.settings.heartbeat_timeout_s)
     with c.sessions() as s:
         job = get_training(s, job_id=job_id) if training else get_generation(s, generation_id=job_id)
@@ -61,8 +59,7 @@ def take(c: WorkerContext, kind: Kind, job_id: str) -> Taken:
             return Taken("finished", job)
         if job.status == "queued" and training and job.cancel_requested:
             # Canceled while its dead worker's job waited to be resumed: finish the cancel here.
-            transition(s, model, [model.id == job_id, model.status == "queued", model.cancel_requested.is_(True)],
-                       {"status": "canceled", "finished_at": utcnow()})
+            cancel_queued_on_request(s, job_id=job_id)
             publish(c, kind, job_id, "status", {"status": "canceled"})
             return Taken("canceled", job)
         key = {"job_id": job_id} if training else {"generation_id": job_id}

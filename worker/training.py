@@ -21,10 +21,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from db.datasets import get_dataset
-from db.jobs import owned_running, transition
 from db.models import TrainingJob
-from db.training import (add_preview, fail_training, finish_training, heartbeat_training, is_cancel_requested,
-                         mark_training_canceled, record_checkpoint, record_progress)
+from db.training import (add_preview, fail_training, finish_training, hand_back_training, heartbeat_training,
+                         is_cancel_requested, mark_training_canceled, record_checkpoint, record_progress)
 from worker.context import WorkerContext, ctx
 from worker.pacing import Every, Heartbeat
 from worker.runs import JobLost, local_dir, publish, run_with_heartbeat, take
@@ -220,8 +219,7 @@ def _stopped(c: WorkerContext, job: TrainingJob, why: str, result) -> str:
         else:
             # Warm shutdown: hand the job back now rather than after a heartbeat timeout.
             from worker.dispatch import enqueue
-            if transition(s, TrainingJob, owned_running(TrainingJob, job.id, c.worker_id),
-                          {"status": "queued", "worker_id": None, "enqueued_at": None}):
+            if hand_back_training(s, job_id=job.id, worker_id=c.worker_id):
                 enqueue(s, "training", job.id)
             log.info("training %s: worker shutting down at step %d; re-queued", job.id, result.steps_done)
             return "requeued"
