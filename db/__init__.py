@@ -48,6 +48,7 @@ Generations (db/generations.py): the same shape with generation_id=:
                          "guidance", "seed", "preset", "num_images"}
 
 Datasets / LoRAs (db/datasets.py, db/loras.py): create_*, get_*, list_*, delete_* ("deleted"|"in_use"|None).
+    get_* and list_* of every resource go through db/query.py (owned_row, owned_page: newest first).
     Dataset.storage_prefix: the store prefix of its files (images + same-name .txt captions, sub-folders kept).
     Lora.peft_prefix (PEFT folder in the store), Lora.comfyui_key (one safetensors), Lora.original_key (import).
 

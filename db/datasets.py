@@ -6,9 +6,8 @@ from typing import Any, Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import Dataset, TrainingJob, new_id
-
-ACTIVE = ("queued", "running")
+from db.models import ACTIVE, Dataset, TrainingJob, new_id
+from db.query import owned_page, owned_row
 
 
 def new_dataset_id() -> str:
@@ -26,17 +25,12 @@ def create_dataset(session: Session, *, dataset_id: str, owner_id: str, name: st
 
 
 def get_dataset(session: Session, *, dataset_id: str, owner_id: str | None = None) -> Dataset | None:
-    ds = session.get(Dataset, dataset_id)
-    return ds if ds is not None and (owner_id is None or ds.owner_id == owner_id) else None
+    return owned_row(session, Dataset, dataset_id, owner_id)
 
 
 def list_datasets(session: Session, *, owner_id: str, limit: int = 20,
                   offset: int = 0) -> tuple[list[Dataset], int]:
-    where = [Dataset.owner_id == owner_id]
-    total = session.scalar(select(func.count()).select_from(Dataset).where(*where))
-    rows = session.scalars(select(Dataset).where(*where).order_by(Dataset.created_at.desc(), Dataset.id)
-                           .limit(limit).offset(offset))
-    return list(rows), total or 0
+    return owned_page(session, Dataset, owner_id=owner_id, limit=limit, offset=offset)
 
 
 def delete_dataset(session: Session, *, dataset_id: str, owner_id: str) -> Literal["deleted", "in_use"] | None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import jobs
 from db.models import Generation, GenerationImage
+from db.query import owned_page, owned_row
 
 
 def create_generation(session: Session, *, owner_id: str, prompt: str, params: dict[str, Any],
@@ -25,17 +26,13 @@ def create_generation(session: Session, *, owner_id: str, prompt: str, params: d
 
 
 def get_generation(session: Session, *, generation_id: str, owner_id: str | None = None) -> Generation | None:
-    gen = session.get(Generation, generation_id)
-    return gen if gen is not None and (owner_id is None or gen.owner_id == owner_id) else None
+    return owned_row(session, Generation, generation_id, owner_id)
 
 
 def list_generations(session: Session, *, owner_id: str, status: str | None = None, limit: int = 20,
                      offset: int = 0) -> tuple[list[Generation], int]:
-    where = [Generation.owner_id == owner_id] + ([Generation.status == status] if status else [])
-    total = session.scalar(select(func.count()).select_from(Generation).where(*where))
-    rows = session.scalars(select(Generation).where(*where)
-                           .order_by(Generation.created_at.desc(), Generation.id).limit(limit).offset(offset))
-    return list(rows), total or 0
+    return owned_page(session, Generation, owner_id=owner_id, limit=limit, offset=offset,
+                      where=[Generation.status == status] if status else [])
 
 
 def mark_generation_enqueued(session: Session, *, generation_id: str, celery_task_id: str | None) -> bool:

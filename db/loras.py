@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Generation, Lora, new_id
+from db.models import ACTIVE, Generation, Lora, new_id
+from db.query import owned_page, owned_row
 
 
 def new_lora_id() -> str:
@@ -26,16 +27,11 @@ def create_imported_lora(session: Session, *, lora_id: str, owner_id: str, name:
 
 
 def get_lora(session: Session, *, lora_id: str, owner_id: str | None = None) -> Lora | None:
-    lora = session.get(Lora, lora_id)
-    return lora if lora is not None and (owner_id is None or lora.owner_id == owner_id) else None
+    return owned_row(session, Lora, lora_id, owner_id)
 
 
 def list_loras(session: Session, *, owner_id: str, limit: int = 20, offset: int = 0) -> tuple[list[Lora], int]:
-    where = [Lora.owner_id == owner_id]
-    total = session.scalar(select(func.count()).select_from(Lora).where(*where))
-    rows = session.scalars(select(Lora).where(*where).order_by(Lora.created_at.desc(), Lora.id)
-                           .limit(limit).offset(offset))
-    return list(rows), total or 0
+    return owned_page(session, Lora, owner_id=owner_id, limit=limit, offset=offset)
 
 
 def delete_lora(session: Session, *, lora_id: str, owner_id: str) -> Literal["deleted", "in_use"] | None:
@@ -44,7 +40,7 @@ def delete_lora(session: Session, *, lora_id: str, owner_id: str) -> Literal["de
     if lora is None:
         return None
     active = session.scalars(select(Generation.params).where(Generation.owner_id == owner_id,
-                                                             Generation.status.in_(("queued", "running"))))
+                                                             Generation.status.in_(ACTIVE)))
     if any(lora_id == ref.get("id") for params in active for ref in params.get("loras", [])):
         return "in_use"
     session.delete(lora)

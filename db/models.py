@@ -25,6 +25,7 @@ NAMING = {
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+ACTIVE = ("queued", "running")  # a job in one of these still needs its dataset / LoRAs
 
 
 def utcnow() -> datetime:

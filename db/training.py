@@ -9,11 +9,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db import jobs
 from db.models import Lora, Preview, TrainingJob, utcnow
+from db.query import owned_page, owned_row
 
 
 def create_training(session: Session, *, owner_id: str, dataset_id: str, name: str, trigger: str,
@@ -27,18 +28,14 @@ def create_training(session: Session, *, owner_id: str, dataset_id: str, name: s
 
 def get_training(session: Session, *, job_id: str, owner_id: str | None = None) -> TrainingJob | None:
     """The job; with ``owner_id``, None unless that owner has it (the API answers 404 either way)."""
-    job = session.get(TrainingJob, job_id)
-    return job if job is not None and (owner_id is None or job.owner_id == owner_id) else None
+    return owned_row(session, TrainingJob, job_id, owner_id)
 
 
 def list_trainings(session: Session, *, owner_id: str, status: str | None = None, limit: int = 20,
                    offset: int = 0) -> tuple[list[TrainingJob], int]:
     """A page of the owner's jobs, newest first, and the total count."""
-    where = [TrainingJob.owner_id == owner_id] + ([TrainingJob.status == status] if status else [])
-    total = session.scalar(select(func.count()).select_from(TrainingJob).where(*where))
-    rows = session.scalars(select(TrainingJob).where(*where)
-                           .order_by(TrainingJob.created_at.desc(), TrainingJob.id).limit(limit).offset(offset))
-    return list(rows), total or 0
+    return owned_page(session, TrainingJob, owner_id=owner_id, limit=limit, offset=offset,
+                      where=[TrainingJob.status == status] if status else [])
 
 
 def mark_training_enqueued(session: Session, *, job_id: str, celery_task_id: str | None) -> bool:
