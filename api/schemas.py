@@ -275,7 +275,3 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready", "not ready"] = Field(description="ready when every dependency answered")
     checks: dict[str, str] = Field(description="dependency -> 'ok' or the error")
-
-
-class ErrorOut(BaseModel):
-    detail: Any = Field(description="what is wrong: a message, or a list of field errors with their location")

@@ -69,7 +69,6 @@ class Batch:
     pixel_values: torch.Tensor | None = None
     image_grid_thw: torch.Tensor | None = None
     ref_patches: torch.Tensor | None = None  # [B, M, 3072]
-    extra: dict = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:

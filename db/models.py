@@ -23,7 +23,6 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 ACTIVE = ("queued", "running")  # a job in one of these still needs its dataset / LoRAs
 

@@ -42,12 +42,6 @@ def _mark_generation(session: Session, *, job_id: str, celery_task_id: str) -> b
     return mark_generation_enqueued(session, generation_id=job_id, celery_task_id=celery_task_id)
 
 
-def revoke(task_id: str | None) -> None:
-    """Drop a queued message (a canceled job); the task would see the canceled row and do nothing anyway."""
-    if task_id:
-        app.control.revoke(task_id)
-
-
 def waiting_job_ids(kind: Kind) -> set[str]:
     """Job ids that have a message waiting in the broker's queue (not yet taken by a worker).
 

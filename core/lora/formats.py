@@ -63,9 +63,6 @@ class BoundLora:
     unplaced: list[str]                           # "key: reason" for everything that could not be used
     metadata: dict[str, str] = field(default_factory=dict)
 
-    def nbytes(self) -> int:
-        return sum(d.numel() * d.element_size() + u.numel() * u.element_size() for d, u in self.deltas.values())
-
 
 def _layout_of(key: str) -> str:
     if key.startswith("base_model.model."):

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Extra targets by the short names users type; each is a regex over module paths.
 EXTRA_TARGETS = {
     "x_embedder": r"model\.x_embedder\.proj[12]",
