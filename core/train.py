@@ -122,6 +122,8 @@ class TrainConfig:
         return asdict(self)
 
 
+LOSS_EMA_BETA = 0.9  # smoothing of the reported loss (kept in checkpoints as the uncorrected EMA and its count)
+
 # Settings a resumed run must share with the checkpoint, or the continuation is not the same training.
 _RESUME_MUST_MATCH = ("rank", "alpha", "extra_targets", "full", "batch_size", "grad_accum", "seed", "resolution",
                       "lr", "lr_schedule", "warmup_steps", "sigma_dist", "weighting", "repeats", "trigger")
@@ -238,8 +240,7 @@ class Trainer:
         self.data = data
         self._layouts: dict[tuple, tuple[dict, int]] = {}
         self.step = 0
-        self.smoothed: float | None = None
-        self._ema = (0.0, 0)                 # (uncorrected EMA of logged losses, count)
+        self._ema = (0.0, 0)                 # (uncorrected EMA of logged losses, count); see smoothed
         self._ckpt_step = -1                 # step of the newest checkpoint written or loaded
         self.last_checkpoint: Path | None = None
         self.previews: list[Path] = []
@@ -323,7 +324,6 @@ class Trainer:
         self.data.load_state_dict(state["data"])
         self.step = int(state["step"])
         self._ema = tuple(state["ema"])
-        self.smoothed = self._ema[0] / (1 - 0.9 ** self._ema[1]) if self._ema[1] else None
         self.last_checkpoint, self._ckpt_step = Path(path), self.step
 
     # ------------------------------------------------------------------------------------- one step
@@ -431,11 +431,15 @@ class Trainer:
         train_dist.barrier(self.dist)
         return result
 
-    def _smooth(self, loss: float, beta: float = 0.9) -> None:
-        """Bias-corrected EMA of the logged losses (what progress bars and the API show)."""
+    def _smooth(self, loss: float) -> None:
         raw, n = self._ema
-        self._ema = (beta * raw + (1 - beta) * loss, n + 1)
-        self.smoothed = self._ema[0] / (1 - beta ** self._ema[1])
+        self._ema = (LOSS_EMA_BETA * raw + (1 - LOSS_EMA_BETA) * loss, n + 1)
+
+    @property
+    def smoothed(self) -> float | None:
+        """Bias-corrected EMA of the logged losses (what progress bars and the API show); None before any."""
+        raw, n = self._ema
+        return raw / (1 - LOSS_EMA_BETA ** n) if n else None
 
     def _preview(self) -> None:
         from core.train_preview import render_previews
