@@ -139,8 +139,7 @@ def split_attention(module, query, key, value, attention_mask, scaling=None, dro
     elif p.mode == "denoise":
         pk, pv = p.kv[module.layer_idx]  # a prefix made outside autocast may differ in dtype
         out = _sdpa(query, torch.cat([pk.to(key.dtype), key], dim=2), torch.cat([pv.to(value.dtype), value], dim=2),
-                    mask=p.key_mask,
-                    scale=scaling)
+                    mask=p.key_mask, scale=scaling)
     elif p.mode == "dense":
         out = _sdpa(query, key, value, mask=p.dense_mask.to(query.dtype), scale=scaling)
     else:
@@ -410,11 +409,10 @@ class HiDreamO1(nn.Module):
         self._check_layout(input_ids, None, 0)
         n_ar = input_ids.shape[1] - 1
         ar, pad_mask, deepstack = self._ar_embeds(input_ids[:, :n_ar], pixel_values, image_grid_thw, vision)
-        plan = _AttnPlan("prefix")
-        if n_ar > 0:
-            self._run_layers(ar, position_ids[:, :, :n_ar], plan, pad_mask, deepstack)
-        else:  # an empty prefix: zero-length K/V keep denoise uniform
+        if n_ar == 0:
             raise ValueError("input_ids hold no AR tokens before <|tms_token|>")
+        plan = _AttnPlan("prefix")
+        self._run_layers(ar, position_ids[:, :, :n_ar], plan, pad_mask, deepstack)
         return PrefixCache(plan.kv, position_ids[:, :, n_ar:], n_ar,
                            self._ar_lengths(text_lengths, n_ar, ar.device))
 
