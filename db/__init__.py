@@ -65,5 +65,5 @@ Live events (db/events.py): channel(kind, job_id); publish(redis_client, *, kind
 Job messages: the API sends celery_app.send_task("o1lora.train", args=[job_id], queue="train") and
     ("o1lora.generate", args=[generation_id], queue="generate") after the row is committed (in a background task
     after the response), then mark_*_enqueued. A failed send leaves enqueued_at NULL for the reconciler.
-Which file a worker loads for a Lora row: peft_prefix (a PEFT folder) if set, else comfyui_key, else original_key.
+Which file a worker loads for a Lora row: comfyui_key if set, else peft_prefix (a PEFT folder), else original_key.
 """
