@@ -40,6 +40,11 @@ class WorkerContext:
         """Owner tag written on claimed rows: host and pid, so a log line names the process."""
         return f"{socket.gethostname()}:{os.getpid()}"
 
+    def close(self) -> None:
+        """Dispose of the database engine, if this context made one (tests point one process at many)."""
+        if "sessions" in self.__dict__:
+            self.sessions.kw["bind"].dispose()
+
     @property
     def heartbeat_interval_s(self) -> float:
         # Six beats per timeout: one lost write (a DB blip) never makes a live worker look dead.
@@ -58,7 +63,7 @@ def ctx() -> WorkerContext:
 
 def reset() -> None:
     global _ctx
-    if _ctx is not None and "sessions" in _ctx.__dict__:
-        _ctx.sessions.kw["bind"].dispose()
+    if _ctx is not None:
+        _ctx.close()
     _ctx = None
     get_settings.cache_clear()

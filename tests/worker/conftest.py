@@ -66,8 +66,7 @@ def worker_ctx(pg_url, tmp_path):
         "worker.celery_app was imported before the test broker settings were set"
     c = WorkerContext(settings)
     yield c
-    if "sessions" in c.__dict__:
-        c.sessions.kw["bind"].dispose()
+    c.close()
     # Leave the shared Redis as found: drop this run's queues.
     for key in c.redis.scan_iter(match=f"{RUN_PREFIX}*"):
         c.redis.delete(key)

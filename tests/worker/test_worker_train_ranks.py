@@ -19,8 +19,7 @@ def rctx(worker_ctx, tiny_model, monkeypatch):
                                                       "train_processes": 2})
     c = WorkerContext(settings)
     yield c
-    if "sessions" in c.__dict__:
-        c.sessions.kw["bind"].dispose()
+    c.close()
 
 
 @pytest.mark.slow

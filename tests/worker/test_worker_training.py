@@ -22,8 +22,7 @@ def tctx(worker_ctx, tiny_model):
     settings = worker_ctx.settings.model_copy(update={"model_path": tiny_model, "progress_interval_s": 0.0})
     c = WorkerContext(settings)
     yield c
-    if "sessions" in c.__dict__:
-        c.sessions.kw["bind"].dispose()
+    c.close()
 
 
 def new_job(c, owner_id, dataset_id, steps=4, **params):
