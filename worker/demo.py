@@ -1,6 +1,6 @@
 """`make demo`: the service on its embedded default learns a style over HTTP and shows before / after.
 
-    python -m worker.demo                      # writes runs/demo/grid.png; 21 min on 2 busy CPU cores
+    python -m worker.demo                      # writes runs/demo/grid.png; ~20 min on 2 busy CPU cores
     python -m worker.demo --steps 4 --images 8 --gen-steps 2 --out /tmp/demo   # a smoke run
 
 It starts `python -m worker.embedded` (own Redis, SQLite, API, one worker) on the bundled model
@@ -77,29 +77,34 @@ def wait_done(http: httpx.Client, path: str, label: str, timeout: float) -> dict
         time.sleep(1.0)
 
 
-def generate(http: httpx.Client, prompt: str, size: int, steps: int, seed: int, loras: list[dict]) -> Image.Image:
+def generate(http: httpx.Client, prompt: str, size: int, steps: int, seed: int, loras: list[dict],
+             guidance: float) -> Image.Image:
     r = http.post("/v1/generations", json={"prompt": prompt, "width": size, "height": size, "steps": steps,
-                                           "seed": seed, "loras": loras})
+                                           "seed": seed, "loras": loras, "guidance": guidance})
     r.raise_for_status()
     body = wait_done(http, f"/v1/generations/{r.json()['id']}", "generation", timeout=600)
     return Image.open(io.BytesIO(http.get(body["images"][0]["url"]).raise_for_status().content)).convert("RGB")
 
 
-def grid(rows: list[tuple[str, Image.Image, Image.Image]], size: int) -> Image.Image:
-    """Rows of (prompt, base, lora) with a header and the prompt under each row."""
-    pad, text_h = 8, 14
-    width = 2 * size + 3 * pad
-    height = text_h + pad + len(rows) * (size + text_h + pad) + pad
+COLUMNS = ("base", "+ LoRA, trigger", "+ LoRA, no trigger")
+
+
+def grid(rows: list[tuple[str, list[Image.Image]]], size: int, zoom: int = 2) -> Image.Image:
+    """Rows of (prompt, one image per column) under a header, each image enlarged `zoom` times (pixel
+    for pixel, so the hatching stays visible), the prompt under each row."""
+    pad, text_h, side = 8, 14, size * zoom
+    width = len(COLUMNS) * (side + pad) + pad
+    height = text_h + pad + len(rows) * (side + text_h + pad) + pad
     out = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(out)
-    d.text((pad, 2), "base", fill="black")
-    d.text((2 * pad + size, 2), "+ LoRA", fill="black")
+    for c, title in enumerate(COLUMNS):
+        d.text((pad + c * (side + pad), 2), title, fill="black")
     y = text_h + pad
-    for prompt, base, lora in rows:
-        out.paste(base.resize((size, size)), (pad, y))
-        out.paste(lora.resize((size, size)), (2 * pad + size, y))
-        d.text((pad, y + size + 1), prompt[: width // 6], fill="black")
-        y += size + text_h + pad
+    for prompt, images in rows:
+        for c, img in enumerate(images):
+            out.paste(img.resize((side, side), Image.Resampling.NEAREST), (pad + c * (side + pad), y))
+        d.text((pad, y + side + 1), prompt[: width // 6], fill="black")
+        y += side + text_h + pad
     return out
 
 
@@ -111,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--size", type=int, default=128, help="training and generation side in pixels")
-    ap.add_argument("--gen-steps", type=int, default=30, help="sampler steps per image")
+    ap.add_argument("--gen-steps", type=int, default=20, help="sampler steps per image")
+    ap.add_argument("--guidance", type=float, default=3.0,
+                    help="CFG scale (3 suits the bundled model best: docs/evidence.md)")
     ap.add_argument("--prompts", type=int, default=4)
     args = ap.parse_args(argv)
 
@@ -148,14 +155,15 @@ def main(argv: list[str] | None = None) -> int:
         lora = [{"id": job["lora_id"], "scale": 1.0}]
         rows = []
         for i, prompt in enumerate(prompts):
-            base = generate(http, prompt, args.size, args.gen_steps, seed=i, loras=[])
-            styled = generate(http, f"{TRIGGER}, {prompt}", args.size, args.gen_steps, seed=i, loras=lora)
-            rows.append((prompt, base, styled))
+            # the same prompt and seed: without the LoRA, with it and its trigger, with it but no trigger
+            images = [generate(http, p, args.size, args.gen_steps, seed=i, loras=l, guidance=args.guidance)
+                      for p, l in ((prompt, []), (f"{TRIGGER}, {prompt}", lora), (prompt, lora))]
+            rows.append((prompt, images))
         path = out / "grid.png"
         grid(rows, args.size).save(path)
-        before = sum(style_score(b) for _, b, _ in rows) / len(rows)
-        after = sum(style_score(s) for _, _, s in rows) / len(rows)
-        print(f"\nstyle score (1 = hatched, 0 = plain): base {before:.2f} -> with the LoRA {after:.2f}")
+        score = [sum(style_score(imgs[c]) for _, imgs in rows) / len(rows) for c in range(len(COLUMNS))]
+        print(f"\nstyle score (1 = hatched, 0 = plain): base {score[0]:.2f}, with the LoRA and its trigger "
+              f"{score[1]:.2f}, with the LoRA and no trigger {score[2]:.2f}")
         print(f"wrote {path}")
     finally:
         stop_service(proc)
