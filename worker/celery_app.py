@@ -10,10 +10,12 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
+from api.enqueue import GENERATE, TRAIN
 from api.settings import get_settings
 
-TRAIN_TASK, GENERATE_TASK = "o1lora.train", "o1lora.generate"
-TRAIN_QUEUE, GENERATE_QUEUE = "train", "generate"
+# The API sends by name (api.enqueue): one spelling of each (task name, queue) for both sides.
+TRAIN_TASK, TRAIN_QUEUE = TRAIN
+GENERATE_TASK, GENERATE_QUEUE = GENERATE
 
 
 def make_app() -> Celery:
