@@ -306,34 +306,28 @@ def bench_size(model, tok, prompt, size, args, device) -> dict:
     steps.prefix = steps.prefix_c = steps.prefix_u = None  # free the K/V before the whole-image runs
 
     if args.image_steps > 0:
-        sampler = Sampler(model, tok, preview_every=0)
         kw = dict(width=size, height=size, steps=args.image_steps, seed=0, preset="full")
-        sampler(prompt, **{**kw, "steps": 2})  # warm-up
-        sync(device)
-        t = time.perf_counter()
-        sampler(prompt, **kw)
-        sync(device)
-        r["ours_image_s"] = time.perf_counter() - t
+
+        def image_seconds(s: Sampler) -> float:
+            """A 2-step warm-up (which also captures the graph / compiles), then one timed image."""
+            s(prompt, **{**kw, "steps": 2})
+            sync(device)
+            t = time.perf_counter()
+            s(prompt, **kw)
+            sync(device)
+            return time.perf_counter() - t
+
+        sampler = Sampler(model, tok, preview_every=0)
+        r["ours_image_s"] = image_seconds(sampler)
         print(f"ours: {r['ours_image_s']:.2f} s per {args.image_steps}-step image", flush=True)
         if args.cuda_graph and device.type == "cuda":
             graphed = Sampler(model, tok, preview_every=0, cuda_graph=True)
-            graphed(prompt, **{**kw, "steps": 2})
-            sync(device)
-            t = time.perf_counter()
-            graphed(prompt, **kw)
-            sync(device)
-            r["ours_graph_image_s"] = time.perf_counter() - t
+            r["ours_graph_image_s"] = image_seconds(graphed)
             print(f"ours + CUDA graph: {r['ours_graph_image_s']:.2f} s per {args.image_steps}-step image"
                   + (f" (capture failed, ran eager: {graphed.graph_failed})" if graphed.graph_failed else ""),
                   flush=True)
         if args.compile:
-            fast = Sampler(model, tok, preview_every=0, compile=True)
-            fast(prompt, **{**kw, "steps": 2})  # compiles
-            sync(device)
-            t = time.perf_counter()
-            fast(prompt, **kw)
-            sync(device)
-            r["ours_compiled_image_s"] = time.perf_counter() - t
+            r["ours_compiled_image_s"] = image_seconds(Sampler(model, tok, preview_every=0, compile=True))
             print(f"ours + compile: {r['ours_compiled_image_s']:.2f} s per {args.image_steps}-step image", flush=True)
         if args.official_image:
             t = time.perf_counter()
