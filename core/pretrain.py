@@ -213,7 +213,7 @@ def main(argv=None) -> None:
             mean = float(acc) / acc_n   # the only host sync: every 200 steps
             log.append({"step": step, "seconds": round(time.time() - t0, 1), "loss": round(mean, 5), "lr": lr})
             print(f"step {step} t={time.time() - t0:.0f}s loss {mean:.4f} lr {lr:.2e}", flush=True)
-            acc.zero_(), None
+            acc.zero_()
             acc_n = 0
     train_s = time.time() - t0
 
@@ -223,11 +223,10 @@ def main(argv=None) -> None:
     model.eval()
     out = Path(args.out)
     save_checkpoint(model, out, tokenizer, shards=args.shards, dtype=torch.bfloat16)
-    settings = {k: v for k, v in vars(args).items()}
     (out / "pretrain_log.json").write_text(json.dumps({
         "parameters": n_params, "steps": step, "train_seconds": round(train_s, 1), "pool_seconds": round(t_pool, 1),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-        "settings": settings, "loss_curve": log}, indent=1))
+        "settings": vars(args), "loss_curve": log}, indent=1))
     print(f"done: {step} steps in {train_s:.0f}s; wrote {out}", flush=True)
 
 

@@ -274,7 +274,7 @@ class Trainer:
 
     def _weights(self) -> dict[str, torch.Tensor]:
         if self.cfg.full:
-            return {k: v for k, v in self.model.state_dict().items()}
+            return dict(self.model.state_dict())
         return adapter_state_dict(self.model)
 
     def save_checkpoint(self) -> Path:
