@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO = Path(__file__).resolve().parents[1]
+BUNDLED_MODEL = REPO / "models" / "o1-shapes"  # the small pretrained model shipped with the project
 
 # Passwords that ship in examples; a deployment that still uses one is refused outside development.
 PLACEHOLDER_SECRETS = frozenset({"changethis", "change-me", "changeme", "secret", "password", "postgres"})
@@ -39,8 +40,7 @@ class Settings(BaseSettings):
     train_time_limit_s: float = Field(48 * 3600.0, gt=0, description="a training running longer fails")
     generate_time_limit_s: float = Field(3600.0, gt=0, description="a generation running longer fails")
 
-    model_path: Path = Field(REPO / "models" / "o1-shapes",
-                             description="base model folder used for training and generation")
+    model_path: Path = Field(BUNDLED_MODEL, description="base model folder used for training and generation")
 
     # Uploads. The per-request limit also bounds a dataset zip; the pixel limit keeps decode memory bounded.
     max_upload_file_bytes: int = Field(64 * 2**20, gt=0, description="largest single uploaded image/caption")

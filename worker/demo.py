@@ -26,10 +26,9 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageDraw
 
+from api.settings import BUNDLED_MODEL as BUNDLED, REPO
 from worker.broker import free_port
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLED = REPO / "models" / "o1-shapes"
 TRIGGER = "hatchwork style"
 
 

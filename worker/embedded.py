@@ -22,13 +22,10 @@ import sys
 import time
 from pathlib import Path
 
+from api.settings import BUNDLED_MODEL as BUNDLED
 from api.settings import get_settings
 from worker.broker import EmbeddedRedis
 from worker.launcher import Launcher, wait_http
-
-
-REPO = Path(__file__).resolve().parents[1]
-BUNDLED = REPO / "models" / "o1-shapes"   # the small pretrained model shipped with the project
 
 
 def ensure_model(model_path: Path, data_dir: Path) -> Path:
