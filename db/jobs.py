@@ -32,12 +32,11 @@ def mark_enqueued(session: Session, model: type[Job], *, job_id: str, celery_tas
                       {"enqueued_at": now or utcnow(), "celery_task_id": celery_task_id})
 
 
-def claim(session: Session, model: type[Job], *, job_id: str, worker_id: str, now: datetime | None = None) -> bool:
+def claim(session: Session, model: type[Job], *, job_id: str, worker_id: str, now: datetime | None = None,
+          where: list = ()) -> bool:
+    """queued (and ``where``) -> running for this worker, attempt + 1."""
     now = now or utcnow()
-    where = [model.id == job_id, model.status == "queued"]
-    if model is TrainingJob:
-        where.append(model.cancel_requested.is_(False))
-    return transition(session, model, where, {
+    return transition(session, model, [model.id == job_id, model.status == "queued", *where], {
         "status": "running", "worker_id": worker_id, "heartbeat_at": now, "attempt": model.attempt + 1,
         "started_at": func.coalesce(model.started_at, now), "error": None})
 

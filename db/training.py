@@ -44,7 +44,9 @@ def mark_training_enqueued(session: Session, *, job_id: str, celery_task_id: str
 
 def claim_training(session: Session, *, job_id: str, worker_id: str) -> bool:
     """queued -> running for this worker; False when someone else has it, or it was canceled or finished."""
-    return jobs.claim(session, TrainingJob, job_id=job_id, worker_id=worker_id)
+    # A queued job with a cancel request is never started (worker.runs.take finishes the cancel instead).
+    return jobs.claim(session, TrainingJob, job_id=job_id, worker_id=worker_id,
+                      where=[TrainingJob.cancel_requested.is_(False)])
 
 
 def take_over_stale_training(session: Session, *, job_id: str, worker_id: str, stale_before: datetime) -> bool:
