@@ -81,7 +81,7 @@ def download_lora(lora_id: str, owner: CurrentOwner, session: SessionDep, store:
     if lora is None:
         raise not_found("LoRA", lora_id)
     available = downloads(lora)
-    fmt = format or next(iter(sorted(available, key=["comfyui", "peft", "original"].index)), None)
+    fmt = format or next((f for f in ("comfyui", "peft", "original") if f in available), None)
     if fmt not in available:
         raise HTTPException(status.HTTP_409_CONFLICT, f"LoRA {lora_id} has no {format} copy (it was "
                                                       f"{lora.source} as {lora.format}); available: "
