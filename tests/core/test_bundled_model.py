@@ -25,8 +25,8 @@ MODEL = Path(__file__).resolve().parents[2] / "models" / "o1-shapes"
 # The settings docs/evidence.md found best on the CPU: cheap and the cleanest shapes (see there).
 SAMPLING = dict(width=128, height=128, steps=20, guidance=3.0, seed=0, preset="full")
 # Seed streams the pretraining never drew from (it used 128 and 256): held-out scenes.
-SINGLE = [sample_scene(999, i, two_shape_prob=0.0) for i in range(16)]
-DOUBLE = [sample_scene(1999, i, two_shape_prob=1.0) for i in range(8)]
+SINGLE = [sample_scene(999, i, two_shape_prob=0.0) for i in range(48)]
+DOUBLE = [sample_scene(1999, i, two_shape_prob=1.0) for i in range(16)]
 CHANCE = {"background_ok": 1 / 5, "region_acc": 1 / 9, "colour_acc": 1 / 7, "shape_acc": 1 / 6}
 
 
@@ -51,7 +51,6 @@ def single_images(bundled):
     return generate(*bundled, SINGLE)
 
 
-@pytest.mark.slow   # ~10-20 s: draws the 120k scenes of the pretraining pools
 def test_two_shape_captions_are_new_to_the_model():
     # Pretraining drew 80k scenes from stream 128 and 40k from stream 256 (MODEL_CARD.md). Single-shape
     # captions are few (3,780) and all of them occur there, so for those only the scene instance (offsets,
@@ -69,12 +68,12 @@ def test_single_shape_captions_are_followed(single_images):
     assert r["region_acc"] >= 0.9                    # something drawn where the caption says ...
     assert r["extra_regions"] <= 0.25                # ... and (almost) nothing where it says nothing
     assert r["colour_acc"] >= 0.75                   # chance 0.14
-    assert r["shape_acc"] >= 0.35                    # chance 0.17; small shapes come out as blobs
+    assert r["shape_acc"] >= 0.45                    # chance 0.17; small shapes often come out as blobs
 
 
 def test_large_shapes_are_the_right_class(single_images):
     large = [(img, s) for img, s in zip(single_images, SINGLE) if s.shapes[0].size == "large"]
-    assert len(large) >= 5
+    assert len(large) >= 15
     r = rates([i for i, _ in large], [s for _, s in large])
     assert r["shape_acc"] >= 0.8
 
@@ -84,7 +83,8 @@ def test_two_shape_captions_are_followed(bundled):
     print("two-shape rates:", {k: round(v, 3) for k, v in r.items()})
     assert r["background_ok"] >= 0.75
     assert r["region_acc"] >= 0.7
-    assert r["colour_acc"] >= 0.5
+    assert r["colour_acc"] >= 0.75
+    assert r["shape_acc"] >= 0.45
     assert r["extra_regions"] <= 0.5
 
 
@@ -97,7 +97,7 @@ def test_random_weights_of_the_same_shape_score_near_chance(bundled):
                     kv_heads=text.num_key_value_heads, head_dim=text.head_dim, mlp=text.intermediate_size,
                     vision_hidden=64, vision_depth=1, vision_heads=2, vision_mlp=128)
     model, _ = build_model(spec, tokenizer, seed=0)
-    r = rates(generate(model, tokenizer, SINGLE), SINGLE)
+    r = rates(generate(model, tokenizer, SINGLE[:16]), SINGLE[:16])
     print("random-weights rates:", {k: round(v, 3) for k, v in r.items()})
     assert r["colour_acc"] <= 0.35
     assert r["shape_acc"] <= 0.35
