@@ -11,6 +11,7 @@ import json
 import tempfile
 import zipfile
 from pathlib import PurePosixPath
+from typing import Iterator
 
 from api.lora_check import LoraFileError, inspect_lora, read_header
 from api.lora_convert import NotConvertible, canonical_modules, write_comfyui, write_peft
@@ -40,7 +41,7 @@ def store_lora_file(store: ArtifactStore, lora_id: str, filename: str, f, max_by
     prefix = f"loras/{lora_id}"
     try:
         f.seek(0)
-        store.put_stream(f"{prefix}/{original}", iter(lambda: f.read(1 << 20), b""))
+        store.put_stream(f"{prefix}/{original}", _chunks(f))
         where, note = _store_formats(store, prefix, f"{prefix}/{original}", weights, wsize, info, config)
     except BaseException:
         store.delete_prefix(prefix)
@@ -51,13 +52,18 @@ def store_lora_file(store: ArtifactStore, lora_id: str, filename: str, f, max_by
                 size_bytes=size, meta=meta, **where)
 
 
+def _chunks(f) -> Iterator[bytes]:
+    """The rest of a file, 1 MiB at a time (what store.put_stream takes)."""
+    return iter(lambda: f.read(1 << 20), b"")
+
+
 def _store_formats(store: ArtifactStore, prefix: str, original_key: str, weights, wsize: int, info,
                    config: dict | None) -> tuple[dict, str | None]:
     """Store keys of the ComfyUI file and the PEFT folder (converted when the upload is in another layout)."""
     where = {"comfyui_key": original_key} if info.format == "comfyui" else {}
     if config is not None:  # an uploaded PEFT folder: kept exactly as it came
         weights.seek(0)
-        store.put_stream(f"{prefix}/peft/adapter_model.safetensors", iter(lambda: weights.read(1 << 20), b""))
+        store.put_stream(f"{prefix}/peft/adapter_model.safetensors", _chunks(weights))
         store.put_bytes(f"{prefix}/peft/adapter_config.json", json.dumps(config, indent=2).encode())
         where["peft_prefix"] = f"{prefix}/peft"
     weights.seek(0)
@@ -70,14 +76,14 @@ def _store_formats(store: ArtifactStore, prefix: str, original_key: str, weights
         with tempfile.TemporaryFile() as tmp:
             peft_config = write_peft(weights, data_start, modules, tmp, info.metadata)
             tmp.seek(0)
-            store.put_stream(f"{prefix}/peft/adapter_model.safetensors", iter(lambda: tmp.read(1 << 20), b""))
+            store.put_stream(f"{prefix}/peft/adapter_model.safetensors", _chunks(tmp))
         store.put_bytes(f"{prefix}/peft/adapter_config.json", json.dumps(peft_config, indent=2).encode())
     where["peft_prefix"] = f"{prefix}/peft"
     if "comfyui_key" not in where:
         with tempfile.TemporaryFile() as tmp:
             write_comfyui(weights, data_start, modules, tmp, info.metadata)
             tmp.seek(0)
-            store.put_stream(f"{prefix}/lora.safetensors", iter(lambda: tmp.read(1 << 20), b""))
+            store.put_stream(f"{prefix}/lora.safetensors", _chunks(tmp))
         where["comfyui_key"] = f"{prefix}/lora.safetensors"
     return where, None
 
