@@ -25,6 +25,7 @@ from core.lora import apply_loras, load_lora
 from core.sampler import Sampler
 from core.synth import sample_scene, style_score
 from core.synth.cli import write_dataset
+from core.synth.evaluate import evaluate
 from core.train import TrainConfig, train
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "o1-shapes"
@@ -40,6 +41,7 @@ PREVIEWS = 4
 class StyleRun:
     result: object                       # core.train.TrainResult
     scores: dict[str, np.ndarray]        # condition -> style score per held-out prompt
+    follow: dict[str, dict]              # condition -> core.synth.evaluate summary (prompt following)
     base_first_preview: Image.Image      # the base model on the first preview prompt (seed 0)
 
 
@@ -72,21 +74,26 @@ def train_and_score(root: Path, *, hatched: int, plain: int, steps: int, batch_s
     model, tokenizer = load_model(MODEL, torch.float32, "cpu"), load_tokenizer(MODEL)
     lora = load_lora(model, result.lora_file)
     sampler = Sampler(model, tokenizer)
-    scores = {}
+    scores, follow = {}, {}
+    labels = [s.labels() for s in EVAL]
     for trig in (True, False):
         prompts = [s.caption(TRIGGER if trig else "") for s in EVAL]
         name = "trigger" if trig else "plain"
-        scores[f"base_{name}"] = np.array([style_score(i) for i in sampler(prompts, **SAMPLING)])
-        with apply_loras(model, [(lora, 1.0)]):
-            scores[f"lora_{name}"] = np.array([style_score(i) for i in sampler(prompts, **SAMPLING)])
+        for which in ("base", "lora"):
+            with apply_loras(model, [(lora, 1.0)] if which == "lora" else []):
+                images = sampler(prompts, **SAMPLING)
+            scores[f"{which}_{name}"] = np.array([style_score(i) for i in images])
+            follow[f"{which}_{name}"] = evaluate(list(zip(images, labels)))
     # The base model's image of the first preview prompt, as the preview renders it (alone, seed 0).
     first_off = sampler([EVAL[0].caption(TRIGGER)], **SAMPLING)[0]
-    return StyleRun(result, scores, first_off)
+    return StyleRun(result, scores, follow, first_off)
 
 
 def gains(run: StyleRun) -> tuple[float, float]:
     s = {k: float(v.mean()) for k, v in run.scores.items()}
     print("style scores:", {k: round(v, 3) for k, v in s.items()})
+    print("region / colour:", {k: (round(f["mean_region_acc"], 2), round(f["mean_colour_acc"], 2))
+                               for k, f in run.follow.items()})
     return s["lora_trigger"] - s["base_trigger"], s["lora_plain"] - s["base_plain"]
 
 
@@ -110,6 +117,10 @@ def test_trigger_with_lora_draws_hatched(small_run):
 def test_without_trigger_the_lora_changes_much_less(small_run):
     gain, leak = gains(small_run)
     assert abs(leak) <= 0.5 * gain
+    # ... and the prompts are still followed as well as by the base model (measured 1.00 / 1.00 both).
+    on, off = small_run.follow["lora_plain"], small_run.follow["base_plain"]
+    assert on["mean_region_acc"] >= off["mean_region_acc"] - 0.15
+    assert on["mean_colour_acc"] >= off["mean_colour_acc"] - 0.15
 
 
 def preview_halves(run: StyleRun) -> list[tuple[Image.Image, Image.Image]]:
@@ -149,3 +160,7 @@ def test_longer_run_learns_the_style_more_and_stays_gated(tmp_path):
     gain, leak = gains(run)
     assert gain >= 0.3
     assert abs(leak) <= 0.3 * gain
+    # The base model misplaces every shape once a phrase precedes the scene (region 0.00, MODEL_CARD.md);
+    # the longer run also learned to read past its trigger (measured 0.75).
+    assert run.follow["base_trigger"]["mean_region_acc"] <= 0.25
+    assert run.follow["lora_trigger"]["mean_region_acc"] >= 0.5
