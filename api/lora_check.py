@@ -15,12 +15,11 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from core.lora_keys import ROLES, layout_of
+
 MAX_HEADER_BYTES = 100 * 2**20
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
             "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
-# Suffix -> role; longest first so ".lora_A.default.weight" is not taken for ".weight".
-ROLES = ((".lora_A.default.weight", "down"), (".lora_B.default.weight", "up"), (".lora_A.weight", "down"),
-         (".lora_B.weight", "up"), (".lora_down.weight", "down"), (".lora_up.weight", "up"), (".alpha", "alpha"))
 # Module names of HiDream-O1 a LoRA can target (attention/MLP linears, and the image in/out layers).
 TARGETS = re.compile(r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|final_layer2|x_embedder|"
                      r"t_embedder1)")
@@ -38,18 +37,6 @@ class LoraInfo:
     modules: int                      # complete down/up pairs
     metadata: dict[str, str] = field(default_factory=dict)
     unknown_keys: list[str] = field(default_factory=list)
-
-
-def _layout(key: str) -> str:
-    if key.startswith("base_model.model."):
-        return "peft"
-    if key.startswith(("diffusion_model.", "model.diffusion_model.")):
-        return "comfyui"
-    if key.startswith(("lora_unet_", "lora_transformer_")):
-        return "musubi"
-    if ".default.weight" in key:
-        return "diffsynth"
-    return "bare"
 
 
 def read_header(f: BinaryIO, size: int) -> tuple[dict[str, dict[str, Any]], dict[str, str], int]:
@@ -113,7 +100,7 @@ def inspect_lora(f: BinaryIO, size: int, peft_config: dict[str, Any] | None = No
         stem = key[: -len(role[0])]
         stems.setdefault(stem, {})[role[1]] = entry
         if role[1] != "alpha":  # a bare ".alpha" says nothing about the layout (DiffSynth files may carry one)
-            layouts.add(_layout(key))
+            layouts.add(layout_of(key))
     pairs, ranks, alphas = 0, set(), []
     for stem, roles in stems.items():
         down, up = roles.get("down"), roles.get("up")

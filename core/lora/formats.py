@@ -24,18 +24,10 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-# Suffix -> role. Longer suffixes first so ".lora_A.default.weight" is not read as ".weight" junk.
-_SUFFIXES = (
-    (".lora_A.default.weight", "down"), (".lora_B.default.weight", "up"),
-    (".lora_A.weight", "down"), (".lora_B.weight", "up"),
-    (".lora_down.weight", "down"), (".lora_up.weight", "up"),
-    (".lora.down.weight", "down"), (".lora.up.weight", "up"),                  # older kohya / diffusers
-    (".lora_linear_layer.down.weight", "down"), (".lora_linear_layer.up.weight", "up"),
-    (".alpha", "alpha"),
-)
+from core.lora_keys import ROLES, UNDERSCORE_PREFIXES, layout_of
+
 # Prefixes writers put before the model's own module path; tried in order, then "model." is added.
 _PATH_PREFIXES = ("base_model.model.", "diffusion_model.", "model.diffusion_model.", "transformer.", "")
-_UNDERSCORE_PREFIXES = ("lora_unet_", "lora_transformer_")
 
 
 @dataclass
@@ -62,18 +54,6 @@ class BoundLora:
     deltas: dict[str, tuple[torch.Tensor, torch.Tensor]]
     unplaced: list[str]                           # "key: reason" for everything that could not be used
     metadata: dict[str, str] = field(default_factory=dict)
-
-
-def _layout_of(key: str) -> str:
-    if key.startswith("base_model.model."):
-        return "peft"
-    if key.startswith(("diffusion_model.", "model.diffusion_model.")):
-        return "comfyui"
-    if key.startswith(_UNDERSCORE_PREFIXES):
-        return "musubi"
-    if ".default.weight" in key:
-        return "diffsynth"
-    return "bare"
 
 
 def _peft_alpha(cfg: dict, stem: str, rank: int) -> float | None:
@@ -119,7 +99,7 @@ def read_lora(src: str | Path | dict[str, torch.Tensor], name: str | None = None
     unknown: list[str] = []
     layouts: set[str] = set()
     for key, t in tensors.items():
-        for suffix, role in _SUFFIXES:
+        for suffix, role in ROLES:
             if key.endswith(suffix):
                 stem = key[: -len(suffix)]
                 m = modules.setdefault(stem, LoraModule())
@@ -127,7 +107,7 @@ def read_lora(src: str | Path | dict[str, torch.Tensor], name: str | None = None
                     m.alpha = float(t.float().reshape(-1)[0])
                 else:
                     setattr(m, role, t)
-                layouts.add(_layout_of(key))
+                layouts.add(layout_of(key))
                 break
         else:
             unknown.append(key)
@@ -155,7 +135,7 @@ def _module_index(model: nn.Module) -> tuple[dict[str, nn.Linear], dict[str, str
 
 def place(stem: str, linears: dict[str, nn.Linear], underscored: dict[str, str]) -> str | None:
     """The model module path a key stem names, or None."""
-    for pre in _UNDERSCORE_PREFIXES:
+    for pre in UNDERSCORE_PREFIXES:
         if stem.startswith(pre):
             return underscored.get(stem[len(pre):])
     for pre in _PATH_PREFIXES:
