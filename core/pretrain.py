@@ -18,12 +18,13 @@ import json
 import math
 import multiprocessing as mp
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from core.layout import FIX_POINT, patchify, prompt_ids
+from core.layout import generation_positions, patchify, prompt_ids
 from core.objective import Objective
 from core.synth.render import render
 from core.synth.scene import sample_scene
@@ -84,6 +85,12 @@ class TokenPool:
         self.empty_len = len(empty)
 
 
+@lru_cache(maxsize=8)
+def _image_positions(gh: int, gw: int, device: torch.device) -> torch.Tensor:
+    """The layout's own image-grid positions, moved to the device once per size (not once per step)."""
+    return generation_positions([(gh, gw)]).to(device)
+
+
 def batch_inputs(tp: TokenPool, idx: torch.Tensor, drop: torch.Tensor, height: int, width: int) -> dict:
     """Model keyword inputs for pool rows `idx` (rows with `drop` get the empty prompt), image tokens last.
 
@@ -97,9 +104,7 @@ def batch_inputs(tp: TokenPool, idx: torch.Tensor, drop: torch.Tensor, height: i
     ids = torch.cat([ids[:, :a], torch.full((len(idx), 1), tp.tms, dtype=torch.long, device=dev)], dim=1)
     b, gh, gw = len(idx), height // 32, width // 32
     ar_pos = torch.arange(a, device=dev).expand(b, a)
-    r, c = torch.meshgrid(torch.arange(gh, device=dev), torch.arange(gw, device=dev), indexing="ij")
-    img_pos = torch.stack([torch.full((gh * gw,), FIX_POINT, device=dev), FIX_POINT + r.flatten(),
-                           FIX_POINT + c.flatten()])                                   # [3, N]
+    img_pos = _image_positions(gh, gw, dev)                                            # [3, N]
     pos = torch.cat([ar_pos[None].expand(3, b, a), lens[None, :, None].expand(3, b, 1),
                      img_pos[:, None].expand(3, b, gh * gw)], dim=2)
     types = torch.cat([torch.zeros(b, a, dtype=torch.long, device=dev),
