@@ -215,7 +215,8 @@ def fp32_errors(steps: Steps, tok, prompt: str, size: int, compiled) -> dict:
             "err_ours_vs_fp32": max(rel_diff(a, b) for a, b in zip(steps.ours_x(), ref)),
             "err_compiled_vs_fp32": max(rel_diff(a, b) for a, b in zip(steps.ours_x(compiled), ref))}
     del m32, s32, ref
-    torch.cuda.empty_cache() if steps.device.type == "cuda" else None
+    if steps.device.type == "cuda":
+        torch.cuda.empty_cache()
     print("x_pred rel error vs float32: official bf16 {err_official_vs_fp32:.2e}, ours bf16 {err_ours_vs_fp32:.2e}, "
           "ours + compile bf16 {err_compiled_vs_fp32:.2e}".format(**errs), flush=True)
     return errs
