@@ -44,6 +44,10 @@ Generations (db/generations.py): the same shape with generation_id=:
     add_generation_image(s, *, generation_id, index, storage_key, width, height, seed),
     finish_generation, fail_generation(s, *, generation_id, worker_id, error), stale_running_generations,
     requeue_stale_generation, queued_unsent_generations
+    cancel_generation(s, *, job_id, owner_id) -> "canceled" | "cancel_requested" | None
+    is_generation_cancel_requested(s, *, job_id) -> bool
+    mark_generation_canceled(s, *, job_id, worker_id) -> bool            # after a cooperative stop
+    add_generation_warnings(s, *, job_id, warnings: list[str])           # Generation.warnings (JSON list)
     Generation.params = {"prompt", "negative_prompt", "loras": [{"id", "scale"}], "width", "height", "steps",
                          "guidance", "seed", "preset", "num_images"}
 

@@ -1,18 +1,20 @@
 """Generations: create, read, and their transitions (each call is one transaction, keyword-only).
 
-queued -> running (claim_generation) -> succeeded (finish_generation) | failed (fail_generation).
+queued -> running (claim_generation) -> succeeded (finish_generation) | failed (fail_generation)
+| canceled (cancel_generation while queued, or mark_generation_canceled after a cooperative stop).
 Images are recorded one by one (add_generation_image) so a client sees them as they come.
+New functions take job_id= like every other job function (issue 9 renames the older generation_id= ones).
 """
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db import jobs
-from db.models import Generation, GenerationImage
+from db.models import Generation, GenerationImage, utcnow
 from db.query import owned_page, owned_row
 
 
@@ -40,7 +42,9 @@ def mark_generation_enqueued(session: Session, *, generation_id: str, celery_tas
 
 
 def claim_generation(session: Session, *, generation_id: str, worker_id: str) -> bool:
-    return jobs.claim(session, Generation, job_id=generation_id, worker_id=worker_id)
+    # A queued generation with a cancel request is never started.
+    return jobs.claim(session, Generation, job_id=generation_id, worker_id=worker_id,
+                      where=[Generation.cancel_requested.is_(False)])
 
 
 def take_over_stale_generation(session: Session, *, generation_id: str, worker_id: str,
@@ -67,7 +71,15 @@ def add_generation_image(session: Session, *, generation_id: str, index: int, st
 
 
 def finish_generation(session: Session, *, generation_id: str, worker_id: str) -> bool:
-    return jobs.finish(session, Generation, job_id=generation_id, worker_id=worker_id, status="succeeded")
+    """running -> succeeded; progress reads total_steps of total_steps."""
+    if not jobs.finish(session, Generation, job_id=generation_id, worker_id=worker_id, status="succeeded",
+                       commit=False):
+        session.rollback()
+        return False
+    session.execute(update(Generation).where(Generation.id == generation_id)
+                    .values(step=Generation.total_steps).execution_options(synchronize_session=False))
+    session.commit()
+    return True
 
 
 def fail_generation(session: Session, *, generation_id: str, worker_id: str, error: str) -> bool:
@@ -85,3 +97,36 @@ def requeue_stale_generation(session: Session, *, generation_id: str, stale_befo
 
 def queued_unsent_generations(session: Session, *, sent_before: datetime) -> list[Generation]:
     return jobs.queued_unsent(session, Generation, sent_before=sent_before)
+
+
+def cancel_generation(session: Session, *, job_id: str,
+                      owner_id: str) -> Literal["canceled", "cancel_requested"] | None:
+    """queued -> canceled at once; running -> cancel_requested (the worker stops at its next step);
+    None when it is already finished (or not this owner's)."""
+    own = [Generation.id == job_id, Generation.owner_id == owner_id]
+    if jobs.transition(session, Generation, [*own, Generation.status == "queued"],
+                       {"status": "canceled", "finished_at": utcnow(), "cancel_requested": True}):
+        return "canceled"
+    if jobs.transition(session, Generation, [*own, Generation.status == "running"], {"cancel_requested": True}):
+        return "cancel_requested"
+    return None
+
+
+def is_generation_cancel_requested(session: Session, *, job_id: str) -> bool:
+    return bool(session.scalar(select(Generation.cancel_requested).where(Generation.id == job_id)))
+
+
+def mark_generation_canceled(session: Session, *, job_id: str, worker_id: str) -> bool:
+    """running -> canceled once the worker stopped on cancel_requested (images already stored stay)."""
+    return jobs.finish(session, Generation, job_id=job_id, worker_id=worker_id, status="canceled")
+
+
+def add_generation_warnings(session: Session, *, job_id: str, warnings: list[str]) -> None:
+    """Append owner-facing warnings (deduplicated, order kept) to the generation row."""
+    gen = session.get(Generation, job_id)
+    if gen is None or not warnings:
+        return
+    merged = list(gen.warnings or [])
+    merged += [w for w in warnings if w not in merged]
+    gen.warnings = merged
+    session.commit()

@@ -189,6 +189,9 @@ class Generation(Base):
     worker_id: Mapped[str | None] = mapped_column(String(200))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     celery_task_id: Mapped[str | None] = mapped_column(String(200))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What the owner should know about a finished run that still succeeded (e.g. LoRA keys that placed nowhere).
+    warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
 
     images: Mapped[list["GenerationImage"]] = relationship(
         back_populates="generation", order_by="GenerationImage.index", cascade="all, delete-orphan")

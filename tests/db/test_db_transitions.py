@@ -10,8 +10,9 @@ from datetime import timedelta
 import pytest
 
 from db.datasets import create_dataset, delete_dataset, new_dataset_id
-from db.generations import (add_generation_image, claim_generation, create_generation, fail_generation,
-                            finish_generation, get_generation)
+from db.generations import (add_generation_image, add_generation_warnings, cancel_generation, claim_generation,
+                            create_generation, fail_generation, finish_generation, get_generation,
+                            is_generation_cancel_requested, mark_generation_canceled)
 from db.loras import delete_lora, get_lora
 from db.models import utcnow
 from db.owners import create_api_key, create_owner, owner_for_key
@@ -231,3 +232,42 @@ def test_revoked_key_no_longer_resolves(session, owner):
     assert revoke_api_keys(session, owner_id="someone-else", prefix=drop[:12]) == 0
     assert revoke_api_keys(session, owner_id=owner.id, prefix=drop[:12]) == 1
     assert owner_for_key(session, key=drop) is None and owner_for_key(session, key=keep).id == owner.id
+
+
+def new_generation(session, owner, steps=10):
+    return create_generation(session, owner_id=owner.id, prompt="p", params={"steps": steps}, num_images=1,
+                             total_steps=steps)
+
+
+def test_generation_cancel_queued_is_immediate_and_blocks_claim(session, owner):
+    gen = new_generation(session, owner)
+    assert cancel_generation(session, job_id=gen.id, owner_id="someone-else") is None
+    assert cancel_generation(session, job_id=gen.id, owner_id=owner.id) == "canceled"
+    assert claim_generation(session, generation_id=gen.id, worker_id="w1") is False
+    session.expire_all()
+    assert get_generation(session, generation_id=gen.id).status == "canceled"
+    assert cancel_generation(session, job_id=gen.id, owner_id=owner.id) is None
+
+
+def test_generation_cancel_running_sets_flag_then_worker_marks_canceled(session, owner):
+    gen = new_generation(session, owner)
+    assert claim_generation(session, generation_id=gen.id, worker_id="w1")
+    assert is_generation_cancel_requested(session, job_id=gen.id) is False
+    assert cancel_generation(session, job_id=gen.id, owner_id=owner.id) == "cancel_requested"
+    assert is_generation_cancel_requested(session, job_id=gen.id) is True
+    assert mark_generation_canceled(session, job_id=gen.id, worker_id="w2") is False
+    assert mark_generation_canceled(session, job_id=gen.id, worker_id="w1") is True
+    session.expire_all()
+    assert get_generation(session, generation_id=gen.id).status == "canceled"
+
+
+def test_finished_generation_reads_all_steps_and_keeps_warnings(session, owner):
+    gen = new_generation(session, owner, steps=50)
+    assert claim_generation(session, generation_id=gen.id, worker_id="w1")
+    add_generation_warnings(session, job_id=gen.id, warnings=["LoRA x: 3 keys placed nowhere"])
+    add_generation_warnings(session, job_id=gen.id, warnings=["LoRA x: 3 keys placed nowhere", "second"])
+    assert finish_generation(session, generation_id=gen.id, worker_id="w1")
+    session.expire_all()
+    row = get_generation(session, generation_id=gen.id)
+    assert (row.status, row.step, row.total_steps) == ("succeeded", 50, 50)
+    assert row.warnings == ["LoRA x: 3 keys placed nowhere", "second"]
