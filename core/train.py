@@ -77,9 +77,10 @@ class TrainConfig:
     precision: str = "auto"                  # "auto" = bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
     gradient_checkpointing: bool | str = "auto"  # recompute activations in backward; "auto": on only when
                                              # the estimated activations would not fit in free GPU memory
-    compile: bool = False                    # torch.compile the decoder layers (one shared compiled call,
-                                             # gradient checkpointing traced inside it)
+    compile: bool | str = "auto"             # torch.compile the decoder layers (one shared compiled call,
+                                             # gradient checkpointing traced inside it); "auto": on CUDA
     log_every: int = 1                       # host sync + on_step every K steps (raise for fast full runs)
+    prefetch: int = 2                        # batches decoded ahead by a background thread (0: inline)
     seed: int = 0                            # LoRA init, sigma/eps stream, data order
     # -- checkpoints and previews
     checkpoint_every: int = 500              # steps between checkpoints (0: only at the end / on stop)
@@ -99,6 +100,10 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "rank", "log_every", "sample_steps", "repeats"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.compile not in (True, False, "auto"):
+            problems.append(f"compile must be true, false or 'auto', got {self.compile!r}")
+        if not isinstance(self.prefetch, int) or self.prefetch < 0:
+            problems.append(f"prefetch must be an integer >= 0, got {self.prefetch!r}")
         if self.gradient_checkpointing not in (True, False, "auto"):
             problems.append(f"gradient_checkpointing must be true, false or 'auto', "
                             f"got {self.gradient_checkpointing!r}")
@@ -210,7 +215,9 @@ class Trainer:
         self.checkpointing = self._want_checkpointing()
         if self.checkpointing:
             self.model.gradient_checkpointing_enable()
-        if cfg.compile:
+        # Compiled layers are what bench_training.py's "ours" measures; eager costs ~1.5x per step on an H200.
+        self.compiled = cfg.compile is True or (cfg.compile == "auto" and on_cuda)
+        if self.compiled:
             self.model.compile_layers()
         # layouts are built here on the CPU: the model's value checks would block on the GPU every step
         self.model.validate_inputs = not on_cuda
@@ -219,7 +226,10 @@ class Trainer:
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.forward = DistributedDataParallel(self.model, device_ids=[self.device.index] if on_cuda else None)
+            # The base is frozen and its buffers (rotary frequencies) are constants: no per-forward buffer
+            # broadcast. Gradients live in DDP's buckets (no copy in and out of them).
+            self.forward = DistributedDataParallel(self.model, device_ids=[self.device.index] if on_cuda else None,
+                                                   broadcast_buffers=False, gradient_as_bucket_view=True)
 
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas),
                                            weight_decay=cfg.weight_decay, fused=on_cuda)
@@ -391,13 +401,29 @@ class Trainer:
     # ------------------------------------------------------------------------------------- the loop
     def run(self) -> TrainResult:
         cfg, cb = self.cfg, self.cb
-        batches = iter(self.data)
+        from core.train_data import Prefetch
+
+        # Decoding the next images on a thread while the GPU trains: inline, a 1024-px PNG costs tens of ms
+        # of a ~0.15 s step (DataLoader workers, num_workers > 0, do the same from other processes).
+        batches = Prefetch(iter(self.data), cfg.prefetch) if cfg.prefetch else iter(self.data)
+        try:
+            return self._loop(batches)
+        finally:
+            if isinstance(batches, Prefetch):
+                batches.close()
+
+    def _loop(self, batches) -> TrainResult:
+        cfg, cb = self.cfg, self.cb
         stopped, last_loss = False, None
         window_loss = torch.zeros((), device=self.device)
         window_steps, t_window = 0, time.perf_counter()
         while self.step < cfg.steps:
             stop = bool(cb.should_stop and cb.should_stop())
-            if train_dist.broadcast_flag(stop, self.dist, self.device):
+            # With several ranks the decision is a collective and a host sync: agree on it at log steps only
+            # (a stop then lands at most log_every - 1 steps later); one process decides every step.
+            if self.dist.active and self.step % cfg.log_every:
+                stop = False
+            elif train_dist.broadcast_flag(stop, self.dist, self.device):
                 stopped = True
                 break
             window_loss += self.train_step(batches)
@@ -550,6 +576,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--extra_targets", nargs="*", default=[], choices=("x_embedder", "final_layer2"))
     ap.add_argument("--gradient_checkpointing", choices=("auto", "on", "off"), default="auto",
                     help="auto: only when the activations would not fit in free GPU memory")
+    ap.add_argument("--compile", nargs="?", const="on", choices=("auto", "on", "off"), default="auto",
+                    help="torch.compile the decoder layers; auto: on CUDA (a bare --compile means on)")
     ap.add_argument("--num_workers", type=int, default=2, help="DataLoader workers decoding images")
     taken = {a.dest for a in ap._actions}
     notes = _field_comments()
@@ -575,6 +603,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     kw["sample_prompts"] = tuple(a.sample_prompt)
     kw["extra_targets"] = tuple(a.extra_targets)
     kw["gradient_checkpointing"] = {"auto": "auto", "on": True, "off": False}[a.gradient_checkpointing]
+    kw["compile"] = {"auto": "auto", "on": True, "off": False}[a.compile]
     return TrainConfig(**kw)
 
 
@@ -585,9 +614,12 @@ def main(argv: list[str] | None = None) -> TrainResult:
     main_rank = os.environ.get("RANK", "0") == "0"      # under torchrun only rank 0 reports
     bar = tqdm(total=cfg.steps, unit="step", dynamic_ncols=True, disable=not main_rank)
 
+    windows: list[float] = []      # s/step of each logged window (the first holds the compilation)
+
     def on_step(step, total, loss, smoothed, lr, sec, eta):
         bar.n = step
-        bar.set_postfix(loss=f"{loss:.4f}", avg=f"{smoothed:.4f}", lr=f"{lr:.2e}", s_step=f"{sec:.2f}")
+        windows.append(sec)
+        bar.set_postfix(loss=f"{loss:.4f}", avg=f"{smoothed:.4f}", lr=f"{lr:.2e}", s_step=f"{sec:.3f}")
 
     cbs = TrainCallbacks(on_step=on_step,
                          on_preview=lambda s, paths: bar.write(f"step {s}: previews {', '.join(map(str, paths))}"),
@@ -600,6 +632,10 @@ def main(argv: list[str] | None = None) -> TrainResult:
         bar.close()
     if not main_rank:
         return result
+    if len(windows) > 1:
+        steady = sorted(windows[1:])
+        print(f"seconds/step: {steady[len(steady) // 2]:.4f} (median of {len(steady)} logged windows after the "
+              f"first, which took {windows[0]:.4f} with warm-up)")
     print(f"done: {result.steps_done} steps, smoothed loss {result.smoothed_loss}; "
           f"LoRA: {result.lora_dir} and {result.lora_file}" if not cfg.full else f"model: {result.model_dir}")
     return result

@@ -6,9 +6,12 @@ saves `state_after(batches_done)` in each checkpoint and hands it back to `load_
     FolderData(cfg)                         # core.data: validation, aspect buckets, resumable bucket sampler
     StreamData(make_stream, batch_size)     # make_stream(start) -> iterator of (image [3, H, W], caption),
                                             # starting at item `start` (e.g. core.synth scenes for pretraining)
+    Prefetch(iter(data), depth)             # the same batches, produced `depth` ahead on a thread
 """
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Callable, Iterator
 
 import torch
@@ -84,3 +87,62 @@ class StreamData:
             if len(shapes) != 1:
                 raise ValueError(f"one batch needs one image shape; the stream gave {sorted(shapes)}")
             yield torch.stack([img for img, _ in items]), [cap for _, cap in items]
+
+
+class Prefetch:
+    """Iterate `source` on a daemon thread, `depth` batches ahead, in pinned host memory when CUDA is up.
+
+    The trainer's loop never waits for image decoding (PIL and torch release the GIL while they work), and
+    the images' host-to-device copy can be asynchronous. Order and values are exactly the source's, so a
+    resumed run is unchanged (checkpoints count consumed batches, not produced ones). An exception in the
+    source is raised by the next `next()`. `close()` stops the thread (the trainer calls it when its loop
+    ends, so a long-lived worker process keeps no thread nor decoded images per finished job).
+    """
+
+    _END = object()
+
+    def __init__(self, source: Iterator, depth: int = 2):
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self._source = source
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._pin = torch.cuda.is_available()
+        self._thread = threading.Thread(target=self._run, name="train-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for images, captions in self._source:
+                if self._pin and not images.is_pinned():
+                    images = images.pin_memory()
+                if not self._put((images, captions)):
+                    return
+            self._put(self._END)
+        except BaseException as e:     # handed to the consumer, raised there
+            self._put(e)
+
+    def __iter__(self) -> "Prefetch":
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if item is self._END:
+            self._queue.put(item)      # stays exhausted
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
