@@ -62,6 +62,17 @@ class Settings(BaseSettings):
     train_processes: int = Field(0, ge=0, description="processes (DDP ranks) per training job: 0 = one per "
                                                        "visible GPU of the worker (1 without GPUs)")
 
+    # The memory plan (worker/memory_plan.py): what fits on a worker's GPU, checked before a job loads anything.
+    memory_plan: Literal["enforce", "off"] = Field(
+        "enforce", description="enforce: a job that cannot fit fails at once with a message, a training that "
+                               "fits only with gradient checkpointing gets it; off: jobs run as asked")
+    gpu_memory_headroom_gib: float = Field(
+        1.5, ge=0, description="GPU memory left free beyond a job's estimate (fragmentation, CUDA workspaces)")
+    training_releases_generation_model: Literal["always", "when_needed"] = Field(
+        "always", description="always: a training first drops the base the generation side of this worker "
+                              "holds (one copy of the base per GPU); when_needed: only when the training would "
+                              "not fit beside it (80+ GB cards keep generation warm)")
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'o1lora.db').resolve()}"

@@ -45,6 +45,15 @@ class ModelHost:
                 self.loads += 1
             return self._model
 
+    def release(self) -> bool:
+        """Drop the base and the bound LoRAs (a training needs the GPU); the next model() loads it again.
+        True when a model was held. The caller frees the GPU memory (gc + torch.cuda.empty_cache)."""
+        with self._lock:
+            held = self._model is not None
+            self._model = self._tokenizer = None
+            self._loras.clear()
+        return held
+
     @property
     def tokenizer(self):
         self.model()

@@ -11,13 +11,14 @@ progress_interval_s), the time limit, a lost heartbeat, and a warm shutdown of t
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
 import sys
 import threading
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from db.datasets import get_dataset
@@ -25,6 +26,7 @@ from db.models import TrainingJob
 from db.training import (add_preview, fail_training, finish_training, hand_back_training, heartbeat_training,
                          is_cancel_requested, mark_training_canceled, record_checkpoint, record_progress)
 from worker.context import WorkerContext, ctx
+from worker.memory_plan import GIB, MemoryPlanError, ModelShape, out_of_memory_message, plan_training
 from worker.pacing import Every, Heartbeat
 from worker.runs import JobLost, local_dir, publish, run_with_heartbeat, take
 
@@ -80,6 +82,8 @@ def run_training(job_id: str, c: WorkerContext | None = None) -> str:
     taken = take(c, "training", job_id)
     if not taken.runs:
         return taken.outcome
+    if c.settings.training_releases_generation_model == "always":
+        release_generation_model()     # one copy of the base per GPU: the trainer loads its own
     ranks = training_processes(c)
     if ranks > 1:
         from worker.train_ranks import run_ranks
@@ -93,6 +97,61 @@ def training_processes(c: WorkerContext) -> int:
         return c.settings.train_processes
     import torch
     return max(1, torch.cuda.device_count())
+
+
+def release_generation_model() -> bool:
+    """Drop the base model the generation side of this process holds, and give its GPU memory back.
+    The next generation loads it again (from the page cache: seconds). True when one was held."""
+    from worker import generation
+
+    host = getattr(generation, "_host", None)
+    if host is None or not host.release():
+        return False
+    free_gpu_memory()
+    log.info("released the generation model for a training")
+    return True
+
+
+def free_gpu_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def gpu_memory() -> tuple[int, int] | None:
+    """(free, total) bytes of this process's GPU, or None without CUDA (then nothing is planned)."""
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.mem_get_info()
+
+
+def fit_to_gpu(c: WorkerContext, job: TrainingJob, cfg):
+    """The memory plan for this training: the config to run with, or MemoryPlanError (the owner's message)."""
+    mem = gpu_memory() if c.settings.memory_plan == "enforce" and not cfg.full else None
+    if mem is None:
+        return cfg
+    shape = ModelShape.from_checkpoint(cfg.model_path)
+    headroom = int(c.settings.gpu_memory_headroom_gib * GIB)
+
+    def plan(free: int, total: int):
+        return plan_training(shape, resolution=cfg.resolution, batch=cfg.batch_size, rank=cfg.rank,
+                             checkpointing=cfg.gradient_checkpointing, free_bytes=free, total_bytes=total,
+                             headroom_bytes=headroom)
+
+    p = plan(*mem)
+    if p.action != "run" and release_generation_model():     # "when_needed": it was kept until now
+        p = plan(*gpu_memory())
+    p.raise_if_refused()
+    if p.message:
+        log.warning("training %s: %s", job.id, p.message)
+    log.info("training %s: memory plan %s, checkpointing %s, ~%.1f GiB of %.1f GiB free", job.id, p.action,
+             p.checkpointing, p.need_bytes / GIB, p.free_bytes / GIB)
+    return replace(cfg, gradient_checkpointing=p.checkpointing)
 
 
 def is_main_rank() -> bool:
@@ -129,7 +188,7 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
     resume = local_dir(c, job.checkpoint_path) if job.checkpoint_path else None
     if resume is not None:
         log.info("training %s: resuming from %s (step %s)", job.id, job.checkpoint_path, job.checkpoint_step)
-    cfg = train_config(c, job, data_dir, out_dir, resume)
+    cfg = fit_to_gpu(c, job, train_config(c, job, data_dir, out_dir, resume))
 
     deadline = time.monotonic() + c.settings.train_time_limit_s
     write, poll = Every(c.settings.progress_interval_s), Every(c.settings.progress_interval_s)
@@ -195,8 +254,20 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
             write_progress()  # the trainer now saves a checkpoint here: the row must say this step
         return bool(why)
 
-    result = train(cfg, TrainCallbacks(on_step=on_step, on_preview=on_preview, on_checkpoint=on_checkpoint,
-                                       should_stop=should_stop))
+    oom = None
+    try:
+        result = train(cfg, TrainCallbacks(on_step=on_step, on_preview=on_preview, on_checkpoint=on_checkpoint,
+                                           should_stop=should_stop))
+    except Exception as e:
+        if type(e).__name__ != "OutOfMemoryError":      # torch.cuda.OutOfMemoryError, without importing torch
+            raise
+        oom = out_of_memory_message("training", e)
+    finally:
+        # The trainer's model, optimizer and activations are garbage now (reference cycles included): hand
+        # the GPU back before the next job of this worker (a generation reloads its base into it).
+        free_gpu_memory()
+    if oom is not None:        # raised here, outside the handler: the traceback's tensors are gone
+        raise MemoryPlanError(oom)
     if not is_main_rank():
         return "rank-done"   # the core ran no callbacks here; rank 0 writes the row and the files
     if result.stopped:

@@ -1,0 +1,159 @@
+"""The memory plan: its decisions for the full-size model on 24 / 48 / 80 GB cards, and the training worker
+that follows it (releases the resident generation model, refuses at once what cannot fit, turns an OOM
+into a failed job with a message)."""
+from __future__ import annotations
+
+import pytest
+
+from worker import generation, training
+from worker.context import WorkerContext
+from worker.memory_plan import (FULL_SIZE, GIB, ModelShape, generation_need, plan_generation, plan_training,
+                                training_need)
+from worker.model_host import ModelHost
+
+HEADROOM = int(1.5 * GIB)
+
+
+def train_plan(free_gib, resolution=1024, batch=1, checkpointing="auto", shape=FULL_SIZE):
+    return plan_training(shape, resolution=resolution, batch=batch, rank=16, checkpointing=checkpointing,
+                         free_bytes=int(free_gib * GIB), total_bytes=int(free_gib * GIB), headroom_bytes=HEADROOM)
+
+
+def test_estimates_reproduce_the_peaks_measured_on_the_h200():
+    # bench/RESULTS.md "Memory plan": the fit must stay within 3% of every measured peak it rests on.
+    measured = {(1024, 1, True): 16.5, (2048, 1, True): 18.4, (1024, 1, False): 21.5, (2048, 1, False): 36.8,
+                (1024, 4, False): 37.9}
+    for (res, batch, ckpt), gib in measured.items():
+        got = training_need(FULL_SIZE, resolution=res, batch=batch, checkpointing=ckpt) / GIB
+        assert got == pytest.approx(gib, rel=0.03), (res, batch, ckpt, got)
+    assert generation_need(FULL_SIZE, width=1024, height=1024) / GIB == pytest.approx(15.59, rel=0.03)
+    assert generation_need(FULL_SIZE, width=2048, height=2048) / GIB == pytest.approx(16.48, rel=0.03)
+
+
+def test_auto_checkpointing_is_off_where_the_activations_fit_and_on_where_only_it_fits():
+    h200 = train_plan(139.8, resolution=2048)
+    assert (h200.action, h200.checkpointing) == ("run", False)        # the faster setting on a big card
+    card24 = train_plan(23.4, resolution=2048)                         # a 24 GB card, nothing else loaded
+    assert (card24.action, card24.checkpointing) == ("run", True)
+
+
+def test_checkpointing_off_is_turned_on_with_a_message_when_only_that_fits():
+    p = train_plan(23.4, resolution=2048, checkpointing=False)
+    assert (p.action, p.checkpointing) == ("adjust", True)
+    assert "gradient checkpointing turned on" in p.message and "36.8 GiB" in p.message
+
+
+def test_a_training_that_cannot_fit_is_refused_with_the_numbers_and_what_to_change():
+    p = train_plan(23.4, resolution=2048, batch=8, checkpointing=True)
+    assert p.action == "refuse" and not p.runs
+    assert "not enough GPU memory" in p.message and "2048 px, batch 8" in p.message
+    assert "23.4 GiB free" in p.message and "Lower the resolution or the batch size" in p.message
+    with pytest.raises(ValueError, match="not enough GPU memory"):
+        p.raise_if_refused()
+
+
+def test_generation_counts_the_weights_only_when_they_are_not_resident():
+    args = dict(width=2048, height=2048, images=4, cfg=True, total_bytes=int(24 * GIB), headroom_bytes=HEADROOM)
+    cold = plan_generation(FULL_SIZE, weights_resident=False, free_bytes=int(23.4 * GIB), **args)
+    warm = plan_generation(FULL_SIZE, weights_resident=True, free_bytes=int(23.4 * GIB - FULL_SIZE.weight_bytes),
+                           **args)
+    assert cold.runs and warm.runs
+    assert cold.need_bytes - warm.need_bytes == FULL_SIZE.weight_bytes
+    small = plan_generation(FULL_SIZE, weights_resident=True, free_bytes=int(2 * GIB), **args)
+    assert small.action == "refuse" and "4 image(s) of 2048x2048" in small.message
+
+
+def test_model_shape_is_read_from_the_checkpoint_without_loading_it(tiny_model):
+    import json
+
+    from core.loading import load_model
+
+    shape = ModelShape.from_checkpoint(tiny_model)
+    text = json.loads((tiny_model / "config.json").read_text())["text_config"]
+    assert (shape.layers, shape.hidden, shape.mlp) == (text["num_hidden_layers"], text["hidden_size"],
+                                                       text["intermediate_size"])
+    model = load_model(tiny_model)          # float32 on disk: the plan counts the bf16 copy a GPU worker holds
+    bf16_bytes = sum(p.numel() for p in model.state_dict().values()) * 2
+    assert shape.weight_bytes == pytest.approx(bf16_bytes, rel=0.01)
+
+
+# --------------------------------------------------------------------------------- the training worker
+@pytest.fixture
+def tctx(worker_ctx, tiny_model):
+    settings = worker_ctx.settings.model_copy(update={"model_path": tiny_model, "progress_interval_s": 0.0})
+    c = WorkerContext(settings)
+    yield c
+    c.close()
+    generation._host = None
+
+
+def _job(c, steps=2):
+    from worker_helpers import put_dataset
+    from db.owners import create_owner
+    from db.training import create_training
+
+    with c.sessions() as s:
+        owner = create_owner(s, name="mem")
+    ds = put_dataset(c, owner.id)
+    p = {"steps": steps, "rank": 4, "alpha": 4.0, "learning_rate": 1e-3, "resolution": 64, "batch_size": 1,
+         "sample_every": 0, "sample_prompts": [], "seed": 3}
+    with c.sessions() as s:
+        return create_training(s, owner_id=owner.id, dataset_id=ds.id, name="j", trigger="sks", params=p,
+                               total_steps=steps)
+
+
+def _row(c, job_id):
+    from db.training import get_training
+    with c.sessions() as s:
+        return get_training(s, job_id=job_id)
+
+
+def test_training_releases_the_resident_generation_model_which_reloads_after(tctx):
+    c = tctx
+    host = generation.host(c)
+    host.model()
+    assert host.loads == 1 and host._model is not None
+    job = _job(c)
+    assert training.run_training(job.id, c) == "succeeded"
+    assert host._model is None                      # no second copy of the base while the trainer held one
+    host.model()
+    assert host.loads == 2
+
+
+def test_when_needed_keeps_the_generation_model_if_the_training_fits_beside_it(tctx, monkeypatch):
+    c = WorkerContext(tctx.settings.model_copy(update={"training_releases_generation_model": "when_needed"}))
+    host = generation.host(c)
+    host.model()
+    monkeypatch.setattr(training, "gpu_memory", lambda: (80 * GIB, 80 * GIB))
+    assert training.run_training(_job(c).id, c) == "succeeded"
+    assert host._model is not None and host.loads == 1
+    c.close()
+
+
+def test_a_training_that_cannot_fit_fails_at_once_with_the_owner_message(tctx, monkeypatch):
+    c = tctx
+    monkeypatch.setattr(training, "gpu_memory", lambda: (GIB // 1000, 24 * GIB))
+    started = []
+    monkeypatch.setattr("core.train.Trainer.run", lambda self: started.append(1))
+    job = _job(c)
+    assert training.run_training(job.id, c) == "failed"
+    row = _row(c, job.id)
+    assert row.status == "failed" and not started
+    assert "not enough GPU memory" in row.error and "0.0 GiB free of 24.0 GiB" in row.error
+
+
+def test_out_of_memory_mid_training_fails_the_job_with_a_message(tctx, monkeypatch):
+    import torch
+
+    c = tctx
+
+    def oom(self, batches):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("core.train.Trainer.train_step", oom)
+    job = _job(c)
+    assert training.run_training(job.id, c) == "failed"
+    row = _row(c, job.id)
+    assert row.status == "failed"
+    assert "the GPU ran out of memory during this training" in row.error
+    assert "Tried to allocate 2.00 GiB" in row.error

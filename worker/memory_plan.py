@@ -1,0 +1,201 @@
+"""The memory plan: will a job fit on this worker's GPU, with which settings, or what to tell the owner.
+
+    python -m worker.memory_plan [MODEL_PATH]     # the table for 24 / 48 / 80 / 141 GB cards (README's)
+
+A job is checked before any weight is loaded: a training that cannot fit fails at once with a message
+naming the numbers, one that fits only with gradient checkpointing gets it turned on, and one that fits as
+asked runs as asked ("auto" checkpointing becomes off when the activations fit: it is ~15% faster). The
+estimates are linear fits of peaks measured on an H200 with the full-size model (bench/RESULTS.md,
+"Memory plan"); for another model size they scale with its weights and with layers x hidden:
+
+    training   = weights (bf16) + 16 B per LoRA parameter (fp32 weight, grad, 2 AdamW moments)
+                 + tokens x batch x (0.63 MiB with checkpointing | 5.1 MiB without)      [36 x 4096 model]
+    generation = weights (bf16) + tokens x rows x 0.15 MiB    (rows = 2 x images with CFG, 1 without)
+
+tokens = (side / 32)^2 image patches + ~100 text tokens. Measured at 1024^2 / 2048^2: training 16.5 / 18.4
+GiB with checkpointing, 21.5 / 36.8 GiB without, batch 4 at 1024^2 without 37.9 GiB; generation 15.6 /
+16.5 GiB (weights 15.25 GiB). A headroom (O1LORA_GPU_MEMORY_HEADROOM_GIB, default 1.5) is kept free for
+the allocator's fragmentation and CUDA workspaces.
+
+Torch-free: the numbers come from config.json and the checkpoint's file sizes, so the API side could use it
+too; the worker passes the free memory it reads from torch.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+GIB = 2**30
+MIB = 2**20
+# The full-size text tower the coefficients were measured on.
+_REF_LAYERS, _REF_HIDDEN = 36, 4096
+TRAIN_PER_TOKEN = {True: 0.63 * MIB, False: 5.1 * MIB}   # by gradient checkpointing
+GEN_PER_TOKEN_ROW = 0.15 * MIB
+TEXT_TOKENS = 100                                       # a long prompt in the chat template
+
+
+class MemoryPlanError(ValueError):
+    """The job cannot fit on this worker's GPU; the message is written for the owner."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    weight_bytes: int      # the base in bf16 (as the CUDA workers hold it)
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    mlp: int
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "ModelShape":
+        """From config.json and the safetensors sizes (no weight read). Folder or ComfyUI single file."""
+        path = Path(path)
+        folder = path.parent if path.is_file() else path
+        cfg = json.loads((folder / "config.json").read_text())
+        text = cfg.get("text_config", cfg)
+        files = [path] if path.is_file() else sorted(folder.glob("*.safetensors"))
+        stored = sum(f.stat().st_size for f in files)
+        dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype") or "bfloat16")
+        per = 4 if "32" in dtype else 2
+        return cls(weight_bytes=stored * 2 // per, layers=int(text["num_hidden_layers"]),
+                   hidden=int(text["hidden_size"]), heads=int(text["num_attention_heads"]),
+                   kv_heads=int(text["num_key_value_heads"]),
+                   head_dim=int(text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]),
+                   mlp=int(text["intermediate_size"]))
+
+    @property
+    def scale(self) -> float:
+        """Activation size per token relative to the model the coefficients were measured on."""
+        return self.layers * self.hidden / (_REF_LAYERS * _REF_HIDDEN)
+
+    def lora_params(self, rank: int) -> int:
+        """Parameters of a LoRA on the 7 linears of every layer (q, k, v, o, gate, up, down)."""
+        h, q, kv, m = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.mlp
+        per_layer = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + m) + (m + h)
+        return rank * per_layer * self.layers
+
+
+FULL_SIZE = ModelShape(weight_bytes=int(15.25 * GIB), layers=36, hidden=4096, heads=32, kv_heads=8, head_dim=128,
+                       mlp=12288)
+
+
+def tokens(width: int, height: int) -> int:
+    return (width // 32) * (height // 32) + TEXT_TOKENS
+
+
+def training_need(shape: ModelShape, *, resolution: int, batch: int = 1, rank: int = 16,
+                  checkpointing: bool = True) -> int:
+    act = TRAIN_PER_TOKEN[bool(checkpointing)] * shape.scale * tokens(resolution, resolution) * batch
+    return int(shape.weight_bytes + 16 * shape.lora_params(rank) + act)
+
+
+def generation_need(shape: ModelShape, *, width: int, height: int, images: int = 1, cfg: bool = True,
+                    weights_resident: bool = False) -> int:
+    rows = images * (2 if cfg else 1)
+    act = GEN_PER_TOKEN_ROW * shape.scale * tokens(width, height) * rows
+    return int(act + (0 if weights_resident else shape.weight_bytes))
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: Literal["run", "adjust", "refuse"]
+    need_bytes: int
+    free_bytes: int
+    checkpointing: bool | None = None     # training: the setting to run with
+    message: str = ""
+
+    @property
+    def runs(self) -> bool:
+        return self.action != "refuse"
+
+    def raise_if_refused(self) -> "Plan":
+        if self.action == "refuse":
+            raise MemoryPlanError(self.message)
+        return self
+
+
+def _gib(n: int | float) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def plan_training(shape: ModelShape, *, resolution: int, batch: int, rank: int, checkpointing: bool | str,
+                  free_bytes: int, total_bytes: int, headroom_bytes: int) -> Plan:
+    """Run as asked, turn checkpointing on to fit, or refuse (message for the owner)."""
+    usable = free_bytes - headroom_bytes
+    need = {c: training_need(shape, resolution=resolution, batch=batch, rank=rank, checkpointing=c)
+            for c in (False, True)}
+    what = f"training at {resolution} px, batch {batch}, rank {rank}"
+    if checkpointing in (False, "auto") and need[False] <= usable:
+        return Plan("run", need[False], free_bytes, checkpointing=False)
+    if need[True] <= usable:
+        if checkpointing is False:
+            return Plan("adjust", need[True], free_bytes, checkpointing=True,
+                        message=f"gradient checkpointing turned on: without it {what} needs about "
+                                f"{_gib(need[False])} of GPU memory and {_gib(free_bytes)} are free")
+        return Plan("run", need[True], free_bytes, checkpointing=True)
+    return Plan("refuse", need[True], free_bytes, checkpointing=True,
+                message=f"not enough GPU memory: {what} needs about {_gib(need[True])} even with gradient "
+                        f"checkpointing (plus {_gib(headroom_bytes)} headroom); this worker's GPU has "
+                        f"{_gib(free_bytes)} free of {_gib(total_bytes)}. Lower the resolution or the batch "
+                        f"size, or run it on a worker with a larger GPU.")
+
+
+def plan_generation(shape: ModelShape, *, width: int, height: int, images: int, cfg: bool, weights_resident: bool,
+                    free_bytes: int, total_bytes: int, headroom_bytes: int) -> Plan:
+    need = generation_need(shape, width=width, height=height, images=images, cfg=cfg,
+                           weights_resident=weights_resident)
+    if need <= free_bytes - headroom_bytes:
+        return Plan("run", need, free_bytes)
+    return Plan("refuse", need, free_bytes,
+                message=f"not enough GPU memory: {images} image(s) of {width}x{height} need about {_gib(need)}"
+                        f"{' more' if weights_resident else ''} (plus {_gib(headroom_bytes)} headroom); this "
+                        f"worker's GPU has {_gib(free_bytes)} free of {_gib(total_bytes)}. Ask for fewer images "
+                        f"per request or a smaller size.")
+
+
+def out_of_memory_message(kind: str, error: BaseException) -> str:
+    """What the owner reads when CUDA ran out of memory mid-job anyway (another process took memory, or the
+    estimate was short): the job failed cleanly, nothing was kept; the original error for the operator."""
+    first = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+    hint = ("lower the resolution or the batch size" if kind == "training"
+            else "ask for fewer images per request or a smaller size")
+    return (f"the GPU ran out of memory during this {kind}; {hint}, or retry when the worker is less busy "
+            f"({type(error).__name__}: {first})")
+
+
+def card_table(shape: ModelShape = FULL_SIZE, headroom_gib: float = 1.5) -> str:
+    """What fits where: the README's table (a card's GiB less ~0.6 GiB of CUDA context; "24 GB" cards have
+    23.99 GiB)."""
+    cards = [("24 GB", 23.4), ("48 GB", 47.4), ("80 GB", 79.4), ("141 GB (H200)", 139.8)]
+    rows = ["| job | " + " | ".join(c for c, _ in cards) + " |", "|---|" + "---|" * len(cards)]
+
+    def cell(p: Plan) -> str:
+        if p.action == "refuse":
+            return f"no ({_gib(p.need_bytes)})"
+        return f"{'ckpt' if p.checkpointing else 'yes'} ({_gib(p.need_bytes)})"
+
+    for res, batch in ((1024, 1), (2048, 1), (1024, 4)):
+        plans = [plan_training(shape, resolution=res, batch=batch, rank=16, checkpointing="auto",
+                               free_bytes=int(free * GIB), total_bytes=int(free * GIB),
+                               headroom_bytes=int(headroom_gib * GIB)) for _, free in cards]
+        rows.append(f"| training {res}^2, batch {batch}, r16 | " + " | ".join(cell(p) for p in plans) + " |")
+    for side, n in ((1024, 1), (2048, 1), (1024, 8)):
+        plans = [plan_generation(shape, width=side, height=side, images=n, cfg=True, weights_resident=False,
+                                 free_bytes=int(free * GIB), total_bytes=int(free * GIB),
+                                 headroom_bytes=int(headroom_gib * GIB)) for _, free in cards]
+        rows.append(f"| generation {side}^2 x{n}, CFG | " + " | ".join(cell(p) for p in plans) + " |")
+    both = [training_need(shape, resolution=1024, checkpointing=True) + shape.weight_bytes + int(headroom_gib * GIB)
+            <= free * GIB for _, free in cards]
+    rows.append("| training 1024^2 + generation model resident | "
+                + " | ".join("yes" if b else "no: released first" for b in both) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    shape = ModelShape.from_checkpoint(sys.argv[1]) if len(sys.argv) > 1 else FULL_SIZE
+    print(card_table(shape))
