@@ -171,6 +171,29 @@ def read_and_load(model: Path) -> dict:
     return {"cache_dropped": dropped, "read_s": read, "read_gbps": size / read / 1e9, "load_warm_s": load}
 
 
+def eager_check(model: Path, png: Path, seed: int, side: int, steps: int) -> dict:
+    """The same request through core.sampler's eager path, in this process, against the service's PNG."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from core.loading import load_model, load_tokenizer
+    from core.sampler import Sampler
+
+    tok = load_tokenizer(model)
+    m = load_model(model, dtype=torch.bfloat16, device="cuda", tokenizer=tok)
+    with torch.no_grad():
+        img = Sampler(m, tok, preview_every=0)([PROMPT], negative_prompt=" ", width=side, height=side, steps=steps,
+                                                guidance=5.0, seed=seed, preset="full")[0]
+    a = np.asarray(img, dtype=np.float64)
+    b = np.asarray(Image.open(png).convert("RGB"), dtype=np.float64)
+    d = np.abs(a - b)
+    mse = float((d ** 2).mean())
+    return {"mean_abs_diff_0_255": float(d.mean()), "max_abs_diff": float(d.max()),
+            "pixels_off_by_more_than_8": float((d.max(-1) > 8).mean()),
+            "psnr_db": float(10 * np.log10(255 ** 2 / mse)) if mse else float("inf")}
+
+
 def random_lora_file(model: Path, path: Path, seed: int = 1) -> Path:
     """A rank-16 LoRA on the 252 linears of the full model, random, as a ComfyUI file (~87 MB in bf16)."""
     import torch
@@ -222,9 +245,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--big", type=int, default=2048, help="the large image side")
     ap.add_argument("--gen-steps", type=int, default=50)
     ap.add_argument("--read-and-load", help=argparse.SUPPRESS)   # the child process of that stage
+    ap.add_argument("--eager-check", nargs=2, help=argparse.SUPPRESS)   # PNG SEED: child process
     a = ap.parse_args(argv)
     if a.read_and_load:
         print(json.dumps(read_and_load(Path(a.read_and_load))))
+        return {}
+    if a.eager_check:
+        print(json.dumps(eager_check(Path(a.model), Path(a.eager_check[0]), int(a.eager_check[1]), a.side,
+                                     a.gen_steps)))
         return {}
     t_start = time.perf_counter()
     out_dir = Path(a.out)
@@ -264,6 +292,8 @@ def main(argv=None) -> dict:
     svc.side, svc.steps = a.side, a.gen_steps
     gpu = GpuMemory()
     gpu.start()
+    fast_png = out_dir / "fast-seed100.png"
+    fast_png.unlink(missing_ok=True)
     try:
         R["api_up_s"] = svc.start()
         t_proc = svc.t0
@@ -273,9 +303,15 @@ def main(argv=None) -> dict:
             return {"request_s": g["seconds"], "process_start_to_image_s": time.perf_counter() - t_proc}
         stage("cold start", 200, first_image)
 
-        def series(n, **kw):
-            return [svc.generate(seed=100 + i, **kw)["seconds"] for i in range(n)]
-        base = stage("1024 no LoRA", 30, lambda: series(a.images))
+        def series(n, keep=False, **kw):
+            times = []
+            for i in range(n):
+                g = svc.generate(seed=100 + i, **kw)
+                times.append(g["seconds"])
+                if keep and i == 0:
+                    fast_png.write_bytes(svc.http.get(g["images"][0]["url"]).content)
+            return times
+        stage("1024 no LoRA", 30, lambda: series(a.images, keep=True))
 
         def imported():
             with open(lora_file, "rb") as f:
@@ -363,6 +399,11 @@ def main(argv=None) -> dict:
     finally:
         svc.stop()
         gpu.stop.set()
+        if fast_png.is_file():
+            stage("fast path vs eager (same request)", 40, lambda: json.loads(subprocess.run(
+                [sys.executable, __file__, "--eager-check", str(fast_png), "100", "--model", str(model),
+                 "--side", str(a.side), "--gen-steps", str(a.gen_steps)], cwd=REPO, capture_output=True,
+                text=True, check=True).stdout.strip().splitlines()[-1]))
         R["gpu_peak_mib_by_pid"] = gpu.peak
         R["gpu_process_names"] = gpu.names
         R["total_s"] = time.perf_counter() - t_start
@@ -413,6 +454,10 @@ def make_table(R: dict) -> str:
     for k in (4, 8):
         if c := st.get(f"concurrent {k}"):
             rows.append((f"images/s, {k} concurrent requests", f"{c['images_per_s']:.3f}"))
+    if c := st.get("fast path vs eager (same request)"):
+        rows.append(("service image vs eager core.sampler, same request (0-255 levels)",
+                     f"mean |d| {c['mean_abs_diff_0_255']:.2f}, max {c['max_abs_diff']:.0f}, "
+                     f"{c['pixels_off_by_more_than_8']:.2%} px off by > 8, PSNR {c['psnr_db']:.1f} dB"))
     if c := st.get("cancel"):
         rows.append(("cancel a running 4-image generation", json.dumps(c)))
     names = R.get("gpu_process_names", {})

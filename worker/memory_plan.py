@@ -4,7 +4,7 @@
 
 A job is checked before any weight is loaded: a training that cannot fit fails at once with a message
 naming the numbers, one that fits only with gradient checkpointing gets it turned on, and one that fits as
-asked runs as asked ("auto" checkpointing becomes off when the activations fit: it is ~15% faster). The
+asked runs as asked ("auto" checkpointing becomes off when the activations fit: ~8% faster per step). The
 estimates are linear fits of peaks measured on an H200 with the full-size model (bench/RESULTS.md,
 "Memory plan"); for another model size they scale with its weights and with layers x hidden:
 

@@ -45,6 +45,9 @@ def checkpoint_every(params: dict, steps: int) -> int:
     return int(params.get("checkpoint_every") or max(1, min(500, steps // 10)))
 
 
+# Set when the memory plan released the generation model mid-setup (reloaded after the training).
+_released_when_needed = threading.Event()
+
 # Set by SIGTERM in the processes of a multi-GPU job (worker/train_ranks.py), which have no Celery state.
 terminate_requested = threading.Event()
 
@@ -82,13 +85,19 @@ def run_training(job_id: str, c: WorkerContext | None = None) -> str:
     taken = take(c, "training", job_id)
     if not taken.runs:
         return taken.outcome
+    released = False
     if c.settings.training_releases_generation_model == "always":
-        release_generation_model()     # one copy of the base per GPU: the trainer loads its own
-    ranks = training_processes(c)
-    if ranks > 1:
-        from worker.train_ranks import run_ranks
-        return run_ranks(c, taken.job, ranks)
-    return run_owned(c, taken.job)
+        released = release_generation_model()     # one copy of the base per GPU: the trainer loads its own
+    try:
+        ranks = training_processes(c)
+        if ranks > 1:
+            from worker.train_ranks import run_ranks
+            return run_ranks(c, taken.job, ranks)
+        return run_owned(c, taken.job)
+    finally:
+        if released or _released_when_needed.is_set():
+            _released_when_needed.clear()
+            rewarm_generation_model(c)
 
 
 def training_processes(c: WorkerContext) -> int:
@@ -107,19 +116,47 @@ def release_generation_model() -> bool:
     host = getattr(generation, "_host", None)
     if host is None or not host.release():
         return False
-    free_gpu_memory()
-    log.info("released the generation model for a training")
+    left = free_gpu_memory()
+    log.info("released the generation model for a training; %.2f GiB still allocated", left / GIB)
     return True
 
 
-def free_gpu_memory() -> None:
+def rewarm_generation_model(c: WorkerContext) -> None:
+    """After a training that released it, load the generation model again and compile its warm-up sizes, on
+    a thread (generation requests wait on the host's lock), so the next image does not pay for it."""
+    from worker import generation
+
+    warm = getattr(generation, "warm_up", None)
+    if warm is None:
+        return
+    threading.Thread(target=_quietly, args=(warm, c), name="rewarm-generation", daemon=True).start()
+
+
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception:      # a failed warm-up only costs the next request its compilation
+        log.exception("re-warming the generation model failed")
+
+
+def free_gpu_memory() -> int:
+    """Collect garbage and hand cached blocks back to the driver; bytes still allocated by this process.
+
+    Compiled graphs can keep tensors of a dropped model alive (dynamo's cache holds references through
+    guards); when anything remains allocated here, where no job runs, that cache is dropped too."""
     gc.collect()
     try:
         import torch
     except ImportError:
-        return
-    if torch.cuda.is_available():
+        return 0
+    if not torch.cuda.is_available():
+        return 0
+    torch.cuda.empty_cache()
+    if torch.cuda.memory_allocated() > GIB // 2:
+        torch._dynamo.reset()
+        gc.collect()
         torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated()
 
 
 def gpu_memory() -> tuple[int, int] | None:
@@ -145,6 +182,7 @@ def fit_to_gpu(c: WorkerContext, job: TrainingJob, cfg):
 
     p = plan(*mem)
     if p.action != "run" and release_generation_model():     # "when_needed": it was kept until now
+        _released_when_needed.set()
         p = plan(*gpu_memory())
     p.raise_if_refused()
     if p.message:
@@ -265,7 +303,8 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
     finally:
         # The trainer's model, optimizer and activations are garbage now (reference cycles included): hand
         # the GPU back before the next job of this worker (a generation reloads its base into it).
-        free_gpu_memory()
+        left = free_gpu_memory()
+        log.info("training %s: GPU memory handed back; %.2f GiB still allocated", job.id, left / GIB)
     if oom is not None:        # raised here, outside the handler: the traceback's tensors are gone
         raise MemoryPlanError(oom)
     if not is_main_rank():
