@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -32,11 +33,16 @@ log = logging.getLogger(__name__)
 _host: ModelHost | None = None
 
 
+def host_key(s) -> tuple:
+    """The settings a resident host is built from (a change builds a new one)."""
+    return (s.model_path, s.lora_cache_size, s.generate_compile, s.lora_max_rank, s.cfg_split_pixels)
+
+
 def host(c: WorkerContext) -> ModelHost:
     """The process's resident model; built on the first generation, kept for every later one."""
     global _host
     s = c.settings
-    key = (s.model_path, s.lora_cache_size, s.generate_compile, s.lora_max_rank, s.cfg_split_pixels)
+    key = host_key(s)
     if _host is None or _host.key != key:
         _host = ModelHost(s.model_path, s.lora_cache_size, compile=s.generate_compile, lora_max_rank=s.lora_max_rank,
                           cfg_split_pixels=s.cfg_split_pixels)
@@ -57,6 +63,28 @@ def warm_up(c: WorkerContext | None = None) -> dict[str, float]:
     c = c or ctx()
     h = host(c)
     return h.warm_up(warmup_sizes(c, h))
+
+
+def start_warm_up(consumer=None) -> threading.Thread | None:
+    """warm_up in a daemon thread when this worker consumes the generate queue and sizes are configured."""
+    from worker.celery_app import GENERATE_QUEUE
+    try:
+        queues = {q.name for q in consumer.task_consumer.queues}
+    except AttributeError:  # not started by Celery, or another Celery layout: assume it serves generations
+        queues = set()
+    c = ctx()
+    if (queues and GENERATE_QUEUE not in queues) or not warmup_sizes(c, host(c)):
+        return None
+
+    def run():
+        try:
+            log.info("warm-up done: %s", warm_up(c))
+        except Exception:  # a failed warm-up only costs the first request its compile
+            log.exception("warm-up failed")
+
+    t = threading.Thread(target=run, name="o1lora-warm-up", daemon=True)
+    t.start()
+    return t
 
 
 def image_url(generation_id: str, index: int) -> str:
@@ -132,8 +160,8 @@ def run_rows(c: WorkerContext, gens: list[Generation]) -> dict[str, str]:
         with c.sessions() as s:
             for r in rows:
                 if r.active and not record_generation_progress(s, generation_id=r.gen.id, worker_id=c.worker_id,
-                                                               step=r.progress):
-                    r.end = "lost"
+                                                               step=r.progress) and r.end is None:
+                    r.end = "lost"  # (a row that just finished also fails this write: its end is set first)
         return any(r.active for r in rows)
 
     try:
@@ -166,10 +194,10 @@ def run_rows(c: WorkerContext, gens: list[Generation]) -> dict[str, str]:
 
 
 def _fail(c: WorkerContext, r: Row, error: str) -> None:
+    r.end = "failed"  # before the write: the heartbeat thread then leaves the row alone
     with c.sessions() as s:
         fail_generation(s, generation_id=r.gen.id, worker_id=c.worker_id, error=error)
     publish(c, "generation", r.gen.id, "status", {"status": "failed", "error": error})
-    r.end = "failed"
 
 
 def _generate(c: WorkerContext, rows: list[Row]) -> None:
@@ -282,12 +310,12 @@ def _finish(c: WorkerContext, rows: list[Row]) -> None:
     for r in rows:
         if not r.active:
             continue
+        r.end = "succeeded"  # before the write: the heartbeat thread then leaves the row alone
         with c.sessions() as s:
             if not finish_generation(s, generation_id=r.gen.id, worker_id=c.worker_id):
                 r.end = "lost"
                 continue
         publish(c, "generation", r.gen.id, "status", {"status": "succeeded"})
-        r.end = "succeeded"
 
 
 if __name__ == "__main__":

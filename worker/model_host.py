@@ -84,11 +84,10 @@ class ModelHost:
 
     def compile_backend(self):
         """What the sampler compiles with: None (eager), "inductor", or the backend given."""
-        model = self.model()
         if self.compile == "off":
             return None
         if self.compile == "auto":
-            return "inductor" if model.device.type == "cuda" else None
+            return "inductor" if pick_device()[0] == "cuda" else None
         return "inductor" if self.compile == "on" else self.compile
 
     @property
