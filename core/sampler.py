@@ -119,7 +119,9 @@ class Sampler:
             # best kernels); the prompt length and the batch are marked dynamic explicitly (see _fast).
             self._compiled = torch.compile(model.denoise, backend=backend, dynamic=False)
             # sizes x {one row, a batch} x {padded, unpadded prompts}: room for more than the default 8
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            cfg = torch._dynamo.config
+            limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # older torch
+            setattr(cfg, limit, max(getattr(cfg, limit), 64))
         self.tokenizer = tokenizer
         self.preview_every = preview_every  # decode the x0 preview every this many steps (and the last)
         # replay each request's denoise call as a CUDA graph (captured at its first step): removes the
