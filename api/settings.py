@@ -59,6 +59,21 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(1.0, ge=0, description="a job writes progress / reads cancel at most this often")
     reconcile_interval_s: float = Field(15.0, ge=0, description="each worker's reconciler pass period; 0 = off")
     lora_cache_size: int = Field(8, gt=0, description="LoRAs a generation worker keeps bound in memory (LRU)")
+    # Generation fast path (worker/model_host.py, worker/generation_batch.py).
+    generate_compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the denoise step: auto = on with CUDA, off on the CPU")
+    warmup_sizes: str = Field(
+        "auto", description="WxH list compiled at generation-worker start, e.g. 1024x1024,2048x2048; "
+                            "empty = none; auto = 1024x1024 when compiling, else none")
+    cfg_split_pixels: int = Field(
+        2048 * 2048, gt=0, description="CFG as two unpadded calls from this many pixels up, one batch below")
+    lora_max_rank: int = Field(
+        64, ge=0, description="LoRA ranks per linear held as data (all active LoRAs together); more fall "
+                              "back to hooks (a recompile); 0 = hooks only")
+    generate_max_batch: int = Field(
+        4, ge=1, description="most images of queued compatible generations sampled in one batched call")
+    generate_batch_wait_s: float = Field(
+        0.05, ge=0, description="how long a generation waits for compatible queued ones to batch with")
     train_processes: int = Field(0, ge=0, description="processes (DDP ranks) per training job: 0 = one per "
                                                        "visible GPU of the worker (1 without GPUs)")
 

@@ -194,10 +194,16 @@ class PrefixCache:
         lengths = None if self.ar_lengths is None else self.ar_lengths.index_select(0, rows)
         return PrefixCache(kv, self.gen_position_ids.index_select(1, rows), self.n_ar, lengths)
 
+    @property
+    def kv_length(self):
+        """The AR length as the K/V tensors give it: equal to n_ar, but under torch.compile a size that can
+        be dynamic (the int attribute would be specialised, one compile per prompt length)."""
+        return next(iter(self.kv.values()))[0].shape[2]
+
     def key_mask(self, n_gen: int) -> torch.Tensor | None:
         if self.ar_lengths is None:
             return None
-        return _key_mask(self.ar_lengths, self.n_ar, n_gen)
+        return _key_mask(self.ar_lengths, self.kv_length, n_gen)
 
 
 def _key_mask(ar_lengths: torch.Tensor, n_ar: int, n_gen: int) -> torch.Tensor:
@@ -425,7 +431,7 @@ class HiDreamO1(nn.Module):
         if hidden.shape[1] != prefix.gen_position_ids.shape[-1]:
             raise ValueError(f"vinputs have {vinputs.shape[1]} tokens but the layout has "
                              f"{prefix.gen_position_ids.shape[-1] - 1} image positions")
-        plan = _AttnPlan("denoise", n_ar=prefix.n_ar, key_mask=prefix.key_mask(hidden.shape[1]), kv=prefix.kv)
+        plan = _AttnPlan("denoise", n_ar=prefix.kv_length, key_mask=prefix.key_mask(hidden.shape[1]), kv=prefix.kv)
         hidden = self._run_layers(hidden, prefix.gen_position_ids, plan)
         return self.model.final_layer2(hidden[:, 1:])
 

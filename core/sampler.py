@@ -38,7 +38,11 @@ Callback = Callable[[int, int, "Image.Image | None"], None]
 
 @dataclass
 class Request:
-    """A validated sampling request (what __call__ and reference share)."""
+    """A validated sampling request (what __call__, sample and reference share).
+
+    Image i (prompt-major) is prompts[rows[i]] with negative prompt negatives[neg_rows[i]] and seed seeds[i];
+    __call__ fills these as seed + i and one negative prompt, `sample` takes them per image.
+    """
 
     prompts: list[str]
     negative_prompt: str
@@ -48,6 +52,19 @@ class Request:
     num_images: int
     preset: Preset
     references: object = None  # core.layout.References (editing / personalisation), or None
+    rows: list[int] | None = None
+    negatives: list[str] | None = None
+    neg_rows: list[int] | None = None
+    seeds: list[int] | None = None
+
+    def __post_init__(self):
+        n = len(self.prompts) * self.num_images
+        if self.rows is None:
+            self.rows = [i // self.num_images for i in range(n)]
+        if self.negatives is None:
+            self.negatives, self.neg_rows = [self.negative_prompt], [0] * len(self.rows)
+        if self.seeds is None:
+            self.seeds = [self.seed + i for i in range(len(self.rows))]
 
     @property
     def cfg(self) -> bool:
@@ -55,11 +72,21 @@ class Request:
 
     @property
     def n_images(self) -> int:
-        return len(self.prompts) * self.num_images
+        return len(self.rows)
 
     def image_seeds(self) -> list[int]:
-        """Image i of the request (prompt-major) uses seed + i."""
-        return [self.seed + i for i in range(self.n_images)]
+        """Image i of the request (prompt-major) uses seed + i (or the seed `sample` was given for it)."""
+        return list(self.seeds)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image of a `Sampler.sample` batch: its prompt, negative prompt and seed (the noise of image
+    `seed` is the noise __call__ gives its image i when seed = seed0 + i)."""
+
+    prompt: str
+    negative_prompt: str = " "
+    seed: int = 0
 
 
 def to_pil(z: torch.Tensor, height: int, width: int) -> list[Image.Image]:
@@ -77,12 +104,24 @@ def initial_noise(seed: int, height: int, width: int, scale: float) -> torch.Ten
 
 class Sampler:
     def __init__(self, model, tokenizer, preview_every: int = 1, cuda_graph: bool = False, cfg_batch: bool = True,
-                 compile: bool = False):
+                 compile: bool | str | Callable = False, cfg_split_pixels: int | None = None):
         self.model = model
         # torch.compile of the per-step call fuses the ~30 elementwise / cast kernels of each layer (norms,
         # rotary, SwiGLU): 1.4x per step on an H200 at 1024 px (bench/RESULTS.md). Off by default: the first
-        # request of each new shape pays the compilation (tens of seconds at full size).
-        self._compiled = torch.compile(model.denoise, dynamic=None) if compile else None
+        # request of each new shape pays the compilation (tens of seconds at full size). A string picks
+        # the backend (tests use "eager" / "aot_eager" on the CPU). The prefix length (prompt tokens) is
+        # marked dynamic, so prompts of any length share one graph per image size and batch; LoRAs must
+        # be set through LoRA slots (core.lora.slots) to switch without recompiling.
+        self._compiled = None
+        if compile:
+            backend = "inductor" if compile is True else compile
+            # dynamic=False: no automatic dynamic shapes, so each image size gets its own static graph (the
+            # best kernels); the prompt length and the batch are marked dynamic explicitly (see _fast).
+            self._compiled = torch.compile(model.denoise, backend=backend, dynamic=False)
+            # sizes x {one row, a batch} x {padded, unpadded prompts}: room for more than the default 8
+            cfg = torch._dynamo.config
+            limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # older torch
+            setattr(cfg, limit, max(getattr(cfg, limit), 64))
         self.tokenizer = tokenizer
         self.preview_every = preview_every  # decode the x0 preview every this many steps (and the last)
         # replay each request's denoise call as a CUDA graph (captured at its first step): removes the
@@ -92,6 +131,20 @@ class Sampler:
         # CFG rows in one denoise call (prompts padded to one length, so attention takes a key-padding
         # mask); False: cond and uncond as two calls, each unpadded, so SDPA can pick mask-free kernels
         self.cfg_batch = cfg_batch
+        # when set, CFG is two calls for images of at least this many pixels and one batch below it
+        # (at 2048^2 the two unpadded calls measured faster on an H200: 294.8 vs 315.4 ms per step)
+        self.cfg_split_pixels = cfg_split_pixels
+        self.denoise_calls = 0  # batched denoise calls made (one per group per step); tests count them
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    def cfg_batched(self, width: int, height: int) -> bool:
+        """Whether CFG runs as one padded batch (True) or as two unpadded calls at this size."""
+        if self.cfg_split_pixels is not None:
+            return width * height < self.cfg_split_pixels
+        return self.cfg_batch
 
     # ------------------------------------------------------------------------------ request handling
     def _request(self, prompts, negative_prompt, width, height, steps, guidance, seed, preset, scheduler,
@@ -167,31 +220,67 @@ class Sampler:
         return_latents=True returns the final patch tokens [n_images, N, 3072] instead of images."""
         req = self._request(prompts, negative_prompt, width, height, steps, guidance, seed, preset, scheduler,
                             shift, num_images, snap, references)
+        return self._fast(req, callback, return_latents)
+
+    @torch.no_grad()
+    def sample(self, images: Sequence[ImageSpec], width: int = 1024, height: int = 1024, steps: int | None = None,
+               guidance: float | None = None, preset: str | Preset = "full", scheduler: str | None = None,
+               shift: float | None = None, callback: Callback | None = None, snap: bool = False,
+               return_latents: bool = False) -> list[Image.Image] | torch.Tensor:
+        """One batched sampling call for images that share size and settings but each have their own prompt,
+        negative prompt and seed (the images of several requests, or the missing images of one). Image i
+        equals what __call__ gives for its prompt with seed=images[i].seed (up to batching's float noise)."""
+        images = list(images)
+        if not images or not all(isinstance(im, ImageSpec) for im in images):
+            raise ValueError("images must be a non-empty list of ImageSpec")
+        for im in images:
+            if not isinstance(im.seed, int) or im.seed < 0:
+                raise ValueError(f"seed must be a non-negative integer, got {im.seed!r}")
+        prompts = list(dict.fromkeys(im.prompt for im in images))
+        negatives = list(dict.fromkeys(im.negative_prompt for im in images))
+        req = self._request(prompts, negatives[0], width, height, steps, guidance, images[0].seed, preset,
+                            scheduler, shift, 1, snap)
+        for neg in negatives:
+            if not isinstance(neg, str):
+                raise ValueError(f"negative_prompt must be a string, got {type(neg).__name__}")
+        req.rows = [prompts.index(im.prompt) for im in images]
+        req.negatives, req.neg_rows = negatives, [negatives.index(im.negative_prompt) for im in images]
+        req.seeds = [im.seed for im in images]
+        return self._fast(req, callback, return_latents)
+
+    def _fast(self, req: Request, callback, return_latents):
         model, device = self.model, self.model.device
-        n, k = req.n_images, req.num_images
         vision = None
         if req.references is not None:  # the vision tower runs once per request, shared by every row
             with self._autocast(device):
                 vision = model.vision_features(req.references.pixel_values.to(device),
                                                req.references.image_grid_thw.to(device))
-        # rows: every image's cond prompt, then (CFG) the negative prompt once per image
-        cond = (req.prompts, [i // k for i in range(n)])
-        uncond = ([req.negative_prompt], [0] * n)
+        # rows: every image's cond prompt, then (CFG) its negative prompt
+        cond = (req.prompts, req.rows)
+        uncond = (req.negatives, req.neg_rows)
         if not req.cfg:
             groups = [cond]
-        elif self.cfg_batch:
-            groups = [(cond[0] + uncond[0], cond[1] + [len(req.prompts)] * n)]
+        elif self.cfg_batched(req.width, req.height):
+            groups = [(cond[0] + uncond[0], cond[1] + [len(req.prompts) + j for j in uncond[1]])]
         else:
             groups = [cond, uncond]
         prefixes = [self._prefix(req, texts, rows, vision) for texts, rows in groups]
+        step_fn = model.denoise
+        if self._compiled is not None:
+            step_fn = self._compiled
+            for prefix in prefixes:
+                mark_prefix_dynamic(prefix)
 
         def denoise(vinputs, t):
             out, i = [], 0
-            for prefix in prefixes:  # one call per group: a single one unless cfg_batch is off
+            for prefix in prefixes:  # one call per group: a single one unless CFG runs as two calls
                 b = prefix.batch_size
+                vin, tt = vinputs[i:i + b], t[i:i + b]
+                if self._compiled is not None:
+                    mark_batch_dynamic(vin, tt)
                 with self._autocast(device):
-                    step_fn = self._compiled or model.denoise
-                    out.append(step_fn(prefix, vinputs[i:i + b], t[i:i + b]))
+                    out.append(step_fn(prefix, vin, tt))
+                self.denoise_calls += 1
                 i += b
             return out[0] if len(out) == 1 else torch.cat(out)
 
@@ -231,9 +320,9 @@ class Sampler:
                             shift, num_images, snap, references)
         model, device = self.model, self.model.device
         fwd = model.reference_forward if dense else model
-        one = {t: collate([self._layout(req, t)]).to(device) for t in req.prompts + [req.negative_prompt]}
-        rows = [req.prompts[i // req.num_images] for i in range(req.n_images)]
-        rows += [req.negative_prompt] * req.n_images if req.cfg else []
+        one = {t: collate([self._layout(req, t)]).to(device) for t in req.prompts + req.negatives}
+        rows = [req.prompts[r] for r in req.rows]
+        rows += [req.negatives[r] for r in req.neg_rows] if req.cfg else []
 
         def predict(z_in, t):
             out = []
@@ -260,6 +349,30 @@ class Sampler:
 
         z = flow_loop(sched, z, predict, guidance, on_step)
         return z if return_latents else to_pil(z, req.height, req.width)
+
+
+def mark_prefix_dynamic(prefix) -> None:
+    """Mark the prompt-length dim of a prefix's tensors dynamic for torch.compile: prompts of every length
+    share one compiled denoise per image size (and batch kind) instead of one compile per length. The batch
+    dim is marked too when above 1: every batch of 2+ rows shares one graph, a single row keeps its own
+    (fully static) one."""
+    batched = prefix.batch_size > 1
+    for k, v in prefix.kv.values():
+        for x in (k, v):
+            torch._dynamo.mark_dynamic(x, 2)
+            if batched:
+                torch._dynamo.maybe_mark_dynamic(x, 0)
+    if batched:
+        torch._dynamo.maybe_mark_dynamic(prefix.gen_position_ids, 1)
+        if prefix.ar_lengths is not None:
+            torch._dynamo.maybe_mark_dynamic(prefix.ar_lengths, 0)
+
+
+def mark_batch_dynamic(*tensors: torch.Tensor) -> None:
+    """The per-step inputs' batch dim, as mark_prefix_dynamic marks the prefix's (only when above 1)."""
+    for x in tensors:
+        if x.shape[0] > 1:
+            torch._dynamo.maybe_mark_dynamic(x, 0)
 
 
 def flow_loop(sched, z: torch.Tensor, predict, guidance: float | None = None, on_step=None) -> torch.Tensor:

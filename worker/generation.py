@@ -1,35 +1,90 @@
-"""One generation job: row -> resident model (+ LoRAs with scales) -> PNGs in the store -> row.
+"""Generation jobs: rows -> resident model (+ LoRAs with scales) -> PNGs in the store -> rows.
 
 Called by the `o1lora.generate` task (worker/tasks.py); runnable on its own for a queued row:
 
     python -m worker.generation GENERATION_ID
+
+One request is one batch: the text prefix is encoded and the LoRAs are set once, and every image still
+missing (a re-run keeps the images already stored) is sampled in one batched sampler call, image i seeded
+with seed + i, so it equals the image a one-by-one run gives. Compatible queued generations can join that
+batch (worker/generation_batch.py); each row keeps its own progress, images, cancel and outcome.
 """
 from __future__ import annotations
 
 import io
 import logging
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 
-from db.generations import (add_generation_image, fail_generation, finish_generation,
-                            record_generation_progress)
+from db import jobs
+from db.generations import (add_generation_image, add_generation_warnings, fail_generation, finish_generation,
+                            is_generation_cancel_requested, mark_generation_canceled, record_generation_progress)
 from db.loras import get_lora
+from db.models import Generation, GenerationImage
 from worker.context import WorkerContext, ctx
-from worker.model_host import ModelHost
+from worker.model_host import ModelHost, parse_sizes
 from worker.pacing import Every, Heartbeat
-from worker.runs import JobLost, TimeLimitExceeded, local_dir, local_file, publish, run_with_heartbeat, take
+from worker.runs import TimeLimitExceeded, local_dir, local_file, publish, short_error, take
 
 log = logging.getLogger(__name__)
 
 _host: ModelHost | None = None
 
 
+def host_key(s) -> tuple:
+    """The settings a resident host is built from (a change builds a new one)."""
+    return (s.model_path, s.lora_cache_size, s.generate_compile, s.lora_max_rank, s.cfg_split_pixels)
+
+
 def host(c: WorkerContext) -> ModelHost:
     """The process's resident model; built on the first generation, kept for every later one."""
     global _host
-    if _host is None or _host.model_path != c.settings.model_path:
-        _host = ModelHost(c.settings.model_path, c.settings.lora_cache_size)
+    s = c.settings
+    key = host_key(s)
+    if _host is None or _host.key != key:
+        _host = ModelHost(s.model_path, s.lora_cache_size, compile=s.generate_compile, lora_max_rank=s.lora_max_rank,
+                          cfg_split_pixels=s.cfg_split_pixels)
+        _host.key = key
     return _host
+
+
+def warmup_sizes(c: WorkerContext, h: ModelHost) -> list[tuple[int, int]]:
+    """O1LORA_WARMUP_SIZES; "auto" = 1024x1024 when the denoise is compiled (CUDA by default), else none."""
+    text = c.settings.warmup_sizes.strip()
+    if text.lower() == "auto":
+        return [(1024, 1024)] if h.compile_backend() else []
+    return parse_sizes(text)
+
+
+def warm_up(c: WorkerContext | None = None) -> dict[str, float]:
+    """Load the model and compile the configured sizes (a generation worker calls it when it starts)."""
+    c = c or ctx()
+    h = host(c)
+    return h.warm_up(warmup_sizes(c, h))
+
+
+def start_warm_up(consumer=None) -> threading.Thread | None:
+    """warm_up in a daemon thread when this worker consumes the generate queue and sizes are configured."""
+    from worker.celery_app import GENERATE_QUEUE
+    try:
+        queues = {q.name for q in consumer.task_consumer.queues}
+    except AttributeError:  # not started by Celery, or another Celery layout: assume it serves generations
+        queues = set()
+    c = ctx()
+    if (queues and GENERATE_QUEUE not in queues) or not warmup_sizes(c, host(c)):
+        return None
+
+    def run():
+        try:
+            log.info("warm-up done: %s", warm_up(c))
+        except Exception:  # a failed warm-up only costs the first request its compile
+            log.exception("warm-up failed")
+
+    t = threading.Thread(target=run, name="o1lora-warm-up", daemon=True)
+    t.start()
+    return t
 
 
 def image_url(generation_id: str, index: int) -> str:
@@ -51,76 +106,216 @@ def lora_path(c: WorkerContext, lora_id: str, owner_id: str):
     raise ValueError(f"LoRA {lora_id} has no stored file")
 
 
+def worker_shutting_down() -> bool:
+    from worker.training import worker_shutting_down as shutting_down  # the trainings' own test, reused
+    return shutting_down()
+
+
+@dataclass
+class Row:
+    """One claimed generation in the running batch."""
+    gen: Generation
+    todo: list[int]                   # image indexes not stored yet
+    progress: int = 0
+    end: str | None = None            # set once the row stops: "canceled", "lost", "requeued", "failed", ...
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.end is None
+
+
+class _HandBack(Exception):
+    """The worker is shutting down: give the running rows back to the queue."""
+
+
+class _AllStopped(Exception):
+    """Every row of the batch was canceled or lost: nothing left to compute."""
+
+
 def run_generation(generation_id: str, c: WorkerContext | None = None) -> str:
-    """Run the generation if this worker should (see worker.runs.take); returns what happened."""
+    """Run the generation if this worker should (see worker.runs.take); returns what happened to it."""
     c = c or ctx()
     taken = take(c, "generation", generation_id)
     if not taken.runs:
         return taken.outcome
-    gen = taken.job
+    from worker.generation_batch import join_batch
+    rows = [taken.job] + join_batch(c, taken.job)
+    return run_rows(c, rows)[generation_id]
+
+
+def missing_images(c: WorkerContext, gen: Generation) -> list[int]:
+    """Image indexes without a stored image (a re-run after a hand-back or a takeover keeps the others)."""
+    from sqlalchemy import select
+    with c.sessions() as s:
+        have = set(s.scalars(select(GenerationImage.index).where(GenerationImage.generation_id == gen.id)))
+    return [i for i in range(int(gen.num_images)) if i not in have]
+
+
+def run_rows(c: WorkerContext, gens: list[Generation]) -> dict[str, str]:
+    """Run claimed generations of one size and settings as one batch; {generation id: outcome}."""
+    rows = [Row(g, missing_images(c, g)) for g in gens]
 
     def beat() -> bool:
         with c.sessions() as s:
-            return record_generation_progress(s, generation_id=gen.id, worker_id=c.worker_id, step=progress[0])
+            for r in rows:
+                if r.active and not record_generation_progress(s, generation_id=r.gen.id, worker_id=c.worker_id,
+                                                               step=r.progress) and r.end is None:
+                    r.end = "lost"  # (a row that just finished also fails this write: its end is set first)
+        return any(r.active for r in rows)
 
-    progress = [0]
-    stopped = run_with_heartbeat(
-        c, "generation", gen.id, beat=beat, body=lambda hb: _generate(c, gen, progress, hb),
-        fail=lambda s, error: fail_generation(s, generation_id=gen.id, worker_id=c.worker_id, error=error))
-    if stopped is not None:
-        return stopped
+    try:
+        with Heartbeat(beat, c.heartbeat_interval_s, lambda e: log.warning("heartbeat: %s", e)):
+            _generate(c, rows)
+    except _HandBack:
+        from worker.dispatch import enqueue
+        for r in rows:
+            if r.active:
+                with c.sessions() as s:
+                    if jobs.hand_back(s, Generation, job_id=r.gen.id, worker_id=c.worker_id):
+                        enqueue(s, "generation", r.gen.id)
+                log.info("generation %s: worker shutting down; handed back to the queue", r.gen.id)
+                r.end = "requeued"
+    except _AllStopped:
+        pass
+    except Exception as e:
+        log.exception("generation batch %s failed", [r.gen.id for r in rows])
+        for r in rows:
+            if r.active:
+                _fail(c, r, short_error(e))
+    for r in rows:
+        if r.end == "canceled":
+            with c.sessions() as s:
+                mark_generation_canceled(s, job_id=r.gen.id, worker_id=c.worker_id)
+            publish(c, "generation", r.gen.id, "status", {"status": "canceled"})
+        elif r.end == "lost":
+            log.warning("generation %s: taken over by another worker; stopped", r.gen.id)
+    return {r.gen.id: r.end or "succeeded" for r in rows}
+
+
+def _fail(c: WorkerContext, r: Row, error: str) -> None:
+    r.end = "failed"  # before the write: the heartbeat thread then leaves the row alone
     with c.sessions() as s:
-        if not finish_generation(s, generation_id=gen.id, worker_id=c.worker_id):
-            return "lost"
-    publish(c, "generation", gen.id, "status", {"status": "succeeded"})
-    return "succeeded"
+        fail_generation(s, generation_id=r.gen.id, worker_id=c.worker_id, error=error)
+    publish(c, "generation", r.gen.id, "status", {"status": "failed", "error": error})
 
 
-def _generate(c: WorkerContext, gen, progress: list[int], hb: Heartbeat) -> None:
+def _generate(c: WorkerContext, rows: list[Row]) -> None:
+    import torch
+
     from core.lora import apply_loras
-    from core.sampler import Sampler
+    from core.sampler import ImageSpec, to_pil
 
-    p = gen.params
-    steps, n = int(p["steps"]), int(gen.num_images)
+    lead = rows[0].gen
+    p = lead.params
+    steps = int(p["steps"])
+    width, height = int(p["width"]), int(p["height"])
     deadline = time.monotonic() + c.settings.generate_time_limit_s
     h = host(c)
-    model = h.model()
-    loras = [(h.lora(ref["id"], lambda ref=ref: lora_path(c, ref["id"], gen.owner_id)), float(ref.get("scale", 1.0)))
-             for ref in p.get("loras", [])]
-    write = Every(c.settings.progress_interval_s)
-    sampler = Sampler(model, h.tokenizer, preview_every=0)  # no per-step x0 decode: only the final image
-    seed0 = int(p.get("seed") or 0)
+    with h.lock:
+        model = h.model()
+        refs = p.get("loras", [])
+        loras = [(h.lora(ref["id"], lambda ref=ref: lora_path(c, ref["id"], lead.owner_id)),
+                  float(ref.get("scale", 1.0))) for ref in refs]
+        _warn_unplaced(c, rows, loras)
+        specs, owners = [], []
+        for r in rows:
+            seed0 = int(r.gen.params.get("seed") or 0)
+            neg = r.gen.params.get("negative_prompt", " ") or " "
+            for i in r.todo:
+                specs.append(ImageSpec(r.gen.prompt, neg, seed0 + i))
+                owners.append((r, i))
+        if not specs:  # every image was stored by an earlier attempt
+            _finish(c, rows)
+            return
+        write = Every(c.settings.progress_interval_s)
 
-    # One image per sampler call with seed + i: the sampler's own convention for image i, and each image
-    # can be stored and announced as soon as it is done.
-    for i in range(n):
-        def on_step(step, total, _preview=None, i=i):
-            # The row's total_steps is authoritative (steps per image or for all images): scale onto it.
-            progress[0] = min(gen.total_steps, round((i * steps + int(step)) * gen.total_steps / (n * steps)))
-            if hb.lost.is_set():
-                raise JobLost()
+        def on_step(step, total, _preview=None):
+            for r in rows:
+                n = int(r.gen.num_images)
+                done = (n - len(r.todo)) * steps + int(step) * len(r.todo)
+                r.progress = min(r.gen.total_steps, round(done * r.gen.total_steps / (n * steps)))
             if time.monotonic() > deadline:
                 raise TimeLimitExceeded(f"generation exceeded {c.settings.generate_time_limit_s:.0f} s")
+            if worker_shutting_down():
+                raise _HandBack()
             if write():
-                with c.sessions() as s:
-                    if not record_generation_progress(s, generation_id=gen.id, worker_id=c.worker_id,
-                                                      step=progress[0]):
-                        raise JobLost()
-                publish(c, "generation", gen.id, "progress", {"step": progress[0], "total_steps": gen.total_steps})
+                _write_progress(c, rows)
+            if not any(r.active for r in rows):
+                raise _AllStopped()
 
         with apply_loras(model, loras):
-            image = sampler([gen.prompt], negative_prompt=p.get("negative_prompt", " ") or " ",
-                            width=int(p["width"]), height=int(p["height"]), steps=steps,
-                            guidance=p.get("guidance"), seed=seed0 + i,
-                            preset=p.get("preset", "full"), callback=on_step)[0]
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        key = f"generations/{gen.id}/{i}.png"
-        c.store.put_bytes(key, buf.getvalue())
+            z = h.sampler.sample(specs, width=width, height=height, steps=steps, guidance=p.get("guidance"),
+                                 preset=p.get("preset", "full"), callback=on_step, return_latents=True)
+        finite = torch.isfinite(z.float()).flatten(1).all(1).tolist()  # the one host sync of the batch
+        images = to_pil(z, height, width)
+    for r in rows:  # a row with a non-finite image fails as a whole: none of its images is stored
+        if r.active and not all(ok for ok, (o, _) in zip(finite, owners) if o is r):
+            _fail(c, r, nonfinite_message(refs))
+    for image, (r, i) in zip(images, owners):
+        if r.active:
+            _store(c, r.gen, i, image, int(r.gen.params.get("seed") or 0) + i)
+    _finish(c, rows)
+
+
+def nonfinite_message(lora_refs: list[dict]) -> str:
+    if lora_refs:
+        names = ", ".join(f"{ref['id']} (scale {float(ref.get('scale', 1.0)):g})" for ref in lora_refs)
+        return (f"the image came out with NaN/Inf values, so nothing was saved; the likely cause is a LoRA with "
+                f"non-finite or very large weights, or too large a scale: {names}. Try without it or a lower scale")
+    return "the image came out with NaN/Inf values, so nothing was saved (the base model gave non-finite output)"
+
+
+def _warn_unplaced(c: WorkerContext, rows: list[Row], loras) -> None:
+    """LoRA keys that place nowhere become a warning on each row (the user sees it, not only the log)."""
+    warnings = []
+    for bound, _ in loras:
+        if bound.unplaced:
+            first = bound.unplaced[0].split(":")[0]
+            warnings.append(f"LoRA {bound.name}: {len(bound.unplaced)} of its keys fit no module of this model "
+                            f"and were ignored (e.g. {first})")
+    if warnings:
         with c.sessions() as s:
-            add_generation_image(s, generation_id=gen.id, index=i, storage_key=key, width=image.width,
-                                 height=image.height, seed=seed0 + i)
-        publish(c, "generation", gen.id, "image", {"index": i, "url": image_url(gen.id, i)})
+            for r in rows:
+                add_generation_warnings(s, job_id=r.gen.id, warnings=warnings)
+
+
+def _write_progress(c: WorkerContext, rows: list[Row]) -> None:
+    """Progress of every running row, and each one's cancel flag (both at most every progress_interval_s)."""
+    with c.sessions() as s:
+        for r in rows:
+            if not r.active:
+                continue
+            if not record_generation_progress(s, generation_id=r.gen.id, worker_id=c.worker_id, step=r.progress):
+                r.end = "lost"
+            elif is_generation_cancel_requested(s, job_id=r.gen.id):
+                r.end = "canceled"
+    for r in rows:
+        if r.active:
+            publish(c, "generation", r.gen.id, "progress", {"step": r.progress, "total_steps": r.gen.total_steps})
+
+
+def _store(c: WorkerContext, gen: Generation, index: int, image, seed: int) -> None:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    key = f"generations/{gen.id}/{index}.png"
+    c.store.put_bytes(key, buf.getvalue())
+    with c.sessions() as s:
+        add_generation_image(s, generation_id=gen.id, index=index, storage_key=key, width=image.width,
+                             height=image.height, seed=seed)
+    publish(c, "generation", gen.id, "image", {"index": index, "url": image_url(gen.id, index)})
+
+
+def _finish(c: WorkerContext, rows: list[Row]) -> None:
+    for r in rows:
+        if not r.active:
+            continue
+        r.end = "succeeded"  # before the write: the heartbeat thread then leaves the row alone
+        with c.sessions() as s:
+            if not finish_generation(s, generation_id=r.gen.id, worker_id=c.worker_id):
+                r.end = "lost"
+                continue
+        publish(c, "generation", r.gen.id, "status", {"status": "succeeded"})
 
 
 if __name__ == "__main__":

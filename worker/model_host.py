@@ -1,18 +1,25 @@
-"""The generation worker's resident state: one base model loaded once, and an LRU of LoRAs bound to it.
+"""The generation worker's resident state: one base model loaded once, its sampler, and an LRU of LoRAs.
 
-A LoRA is applied by forward hooks (core.lora.set_loras), so switching LoRAs between generations costs a
-few small tensors, never a reload of the 8B base. Bound LoRAs are kept by id, least recently used first
-out once more than `capacity` are held.
+LoRAs are applied through LoRA slots (core.lora.slots): every targeted linear carries fixed-capacity
+buffers that a switch fills in place, so switching LoRAs between generations costs a few small copies,
+never a reload of the 8B base nor a recompilation of the compiled denoise. Bound LoRAs are kept by id,
+least recently used first out once more than `capacity` are held.
+
+On CUDA the sampler's denoise step is compiled by default (`O1LORA_GENERATE_COMPILE`), and the sizes in
+`O1LORA_WARMUP_SIZES` are compiled at worker start (`warm_up`), so no user request pays a compilation.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
 log = logging.getLogger(__name__)
+
+WARMUP_PROMPT = "a photograph of a lighthouse on a rocky coast at dusk"  # any prompt: its length is dynamic
 
 
 def pick_device() -> tuple[str, "object"]:
@@ -23,41 +30,85 @@ def pick_device() -> tuple[str, "object"]:
     return "cpu", torch.float32
 
 
-class ModelHost:
-    """Loads the base model on first use (in the worker process, never in a forking parent)."""
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """'1024x1024,2048x2048' -> [(1024, 1024), (2048, 2048)] as (width, height); '' -> []."""
+    sizes = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        w, sep, h = part.lower().partition("x")
+        if not sep or not w.isdigit() or not h.isdigit() or int(w) % 32 or int(h) % 32 or not int(w) or not int(h):
+            raise ValueError(f"warm-up size {part!r} is not WIDTHxHEIGHT in positive multiples of 32")
+        sizes.append((int(w), int(h)))
+    return sizes
 
-    def __init__(self, model_path: Path, lora_capacity: int):
+
+class ModelHost:
+    """Loads the base model on first use (in the worker process, never in a forking parent).
+
+    compile: "auto" (on with CUDA), "on", "off", or a torch.compile backend (tests pass "eager" and
+    friends: inductor on a CPU takes minutes). lora_max_rank 0 leaves LoRAs to forward hooks.
+    `lock` serialises users of the model (the warm-up thread and the generation task).
+    """
+
+    def __init__(self, model_path: Path, lora_capacity: int, compile: str = "off", lora_max_rank: int = 64,
+                 cfg_split_pixels: int | None = None):
         self.model_path = Path(model_path)
         self.capacity = lora_capacity
-        self._model = self._tokenizer = None
+        self.compile, self.lora_max_rank, self.cfg_split_pixels = compile, lora_max_rank, cfg_split_pixels
+        self._model = self._tokenizer = self._sampler = None
         self._loras: OrderedDict[str, object] = OrderedDict()
-        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self.lock = threading.RLock()
         self.loads = 0  # how many times the base was loaded (tests check it stays 1 across LoRA swaps)
+        self.warmed: dict[str, float] = {}  # "WxH" -> seconds its warm-up took (compile included)
 
     def model(self):
-        with self._lock:
+        with self._load_lock:
             if self._model is None:
                 from core.loading import load_model, load_tokenizer
+                from core.lora import install_lora_slots
                 device, dtype = pick_device()
                 log.info("loading base model %s on %s", self.model_path, device)
                 self._tokenizer = load_tokenizer(self.model_path)
-                self._model = load_model(self.model_path, dtype=dtype, device=device, tokenizer=self._tokenizer)
+                model = load_model(self.model_path, dtype=dtype, device=device, tokenizer=self._tokenizer)
+                if self.lora_max_rank > 0:
+                    n = install_lora_slots(model, self.lora_max_rank)
+                    log.info("LoRA slots of %d ranks on %d linears", self.lora_max_rank, n)
+                self._model = model
                 self.loads += 1
             return self._model
 
     def release(self) -> bool:
         """Drop the base and the bound LoRAs (a training needs the GPU); the next model() loads it again.
         True when a model was held. The caller frees the GPU memory (gc + torch.cuda.empty_cache)."""
-        with self._lock:
+        with self.lock, self._load_lock:      # after any warm-up or generation using the model
             held = self._model is not None
-            self._model = self._tokenizer = None
+            self._model = self._tokenizer = self._sampler = None
             self._loras.clear()
+            self.warmed.clear()
         return held
 
     @property
     def tokenizer(self):
         self.model()
         return self._tokenizer
+
+    def compile_backend(self):
+        """What the sampler compiles with: None (eager), "inductor", or the backend given."""
+        if self.compile == "off":
+            return None
+        if self.compile == "auto":
+            return "inductor" if pick_device()[0] == "cuda" else None
+        return "inductor" if self.compile == "on" else self.compile
+
+    @property
+    def sampler(self):
+        """One sampler for the process: its compiled denoise (and dynamo's cache) outlive each request."""
+        if self._sampler is None:
+            from core.sampler import Sampler
+            backend = self.compile_backend()
+            self._sampler = Sampler(self.model(), self.tokenizer, preview_every=0, compile=backend or False,
+                                    cfg_split_pixels=self.cfg_split_pixels)
+        return self._sampler
 
     def lora(self, lora_id: str, local_file: Callable[[], Path]):
         """The BoundLora for `lora_id`, binding it from `local_file()` when it is not held already."""
@@ -77,3 +128,26 @@ class ModelHost:
     def cached_lora_ids(self) -> list[str]:
         """Held LoRA ids, least recently used first."""
         return list(self._loras)
+
+    def warm_up(self, sizes: list[tuple[int, int]], steps: int = 2) -> dict[str, float]:
+        """Run a short sampling at each size so that every graph a request of that size needs is compiled
+        now: a 1-image request (CFG batched: one 2-row graph, which also serves any batch; CFG as two calls:
+        the 1-row graph). Returns seconds per size; the model is loaded first (its time is not counted)."""
+        from core.sampler import ImageSpec
+        self.model()
+        with self.lock:
+            sampler = self.sampler
+            for w, h in sizes:
+                t = time.perf_counter()
+                sampler.sample([ImageSpec(WARMUP_PROMPT, " ", 0)], width=w, height=h, steps=steps,
+                               return_latents=True)
+                _sync(self._model)
+                self.warmed[f"{w}x{h}"] = time.perf_counter() - t
+                log.info("warm-up %dx%d: %.1f s (compiled: %s)", w, h, self.warmed[f"{w}x{h}"], sampler.compiled)
+        return dict(self.warmed)
+
+
+def _sync(model) -> None:
+    import torch
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)

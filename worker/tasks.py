@@ -39,6 +39,14 @@ def _start_reconciler(**_):
     _reconciler_stop = reconciler.start_thread()
 
 
+@worker_ready.connect
+def _warm_up_generation(sender=None, **_):
+    """A worker that serves the generate queue loads the model and compiles the warm-up sizes now, in a
+    thread (the task waits on the model's lock), so that no user request pays for them."""
+    from worker.generation import start_warm_up
+    start_warm_up(sender)
+
+
 @worker_shutting_down.connect
 def _stop_reconciler(**_):
     if _reconciler_stop is not None:

@@ -8,6 +8,7 @@ and applying several LoRAs with scales to a resident base model (hot-swap, no re
 from core.lora.apply import active_lora_modules, apply_loras, clear_loras, set_loras
 from core.lora.export import build_metadata, comfyui_tensors, config_hash, save_comfyui_file, save_peft_folder
 from core.lora.formats import BoundLora, LoraFile, bind_lora, read_lora
+from core.lora.slots import install_lora_slots, lora_slots, remove_lora_slots, slot_capacity
 from core.lora.inject import (
     EXTRA_TARGETS,
     LoraSpec,
@@ -41,4 +42,5 @@ __all__ = [
     "apply_loras", "bind_lora", "build_metadata", "clear_loras", "comfyui_tensors", "config_hash",
     "inject_lora", "load_adapter_state_dict", "load_lora", "lora_parameters", "parse_lora_arg", "read_lora",
     "save_comfyui_file", "save_peft_folder", "set_adapter_enabled", "set_loras", "target_names",
+    "install_lora_slots", "lora_slots", "remove_lora_slots", "slot_capacity",
 ]

@@ -10,9 +10,15 @@ on every swap, and the generation worker swaps often (it keeps an LRU of bound L
 up(down(x)) to a linear's output and is removed by dropping its handle, so the base weights are never
 written and state-dict keys stay the model's own. All LoRAs of one module are concatenated into one
 down/up pair, so N LoRAs cost two small matmuls per module, not 2N.
+
+On a model with LoRA slots (core.lora.slots.install_lora_slots, what a compiled sampler needs) the same
+calls write the deltas into the slots instead, so no hook is added or removed and torch.compile does not
+recompile; only what does not fit the slots (a module without one, more ranks than the capacity) falls
+back to a hook for that module, which is correct but makes the compiled step recompile.
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -21,6 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.lora.formats import BoundLora
+from core.lora.slots import ACTIVE_ATTR, fill_slots, lora_slots
+
+log = logging.getLogger(__name__)
 
 _HANDLES_ATTR = "_o1lora_hooks"
 
@@ -36,10 +45,17 @@ class _Delta:
         return out + F.linear(F.linear(x.to(self.down.dtype), self.down), self.up).to(out.dtype)
 
 
-def clear_loras(model: nn.Module) -> None:
+def _remove_hooks(model: nn.Module) -> None:
     for h in getattr(model, _HANDLES_ATTR, []):
         h.remove()
     setattr(model, _HANDLES_ATTR, [])
+
+
+def clear_loras(model: nn.Module) -> None:
+    """The plain base again: hooks removed and, on a model with slots, every slot zeroed."""
+    _remove_hooks(model)
+    if getattr(model, ACTIVE_ATTR, None):
+        fill_slots(model, {})
 
 
 def set_loras(model: nn.Module, loras: Sequence[tuple[BoundLora, float]]) -> None:
@@ -48,19 +64,24 @@ def set_loras(model: nn.Module, loras: Sequence[tuple[BoundLora, float]]) -> Non
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], BoundLora)):
             raise TypeError(f"set_loras wants (BoundLora, scale) pairs, got {item!r:.80}")
     modules = dict(model.named_modules())
-    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
     for lora, scale in loras:
         if scale == 0:
             continue
         for path, (down, up) in lora.deltas.items():
             if path not in modules:
                 raise ValueError(f"LoRA {lora.name!r} was bound to another model: {path} is not a module here")
-            parts.setdefault(path, []).append((down, up * scale))
-    clear_loras(model)
+            parts.setdefault(path, []).append((down, up, float(scale)))
+    if lora_slots(model):
+        parts = fill_slots(model, parts)  # what remains did not fit a slot
+        if parts:
+            log.warning("LoRA: %d modules do not fit the slots (no slot, or over the rank capacity); "
+                        "applied by hooks, so a compiled step recompiles", len(parts))
+    _remove_hooks(model)
     handles = []
     for path, pairs in parts.items():
-        down = torch.cat([d for d, _ in pairs], dim=0)            # [sum r, in]
-        up = torch.cat([u for _, u in pairs], dim=1)              # [out, sum r]
+        down = torch.cat([d for d, _, _ in pairs], dim=0)          # [sum r, in]
+        up = torch.cat([u * s for _, u, s in pairs], dim=1)        # [out, sum r]
         handles.append(modules[path].register_forward_hook(_Delta(down, up)))
     setattr(model, _HANDLES_ATTR, handles)
 
@@ -76,5 +97,5 @@ def apply_loras(model: nn.Module, loras: Sequence[tuple[BoundLora, float]]) -> I
 
 
 def active_lora_modules(model: nn.Module) -> int:
-    """How many linears currently carry a LoRA hook (0 means the model is the plain base)."""
-    return len(getattr(model, _HANDLES_ATTR, []))
+    """How many linears currently carry a LoRA (a hook or a filled slot; 0 means the plain base)."""
+    return len(getattr(model, _HANDLES_ATTR, [])) + len(getattr(model, ACTIVE_ATTR, ()))

@@ -1,0 +1,111 @@
+"""LoRA deltas as data: fixed-capacity down/up buffers on every targeted linear, filled in place on a switch.
+
+    install_lora_slots(model, capacity=64)        # once, before torch.compile sees the model
+    set_loras(model, [(a, 1.0), (b, 0.5)])        # core.lora.apply fills the slots (copy_), no hook changes
+
+Why: forward hooks that come and go (core.lora.apply's plain mode) are part of what torch.compile guards on,
+so every new LoRA set recompiles the denoise (tens of seconds at full size). Here every targeted linear
+carries one persistent hook and two non-persistent buffers, `o1_lora_down` [capacity, in] and
+`o1_lora_up` [out, capacity], zeros when no LoRA is active. Switching the LoRA set or its scales only
+writes into these buffers (same shape, dtype, device), which the compiled graph reads as inputs: no
+recompile, and the base weights are never written. The cost is two rank-`capacity` matmuls per linear
+whether or not a LoRA is active. The state dict is unchanged (the buffers are not persistent).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.lora.inject import EXTRA_TARGETS, LM_PATTERN
+
+SLOTS_ATTR = "_o1lora_slots"     # model attribute: {module path: linear with slots}
+ACTIVE_ATTR = "_o1lora_slot_active"  # model attribute: paths whose slots hold a non-zero delta
+DOWN, UP = "o1_lora_down", "o1_lora_up"
+# The recipe's targets plus the optional ones: a LoRA trained by this project, or any common layout of it,
+# places only here. A LoRA on another linear still works, through a plain hook (see apply.set_loras).
+SLOT_PATTERN = "|".join([LM_PATTERN, *EXTRA_TARGETS.values()])
+
+
+def _slot_hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+    # The same arithmetic as apply._Delta, on the fixed-shape buffers: zero columns add exact zeros.
+    down, up = getattr(module, DOWN), getattr(module, UP)
+    return out + F.linear(F.linear(args[0].to(down.dtype), down), up).to(out.dtype)
+
+
+def install_lora_slots(model: nn.Module, capacity: int) -> int:
+    """Give every targeted linear zeroed slots of `capacity` ranks (idempotent for the same capacity);
+    returns how many linears carry slots. Buffers take the linear's weight dtype and device."""
+    if capacity < 1:
+        raise ValueError(f"LoRA slot capacity must be >= 1 rank, got {capacity}")
+    have = lora_slots(model)
+    if have:
+        if slot_capacity(model) == capacity:
+            return len(have)
+        remove_lora_slots(model)
+    rx = re.compile(SLOT_PATTERN)
+    slots = {}
+    for path, m in model.named_modules():
+        if isinstance(m, nn.Linear) and rx.fullmatch(path):
+            w = m.weight
+            m.register_buffer(DOWN, torch.zeros(capacity, m.in_features, dtype=w.dtype, device=w.device),
+                              persistent=False)
+            m.register_buffer(UP, torch.zeros(m.out_features, capacity, dtype=w.dtype, device=w.device),
+                              persistent=False)
+            m._o1lora_slot_handle = m.register_forward_hook(_slot_hook)
+            slots[path] = m
+    setattr(model, SLOTS_ATTR, slots)
+    setattr(model, ACTIVE_ATTR, set())
+    return len(slots)
+
+
+def remove_lora_slots(model: nn.Module) -> None:
+    """Back to the plain model (hooks and buffers gone)."""
+    for m in lora_slots(model).values():
+        m._o1lora_slot_handle.remove()
+        del m._o1lora_slot_handle
+        delattr(m, DOWN)
+        delattr(m, UP)
+    setattr(model, SLOTS_ATTR, {})
+    setattr(model, ACTIVE_ATTR, set())
+
+
+def lora_slots(model: nn.Module) -> dict[str, nn.Module]:
+    return getattr(model, SLOTS_ATTR, {})
+
+
+def slot_capacity(model: nn.Module) -> int:
+    slots = lora_slots(model)
+    return getattr(next(iter(slots.values())), DOWN).shape[0] if slots else 0
+
+
+@torch.no_grad()
+def fill_slots(model: nn.Module, parts: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]]
+               ) -> dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]]:
+    """Write each module's (down, up, scale) list into its slots, concatenated along the rank in order;
+    zero the slots of modules no longer used. Returns what does not fit (no slot on that module, or more
+    ranks than the capacity), for the caller to apply another way."""
+    slots, active = lora_slots(model), getattr(model, ACTIVE_ATTR, set())
+    rest, filled = {}, set()
+    for path, pairs in parts.items():
+        m = slots.get(path)
+        down_buf = None if m is None else getattr(m, DOWN)
+        if m is None or sum(d.shape[0] for d, _, _ in pairs) > down_buf.shape[0]:
+            rest[path] = pairs
+            continue
+        up_buf, off = getattr(m, UP), 0
+        for down, up, scale in pairs:
+            r = down.shape[0]
+            down_buf[off:off + r].copy_(down)
+            up_buf[:, off:off + r].copy_(up).mul_(scale)
+            off += r
+        down_buf[off:].zero_()
+        up_buf[:, off:].zero_()
+        filled.add(path)
+    for path in active - filled:
+        getattr(slots[path], DOWN).zero_()
+        getattr(slots[path], UP).zero_()
+    setattr(model, ACTIVE_ATTR, filled)
+    return rest
