@@ -24,6 +24,7 @@ from db.generations import (add_generation_image, add_generation_warnings, fail_
 from db.loras import get_lora
 from db.models import Generation, GenerationImage
 from worker.context import WorkerContext, ctx
+from worker.memory_plan import check_generation, out_of_memory_message
 from worker.model_host import ModelHost, parse_sizes
 from worker.pacing import Every, Heartbeat
 from worker.runs import TimeLimitExceeded, local_dir, local_file, publish, short_error, take
@@ -180,9 +181,10 @@ def run_rows(c: WorkerContext, gens: list[Generation]) -> dict[str, str]:
         pass
     except Exception as e:
         log.exception("generation batch %s failed", [r.gen.id for r in rows])
+        oom = type(e).__name__ == "OutOfMemoryError"     # torch.cuda's: a message for the owner (memory plan)
         for r in rows:
             if r.active:
-                _fail(c, r, short_error(e))
+                _fail(c, r, out_of_memory_message("generation", e) if oom else short_error(e))
     for r in rows:
         if r.end == "canceled":
             with c.sessions() as s:
@@ -228,6 +230,9 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
         if not specs:  # every image was stored by an earlier attempt
             _finish(c, rows)
             return
+        # the memory plan: a batch that cannot fit fails now with the numbers, not with an OOM mid-way
+        check_generation(c.settings, model_path=h.model_path, images=len(specs), width=width, height=height,
+                         cfg=p.get("guidance") is None or float(p["guidance"]) > 1)
         write = Every(c.settings.progress_interval_s)
 
         def on_step(step, total, _preview=None):

@@ -17,8 +17,8 @@ GiB with checkpointing, 21.5 / 36.8 GiB without, batch 4 at 1024^2 without 37.9 
 16.5 GiB (weights 15.25 GiB). A headroom (O1LORA_GPU_MEMORY_HEADROOM_GIB, default 1.5) is kept free for
 the allocator's fragmentation and CUDA workspaces.
 
-Torch-free: the numbers come from config.json and the checkpoint's file sizes, so the API side could use it
-too; the worker passes the free memory it reads from torch.
+The estimates are torch-free (config.json and the checkpoint's file sizes); only gpu_memory() imports torch,
+when a worker asks.
 """
 from __future__ import annotations
 
@@ -156,6 +156,24 @@ def plan_generation(shape: ModelShape, *, width: int, height: int, images: int, 
                         f"{' more' if weights_resident else ''} (plus {_gib(headroom_bytes)} headroom); this "
                         f"worker's GPU has {_gib(free_bytes)} free of {_gib(total_bytes)}. Ask for fewer images "
                         f"per request or a smaller size.")
+
+
+def gpu_memory() -> tuple[int, int] | None:
+    """(free, total) bytes of this process's GPU, or None without CUDA (then nothing is planned)."""
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.mem_get_info()
+
+
+def check_generation(settings, *, model_path, images: int, width: int, height: int, cfg: bool) -> None:
+    """MemoryPlanError when a batch of `images` cannot fit beside the resident base (called with it loaded)."""
+    mem = gpu_memory() if settings.memory_plan == "enforce" else None
+    if mem is None:
+        return
+    plan_generation(ModelShape.from_checkpoint(model_path), width=width, height=height, images=images, cfg=cfg,
+                    weights_resident=True, free_bytes=mem[0], total_bytes=mem[1],
+                    headroom_bytes=int(settings.gpu_memory_headroom_gib * GIB)).raise_if_refused()
 
 
 def out_of_memory_message(kind: str, error: BaseException) -> str:

@@ -26,6 +26,7 @@ from db.models import TrainingJob
 from db.training import (add_preview, fail_training, finish_training, hand_back_training, heartbeat_training,
                          is_cancel_requested, mark_training_canceled, record_checkpoint, record_progress)
 from worker.context import WorkerContext, ctx
+from worker import memory_plan
 from worker.memory_plan import GIB, MemoryPlanError, ModelShape, out_of_memory_message, plan_training
 from worker.pacing import Every, Heartbeat
 from worker.runs import JobLost, local_dir, publish, run_with_heartbeat, take
@@ -159,17 +160,9 @@ def free_gpu_memory() -> int:
     return torch.cuda.memory_allocated()
 
 
-def gpu_memory() -> tuple[int, int] | None:
-    """(free, total) bytes of this process's GPU, or None without CUDA (then nothing is planned)."""
-    import torch
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.mem_get_info()
-
-
 def fit_to_gpu(c: WorkerContext, job: TrainingJob, cfg):
     """The memory plan for this training: the config to run with, or MemoryPlanError (the owner's message)."""
-    mem = gpu_memory() if c.settings.memory_plan == "enforce" and not cfg.full else None
+    mem = memory_plan.gpu_memory() if c.settings.memory_plan == "enforce" and not cfg.full else None
     if mem is None:
         return cfg
     shape = ModelShape.from_checkpoint(cfg.model_path)
@@ -183,7 +176,7 @@ def fit_to_gpu(c: WorkerContext, job: TrainingJob, cfg):
     p = plan(*mem)
     if p.action != "run" and release_generation_model():     # "when_needed": it was kept until now
         _released_when_needed.set()
-        p = plan(*gpu_memory())
+        p = plan(*memory_plan.gpu_memory())
     p.raise_if_refused()
     if p.message:
         log.warning("training %s: %s", job.id, p.message)

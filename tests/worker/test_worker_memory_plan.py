@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker import generation, training
+from worker import generation, memory_plan, training
 from worker.context import WorkerContext
 from worker.memory_plan import (FULL_SIZE, GIB, ModelShape, generation_need, plan_generation, plan_training,
                                 training_need)
@@ -108,23 +108,36 @@ def _row(c, job_id):
         return get_training(s, job_id=job_id)
 
 
-def test_training_releases_the_resident_generation_model_which_reloads_after(tctx):
+def test_training_releases_the_resident_generation_model_and_reloads_it_after(tctx, monkeypatch):
+    import threading
+
+    from core.train import Trainer
+
     c = tctx
     host = generation.host(c)
     host.model()
     assert host.loads == 1 and host._model is not None
-    job = _job(c)
-    assert training.run_training(job.id, c) == "succeeded"
-    assert host._model is None                      # no second copy of the base while the trainer held one
-    host.model()
-    assert host.loads == 2
+    resident_while_training = []
+    real_run = Trainer.run
+
+    def run(self):
+        resident_while_training.append(host._model is not None)
+        return real_run(self)
+
+    monkeypatch.setattr(Trainer, "run", run)
+    assert training.run_training(_job(c).id, c) == "succeeded"
+    assert resident_while_training == [False]       # one copy of the base: the trainer's
+    for t in threading.enumerate():
+        if t.name == "rewarm-generation":
+            t.join(timeout=60)
+    assert host._model is not None and host.loads == 2      # the generation side loaded again afterwards
 
 
 def test_when_needed_keeps_the_generation_model_if_the_training_fits_beside_it(tctx, monkeypatch):
     c = WorkerContext(tctx.settings.model_copy(update={"training_releases_generation_model": "when_needed"}))
     host = generation.host(c)
     host.model()
-    monkeypatch.setattr(training, "gpu_memory", lambda: (80 * GIB, 80 * GIB))
+    monkeypatch.setattr(memory_plan, "gpu_memory", lambda: (80 * GIB, 80 * GIB))
     assert training.run_training(_job(c).id, c) == "succeeded"
     assert host._model is not None and host.loads == 1
     c.close()
@@ -132,7 +145,7 @@ def test_when_needed_keeps_the_generation_model_if_the_training_fits_beside_it(t
 
 def test_a_training_that_cannot_fit_fails_at_once_with_the_owner_message(tctx, monkeypatch):
     c = tctx
-    monkeypatch.setattr(training, "gpu_memory", lambda: (GIB // 1000, 24 * GIB))
+    monkeypatch.setattr(memory_plan, "gpu_memory", lambda: (GIB // 1000, 24 * GIB))
     started = []
     monkeypatch.setattr("core.train.Trainer.run", lambda self: started.append(1))
     job = _job(c)
@@ -157,3 +170,44 @@ def test_out_of_memory_mid_training_fails_the_job_with_a_message(tctx, monkeypat
     assert row.status == "failed"
     assert "the GPU ran out of memory during this training" in row.error
     assert "Tried to allocate 2.00 GiB" in row.error
+
+
+# --------------------------------------------------------------------------------- the generation worker
+def _generation(c, num_images=2):
+    from db.generations import create_generation
+    from db.owners import create_owner
+
+    p = {"prompt": "a red circle", "negative_prompt": " ", "loras": [], "width": 64, "height": 32, "steps": 2,
+         "guidance": 2.0, "seed": 7, "preset": "full", "num_images": num_images}
+    with c.sessions() as s:
+        owner = create_owner(s, name="gen-mem")
+        return create_generation(s, owner_id=owner.id, prompt=p["prompt"], params=p, num_images=num_images,
+                                 total_steps=p["steps"] * num_images)
+
+
+def _gen_row(c, gid):
+    from db.generations import get_generation
+    with c.sessions() as s:
+        return get_generation(s, generation_id=gid)
+
+
+def test_a_generation_batch_that_cannot_fit_fails_with_the_owner_message(tctx, monkeypatch):
+    c = tctx
+    monkeypatch.setattr(memory_plan, "gpu_memory", lambda: (GIB // 1000, 24 * GIB))
+    g = _generation(c, num_images=3)
+    assert generation.run_generation(g.id, c) == "failed"
+    row = _gen_row(c, g.id)
+    assert row.status == "failed" and "not enough GPU memory: 3 image(s) of 64x32" in row.error
+
+
+def test_out_of_memory_mid_generation_fails_the_job_with_a_message(tctx, monkeypatch):
+    import torch
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr("core.sampler.Sampler.sample", oom)
+    g = _generation(tctx)
+    assert generation.run_generation(g.id, tctx) == "failed"
+    row = _gen_row(tctx, g.id)
+    assert row.status == "failed" and "the GPU ran out of memory during this generation" in row.error
