@@ -237,6 +237,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--comfy", default="/tmp/o1-comfy/o1-full.safetensors")
     ap.add_argument("--out", default="runs/bench-service")
     ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--data", default="/tmp/o1lora-bench-service", help="the service's data folder (emptied)")
     ap.add_argument("--train-steps", type=int, default=100)
     ap.add_argument("--images", type=int, default=3, help="timed 1024^2 images per setting")
     ap.add_argument("--budget", type=float, default=480, help="seconds for everything after the checkpoint")
@@ -285,7 +286,7 @@ def main(argv=None) -> dict:
         check=True).stdout.strip().splitlines()[-1]))
     lora_file = random_lora_file(model, Path("/tmp/o1lora-imported-lora.safetensors"))
 
-    data = out_dir / "data"
+    data = Path(a.data)
     shutil.rmtree(data, ignore_errors=True)
     env = dict(kv.split("=", 1) for kv in a.env)
     svc = Service(model, data, a.port, out_dir / "service.log", env)
