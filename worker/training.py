@@ -233,19 +233,34 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
     last: dict = {}          # the newest on_step values
     written = [None]         # the step the row holds
 
-    def write_progress() -> None:
+    # The throttled DB calls of the loop (progress rows, the cancel flag) run on this thread: the training
+    # thread has just synchronised with the GPU when it reports, so a write made there leaves the GPU idle.
+    db, cancel_poll = OffThread(), OffThread()     # two: progress writes never starve the cancel poll
+    cancel_seen = threading.Event()
+
+    def write_progress(values: dict | None = None) -> None:
+        values = dict(values or last)
         with c.sessions() as s:
-            owned(record_progress(s, job_id=job.id, worker_id=c.worker_id, **last))
-        written[0] = last["step"]
-        publish(c, "training", job.id, "progress", dict(last))
+            owned(record_progress(s, job_id=job.id, worker_id=c.worker_id, **values))
+        written[0] = values["step"]
+        publish(c, "training", job.id, "progress", values)
+
+    def poll_cancel() -> None:
+        with c.sessions() as s:
+            if is_cancel_requested(s, job_id=job.id):
+                cancel_seen.set()
 
     def on_step(step, total, loss, smoothed, lr, sec, eta):
         if hb.lost.is_set():
             raise JobLost()
+        db.check()               # a background write that found the job taken over raises JobLost here
         last.update(step=step, total_steps=total, loss=smoothed, seconds_per_step=sec, eta_seconds=eta)
         # Throttled, but never skipped at a checkpoint or the end: the row then matches what a resume sees.
-        if write(force=step == total or step % cfg.checkpoint_every == 0):
+        if step == total or step % cfg.checkpoint_every == 0:
+            db.wait()
             write_progress()
+        elif write():
+            db.submit(write_progress, dict(last))
 
     def on_checkpoint(step, path: Path):
         # Per attempt: a worker judged dead that is still running must never write into the folder the row
@@ -271,24 +286,29 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
                     {"step": step, "index": index, "url": preview_url(job.id, step, index)})
 
     def should_stop() -> bool:
+        db.check()
+        cancel_poll.check()
         if hb.lost.is_set():
             why.append("lost")
         elif time.monotonic() > deadline:
             why.append("time")
         elif worker_shutting_down():
             why.append("shutdown")
+        elif cancel_seen.is_set():
+            why.append("cancel")
         elif poll():
-            with c.sessions() as s:
-                if is_cancel_requested(s, job_id=job.id):
-                    why.append("cancel")
-        if why and last and written[0] != last["step"]:
-            write_progress()  # the trainer now saves a checkpoint here: the row must say this step
+            cancel_poll.submit(poll_cancel)      # seen at a later step
+        if why and last:
+            db.wait()
+            if written[0] != last["step"]:
+                write_progress()  # the trainer now saves a checkpoint here: the row must say this step
         return bool(why)
 
     oom = None
     try:
         result = train(cfg, TrainCallbacks(on_step=on_step, on_preview=on_preview, on_checkpoint=on_checkpoint,
                                            should_stop=should_stop))
+        db.wait()
     except Exception as e:
         if type(e).__name__ != "OutOfMemoryError":      # torch.cuda.OutOfMemoryError, without importing torch
             raise
@@ -296,6 +316,8 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
     finally:
         # The trainer's model, optimizer and activations are garbage now (reference cycles included): hand
         # the GPU back before the next job of this worker (a generation reloads its base into it).
+        db.close()
+        cancel_poll.close()
         left = free_gpu_memory()
         log.info("training %s: GPU memory handed back; %.2f GiB still allocated", job.id, left / GIB)
     if oom is not None:        # raised here, outside the handler: the traceback's tensors are gone
@@ -305,6 +327,38 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
     if result.stopped:
         return _stopped(c, job, why[0] if why else "cancel", result)
     return _succeeded(c, job, cfg, result)
+
+
+class OffThread:
+    """At most one call at a time on a helper thread; a call is dropped while the previous one runs (progress
+    and cancel polls are periodic: the next period repeats them). Its exception is raised on the calling
+    thread by the next check() / wait()."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="training-db")
+        self._future = None
+
+    def submit(self, fn, *args) -> bool:
+        self.check()
+        if self._future is not None:
+            return False
+        self._future = self._pool.submit(fn, *args)
+        return True
+
+    def check(self) -> None:
+        f = self._future
+        if f is not None and f.done():
+            self._future = None
+            f.result()
+
+    def wait(self) -> None:
+        f, self._future = self._future, None
+        if f is not None:
+            f.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def _stopped(c: WorkerContext, job: TrainingJob, why: str, result) -> str:
