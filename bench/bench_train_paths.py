@@ -8,6 +8,7 @@ Each path is its own process, as a user runs it. The CLI paths train rank 16 at 
 of 32 PNGs of 1024^2 with captions (written once under --work), log every 10 steps, and the table takes the
 median seconds/step of the logged windows after the first (which holds the compilation), as the CLI prints it. Paths:
   bench        bench/bench_training.py --variants ours (random model built on the GPU, streamed random images)
+  bench-nockpt bench/bench_training.py --variants ours-nockpt (the setting "auto" picks where activations fit)
   cli          python -m core.train as shipped (compile auto = on, DataLoader workers), checkpointing on
   cli-eager    the same with --compile off: what the CLI did before compile became the CUDA default
   cli-auto     the CLI's defaults end to end (checkpointing auto: off when the activations fit)
@@ -87,12 +88,12 @@ def run_cli(name: str, model: str, data: Path, work: Path, steps: int, timeout: 
     return {"sec": sec, "wall_s": wall, "images_per_step": 2 if name == "ddp2" else 1}
 
 
-def run_bench(steps: int, timeout: float) -> dict:
-    cmd = [sys.executable, "bench/bench_training.py", "--variants", "ours", "--steps", str(steps)]
+def run_bench(steps: int, timeout: float, variant: str = "ours") -> dict:
+    cmd = [sys.executable, "bench/bench_training.py", "--variants", variant, "--steps", str(steps)]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     text = p.stdout + p.stderr
-    m = re.search(r"\| ours \| 1024 \| 1 \| on \| on \| ([0-9.]+) \|", text)
+    m = re.search(rf"\| {variant} \| 1024 \| 1 \| o[nf]+ \| on \| ([0-9.]+) \|", text)
     if p.returncode or not m:
         print(text[-3000:], flush=True)
         return {"error": f"exit {p.returncode}", "wall_s": time.perf_counter() - t0}
@@ -116,7 +117,8 @@ def main(argv=None) -> list[tuple[str, dict]]:
     for name in [n.strip() for n in a.paths.split(",") if n.strip()]:
         print(f"== {name}", flush=True)
         try:
-            r = run_bench(a.steps, a.timeout) if name == "bench" else run_cli(name, a.model, data, work, a.steps,
+            r = run_bench(a.steps, a.timeout, "ours" if name == "bench" else "ours-nockpt") \
+                if name.startswith("bench") else run_cli(name, a.model, data, work, a.steps,
                                                                               a.timeout, a.resolution)
         except subprocess.TimeoutExpired:
             r = {"error": f"over {a.timeout:.0f} s", "wall_s": a.timeout}
@@ -127,7 +129,7 @@ def main(argv=None) -> list[tuple[str, dict]]:
 
 
 def print_table(rows) -> None:
-    base = next((r["sec"] for n, r in rows if n == "bench" and "sec" in r), None)
+    base = next((r["sec"] for n, r in rows if n.startswith("bench") and "sec" in r), None)
     one = next((r["sec"] for n, r in rows if n == "cli" and "sec" in r), None)
     print("\n| path | s/step | images/s | vs bench s/step | vs 1 GPU images/s | process wall s |")
     print("|---|---:|---:|---:|---:|---:|")

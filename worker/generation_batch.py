@@ -55,7 +55,7 @@ def join_batch(c: WorkerContext, lead: Generation, clock=time.monotonic) -> list
                 seen.add(gen.id)
                 if not claim_generation(s, generation_id=gen.id, worker_id=c.worker_id):
                     continue  # another worker was first
-                s.expire_all()
+                s.expire(gen)          # this row only: an expire_all would detach the rows joined before it
                 gen = get_generation(s, generation_id=gen.id)
                 joined.append(gen)
                 room -= int(gen.num_images)

@@ -174,13 +174,15 @@ def test_out_of_memory_mid_training_fails_the_job_with_a_message(tctx, monkeypat
 
 # --------------------------------------------------------------------------------- the generation worker
 def _generation(c, num_images=2):
+    import uuid
+
     from db.generations import create_generation
     from db.owners import create_owner
 
     p = {"prompt": "a red circle", "negative_prompt": " ", "loras": [], "width": 64, "height": 32, "steps": 2,
          "guidance": 2.0, "seed": 7, "preset": "full", "num_images": num_images}
     with c.sessions() as s:
-        owner = create_owner(s, name="gen-mem")
+        owner = create_owner(s, name=f"gen-{uuid.uuid4().hex[:8]}")
         return create_generation(s, owner_id=owner.id, prompt=p["prompt"], params=p, num_images=num_images,
                                  total_steps=p["steps"] * num_images)
 
@@ -211,3 +213,4 @@ def test_out_of_memory_mid_generation_fails_the_job_with_a_message(tctx, monkeyp
     assert generation.run_generation(g.id, tctx) == "failed"
     row = _gen_row(tctx, g.id)
     assert row.status == "failed" and "the GPU ran out of memory during this generation" in row.error
+
