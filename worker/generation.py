@@ -248,7 +248,7 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
             z = h.sampler.sample(specs, width=width, height=height, steps=steps, guidance=p.get("guidance"),
                                  preset=p.get("preset", "full"), callback=on_step, return_latents=True)
         finite = torch.isfinite(z.float()).flatten(1).all(1).tolist()  # the one host sync of the batch
-        images = to_pil(z, height, width)
+        images = to_pil(torch.nan_to_num(z), height, width)  # non-finite images are dropped below
     for r in rows:  # a row with a non-finite image fails as a whole: none of its images is stored
         if r.active and not all(ok for ok, (o, _) in zip(finite, owners) if o is r):
             _fail(c, r, nonfinite_message(refs))
