@@ -306,6 +306,10 @@ class Sampler:
             vision = (emb.repeat(len(texts), 1), [d.repeat(len(texts), 1) for d in deep])
         with self._autocast(device):
             prefix = self.model.encode_prefix(batch, vision=vision)
+        if self._compiled is not None and len(texts) > 1 and prefix.ar_lengths is None:
+            # Texts that happen to have one length would make a mask-free variant of the compiled step: a
+            # compile in the middle of a request. An all-true key mask keeps the graph the warm-up built.
+            prefix.ar_lengths = torch.full((len(texts),), prefix.n_ar, dtype=torch.long, device=device)
         return prefix.select(torch.tensor(rows, device=device))
 
     # ------------------------------------------------------------------------------ the oracle
