@@ -123,7 +123,7 @@ class Sampler:
             limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # older torch
             setattr(cfg, limit, max(getattr(cfg, limit), 64))
         self.tokenizer = tokenizer
-        self.preview_every = preview_every  # decode the x0 preview every this many steps (and the last)
+        self.preview_every = preview_every  # decode the x0 preview every this many steps and the last; 0: never
         # replay each request's denoise call as a CUDA graph (captured at its first step): removes the
         # per-kernel launch cost of ~2k small kernels per step; falls back to eager if capture fails
         self.cuda_graph = cuda_graph
@@ -348,7 +348,8 @@ class Sampler:
         def on_step(i, total, x_pred, z):
             if callback is not None:
                 done = i + 1
-                show = done == total or (self.preview_every > 0 and done % self.preview_every == 0)
+                # preview_every 0: no preview at all (a decode is a host sync and a CPU copy of the image)
+                show = self.preview_every > 0 and (done == total or done % self.preview_every == 0)
                 callback(done, total, to_pil(x_pred[:1], req.height, req.width)[0] if show else None)
 
         z = flow_loop(sched, z, predict, guidance, on_step)
