@@ -19,6 +19,7 @@ the oracle the fast path is tested against.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -29,6 +30,8 @@ from PIL import Image
 from core.layout import build_edit, build_t2i, check_size, collate, patchify, prepare_references, unpatchify
 from core.presets import Preset, get_preset, snap_resolution
 from core.schedulers import make_scheduler
+
+log = logging.getLogger(__name__)
 
 T_EPS = 1e-3  # sigma floor of the velocity, as the official pipeline
 # callback(step, total, preview): step counts finished steps (1..total); preview is the x0 prediction of
@@ -113,6 +116,7 @@ class Sampler:
         # marked dynamic, so prompts of any length share one graph per image size and batch; LoRAs must
         # be set through LoRA slots (core.lora.slots) to switch without recompiling.
         self._compiled = None
+        self.compile_failed: str | None = None  # why the compiled step was given up, if it was
         if compile:
             backend = "inductor" if compile is True else compile
             # dynamic=False: no automatic dynamic shapes, so each image size gets its own static graph (the
@@ -265,9 +269,7 @@ class Sampler:
         else:
             groups = [cond, uncond]
         prefixes = [self._prefix(req, texts, rows, vision) for texts, rows in groups]
-        step_fn = model.denoise
         if self._compiled is not None:
-            step_fn = self._compiled
             for prefix in prefixes:
                 mark_prefix_dynamic(prefix)
 
@@ -276,10 +278,8 @@ class Sampler:
             for prefix in prefixes:  # one call per group: a single one unless CFG runs as two calls
                 b = prefix.batch_size
                 vin, tt = vinputs[i:i + b], t[i:i + b]
-                if self._compiled is not None:
-                    mark_batch_dynamic(vin, tt)
                 with self._autocast(device):
-                    out.append(step_fn(prefix, vin, tt))
+                    out.append(self._step(prefix, vin, tt))
                 self.denoise_calls += 1
                 i += b
             return out[0] if len(out) == 1 else torch.cat(out)
@@ -296,6 +296,23 @@ class Sampler:
         if isinstance(denoise, GraphedCall):
             self.graph_failed = denoise.failed  # None when every step after the first replayed the graph
         return out
+
+    def _step(self, prefix, vinputs, t):
+        """One denoise call, compiled when asked. A compiled call that fails (a compiler error on a new
+        shape, say) is logged and the sampler goes eager from then on: the call has no side effects, so
+        the same inputs run again eagerly and the request goes on; a real error raises there again."""
+        if self._compiled is None:
+            return self.model.denoise(prefix, vinputs, t)
+        mark_batch_dynamic(vinputs, t)
+        try:
+            return self._compiled(prefix, vinputs, t)
+        except torch.OutOfMemoryError:
+            raise  # eager would not fit either
+        except Exception as e:  # noqa: BLE001 - compilation is an optimisation; eager is always correct
+            self.compile_failed = f"{type(e).__name__}: {e}"[:2000]
+            log.exception("compiled denoise failed; eager from now on")
+            self._compiled = None
+            return self.model.denoise(prefix, vinputs, t)
 
     def _prefix(self, req: Request, texts: list[str], rows: list[int], vision):
         """K/V prefix of `texts` (right-padded into one batch), row j being texts[rows[j]]."""
@@ -364,7 +381,8 @@ def mark_prefix_dynamic(prefix) -> None:
     batched = prefix.batch_size > 1
     for k, v in prefix.kv.values():
         for x in (k, v):
-            torch._dynamo.mark_dynamic(x, 2)
+            # maybe_: should a backend specialise the length after all, it recompiles per length, not fails
+            torch._dynamo.maybe_mark_dynamic(x, 2)
             if batched:
                 torch._dynamo.maybe_mark_dynamic(x, 0)
     if batched:
