@@ -65,13 +65,20 @@ def warm_up(c: WorkerContext | None = None) -> dict[str, float]:
     return h.warm_up(warmup_sizes(c, h))
 
 
+def consumed_queues(consumer) -> set[str]:
+    """Names of the queues a Celery worker consumes (from its consumer, else from its app's settings)."""
+    for get in (lambda: consumer.task_consumer.queues, lambda: consumer.app.amqp.queues.consume_from.values()):
+        try:
+            return {q.name for q in get()}
+        except AttributeError:
+            continue
+    return set()
+
+
 def start_warm_up(consumer=None) -> threading.Thread | None:
     """warm_up in a daemon thread when this worker consumes the generate queue and sizes are configured."""
     from worker.celery_app import GENERATE_QUEUE
-    try:
-        queues = {q.name for q in consumer.task_consumer.queues}
-    except AttributeError:  # not started by Celery, or another Celery layout: assume it serves generations
-        queues = set()
+    queues = consumed_queues(consumer)  # empty when not started by Celery: then assume it serves generations
     c = ctx()
     if (queues and GENERATE_QUEUE not in queues) or not warmup_sizes(c, host(c)):
         return None

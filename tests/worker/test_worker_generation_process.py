@@ -1,5 +1,5 @@
-"""SIGTERM of a real Celery worker process in the middle of a generation: the generation goes back to the
-queue at once (not `running` until the heartbeat timeout), and the next worker finishes it."""
+"""Generation workers as real Celery processes: SIGTERM in the middle of a generation hands it back at once
+(not `running` until the heartbeat timeout); only a worker of the generate queue warms up at start."""
 from __future__ import annotations
 
 import signal
@@ -52,3 +52,24 @@ def test_sigterm_mid_generation_hands_it_back_at_once(worker_ctx, tiny_model, tm
     assert 5 <= row.step < 20000 and took < 30
     assert gen.id in waiting_job_ids("generation")     # sent again for the next worker
     assert "handed back to the queue" in log
+
+
+@pytest.mark.slow  # ~20 s: two worker processes
+def test_only_a_worker_of_the_generate_queue_warms_up(worker_ctx, tiny_model, tmp_path):
+    c = worker_ctx
+    env = {"O1LORA_DATABASE_URL": c.settings.resolved_database_url, "O1LORA_BROKER_URL": app.conf.broker_url,
+           "O1LORA_BROKER_KEY_PREFIX": RUN_PREFIX, "O1LORA_DATA_DIR": str(c.settings.data_dir),
+           "O1LORA_MODEL_PATH": str(tiny_model), "O1LORA_RECONCILE_INTERVAL_S": "0",
+           "O1LORA_WARMUP_SIZES": "64x32"}
+    procs = Launcher(env, log_dir=tmp_path / "logs")
+    try:
+        procs.start_worker("gen", queues="generate")
+        procs.start_worker("train", queues="train")
+        deadline = time.monotonic() + 120
+        while "warm-up done" not in procs.log("gen") or "ready." not in procs.log("train"):
+            assert time.monotonic() < deadline, procs.log("gen")[-3000:] + procs.log("train")[-3000:]
+            time.sleep(0.2)
+        time.sleep(1.0)
+        assert "warm-up 64x32" in procs.log("gen") and "warm-up" not in procs.log("train")
+    finally:
+        procs.stop_all()
