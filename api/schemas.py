@@ -257,6 +257,8 @@ class GenerationPublic(BaseModel):
     progress: GenerationProgress = Field(description="latest progress written by the worker")
     images: list[ImagePublic] = Field(description="images finished so far")
     error: str | None = Field(description="why it failed")
+    warnings: list[str] = Field(default_factory=list,
+                                description="what the worker ignored (e.g. LoRA keys that fit no module)")
     created_at: datetime = Field(description="submit time (UTC)")
     started_at: datetime | None = Field(description="start time (UTC)")
     finished_at: datetime | None = Field(description="end time (UTC)")

@@ -19,6 +19,7 @@ the oracle the fast path is tested against.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -29,6 +30,8 @@ from PIL import Image
 from core.layout import build_edit, build_t2i, check_size, collate, patchify, prepare_references, unpatchify
 from core.presets import Preset, get_preset, snap_resolution
 from core.schedulers import make_scheduler
+
+log = logging.getLogger(__name__)
 
 T_EPS = 1e-3  # sigma floor of the velocity, as the official pipeline
 # callback(step, total, preview): step counts finished steps (1..total); preview is the x0 prediction of
@@ -113,6 +116,7 @@ class Sampler:
         # marked dynamic, so prompts of any length share one graph per image size and batch; LoRAs must
         # be set through LoRA slots (core.lora.slots) to switch without recompiling.
         self._compiled = None
+        self.compile_failed: str | None = None  # why the compiled step was given up, if it was
         if compile:
             backend = "inductor" if compile is True else compile
             # dynamic=False: no automatic dynamic shapes, so each image size gets its own static graph (the
@@ -123,7 +127,7 @@ class Sampler:
             limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # older torch
             setattr(cfg, limit, max(getattr(cfg, limit), 64))
         self.tokenizer = tokenizer
-        self.preview_every = preview_every  # decode the x0 preview every this many steps (and the last)
+        self.preview_every = preview_every  # decode the x0 preview every this many steps and the last; 0: never
         # replay each request's denoise call as a CUDA graph (captured at its first step): removes the
         # per-kernel launch cost of ~2k small kernels per step; falls back to eager if capture fails
         self.cuda_graph = cuda_graph
@@ -265,9 +269,7 @@ class Sampler:
         else:
             groups = [cond, uncond]
         prefixes = [self._prefix(req, texts, rows, vision) for texts, rows in groups]
-        step_fn = model.denoise
         if self._compiled is not None:
-            step_fn = self._compiled
             for prefix in prefixes:
                 mark_prefix_dynamic(prefix)
 
@@ -276,10 +278,8 @@ class Sampler:
             for prefix in prefixes:  # one call per group: a single one unless CFG runs as two calls
                 b = prefix.batch_size
                 vin, tt = vinputs[i:i + b], t[i:i + b]
-                if self._compiled is not None:
-                    mark_batch_dynamic(vin, tt)
                 with self._autocast(device):
-                    out.append(step_fn(prefix, vin, tt))
+                    out.append(self._step(prefix, vin, tt))
                 self.denoise_calls += 1
                 i += b
             return out[0] if len(out) == 1 else torch.cat(out)
@@ -297,6 +297,23 @@ class Sampler:
             self.graph_failed = denoise.failed  # None when every step after the first replayed the graph
         return out
 
+    def _step(self, prefix, vinputs, t):
+        """One denoise call, compiled when asked. A compiled call that fails (a compiler error on a new
+        shape, say) is logged and the sampler goes eager from then on: the call has no side effects, so
+        the same inputs run again eagerly and the request goes on; a real error raises there again."""
+        if self._compiled is None:
+            return self.model.denoise(prefix, vinputs, t)
+        mark_batch_dynamic(vinputs, t)
+        try:
+            return self._compiled(prefix, vinputs, t)
+        except torch.OutOfMemoryError:
+            raise  # eager would not fit either
+        except Exception as e:  # noqa: BLE001 - compilation is an optimisation; eager is always correct
+            self.compile_failed = f"{type(e).__name__}: {e}"[:2000]
+            log.exception("compiled denoise failed; eager from now on")
+            self._compiled = None
+            return self.model.denoise(prefix, vinputs, t)
+
     def _prefix(self, req: Request, texts: list[str], rows: list[int], vision):
         """K/V prefix of `texts` (right-padded into one batch), row j being texts[rows[j]]."""
         device = self.model.device
@@ -306,6 +323,10 @@ class Sampler:
             vision = (emb.repeat(len(texts), 1), [d.repeat(len(texts), 1) for d in deep])
         with self._autocast(device):
             prefix = self.model.encode_prefix(batch, vision=vision)
+        if self._compiled is not None and len(texts) > 1 and prefix.ar_lengths is None:
+            # Texts that happen to have one length would make a mask-free variant of the compiled step: a
+            # compile in the middle of a request. An all-true key mask keeps the graph the warm-up built.
+            prefix.ar_lengths = torch.full((len(texts),), prefix.n_ar, dtype=torch.long, device=device)
         return prefix.select(torch.tensor(rows, device=device))
 
     # ------------------------------------------------------------------------------ the oracle
@@ -344,7 +365,8 @@ class Sampler:
         def on_step(i, total, x_pred, z):
             if callback is not None:
                 done = i + 1
-                show = done == total or (self.preview_every > 0 and done % self.preview_every == 0)
+                # preview_every 0: no preview at all (a decode is a host sync and a CPU copy of the image)
+                show = self.preview_every > 0 and (done == total or done % self.preview_every == 0)
                 callback(done, total, to_pil(x_pred[:1], req.height, req.width)[0] if show else None)
 
         z = flow_loop(sched, z, predict, guidance, on_step)
@@ -359,7 +381,8 @@ def mark_prefix_dynamic(prefix) -> None:
     batched = prefix.batch_size > 1
     for k, v in prefix.kv.values():
         for x in (k, v):
-            torch._dynamo.mark_dynamic(x, 2)
+            # maybe_: should a backend specialise the length after all, it recompiles per length, not fails
+            torch._dynamo.maybe_mark_dynamic(x, 2)
             if batched:
                 torch._dynamo.maybe_mark_dynamic(x, 0)
     if batched:

@@ -66,13 +66,20 @@ def warm_up(c: WorkerContext | None = None) -> dict[str, float]:
     return h.warm_up(warmup_sizes(c, h))
 
 
+def consumed_queues(consumer) -> set[str]:
+    """Names of the queues a Celery worker consumes (from its consumer, else from its app's settings)."""
+    for get in (lambda: consumer.task_consumer.queues, lambda: consumer.app.amqp.queues.consume_from.values()):
+        try:
+            return {q.name for q in get()}
+        except AttributeError:
+            continue
+    return set()
+
+
 def start_warm_up(consumer=None) -> threading.Thread | None:
     """warm_up in a daemon thread when this worker consumes the generate queue and sizes are configured."""
     from worker.celery_app import GENERATE_QUEUE
-    try:
-        queues = {q.name for q in consumer.task_consumer.queues}
-    except AttributeError:  # not started by Celery, or another Celery layout: assume it serves generations
-        queues = set()
+    queues = consumed_queues(consumer)  # empty when not started by Celery: then assume it serves generations
     c = ctx()
     if (queues and GENERATE_QUEUE not in queues) or not warmup_sizes(c, host(c)):
         return None
@@ -253,7 +260,7 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
             z = h.sampler.sample(specs, width=width, height=height, steps=steps, guidance=p.get("guidance"),
                                  preset=p.get("preset", "full"), callback=on_step, return_latents=True)
         finite = torch.isfinite(z.float()).flatten(1).all(1).tolist()  # the one host sync of the batch
-        images = to_pil(z, height, width)
+        images = to_pil(torch.nan_to_num(z), height, width)  # non-finite images are dropped below
     for r in rows:  # a row with a non-finite image fails as a whole: none of its images is stored
         if r.active and not all(ok for ok, (o, _) in zip(finite, owners) if o is r):
             _fail(c, r, nonfinite_message(refs))

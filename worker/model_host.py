@@ -132,7 +132,9 @@ class ModelHost:
     def warm_up(self, sizes: list[tuple[int, int]], steps: int = 2) -> dict[str, float]:
         """Run a short sampling at each size so that every graph a request of that size needs is compiled
         now: a 1-image request (CFG batched: one 2-row graph, which also serves any batch; CFG as two calls:
-        the 1-row graph). Returns seconds per size; the model is loaded first (its time is not counted)."""
+        the 1-row graph; there, several images in one call (a multi-image request or continuous batching)
+        compile their graphs, two more, on first use). Returns seconds per size; the model is loaded first
+        (its time is not counted)."""
         from core.sampler import ImageSpec
         self.model()
         with self.lock:

@@ -21,6 +21,7 @@ router = APIRouter(prefix="/v1/generations", tags=["generations"])
 def to_public(gen: Generation) -> GenerationPublic:
     return GenerationPublic(
         id=gen.id, status=gen.status, prompt=gen.prompt, params=gen.params, error=gen.error,
+        warnings=list(gen.warnings or []),
         progress=GenerationProgress(step=gen.step, total_steps=gen.total_steps),
         images=[ImagePublic(index=i.index, url=f"/v1/generations/{gen.id}/images/{i.index}", width=i.width,
                             height=i.height, seed=i.seed) for i in gen.images],

@@ -30,9 +30,13 @@ SLOT_PATTERN = "|".join([LM_PATTERN, *EXTRA_TARGETS.values()])
 
 
 def _slot_hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-    # The same arithmetic as apply._Delta, on the fixed-shape buffers: zero columns add exact zeros.
+    # apply._Delta's arithmetic on the fixed-shape buffers (zero columns add exact zeros). The up
+    # projection and the add are one addmm: the output is read and written once, not three times.
     down, up = getattr(module, DOWN), getattr(module, UP)
-    return out + F.linear(F.linear(args[0].to(down.dtype), down), up).to(out.dtype)
+    h = F.linear(args[0].to(down.dtype), down)
+    if h.dtype != out.dtype:
+        return out + F.linear(h, up).to(out.dtype)
+    return torch.addmm(out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1]), up.t()).view(out.shape)
 
 
 def install_lora_slots(model: nn.Module, capacity: int) -> int:

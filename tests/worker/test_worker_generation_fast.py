@@ -82,6 +82,7 @@ def test_compiled_worker_warms_up_then_switches_loras_and_sizes_without_recompil
     for size, loras, n, prompt in [
         ((64, 32), [{"id": la, "scale": 1.0}], 1, "a red circle"),
         ((64, 32), [{"id": lb, "scale": 0.5}], 2, "two small blue squares on the left"),
+        ((64, 32), [], 1, " "),                                  # as long as the negative prompt: no padding
         ((64, 64), [], 1, "a green triangle"),
         ((64, 64), [{"id": la, "scale": 1.0}, {"id": lb, "scale": -0.5}], 1, "a red circle"),
     ]:
