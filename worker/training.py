@@ -144,7 +144,8 @@ def free_gpu_memory() -> int:
     """Collect garbage and hand cached blocks back to the driver; bytes still allocated by this process.
 
     Compiled graphs can keep tensors of a dropped model alive (dynamo's cache holds references through
-    guards); when anything remains allocated here, where no job runs, that cache is dropped too."""
+    guards); when memory stays allocated between jobs and no generation model is resident (which would
+    own it, and whose compiled graphs must survive), that cache is dropped too."""
     gc.collect()
     try:
         import torch
@@ -153,7 +154,9 @@ def free_gpu_memory() -> int:
     if not torch.cuda.is_available():
         return 0
     torch.cuda.empty_cache()
-    if torch.cuda.memory_allocated() > GIB // 2:
+    from worker import generation
+    resident = getattr(getattr(generation, "_host", None), "_model", None) is not None
+    if torch.cuda.memory_allocated() > GIB // 2 and not resident:
         torch._dynamo.reset()
         gc.collect()
         torch.cuda.empty_cache()
@@ -233,8 +236,8 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
     last: dict = {}          # the newest on_step values
     written = [None]         # the step the row holds
 
-    # The throttled DB calls of the loop (progress rows, the cancel flag) run on this thread: the training
-    # thread has just synchronised with the GPU when it reports, so a write made there leaves the GPU idle.
+    # The throttled DB calls of the loop (progress rows, the cancel flag) run on helper threads: the training
+    # thread has just synchronised with the GPU when it reports, so a DB call made there leaves the GPU idle.
     db, cancel_poll = OffThread(), OffThread()     # two: progress writes never starve the cancel poll
     cancel_seen = threading.Event()
 

@@ -18,6 +18,7 @@ def bctx(worker_ctx, tiny_model):
     settings = worker_ctx.settings.model_copy(update={"model_path": tiny_model, "progress_interval_s": 0.0,
                                                       "generate_max_batch": 8, "generate_batch_wait_s": 0.0})
     c = WorkerContext(settings)
+    generation._host = None
     yield c
     c.close()
     generation._host = None

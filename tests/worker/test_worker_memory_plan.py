@@ -82,6 +82,7 @@ def test_model_shape_is_read_from_the_checkpoint_without_loading_it(tiny_model):
 def tctx(worker_ctx, tiny_model):
     settings = worker_ctx.settings.model_copy(update={"model_path": tiny_model, "progress_interval_s": 0.0})
     c = WorkerContext(settings)
+    generation._host = None           # another test's resident host would count its own loads
     yield c
     c.close()
     generation._host = None
