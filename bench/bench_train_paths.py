@@ -9,6 +9,7 @@ of 32 PNGs of 1024^2 with captions (written once under --work), log every 10 ste
 median seconds/step of the logged windows after the first (which holds the compilation), as the CLI prints it. Paths:
   bench        bench/bench_training.py --variants ours (random model built on the GPU, streamed random images)
   bench-nockpt bench/bench_training.py --variants ours-nockpt (the setting "auto" picks where activations fit)
+  bench-varied bench/bench_training.py --variants ours-varied (bench-nockpt on captions of 12 lengths)
   cli          python -m core.train as shipped (compile auto = on, DataLoader workers), checkpointing on
   cli-eager    the same with --compile off: what the CLI did before compile became the CUDA default
   cli-auto     the CLI's defaults end to end (checkpointing auto: off when the activations fit)
@@ -37,6 +38,7 @@ PATHS = {
     "cli-inline": ["--gradient_checkpointing", "on", "--log_every", "1", "--num_workers", "0"],
     "ddp2": ["--gradient_checkpointing", "on", "--log_every", "10"],
 }
+BENCH_VARIANTS = {"bench": "ours", "bench-nockpt": "ours-nockpt", "bench-varied": "ours-varied"}
 CAPTION = ("a quiet harbour town at dusk painted in loose watercolour washes, small boats resting on calm water "
            "that reflects warm orange lamps, narrow houses with blue shutters climbing a hill")
 
@@ -117,7 +119,7 @@ def main(argv=None) -> list[tuple[str, dict]]:
     for name in [n.strip() for n in a.paths.split(",") if n.strip()]:
         print(f"== {name}", flush=True)
         try:
-            r = run_bench(a.steps, a.timeout, "ours" if name == "bench" else "ours-nockpt") \
+            r = run_bench(a.steps, a.timeout, BENCH_VARIANTS[name]) \
                 if name.startswith("bench") else run_cli(name, a.model, data, work, a.steps,
                                                                               a.timeout, a.resolution)
         except subprocess.TimeoutExpired:

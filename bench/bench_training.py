@@ -18,6 +18,7 @@ Variants:
                 no mask), no PEFT input casts, fused AdamW, regional torch.compile of the decoder layers,
                 gradient checkpointing on, no host sync per step, batches prefetched in pinned memory
   ours-nockpt   the same without gradient checkpointing (faster, more memory)
+  ours-varied   ours-nockpt on captions of 12 lengths (real datasets): does a varying sequence length cost?
   ours-eager    ours without torch.compile (how much compile buys)
   ours-2048     ours at 2048 x 2048;  ours-b4: ours at batch 4 (1024); both with checkpointing "auto" (the
                 trainer's default: on only when the estimated activations do not fit in free memory)
@@ -55,12 +56,14 @@ class Variant:
     recipe: bool = False
     checkpointing: bool | str = True     # "auto": the trainer's own choice from free memory
     compile: bool | str = True           # "module": the older per-module layer.compile()
+    varied: bool = False                 # captions of 12 different lengths (as real datasets), not one
 
 
 VARIANTS = {
     "recipe": Variant("recipe", recipe=True, compile=False),
     "ours": Variant("ours"),
     "ours-nockpt": Variant("ours-nockpt", checkpointing=False),
+    "ours-varied": Variant("ours-varied", checkpointing=False, varied=True),
     "ours-eager": Variant("ours-eager", compile=False),
     "ours-modcompile": Variant("ours-modcompile", compile="module"),
     "ours-2048": Variant("ours-2048", resolution=2048, checkpointing="auto"),
@@ -99,11 +102,14 @@ def build_model(spec, tokenizer, device: torch.device, vocab: int | None):
     return model.eval()
 
 
-def random_stream(resolution: int):
+def random_stream(resolution: int, varied: bool = False):
     def make(start: int):
         for i in itertools.count(start):
             g = torch.Generator().manual_seed(i)
-            yield torch.rand(3, resolution, resolution, generator=g) * 2 - 1, CAPTION
+            # varied: 12 caption lengths, as a dataset has; the compiled layers then see more than one
+            # sequence length (bench_train_paths measured the CLI 1.44x slower than one fixed caption)
+            caption = CAPTION + ", with more detail" * (i % 12) if varied else CAPTION
+            yield torch.rand(3, resolution, resolution, generator=g) * 2 - 1, caption
     return make
 
 
@@ -121,7 +127,8 @@ def make_trainer(v: Variant, model, tokenizer, device, out_dir: Path):
     model._layer_fn = run_layer
     for layer in model.model.language_model.layers:
         layer._compiled_call_impl = None
-    trainer = Trainer(cfg, data=StreamData(random_stream(v.resolution), v.batch), model=model, tokenizer=tokenizer)
+    trainer = Trainer(cfg, data=StreamData(random_stream(v.resolution, v.varied), v.batch), model=model,
+                      tokenizer=tokenizer)
     if v.compile == "module":  # the older regional form: layer.compile(), checkpoint around the compiled module
         for layer in model.model.language_model.layers:
             layer.compile()
@@ -233,9 +240,10 @@ def main(argv=None) -> None:
         v = VARIANTS[name]
         if args.tiny:      # 64 px (4 tokens) / 128 px keep the smoke test small; compile is slow on 2 cores
             v = Variant(v.name, resolution=128 if v.resolution > 1024 else 64, batch=v.batch, recipe=v.recipe,
+                        varied=v.varied,
                         checkpointing=v.checkpointing, compile=False)
         if args.no_compile:
-            v = Variant(v.name, v.resolution, v.batch, v.recipe, v.checkpointing, False)
+            v = Variant(v.name, v.resolution, v.batch, v.recipe, v.checkpointing, False, v.varied)
         print(f"== {name}: {v}", flush=True)
         try:
             r = measure(v, spec, tokenizer, device, vocab, steps, warmup, args.profile)
