@@ -160,10 +160,13 @@ def plan_generation(shape: ModelShape, *, width: int, height: int, images: int, 
 
 def gpu_memory() -> tuple[int, int] | None:
     """(free, total) bytes of this process's GPU, or None without CUDA (then nothing is planned)."""
+    import os
+
     import torch
     if not torch.cuda.is_available():
         return None
-    return torch.cuda.mem_get_info()
+    # a rank of a multi-GPU job plans for its own GPU (torchrun's LOCAL_RANK), before the trainer selects it
+    return torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
 
 
 def check_generation(settings, *, model_path, images: int, width: int, height: int, cfg: bool) -> None:
