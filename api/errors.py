@@ -94,15 +94,23 @@ class ApiError(StarletteHTTPException):
 _REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
-def _server_roots() -> list[str]:
-    roots = {str(Path(__file__).resolve().parents[1]), tempfile.gettempdir(), str(Path.cwd()), "/tmp", "/var/tmp"}
-    return sorted((r for r in roots if r not in ("", "/")), key=len, reverse=True)
+_REGISTERED_ROOTS: set[str] = set()  # the data and artifact folders of every app created (create_app adds them)
+
+
+def register_server_roots(*roots: str | Path) -> None:
+    _REGISTERED_ROOTS.update(str(Path(r).resolve()) for r in roots)
+
+
+def _server_roots() -> set[str]:
+    return {str(Path(__file__).resolve().parents[1]), tempfile.gettempdir(), str(Path.cwd()), "/tmp", "/var/tmp",
+            *_REGISTERED_ROOTS}
 
 
 def scrub(text: str, extra_roots: Iterable[str] = ()) -> str:
     """The message with object reprs removed and absolute paths under server folders cut to their last part."""
     text = _REPR.sub("the upload", text)
     for root in sorted({r.rstrip("/") for r in (*extra_roots, *_server_roots())} - {""}, key=len, reverse=True):
+        # Longest first: a file under the artifact folder loses the whole folder, not just the repository's part.
         text = re.sub(re.escape(root) + r"(/[^\s'\"():,;]*)?(?![\w.-])",
                       lambda m: Path(m.group(0)).name if m.group(1) else "<server>", text)
     return text
@@ -123,17 +131,10 @@ def _scrub_any(value: Any, roots: Iterable[str]) -> Any:
     return scrub(str(value), roots)
 
 
-def _roots(request: Request) -> list[str]:
-    settings = getattr(request.app.state, "settings", None)
-    if settings is None:
-        return []
-    return [str(Path(settings.data_dir).resolve()), str(settings.resolved_artifact_dir)]
-
-
 def error_response(request: Request, status: int, message: str, *, code: str | None = None,
                    field: str | None = None, details: list[dict[str, Any]] | None = None,
                    report: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    roots = _roots(request)
+    roots = ()
     error: dict[str, Any] = {"code": code or CODES.get(status, "error"), "message": scrub(message, roots)}
     if field is not None:
         error["field"] = field
@@ -178,14 +179,15 @@ async def _on_validation(request: Request, exc: RequestValidationError) -> JSONR
     return error_response(request, 422, message, field=first["field"], details=items)
 
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves on this path (Starlette's own 405 names only the first route's)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE and getattr(route, "methods", None):
-            methods |= set(route.methods)
-    return sorted(methods)
+    """Every method some route serves on this path (Starlette's own 405 names only the first route's): each
+    method is tried against the routing table as it is, included routers and all."""
+    base = {k: v for k, v in request.scope.items() if k in ("type", "path", "root_path", "raw_path", "headers")}
+    return [m for m in HTTP_METHODS
+            if any(route.matches({**base, "method": m})[0] is Match.FULL for route in request.app.router.routes)]
 
 
 async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

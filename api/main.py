@@ -14,7 +14,7 @@ from redis.retry import Retry
 
 from api.db_retry import RetryReadsOnDisconnect
 from api.enqueue import Enqueuer
-from api.errors import install_error_handlers
+from api.errors import install_error_handlers, register_server_roots
 from api.limits import BodySizeLimit
 from api.routes import datasets, generations, health, loras, trainings
 from api.settings import Settings, get_settings
@@ -53,4 +53,5 @@ def create_app(settings: Settings | None = None, *, store: ArtifactStore | None 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
     app.add_middleware(RetryReadsOnDisconnect)
     install_error_handlers(app)
+    register_server_roots(settings.data_dir, settings.resolved_artifact_dir)  # never named in an error
     return app

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from api.deps import (CurrentOwner, EnqueuerDep, GenerationId, PageDep, SessionDep, SettingsDep, StatusFilter,
                       StoreDep, not_found)
 from api.enqueue import GENERATE, send_and_record
-from api.errors import ApiError, error_responses
+from api.errors import ApiError, error_responses, scrub
 from api.files import send_artifact
 from api.quota import check_active_limit, check_generation_cost
 from api.schemas import (CancelPublic, GenerationCreate, GenerationProgress, GenerationPublic, GenerationsPublic,
@@ -27,7 +27,8 @@ router = APIRouter(prefix="/v1/generations", tags=["generations"], responses=err
 
 def to_public(gen: Generation) -> GenerationPublic:
     return GenerationPublic(
-        id=gen.id, status=gen.status, prompt=gen.prompt, params=gen.params, error=gen.error,
+        id=gen.id, status=gen.status, prompt=gen.prompt, params=gen.params,
+        error=scrub(gen.error) if gen.error else None,  # the worker's text: no server paths or object reprs
         cancel_requested=bool(gen.cancel_requested), warnings=list(gen.warnings or []),
         progress=GenerationProgress(step=gen.step, total_steps=gen.total_steps),
         images=[ImagePublic(index=i.index, url=f"/v1/generations/{gen.id}/images/{i.index}", width=i.width,

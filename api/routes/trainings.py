@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 from api.deps import (CurrentOwner, EnqueuerDep, PageDep, SessionDep, SettingsDep, StatusFilter, StoreDep, TrainingId,
                       not_found)
 from api.enqueue import TRAIN, send_and_record
-from api.errors import ApiError, error_responses
+from api.errors import ApiError, error_responses, scrub
 from api.files import send_artifact
 from api.quota import check_active_limit
 from api.schemas import (CancelPublic, PreviewPublic, TrainingCreate, TrainingProgress, TrainingPublic,
@@ -27,7 +27,8 @@ router = APIRouter(prefix="/v1/trainings", tags=["trainings"], responses=error_r
 def to_public(job: TrainingJob) -> TrainingPublic:
     return TrainingPublic(
         id=job.id, name=job.name, dataset_id=job.dataset_id, trigger=job.trigger, status=job.status,
-        cancel_requested=job.cancel_requested, params=job.params, error=job.error, attempt=job.attempt,
+        cancel_requested=job.cancel_requested, params=job.params, attempt=job.attempt,
+        error=scrub(job.error) if job.error else None,  # the worker's text: no server paths or object reprs
         checkpoint_step=job.checkpoint_step,
         progress=TrainingProgress(step=job.step, total_steps=job.total_steps, loss=job.loss,
                                   seconds_per_step=job.seconds_per_step, eta_seconds=job.eta_seconds),
