@@ -1,25 +1,44 @@
 """FastAPI dependencies as Annotated aliases; everything comes from app.state, set by create_app."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterator
 
 from fastapi import Depends, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.enqueue import Enqueuer
-from api.errors import ApiError
+from api.errors import ApiError, is_disconnect
 from api.schemas import JobStatus
 from api.settings import Settings
 from db.models import Owner
 from db.owners import owner_for_key
 from db.store import ArtifactStore
 
+log = logging.getLogger(__name__)
+
 
 def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
+    session = request.app.state.sessions()
+    try:
         yield session
+    finally:
+        close_quietly(session)
+
+
+def close_quietly(session: Session) -> None:
+    """Close a session whose connection the database may have dropped. This runs after the response went out, so
+    a failed rollback of a dead connection (SQLAlchemy has already invalidated it; the pool replaces it) must not
+    raise: it would break a response that was already answered in full."""
+    try:
+        session.close()
+    except DBAPIError as e:
+        if not is_disconnect(e):
+            raise
+        log.info("closed a session whose database connection was gone: %s", str(e).splitlines()[0])
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
