@@ -203,6 +203,10 @@ async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONRespons
     detail = exc.detail
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.url.path}"
+    if exc.status_code == 400 and request.method in ("POST", "PUT", "PATCH"):
+        # FastAPI's answer to a body it cannot even decode (bytes that are not UTF-8 JSON, a broken multipart):
+        # the same 422 as any other invalid body.
+        return error_response(request, 422, f"the request body could not be parsed ({detail})", field=None)
     return error_response(request, exc.status_code, str(detail), headers=headers or None)
 
 

@@ -16,8 +16,9 @@ MAX_SEED = 2**62  # image k uses seed + k: leaves room in a signed 64-bit column
 
 class Strict(BaseModel):
     # Unknown fields are errors: a typo such as "learning_rte" must not silently train with the default.
-    # NaN and +-Infinity (which Python's JSON parser accepts) are refused in every number, naming the field.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # NaN and +-Infinity (which Python's JSON parser accepts) are refused in every number, naming the field;
+    # strict: a JSON true is not the number 1, nor "5" the number 5 (the schema says integer / number).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     @field_validator("*")
     @classmethod
