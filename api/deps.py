@@ -7,9 +7,11 @@ from typing import Annotated, Any, Iterator
 
 from fastapi import Depends, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from api.db_retry import COMMIT_FLAG
 from api.enqueue import Enqueuer
 from api.errors import ApiError, is_disconnect
 from api.schemas import JobStatus
@@ -23,6 +25,12 @@ log = logging.getLogger(__name__)
 
 def get_session(request: Request) -> Iterator[Session]:
     session = request.app.state.sessions()
+    state = request.scope.setdefault("state", {})
+
+    @event.listens_for(session, "before_commit")
+    def _commit_attempted(_session):
+        state[COMMIT_FLAG] = True  # from here a dropped connection may have committed: no automatic re-run
+
     try:
         yield session
     finally:

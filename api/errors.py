@@ -102,13 +102,17 @@ def register_server_roots(*roots: str | Path) -> None:
 
 
 def _server_roots() -> set[str]:
-    return {str(Path(__file__).resolve().parents[1]), tempfile.gettempdir(), str(Path.cwd()), "/tmp", "/var/tmp",
-            *_REGISTERED_ROOTS}
+    roots = {str(Path(__file__).resolve().parents[1]), tempfile.gettempdir(), "/tmp", "/var/tmp", *_REGISTERED_ROOTS}
+    try:
+        roots.add(str(Path.cwd()))
+    except OSError:  # the working directory was deleted under us
+        pass
+    return roots
 
 
 def scrub(text: str, extra_roots: Iterable[str] = ()) -> str:
     """The message with object reprs removed and absolute paths under server folders cut to their last part."""
-    text = _REPR.sub("the upload", text)
+    text = _REPR.sub("(internal object)", text)
     for root in sorted({r.rstrip("/") for r in (*extra_roots, *_server_roots())} - {""}, key=len, reverse=True):
         # Longest first: a file under the artifact folder loses the whole folder, not just the repository's part.
         text = re.sub(re.escape(root) + r"(/[^\s'\"():,;]*)?(?![\w.-])",
@@ -134,7 +138,7 @@ def _scrub_any(value: Any, roots: Iterable[str]) -> Any:
 def error_response(request: Request, status: int, message: str, *, code: str | None = None,
                    field: str | None = None, details: list[dict[str, Any]] | None = None,
                    report: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    roots = ()
+    roots: tuple[str, ...] = ()  # the registered server roots are always applied
     error: dict[str, Any] = {"code": code or CODES.get(status, "error"), "message": scrub(message, roots)}
     if field is not None:
         error["field"] = field
@@ -228,7 +232,7 @@ async def _on_database(request: Request, exc: DBAPIError) -> JSONResponse:
     if not is_disconnect(exc):
         return await _on_unexpected(request, exc)
     log.warning("database unavailable for %s %s: %s", request.method, request.url.path, str(exc).splitlines()[0])
-    request.scope.setdefault("state", {})[UNAVAILABLE_FLAG] = True  # a GET is run once more (api/db_retry.py)
+    request.scope.setdefault("state", {})[UNAVAILABLE_FLAG] = True  # re-run if nothing was committed (api/db_retry.py)
     return error_response(request, 503, "the database is unavailable for a moment; retry shortly",
                           headers={"Retry-After": str(DB_RETRY_AFTER_S)})
 

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from api.db_retry import RetryReadsOnDisconnect
+from api.db_retry import RetryOnDisconnect
 from api.enqueue import Enqueuer
 from api.errors import install_error_handlers, register_server_roots
 from api.limits import BodySizeLimit
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None, *, store: ArtifactStore | None 
         return JSON_BODY_LIMIT
 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
-    app.add_middleware(RetryReadsOnDisconnect)
+    app.add_middleware(RetryOnDisconnect)
     install_error_handlers(app)
     register_server_roots(settings.data_dir, settings.resolved_artifact_dir)  # never named in an error
     return app
