@@ -68,4 +68,5 @@ def test_statements_per_list_request_do_not_grow_with_the_page(client, app, fran
         assert all(len(j["previews"]) == 2 and j["lora_id"] for j in pages[ROWS])
     if route == "generations":
         assert all(len(g["images"]) == 2 for g in pages[ROWS])
+    print(f"\n{route}: statements per list request by page size {counts}")
     assert counts[ROWS] == counts[1], counts
