@@ -96,5 +96,5 @@ def remove_dataset(dataset_id: DatasetId, owner: CurrentOwner, session: SessionD
         raise not_found("dataset", dataset_id)
     if outcome == "in_use":
         raise ApiError(status.HTTP_409_CONFLICT, f"dataset {dataset_id} is used by a queued or running "
-                                                      "training job; cancel it first")
+                                                 "training job; cancel it first")
     store.delete_prefix(prefix)

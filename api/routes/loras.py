@@ -86,8 +86,8 @@ def download_lora(lora_id: LoraId, owner: CurrentOwner, session: SessionDep, sto
     fmt = format or next((f for f in ("comfyui", "peft", "original") if f in available), None)
     if fmt not in available:
         raise ApiError(status.HTTP_409_CONFLICT, f"LoRA {lora_id} has no {format} copy (it was "
-                                                      f"{lora.source} as {lora.format}); available: "
-                                                      f"{', '.join(available) or 'none'}")
+                                                 f"{lora.source} as {lora.format}); available: "
+                                                 f"{', '.join(available) or 'none'}")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in lora.name)[:80] or "lora"
     if fmt == "peft":
         path = _zip_prefix(store, lora.peft_prefix)
