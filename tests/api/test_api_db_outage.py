@@ -103,3 +103,39 @@ def test_connections_killed_in_flight_answer_503_or_succeed_and_the_api_recovers
         if status == 503:
             assert retry_after and content_type == "application/json" and '"code":"unavailable"' in body, body
     assert after == [200] * 5 + [202] * 5  # recovered by itself
+
+
+def test_an_event_stream_that_loses_its_database_ends_with_an_error_event(settings, app):
+    """A blip is retried by the stream itself; a database that is gone ends it with the one error shape, not a
+    cut connection. The database here is one of its own, dropped mid-stream."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from db.generations import create_generation
+    from db.migrate import upgrade
+    from db.testing import DEFAULT_ADMIN_URL, temporary_postgres
+
+    with temporary_postgres() as url:
+        upgrade(url)
+        doomed = create_app(settings.model_copy(update={"database_url": url}), enqueuer=app.state.enqueuer)
+        with doomed.state.sessions() as s:
+            owner = owner_headers(doomed.state.sessions, "hal")
+            gen = create_generation(s, owner_id=owner["owner_id"], prompt="p", params={}, num_images=1, total_steps=2)
+        events = []
+        with TestClient(doomed) as c, c.stream("GET", f"/v1/generations/{gen.id}/events", headers=auth(owner)) as r:
+            assert r.status_code == 200
+            name = None
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                    if name == "snapshot" and not events:
+                        admin = create_engine(DEFAULT_ADMIN_URL, isolation_level="AUTOCOMMIT")
+                        with admin.connect() as conn:
+                            conn.execute(text(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+                        admin.dispose()
+                elif line.startswith("data: "):
+                    events.append((name, json.loads(line[6:])))
+        doomed.state.sessions.kw["bind"].dispose()
+    assert events[0][0] == "snapshot" and events[-1][0] == "error"
+    assert events[-1][1]["error"]["code"] == "unavailable"
