@@ -8,7 +8,7 @@ PY := .venv/bin/python
 	.venv/bin/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: serve test test-slow test-all demo
+.PHONY: serve test test-slow test-all demo schemathesis
 serve: .venv/.installed  ## the whole service on its embedded default (SQLite, bundled broker, bundled model)
 	$(PY) -m worker.embedded
 
@@ -23,3 +23,6 @@ test-all: .venv/.installed
 
 demo: .venv/.installed  ## service + style LoRA end to end, writes runs/demo/grid.png
 	$(PY) -m worker.demo
+
+schemathesis: .venv/.installed  ## fuzz the API from its OpenAPI document (loopback, temp SQLite; about 5 min)
+	$(PY) tests/api/schemathesis_run.py --max-examples 15 --max-time 300

@@ -19,9 +19,15 @@ def send_and_record(enqueuer: "Enqueuer", task: tuple[str, str], job_id: str, se
     """Send the job's message and record it on the row (``mark``: db.*.mark_*_enqueued); run after the response,
     so a slow or dead broker never holds up the request. A failed send leaves the row for the reconciler."""
     task_id = enqueuer.send(task, job_id)
-    if task_id is not None:
+    if task_id is None:
+        return
+    try:
         with sessions() as s:
             mark(s, job_id, task_id)
+    except Exception as e:  # noqa: BLE001 - after the response: a lost mark only means the reconciler re-sends
+        # (a duplicate message is harmless: a worker's claim succeeds only from `queued`).
+        log.warning("sent %s for %s but could not record it (the reconciler will re-send): %s", task[0], job_id,
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 class Enqueuer:

@@ -51,7 +51,9 @@ class BodySizeLimit:
 
 
 async def _reject(send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body is over the limit of {limit} bytes"}).encode()
+    # The one error shape of api/errors.py (this answer is sent before any handler could run).
+    body = json.dumps({"error": {"code": "too_large",
+                                 "message": f"request body is over the limit of {limit} bytes"}}).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

@@ -8,13 +8,13 @@ The schema is not created here: run migrations first (`python -m db.migrate`; th
 from __future__ import annotations
 
 import redis
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from sqlalchemy.exc import DataError
 
+from api.db_retry import RetryOnDisconnect
 from api.enqueue import Enqueuer
+from api.errors import install_error_handlers, register_server_roots
 from api.limits import BodySizeLimit
 from api.routes import datasets, generations, health, loras, trainings
 from api.settings import Settings, get_settings
@@ -23,13 +23,16 @@ from db.store import ArtifactStore, LocalStore
 
 JSON_BODY_LIMIT = 1 << 20  # every non-upload request: a job spec is a few kB
 
+DESCRIPTION = """Train LoRA adapters for HiDream-O1-Image and generate images with them.
+
+Every route but /health and /ready needs `Authorization: Bearer <api key>` (the Authorize button above).
+Every error answers `{"error": {"code", "message", "field"?, "details"?}}`; 429 and 503 carry `Retry-After`."""
+
 
 def create_app(settings: Settings | None = None, *, store: ArtifactStore | None = None,
                enqueuer: Enqueuer | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="o1lora", version="0.1.0",
-                  description="Train LoRA adapters for HiDream-O1-Image and generate images with them. "
-                              "Every route but /health and /ready needs `Authorization: Bearer <api key>`.")
+    app = FastAPI(title="o1lora", version="0.1.0", description=DESCRIPTION)
     app.state.settings = settings
     app.state.sessions = make_sessionmaker(settings.resolved_database_url)
     app.state.store = store or LocalStore(settings.resolved_artifact_dir)
@@ -48,11 +51,7 @@ def create_app(settings: Settings | None = None, *, store: ArtifactStore | None 
         return JSON_BODY_LIMIT
 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
-    app.add_exception_handler(DataError, _unstorable_value)
+    app.add_middleware(RetryOnDisconnect)
+    install_error_handlers(app)
+    register_server_roots(settings.data_dir, settings.resolved_artifact_dir)  # never named in an error
     return app
-
-
-async def _unstorable_value(request: Request, exc: DataError) -> JSONResponse:
-    # The schemas refuse what they can name; this catches the rest (e.g. a NUL byte in a path id) as a 4xx.
-    return JSONResponse({"detail": "the request holds a value the database cannot store or compare "
-                                   "(e.g. a NUL character or a number out of range)"}, status_code=422)

@@ -14,15 +14,11 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 MAX_SEED = 2**62  # image k uses seed + k: leaves room in a signed 64-bit column
 
 
-def _multiple_of_32(name: str, value: int) -> int:
-    if value % 32:
-        raise ValueError(f"{name} must be a multiple of 32 (the model's patch size), got {value}")
-    return value
-
-
 class Strict(BaseModel):
     # Unknown fields are errors: a typo such as "learning_rte" must not silently train with the default.
-    model_config = ConfigDict(extra="forbid")
+    # NaN and +-Infinity (which Python's JSON parser accepts) are refused in every number, naming the field;
+    # strict: a JSON true is not the number 1, nor "5" the number 5 (the schema says integer / number).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     @field_validator("*")
     @classmethod
@@ -71,8 +67,9 @@ class TrainingCreate(Strict):
     rank: int = Field(16, ge=1, le=512, description="LoRA rank r")
     alpha: float = Field(16.0, gt=0, le=4096, description="LoRA alpha; the update is scaled by alpha / rank")
     learning_rate: float = Field(1e-4, gt=0, le=1e-1, description="AdamW learning rate")
-    resolution: int = Field(1024, ge=32, le=4096, description="training area is about resolution^2 pixels, "
-                                                                "aspect kept; multiple of 32")
+    resolution: int = Field(1024, ge=32, le=4096, multiple_of=32,
+                            description="training area is about resolution^2 pixels, aspect kept; multiple of 32 "
+                                        "(the model's patch size)")
     batch_size: int = Field(1, ge=1, le=64, description="images per optimizer step")
     sample_every: int = Field(500, ge=0, description="steps between preview images; 0 = no previews")
     sample_prompts: list[str] = Field(default_factory=list, max_length=8,
@@ -88,18 +85,8 @@ class TrainingCreate(Strict):
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
     grad_accum: int = Field(1, ge=1, le=64, description="micro-batches accumulated per optimizer step")
     sample_steps: int = Field(20, ge=1, le=200, description="sampler steps of each preview image")
-    sample_size: int | None = Field(None, ge=32, le=4096, description="preview side in pixels, multiple of 32; "
-                                                                      "default: resolution")
-
-    @field_validator("resolution")
-    @classmethod
-    def _res(cls, v: int) -> int:
-        return _multiple_of_32("resolution", v)
-
-    @field_validator("sample_size")
-    @classmethod
-    def _sample_size(cls, v: int | None) -> int | None:
-        return v if v is None else _multiple_of_32("sample_size", v)
+    sample_size: int | None = Field(None, ge=32, le=4096, multiple_of=32,
+                                    description="preview side in pixels, multiple of 32; default: resolution")
 
     @field_validator("sample_prompts")
     @classmethod
@@ -118,10 +105,10 @@ class TrainingCreate(Strict):
 
     @model_validator(mode="after")
     def _sampling(self) -> "TrainingCreate":
-        if self.sample_every > self.steps:
-            raise ValueError(f"sample_every ({self.sample_every}) must not exceed steps ({self.steps})")
-        if self.warmup_steps > self.steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})")
+        problems = [f"{name} ({getattr(self, name)}) must not exceed steps ({self.steps})"
+                    for name in ("sample_every", "warmup_steps") if getattr(self, name) > self.steps]
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -205,8 +192,8 @@ class GenerationCreate(Strict):
     negative_prompt: str | None = Field(None, max_length=4000,
                                         description="what to avoid (used with CFG); default: the model's")
     loras: list[LoraRef] = Field(default_factory=list, max_length=8, description="LoRAs to apply, with scales")
-    width: int = Field(1024, ge=32, le=4096, description="image width, multiple of 32")
-    height: int = Field(1024, ge=32, le=4096, description="image height, multiple of 32")
+    width: int = Field(1024, ge=32, le=4096, multiple_of=32, description="image width, multiple of 32")
+    height: int = Field(1024, ge=32, le=4096, multiple_of=32, description="image height, multiple of 32")
     steps: int | None = Field(None, ge=1, le=500, description="sampling steps; default: the preset's (50 full, 28 dev)")
     guidance: float | None = Field(None, ge=0, le=30,
                                    description="CFG scale; default: the preset's (5 full, 0 = none for dev)")
@@ -214,11 +201,6 @@ class GenerationCreate(Strict):
                                                                   "default: random, reported back")
     preset: Literal["full", "dev"] = Field("full", description="sampler recipe: full (UniPC + CFG) or dev (distilled)")
     num_images: int = Field(1, ge=1, le=8, description="images to generate")
-
-    @field_validator("width", "height")
-    @classmethod
-    def _sides(cls, v: int, info) -> int:
-        return _multiple_of_32(info.field_name, v)
 
     @field_validator("loras")
     @classmethod
@@ -257,8 +239,9 @@ class GenerationPublic(BaseModel):
     progress: GenerationProgress = Field(description="latest progress written by the worker")
     images: list[ImagePublic] = Field(description="images finished so far")
     error: str | None = Field(description="why it failed")
-    warnings: list[str] = Field(default_factory=list,
-                                description="what the worker ignored (e.g. LoRA keys that fit no module)")
+    cancel_requested: bool = Field(description="a cancel was asked while running; it stops at its next step")
+    warnings: list[str] = Field(description="what you should know about a run that still succeeded "
+                                            "(e.g. LoRA keys that placed nowhere)")
     created_at: datetime = Field(description="submit time (UTC)")
     started_at: datetime | None = Field(description="start time (UTC)")
     finished_at: datetime | None = Field(description="end time (UTC)")

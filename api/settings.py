@@ -52,6 +52,15 @@ class Settings(BaseSettings):
     dataset_min_side: int = Field(256, ge=1, description="images with a shorter side are rejected on upload")
     max_lora_bytes: int = Field(4 * 2**30, gt=0, description="largest imported LoRA file")
 
+    # What one owner may ask of the workers (api/quota.py): active jobs (queued + running; 0 = no limit) and the
+    # cost of one generation request in pixel-steps (width * height * steps * num_images). The default admits
+    # 1024^2 x 50 steps x 4 images and 2048^2 x 50 x 1, and refuses 4096^2 x 50.
+    max_active_generations: int = Field(10, ge=0, description="an owner's queued + running generations; more -> 429")
+    max_active_trainings: int = Field(5, ge=0, description="an owner's queued + running trainings; more -> 429")
+    active_limit_retry_after_s: int = Field(30, ge=1, description="Retry-After of that 429")
+    max_generation_cost: int = Field(2048 * 2048 * 50, gt=0,
+                                     description="largest width * height * steps * num_images of one generation")
+
     heartbeat_timeout_s: float = Field(180.0, gt=0, description="a running job silent this long is stale")
     sse_recheck_s: float = Field(5.0, gt=0, description="SSE re-reads the DB this often in case an event was lost")
 

@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any, AsyncIterator, Callable
 
 import anyio
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 
+from api.deps import close_quietly
+from api.errors import is_disconnect
 from db.events import channel, decode
 from db.models import TERMINAL
 
 log = logging.getLogger(__name__)
+SNAPSHOT_TRIES = 3
+UNAVAILABLE = "event: error\ndata: " + json.dumps({"error": {"code": "unavailable", "message": "the database is "
+                                                  "unavailable; reconnect to the stream shortly"}}) + "\n\n"
 
 
 def format_event(event: str, data: Any) -> str:
@@ -43,7 +50,11 @@ async def job_events(*, kind: str, job_id: str, redis_url: str, snapshot: Callab
         except Exception as e:  # no Redis: the stream still works, from DB reads alone
             log.warning("SSE for %s %s without live events: %s", kind, job_id, e)
             live = False
-        state = await run_in_threadpool(snapshot)
+        try:
+            state = await run_in_threadpool(snapshot)
+        except DBAPIError:
+            yield UNAVAILABLE
+            return
         yield format_event("snapshot", state)
         while state["status"] not in TERMINAL:
             message = None
@@ -64,7 +75,12 @@ async def job_events(*, kind: str, job_id: str, redis_url: str, snapshot: Callab
                 if event["type"] != "status":
                     continue
             # After a status event, or recheck_s of quiet: the DB says what changed and whether the job ended.
-            fresh = await run_in_threadpool(snapshot)
+            try:
+                fresh = await run_in_threadpool(snapshot)
+            except DBAPIError:
+                # The response started long ago: say why the stream ends (same body as a 503) rather than cut it.
+                yield UNAVAILABLE
+                return
             if fresh != state or fresh["status"] in TERMINAL:
                 yield format_event("snapshot", fresh)
             elif message is None:
@@ -82,8 +98,17 @@ def job_stream(*, kind: str, job_id: str, settings, sessions, read: Callable[[An
     """The /events response of one job; ``read(session)`` is its public model, read in a fresh session for every
     snapshot (the request's own session is gone once the response streams)."""
     def snapshot() -> dict[str, Any]:
-        with sessions() as s:
-            return read(s).model_dump(mode="json")
+        # A dropped database connection is retried on a fresh one (the pool replaces it): a stream outlives blips.
+        for attempt in range(SNAPSHOT_TRIES):
+            session = sessions()
+            try:
+                return read(session).model_dump(mode="json")
+            except DBAPIError as e:
+                if not is_disconnect(e) or attempt == SNAPSHOT_TRIES - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+            finally:
+                close_quietly(session)
 
     events = job_events(kind=kind, job_id=job_id, redis_url=settings.resolved_redis_url, snapshot=snapshot,
                         recheck_s=settings.sse_recheck_s)

@@ -5,16 +5,17 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, File, Form, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import CurrentOwner, PageDep, SessionDep, SettingsDep, StoreDep, not_found
+from api.deps import CurrentOwner, DatasetId, PageDep, SessionDep, SettingsDep, StoreDep, not_found
+from api.errors import ApiError, error_responses
 from api.schemas import NO_NUL, DatasetPublic, DatasetsPublic
 from api.uploads import Incoming, UploadError, prepare_dataset, remove
 from db.datasets import create_dataset, delete_dataset, get_dataset, list_datasets, new_dataset_id
 from db.models import Dataset
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 422, 503))
 
 
 def to_public(ds: Dataset) -> DatasetPublic:
@@ -22,18 +23,21 @@ def to_public(ds: Dataset) -> DatasetPublic:
                          total_bytes=ds.total_bytes, report=ds.report, created_at=ds.created_at)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetPublic, responses=error_responses(413))
 async def upload_dataset(
     owner: CurrentOwner, session: SessionDep, settings: SettingsDep, store: StoreDep,
-    files: Annotated[list[UploadFile], File(description="images (PNG/JPEG/WebP) with optional same-name .txt "
+    files: Annotated[list[UploadFile], File(min_length=1,
+                                            description="images (PNG/JPEG/WebP) with optional same-name .txt "
                                                         "captions or metadata.jsonl, or one .zip of those")],
     name: Annotated[str | None, Form(max_length=200, pattern=NO_NUL, description="display name")] = None,
-    resolution: Annotated[int, Form(ge=32, le=4096, description="training resolution the validation report "
-                                                                "buckets for")] = 1024,
+    resolution: Annotated[int, Form(ge=32, le=4096, multiple_of=32,
+                                    description="training resolution the validation report buckets for "
+                                                "(multiple of 32)")] = 1024,
 ):
-    """Upload a dataset; every file is checked and the trainer's validation runs before anything is stored."""
-    if resolution % 32:
-        raise HTTPException(422, f"resolution must be a multiple of 32, got {resolution}")
+    """Upload a dataset; every file is checked and the trainer's validation runs before anything is stored.
+
+    422 names the first file that is refused (type, name, size, content) and, when the trainer's validation ran,
+    carries its report: every file that would not train, with the reason."""
     staging = Path(tempfile.mkdtemp(prefix="upload-", dir=_tmp_dir(settings)))
     incoming = [Incoming(f.filename or "", f.file, f.size) for f in files]
     try:
@@ -49,7 +53,7 @@ async def upload_dataset(
             store.delete_prefix(prefix)  # no row, no files
             raise
     except UploadError as e:
-        raise HTTPException(e.status, {"message": str(e), "report": e.report} if e.report else str(e)) from None
+        raise ApiError(e.status, str(e), field="files", report=e.report) from None
     finally:
         remove(staging)
     return to_public(ds)
@@ -73,8 +77,8 @@ def read_datasets(owner: CurrentOwner, session: SessionDep, page: PageDep):
     return DatasetsPublic(data=[to_public(r) for r in rows], count=total)
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic)
-def read_dataset(dataset_id: str, owner: CurrentOwner, session: SessionDep):
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses=error_responses(404))
+def read_dataset(dataset_id: DatasetId, owner: CurrentOwner, session: SessionDep):
     """One dataset with its validation report."""
     ds = get_dataset(session, dataset_id=dataset_id, owner_id=owner.id)
     if ds is None:
@@ -82,8 +86,8 @@ def read_dataset(dataset_id: str, owner: CurrentOwner, session: SessionDep):
     return to_public(ds)
 
 
-@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
-def remove_dataset(dataset_id: str, owner: CurrentOwner, session: SessionDep, store: StoreDep):
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409))
+def remove_dataset(dataset_id: DatasetId, owner: CurrentOwner, session: SessionDep, store: StoreDep):
     """Delete a dataset and its files; refused (409) while a queued or running job trains on it."""
     ds = get_dataset(session, dataset_id=dataset_id, owner_id=owner.id)
     prefix = ds.storage_prefix if ds else None
@@ -91,6 +95,6 @@ def remove_dataset(dataset_id: str, owner: CurrentOwner, session: SessionDep, st
     if outcome is None:
         raise not_found("dataset", dataset_id)
     if outcome == "in_use":
-        raise HTTPException(status.HTTP_409_CONFLICT, f"dataset {dataset_id} is used by a queued or running "
-                                                      "training job; cancel it first")
+        raise ApiError(status.HTTP_409_CONFLICT, f"dataset {dataset_id} is used by a queued or running "
+                                                 "training job; cancel it first")
     store.delete_prefix(prefix)

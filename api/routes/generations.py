@@ -1,40 +1,56 @@
-"""/v1/generations: submit, list, read, stream events, download images."""
+"""/v1/generations: submit, list, read, cancel, stream events, download images."""
 from __future__ import annotations
 
 import secrets
+from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from api.deps import CurrentOwner, EnqueuerDep, PageDep, SessionDep, SettingsDep, StatusFilter, StoreDep, not_found
+from api.deps import (CurrentOwner, EnqueuerDep, GenerationId, PageDep, SessionDep, SettingsDep, StatusFilter,
+                      StoreDep, not_found)
 from api.enqueue import GENERATE, send_and_record
+from api.errors import ApiError, error_responses, scrub
 from api.files import send_artifact
-from api.schemas import GenerationCreate, GenerationProgress, GenerationPublic, GenerationsPublic, ImagePublic
+from api.quota import check_active_limit, check_generation_cost
+from api.schemas import (CancelPublic, GenerationCreate, GenerationProgress, GenerationPublic, GenerationsPublic,
+                         ImagePublic)
 from api.sse import job_stream
-from db.generations import create_generation, get_generation, list_generations, mark_generation_enqueued
+from db.events import publish
+from db.generations import (cancel_generation, create_generation, get_generation, list_generations,
+                            mark_generation_enqueued)
 from db.loras import get_lora
 from db.models import Generation
 
-router = APIRouter(prefix="/v1/generations", tags=["generations"])
+router = APIRouter(prefix="/v1/generations", tags=["generations"], responses=error_responses(401, 422, 503))
 
 
 def to_public(gen: Generation) -> GenerationPublic:
     return GenerationPublic(
-        id=gen.id, status=gen.status, prompt=gen.prompt, params=gen.params, error=gen.error,
-        warnings=list(gen.warnings or []),
+        id=gen.id, status=gen.status, prompt=gen.prompt, params=gen.params,
+        error=scrub(gen.error) if gen.error else None,  # the worker's text: no server paths or object reprs
+        cancel_requested=bool(gen.cancel_requested), warnings=list(gen.warnings or []),
         progress=GenerationProgress(step=gen.step, total_steps=gen.total_steps),
         images=[ImagePublic(index=i.index, url=f"/v1/generations/{gen.id}/images/{i.index}", width=i.width,
                             height=i.height, seed=i.seed) for i in gen.images],
         created_at=gen.created_at, started_at=gen.started_at, finished_at=gen.finished_at)
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=GenerationPublic,
+             responses=error_responses(404, 413, 429))
 def submit_generation(response: Response, body: GenerationCreate, owner: CurrentOwner, session: SessionDep,
-                      enqueuer: EnqueuerDep, request: Request, background: BackgroundTasks):
-    """Queue a generation with your LoRAs; poll it until its images are listed."""
+                      enqueuer: EnqueuerDep, settings: SettingsDep, request: Request, background: BackgroundTasks):
+    """Queue a generation with your LoRAs; poll it until its images are listed.
+
+    Refused with 422 when width x height x steps x num_images is over the service's bound, and with 429
+    (Retry-After) while you already have the most queued + running generations the service allows."""
+    check_generation_cost(width=body.width, height=body.height, steps=body.steps, num_images=body.num_images,
+                          settings=settings)
     for i, ref in enumerate(body.loras):
         if get_lora(session, lora_id=ref.id, owner_id=owner.id) is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"loras[{i}].id: LoRA {ref.id} not found")
+            raise not_found("LoRA", ref.id, field=f"loras[{i}].id")
+    check_active_limit(session, Generation, owner_id=owner.id, limit=settings.max_active_generations,
+                       what="generations", settings=settings)
     params = body.model_dump()
     if params["seed"] is None:  # chosen here so the row records how to reproduce the images
         params["seed"] = secrets.randbelow(2**31)
@@ -54,19 +70,39 @@ def read_generations(owner: CurrentOwner, session: SessionDep, page: PageDep, st
     return GenerationsPublic(data=[to_public(r) for r in rows], count=total)
 
 
-@router.get("/{generation_id}", response_model=GenerationPublic)
-def read_generation(generation_id: str, owner: CurrentOwner, session: SessionDep):
-    """Status and the images finished so far."""
+@router.get("/{generation_id}", response_model=GenerationPublic, responses=error_responses(404))
+def read_generation(generation_id: GenerationId, owner: CurrentOwner, session: SessionDep):
+    """Status, the images finished so far, and warnings."""
     gen = get_generation(session, generation_id=generation_id, owner_id=owner.id)
     if gen is None:
         raise not_found("generation", generation_id)
     return to_public(gen)
 
 
+@router.post("/{generation_id}/cancel", response_model=CancelPublic, responses=error_responses(404, 409))
+def cancel(generation_id: GenerationId, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep,
+           request: Request, background: BackgroundTasks):
+    """Cancel: a queued generation is canceled at once; a running one stops at its next sampling step (the
+    images already finished stay). 409 when it has already ended."""
+    outcome = cancel_generation(session, job_id=generation_id, owner_id=owner.id)
+    gen = get_generation(session, generation_id=generation_id, owner_id=owner.id)
+    if gen is None:
+        raise not_found("generation", generation_id)
+    session.refresh(gen)
+    if outcome is None:
+        raise ApiError(status.HTTP_409_CONFLICT, f"generation {generation_id} is already {gen.status}")
+    if outcome == "canceled":
+        background.add_task(enqueuer.revoke, gen.celery_task_id)  # best effort, after the response
+        publish(request.app.state.redis, kind="generation", job_id=gen.id, type="status",
+                data={"status": "canceled"})
+    return CancelPublic(id=gen.id, status=gen.status, cancel_requested=gen.cancel_requested)
+
+
 @router.get("/{generation_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "snapshot, then progress / image / status events until it ends"}})
-def stream_events(generation_id: str, owner: CurrentOwner, session: SessionDep, settings: SettingsDep,
+                             "description": "snapshot, then progress / image / status events until it ends"},
+                       **error_responses(404)})
+def stream_events(generation_id: GenerationId, owner: CurrentOwner, session: SessionDep, settings: SettingsDep,
                   request: Request):
     """Server-Sent Events: the current state, then live progress and images until the end."""
     if get_generation(session, generation_id=generation_id, owner_id=owner.id) is None:
@@ -76,8 +112,9 @@ def stream_events(generation_id: str, owner: CurrentOwner, session: SessionDep, 
 
 
 @router.get("/{generation_id}/images/{n}", response_class=StreamingResponse,
-            responses={200: {"content": {"image/png": {}}, "description": "the PNG"}})
-def read_image(generation_id: str, n: int, owner: CurrentOwner, session: SessionDep, store: StoreDep):
+            responses={200: {"content": {"image/png": {}}, "description": "the PNG"}, **error_responses(404)})
+def read_image(generation_id: GenerationId, owner: CurrentOwner, session: SessionDep, store: StoreDep,
+               n: Annotated[int, Path(ge=0, le=2**31, description="0-based image number")]):
     """Image number n (0-based) as PNG."""
     gen = get_generation(session, generation_id=generation_id, owner_id=owner.id)
     image = next((i for i in gen.images if i.index == n), None) if gen else None

@@ -7,12 +7,13 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import CurrentOwner, PageDep, SessionDep, SettingsDep, StoreDep, not_found
+from api.deps import CurrentOwner, LoraId, PageDep, SessionDep, SettingsDep, StoreDep, not_found
+from api.errors import ApiError, error_responses
 from api.files import send_artifact
 from api.lora_check import LoraFileError
 from api.lora_import import store_lora_file
@@ -21,7 +22,7 @@ from db.loras import create_imported_lora, delete_lora, get_lora, list_loras, ne
 from db.models import Lora
 from db.store import ArtifactStore
 
-router = APIRouter(prefix="/v1/loras", tags=["loras"])
+router = APIRouter(prefix="/v1/loras", tags=["loras"], responses=error_responses(401, 422, 503))
 
 
 def downloads(lora: Lora) -> dict[str, str]:
@@ -44,8 +45,8 @@ def read_loras(owner: CurrentOwner, session: SessionDep, page: PageDep):
     return LorasPublic(data=[to_public(r) for r in rows], count=total)
 
 
-@router.get("/{lora_id}", response_model=LoraPublic)
-def read_lora(lora_id: str, owner: CurrentOwner, session: SessionDep):
+@router.get("/{lora_id}", response_model=LoraPublic, responses=error_responses(404))
+def read_lora(lora_id: LoraId, owner: CurrentOwner, session: SessionDep):
     """One LoRA with its download links."""
     lora = get_lora(session, lora_id=lora_id, owner_id=owner.id)
     if lora is None:
@@ -53,8 +54,8 @@ def read_lora(lora_id: str, owner: CurrentOwner, session: SessionDep):
     return to_public(lora)
 
 
-@router.delete("/{lora_id}", status_code=status.HTTP_204_NO_CONTENT)
-def remove_lora(lora_id: str, owner: CurrentOwner, session: SessionDep, store: StoreDep):
+@router.delete("/{lora_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409))
+def remove_lora(lora_id: LoraId, owner: CurrentOwner, session: SessionDep, store: StoreDep):
     """Delete a LoRA and its files; refused (409) while a queued or running generation uses it."""
     lora = get_lora(session, lora_id=lora_id, owner_id=owner.id)
     keys = [k for k in (lora.peft_prefix, lora.comfyui_key, lora.original_key) if k] if lora else []
@@ -62,15 +63,16 @@ def remove_lora(lora_id: str, owner: CurrentOwner, session: SessionDep, store: S
     if outcome is None:
         raise not_found("LoRA", lora_id)
     if outcome == "in_use":
-        raise HTTPException(status.HTTP_409_CONFLICT, f"LoRA {lora_id} is used by a queued or running generation")
+        raise ApiError(status.HTTP_409_CONFLICT, f"LoRA {lora_id} is used by a queued or running generation")
     for key in keys:
         store.delete_prefix(key)
 
 
 @router.get("/{lora_id}/file", response_class=FileResponse,
             responses={200: {"content": {"application/zip": {}, "application/octet-stream": {}},
-                             "description": "a zip of the PEFT folder, or one safetensors file"}})
-def download_lora(lora_id: str, owner: CurrentOwner, session: SessionDep, store: StoreDep,
+                             "description": "a zip of the PEFT folder, or one safetensors file"},
+                       **error_responses(404, 409)})
+def download_lora(lora_id: LoraId, owner: CurrentOwner, session: SessionDep, store: StoreDep,
                   format: Annotated[Literal["peft", "comfyui", "original"] | None,
                                     Query(description="peft: zip of the PEFT folder; comfyui: one ComfyUI-style "
                                                       "safetensors; original: the imported file as uploaded; "
@@ -83,9 +85,9 @@ def download_lora(lora_id: str, owner: CurrentOwner, session: SessionDep, store:
     available = downloads(lora)
     fmt = format or next((f for f in ("comfyui", "peft", "original") if f in available), None)
     if fmt not in available:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"LoRA {lora_id} has no {format} copy (it was "
-                                                      f"{lora.source} as {lora.format}); available: "
-                                                      f"{', '.join(available) or 'none'}")
+        raise ApiError(status.HTTP_409_CONFLICT, f"LoRA {lora_id} has no {format} copy (it was "
+                                                 f"{lora.source} as {lora.format}); available: "
+                                                 f"{', '.join(available) or 'none'}")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in lora.name)[:80] or "lora"
     if fmt == "peft":
         path = _zip_prefix(store, lora.peft_prefix)
@@ -107,7 +109,7 @@ def _zip_prefix(store: ArtifactStore, prefix: str) -> str:
     return path
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=LoraPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=LoraPublic, responses=error_responses(413))
 async def import_lora(
     owner: CurrentOwner, session: SessionDep, store: StoreDep, settings: SettingsDep,
     file: Annotated[UploadFile, File(description="a .safetensors LoRA (PEFT, ComfyUI, musubi-tuner, DiffSynth or "
@@ -118,16 +120,19 @@ async def import_lora(
     trigger: Annotated[str | None, Form(max_length=200, pattern=NO_NUL,
                                         description="trigger phrase, if it has one")] = None,
 ):
-    """Import a LoRA file; its keys are checked against the layouts the loader reads before it is stored."""
+    """Import a LoRA file; its keys are checked against the layouts the loader reads before it is stored.
+
+    422 names what is wrong with a file that is refused (empty, not safetensors, not a LoRA, another model's
+    modules, a pickle); nothing is stored then."""
     filename = PurePosixPath((file.filename or "").replace("\\", "/")).name
     if file.size is not None and file.size > settings.max_lora_bytes:
-        raise HTTPException(413, f"{filename}: over the LoRA size limit of {settings.max_lora_bytes} bytes")
+        raise ApiError(413, f"{filename}: over the LoRA size limit of {settings.max_lora_bytes} bytes", field="file")
     lora_id = new_lora_id()
     try:
         stored = await run_in_threadpool(store_lora_file, store, lora_id, filename, file.file,
                                           settings.max_lora_bytes)
     except LoraFileError as e:
-        raise HTTPException(422, f"{filename}: {e}") from None
+        raise ApiError(422, f"{filename}: {e}", field="file") from None
     try:
         lora = create_imported_lora(session, lora_id=lora_id, owner_id=owner.id, trigger=trigger,
                                     name=name or Path(filename).stem[:200] or "lora", **stored)

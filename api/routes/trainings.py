@@ -1,12 +1,17 @@
 """/v1/trainings: submit, list, read, cancel, stream events, preview images."""
 from __future__ import annotations
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from api.deps import CurrentOwner, EnqueuerDep, PageDep, SessionDep, SettingsDep, StatusFilter, StoreDep, not_found
+from api.deps import (CurrentOwner, EnqueuerDep, PageDep, SessionDep, SettingsDep, StatusFilter, StoreDep, TrainingId,
+                      not_found)
 from api.enqueue import TRAIN, send_and_record
+from api.errors import ApiError, error_responses, scrub
 from api.files import send_artifact
+from api.quota import check_active_limit
 from api.schemas import (CancelPublic, PreviewPublic, TrainingCreate, TrainingProgress, TrainingPublic,
                          TrainingsPublic)
 from api.sse import job_stream
@@ -16,13 +21,14 @@ from db.models import TrainingJob
 from db.training import (cancel_training, create_training, get_training, list_trainings,
                          mark_training_enqueued)
 
-router = APIRouter(prefix="/v1/trainings", tags=["trainings"])
+router = APIRouter(prefix="/v1/trainings", tags=["trainings"], responses=error_responses(401, 422, 503))
 
 
 def to_public(job: TrainingJob) -> TrainingPublic:
     return TrainingPublic(
         id=job.id, name=job.name, dataset_id=job.dataset_id, trigger=job.trigger, status=job.status,
-        cancel_requested=job.cancel_requested, params=job.params, error=job.error, attempt=job.attempt,
+        cancel_requested=job.cancel_requested, params=job.params, attempt=job.attempt,
+        error=scrub(job.error) if job.error else None,  # the worker's text: no server paths or object reprs
         checkpoint_step=job.checkpoint_step,
         progress=TrainingProgress(step=job.step, total_steps=job.total_steps, loss=job.loss,
                                   seconds_per_step=job.seconds_per_step, eta_seconds=job.eta_seconds),
@@ -32,12 +38,17 @@ def to_public(job: TrainingJob) -> TrainingPublic:
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at)
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TrainingPublic)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TrainingPublic,
+             responses=error_responses(404, 413, 429))
 def submit_training(response: Response, body: TrainingCreate, owner: CurrentOwner, session: SessionDep,
                     enqueuer: EnqueuerDep, settings: SettingsDep, request: Request, background: BackgroundTasks):
-    """Queue a training job on one of your datasets; poll it or stream its events."""
+    """Queue a training job on one of your datasets; poll it or stream its events.
+
+    429 (Retry-After) while you already have the most queued + running trainings the service allows."""
     if get_dataset(session, dataset_id=body.dataset_id, owner_id=owner.id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset_id: dataset {body.dataset_id} not found")
+        raise not_found("dataset", body.dataset_id, field="dataset_id")
+    check_active_limit(session, TrainingJob, owner_id=owner.id, limit=settings.max_active_trainings,
+                       what="trainings", settings=settings)
     params = body.model_dump()
     params["name"] = body.name or body.trigger
     params["min_side"] = settings.dataset_min_side  # the trainer checks the dataset as the upload did
@@ -59,8 +70,8 @@ def read_trainings(owner: CurrentOwner, session: SessionDep, page: PageDep, stat
     return TrainingsPublic(data=[to_public(r) for r in rows], count=total)
 
 
-@router.get("/{job_id}", response_model=TrainingPublic)
-def read_training(job_id: str, owner: CurrentOwner, session: SessionDep):
+@router.get("/{job_id}", response_model=TrainingPublic, responses=error_responses(404))
+def read_training(job_id: TrainingId, owner: CurrentOwner, session: SessionDep):
     """Status, progress, previews so far, and the LoRA once done."""
     job = get_training(session, job_id=job_id, owner_id=owner.id)
     if job is None:
@@ -68,8 +79,8 @@ def read_training(job_id: str, owner: CurrentOwner, session: SessionDep):
     return to_public(job)
 
 
-@router.post("/{job_id}/cancel", response_model=CancelPublic)
-def cancel(job_id: str, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep, request: Request,
+@router.post("/{job_id}/cancel", response_model=CancelPublic, responses=error_responses(404, 409))
+def cancel(job_id: TrainingId, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep, request: Request,
            background: BackgroundTasks):
     """Cancel: a queued job is canceled at once; a running one stops at its next step, keeping its checkpoint."""
     outcome = cancel_training(session, job_id=job_id, owner_id=owner.id)
@@ -78,7 +89,7 @@ def cancel(job_id: str, owner: CurrentOwner, session: SessionDep, enqueuer: Enqu
         raise not_found("training job", job_id)
     session.refresh(job)
     if outcome is None:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"training job {job_id} is already {job.status}")
+        raise ApiError(status.HTTP_409_CONFLICT, f"training job {job_id} is already {job.status}")
     if outcome == "canceled":
         background.add_task(enqueuer.revoke, job.celery_task_id)  # best effort, after the response
         publish(request.app.state.redis, kind="training", job_id=job.id, type="status", data={"status": "canceled"})
@@ -87,8 +98,9 @@ def cancel(job_id: str, owner: CurrentOwner, session: SessionDep, enqueuer: Enqu
 
 @router.get("/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "snapshot, then progress / preview / status events until the job ends"}})
-def stream_events(job_id: str, owner: CurrentOwner, session: SessionDep, settings: SettingsDep, request: Request):
+                             "description": "snapshot, then progress / preview / status events until the job ends"},
+                       **error_responses(404)})
+def stream_events(job_id: TrainingId, owner: CurrentOwner, session: SessionDep, settings: SettingsDep, request: Request):
     """Server-Sent Events: the current state, then live progress, previews and status changes until the end."""
     if get_training(session, job_id=job_id, owner_id=owner.id) is None:
         raise not_found("training job", job_id)
@@ -97,8 +109,10 @@ def stream_events(job_id: str, owner: CurrentOwner, session: SessionDep, setting
 
 
 @router.get("/{job_id}/previews/{step}/{index}", response_class=StreamingResponse,
-            responses={200: {"content": {"image/png": {}}, "description": "the preview PNG"}})
-def read_preview(job_id: str, step: int, index: int, owner: CurrentOwner, session: SessionDep, store: StoreDep):
+            responses={200: {"content": {"image/png": {}}, "description": "the preview PNG"}, **error_responses(404)})
+def read_preview(job_id: TrainingId, owner: CurrentOwner, session: SessionDep, store: StoreDep,
+                 step: Annotated[int, Path(ge=0, le=2**31, description="training step of the preview")],
+                 index: Annotated[int, Path(ge=0, le=2**31, description="which sample prompt (0-based)")]):
     """One preview image."""
     job = get_training(session, job_id=job_id, owner_id=owner.id)
     preview = next((p for p in job.previews if p.step == step and p.index == index), None) if job else None

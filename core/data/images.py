@@ -8,6 +8,7 @@ Both raise ImageProblem with a short reason; the validator reports it next to th
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -43,15 +44,28 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as e:
-        raise ImageProblem("huge", f"image is larger than the limit of {max_pixels} pixels ({e})") from e
+        # Pillow's message names its own (larger) limit; only ours is the user's business.
+        raise ImageProblem("huge", f"image is over the limit of {_pixels(max_pixels, max_pixels)}") from e
+    except Image.UnidentifiedImageError as e:
+        raise ImageProblem("unreadable", "not a readable PNG/JPEG/WebP image (unrecognised or corrupt data)") from e
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad bytes; all mean "unreadable"
-        raise ImageProblem("unreadable", f"not a readable PNG/JPEG/WebP image ({type(e).__name__}: {e})") from e
+        raise ImageProblem("unreadable", f"not a readable PNG/JPEG/WebP image ({type(e).__name__}: "
+                                         f"{_OBJECT_REPR.sub('the data', str(e))})") from e
     w, h = img.size
     if w * h > max_pixels:
-        raise ImageProblem("huge", f"{w}x{h} = {w * h / 1e6:.0f} MP is over the limit of {max_pixels / 1e6:.0f} MP")
+        raise ImageProblem("huge", f"{w}x{h} = {_pixels(w * h, max_pixels)} is over the limit of "
+                                   f"{_pixels(max_pixels, max_pixels)}")
     if w < 1 or h < 1:
         raise ImageProblem("unreadable", f"empty image ({w}x{h})")
     return img
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")  # Pillow names its BytesIO: no use to a user
+
+
+def _pixels(n: int, limit: int) -> str:
+    """A pixel count in the unit its limit reads best in: MP for limits of 10 MP and more, else pixels."""
+    return f"{n / 1e6:.0f} MP" if limit >= 10_000_000 else f"{n} pixels"
 
 
 def _orientation(img: Image.Image) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import uuid
 import zipfile
 
 import redis
@@ -14,6 +15,14 @@ from sqlalchemy import func, select
 from db.models import Base
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
+
+
+def owner_headers(Session, name: str) -> dict:
+    """A new owner with a key: {"Authorization": ..., "owner_id": ...}."""
+    from db.owners import create_api_key, create_owner
+    with Session() as s:
+        owner = create_owner(s, name=f"{name}-{uuid.uuid4().hex[:6]}")
+        return {"Authorization": f"Bearer {create_api_key(s, owner_id=owner.id)}", "owner_id": owner.id}
 
 
 def auth(owner: dict) -> dict:

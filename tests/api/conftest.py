@@ -16,10 +16,9 @@ from api.enqueue import Enqueuer
 from api.main import create_app
 from api.settings import Settings
 from db.migrate import upgrade
-from db.owners import create_api_key, create_owner
 from db.testing import temporary_postgres
 
-from api_helpers import REDIS_URL, auth, make_celery, png
+from api_helpers import REDIS_URL, auth, make_celery, owner_headers, png
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +42,10 @@ def settings(pg_url, tmp_path_factory):
     return Settings(data_dir=tmp_path_factory.mktemp("data"), database_url=pg_url, broker_url=REDIS_URL,
                     dataset_min_side=16, max_upload_file_bytes=200_000, max_upload_request_bytes=2_000_000,
                     max_upload_files=20, max_zip_uncompressed_bytes=1_000_000, max_image_pixels=512 * 512,
-                    max_caption_bytes=1000, max_lora_bytes=1_000_000, sse_recheck_s=0.3)
+                    max_caption_bytes=1000, max_lora_bytes=1_000_000, sse_recheck_s=0.3,
+                    # The session's owners accumulate queued jobs (no worker runs here); the limits have their
+                    # own tests, on an app of their own (test_api_quota.py).
+                    max_active_generations=10_000, max_active_trainings=10_000)
 
 
 @pytest.fixture(scope="session")
@@ -67,20 +69,14 @@ def store(app):
     return app.state.store
 
 
-def _owner_headers(Session, name: str) -> dict:
-    with Session() as s:
-        owner = create_owner(s, name=f"{name}-{uuid.uuid4().hex[:6]}")
-        return {"Authorization": f"Bearer {create_api_key(s, owner_id=owner.id)}", "owner_id": owner.id}
-
-
 @pytest.fixture(scope="session")
 def alice(Session):
-    return _owner_headers(Session, "alice")
+    return owner_headers(Session, "alice")
 
 
 @pytest.fixture(scope="session")
 def bob(Session):
-    return _owner_headers(Session, "bob")
+    return owner_headers(Session, "bob")
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ def test_dataset_of_a_queued_job_cannot_be_deleted(client, alice, dataset):
     job = client.post("/v1/trainings", headers=auth(alice), json={"dataset_id": dataset["id"], "trigger": "sks"})
     assert job.status_code == 202
     r = client.delete(f"/v1/datasets/{dataset['id']}", headers=auth(alice))
-    assert r.status_code == 409 and "cancel it first" in r.json()["detail"]
+    assert r.status_code == 409 and "cancel it first" in r.json()["error"]["message"]
     client.post(f"/v1/trainings/{job.json()['id']}/cancel", headers=auth(alice))
     assert client.delete(f"/v1/datasets/{dataset['id']}", headers=auth(alice)).status_code == 204
 

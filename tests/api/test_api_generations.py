@@ -5,7 +5,8 @@
 from __future__ import annotations
 
 from api_helpers import auth, lora_safetensors, png, queued_messages
-from db.generations import add_generation_image, claim_generation, finish_generation, record_generation_progress
+from db.generations import (add_generation_image, add_generation_warnings, claim_generation, finish_generation,
+                            is_generation_cancel_requested, record_generation_progress)
 
 
 def test_submit_fills_defaults_and_sends_to_the_generate_queue(client, alice, key_prefix):
@@ -54,3 +55,37 @@ def test_images_appear_and_download_as_png(client, alice, Session, store):
     assert client.get(f"/v1/generations/{gen['id']}/images/2", headers=auth(alice)).status_code == 404
     listed = client.get("/v1/generations?status=succeeded", headers=auth(alice)).json()
     assert gen["id"] in [g["id"] for g in listed["data"]]
+
+
+
+def test_cancel_queued_at_once_running_at_the_next_step_finished_409(client, alice, bob, Session):
+    queued = client.post("/v1/generations", headers=auth(alice), json={"prompt": "p", "steps": 2}).json()
+    assert client.post(f"/v1/generations/{queued['id']}/cancel", headers=auth(bob)).status_code == 404  # not bob's
+    r = client.post(f"/v1/generations/{queued['id']}/cancel", headers=auth(alice))
+    assert r.status_code == 200 and r.json() == {"id": queued["id"], "status": "canceled", "cancel_requested": True}
+    with Session() as s:
+        assert claim_generation(s, generation_id=queued["id"], worker_id="g") is False  # a late message does nothing
+    assert client.get(f"/v1/generations/{queued['id']}", headers=auth(alice)).json()["status"] == "canceled"
+
+    running = client.post("/v1/generations", headers=auth(alice), json={"prompt": "p", "steps": 2}).json()
+    with Session() as s:
+        claim_generation(s, generation_id=running["id"], worker_id="g")
+    r = client.post(f"/v1/generations/{running['id']}/cancel", headers=auth(alice))
+    assert r.json() == {"id": running["id"], "status": "running", "cancel_requested": True}
+    with Session() as s:
+        assert is_generation_cancel_requested(s, job_id=running["id"])  # what the worker reads between steps
+    got = client.get(f"/v1/generations/{running['id']}", headers=auth(alice)).json()
+    assert got["status"] == "running" and got["cancel_requested"] is True
+
+    r = client.post(f"/v1/generations/{queued['id']}/cancel", headers=auth(alice))
+    assert r.status_code == 409 and "already canceled" in r.json()["error"]["message"]
+    assert client.post("/v1/generations/nope/cancel", headers=auth(alice)).status_code == 404
+
+
+def test_warnings_of_a_generation_are_shown(client, alice, Session):
+    gen = client.post("/v1/generations", headers=auth(alice), json={"prompt": "p", "steps": 2}).json()
+    assert gen["warnings"] == [] and gen["cancel_requested"] is False
+    with Session() as s:
+        add_generation_warnings(s, job_id=gen["id"], warnings=["LoRA abc: 3 of 56 keys placed nowhere"])
+    got = client.get(f"/v1/generations/{gen['id']}", headers=auth(alice)).json()
+    assert got["warnings"] == ["LoRA abc: 3 of 56 keys placed nowhere"]

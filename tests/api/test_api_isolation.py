@@ -47,7 +47,7 @@ def test_another_owners_ids_answer_404_and_change_nothing(client, bob, alice, al
     before = (db_counts(Session), store_files(settings))
     r = client.request(method, path.format(**alices), headers=auth(bob))
     assert r.status_code == 404, (method, path, r.status_code, r.text)
-    assert "not found" in r.json()["detail"]
+    assert "not found" in r.json()["error"]["message"]
     assert (db_counts(Session), store_files(settings)) == before
     if method == "GET" and not path.endswith("/events"):  # (an event stream of a queued job never ends)
         assert client.get(path.format(**alices), headers=auth(alice)).status_code == 200  # the owner is answered
@@ -55,9 +55,9 @@ def test_another_owners_ids_answer_404_and_change_nothing(client, bob, alice, al
 
 def test_references_to_another_owners_resources_are_404(client, bob, alices):
     r = client.post("/v1/trainings", headers=auth(bob), json={"dataset_id": alices["dataset"], "trigger": "t"})
-    assert r.status_code == 404 and "dataset_id" in r.json()["detail"]
+    assert r.status_code == 404 and "dataset_id" in r.json()["error"]["message"]
     r = client.post("/v1/generations", headers=auth(bob), json={"prompt": "p", "loras": [{"id": alices["lora"]}]})
-    assert r.status_code == 404 and "loras[0].id" in r.json()["detail"]
+    assert r.status_code == 404 and "loras[0].id" in r.json()["error"]["message"]
 
 
 def test_lists_show_only_your_own(client, bob, alices):
@@ -73,7 +73,7 @@ def test_no_or_bad_key_is_401(client, alices, method, path, header):
     headers = {"Authorization": header} if header else {}
     r = client.request(method, path.format(**alices), headers=headers)
     assert r.status_code == 401, (method, path, r.status_code)
-    assert r.headers["www-authenticate"] == "Bearer" and "API key" in r.json()["detail"]
+    assert r.headers["www-authenticate"] == "Bearer" and "API key" in r.json()["error"]["message"]
 
 
 def test_health_and_ready_need_no_key(client):

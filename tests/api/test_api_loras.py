@@ -50,7 +50,7 @@ def test_musubi_lora_downloads_as_original_only(client, alice):
     assert lora["format"] == "musubi" and set(lora["downloads"]) == {"original"}
     assert "kept as uploaded" in lora["metadata"]["conversion"]
     r = client.get(f"/v1/loras/{lora['id']}/file?format=peft", headers=auth(alice))
-    assert r.status_code == 409 and "available: original" in r.json()["detail"]
+    assert r.status_code == 409 and "available: original" in r.json()["error"]["message"]
     assert client.get(f"/v1/loras/{lora['id']}/file", headers=auth(alice)).content == data
 
 
@@ -98,7 +98,7 @@ def test_trained_lora_downloads_in_both_formats_and_delete_removes_files(client,
 
     gen = client.post("/v1/generations", headers=auth(alice), json={"prompt": "p", "loras": [{"id": lora_id}]}).json()
     r = client.delete(f"/v1/loras/{lora_id}", headers=auth(alice))
-    assert r.status_code == 409 and "generation" in r.json()["detail"]
+    assert r.status_code == 409 and "generation" in r.json()["error"]["message"]
     from db.generations import claim_generation, fail_generation
     with Session() as s:
         claim_generation(s, generation_id=gen["id"], worker_id="g")

@@ -59,7 +59,7 @@ def test_invalid_values_are_422_naming_the_field(client, alice, dataset, fields,
 
 def test_missing_dataset_is_404_naming_the_field(client, alice):
     r = client.post("/v1/trainings", headers=auth(alice), json={"dataset_id": "nope", "trigger": "sks"})
-    assert r.status_code == 404 and r.json()["detail"].startswith("dataset_id:")
+    assert r.status_code == 404 and r.json()["error"]["message"].startswith("dataset_id:")
 
 
 def test_progress_previews_and_lora_appear_as_the_worker_writes_them(client, alice, dataset, Session, store):
@@ -119,7 +119,7 @@ def test_cancel_queued_running_and_finished(client, alice, dataset, Session):
     assert r.json() == {"id": running["id"], "status": "running", "cancel_requested": True}
 
     r = client.post(f"/v1/trainings/{queued['id']}/cancel", headers=auth(alice))
-    assert r.status_code == 409 and "already canceled" in r.json()["detail"]
+    assert r.status_code == 409 and "already canceled" in r.json()["error"]["message"]
 
 
 def test_dead_broker_still_answers_202_and_leaves_the_row_queued_for_the_reconciler(settings, alice, dataset, Session):
