@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     lora_cache_size: int = Field(8, gt=0, description="LoRAs a generation worker keeps bound in memory (LRU)")
     train_processes: int = Field(0, ge=0, description="processes (DDP ranks) per training job: 0 = one per "
                                                        "visible GPU of the worker (1 without GPUs)")
+    db_outage_limit_s: float = Field(120.0, gt=0, description="a worker retries its database calls through "
+                                     "connection losses this long before failing the job (keep it under "
+                                     "heartbeat_timeout_s)")
 
     @property
     def resolved_database_url(self) -> str:

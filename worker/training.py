@@ -20,13 +20,15 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from sqlalchemy import select
+
 from db.datasets import get_dataset
-from db.models import TrainingJob
-from db.training import (add_preview, fail_training, finish_training, hand_back_training, heartbeat_training,
-                         is_cancel_requested, mark_training_canceled, record_checkpoint, record_progress)
+from db.models import Lora, TrainingJob
+from db.training import (add_preview, fail_training, finish_training, heartbeat_training, is_cancel_requested,
+                         mark_training_canceled, record_checkpoint, record_progress)
 from worker.context import WorkerContext, ctx
 from worker.pacing import Every, Heartbeat
-from worker.runs import JobLost, local_dir, publish, run_with_heartbeat, take
+from worker.runs import JobLost, db_call, hand_back, local_dir, publish, run_with_heartbeat, take
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +116,8 @@ def run_owned(c: WorkerContext, job: TrainingJob) -> str:
 def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
     from core.train import TrainCallbacks, train
 
-    with c.sessions() as s:
-        dataset = get_dataset(s, dataset_id=job.dataset_id) if job.dataset_id else None
+    dataset = db_call(c, lambda s: get_dataset(s, dataset_id=job.dataset_id), what=f"training {job.id}: dataset") \
+        if job.dataset_id else None
     if dataset is None:
         raise ValueError(f"dataset {job.dataset_id} no longer exists")
     data_dir = local_dir(c, dataset.storage_prefix)
@@ -143,10 +145,12 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
     last: dict = {}          # the newest on_step values
     written = [None]         # the step the row holds
 
+    # Every read and write below goes through db_call: a database blip pauses the step, it never fails the job.
     def write_progress() -> None:
-        with c.sessions() as s:
-            owned(record_progress(s, job_id=job.id, worker_id=c.worker_id, **last))
-        written[0] = last["step"]
+        values = dict(last)
+        owned(db_call(c, lambda s: record_progress(s, job_id=job.id, worker_id=c.worker_id, **values),
+                      what=f"training {job.id}: progress"))
+        written[0] = values["step"]
         publish(c, "training", job.id, "progress", dict(last))
 
     def on_step(step, total, loss, smoothed, lr, sec, eta):
@@ -164,9 +168,13 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
             raise JobLost()
         key = f"{prefix}/checkpoints/attempt-{job.attempt}/{path.name}"
         c.store.put_dir(key, path)
-        with c.sessions() as s:
+
+        def record(s) -> tuple[str | None, bool]:
             previous = s.get(TrainingJob, job.id).checkpoint_path
-            owned(record_checkpoint(s, job_id=job.id, worker_id=c.worker_id, path=key, step=step))
+            return previous, record_checkpoint(s, job_id=job.id, worker_id=c.worker_id, path=key, step=step)
+
+        previous, ok = db_call(c, record, what=f"training {job.id}: checkpoint")
+        owned(ok)
         if previous and previous != key:
             c.store.delete_prefix(previous)  # the row points at the new one: the old one is garbage
 
@@ -175,8 +183,8 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
             key = f"{prefix}/previews/{path.name}"
             c.store.put_file(key, path)
             prompt = cfg.sample_prompts[index] if index < len(cfg.sample_prompts) else ""
-            with c.sessions() as s:
-                add_preview(s, job_id=job.id, step=step, index=index, storage_key=key, prompt=prompt)
+            db_call(c, lambda s: add_preview(s, job_id=job.id, step=step, index=index, storage_key=key,
+                                             prompt=prompt), what=f"training {job.id}: preview")
             publish(c, "training", job.id, "preview",
                     {"step": step, "index": index, "url": preview_url(job.id, step, index)})
 
@@ -188,9 +196,8 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
         elif worker_shutting_down():
             why.append("shutdown")
         elif poll():
-            with c.sessions() as s:
-                if is_cancel_requested(s, job_id=job.id):
-                    why.append("cancel")
+            if db_call(c, lambda s: is_cancel_requested(s, job_id=job.id), what=f"training {job.id}: cancel check"):
+                why.append("cancel")
         if why and last and written[0] != last["step"]:
             write_progress()  # the trainer now saves a checkpoint here: the row must say this step
         return bool(why)
@@ -208,21 +215,19 @@ def _stopped(c: WorkerContext, job: TrainingJob, why: str, result) -> str:
     """The trainer stopped early and saved a checkpoint (already recorded by on_checkpoint)."""
     if why == "lost":
         raise JobLost()
-    with c.sessions() as s:
-        if why == "cancel":
-            mark_training_canceled(s, job_id=job.id, worker_id=c.worker_id)
-            status = "canceled"
-        elif why == "time":
-            error = f"time limit: still running after {c.settings.train_time_limit_s:.0f} s (train_time_limit_s)"
-            fail_training(s, job_id=job.id, worker_id=c.worker_id, error=error)
-            status = "failed"
-        else:
-            # Warm shutdown: hand the job back now rather than after a heartbeat timeout.
-            from worker.dispatch import enqueue
-            if hand_back_training(s, job_id=job.id, worker_id=c.worker_id):
-                enqueue(s, "training", job.id)
-            log.info("training %s: worker shutting down at step %d; re-queued", job.id, result.steps_done)
-            return "requeued"
+    what = f"training {job.id}: {why}"
+    if why == "cancel":
+        db_call(c, lambda s: mark_training_canceled(s, job_id=job.id, worker_id=c.worker_id), what=what)
+        status = "canceled"
+    elif why == "time":
+        error = f"time limit: still running after {c.settings.train_time_limit_s:.0f} s (train_time_limit_s)"
+        db_call(c, lambda s: fail_training(s, job_id=job.id, worker_id=c.worker_id, error=error), what=what)
+        status = "failed"
+    else:
+        # Warm shutdown: hand the job back now rather than after a heartbeat timeout.
+        hand_back(c, "training", job.id)
+        log.info("training %s: worker shutting down at step %d; re-queued", job.id, result.steps_done)
+        return "requeued"
     publish(c, "training", job.id, "status", {"status": status})
     log.info("training %s: %s at step %d", job.id, status, result.steps_done)
     return status
@@ -236,9 +241,19 @@ def _succeeded(c: WorkerContext, job: TrainingJob, cfg, result) -> str:
     size = sum(c.store.size(k) for k in peft_keys) + c.store.size(comfy_key)
     meta = {"steps": result.steps_done, "final_loss": result.smoothed_loss, "resolution": cfg.resolution,
             "base_model": cfg.base_model_name, "attempts": job.attempt}
-    with c.sessions() as s:
-        lora_id = finish_training(s, job_id=job.id, worker_id=c.worker_id, peft_prefix=f"{prefix}/peft",
-                                  comfyui_key=comfy_key, rank=cfg.rank, alpha=cfg.alpha, size_bytes=size, meta=meta)
+    tried = [False]
+
+    def finish(s) -> str | None:
+        if tried[0]:
+            # A retry: the first try's COMMIT may have landed before its connection broke.
+            done = s.scalar(select(Lora.id).where(Lora.training_job_id == job.id))
+            if done is not None:
+                return done
+        tried[0] = True
+        return finish_training(s, job_id=job.id, worker_id=c.worker_id, peft_prefix=f"{prefix}/peft",
+                               comfyui_key=comfy_key, rank=cfg.rank, alpha=cfg.alpha, size_bytes=size, meta=meta)
+
+    lora_id = db_call(c, finish, what=f"training {job.id}: finish")
     if lora_id is None:
         raise JobLost()
     publish(c, "training", job.id, "status", {"status": "succeeded", "lora_id": lora_id})
