@@ -19,6 +19,12 @@ from typing import IO, Callable
 
 PR_SET_PDEATHSIG = 1
 
+# Celery's worker-to-worker chatter, off: gossip (events between workers), mingle (a sync of revoked ids at
+# start) and the event heartbeat. Nothing here reads them (a job's liveness is its row's heartbeat, read by the
+# reconciler; a revoke is only a hint, the claim is conditional), and on a Redis loss their event connection
+# is what logs a traceback while the consumer reconnects. docker-compose.yml starts its workers with the same.
+WORKER_FLAGS = ("--without-gossip", "--without-mingle", "--without-heartbeat")
+
 
 def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
     """A Popen ``preexec_fn``: the kernel sends the child ``sig`` when the process that starts it dies, even
@@ -68,8 +74,7 @@ class Launcher:
 
     def start_worker(self, name: str = "worker", queues: str = "train,generate") -> subprocess.Popen:
         return self._spawn(name, [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                                  "-Q", queues, "--hostname", f"{name}@%h", "--loglevel", "INFO",
-                                  "--without-gossip", "--without-mingle"])
+                                  "-Q", queues, "--hostname", f"{name}@%h", "--loglevel", "INFO", *WORKER_FLAGS])
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal a child's whole process group (SIGKILL: a crash, with no chance to clean up)."""
