@@ -23,7 +23,7 @@ from db.generations import claim_generation, get_generation, take_over_stale_gen
 from db.models import TERMINAL, Generation, TrainingJob, utcnow
 from db.training import cancel_queued_on_request, claim_training, get_training, take_over_stale_training
 from worker.context import WorkerContext
-from worker.db_retry import DatabaseOutage, first_line, retrying
+from worker.db_retry import DatabaseOutage, first_line, is_transient, retrying
 from worker.pacing import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,8 @@ def short_error(e: BaseException) -> str:
     says only that (its SQL, parameters and the worker's host:pid are in the log, not for the owner)."""
     if isinstance(e, DatabaseOutage):
         return str(e)
+    if is_transient(e):  # a call that was not retried (db_call) lost its connection
+        return "stopped: the connection to the service's database was lost (a service problem, not one of this job)"
     if isinstance(e, SQLAlchemyError):
         orig = getattr(e, "orig", None)
         return f"stopped by an internal database error ({type(orig or e).__name__}); the service's log has the details"

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from e2e_helpers import start_embedded
 from worker.broker import free_port
@@ -84,6 +85,7 @@ def test_children_die_with_a_sigkilled_launcher(tmp_path):
         kill_left(kids)
 
 
+@pytest.mark.slow   # ~25 s: the embedded start, a generation, the grace
 def test_sigterm_mid_generation_stops_everything_within_the_bound(tmp_path):
     port = free_port()
     data = tmp_path / "data"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from worker_helpers import RUN_PREFIX, put_dataset
 from db.owners import create_owner
 from db.training import create_training, get_training
@@ -17,6 +19,7 @@ PARAMS = {"rank": 4, "alpha": 4.0, "resolution": 64, "sample_every": 0, "batch_s
           "gradient_checkpointing": False}
 
 
+@pytest.mark.slow   # ~45 s on 2 busy cores: a Celery worker start and three tiny trainings
 def test_a_handed_back_job_resumes_before_the_queued_ones(worker_ctx, tiny_model, tmp_path, monkeypatch):
     c = WorkerContext(worker_ctx.settings.model_copy(update={"model_path": tiny_model, "progress_interval_s": 0.0}))
     with c.sessions() as s:
