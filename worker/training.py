@@ -151,7 +151,7 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
         owned(db_call(c, lambda s: record_progress(s, job_id=job.id, worker_id=c.worker_id, **values),
                       what=f"training {job.id}: progress"))
         written[0] = values["step"]
-        publish(c, "training", job.id, "progress", dict(last))
+        publish(c, "training", job.id, "progress", values)
 
     def on_step(step, total, loss, smoothed, lr, sec, eta):
         if hb.lost.is_set():

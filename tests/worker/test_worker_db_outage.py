@@ -166,8 +166,8 @@ def test_a_database_down_past_the_limit_fails_the_job_with_a_message_for_its_own
 
 
 class KillReadBack:
-    """After the claim's UPDATE, terminate the worker's own backend just before its next SELECT of the job row
-    (the read-back), ``times`` times: a real connection loss at exactly that statement."""
+    """After the claim's UPDATE, terminate the worker's own backend just before its next read of the whole job
+    row (the read-back), ``times`` times: a real connection loss at exactly that statement."""
 
     def __init__(self, c: WorkerContext, admin, times: int):
         self.admin, self.left, self.claimed = admin, times, False
@@ -177,7 +177,7 @@ class KillReadBack:
     def before(self, conn, cursor, statement, parameters, context, executemany):
         if statement.startswith("UPDATE training_jobs SET status"):
             self.claimed = True
-        elif self.claimed and self.left and statement.startswith("SELECT") and "FROM training_jobs" in statement:
+        elif self.claimed and self.left and statement.startswith("SELECT training_jobs.id, training_jobs.owner_id"):
             self.left -= 1
             pid = conn.connection.dbapi_connection.info.backend_pid
             with self.admin.connect() as a:
