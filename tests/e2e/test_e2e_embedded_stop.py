@@ -33,10 +33,16 @@ def children(pid: int) -> dict[int, str]:
         p = frontier.pop()
         for child, parent in parent_of.items():
             if parent == p and child not in found and alive(child):
-                found[child] = (Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                                if Path(f"/proc/{child}").exists() else "?")
+                found[child] = command_line(child)
                 frontier.append(child)
     return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "?"
 
 
 def alive(pid: int) -> bool:
