@@ -82,11 +82,19 @@ def run_training(job_id: str, c: WorkerContext | None = None) -> str:
     taken = take(c, "training", job_id)
     if not taken.runs:
         return taken.outcome
-    ranks = training_processes(c)
+    # Beat already: the first torch import (counting GPUs) can outlast a short heartbeat timeout on a busy
+    # machine, and the reconciler would then take a job over that is merely starting.
+    with Heartbeat(lambda: _beat(c, job_id), c.heartbeat_interval_s, lambda e: log.warning("heartbeat: %s", e)):
+        ranks = training_processes(c)
     if ranks > 1:
         from worker.train_ranks import run_ranks
         return run_ranks(c, taken.job, ranks)
     return run_owned(c, taken.job)
+
+
+def _beat(c: WorkerContext, job_id: str) -> bool:
+    with c.sessions() as s:
+        return heartbeat_training(s, job_id=job_id, worker_id=c.worker_id)
 
 
 def training_processes(c: WorkerContext) -> int:
@@ -104,12 +112,8 @@ def is_main_rank() -> bool:
 
 def run_owned(c: WorkerContext, job: TrainingJob) -> str:
     """Train a job this worker already owns: heartbeat, the trainer, and the row's final state."""
-    def beat() -> bool:
-        with c.sessions() as s:
-            return heartbeat_training(s, job_id=job.id, worker_id=c.worker_id)
-
     return run_with_heartbeat(
-        c, "training", job.id, beat=beat, body=lambda hb: _train(c, job, hb),
+        c, "training", job.id, beat=lambda: _beat(c, job.id), body=lambda hb: _train(c, job, hb),
         fail=lambda s, error: fail_training(s, job_id=job.id, worker_id=c.worker_id, error=error))
 
 
