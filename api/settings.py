@@ -85,6 +85,9 @@ class Settings(BaseSettings):
         0.05, ge=0, description="how long a generation waits for compatible queued ones to batch with")
     train_processes: int = Field(0, ge=0, description="processes (DDP ranks) per training job: 0 = one per "
                                                        "visible GPU of the worker (1 without GPUs)")
+    db_outage_limit_s: float = Field(120.0, gt=0, description="a worker retries its database calls through "
+                                     "connection losses this long before failing the job (keep it under "
+                                     "heartbeat_timeout_s)")
 
     # The memory plan (worker/memory_plan.py): what fits on a worker's GPU, checked before a job loads anything.
     memory_plan: Literal["enforce", "off"] = Field(

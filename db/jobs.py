@@ -89,6 +89,19 @@ def hand_back(session: Session, model: type[Job], *, job_id: str, worker_id: str
     return transition(session, model, owned_running(model, job_id, worker_id), REQUEUED)
 
 
+def hand_back_all(session: Session, *, worker_id: str) -> list[str]:
+    """Every job (training or generation) running for ``worker_id`` -> queued, keeping progress and checkpoint;
+    the ids. For a launcher that had to kill its worker: the next start resumes them without waiting for
+    their heartbeat to go stale."""
+    ids = []
+    for model in (TrainingJob, Generation):
+        running = list(session.scalars(select(model.id).where(model.status == "running", model.worker_id == worker_id)))
+        for job_id in running:
+            if hand_back(session, model, job_id=job_id, worker_id=worker_id):
+                ids.append(job_id)
+    return ids
+
+
 def queued_unsent(session: Session, model: type[Job], *, sent_before: datetime) -> list[Job]:
     """Queued jobs whose message was sent before ``sent_before`` (maybe lost with the broker), or never sent
     and created before it (the API sends right after its response: a newer job is not "unsent" yet)."""

@@ -64,7 +64,9 @@ class EmbeddedRedis:
             "--protected-mode", "yes", "--daemonize", "no",
             "--logfile", str((self.data_dir / "redis.log").resolve()),
         ]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        # Dies with the process that starts it, even a SIGKILLed one (no orphaned Redis holding the port).
+        from worker.launcher import die_with_parent
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

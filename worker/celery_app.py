@@ -17,6 +17,13 @@ from api.settings import get_settings
 TRAIN_TASK, TRAIN_QUEUE = TRAIN
 GENERATE_TASK, GENERATE_QUEUE = GENERATE
 
+# Message priorities. kombu's Redis transport keeps one list per priority step (0, 3, 6, 9) and a worker pops
+# the list of step 0 first: on Redis a LOWER number goes first (the reverse of AMQP). A new job is sent at
+# NEW_JOB_PRIORITY (by the routes below, so the API's send_task gets it without naming it); a job that already
+# ran (handed back at a warm shutdown, or resumed after its worker died) at RESUME_PRIORITY
+# (worker.dispatch.enqueue), so it resumes before every job that is still waiting to start.
+RESUME_PRIORITY, NEW_JOB_PRIORITY = 0, 6
+
 
 def make_app() -> Celery:
     s = get_settings()
@@ -60,9 +67,10 @@ def make_app() -> Celery:
         task_time_limit=None,
         task_soft_time_limit=None,
         # Two queues so training and generation run on separate workers; routing by task name means
-        # callers only name the task.
+        # callers only name the task. A route's priority is a default: an explicit one (a resume) wins.
         task_queues=(Queue(TRAIN_QUEUE), Queue(GENERATE_QUEUE)),
-        task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}, GENERATE_TASK: {"queue": GENERATE_QUEUE}},
+        task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE, "priority": NEW_JOB_PRIORITY},
+                     GENERATE_TASK: {"queue": GENERATE_QUEUE, "priority": NEW_JOB_PRIORITY}},
         task_create_missing_queues=False,
         # No result backend: the job row is the one record of a job's outcome (the API reads only the DB).
         result_backend=None,

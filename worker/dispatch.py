@@ -10,11 +10,13 @@ import json
 import logging
 from typing import Literal
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.generations import mark_generation_enqueued
+from db.models import Generation, TrainingJob
 from db.training import mark_training_enqueued
-from worker.celery_app import GENERATE_QUEUE, GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK, app
+from worker.celery_app import GENERATE_QUEUE, GENERATE_TASK, RESUME_PRIORITY, TRAIN_QUEUE, TRAIN_TASK, app
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +30,18 @@ def enqueue(session: Session, kind: Kind, job_id: str) -> str:
     Send first: a worker may claim the job before the stamp, and the stamp is conditional on `queued`,
     so it is then simply skipped. A crash between the two leaves an unstamped queued row, which the
     reconciler sends again; a duplicate message is harmless (the task claims conditionally).
+
+    A job that already ran (attempt > 0: handed back by a stopping worker, or its worker died) goes ahead
+    of every job still waiting to start (celery_app.RESUME_PRIORITY): it holds a checkpoint and a user
+    who has been watching it.
     """
     if kind not in TASKS:
         raise ValueError(f"unknown job kind {kind!r}; one of {sorted(TASKS)}")
     name, queue = TASKS[kind]
-    task_id = app.send_task(name, args=[job_id], queue=queue).id
+    model = TrainingJob if kind == "training" else Generation
+    ran_before = (session.scalar(select(model.attempt).where(model.id == job_id)) or 0) > 0
+    options = {"priority": RESUME_PRIORITY} if ran_before else {}
+    task_id = app.send_task(name, args=[job_id], queue=queue, **options).id
     mark = mark_training_enqueued if kind == "training" else _mark_generation
     mark(session, job_id=job_id, celery_task_id=task_id)
     return task_id

@@ -7,7 +7,9 @@ SQLite database under the data directory (./data, or O1LORA_DATA_DIR) to the new
 is a base model (the configured one, else the bundled models/o1-shapes, else a tiny random one written once
 under the data directory),
 creates the owner `default` with an API key the first time, then runs the API and one worker on both
-queues, restarting the worker if it dies (its job resumes from the last checkpoint). Ctrl-C stops it all.
+queues, restarting the worker if it dies (its job resumes from the last checkpoint). Ctrl-C or SIGTERM stops
+it all within about STOP_GRACE_S seconds (a job the worker could not hand back in time is put back in the
+queue, and resumes at the next start); a launcher killed outright takes its children with it.
 
 The key is kept in <data_dir>/api_key (mode 600) so that later starts print the same one; delete the file to
 get a new key.
@@ -26,6 +28,10 @@ from api.settings import BUNDLED_MODEL as BUNDLED
 from api.settings import get_settings
 from worker.broker import EmbeddedRedis
 from worker.launcher import Launcher, wait_http
+
+# How long the API and the worker get to stop on their own: a training hands its job back at its next step
+# well within it. Kept under the 20 s that supervisors commonly wait before they SIGKILL the launcher.
+STOP_GRACE_S = 10.0
 
 
 def ensure_model(model_path: Path, data_dir: Path) -> Path:
@@ -91,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
            "O1LORA_BROKER_URL": broker.url, "O1LORA_REDIS_URL": broker.url,
            "O1LORA_ARTIFACT_DIR": str(s.resolved_artifact_dir), "O1LORA_MODEL_PATH": str(model)}
     procs = Launcher(env)
-    stopping = False
 
     def on_signal(signum, _frame):
-        nonlocal stopping
-        stopping = True
+        # Interrupt whatever runs (also the wait for the API at start); ignore repeats while stopping.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -106,20 +113,42 @@ def main(argv: list[str] | None = None) -> int:
         wait_http(url + "/health", timeout=120, proc=api)
         print(f"\no1lora is running at {url}  (docs: {url}/docs)\nAPI key: {key}\n"
               f"data: {data_dir}   model: {model}\nCtrl-C stops it.\n", flush=True)
-        while not stopping:
+        while True:
             time.sleep(0.5)
             if api.poll() is not None:
                 print(f"the API exited with code {api.returncode}; stopping", file=sys.stderr)
                 return 1
-            if procs.procs["worker"].poll() is not None and not stopping:
+            if procs.procs["worker"].poll() is not None:
                 print("the worker exited; restarting it (its job resumes from the last checkpoint)",
                       file=sys.stderr, flush=True)
                 time.sleep(2)  # a worker that dies at start must not spin the machine
                 procs.start_worker("worker")
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr, flush=True)
         return 0
     finally:
-        procs.stop_all()
+        worker = procs.procs.get("worker")
+        procs.stop_all(timeout=STOP_GRACE_S)
+        if worker is not None and worker.returncode == -signal.SIGKILL:
+            release_jobs(database_url, worker.pid)
         broker.stop()
+
+
+def release_jobs(database_url: str, worker_pid: int) -> None:
+    """Put the jobs of a worker that had to be killed (a generation does not stop at a step) back in the
+    queue, so that the next start resumes them at once instead of after a heartbeat timeout."""
+    import socket
+
+    from db.jobs import hand_back_all
+    from db.session import make_sessionmaker
+    maker = make_sessionmaker(database_url)
+    try:
+        with maker() as s:
+            ids = hand_back_all(s, worker_id=f"{socket.gethostname()}:{worker_pid}")
+    finally:
+        maker.kw["bind"].dispose()
+    if ids:
+        print(f"put back in the queue (resumed at the next start): {', '.join(ids)}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from db.generations import queued_unsent_generations, requeue_stale_generation, 
 from db.models import utcnow
 from db.training import queued_unsent_trainings, requeue_stale_training, stale_running_trainings
 from worker.context import WorkerContext, ctx
+from worker.db_retry import first_line, is_transient
 from worker.dispatch import enqueue, waiting_job_ids
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,12 @@ def run_forever(stop: threading.Event, c: WorkerContext | None = None) -> None:
     while True:
         try:
             reconcile_once(c)
-        except Exception:
-            log.exception("reconciler pass failed; retrying in %.0f s", interval)
+        except Exception as e:
+            if is_transient(e):  # a database outage: one line per pass, not a traceback with its SQL
+                log.warning("reconciler pass failed (database unreachable: %s); retrying in %.0f s",
+                            first_line(e), interval)
+            else:
+                log.exception("reconciler pass failed; retrying in %.0f s", interval)
         if stop.wait(interval):
             return
 

@@ -21,15 +21,17 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
+from sqlalchemy import select
+
 from db.datasets import get_dataset
-from db.models import TrainingJob
-from db.training import (add_preview, fail_training, finish_training, hand_back_training, heartbeat_training,
-                         is_cancel_requested, mark_training_canceled, record_checkpoint, record_progress)
+from db.models import Lora, TrainingJob
+from db.training import (add_preview, fail_training, finish_training, heartbeat_training, is_cancel_requested,
+                         mark_training_canceled, record_checkpoint, record_progress)
 from worker.context import WorkerContext, ctx
 from worker import memory_plan
 from worker.memory_plan import GIB, MemoryPlanError, ModelShape, out_of_memory_message, plan_training
 from worker.pacing import Every, Heartbeat
-from worker.runs import JobLost, local_dir, publish, run_with_heartbeat, take
+from worker.runs import JobLost, db_call, hand_back, local_dir, publish, run_with_heartbeat, take
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,10 @@ def run_training(job_id: str, c: WorkerContext | None = None) -> str:
     if c.settings.training_releases_generation_model == "always":
         released = release_generation_model()     # one copy of the base per GPU: the trainer loads its own
     try:
-        ranks = training_processes(c)
+        # Beat already: the first torch import (counting GPUs) can outlast a short heartbeat timeout on a busy
+        # machine, and the reconciler would then take a job over that is merely starting.
+        with Heartbeat(lambda: _beat(c, job_id), c.heartbeat_interval_s, lambda e: log.warning("heartbeat: %s", e)):
+            ranks = training_processes(c)
         if ranks > 1:
             from worker.train_ranks import run_ranks
             return run_ranks(c, taken.job, ranks)
@@ -99,6 +104,11 @@ def run_training(job_id: str, c: WorkerContext | None = None) -> str:
         if released or _released_when_needed.is_set():
             _released_when_needed.clear()
             rewarm_generation_model(c)
+
+
+def _beat(c: WorkerContext, job_id: str) -> bool:
+    with c.sessions() as s:
+        return heartbeat_training(s, job_id=job_id, worker_id=c.worker_id)
 
 
 def training_processes(c: WorkerContext) -> int:
@@ -195,20 +205,16 @@ def is_main_rank() -> bool:
 
 def run_owned(c: WorkerContext, job: TrainingJob) -> str:
     """Train a job this worker already owns: heartbeat, the trainer, and the row's final state."""
-    def beat() -> bool:
-        with c.sessions() as s:
-            return heartbeat_training(s, job_id=job.id, worker_id=c.worker_id)
-
     return run_with_heartbeat(
-        c, "training", job.id, beat=beat, body=lambda hb: _train(c, job, hb),
+        c, "training", job.id, beat=lambda: _beat(c, job.id), body=lambda hb: _train(c, job, hb),
         fail=lambda s, error: fail_training(s, job_id=job.id, worker_id=c.worker_id, error=error))
 
 
 def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
     from core.train import TrainCallbacks, train
 
-    with c.sessions() as s:
-        dataset = get_dataset(s, dataset_id=job.dataset_id) if job.dataset_id else None
+    dataset = db_call(c, lambda s: get_dataset(s, dataset_id=job.dataset_id), what=f"training {job.id}: dataset") \
+        if job.dataset_id else None
     if dataset is None:
         raise ValueError(f"dataset {job.dataset_id} no longer exists")
     data_dir = local_dir(c, dataset.storage_prefix)
@@ -238,20 +244,20 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
 
     # The throttled DB calls of the loop (progress rows, the cancel flag) run on helper threads: the training
     # thread has just synchronised with the GPU when it reports, so a DB call made there leaves the GPU idle.
+    # Each goes through db_call: a database blip pauses it, it never fails the job.
     db, cancel_poll = OffThread(), OffThread()     # two: progress writes never starve the cancel poll
     cancel_seen = threading.Event()
 
     def write_progress(values: dict | None = None) -> None:
         values = dict(values or last)
-        with c.sessions() as s:
-            owned(record_progress(s, job_id=job.id, worker_id=c.worker_id, **values))
+        owned(db_call(c, lambda s: record_progress(s, job_id=job.id, worker_id=c.worker_id, **values),
+                      what=f"training {job.id}: progress"))
         written[0] = values["step"]
         publish(c, "training", job.id, "progress", values)
 
     def poll_cancel() -> None:
-        with c.sessions() as s:
-            if is_cancel_requested(s, job_id=job.id):
-                cancel_seen.set()
+        if db_call(c, lambda s: is_cancel_requested(s, job_id=job.id), what=f"training {job.id}: cancel check"):
+            cancel_seen.set()
 
     def on_step(step, total, loss, smoothed, lr, sec, eta):
         if hb.lost.is_set():
@@ -272,9 +278,13 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
             raise JobLost()
         key = f"{prefix}/checkpoints/attempt-{job.attempt}/{path.name}"
         c.store.put_dir(key, path)
-        with c.sessions() as s:
+
+        def record(s) -> tuple[str | None, bool]:
             previous = s.get(TrainingJob, job.id).checkpoint_path
-            owned(record_checkpoint(s, job_id=job.id, worker_id=c.worker_id, path=key, step=step))
+            return previous, record_checkpoint(s, job_id=job.id, worker_id=c.worker_id, path=key, step=step)
+
+        previous, ok = db_call(c, record, what=f"training {job.id}: checkpoint")
+        owned(ok)
         if previous and previous != key:
             c.store.delete_prefix(previous)  # the row points at the new one: the old one is garbage
 
@@ -283,8 +293,8 @@ def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
             key = f"{prefix}/previews/{path.name}"
             c.store.put_file(key, path)
             prompt = cfg.sample_prompts[index] if index < len(cfg.sample_prompts) else ""
-            with c.sessions() as s:
-                add_preview(s, job_id=job.id, step=step, index=index, storage_key=key, prompt=prompt)
+            db_call(c, lambda s: add_preview(s, job_id=job.id, step=step, index=index, storage_key=key,
+                                             prompt=prompt), what=f"training {job.id}: preview")
             publish(c, "training", job.id, "preview",
                     {"step": step, "index": index, "url": preview_url(job.id, step, index)})
 
@@ -368,21 +378,19 @@ def _stopped(c: WorkerContext, job: TrainingJob, why: str, result) -> str:
     """The trainer stopped early and saved a checkpoint (already recorded by on_checkpoint)."""
     if why == "lost":
         raise JobLost()
-    with c.sessions() as s:
-        if why == "cancel":
-            mark_training_canceled(s, job_id=job.id, worker_id=c.worker_id)
-            status = "canceled"
-        elif why == "time":
-            error = f"time limit: still running after {c.settings.train_time_limit_s:.0f} s (train_time_limit_s)"
-            fail_training(s, job_id=job.id, worker_id=c.worker_id, error=error)
-            status = "failed"
-        else:
-            # Warm shutdown: hand the job back now rather than after a heartbeat timeout.
-            from worker.dispatch import enqueue
-            if hand_back_training(s, job_id=job.id, worker_id=c.worker_id):
-                enqueue(s, "training", job.id)
-            log.info("training %s: worker shutting down at step %d; re-queued", job.id, result.steps_done)
-            return "requeued"
+    what = f"training {job.id}: {why}"
+    if why == "cancel":
+        db_call(c, lambda s: mark_training_canceled(s, job_id=job.id, worker_id=c.worker_id), what=what)
+        status = "canceled"
+    elif why == "time":
+        error = f"time limit: still running after {c.settings.train_time_limit_s:.0f} s (train_time_limit_s)"
+        db_call(c, lambda s: fail_training(s, job_id=job.id, worker_id=c.worker_id, error=error), what=what)
+        status = "failed"
+    else:
+        # Warm shutdown: hand the job back now rather than after a heartbeat timeout.
+        hand_back(c, "training", job.id)
+        log.info("training %s: worker shutting down at step %d; re-queued", job.id, result.steps_done)
+        return "requeued"
     publish(c, "training", job.id, "status", {"status": status})
     log.info("training %s: %s at step %d", job.id, status, result.steps_done)
     return status
@@ -396,9 +404,19 @@ def _succeeded(c: WorkerContext, job: TrainingJob, cfg, result) -> str:
     size = sum(c.store.size(k) for k in peft_keys) + c.store.size(comfy_key)
     meta = {"steps": result.steps_done, "final_loss": result.smoothed_loss, "resolution": cfg.resolution,
             "base_model": cfg.base_model_name, "attempts": job.attempt}
-    with c.sessions() as s:
-        lora_id = finish_training(s, job_id=job.id, worker_id=c.worker_id, peft_prefix=f"{prefix}/peft",
-                                  comfyui_key=comfy_key, rank=cfg.rank, alpha=cfg.alpha, size_bytes=size, meta=meta)
+    tried = [False]
+
+    def finish(s) -> str | None:
+        if tried[0]:
+            # A retry: the first try's COMMIT may have landed before its connection broke.
+            done = s.scalar(select(Lora.id).where(Lora.training_job_id == job.id))
+            if done is not None:
+                return done
+        tried[0] = True
+        return finish_training(s, job_id=job.id, worker_id=c.worker_id, peft_prefix=f"{prefix}/peft",
+                               comfyui_key=comfy_key, rank=cfg.rank, alpha=cfg.alpha, size_bytes=size, meta=meta)
+
+    lora_id = db_call(c, finish, what=f"training {job.id}: finish")
     if lora_id is None:
         raise JobLost()
     publish(c, "training", job.id, "status", {"status": "succeeded", "lora_id": lora_id})

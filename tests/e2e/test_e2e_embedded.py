@@ -3,38 +3,15 @@ a restart keeps the data and the API key."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 
+from e2e_helpers import start_embedded as start
 from worker.broker import free_port
 from worker.embedded import BUNDLED
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def start(data_dir: Path, port: int, model: Path) -> tuple[subprocess.Popen, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("O1LORA_")}
-    env.update(O1LORA_DATA_DIR=str(data_dir), O1LORA_MODEL_PATH=str(model))
-    proc = subprocess.Popen([sys.executable, "-m", "worker.embedded", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    out = []
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        out.append(line)
-        m = re.match(r"API key: (\S+)", line)
-        if m:
-            return proc, m.group(1), "".join(out)
-    proc.kill()
-    raise AssertionError("embedded service did not start:\n" + "".join(out))
 
 
 def stop(proc: subprocess.Popen) -> int:

@@ -67,3 +67,11 @@ def test_dockerfile_installs_torch_before_the_code_and_runs_unprivileged():
     copy_all = lines.index("COPY . .")
     assert torch < copy_all
     assert any(ln.startswith("USER ") and "root" not in ln for ln in lines[copy_all:])
+
+
+def test_workers_run_without_celery_chatter_like_the_launchers_workers():
+    # Gossip / mingle / event heartbeat: unused here, and a Redis loss made them log a traceback (issue 16).
+    from worker.launcher import WORKER_FLAGS
+    services = compose()["services"]
+    for name in ("worker-train", "worker-generate"):
+        assert set(WORKER_FLAGS) <= set(services[name]["command"]), name
