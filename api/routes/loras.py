@@ -1,4 +1,4 @@
-"""/v1/loras: list, read, download (PEFT zip / ComfyUI file / original), import, delete."""
+"""/v1/loras: list, read, download (PEFT zip / ComfyUI, musubi-tuner or DiffSynth file / original), import, delete."""
 from __future__ import annotations
 
 import os
@@ -14,7 +14,8 @@ from starlette.background import BackgroundTask
 
 from api.deps import CurrentOwner, PageDep, SessionDep, SettingsDep, StoreDep, not_found
 from api.files import send_artifact
-from api.lora_check import LoraFileError
+from api.lora_check import LoraFileError, base_index
+from api.lora_convert import SINGLE_FILE_FORMATS, convert_download
 from api.lora_import import store_lora_file
 from api.schemas import NO_NUL, LoraPublic, LorasPublic
 from db.loras import create_imported_lora, delete_lora, get_lora, list_loras, new_lora_id
@@ -26,7 +27,8 @@ router = APIRouter(prefix="/v1/loras", tags=["loras"])
 
 def downloads(lora: Lora) -> dict[str, str]:
     base = f"/v1/loras/{lora.id}/file?format="
-    available = {"peft": lora.peft_prefix, "comfyui": lora.comfyui_key, "original": lora.original_key}
+    available = {"peft": lora.peft_prefix, "comfyui": lora.comfyui_key, "musubi": lora.comfyui_key,
+                 "diffsynth": lora.comfyui_key, "original": lora.original_key}
     return {fmt: base + fmt for fmt, where in available.items() if where}
 
 
@@ -70,12 +72,16 @@ def remove_lora(lora_id: str, owner: CurrentOwner, session: SessionDep, store: S
 @router.get("/{lora_id}/file", response_class=FileResponse,
             responses={200: {"content": {"application/zip": {}, "application/octet-stream": {}},
                              "description": "a zip of the PEFT folder, or one safetensors file"}})
-def download_lora(lora_id: str, owner: CurrentOwner, session: SessionDep, store: StoreDep,
-                  format: Annotated[Literal["peft", "comfyui", "original"] | None,
-                                    Query(description="peft: zip of the PEFT folder; comfyui: one ComfyUI-style "
-                                                      "safetensors; original: the imported file as uploaded; "
-                                                      "default: the first available of comfyui, peft, original")
-                                    ] = None):
+def download_lora(lora_id: str, owner: CurrentOwner, session: SessionDep, store: StoreDep, settings: SettingsDep,
+                  format: Annotated[Literal["peft", "comfyui", "musubi", "diffsynth", "original"] | None,
+                                    Query(description="peft: zip of the PEFT folder; comfyui / musubi / diffsynth: "
+                                                      "one safetensors with the key names and alpha convention "
+                                                      "of ComfyUI, musubi-tuner or DiffSynth-Studio; original: "
+                                                      "the imported file as uploaded; default: the first "
+                                                      "available of comfyui, peft, original")
+                                    ] = None,
+                  dtype: Annotated[Literal["bf16", "fp32"],
+                                   Query(description="weights of a comfyui / musubi / diffsynth file")] = "bf16"):
     """Download the LoRA in the format your other tools load."""
     lora = get_lora(session, lora_id=lora_id, owner_id=owner.id)
     if lora is None:
@@ -91,7 +97,11 @@ def download_lora(lora_id: str, owner: CurrentOwner, session: SessionDep, store:
         path = _zip_prefix(store, lora.peft_prefix)
         return FileResponse(path, media_type="application/zip", filename=f"{safe}-peft.zip",
                             background=BackgroundTask(os.unlink, path))
-    key = lora.comfyui_key if fmt == "comfyui" else lora.original_key
+    if fmt in SINGLE_FILE_FORMATS:
+        path = convert_download(store, lora.comfyui_key, fmt, dtype, base_index(settings.model_path))
+        return FileResponse(path, media_type="application/octet-stream", filename=f"{safe}-{fmt}.safetensors",
+                            background=BackgroundTask(os.unlink, path))
+    key = lora.original_key
     return send_artifact(store, key, "application/octet-stream", filename=f"{safe}{PurePosixPath(key).suffix}")
 
 
@@ -117,6 +127,9 @@ async def import_lora(
                                      description="display name; default: the file name")] = None,
     trigger: Annotated[str | None, Form(max_length=200, pattern=NO_NUL,
                                         description="trigger phrase, if it has one")] = None,
+    allow_partial: Annotated[bool, Form(description="keep a file some of whose entries do not fit the base "
+                                                    "model (they are listed in its metadata); default: refuse it")
+                             ] = False,
 ):
     """Import a LoRA file; its keys are checked against the layouts the loader reads before it is stored."""
     filename = PurePosixPath((file.filename or "").replace("\\", "/")).name
@@ -125,7 +138,7 @@ async def import_lora(
     lora_id = new_lora_id()
     try:
         stored = await run_in_threadpool(store_lora_file, store, lora_id, filename, file.file,
-                                          settings.max_lora_bytes)
+                                          settings.max_lora_bytes, base_index(settings.model_path), allow_partial)
     except LoraFileError as e:
         raise HTTPException(422, f"{filename}: {e}") from None
     try:
