@@ -163,10 +163,27 @@ def convert_download(store, key: str, fmt: str, dtype: str, index) -> str:
         with store.open(key) as src, os.fdopen(fd, "wb") as out:
             size = src.seek(0, 2)
             src.seek(0)
-            info = inspect_lora(src, size, index=index, allow_partial=True)
+            info = inspect_lora(src, size, index=index or _own_index(src, size), allow_partial=True)
             write_format(src, info.data_start, canonical_modules(src, info), out, fmt, dtype, info.metadata)
         os.chmod(path, 0o644)
     except BaseException:
         os.unlink(path)
         raise
     return path
+
+
+def _own_index(src: BinaryIO, size: int):
+    """Without a readable base model: the modules a stored ComfyUI copy names (ours are all written as
+    diffusion_model.<path without "model.">), with the shapes the file gives them."""
+    from api.lora_check import read_header
+    from core.lora_keys import ModuleIndex, split_key
+
+    header, _, _ = read_header(src, size)
+    src.seek(0)
+    roles: dict[str, dict[str, dict]] = {}
+    for key, entry in header.items():
+        hit = split_key(key)
+        if hit and hit[0].startswith("diffusion_model."):
+            roles.setdefault(hit[0], {})[hit[1]] = entry
+    return ModuleIndex({"model." + stem[len("diffusion_model."):]: (r["up"]["shape"][0], r["down"]["shape"][1])
+                        for stem, r in roles.items() if "up" in r and "down" in r})

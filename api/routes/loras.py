@@ -15,7 +15,7 @@ from starlette.background import BackgroundTask
 from api.deps import CurrentOwner, PageDep, SessionDep, SettingsDep, StoreDep, not_found
 from api.files import send_artifact
 from api.lora_check import LoraFileError, base_index
-from api.lora_convert import SINGLE_FILE_FORMATS, convert_download
+from api.lora_convert import SINGLE_FILE_FORMATS, NotConvertible, convert_download
 from api.lora_import import store_lora_file
 from api.schemas import NO_NUL, LoraPublic, LorasPublic
 from db.loras import create_imported_lora, delete_lora, get_lora, list_loras, new_lora_id
@@ -98,7 +98,10 @@ def download_lora(lora_id: str, owner: CurrentOwner, session: SessionDep, store:
         return FileResponse(path, media_type="application/zip", filename=f"{safe}-peft.zip",
                             background=BackgroundTask(os.unlink, path))
     if fmt in SINGLE_FILE_FORMATS:
-        path = convert_download(store, lora.comfyui_key, fmt, dtype, base_index(settings.model_path))
+        try:
+            path = convert_download(store, lora.comfyui_key, fmt, dtype, base_index(settings.model_path))
+        except (LoraFileError, NotConvertible) as e:   # e.g. a LoRA stored for another base model than today's
+            raise HTTPException(status.HTTP_409_CONFLICT, f"LoRA {lora_id} cannot be written as {fmt}: {e}") from None
         return FileResponse(path, media_type="application/octet-stream", filename=f"{safe}-{fmt}.safetensors",
                             background=BackgroundTask(os.unlink, path))
     key = lora.original_key

@@ -154,3 +154,28 @@ def test_peft_without_alpha_gets_the_loaders_default(ckpt, tmp_path):
     (tmp_path / "c.safetensors").write_bytes(out.getvalue())
     m = read_lora(tmp_path / "c.safetensors").modules["diffusion_model.final_layer2.linear"]
     assert m.alpha is None and torch.equal(m.down, torch.ones(4, in_f))  # alpha = rank when unstated
+
+
+def test_download_without_a_readable_base_model_converts_from_the_stored_comfyui_copy(ckpt, tmp_path):
+    """A deployment whose API cannot read the model still serves every single-file format of a stored copy."""
+    import os
+    import stat
+
+    from api.lora_convert import convert_download
+    from db.store import LocalStore
+
+    index = base_index(ckpt)
+    data = original("transformer", index)
+    f = io.BytesIO(data)
+    info = inspect_lora(f, len(data), index=index)
+    out = io.BytesIO()
+    write_format(f, info.data_start, canonical_modules(f, info), out, "comfyui")
+    store = LocalStore(tmp_path / "store")
+    store.put_bytes("loras/x/lora.safetensors", out.getvalue())
+    for fmt in ("comfyui", "musubi", "diffsynth"):
+        with_base = convert_download(store, "loras/x/lora.safetensors", fmt, "fp32", index)
+        without = convert_download(store, "loras/x/lora.safetensors", fmt, "fp32", None)
+        assert open(with_base, "rb").read() == open(without, "rb").read(), fmt
+        assert stat.S_IMODE(os.stat(without).st_mode) == 0o644
+        os.unlink(with_base)
+        os.unlink(without)
