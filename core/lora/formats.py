@@ -6,11 +6,15 @@
 Layouts (the key of one module, `<path>` = "language_model.layers.0.self_attn.q_proj" etc.):
     PEFT folder     base_model.model.model.<path>.lora_A.weight / .lora_B.weight  (+ adapter_config.json)
     ComfyUI         diffusion_model.<path>.lora_A.weight / .lora_B.weight, or .lora_down / .lora_up, + .alpha
-    musubi-tuner    lora_unet_<path with "." -> "_">.lora_down.weight / .lora_up.weight / .alpha
+    ai-toolkit      diffusion_model.model.<path>... (legacy), transformer.<path>...
+    musubi-tuner    lora_unet_model_<path with "." -> "_">.lora_down.weight / .lora_up.weight / .alpha
     DiffSynth       model.<path>.lora_A.default.weight / .lora_B.default.weight
     bare            <path>.lora_A.weight ... (e.g. language_model.* / final_layer2.*)
-Every layout reduces to (module stem, down [r, in], up [out, r], alpha or None). The delta a module
-gets is scale * (alpha / r) * up @ down, with alpha = r when a file gives none (PEFT's default).
+Every layout reduces to (module stem, down [r, in], up [out, r], alpha or None); the stem is placed by
+core.lora_keys (the grammar the API's upload check and converter use too). The delta a module gets is
+scale * (alpha / r) * up @ down, with alpha = r when a file gives none (PEFT's default). Entries that
+cannot be used (.diff full differences, embedding LoRAs, other models' modules or shapes, NaN weights)
+are listed in BoundLora.unplaced with the reason, never dropped silently.
 """
 from __future__ import annotations
 
