@@ -82,8 +82,13 @@ class ModuleIndex:
             if stem.startswith(pre):
                 return self.underscored.get(stem[len(pre):])
         for pre in PATH_PREFIXES:
-            if stem.startswith(pre):
-                p = stem[len(pre):]
+            if not stem.startswith(pre):
+                continue
+            rest = stem[len(pre):]
+            # One more writer prefix may follow: "diffusion_model.transformer.<path>" is what this service's
+            # ComfyUI conversion wrote for `transformer.*` files before this grammar drove it.
+            inner = [rest[len(p2):] for p2 in PATH_PREFIXES[:-1] if pre and rest.startswith(p2)]
+            for p in (rest, *inner):
                 for cand in (p, "model." + p):
                     if cand in self.linears:
                         return cand

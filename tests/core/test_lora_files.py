@@ -146,3 +146,15 @@ def test_generate_cli_prints_unplaced_entries_to_stderr(tmp_path_factory, tmp_pa
     assert "warning: LoRA" in err and "3 entries not applied" in err, err
     assert "norm.diff: a full weight difference" in err and "embed_tokens: not a linear module" in err
     assert unplaced_warning("f", [f"k{i}: r" for i in range(7)]).endswith("... and 2 more")
+
+
+def test_comfyui_copies_written_before_the_shared_grammar_still_place(ckpt, tmp_path):
+    """Imports of `transformer.*` files were stored as `diffusion_model.transformer.*` (0 modules placed, and
+    the worker loads that copy first): the loader now reads those stored copies too."""
+    model = load_model(ckpt)
+    lin = model.get_submodule("model.language_model.layers.0.self_attn.q_proj")
+    stem = "diffusion_model.transformer.language_model.layers.0.self_attn.q_proj"
+    save_file({stem + ".lora_A.weight": torch.ones(2, lin.in_features),
+               stem + ".lora_B.weight": torch.ones(lin.out_features, 2)}, str(tmp_path / "old.safetensors"))
+    bound = bind_lora(model, read_lora(tmp_path / "old.safetensors"), strict=True)
+    assert list(bound.deltas) == ["model.language_model.layers.0.self_attn.q_proj"]
