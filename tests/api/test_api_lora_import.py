@@ -78,7 +78,8 @@ REFUSED = [
 def test_imports_that_cannot_work_are_refused_naming_the_key(client, alice, Session, settings, case, data, key,
                                                              message):
     before = (db_counts(Session), store_files(settings))
-    r = client.post("/v1/loras", headers=auth(alice), files={"file": ("x.safetensors", data, "application/octet-stream")})
+    r = client.post("/v1/loras", headers=auth(alice),
+                    files={"file": ("x.safetensors", data, "application/octet-stream")})
     assert r.status_code == 422, (case, r.text)
     assert key in r.text and message in r.text, (case, r.text)
     assert str(settings.model_path) not in r.text and str(settings.data_dir) not in r.text   # no server paths

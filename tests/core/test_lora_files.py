@@ -113,7 +113,8 @@ def lora_save_file(path, model) -> None:
     t["diffusion_model.language_model.embed_tokens.lora_down.weight"] = torch.randn(4, emb.embedding_dim)
     t["diffusion_model.language_model.embed_tokens.lora_up.weight"] = torch.randn(emb.num_embeddings, 4)
     t["diffusion_model.language_model.norm.diff"] = torch.randn(emb.embedding_dim)
-    t["diffusion_model.final_layer2.linear.diff_b"] = torch.randn(model.get_submodule("model.final_layer2.linear").out_features)
+    final = model.get_submodule("model.final_layer2.linear")
+    t["diffusion_model.final_layer2.linear.diff_b"] = torch.randn(final.out_features)
     save_file(t, str(path))
 
 
