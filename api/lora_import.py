@@ -46,7 +46,7 @@ def store_lora_file(store: ArtifactStore, lora_id: str, filename: str, f, max_by
     try:
         f.seek(0)
         store.put_stream(f"{prefix}/{original}", _chunks(f))
-        where, note = _store_formats(store, prefix, f"{prefix}/{original}", weights, wsize, info, config)
+        where, note = _store_formats(store, prefix, weights, info, config)
     except BaseException:
         store.delete_prefix(prefix)
         raise
@@ -62,8 +62,7 @@ def _chunks(f) -> Iterator[bytes]:
     return iter(lambda: f.read(1 << 20), b"")
 
 
-def _store_formats(store: ArtifactStore, prefix: str, original_key: str, weights, wsize: int, info,
-                   config: dict | None) -> tuple[dict, str | None]:
+def _store_formats(store: ArtifactStore, prefix: str, weights, info, config: dict | None) -> tuple[dict, str | None]:
     """Store keys of the ComfyUI file and the PEFT folder. The ComfyUI copy is always written from the placed
     modules (ai-toolkit's legacy `diffusion_model.model.*` keys are ComfyUI-looking but ComfyUI maps none)."""
     where: dict[str, str] = {}
