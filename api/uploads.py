@@ -223,7 +223,8 @@ def validate_staged(folder: Path, *, resolution: int, min_side: int, max_pixels:
     except DatasetError as e:
         report = e.report.to_dict()
         report["source"] = "upload"
-        raise UploadError(str(e).replace(str(folder), "upload"), report=report) from None
+        raise UploadError(str(e).replace(str(folder), "upload").replace(folder.name, "upload"),
+                          report=report) from None
     out = report.to_dict()
     out["source"] = "upload"  # not the server's staging path
     return out

@@ -51,8 +51,10 @@ def scan(source: str | Path | Source, resolution: int = 1024, min_side: int | No
     try:
         src = open_source(source, limits)
     except SourceError as e:
-        report.unsafe.append(Issue(str(source), str(e)))
-        raise DatasetError(str(e), report) from e
+        name = Path(str(getattr(source, "name", source))).name   # messages name no server location
+        text = str(e).replace(str(getattr(source, "name", source)), name)
+        report.unsafe.append(Issue(name, text))
+        raise DatasetError(text, report) from e
     report.source = src.name
     report.unsafe += src.unsafe
     report.ignored = list(src.ignored)
@@ -120,15 +122,19 @@ def scan(source: str | Path | Source, resolution: int = 1024, min_side: int | No
 
 
 def check(report: DatasetReport, strict: bool = False) -> None:
-    """Raise DatasetError if the report says the dataset cannot (or, strict, should not) be trained on."""
+    """Raise DatasetError if the report says the dataset cannot (or, strict, should not) be trained on.
+
+    The message names the dataset by its folder or file name, not where it lies: a service shows it to the
+    dataset's owner (the report keeps the full source)."""
+    name = Path(report.source).name or report.source
     if report.unsafe:
-        raise DatasetError(f"{report.source}: unsafe dataset, nothing was used | {report.problems_text()}", report)
+        raise DatasetError(f"{name}: unsafe dataset, nothing was used | {report.problems_text()}", report)
     if report.usable == 0:
         what = report.problems_text() or "it holds no PNG, JPEG or WebP files"
-        raise DatasetError(f"{report.source}: no usable images ({report.images} image file(s) found) | {what}",
+        raise DatasetError(f"{name}: no usable images ({report.images} image file(s) found) | {what}",
                            report)
     if strict and report.rejected:
-        raise DatasetError(f"{report.source}: {len(report.rejected)} file(s) rejected | {report.problems_text()}",
+        raise DatasetError(f"{name}: {len(report.rejected)} file(s) rejected | {report.problems_text()}",
                            report)
 
 

@@ -44,3 +44,14 @@ def test_train_cli_at_128_trains_on_160x128_images_with_the_default_min_side(tmp
         main(["--model", str(model), "--data_dir", str(data), "--out_dir", str(tmp_path / "run2"),
               "--resolution", "512", "--rank", "2", "--steps", "1", "--sample_every", "0", "--checkpoint_every",
               "0", "--num_workers", "0", "--precision", "fp32", "--device", "cpu"])
+
+
+def test_training_start_names_the_dataset_without_its_server_location(tmp_path):
+    """A training that finds its images too small at its resolution fails with a message for the dataset's
+    owner: the folder's name, each image and why, and no absolute path of the machine it ran on."""
+    from core.data import TrainDataset
+    data = images(tmp_path / "ds-123", (128, 128))
+    with pytest.raises(DatasetError) as e:
+        TrainDataset(data, resolution=512, min_side=256)
+    assert str(e.value).startswith("ds-123: no usable images (2 image file(s) found)")
+    assert "0.png: 128x128: shortest side under 256 px" in str(e.value) and str(tmp_path) not in str(e.value)
