@@ -4,6 +4,8 @@ rejected upload leaves nothing behind but a staging folder the caller deletes.
 
     staged = stage_dataset([Incoming("a.png", f, size), ...], staging_dir, UploadLimits.from_settings(s))
     report = validate_staged(staging_dir, resolution=1024, min_side=256, max_pixels=s.max_image_pixels)
+    # images under min(min_side, resolution) are kept and named in report["warnings"] / report["small"];
+    # only images under 32 px, which no training resolution can use, are refused
 
 Any problem raises UploadError naming the file; the API turns it into a 4xx.
 """
@@ -20,6 +22,7 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp"}
 CAPTION_EXTENSIONS = {".txt"}
 METADATA_NAME = "metadata.jsonl"
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
+MIN_RESOLUTION = 32   # the smallest training resolution (sides are multiples of 32)
 
 
 class UploadError(ValueError):
@@ -207,15 +210,21 @@ def _stage_zip(f: Incoming, dest: Path, limits: UploadLimits) -> Staged:
 
 
 def validate_staged(folder: Path, *, resolution: int, min_side: int, max_pixels: int) -> dict[str, Any]:
-    """The trainer's validation of the staged folder (strict: any file that would not train rejects it)."""
+    """The trainer's validation of the staged folder (strict: any file that would not train rejects it).
+
+    Small images are the exception: whether an image is too small depends on the resolution a training will
+    use, which the upload does not fix, so images under min(min_side, resolution) are named in the report's
+    warnings (and `small`), not refused; the trainer checks them against its own resolution. Only images
+    under the smallest training resolution (32 px), which no training can use, are refused."""
     from core.data import DatasetError, validate_dataset  # torch-free part of core; lazily imported
     try:
-        report = validate_dataset(folder, resolution=resolution, min_side=min_side, max_pixels=max_pixels,
-                                  strict=True)
+        report = validate_dataset(folder, resolution=resolution, min_side=min(min_side, MIN_RESOLUTION),
+                                  max_pixels=max_pixels, strict=True, warn_below=min(min_side, resolution))
     except DatasetError as e:
         report = e.report.to_dict()
         report["source"] = "upload"
-        raise UploadError(str(e).replace(str(folder), "upload"), report=report) from None
+        raise UploadError(str(e).replace(str(folder), "upload").replace(folder.name, "upload"),
+                          report=report) from None
     out = report.to_dict()
     out["source"] = "upload"  # not the server's staging path
     return out

@@ -58,6 +58,12 @@ def output_paths(out: Path, n: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(n)]
 
 
+def unplaced_warning(path, unplaced: list[str], show: int = 5) -> str:
+    """One warning naming how many entries of a LoRA file were not applied, and the first few with why."""
+    more = f"\n  ... and {len(unplaced) - show} more" if len(unplaced) > show else ""
+    return (f"warning: LoRA {path}: {len(unplaced)} entries not applied:\n  " + "\n  ".join(unplaced[:show]) + more)
+
+
 class Progress:
     """Prints step/total and the mean seconds per step so far (model time, not loading)."""
 
@@ -106,8 +112,11 @@ def main(argv=None) -> list[Path]:
         loras = []
         for arg in args.lora:
             path, scale = parse_lora_arg(arg)
-            loras.append((load_lora(model, path), scale))
-            print(f"LoRA {path} x {scale}", file=sys.stderr)
+            bound = load_lora(model, path)
+            loras.append((bound, scale))
+            print(f"LoRA {path} x {scale}: {len(bound.deltas)} modules", file=sys.stderr)
+            if bound.unplaced:
+                print(unplaced_warning(path, bound.unplaced), file=sys.stderr)
         set_loras(model, loras)
     refs = [Image.open(r).convert("RGB") for r in args.ref] or None
 

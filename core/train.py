@@ -71,7 +71,8 @@ class TrainConfig:
     flip: bool = False                       # random horizontal flips (off: styles with text/asymmetry)
     caption_dropout: float = 0.0             # fraction of captions replaced by " " (keeps CFG working)
     num_workers: int = 0                     # DataLoader workers (0: decode in the training process)
-    min_side: int = 256                      # images with a shorter side are rejected by validation
+    min_side: int = 256                      # images with a shorter side are rejected by validation (never more
+                                             # than resolution: an image as large as the training size trains)
     # -- speed / precision
     device: str = "auto"                     # "auto" = cuda when available, else cpu
     precision: str = "auto"                  # "auto" = bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
@@ -243,7 +244,7 @@ class Trainer:
             data = FolderData(cfg.data_dir, resolution=cfg.resolution, batch_size=cfg.batch_size,
                               trigger=cfg.trigger, repeats=cfg.repeats, flip=cfg.flip,
                               caption_dropout=cfg.caption_dropout, seed=cfg.seed, num_workers=cfg.num_workers,
-                              min_side=cfg.min_side, pin_memory=on_cuda, rank=self.dist.rank,
+                              min_side=min(cfg.min_side, cfg.resolution), pin_memory=on_cuda, rank=self.dist.rank,
                               world_size=self.dist.world)
         elif self.dist.active:
             data.shard(self.dist.rank, self.dist.world)

@@ -1,4 +1,4 @@
-"""/v1/loras: list, read, download (PEFT zip / ComfyUI file / original), import, delete."""
+"""/v1/loras: list, read, download (PEFT zip / ComfyUI, musubi-tuner or DiffSynth file / original), import, delete."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,8 @@ from starlette.background import BackgroundTask
 from api.deps import CurrentOwner, LoraId, PageDep, SessionDep, SettingsDep, StoreDep, not_found
 from api.errors import ApiError, error_responses
 from api.files import send_artifact
-from api.lora_check import LoraFileError
+from api.lora_check import LoraFileError, base_index
+from api.lora_convert import SINGLE_FILE_FORMATS, NotConvertible, convert_download
 from api.lora_import import store_lora_file
 from api.schemas import NO_NUL, LoraPublic, LorasPublic
 from db.loras import create_imported_lora, delete_lora, get_lora, list_loras, new_lora_id
@@ -27,7 +28,8 @@ router = APIRouter(prefix="/v1/loras", tags=["loras"], responses=error_responses
 
 def downloads(lora: Lora) -> dict[str, str]:
     base = f"/v1/loras/{lora.id}/file?format="
-    available = {"peft": lora.peft_prefix, "comfyui": lora.comfyui_key, "original": lora.original_key}
+    available = {"peft": lora.peft_prefix, "comfyui": lora.comfyui_key, "musubi": lora.comfyui_key,
+                 "diffsynth": lora.comfyui_key, "original": lora.original_key}
     return {fmt: base + fmt for fmt, where in available.items() if where}
 
 
@@ -72,12 +74,16 @@ def remove_lora(lora_id: LoraId, owner: CurrentOwner, session: SessionDep, store
             responses={200: {"content": {"application/zip": {}, "application/octet-stream": {}},
                              "description": "a zip of the PEFT folder, or one safetensors file"},
                        **error_responses(404, 409)})
-def download_lora(lora_id: LoraId, owner: CurrentOwner, session: SessionDep, store: StoreDep,
-                  format: Annotated[Literal["peft", "comfyui", "original"] | None,
-                                    Query(description="peft: zip of the PEFT folder; comfyui: one ComfyUI-style "
-                                                      "safetensors; original: the imported file as uploaded; "
-                                                      "default: the first available of comfyui, peft, original")
-                                    ] = None):
+def download_lora(lora_id: LoraId, owner: CurrentOwner, session: SessionDep, store: StoreDep, settings: SettingsDep,
+                  format: Annotated[Literal["peft", "comfyui", "musubi", "diffsynth", "original"] | None,
+                                    Query(description="peft: zip of the PEFT folder; comfyui / musubi / diffsynth: "
+                                                      "one safetensors with the key names and alpha convention "
+                                                      "of ComfyUI, musubi-tuner or DiffSynth-Studio; original: "
+                                                      "the imported file as uploaded; default: the first "
+                                                      "available of comfyui, peft, original")
+                                    ] = None,
+                  dtype: Annotated[Literal["bf16", "fp32"],
+                                   Query(description="weights of a comfyui / musubi / diffsynth file")] = "bf16"):
     """Download the LoRA in the format your other tools load."""
     lora = get_lora(session, lora_id=lora_id, owner_id=owner.id)
     if lora is None:
@@ -93,7 +99,14 @@ def download_lora(lora_id: LoraId, owner: CurrentOwner, session: SessionDep, sto
         path = _zip_prefix(store, lora.peft_prefix)
         return FileResponse(path, media_type="application/zip", filename=f"{safe}-peft.zip",
                             background=BackgroundTask(os.unlink, path))
-    key = lora.comfyui_key if fmt == "comfyui" else lora.original_key
+    if fmt in SINGLE_FILE_FORMATS:
+        try:
+            path = convert_download(store, lora.comfyui_key, fmt, dtype, base_index(settings.model_path))
+        except (LoraFileError, NotConvertible) as e:   # e.g. a LoRA stored for another base model than today's
+            raise ApiError(status.HTTP_409_CONFLICT, f"LoRA {lora_id} cannot be written as {fmt}: {e}") from None
+        return FileResponse(path, media_type="application/octet-stream", filename=f"{safe}-{fmt}.safetensors",
+                            background=BackgroundTask(os.unlink, path))
+    key = lora.original_key
     return send_artifact(store, key, "application/octet-stream", filename=f"{safe}{PurePosixPath(key).suffix}")
 
 
@@ -119,6 +132,9 @@ async def import_lora(
                                      description="display name; default: the file name")] = None,
     trigger: Annotated[str | None, Form(max_length=200, pattern=NO_NUL,
                                         description="trigger phrase, if it has one")] = None,
+    allow_partial: Annotated[bool, Form(description="keep a file some of whose entries do not fit the base "
+                                                    "model (they are listed in its metadata); default: refuse it")
+                             ] = False,
 ):
     """Import a LoRA file; its keys are checked against the layouts the loader reads before it is stored.
 
@@ -130,7 +146,7 @@ async def import_lora(
     lora_id = new_lora_id()
     try:
         stored = await run_in_threadpool(store_lora_file, store, lora_id, filename, file.file,
-                                          settings.max_lora_bytes)
+                                          settings.max_lora_bytes, base_index(settings.model_path), allow_partial)
     except LoraFileError as e:
         raise ApiError(422, f"{filename}: {e}", field="file") from None
     try:

@@ -26,6 +26,7 @@ class DatasetReport:
     buckets: dict[str, int] = field(default_factory=dict)       # "WxH" -> usable images at `resolution`
     unreadable: list[Issue] = field(default_factory=list)
     too_small: list[Issue] = field(default_factory=list)
+    small: list[Issue] = field(default_factory=list)            # kept, but under validation's warn_below
     huge: list[Issue] = field(default_factory=list)
     unsupported: list[Issue] = field(default_factory=list)
     unsafe: list[Issue] = field(default_factory=list)

@@ -3,7 +3,9 @@
     report = validate_dataset("photos.zip", resolution=1024, min_side=256)
     json.dumps(report.to_dict())
 
-min_side (shorter images are rejected) defaults to min(256, resolution). Raises DatasetError (with
+min_side (shorter images are rejected) defaults to min(256, resolution). With warn_below (an upload, whose
+training resolution is not fixed yet) images at least min_side but under warn_below are kept and named in a
+warning and in `report.small`: a training checks them again at its own resolution. Raises DatasetError (with
 `.report`) when the source is unsafe (zip entries with absolute paths, '..', links; over the size limits)
 or when no usable image is left; with strict=True also when any file is rejected. Nothing is written
 anywhere: zips are read in place.
@@ -36,7 +38,7 @@ class Record:
 
 def scan(source: str | Path | Source, resolution: int = 1024, min_side: int | None = None,
          max_pixels: int = DEFAULT_MAX_PIXELS, limits: SourceLimits = SourceLimits(),
-         max_aspect: float = 3.0) -> tuple[Source, DatasetReport, list[Record]]:
+         max_aspect: float = 3.0, warn_below: int | None = None) -> tuple[Source, DatasetReport, list[Record]]:
     """Open and check everything; returns the source, the report and the usable records (no raising on
     bad content; see validate_dataset for that)."""
     buckets = make_buckets(resolution, max_aspect)   # raises ValueError on a bad resolution, before any I/O
@@ -49,8 +51,10 @@ def scan(source: str | Path | Source, resolution: int = 1024, min_side: int | No
     try:
         src = open_source(source, limits)
     except SourceError as e:
-        report.unsafe.append(Issue(str(source), str(e)))
-        raise DatasetError(str(e), report) from e
+        name = Path(str(getattr(source, "name", source))).name   # messages name no server location
+        text = str(e).replace(str(getattr(source, "name", source)), name)
+        report.unsafe.append(Issue(name, text))
+        raise DatasetError(text, report) from e
     report.source = src.name
     report.unsafe += src.unsafe
     report.ignored = list(src.ignored)
@@ -80,6 +84,8 @@ def scan(source: str | Path | Source, resolution: int = 1024, min_side: int | No
         if min(w, h) < min_side:
             report.too_small.append(Issue(item.name, f"{w}x{h}: shortest side under {min_side} px"))
             continue
+        if warn_below and min(w, h) < warn_below:
+            report.small.append(Issue(item.name, f"{w}x{h}: shortest side under {warn_below} px"))
         bucket = nearest_bucket(w, h, buckets)
         if cover_scale(w, h, bucket) > 1.0:
             upscaled.append(f"{item.name} ({w}x{h} -> {bucket[0]}x{bucket[1]})")
@@ -98,6 +104,14 @@ def scan(source: str | Path | Source, resolution: int = 1024, min_side: int | No
         for r in records:
             key = f"{r.bucket[0]}x{r.bucket[1]}"
             report.buckets[key] = report.buckets.get(key, 0) + 1
+    small_records = [r for r in records if warn_below and min(r.width, r.height) < warn_below]
+    if small_records:
+        shortest = min(min(r.width, r.height) for r in small_records)
+        report.warnings.append(
+            f"{len(small_records)} image(s) have a shortest side under {warn_below} px (the smallest {shortest} px): "
+            f"a training uses them only at a resolution up to their shortest side, e.g. "
+            + ", ".join(f"{r.name} ({r.width}x{r.height})" for r in small_records[:5])
+            + (" ..." if len(small_records) > 5 else ""))
     if upscaled:
         report.warnings.append(f"{len(upscaled)} image(s) smaller than their training size at {resolution} px "
                                f"will be upscaled: " + ", ".join(upscaled[:5]) + (" ..." if len(upscaled) > 5 else ""))
@@ -108,22 +122,26 @@ def scan(source: str | Path | Source, resolution: int = 1024, min_side: int | No
 
 
 def check(report: DatasetReport, strict: bool = False) -> None:
-    """Raise DatasetError if the report says the dataset cannot (or, strict, should not) be trained on."""
+    """Raise DatasetError if the report says the dataset cannot (or, strict, should not) be trained on.
+
+    The message names the dataset by its folder or file name, not where it lies: a service shows it to the
+    dataset's owner (the report keeps the full source)."""
+    name = Path(report.source).name or report.source
     if report.unsafe:
-        raise DatasetError(f"{report.source}: unsafe dataset, nothing was used | {report.problems_text()}", report)
+        raise DatasetError(f"{name}: unsafe dataset, nothing was used | {report.problems_text()}", report)
     if report.usable == 0:
         what = report.problems_text() or "it holds no PNG, JPEG or WebP files"
-        raise DatasetError(f"{report.source}: no usable images ({report.images} image file(s) found) | {what}",
+        raise DatasetError(f"{name}: no usable images ({report.images} image file(s) found) | {what}",
                            report)
     if strict and report.rejected:
-        raise DatasetError(f"{report.source}: {len(report.rejected)} file(s) rejected | {report.problems_text()}",
+        raise DatasetError(f"{name}: {len(report.rejected)} file(s) rejected | {report.problems_text()}",
                            report)
 
 
 def validate_dataset(source: str | Path | Source, resolution: int = 1024, min_side: int | None = None,
                      max_pixels: int = DEFAULT_MAX_PIXELS, limits: SourceLimits = SourceLimits(),
-                     strict: bool = False) -> DatasetReport:
+                     strict: bool = False, warn_below: int | None = None) -> DatasetReport:
     """Look at every file; return the report, or raise DatasetError naming the files that make it unusable."""
-    _, report, _ = scan(source, resolution, min_side, max_pixels, limits)
+    _, report, _ = scan(source, resolution, min_side, max_pixels, limits, warn_below=warn_below)
     check(report, strict)
     return report

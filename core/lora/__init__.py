@@ -2,12 +2,13 @@
 and applying several LoRAs with scales to a resident base model (hot-swap, no reload).
 
     from core.lora import LoraSpec, inject_lora, adapter_state_dict        # training (inject.py)
-    from core.lora import save_peft_folder, save_comfyui_file              # export (export.py)
+    from core.lora import save_peft_folder, save_comfyui_file, save_lora_file   # export (export.py)
     from core.lora import read_lora, bind_lora, apply_loras, set_loras     # inference (formats.py, apply.py)
 """
 from core.lora.apply import active_lora_modules, apply_loras, clear_loras, set_loras
-from core.lora.export import build_metadata, comfyui_tensors, config_hash, save_comfyui_file, save_peft_folder
-from core.lora.formats import BoundLora, LoraFile, bind_lora, read_lora
+from core.lora.export import (build_metadata, comfyui_tensors, config_hash, lora_file_tensors, save_comfyui_file,
+                              save_lora_file, save_peft_folder)
+from core.lora.formats import BoundLora, LoraFile, bind_lora, module_index, read_lora
 from core.lora.slots import install_lora_slots, lora_slots, remove_lora_slots, slot_capacity
 from core.lora.inject import (
     EXTRA_TARGETS,
@@ -40,7 +41,7 @@ def parse_lora_arg(arg: str) -> tuple[str, float]:
 __all__ = [
     "EXTRA_TARGETS", "BoundLora", "LoraFile", "LoraSpec", "active_lora_modules", "adapter_state_dict",
     "apply_loras", "bind_lora", "build_metadata", "clear_loras", "comfyui_tensors", "config_hash",
-    "inject_lora", "load_adapter_state_dict", "load_lora", "lora_parameters", "parse_lora_arg", "read_lora",
-    "save_comfyui_file", "save_peft_folder", "set_adapter_enabled", "set_loras", "target_names",
-    "install_lora_slots", "lora_slots", "remove_lora_slots", "slot_capacity",
+    "inject_lora", "load_adapter_state_dict", "load_lora", "lora_file_tensors", "lora_parameters", "module_index",
+    "parse_lora_arg", "read_lora", "save_comfyui_file", "save_lora_file", "save_peft_folder", "set_adapter_enabled",
+    "set_loras", "target_names", "install_lora_slots", "lora_slots", "remove_lora_slots", "slot_capacity",
 ]

@@ -1,7 +1,11 @@
-"""Write a trained adapter as a PEFT folder and as one ComfyUI-style safetensors file.
+"""Write a trained adapter as a PEFT folder, or as one safetensors file in the layout another tool loads.
 
     save_peft_folder(adapter, spec, "out/lora", metadata)      # adapter_config.json + adapter_model.safetensors
-    save_comfyui_file(adapter, spec, "out/lora.safetensors", metadata)
+    save_comfyui_file(adapter, spec, "out/lora.safetensors", metadata)          # the trainer's full-precision copy
+    save_lora_file(adapter, spec, "style.safetensors", "musubi")                # bf16 unless dtype= says otherwise
+
+Formats and their key names are core.lora_keys.write_key's (comfyui, musubi, diffsynth); files are readable
+by other users (0644), as files other tools load must be.
 
 `adapter` is core.lora.adapter_state_dict(model): {"model.<path>.lora_A.weight": [r, in], ...lora_B: [out, r]}.
 Both files are written to a temp name and renamed, so a reader never sees half a file. Metadata values
@@ -19,6 +23,9 @@ import torch
 from safetensors.torch import save_file
 
 from core.lora.inject import LoraSpec
+from core.lora_keys import carries_alpha, write_key
+
+FILE_MODE = 0o644   # mkstemp creates 0600; a LoRA is handed to other programs and users
 
 # Config fields that name a machine or a library version rather than the architecture and weights layout.
 _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures")
@@ -69,6 +76,7 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -92,6 +100,7 @@ def save_peft_folder(adapter: dict[str, torch.Tensor], spec: LoraSpec, folder: s
     }
     tmp = folder / "adapter_config.json.tmp"
     tmp.write_text(json.dumps(config, indent=2))
+    os.chmod(tmp, FILE_MODE)
     os.replace(tmp, folder / "adapter_config.json")
     return folder
 
@@ -114,4 +123,33 @@ def save_comfyui_file(adapter: dict[str, torch.Tensor], spec: LoraSpec, path: st
                       metadata: dict[str, str] | None = None) -> Path:
     path = Path(path)
     _atomic_save(comfyui_tensors(adapter, spec), path, dict(metadata or {"format": "pt"}))
+    return path
+
+
+def lora_file_tensors(adapter: dict[str, torch.Tensor], spec: LoraSpec, fmt: str,
+                      dtype: torch.dtype | None = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """The adapter keyed as `fmt` writes it, weights in `dtype` (None: as trained). Formats without a
+    per-module alpha get alpha/rank folded into the up weights, so every format gives the same delta."""
+    _check_adapter(adapter)
+    out: dict[str, torch.Tensor] = {}
+    for k, v in adapter.items():
+        path, role = k.rsplit(".lora_", 1)
+        if not path.startswith("model."):
+            raise ValueError(f"{k}: adapter keys must be model paths starting with 'model.'")
+        t = v.detach().to("cpu", torch.float32)
+        if role.startswith("B") and not carries_alpha(fmt):
+            t = t * (float(spec.alpha) / spec.rank)
+        out[write_key(fmt, path, "down" if role.startswith("A") else "up")] = t.to(dtype or v.dtype).contiguous()
+        if carries_alpha(fmt):
+            out[write_key(fmt, path, "alpha")] = torch.tensor(float(spec.alpha), dtype=torch.float32)
+    return out
+
+
+def save_lora_file(adapter: dict[str, torch.Tensor], spec: LoraSpec, path: str | Path, fmt: str = "comfyui",
+                   metadata: dict[str, str] | None = None, dtype: torch.dtype | None = torch.bfloat16) -> Path:
+    """One safetensors file for ComfyUI, musubi-tuner or DiffSynth-Studio (bf16 by default, as they write)."""
+    if fmt == "peft":
+        raise ValueError("a PEFT LoRA is a folder: use save_peft_folder")
+    path = Path(path)
+    _atomic_save(lora_file_tensors(adapter, spec, fmt, dtype), path, dict(metadata or {"format": "pt"}))
     return path

@@ -6,11 +6,15 @@
 Layouts (the key of one module, `<path>` = "language_model.layers.0.self_attn.q_proj" etc.):
     PEFT folder     base_model.model.model.<path>.lora_A.weight / .lora_B.weight  (+ adapter_config.json)
     ComfyUI         diffusion_model.<path>.lora_A.weight / .lora_B.weight, or .lora_down / .lora_up, + .alpha
-    musubi-tuner    lora_unet_<path with "." -> "_">.lora_down.weight / .lora_up.weight / .alpha
+    ai-toolkit      diffusion_model.model.<path>... (legacy), transformer.<path>...
+    musubi-tuner    lora_unet_model_<path with "." -> "_">.lora_down.weight / .lora_up.weight / .alpha
     DiffSynth       model.<path>.lora_A.default.weight / .lora_B.default.weight
     bare            <path>.lora_A.weight ... (e.g. language_model.* / final_layer2.*)
-Every layout reduces to (module stem, down [r, in], up [out, r], alpha or None). The delta a module
-gets is scale * (alpha / r) * up @ down, with alpha = r when a file gives none (PEFT's default).
+Every layout reduces to (module stem, down [r, in], up [out, r], alpha or None); the stem is placed by
+core.lora_keys (the grammar the API's upload check and converter use too). The delta a module gets is
+scale * (alpha / r) * up @ down, with alpha = r when a file gives none (PEFT's default). Entries that
+cannot be used (.diff full differences, embedding LoRAs, other models' modules or shapes, NaN weights)
+are listed in BoundLora.unplaced with the reason, never dropped silently.
 """
 from __future__ import annotations
 
@@ -24,10 +28,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from core.lora_keys import ROLES, UNDERSCORE_PREFIXES, layout_of
-
-# Prefixes writers put before the model's own module path; tried in order, then "model." is added.
-_PATH_PREFIXES = ("base_model.model.", "diffusion_model.", "model.diffusion_model.", "transformer.", "")
+from core.lora_keys import ModuleIndex, layout_of, not_lora_reason, split_key
 
 
 @dataclass
@@ -99,18 +100,17 @@ def read_lora(src: str | Path | dict[str, torch.Tensor], name: str | None = None
     unknown: list[str] = []
     layouts: set[str] = set()
     for key, t in tensors.items():
-        for suffix, role in ROLES:
-            if key.endswith(suffix):
-                stem = key[: -len(suffix)]
-                m = modules.setdefault(stem, LoraModule())
-                if role == "alpha":
-                    m.alpha = float(t.float().reshape(-1)[0])
-                else:
-                    setattr(m, role, t)
-                layouts.add(layout_of(key))
-                break
-        else:
+        hit = split_key(key)
+        if hit is None:
             unknown.append(key)
+            continue
+        stem, role = hit
+        m = modules.setdefault(stem, LoraModule())
+        if role == "alpha":
+            m.alpha = float(t.float().reshape(-1)[0])
+        else:
+            setattr(m, role, t)
+            layouts.add(layout_of(key))   # a bare ".alpha" says nothing about the writer
     if not modules:
         raise ValueError(f"{source}: no LoRA tensors found "
                          "(expected keys ending in .lora_A/.lora_B/.lora_down/.lora_up)")
@@ -123,28 +123,10 @@ def read_lora(src: str | Path | dict[str, torch.Tensor], name: str | None = None
     return LoraFile(source=source, layout=layout, modules=modules, metadata=metadata, unknown_keys=unknown)
 
 
-def _module_index(model: nn.Module) -> tuple[dict[str, nn.Linear], dict[str, str]]:
+def module_index(model: nn.Module) -> tuple[dict[str, nn.Linear], ModuleIndex]:
+    """The model's linears by path, and the torch-free index the key grammar resolves stems against."""
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    underscored: dict[str, str] = {}
-    for n in linears:
-        underscored[n.replace(".", "_")] = n
-        if n.startswith("model."):
-            underscored[n[len("model."):].replace(".", "_")] = n
-    return linears, underscored
-
-
-def place(stem: str, linears: dict[str, nn.Linear], underscored: dict[str, str]) -> str | None:
-    """The model module path a key stem names, or None."""
-    for pre in UNDERSCORE_PREFIXES:
-        if stem.startswith(pre):
-            return underscored.get(stem[len(pre):])
-    for pre in _PATH_PREFIXES:
-        if stem.startswith(pre):
-            p = stem[len(pre):]
-            for cand in (p, "model." + p):
-                if cand in linears:
-                    return cand
-    return None
+    return linears, ModuleIndex({n: (m.out_features, m.in_features) for n, m in linears.items()})
 
 
 def bind_lora(model: nn.Module, lora: LoraFile | str | Path, *, name: str | None = None,
@@ -157,13 +139,13 @@ def bind_lora(model: nn.Module, lora: LoraFile | str | Path, *, name: str | None
     """
     if not isinstance(lora, LoraFile):
         lora = read_lora(lora)
-    linears, underscored = _module_index(model)
+    linears, index = module_index(model)
     deltas: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    unplaced = [f"{k}: not a LoRA tensor" for k in lora.unknown_keys]
+    unplaced = [f"{k}: {not_lora_reason(k)}" for k in lora.unknown_keys]
     for stem, m in lora.modules.items():
-        target = place(stem, linears, underscored)
+        target = index.resolve(stem)
         if target is None:
-            unplaced.append(f"{stem}: no such linear module in the model")
+            unplaced.append(f"{stem}: {index.why_not(stem)}")
             continue
         if m.down is None or m.up is None:
             unplaced.append(f"{stem}: has only {'up' if m.down is None else 'down'} weights")
@@ -174,6 +156,9 @@ def bind_lora(model: nn.Module, lora: LoraFile | str | Path, *, name: str | None
         if down.shape[1] != lin.in_features or up.shape != (lin.out_features, r):
             unplaced.append(f"{stem}: shapes down {tuple(down.shape)} / up {tuple(up.shape)} do not fit "
                             f"{target} ({lin.out_features} x {lin.in_features})")
+            continue
+        if not (torch.isfinite(down).all() and torch.isfinite(up).all()):
+            unplaced.append(f"{stem}: has NaN or infinite weights")
             continue
         if target in deltas:
             unplaced.append(f"{stem}: a second entry for {target}")

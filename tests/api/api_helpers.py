@@ -85,8 +85,8 @@ def lora_safetensors(layout: str = "comfyui", rank: int = 4, layers: int = 2, al
     tensors = {}
     for i in range(layers):
         stem = f"{prefix}language_model.layers.{i}.self_attn.q_proj"
-        tensors[f"{stem}.{down}.weight"] = np.zeros((rank, 64), np.float32)
-        tensors[f"{stem}.{up}.weight"] = np.zeros((64, rank), np.float32)
+        tensors[f"{stem}.{down}.weight"] = np.zeros((rank, 384), np.float32)   # q_proj of models/o1-shapes
+        tensors[f"{stem}.{up}.weight"] = np.zeros((384, rank), np.float32)
         if alpha is not None and layout != "peft":
             tensors[f"{stem}.alpha"] = np.array(alpha, np.float32)
     tensors.update(extra or {})

@@ -58,3 +58,25 @@ def test_long_file_names_make_a_valid_default_name(client, alice):
                                                                 ("files", ("b.png", png(), "image/png"))])
     assert r.status_code == 201, r.text
     assert r.json()["name"] == "x" * 150 + " and 1 more"
+
+
+def test_small_images_are_a_warning_at_upload_not_a_refusal(settings, tmp_path):
+    """128-px images (README's `core.synth --size 128`) train at resolution 128: with the production floor of
+    256 px they are kept, named in the report's warnings and `small`; the trainer checks them at its own
+    resolution. Images no training resolution can use (under 32 px) are still refused."""
+    import io
+
+    from api.uploads import Incoming, UploadError, prepare_dataset
+    prod = settings.model_copy(update={"dataset_min_side": 256})
+    files = [Incoming(f"{i}.png", io.BytesIO(png(128, 128, (40 * i, 0, 0)))) for i in range(3)]
+    staged, report = prepare_dataset(files, tmp_path / "a", prod, resolution=1024)
+    assert report["usable"] == 3 and report["too_small"] == [] and len(report["small"]) == 3
+    assert any("3 image(s) have a shortest side under 256 px" in w for w in report["warnings"])
+    _, at_128 = prepare_dataset([Incoming("0.png", io.BytesIO(png(128, 128)))], tmp_path / "b", prod, resolution=128)
+    assert at_128["small"] == [] and at_128["usable"] == 1            # as large as the training size: no warning
+    try:
+        prepare_dataset([Incoming("t.png", io.BytesIO(png(24, 24)))], tmp_path / "c", prod, resolution=1024)
+    except UploadError as e:
+        assert "t.png: 24x24: shortest side under 32 px" in str(e)
+    else:
+        raise AssertionError("a 24-px image was accepted")
