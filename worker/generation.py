@@ -27,7 +27,7 @@ from worker.context import WorkerContext, ctx
 from worker.memory_plan import check_generation, out_of_memory_message
 from worker.model_host import ModelHost, parse_sizes
 from worker.pacing import Every, Heartbeat
-from worker.runs import TimeLimitExceeded, local_dir, local_file, publish, short_error, take
+from worker.runs import TimeLimitExceeded, db_call, local_dir, local_file, publish, short_error, take
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,7 @@ def image_url(generation_id: str, index: int) -> str:
 
 def lora_path(c: WorkerContext, lora_id: str, owner_id: str):
     """Local file or folder of a stored LoRA the owner may use; ValueError names what is wrong."""
-    with c.sessions() as s:
-        lora = get_lora(s, lora_id=lora_id, owner_id=owner_id)
+    lora = db_call(c, lambda s: get_lora(s, lora_id=lora_id, owner_id=owner_id), what=f"LoRA {lora_id}: read")
     if lora is None:
         raise ValueError(f"LoRA {lora_id} does not exist (deleted after the request?)")
     if lora.comfyui_key:
@@ -155,8 +154,9 @@ def run_generation(generation_id: str, c: WorkerContext | None = None) -> str:
 def missing_images(c: WorkerContext, gen: Generation) -> list[int]:
     """Image indexes without a stored image (a re-run after a hand-back or a takeover keeps the others)."""
     from sqlalchemy import select
-    with c.sessions() as s:
-        have = set(s.scalars(select(GenerationImage.index).where(GenerationImage.generation_id == gen.id)))
+    have = set(db_call(c, lambda s: list(s.scalars(select(GenerationImage.index)
+                                                   .where(GenerationImage.generation_id == gen.id))),
+                       what=f"generation {gen.id}: stored images"))
     return [i for i in range(int(gen.num_images)) if i not in have]
 
 
@@ -194,8 +194,8 @@ def run_rows(c: WorkerContext, gens: list[Generation]) -> dict[str, str]:
                 _fail(c, r, out_of_memory_message("generation", e) if oom else short_error(e))
     for r in rows:
         if r.end == "canceled":
-            with c.sessions() as s:
-                mark_generation_canceled(s, job_id=r.gen.id, worker_id=c.worker_id)
+            db_call(c, lambda s, r=r: mark_generation_canceled(s, job_id=r.gen.id, worker_id=c.worker_id),
+                    what=f"generation {r.gen.id}: canceled")
             publish(c, "generation", r.gen.id, "status", {"status": "canceled"})
         elif r.end == "lost":
             log.warning("generation %s: taken over by another worker; stopped", r.gen.id)
@@ -204,8 +204,8 @@ def run_rows(c: WorkerContext, gens: list[Generation]) -> dict[str, str]:
 
 def _fail(c: WorkerContext, r: Row, error: str) -> None:
     r.end = "failed"  # before the write: the heartbeat thread then leaves the row alone
-    with c.sessions() as s:
-        fail_generation(s, generation_id=r.gen.id, worker_id=c.worker_id, error=error)
+    db_call(c, lambda s: fail_generation(s, generation_id=r.gen.id, worker_id=c.worker_id, error=error),
+            what=f"generation {r.gen.id}: failed")
     publish(c, "generation", r.gen.id, "status", {"status": "failed", "error": error})
 
 
@@ -286,22 +286,22 @@ def _warn_unplaced(c: WorkerContext, rows: list[Row], loras) -> None:
             first = bound.unplaced[0].split(":")[0]
             warnings.append(f"LoRA {bound.name}: {len(bound.unplaced)} of its keys fit no module of this model "
                             f"and were ignored (e.g. {first})")
-    if warnings:
-        with c.sessions() as s:
-            for r in rows:
-                add_generation_warnings(s, job_id=r.gen.id, warnings=warnings)
+    for r in rows if warnings else []:
+        db_call(c, lambda s, r=r: add_generation_warnings(s, job_id=r.gen.id, warnings=warnings),
+                what=f"generation {r.gen.id}: warnings")
 
 
 def _write_progress(c: WorkerContext, rows: list[Row]) -> None:
     """Progress of every running row, and each one's cancel flag (both at most every progress_interval_s)."""
-    with c.sessions() as s:
-        for r in rows:
-            if not r.active:
-                continue
-            if not record_generation_progress(s, generation_id=r.gen.id, worker_id=c.worker_id, step=r.progress):
-                r.end = "lost"
-            elif is_generation_cancel_requested(s, job_id=r.gen.id):
-                r.end = "canceled"
+    # Through db_call: a database blip pauses the batch, it never fails it (a heartbeat write is idempotent).
+    def write(s, r):
+        if not record_generation_progress(s, generation_id=r.gen.id, worker_id=c.worker_id, step=r.progress):
+            return "lost"
+        return "canceled" if is_generation_cancel_requested(s, job_id=r.gen.id) else None
+
+    for r in rows:
+        if r.active and (end := db_call(c, lambda s, r=r: write(s, r), what=f"generation {r.gen.id}: progress")):
+            r.end = end
     for r in rows:
         if r.active:
             publish(c, "generation", r.gen.id, "progress", {"step": r.progress, "total_steps": r.gen.total_steps})
@@ -312,9 +312,9 @@ def _store(c: WorkerContext, gen: Generation, index: int, image, seed: int) -> N
     image.save(buf, format="PNG")
     key = f"generations/{gen.id}/{index}.png"
     c.store.put_bytes(key, buf.getvalue())
-    with c.sessions() as s:
-        add_generation_image(s, generation_id=gen.id, index=index, storage_key=key, width=image.width,
-                             height=image.height, seed=seed)
+    db_call(c, lambda s: add_generation_image(s, generation_id=gen.id, index=index, storage_key=key,
+                                              width=image.width, height=image.height, seed=seed),
+            what=f"generation {gen.id}: image {index}")
     publish(c, "generation", gen.id, "image", {"index": index, "url": image_url(gen.id, index)})
 
 
@@ -323,11 +323,19 @@ def _finish(c: WorkerContext, rows: list[Row]) -> None:
         if not r.active:
             continue
         r.end = "succeeded"  # before the write: the heartbeat thread then leaves the row alone
-        with c.sessions() as s:
-            if not finish_generation(s, generation_id=r.gen.id, worker_id=c.worker_id):
-                r.end = "lost"
-                continue
+        if not db_call(c, lambda s, r=r: _finished(s, r.gen.id, c.worker_id), what=f"generation {r.gen.id}: done"):
+            r.end = "lost"
+            continue
         publish(c, "generation", r.gen.id, "status", {"status": "succeeded"})
+
+
+def _finished(s, job_id: str, worker_id: str) -> bool:
+    """running -> succeeded; on a retry whose first COMMIT landed before the connection broke, the row already
+    says succeeded by this worker, which counts as done."""
+    if finish_generation(s, generation_id=job_id, worker_id=worker_id):
+        return True
+    row = s.get(Generation, job_id)
+    return row is not None and row.status == "succeeded" and row.worker_id == worker_id
 
 
 if __name__ == "__main__":

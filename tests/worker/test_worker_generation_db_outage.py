@@ -1,0 +1,74 @@
+"""A generation against a PostgreSQL that drops its connections: its progress write waits on a lock, its
+backend is terminated (the database up throughout), and the generation still succeeds on its first attempt
+with the same images as an undisturbed run (issue 16 item 6, generation side).
+
+    .venv/bin/python -m pytest tests/worker/test_worker_generation_db_outage.py -q
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from db.generations import create_generation, get_generation
+from db.owners import create_owner
+from worker import generation
+from worker.context import WorkerContext
+
+
+def new_generation(c, owner_id, steps):
+    p = {"prompt": "a red circle", "negative_prompt": " ", "loras": [], "width": 64, "height": 32, "steps": steps,
+         "guidance": 2.0, "seed": 7, "preset": "full", "num_images": 1}
+    with c.sessions() as s:
+        return create_generation(s, owner_id=owner_id, prompt=p["prompt"], params=p, num_images=1, total_steps=steps)
+
+
+def image(c, gen_id) -> np.ndarray:
+    from PIL import Image
+    with c.sessions() as s:
+        key = get_generation(s, generation_id=gen_id).images[0].storage_key
+    with c.store.open(key) as f:
+        return np.asarray(Image.open(f).convert("RGB"), dtype=np.int16)
+
+
+def test_a_killed_connection_mid_generation_costs_a_pause_not_the_generation(worker_ctx, tiny_model, pg_url):
+    c = WorkerContext(worker_ctx.settings.model_copy(update={
+        "model_path": tiny_model, "progress_interval_s": 0.0, "heartbeat_timeout_s": 30.0,
+        "db_outage_limit_s": 30.0, "generate_batch_wait_s": 0.0}))
+    with c.sessions() as s:
+        owner = create_owner(s, name="blip")
+    straight = new_generation(c, owner.id, steps=40)
+    assert generation.run_generation(straight.id, c) == "succeeded"
+
+    gen = new_generation(c, owner.id, steps=40)
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", generation.run_generation(gen.id, c)), daemon=True)
+    t.start()
+    db = make_url(pg_url).database
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    locker = create_engine(pg_url)
+    killed = 0
+    deadline = time.monotonic() + 60
+    with locker.connect() as conn:
+        tx = conn.begin()
+        conn.execute(text("LOCK TABLE generations IN ACCESS EXCLUSIVE MODE"))
+        while time.monotonic() < deadline and not killed and t.is_alive():
+            with admin.connect() as a:
+                killed = len(a.execute(text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db "
+                    "AND wait_event_type = 'Lock'"), {"db": db}).all())
+            time.sleep(0.05)
+        tx.commit()
+    locker.dispose()
+    admin.dispose()
+    t.join(120)
+    assert killed >= 1, "the generation never waited on the lock"
+    assert out.get("r") == "succeeded"
+    with c.sessions() as s:
+        row = get_generation(s, generation_id=gen.id)
+        assert (row.status, row.error, row.attempt, row.step) == ("succeeded", None, 1, 40)
+    assert int(np.abs(image(c, straight.id) - image(c, gen.id)).max()) == 0
+    c.close()
