@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     max_zip_uncompressed_bytes: int = Field(4 * 2**30, gt=0, description="total size a zip may expand to")
     max_image_pixels: int = Field(64 * 2**20, gt=0, description="largest width*height an image may have")
     max_caption_bytes: int = Field(64 * 2**10, gt=0, description="largest caption .txt")
-    dataset_min_side: int = Field(256, ge=1, description="images with a shorter side (or the upload's resolution, if smaller) are named as warnings in the dataset report; trainings cap it at their resolution")
+    dataset_min_side: int = Field(256, ge=1, description="images with a shorter side (or the upload's resolution, "
+                                                         "if smaller) are named as warnings in the dataset report; "
+                                                         "trainings cap it at their resolution")
     max_lora_bytes: int = Field(4 * 2**30, gt=0, description="largest imported LoRA file")
 
     # What one owner may ask of the workers (api/quota.py): active jobs (queued + running; 0 = no limit) and the
