@@ -166,10 +166,11 @@ class O1LoraClient:
                 raise problem
             time.sleep(retry_s * min(failures, 5))
 
-    def wait(self, kind: str, job_id: str, on_event: Callable[[Event], None] | None = None) -> dict[str, Any]:
+    def wait(self, kind: str, job_id: str, on_event: Callable[[Event], None] | None = None,
+             **follow_options: Any) -> dict[str, Any]:
         """Follow the job to its end; returns its final state (check ``status``: failed and canceled too)."""
         final = None
-        for event in self.follow(kind, job_id):
+        for event in self.follow(kind, job_id, **follow_options):
             if on_event:
                 on_event(event)
             if event.name == "snapshot":

@@ -157,7 +157,9 @@ def cmd_status(client: O1LoraClient, a: argparse.Namespace) -> int:
 
 
 def cmd_cancel(client: O1LoraClient, a: argparse.Namespace) -> int:
-    kind, _ = client.find(a.id, [a.kind] if a.kind else JOB_KINDS)
+    kind, _ = client.find(a.id, [a.kind] if a.kind else COLLECTIONS)
+    if kind not in JOB_KINDS:
+        raise UsageError(f"{a.id} is a {kind}: only trainings and generations can be canceled")
     out = client.cancel(kind, a.id)
     if out["cancel_requested"] and out["status"] == "running":
         print(f"{kind} {a.id}: cancel requested; it stops at its next step")

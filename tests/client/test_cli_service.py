@@ -51,6 +51,8 @@ def test_train_follows_to_the_end_and_downloads_the_lora_then_generate_with_it(c
     assert status.returncode == 0 and "succeeded" in status.stdout and f"LoRA: {lora_id}" in status.stdout
     listed = cli.run("list", "loras", cwd=tmp_path)
     assert listed.returncode == 0 and lora_id in listed.stdout
+    refused = cli.run("cancel", lora_id, cwd=tmp_path)
+    assert refused.returncode == 2 and "only trainings and generations can be canceled" in refused.stderr
     peft = cli.run("download", job["id"], "--format", "peft", "-o", str(tmp_path / "style.zip"), cwd=tmp_path)
     assert peft.returncode == 0, peft.stderr
     import zipfile
