@@ -191,7 +191,10 @@ class O1LoraClient:
 
     def download(self, path: str, dest: str | Path, *, params: dict[str, Any] | None = None) -> Path:
         """Stream one file of the API to ``dest`` (a folder: the name the service gives); written to a
-        .part file first, so an interrupted download never leaves a truncated file under the real name."""
+        .part file first, so an interrupted download never leaves a truncated file under the real name.
+        A ``dest`` ending in a slash is a folder, made if missing."""
+        if isinstance(dest, str) and dest.endswith(("/", os.sep)):
+            Path(dest).mkdir(parents=True, exist_ok=True)
         dest = Path(dest)
         try:
             with self.http.stream("GET", path, params=params) as r:

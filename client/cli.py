@@ -73,6 +73,9 @@ def follow(client: O1LoraClient, kind: str, job: dict[str, Any]) -> dict[str, An
         final = client.wait(kind, job["id"], on_event=bar)
     except KeyboardInterrupt:
         raise Detached(kind, job["id"]) from None
+    except Unreachable as e:   # lost the service, not the job: it runs on where it runs
+        raise Unreachable(f"{e}\n  the {kind} {job['id']} was not canceled; follow it again with: "
+                          f"o1lora status {job['id']} --follow") from None
     finally:
         bar.close()
     if final["status"] != "succeeded":
@@ -115,7 +118,11 @@ def cmd_train(client: O1LoraClient, a: argparse.Namespace) -> int:
         say(f"dataset {dataset_id}: {ds['num_images']} images, {ds['num_captions']} captioned")
         for warning in ds["report"].get("warnings") or []:
             say(f"warning: {warning}")
-    job = client.create_training(dataset_id, a.trigger, **fields)
+    try:
+        job = client.create_training(dataset_id, a.trigger, **fields)
+    except KeyboardInterrupt:
+        raise ClientError("interrupted while the training was being submitted: it may have been queued "
+                          "(o1lora list trainings)") from None
     say(f"training {job['id']} {job['status']}")
     if a.detach:
         print(job["id"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+import zipfile
 
 import httpx
 from PIL import Image
@@ -18,17 +19,17 @@ def api(cli) -> httpx.Client:
 
 def test_train_follows_to_the_end_and_downloads_the_lora_then_generate_with_it(cli, photos, tmp_path):
     out = cli.run("train", str(photos), *TRAIN, "--steps", "6", "--sample-every", "3",
-                  "--sample-prompt", "sks, a red square", "--format", "comfyui", "-o", str(tmp_path), cwd=tmp_path)
+                  "--sample-prompt", "sks, a red square", "--format", "comfyui", "-o", "loras/", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    lora_file = tmp_path / out.stdout.strip()
-    assert lora_file.suffix == ".safetensors" and lora_file.parent == tmp_path
+    lora_file = tmp_path / out.stdout.strip()        # a folder made for it, the service's file name
+    assert lora_file.suffix == ".safetensors" and lora_file.parent == tmp_path / "loras"
     with safe_open(str(lora_file), "pt") as f:
         keys = list(f.keys())
     assert any(k.startswith("diffusion_model.") and k.endswith("lora_A.weight") for k in keys), keys[:5]
     # The bar drew the steps, the loss and the ETA from the stream, and the previews were announced.
     assert "6/6" in out.stderr and "loss " in out.stderr and "ETA " in out.stderr
     assert "preview at step 3" in out.stderr and "preview at step 6" in out.stderr
-    assert not list(tmp_path.glob("*.part"))
+    assert not list(tmp_path.rglob("*.part"))
 
     trainings = api(cli).get("/v1/trainings").json()["data"]
     job = next(t for t in trainings if t["status"] == "succeeded")
@@ -55,7 +56,6 @@ def test_train_follows_to_the_end_and_downloads_the_lora_then_generate_with_it(c
     assert refused.returncode == 2 and "only trainings and generations can be canceled" in refused.stderr
     peft = cli.run("download", job["id"], "--format", "peft", "-o", str(tmp_path / "style.zip"), cwd=tmp_path)
     assert peft.returncode == 0, peft.stderr
-    import zipfile
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(zipfile.ZipFile(tmp_path / "style.zip").namelist())
 
 
