@@ -123,6 +123,10 @@ def cmd_train(client: O1LoraClient, a: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         raise ClientError("interrupted while the training was being submitted: it may have been queued "
                           "(o1lora list trainings)") from None
+    except ApiError:
+        if a.dataset is None:   # the upload went through: no need to send the images again
+            say(f"the dataset stays uploaded as {dataset_id}: after fixing the options, pass --dataset {dataset_id}")
+        raise
     say(f"training {job['id']} {job['status']}")
     if a.detach:
         print(job["id"])

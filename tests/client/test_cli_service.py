@@ -71,6 +71,11 @@ def test_api_errors_are_reported_with_the_service_message_and_a_failing_exit_cod
     out = cli.run("train", str(photos), *TRAIN, "--steps", "10", cwd=tmp_path)
     assert out.returncode == 1
     assert "sample_every (500) must not exceed steps (10)" in out.stderr and "HTTP 422 invalid" in out.stderr
+    dataset_id = out.stderr.split("--dataset ")[1].split()[0]   # the hint to reuse the upload works
+    out = cli.run("train", "--dataset", dataset_id, *TRAIN, "--steps", "2", "--sample-every", "0", "--detach",
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert api(cli).get(f"/v1/trainings/{out.stdout.strip()}").json()["dataset_id"] == dataset_id
 
     out = cli.run("status", "0123456789abcdef", cwd=tmp_path)
     assert out.returncode == 1 and "0123456789abcdef" in out.stderr
