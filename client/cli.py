@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,8 +57,14 @@ FLAG_OF = {field: flag for flag, field, _, _ in TRAIN_FIELDS + GENERATE_FIELDS} 
 
 
 class Detached(Exception):
+    """Ctrl-C while following: the command ends, the job does not."""
+
     def __init__(self, kind: str, job_id: str):
         self.kind, self.job_id = kind, job_id
+
+
+class UsageError(ClientError):
+    """The command line or a local file is wrong: nothing was sent."""
 
 
 def say(text: str) -> None:
@@ -223,7 +230,8 @@ def describe(kind: str, b: dict[str, Any], one_line: bool = False) -> str:
         extra += [f"preview: step {v['step']} {v['url']}" for v in b["previews"]]
     elif kind == "generation":
         p = b["progress"]
-        line = f"{b['id']}  generation  {b['status']:<9} {len(b['images'])}/{b['params'].get('num_images', 1)} images  {b['prompt'][:60]}"
+        images = f"{len(b['images'])}/{b['params'].get('num_images', 1)} images"
+        line = f"{b['id']}  generation  {b['status']:<9} {images}  {b['prompt'][:60]}"
         extra = [f"image {i['index']}: {i['width']}x{i['height']} seed {i['seed']} {i['url']}" for i in b["images"]]
         extra += [f"warning: {w}" for w in b.get("warnings") or []]
     elif kind == "lora":
@@ -254,10 +262,6 @@ def explain(e: ApiError) -> str:
 
 # ---- argument parsing ---------------------------------------------------------------------------------------
 
-class UsageError(ClientError):
-    pass
-
-
 def picked(a: argparse.Namespace, table) -> dict[str, Any]:
     return {field: getattr(a, field) for _, field, _, _ in table if getattr(a, field) is not None}
 
@@ -278,14 +282,14 @@ def add_fields(p: argparse.ArgumentParser, table) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import os
     parser = argparse.ArgumentParser(
         prog="o1lora", description="Train LoRAs and generate images on an o1lora service.",
         epilog="Ctrl-C while a job is followed detaches: the job keeps running (o1lora status ID --follow to "
                "watch it again, o1lora cancel ID to stop it).")
     parser.add_argument("--url", default=os.environ.get("O1LORA_URL"),
                         help="service URL (default: $O1LORA_URL, else http://127.0.0.1:8000)")
-    parser.add_argument("--api-key", default=os.environ.get("O1LORA_API_KEY"), help="API key (default: $O1LORA_API_KEY)")
+    parser.add_argument("--api-key", default=os.environ.get("O1LORA_API_KEY"),
+                        help="API key (default: $O1LORA_API_KEY)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="upload a dataset, train a LoRA with a progress bar, download it")

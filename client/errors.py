@@ -28,7 +28,8 @@ class ApiError(ClientError):
             code, message = str(error["code"]), str(error["message"])
         except Exception:  # not the service's error body (a proxy's HTML page, an empty 502...)
             text = response.text.strip().replace("\n", " ")[:300]
-            return cls(response.status_code, "http_error", f"HTTP {response.status_code}" + (f": {text}" if text else ""))
+            message = f"HTTP {response.status_code}" + (f": {text}" if text else "")
+            return cls(response.status_code, "http_error", message)
         return cls(response.status_code, code, message, field=error.get("field"), details=error.get("details"),
                    report=error.get("report"), retry_after=response.headers.get("Retry-After"))
 

@@ -56,7 +56,8 @@ def test_train_follows_to_the_end_and_downloads_the_lora_then_generate_with_it(c
     assert refused.returncode == 2 and "only trainings and generations can be canceled" in refused.stderr
     peft = cli.run("download", job["id"], "--format", "peft", "-o", str(tmp_path / "style.zip"), cwd=tmp_path)
     assert peft.returncode == 0, peft.stderr
-    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(zipfile.ZipFile(tmp_path / "style.zip").namelist())
+    names = zipfile.ZipFile(tmp_path / "style.zip").namelist()
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(names)
 
 
 def test_api_errors_are_reported_with_the_service_message_and_a_failing_exit_code(cli, photos, tmp_path):
