@@ -4,8 +4,8 @@ No torch, no FastAPI, no Celery here. Every data-access function takes the Sessi
 arguments after it; every state transition is ONE conditional UPDATE and commits itself, returning whether it
 happened (False = the row was not in the expected state / this worker does not own it).
 
-Settings (api/settings.py, the only place env is read):
-    from api.settings import get_settings; s = get_settings()
+Settings (service/settings.py, the only place env is read):
+    from service.settings import get_settings; s = get_settings()
     s.resolved_database_url  s.broker_url  s.resolved_redis_url  s.resolved_artifact_dir  s.model_path
     s.data_dir  s.heartbeat_timeout_s
 
@@ -56,14 +56,14 @@ Datasets / LoRAs (db/datasets.py, db/loras.py): create_*, get_*, list_*, delete_
     Dataset.storage_prefix: the store prefix of its files (images + same-name .txt captions, sub-folders kept).
     Lora.peft_prefix (PEFT folder in the store), Lora.comfyui_key (one safetensors), Lora.original_key (import).
 
-Artifact store (db/store.py):  store = LocalStore(settings.resolved_artifact_dir)
+Artifact store (service/store.py):  store = LocalStore(settings.resolved_artifact_dir)
     put_bytes(key, data), put_file(key, path), put_stream(key, chunks), put_dir(prefix, dir) -> keys,
     open(key) -> BinaryIO, exists(key), size(key), list(prefix), delete_prefix(prefix),
     local_path(key) -> Path | None, fetch_dir(prefix, dest) -> Path (a local folder with those files)
     Keys used: datasets/<id>/..., loras/<id>/{original.*, lora.safetensors, peft/...} (imports); the worker
     chooses its own under trainings/<id>/ and generations/<id>/
 
-Live events (db/events.py): channel(kind, job_id); publish(redis_client, *, kind, job_id, type, data)
+Live events (service/events.py): channel(kind, job_id); publish(redis_client, *, kind, job_id, type, data)
     kind: "training" | "generation"; type: "progress" | "preview" | "status" | "image" (payloads in the module).
 
 Job messages: the API sends celery_app.send_task("o1lora.train", args=[job_id], queue="train") and

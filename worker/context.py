@@ -13,9 +13,9 @@ from functools import cached_property
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.settings import Settings, get_settings
+from service.settings import Settings, get_settings
 from db.session import make_sessionmaker
-from db.store import ArtifactStore, LocalStore
+from service.store import ArtifactStore, LocalStore
 
 
 @dataclass

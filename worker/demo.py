@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageDraw
 
-from api.settings import BUNDLED_MODEL as BUNDLED, REPO
+from service.settings import BUNDLED_MODEL as BUNDLED, REPO
 from worker.broker import free_port
 
 TRIGGER = "hatchwork style"

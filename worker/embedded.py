@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from api.settings import BUNDLED_MODEL as BUNDLED
-from api.settings import get_settings
+from service.settings import BUNDLED_MODEL as BUNDLED
+from service.settings import get_settings
 from worker.broker import EmbeddedRedis
 from worker.launcher import Launcher, wait_http
 

@@ -12,7 +12,7 @@ import sys
 import redis
 from sqlalchemy import text
 
-from api.settings import Settings, get_settings
+from service.settings import Settings, get_settings
 from db.session import make_engine
 
 

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from api.settings import Settings, get_settings
+from service.settings import Settings, get_settings
 from db.training import fail_training, get_training
 from worker.context import WorkerContext
 from worker.runs import publish

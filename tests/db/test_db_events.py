@@ -10,7 +10,7 @@ import uuid
 import pytest
 import redis
 
-from db.events import channel, decode, publish
+from service.events import channel, decode, publish
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 

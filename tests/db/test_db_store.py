@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from db.store import InvalidKey, LocalStore
+from service.store import InvalidKey, LocalStore
 
 
 def test_roundtrip_list_and_delete(tmp_path):

@@ -9,7 +9,7 @@ from worker_helpers import RUN_PREFIX, put_dataset
 from db.owners import create_owner
 from db.training import create_training, get_training
 from worker.celery_app import app
-from worker.dispatch import enqueue
+from service.enqueue import enqueue
 from worker.launcher import Launcher
 
 

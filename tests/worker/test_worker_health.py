@@ -1,7 +1,7 @@
 """The worker container's health check against the real services, and against unreachable ones."""
 from __future__ import annotations
 
-from api.settings import Settings
+from service.settings import Settings
 from worker.health import check
 from worker_helpers import TEST_BROKER
 
