@@ -113,7 +113,7 @@ def lora_path(c: WorkerContext, lora_id: str, owner_id: str):
 
 
 def worker_shutting_down() -> bool:
-    from worker.training import worker_shutting_down as shutting_down  # the trainings' own test, reused
+    from worker.stop_signals import worker_shutting_down as shutting_down  # the trainings' own test, reused
     return shutting_down()
 
 

@@ -28,6 +28,7 @@ from db.models import Lora, TrainingJob
 from db.training import (add_preview, fail_training, finish_training, heartbeat_training, is_cancel_requested,
                          mark_training_canceled, record_checkpoint, record_progress)
 from worker.context import WorkerContext, ctx
+from worker.stop_signals import is_main_rank, terminate_requested, worker_shutting_down  # noqa: F401 (re-exported)
 from worker import memory_plan
 from worker.memory_plan import GIB, MemoryPlanError, ModelShape, out_of_memory_message, plan_training
 from worker.pacing import Every, Heartbeat
@@ -50,21 +51,6 @@ def checkpoint_every(params: dict, steps: int) -> int:
 
 # Set when the memory plan released the generation model mid-setup (reloaded after the training).
 _released_when_needed = threading.Event()
-
-# Set by SIGTERM in the processes of a multi-GPU job (worker/train_ranks.py), which have no Celery state.
-terminate_requested = threading.Event()
-
-
-def worker_shutting_down() -> bool:
-    """True once this worker got a warm-shutdown request (SIGTERM): stop at the step boundary."""
-    if terminate_requested.is_set():
-        return True
-    try:
-        from celery.worker import state
-    except ImportError:
-        return False
-    return state.should_stop is not None or state.should_terminate is not None
-
 
 def train_config(c: WorkerContext, job: TrainingJob, data_dir: Path, out_dir: Path, resume: Path | None):
     from core.train import TrainConfig
@@ -198,19 +184,24 @@ def fit_to_gpu(c: WorkerContext, job: TrainingJob, cfg):
     return replace(cfg, gradient_checkpointing=p.checkpointing)
 
 
-def is_main_rank() -> bool:
-    """False in the extra processes of a multi-GPU job (torchrun's RANK > 0): they train, rank 0 reports."""
-    return int(os.environ.get("RANK", "0")) == 0
+class _NoHeartbeat:
+    """The heartbeat of the ranks other than 0 of a multi-GPU job: they never own the row, so never lose it."""
+    lost = threading.Event()
+
+
+NO_HEARTBEAT = _NoHeartbeat()
 
 
 def run_owned(c: WorkerContext, job: TrainingJob) -> str:
     """Train a job this worker already owns: heartbeat, the trainer, and the row's final state."""
     return run_with_heartbeat(
-        c, "training", job.id, beat=lambda: _beat(c, job.id), body=lambda hb: _train(c, job, hb),
+        c, "training", job.id, beat=lambda: _beat(c, job.id), body=lambda hb: train_attempt(c, job, hb),
         fail=lambda s, error: fail_training(s, job_id=job.id, worker_id=c.worker_id, error=error))
 
 
-def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
+def train_attempt(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
+    """This process's part of one attempt of an owned job: rank 0 through run_owned (heartbeat and final
+    state), the other ranks of a multi-GPU job directly (worker.rank_entry), with NO_HEARTBEAT."""
     from core.train import TrainCallbacks, train
 
     dataset = db_call(c, lambda s: get_dataset(s, dataset_id=job.dataset_id), what=f"training {job.id}: dataset") \
