@@ -10,7 +10,7 @@ from db.owners import create_owner
 from db.training import create_training, get_training
 from worker.celery_app import app
 from service.enqueue import enqueue
-from worker.launcher import Launcher
+from ops.launcher import Launcher
 
 
 def outcomes_of(job_id: str, log: str) -> list[str]:

@@ -15,7 +15,7 @@ from db.owners import create_owner
 from worker.celery_app import app
 from service.enqueue import enqueue
 from worker.dispatch import waiting_job_ids
-from worker.launcher import Launcher
+from ops.launcher import Launcher
 
 
 @pytest.mark.slow  # ~30 s: a worker process start, the model load, a warm shutdown

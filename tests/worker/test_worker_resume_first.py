@@ -13,7 +13,7 @@ from worker import training
 from worker.celery_app import app
 from worker.context import WorkerContext
 from service.enqueue import enqueue
-from worker.launcher import Launcher
+from ops.launcher import Launcher
 
 PARAMS = {"rank": 4, "alpha": 4.0, "resolution": 64, "sample_every": 0, "batch_size": 1, "seed": 3,
           "gradient_checkpointing": False}
