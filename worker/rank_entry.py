@@ -4,7 +4,7 @@
 
 Rank 0 runs the job as OWNER, the worker that claimed it, exactly like a one-process job (worker.training.
 run_owned: heartbeat, progress, cancel, checkpoints, the final state); the other ranks run the same
-train_attempt with NO_HEARTBEAT and report nothing.
+TrainingRun with NO_HEARTBEAT and report nothing.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
         print(f"training {job_id}: {outcome}", flush=True)
         # A failed or lost run exits non-zero so torchrun stops ranks that may be waiting in a collective.
         return 0 if outcome in ("succeeded", "canceled", "requeued") else 1
-    training.train_attempt(c, job, training.NO_HEARTBEAT)
+    training.TrainingRun(c, job, training.NO_HEARTBEAT).run()
     return 0
 
 
