@@ -1,5 +1,5 @@
 """POST /v1/{trainings,generations}/{id}/cancel: one handler for both job kinds (they differ only in their row
-functions, which service.job_kinds names)."""
+functions, which jobqueue.kinds names)."""
 from __future__ import annotations
 
 from fastapi import BackgroundTasks, status
@@ -7,9 +7,9 @@ from fastapi import BackgroundTasks, status
 from api.deps import not_found
 from api.errors import ApiError
 from api.schemas import CancelPublic
-from service.enqueue import Enqueuer
+from jobqueue.enqueue import Enqueuer
 from service.events import publish
-from service.job_kinds import kind_of
+from jobqueue.kinds import kind_of
 
 
 def cancel_job(kind: str, job_id: str, *, owner_id: str, session, enqueuer: Enqueuer, redis,

@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.db_retry import COMMIT_FLAG
-from service.enqueue import Enqueuer
+from jobqueue.enqueue import Enqueuer
 from api.errors import ApiError, is_disconnect
 from api.schemas import JobStatus
 from service.settings import Settings

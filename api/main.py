@@ -13,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from api.db_retry import RetryOnDisconnect
-from service.enqueue import Enqueuer
+from jobqueue.enqueue import Enqueuer
 from api.errors import install_error_handlers, register_server_roots
 from api.limits import BodySizeLimit
 from api.routes import datasets, generations, health, loras, trainings

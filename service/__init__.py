@@ -1,3 +1,3 @@
-"""The service's contracts, below both the API and the worker: settings, the job kinds, the one enqueue path,
-the artifact store and the live-event channel. Torch-free and free of api/ and worker/ (tests/test_import_
-boundaries.py holds it to that), so db/, migrations/, api/ and worker/ can all stand on it."""
+"""The service's ground floor, below the database and everything else of the service: settings, the artifact
+store and the live-event channel. Torch-free and importing nothing of the project but itself
+(tests/test_import_boundaries.py holds it to that)."""

@@ -1,12 +1,12 @@
-"""Which jobs have a message waiting in the broker (the reconciler's question). Sending is service.enqueue."""
+"""Which jobs have a message waiting in the broker (the reconciler's question). Sending is jobqueue.enqueue."""
 from __future__ import annotations
 
 import base64
 import json
 import logging
 
-from service import celery_app
-from service.job_kinds import kind_of
+from jobqueue import celery_app
+from jobqueue.kinds import kind_of
 
 log = logging.getLogger(__name__)
 

@@ -77,7 +77,7 @@ def consumed_queues(consumer) -> set[str]:
 
 def start_warm_up(consumer=None) -> threading.Thread | None:
     """warm_up in a daemon thread when this worker consumes the generate queue and sizes are configured."""
-    from service.job_kinds import GENERATION
+    from jobqueue.kinds import GENERATION
     queues = consumed_queues(consumer)  # empty when not started by Celery: then assume it serves generations
     c = ctx()
     if (queues and GENERATION.queue not in queues) or not warmup_sizes(c, host(c)):

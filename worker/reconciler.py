@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from db.models import utcnow
-from service.enqueue import enqueue
-from service.job_kinds import KINDS
+from jobqueue.enqueue import enqueue
+from jobqueue.kinds import KINDS
 from worker.context import WorkerContext, ctx
 from worker.db_retry import first_line, is_transient
 from worker.dispatch import waiting_job_ids

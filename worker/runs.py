@@ -22,8 +22,8 @@ from db import jobs
 from db.models import TERMINAL, Generation, TrainingJob, utcnow
 from db.training import cancel_queued_on_request
 from service import events
-from service.enqueue import enqueue
-from service.job_kinds import Kind, kind_of
+from jobqueue.enqueue import enqueue
+from jobqueue.kinds import Kind, kind_of
 from worker.context import WorkerContext
 from worker.db_retry import DatabaseOutage, first_line, is_transient, retrying
 from worker.pacing import Heartbeat

@@ -11,8 +11,8 @@ import logging
 from celery.signals import worker_ready, worker_shutting_down
 
 from worker import reconciler
-from service.celery_app import app
-from service.job_kinds import GENERATION, TRAINING
+from jobqueue.celery_app import app
+from jobqueue.kinds import GENERATION, TRAINING
 
 log = logging.getLogger(__name__)
 _reconciler_stop = None

@@ -16,7 +16,7 @@ from api.quota import check_active_limit, check_generation_cost
 from api.schemas import (CancelPublic, GenerationCreate, GenerationProgress, GenerationPublic, GenerationsPublic,
                          ImagePublic)
 from api.sse import job_stream
-from service.enqueue import send_and_record
+from jobqueue.enqueue import send_and_record
 from db.generations import create_generation, get_generation, list_generations
 from db.loras import get_lora
 from db.models import Generation

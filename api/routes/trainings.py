@@ -15,7 +15,7 @@ from api.quota import check_active_limit
 from api.schemas import (CancelPublic, PreviewPublic, TrainingCreate, TrainingProgress, TrainingPublic,
                          TrainingsPublic)
 from api.sse import job_stream
-from service.enqueue import send_and_record
+from jobqueue.enqueue import send_and_record
 from db.datasets import get_dataset
 from db.models import TrainingJob
 from db.training import create_training, get_training, list_trainings

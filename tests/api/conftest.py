@@ -12,7 +12,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from service.enqueue import Enqueuer
+from jobqueue.enqueue import Enqueuer
 from api.main import create_app
 from service.settings import Settings
 from db.migrate import upgrade

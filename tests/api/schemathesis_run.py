@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 import redis  # noqa: E402
 import uvicorn  # noqa: E402
 
-from service.enqueue import Enqueuer  # noqa: E402
+from jobqueue.enqueue import Enqueuer  # noqa: E402
 from api.main import create_app  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from db.migrate import upgrade  # noqa: E402

@@ -1,6 +1,6 @@
 """Worker test fixtures: the real local Redis (under a key prefix of this test run) and a throwaway PostgreSQL.
 
-service.celery_app's app (the one worker.celery_app names) is built on the test broker settings at import (the environment is put back
+jobqueue.celery_app's app (the one worker.celery_app names) is built on the test broker settings at import (the environment is put back
 afterwards); worker processes started from here get the same settings passed explicitly. A missing server fails
 the tests that need it; nothing skips.
 """
@@ -20,16 +20,16 @@ TEST_ENV = {"O1LORA_BROKER_URL": TEST_BROKER, "O1LORA_BROKER_KEY_PREFIX": RUN_PR
 
 
 def _build_app_on_the_test_broker() -> None:
-    """Build (or rebuild) service.celery_app's app from the test broker settings, then put the environment
+    """Build (or rebuild) jobqueue.celery_app's app from the test broker settings, then put the environment
     back, so that other test packages in the same session keep their own settings."""
     saved = {k: os.environ.get(k) for k in TEST_ENV}
     os.environ.update(TEST_ENV)
     get_settings.cache_clear()
     try:
-        if "service.celery_app" in sys.modules:
+        if "jobqueue.celery_app" in sys.modules:
             # reload keeps the module object, so modules that read `celery_app.app` see the new app
-            # (service.enqueue and worker.dispatch do); the entry-point module re-exports it again.
-            importlib.reload(sys.modules["service.celery_app"])
+            # (jobqueue.enqueue and worker.dispatch do); the entry-point module re-exports it again.
+            importlib.reload(sys.modules["jobqueue.celery_app"])
             if "worker.celery_app" in sys.modules:
                 importlib.reload(sys.modules["worker.celery_app"])
         else:

@@ -9,7 +9,7 @@ from worker_helpers import RUN_PREFIX, put_dataset
 from db.owners import create_owner
 from db.training import create_training, get_training
 from worker.celery_app import app
-from service.enqueue import enqueue
+from jobqueue.enqueue import enqueue
 from ops.launcher import Launcher
 
 

@@ -13,7 +13,7 @@ from worker_helpers import RUN_PREFIX
 from db.generations import get_generation
 from db.owners import create_owner
 from worker.celery_app import app
-from service.enqueue import enqueue
+from jobqueue.enqueue import enqueue
 from worker.dispatch import waiting_job_ids
 from ops.launcher import Launcher
 

@@ -9,7 +9,7 @@ from db.jobs import transition
 from db.models import TrainingJob, utcnow
 from db.owners import create_owner
 from db.training import claim_training, create_training, get_training, record_checkpoint
-from service.enqueue import enqueue
+from jobqueue.enqueue import enqueue
 from worker.dispatch import waiting_job_ids
 from worker.reconciler import reconcile_once
 
@@ -26,7 +26,7 @@ def make_training(s, owner_name: str):
 def drain(c, kind):
     """Empty this run's queue for `kind` (what a worker would take)."""
     from worker.celery_app import app
-    from service.job_kinds import kind_of
+    from jobqueue.kinds import kind_of
     with app.connection_for_write() as conn:
         ch = conn.default_channel
         for pri in ch.priority_steps:

@@ -12,7 +12,7 @@ from db.training import create_training, get_training
 from worker import training
 from worker.celery_app import app
 from worker.context import WorkerContext
-from service.enqueue import enqueue
+from jobqueue.enqueue import enqueue
 from ops.launcher import Launcher
 
 PARAMS = {"rank": 4, "alpha": 4.0, "resolution": 64, "sample_every": 0, "batch_size": 1, "seed": 3,

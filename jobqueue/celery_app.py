@@ -3,7 +3,7 @@
     celery -A worker.celery_app worker -Q train            # a training worker (GPU)
     celery -A worker.celery_app worker -Q generate         # a generation worker (GPU, keeps the model resident)
 
-Torch-free: the API imports this module (through service.enqueue) to send; only the worker imports
+Torch-free: the API imports this module (through jobqueue.enqueue) to send; only the worker imports
 worker.tasks (and so torch). `celery -A worker.celery_app` names the same app.
 """
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
-from service.job_kinds import GENERATION, TRAINING
+from jobqueue.kinds import GENERATION, TRAINING
 from service.settings import get_settings
 
-# The API sends by name (service.enqueue): one spelling of each (task name, queue), in service.job_kinds.
+# The API sends by name (jobqueue.enqueue): one spelling of each (task name, queue), in jobqueue.kinds.
 TRAIN_TASK, TRAIN_QUEUE = TRAINING.task, TRAINING.queue
 GENERATE_TASK, GENERATE_QUEUE = GENERATION.task, GENERATION.queue
 
@@ -22,7 +22,7 @@ GENERATE_TASK, GENERATE_QUEUE = GENERATION.task, GENERATION.queue
 # the list of step 0 first: on Redis a LOWER number goes first (the reverse of AMQP). A new job is sent at
 # NEW_JOB_PRIORITY (by the routes below, so the API's send_task gets it without naming it); a job that already
 # ran (handed back at a warm shutdown, or resumed after its worker died) at RESUME_PRIORITY
-# (service.enqueue.enqueue), so it resumes before every job that is still waiting to start.
+# (jobqueue.enqueue.enqueue), so it resumes before every job that is still waiting to start.
 RESUME_PRIORITY, NEW_JOB_PRIORITY = 0, 6
 
 

@@ -15,14 +15,14 @@ from typing import Any, Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.job_kinds import kind_of
+from jobqueue.kinds import kind_of
 
 log = logging.getLogger(__name__)
 
 
 def _default_app():
     # Through the module, not `from ... import app`: tests rebuild the app on their own broker by reloading it.
-    from service import celery_app
+    from jobqueue import celery_app
     return celery_app.app
 
 
@@ -37,7 +37,7 @@ def enqueue(session: Session, kind: str, job_id: str, app: Any = None) -> str:
     of every job still waiting to start (celery_app.RESUME_PRIORITY): it holds a checkpoint and a user
     who has been watching it. A new job gets NEW_JOB_PRIORITY from the app's routes.
     """
-    from service.celery_app import RESUME_PRIORITY
+    from jobqueue.celery_app import RESUME_PRIORITY
     k = kind_of(kind)
     app = app if app is not None else _default_app()
     ran_before = (session.scalar(select(k.model.attempt).where(k.model.id == job_id)) or 0) > 0

@@ -1,7 +1,7 @@
 """The job kinds: for each, its Celery task name and queue, its table, and the db functions that move its row.
 
-The one place these facts live: the API enqueues through it (service.enqueue), the Celery app routes by it
-(service.celery_app), the worker registers its tasks under its names (worker.tasks), and the worker's
+The one place these facts live: the API enqueues through it (jobqueue.enqueue), the Celery app routes by it
+(jobqueue.celery_app), the worker registers its tasks under its names (worker.tasks), and the worker's
 take/hand-back path and reconciler (worker.runs, worker.reconciler) treat both kinds alike through it.
 Every row function here takes ``job_id=``.
 """
