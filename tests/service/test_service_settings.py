@@ -1,6 +1,6 @@
 """Settings: embedded defaults, env overrides, placeholder secrets refused outside development.
 
-    .venv/bin/python -m pytest tests/db/test_db_settings.py -q
+    .venv/bin/python -m pytest tests/service/test_service_settings.py -q
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The local artifact store: keyed, atomic, refuses keys that escape its root.
 
-    .venv/bin/python -m pytest tests/db/test_db_store.py -q
+    .venv/bin/python -m pytest tests/service/test_service_store.py -q
 """
 from __future__ import annotations
 

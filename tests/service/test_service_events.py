@@ -1,6 +1,6 @@
 """Live events go through the real local Redis: one channel per job, JSON payloads, publish never raises.
 
-    .venv/bin/python -m pytest tests/db/test_db_events.py -q
+    .venv/bin/python -m pytest tests/service/test_service_events.py -q
 """
 from __future__ import annotations
 
