@@ -17,7 +17,7 @@ from typing import Iterator
 from api.lora_check import LoraFileError, inspect_lora
 from api.lora_convert import NotConvertible, canonical_modules, write_comfyui, write_peft
 from core.lora_keys import ModuleIndex
-from db.store import ArtifactStore
+from service.store import ArtifactStore
 
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 

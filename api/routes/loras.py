@@ -21,7 +21,7 @@ from api.lora_import import store_lora_file
 from api.schemas import NO_NUL, LoraPublic, LorasPublic
 from db.loras import create_imported_lora, delete_lora, get_lora, list_loras, new_lora_id
 from db.models import Lora
-from db.store import ArtifactStore
+from service.store import ArtifactStore
 
 router = APIRouter(prefix="/v1/loras", tags=["loras"], responses=error_responses(401, 422, 503))
 

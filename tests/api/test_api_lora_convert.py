@@ -162,7 +162,7 @@ def test_download_without_a_readable_base_model_converts_from_the_stored_comfyui
     import stat
 
     from api.lora_convert import convert_download
-    from db.store import LocalStore
+    from service.store import LocalStore
 
     index = base_index(ckpt)
     data = original("transformer", index)

@@ -119,8 +119,8 @@ def test_trained_lora_downloads_in_both_formats_and_delete_removes_files(client,
     assert r.status_code == 409 and "generation" in r.json()["error"]["message"]
     from db.generations import claim_generation, fail_generation
     with Session() as s:
-        claim_generation(s, generation_id=gen["id"], worker_id="g")
-        fail_generation(s, generation_id=gen["id"], worker_id="g", error="x")
+        claim_generation(s, job_id=gen["id"], worker_id="g")
+        fail_generation(s, job_id=gen["id"], worker_id="g", error="x")
     assert client.delete(f"/v1/loras/{lora_id}", headers=auth(alice)).status_code == 204
     assert client.get(f"/v1/loras/{lora_id}", headers=auth(alice)).status_code == 404
     assert not any(f.startswith(f"{prefix}/lora") for f in store_files(settings))

@@ -38,7 +38,7 @@ class Cli:
 @pytest.fixture(scope="session")
 def cli(tmp_path_factory):
     from core.tiny import write_tiny_checkpoint
-    from worker.broker import free_port
+    from ops.broker import free_port
 
     root = tmp_path_factory.mktemp("cli-service")
     write_tiny_checkpoint(root / "tiny")

@@ -43,7 +43,7 @@ def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 def test_no_key_and_no_service_are_clear_errors():
     out = run("list", env={})
     assert out.returncode == 2 and "O1LORA_API_KEY" in out.stderr
-    from worker.broker import free_port
+    from ops.broker import free_port
     url = f"http://127.0.0.1:{free_port()}"      # nothing listens there
     out = run("status", "abc", env={"O1LORA_URL": url, "O1LORA_API_KEY": "k"})
     assert out.returncode == 3 and f"cannot reach the o1lora service at {url}" in out.stderr
