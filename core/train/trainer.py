@@ -3,14 +3,14 @@
     python -m core.train --data_dir photos/ --out_dir runs/style --resolution 1024 --steps 2500 --rank 16 \
         --sample_every 500 --sample_prompt "sks style, a lighthouse at dusk" --trigger "sks style"
     python -m core.train ... --resume            # continue from the newest checkpoint in out_dir
-    torchrun --nproc_per_node 4 -m core.train ...   # one job on 4 GPUs of a host (DDP, see train_dist)
+    torchrun --nproc_per_node 4 -m core.train ...   # one job on 4 GPUs of a host (DDP, see core.train.distributed)
 
 From Python (the training worker does this):
 
     result = train(TrainConfig(model_path=..., data_dir=..., out_dir=..., trigger="sks style"),
                    TrainCallbacks(on_step=..., on_preview=..., on_checkpoint=..., should_stop=...))
 
-Writes out_dir/checkpoints/step-N/ (see train_ckpt), previews/step-N-k.png (adapter on | off), and at the
+Writes out_dir/checkpoints/step-N/ (see core.train.checkpoint), previews/step-N-k.png (adapter on | off), and at the
 end lora/ (PEFT folder) + lora.safetensors (ComfyUI) -- or model/ (an HF folder) with full=True.
 
 Shape: Trainer.__init__ is the setup, run() the loop, save_checkpoint() / load_checkpoint() the state.
@@ -34,8 +34,8 @@ import torch
 from core.lora import (LoraSpec, adapter_state_dict, build_metadata, inject_lora, load_adapter_state_dict,
                        lora_parameters, save_comfyui_file, save_peft_folder)
 from core.objective import Objective
-from core import train_dist
-from core.train_ckpt import (latest_checkpoint, load_checkpoint, rng_states, save_checkpoint, set_rng_states,
+from core.train import distributed
+from core.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_states, save_checkpoint, set_rng_states,
                              step_dir_name)
 
 
@@ -180,7 +180,7 @@ class Trainer:
         self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                                    else ("cpu" if cfg.device == "auto" else cfg.device))
         on_cuda = self.device.type == "cuda"
-        self.dist = train_dist.setup(self.device.type)        # torchrun: one process per GPU
+        self.dist = distributed.setup(self.device.type)        # torchrun: one process per GPU
         if self.dist.active and on_cuda:
             self.device = torch.device("cuda", self.dist.local_rank)
         # Callbacks (progress, previews, the job row) belong to rank 0 alone.
@@ -239,7 +239,7 @@ class Trainer:
         # rank 0 draws exactly what a single-process run draws; other ranks get streams of their own
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
         if data is None:
-            from core.train_data import FolderData
+            from core.train.data import FolderData
 
             data = FolderData(cfg.data_dir, resolution=cfg.resolution, batch_size=cfg.batch_size,
                               trigger=cfg.trigger, repeats=cfg.repeats, flip=cfg.flip,
@@ -290,7 +290,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Every rank calls this (its RNG state is gathered); rank 0 writes."""
-        rngs = train_dist.gather_objects(rng_states(self.generator), self.dist)
+        rngs = distributed.gather_objects(rng_states(self.generator), self.dist)
         path = self.out / "checkpoints" / step_dir_name(self.step)
         if self.dist.main:
             state = {
@@ -305,7 +305,7 @@ class Trainer:
             }
             path = save_checkpoint(self.out / "checkpoints", self.step, self._weights(), state,
                                    keep=self.cfg.keep_checkpoints)
-        train_dist.barrier(self.dist)
+        distributed.barrier(self.dist)
         self.last_checkpoint, self._ckpt_step = path, self.step
         if self.cb.on_checkpoint:
             self.cb.on_checkpoint(self.step, path)
@@ -402,7 +402,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------- the loop
     def run(self) -> TrainResult:
         cfg, cb = self.cfg, self.cb
-        from core.train_data import Prefetch
+        from core.train.data import Prefetch
 
         # Decoding the next images on a thread while the GPU trains: inline, a 1024-px PNG costs tens of ms
         # of a ~0.15 s step (DataLoader workers, num_workers > 0, do the same from other processes).
@@ -424,7 +424,7 @@ class Trainer:
             # (a stop then lands at most log_every - 1 steps later); one process decides every step.
             if self.dist.active and self.step % cfg.log_every:
                 stop = False
-            elif train_dist.broadcast_flag(stop, self.dist, self.device):
+            elif distributed.broadcast_flag(stop, self.dist, self.device):
                 stopped = True
                 break
             window_loss += self.train_step(batches)
@@ -432,7 +432,7 @@ class Trainer:
 
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 # the one host sync of the window (and, with several ranks, their mean)
-                last_loss = float(train_dist.mean_over_ranks(window_loss, self.dist)) / window_steps
+                last_loss = float(distributed.mean_over_ranks(window_loss, self.dist)) / window_steps
                 now = time.perf_counter()
                 sec = (now - t_window) / window_steps
                 self._smooth(last_loss)
@@ -447,7 +447,7 @@ class Trainer:
             if cfg.sample_every and cfg.sample_prompts and self.step % cfg.sample_every == 0:
                 if self.dist.main:
                     self._preview()
-                train_dist.barrier(self.dist)
+                distributed.barrier(self.dist)
             t_window += time.perf_counter() - t_side     # seconds/step measures training, not previews
         if self._ckpt_step != self.step:
             self.save_checkpoint()           # a stop, or a run whose end is not on the checkpoint grid
@@ -455,7 +455,7 @@ class Trainer:
                              previews=list(self.previews))
         if not stopped and self.dist.main:
             self._export(result)
-        train_dist.barrier(self.dist)
+        distributed.barrier(self.dist)
         return result
 
     def _smooth(self, loss: float) -> None:
@@ -469,7 +469,7 @@ class Trainer:
         return raw / (1 - LOSS_EMA_BETA ** n) if n else None
 
     def _preview(self) -> None:
-        from core.train_preview import render_previews
+        from core.train.preview import render_previews
 
         side = self.cfg.sample_size or self.cfg.resolution
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -536,7 +536,7 @@ def _training_settings(cfg: TrainConfig) -> dict:
 
 
 def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None, data=None) -> TrainResult:
-    """Setup + loop + export. `data` (optional) replaces data_dir: see core.train_data.StreamData."""
+    """Setup + loop + export. `data` (optional) replaces data_dir: see core.train.data.StreamData."""
     return Trainer(cfg, callbacks, data=data).run()
 
 
@@ -640,7 +640,3 @@ def main(argv: list[str] | None = None) -> TrainResult:
     print(f"done: {result.steps_done} steps, smoothed loss {result.smoothed_loss}; "
           f"LoRA: {result.lora_dir} and {result.lora_file}" if not cfg.full else f"model: {result.model_dir}")
     return result
-
-
-if __name__ == "__main__":
-    main()
