@@ -21,11 +21,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-# The dev checkpoints were distilled on this fixed list; `set_timesteps(28)` is ignored for them.
-DEV_TIMESTEPS: tuple[int, ...] = (
-    999, 987, 974, 960, 945, 929, 913, 895, 877, 857, 836, 814, 790, 764,
-    737, 707, 675, 640, 602, 560, 515, 464, 409, 347, 278, 199, 110, 8,
-)
+# The dev list and the scheduler names are the presets' data (core.presets imports no torch); built here.
+from core.presets import DEV_TIMESTEPS, SCHEDULERS  # noqa: F401  (re-exported for callers of this module)
+
 NUM_TRAIN_TIMESTEPS = 1000
 
 
@@ -246,7 +244,6 @@ class FlowMatchEuler:
         return self._impl.step(model_output, t, sample, return_dict=False)[0]
 
 
-SCHEDULERS = ("unipc", "flash", "euler")
 
 
 def make_scheduler(name: str, *, steps: int, shift: float = 3.0, timesteps: Sequence[int] | None = None,

@@ -129,14 +129,14 @@ def test_should_stop_saves_a_checkpoint_and_stops(tiny, flat_images, tmp_path):
     assert result.stopped and result.steps_done == 2
     assert saved == [(2, tmp_path / "s" / "checkpoints" / "step-000002")]
     assert (saved[0][1] / "weights.safetensors").is_file() and (saved[0][1] / "state.pt").is_file()
-    assert not list((tmp_path / "s" / "checkpoints").glob(".tmp-*"))   # no temp folders left behind
+    assert not list((tmp_path / "s" / "checkpoints").glob(".*"))   # no hidden temp folders left behind
     assert not (tmp_path / "s" / "lora.safetensors").exists()
 
 
 def test_exports_load_back_and_carry_metadata(tiny, flat_images, tmp_path):
     from core.layout import build_t2i, collate
     from core.lora import apply_loras, load_lora
-    from core.model import load_model
+    from core.loading import load_model
 
     cfg = config(tiny, flat_images, tmp_path / "e", steps=4, checkpoint_every=2, keep_checkpoints=1)
     trainer = Trainer(cfg)
@@ -292,7 +292,7 @@ def test_auto_checkpointing_estimate():
 def test_every_setting_has_a_cli_flag():
     from dataclasses import fields
 
-    from core.train.trainer import _parser
+    from core.train.cli import _parser
 
     flags = {a.dest for a in _parser()._actions}
     cli_names = {"sample_prompts": "sample_prompt"}
