@@ -1,6 +1,6 @@
 """HiDream-O1-Image: the stock transformers Qwen3-VL modules plus the three generation heads.
 
-    from core.model import load_model
+    from core.loading import load_model
     model = load_model("/path/to/HiDream-O1-Image", dtype=torch.bfloat16, device="cuda")
     out = model(input_ids=..., position_ids=..., vinputs=..., timestep=..., token_types=...)   # out.x_pred
 
@@ -453,10 +453,3 @@ def _fresh_rotary(m: nn.Module, config: Qwen3VLConfig) -> nn.Module:
             return Qwen3VLVisionRotaryEmbedding(vc)
         except (TypeError, AttributeError):
             return Qwen3VLVisionRotaryEmbedding(vc.hidden_size // vc.num_heads // 2)
-
-
-def load_model(path, dtype=torch.float32, device="cpu", config=None) -> HiDreamO1:
-    """See core.loading.load_model (re-exported here, the name the other parts import)."""
-    from core.loading import load_model as _load
-
-    return _load(path, dtype=dtype, device=device, config=config)

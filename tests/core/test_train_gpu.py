@@ -33,7 +33,7 @@ def setup(tmp_path_factory):
 @pytest.mark.parametrize("compile_layers", [False, True])
 def test_cuda_lora_training_learns_and_exports(setup, tmp_path, compile_layers):
     from core.lora import apply_loras, load_lora
-    from core.model import load_model
+    from core.loading import load_model
     from core.train import TrainCallbacks, TrainConfig, Trainer
 
     model_dir, data = setup
