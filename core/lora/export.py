@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from core.atomic_files import atomic_file
 from core.lora.inject import LoraSpec
 from core.lora_keys import carries_alpha, write_key
 
@@ -71,16 +70,8 @@ def _contiguous_cpu(t: torch.Tensor) -> torch.Tensor:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, mode=FILE_MODE) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def save_peft_folder(adapter: dict[str, torch.Tensor], spec: LoraSpec, folder: str | Path,
@@ -98,10 +89,8 @@ def save_peft_folder(adapter: dict[str, torch.Tensor], spec: LoraSpec, folder: s
         "init_lora_weights": True, "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
         "inference_mode": True,
     }
-    tmp = folder / "adapter_config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2))
-    os.chmod(tmp, FILE_MODE)
-    os.replace(tmp, folder / "adapter_config.json")
+    with atomic_file(folder / "adapter_config.json", mode=FILE_MODE) as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
     return folder
 
 
