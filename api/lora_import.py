@@ -14,9 +14,9 @@ import zipfile
 from pathlib import PurePosixPath
 from typing import Iterator
 
-from api.lora_check import LoraFileError, inspect_lora
-from api.lora_convert import NotConvertible, canonical_modules, write_comfyui, write_peft
-from core.lora_keys import ModuleIndex
+from core.lora.check import LoraFileError, inspect_lora
+from core.lora.convert import NotConvertible, canonical_modules, write_comfyui, write_peft
+from core.lora.keys import ModuleIndex
 from db.store import ArtifactStore
 
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")

@@ -4,7 +4,7 @@
     save_comfyui_file(adapter, spec, "out/lora.safetensors", metadata)          # the trainer's full-precision copy
     save_lora_file(adapter, spec, "style.safetensors", "musubi")                # bf16 unless dtype= says otherwise
 
-Formats and their key names are core.lora_keys.write_key's (comfyui, musubi, diffsynth); files are readable
+Formats and their key names are core.lora.keys.write_key's (comfyui, musubi, diffsynth); files are readable
 by other users (0644), as files other tools load must be.
 
 `adapter` is core.lora.adapter_state_dict(model): {"model.<path>.lora_A.weight": [r, in], ...lora_B: [out, r]}.
@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from core.atomic_files import atomic_file
 from core.lora.inject import LoraSpec
-from core.lora_keys import carries_alpha, write_key
+from core.lora.keys import carries_alpha, write_key
 
 FILE_MODE = 0o644   # mkstemp creates 0600; a LoRA is handed to other programs and users
 

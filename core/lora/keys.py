@@ -1,6 +1,6 @@
 """The key grammar of LoRA files in the wild, torch-free so that the API can check and convert uploads with it.
 
-One grammar drives reading (core.lora.formats), checking (api.lora_check) and converting (api.lora_convert):
+One grammar drives reading (core.lora.formats), checking (core.lora.check) and converting (core.lora.convert):
 
     split_key("diffusion_model.language_model.layers.0.mlp.up_proj.lora_A.weight")
         -> ("diffusion_model.language_model.layers.0.mlp.up_proj", "down")

@@ -1,7 +1,7 @@
 """Torch-free check of an imported LoRA: parse the safetensors header and classify its key names.
 
 The trainer's loader (core.lora.read_lora) needs torch; the API has to know that a file is a sound
-safetensors LoRA in one of the layouts that loader reads (core.lora_keys, the same grammar), that its
+safetensors LoRA in one of the layouts that loader reads (core.lora.keys, the same grammar), that its
 modules are the base model's with the base model's shapes, and that its weights are finite. Tensors are
 read one block at a time with numpy, never whole files.
 
@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from core.lora_keys import (NOT_LINEAR, ROLES, ModuleIndex, layout_of, not_lora_reason,  # noqa: F401 (ROLES:
+from core.lora.keys import (NOT_LINEAR, ROLES, ModuleIndex, layout_of, not_lora_reason,  # noqa: F401 (ROLES:
                             split_key)                                                      # re-exported)
 
 MAX_HEADER_BYTES = 100 * 2**20
