@@ -46,7 +46,8 @@ def canonical_modules(f: BinaryIO, info: LoraInfo, peft_config: dict[str, Any] |
     if any(not path.startswith("model.") for path in info.placed):
         raise NotConvertible("the base model could not be read to place its modules: kept as uploaded only")
     config_alpha = float(peft_config["lora_alpha"]) if peft_config and "lora_alpha" in peft_config else None
-    return {path: Module(r["down"], r["up"], _scalar(f, info.data_start, r["alpha"]) if "alpha" in r else config_alpha)
+    return {path: Module(r["down"], r["up"],
+                         _scalar(f, info.data_start, r["alpha"]) if "alpha" in r else config_alpha)
             for path, r in info.placed.items()}
 
 

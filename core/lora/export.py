@@ -62,7 +62,8 @@ def build_metadata(*, trigger: str, spec: LoraSpec, steps: int, resolution: int,
 def _check_adapter(adapter: dict[str, torch.Tensor]) -> None:
     bad = [k for k in adapter if not (k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight"))]
     if bad or not adapter:
-        raise ValueError(f"not an adapter state dict (want *.lora_A.weight / *.lora_B.weight): {bad[:3] or 'empty'}")
+        raise ValueError(f"not an adapter state dict (want *.lora_A.weight / *.lora_B.weight): "
+                         f"{bad[:3] or 'empty'}")
 
 
 def _contiguous_cpu(t: torch.Tensor) -> torch.Tensor:

@@ -171,5 +171,6 @@ def bind_lora(model: nn.Module, lora: LoraFile | str | Path, *, name: str | None
     if strict and unplaced:
         raise ValueError(f"{lora.source}: {len(unplaced)} LoRA keys cannot be placed: {unplaced[:5]}")
     if not deltas:
-        raise ValueError(f"{lora.source}: none of its {len(lora.modules)} LoRA modules fit this model: {unplaced[:3]}")
+        raise ValueError(f"{lora.source}: none of its {len(lora.modules)} LoRA modules fit this model: "
+                         f"{unplaced[:3]}")
     return BoundLora(name=name or lora.source, deltas=deltas, unplaced=unplaced, metadata=lora.metadata)
