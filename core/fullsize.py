@@ -211,7 +211,8 @@ def _main(argv: Iterable[str] | None = None) -> None:
     a = ap.parse_args(argv)
     spec, vocab = (FULL_SPEC, FULL_VOCAB) if a.spec == "full" else (TinySpec(), None)
     r = write_full_checkpoint(a.out, spec=spec, vocab=vocab, shard_gb=a.shard_gb, seed=a.seed, device=a.device)
-    print(f"wrote {r['path']}: {r['bytes'] / 1e9:.2f} GB in {r['shards']} shards, {r['seconds']:.1f} s", flush=True)
+    print(f"wrote {r['path']}: {r['bytes'] / 1e9:.2f} GB in {r['shards']} shards, {r['seconds']:.1f} s",
+          flush=True)
     if a.comfy:
         c = write_comfy_file(a.out, a.comfy)
         print(f"wrote {c['path']}: {c['bytes'] / 1e9:.2f} GB, {c['seconds']:.1f} s", flush=True)

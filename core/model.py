@@ -138,8 +138,8 @@ def split_attention(module, query, key, value, attention_mask, scaling=None, dro
         out = _sdpa(query, key, value, causal=True, scale=scaling)
     elif p.mode == "denoise":
         pk, pv = p.kv[module.layer_idx]  # a prefix made outside autocast may differ in dtype
-        out = _sdpa(query, torch.cat([pk.to(key.dtype), key], dim=2), torch.cat([pv.to(value.dtype), value], dim=2),
-                    mask=p.key_mask, scale=scaling)
+        out = _sdpa(query, torch.cat([pk.to(key.dtype), key], dim=2),
+                    torch.cat([pv.to(value.dtype), value], dim=2), mask=p.key_mask, scale=scaling)
     elif p.mode == "dense":
         out = _sdpa(query, key, value, mask=p.dense_mask.to(query.dtype), scale=scaling)
     else:
@@ -439,7 +439,8 @@ class HiDreamO1(nn.Module):
 def run_layer(layer, hidden, position_embeddings, plan, ckpt: bool):
     """One decoder layer, recomputed in backward when `ckpt` (gradient checkpointing)."""
     if ckpt:
-        return checkpoint(layer, hidden, position_embeddings=position_embeddings, o1_plan=plan, use_reentrant=False)
+        return checkpoint(layer, hidden, position_embeddings=position_embeddings, o1_plan=plan,
+                          use_reentrant=False)
     return layer(hidden, position_embeddings=position_embeddings, o1_plan=plan)
 
 

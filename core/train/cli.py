@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> TrainResult:
         bar.set_postfix(loss=f"{loss:.4f}", avg=f"{smoothed:.4f}", lr=f"{lr:.2e}", s_step=f"{sec:.3f}")
 
     cbs = TrainCallbacks(on_step=on_step,
-                         on_preview=lambda s, paths: bar.write(f"step {s}: previews {', '.join(map(str, paths))}"),
-                         on_checkpoint=lambda s, p: bar.write(f"step {s}: checkpoint {p}"))
+                         on_preview=lambda step, paths: bar.write(
+                             f"step {step}: previews {', '.join(map(str, paths))}"),
+                         on_checkpoint=lambda step, folder: bar.write(f"step {step}: checkpoint {folder}"))
     try:
         trainer = Trainer(cfg, cbs)
         bar.n = trainer.step

@@ -116,7 +116,7 @@ class Trainer:
 
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas),
                                            weight_decay=cfg.weight_decay, fused=on_cuda)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, cfg))
         self.objective = Objective(sigma_dist=cfg.sigma_dist, shift=cfg.sigma_shift, weighting=cfg.weighting)
         # rank 0 draws exactly what a single-process run draws; other ranks get streams of their own
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
