@@ -164,7 +164,7 @@ def _zip_entries(zf: zipfile.ZipFile, limits: UploadLimits) -> list[tuple[zipfil
     infos = zf.infolist()
     too_big = zip_over_limits_reason(infos, limits.max_files, limits.max_zip_uncompressed_bytes)
     if too_big:
-        raise UploadError(f"zip {too_big}", status=413)
+        raise UploadError(f"zip: {too_big}", status=413)
     out, seen = [], set()
     for info in infos:
         name = _check_relative_name(info.filename.rstrip("/") if info.is_dir() else info.filename)
