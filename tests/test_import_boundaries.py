@@ -163,18 +163,11 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-@pytest.mark.parametrize("package", ["api", "client", "db", "jobqueue", "ops", "service", "worker"])
+@pytest.mark.parametrize("package", ["api", "client", "core", "db", "jobqueue", "ops", "service", "worker"])
 def test_no_import_circles(package):
-    """Circles inside one package or across packages, counting lazy imports (core/ is the other half of
-    issue 9 and is checked by test_no_import_circles_in_core)."""
+    """Circles inside one package or across packages, counting lazy imports."""
     circles = [c for c in _cycles(_graph()) if any(_top(m) == package for m in c)]
     assert circles == []
-
-
-@pytest.mark.xfail(strict=True, reason="core.model <-> core.loading is broken on branch h9b-core (issue 9 item 3); "
-                   "strict: once both halves are merged this passes and the marker must go")
-def test_no_import_circles_in_core():
-    assert [c for c in _cycles(_graph()) if any(_top(m) == "core" for m in c)] == []
 
 
 def test_the_checker_sees_a_circle():

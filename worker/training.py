@@ -18,7 +18,7 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from sqlalchemy import select
@@ -37,9 +37,6 @@ from worker.runs import JobLost, db_call, hand_back, local_dir, publish, run_wit
 
 log = logging.getLogger(__name__)
 
-# API parameter name -> TrainConfig field, where they differ.
-RENAMED = {"learning_rate": "lr"}
-
 
 def preview_url(job_id: str, step: int, index: int) -> str:
     return f"/v1/trainings/{job_id}/previews/{step}/{index}"
@@ -55,18 +52,14 @@ _released_when_needed = threading.Event()
 
 def train_config(c: WorkerContext, job: TrainingJob, data_dir: Path, out_dir: Path, resume: Path | None):
     from core.train import TrainConfig
-    known = {f.name for f in fields(TrainConfig)}
-    kw = {}
-    for name, value in job.params.items():
-        name = RENAMED.get(name, name)
-        if name in known:
-            kw[name] = tuple(value) if isinstance(value, list) else value
-    kw.update(model_path=str(c.settings.model_path), data_dir=str(data_dir), out_dir=str(out_dir),
-              trigger=job.trigger, steps=job.total_steps,
-              checkpoint_every=checkpoint_every(job.params, job.total_steps),
-              keep_checkpoints=2, resume=str(resume) if resume else None,
-              base_model_name=c.settings.model_path.name)
-    return TrainConfig(**kw)
+    # dataset_id and name are the job's (the row holds them); every other request key must be a trainer knob.
+    return TrainConfig.from_request(
+        job.params, not_training=("dataset_id", "name"),
+        model_path=str(c.settings.model_path), data_dir=str(data_dir), out_dir=str(out_dir),
+        trigger=job.trigger, steps=job.total_steps,
+        checkpoint_every=checkpoint_every(job.params, job.total_steps),
+        keep_checkpoints=2, resume=str(resume) if resume else None,
+        base_model_name=c.settings.model_path.name)
 
 
 def run_training(job_id: str, c: WorkerContext | None = None) -> str:

@@ -139,12 +139,12 @@ def test_long_file_name_is_cut_to_the_name_column(client, alice):
 
 
 def test_every_key_spelling_the_loader_reads_is_accepted(client, alice):
-    """The upload check reads keys with the loader's own grammar (core.lora_keys): a spelling core.lora can
+    """The upload check reads keys with the loader's own grammar (core.lora.keys): a spelling core.lora can
     place is never refused at the door (older kohya ".lora.down", diffusers ".lora_linear_layer.down")."""
     import numpy as np
     from safetensors.numpy import save
 
-    from core.lora_keys import ROLES
+    from core.lora.keys import ROLES
     for down, up in [(s, u) for (s, r), (u, r2) in zip(ROLES[::2], ROLES[1::2]) if (r, r2) == ("down", "up")]:
         stem = "diffusion_model.language_model.layers.0.self_attn.q_proj"
         data = save({stem + down: np.zeros((4, 384), np.float32), stem + up: np.zeros((384, 4), np.float32)})
