@@ -11,6 +11,7 @@ const main = document.getElementById("main");
 const nav = document.getElementById("nav");
 const account = document.getElementById("account");
 let leave = null;        // the current view's cleanup (closes its event streams)
+let checkingKey = false; // a 401 while a pasted key is tried is the sign-in form's to report
 
 function signIn(message) {
   auth.clear();
@@ -29,11 +30,14 @@ function signIn(message) {
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     auth.set(input.value);
+    checkingKey = true;
     try {
       await api("/v1/datasets?limit=1");          // any authorised read proves the key
+      checkingKey = false;
       if (!location.hash || location.hash === "#signin") location.hash = "#datasets";
       route();
     } catch (err) {
+      checkingKey = false;
       auth.clear();
       clear(status, errorBox(err.status === 401 ? { message: "That key was not accepted (unknown or revoked)." } : err));
     }
@@ -43,7 +47,7 @@ function signIn(message) {
   input.focus();
 }
 
-whenUnauthorized(() => signIn("Your key is no longer accepted; paste it again."));
+whenUnauthorized(() => { if (!checkingKey) signIn("Your key is no longer accepted; paste it again."); });
 
 async function route() {
   if (!auth.get()) return signIn();

@@ -42,6 +42,13 @@ export class LossChart {
     const accent = css.getPropertyValue("--accent") || "#4b5bdc";
     g.font = "12px system-ui, sans-serif";
     g.fillStyle = ink;
+    // what the picture shows, for screen readers (and for tests, which cannot read pixels meaningfully)
+    const lastPoint = this.points[this.points.length - 1];
+    c.setAttribute("role", "img");
+    c.setAttribute("aria-label", lastPoint
+      ? `loss curve: ${this.points.length} reports, latest ${lastPoint[1].toFixed(4)} at step ${lastPoint[0]}`
+      : "loss curve: no reports yet");
+    c.dataset.points = String(this.points.length);
     const pw = w - PAD.left - PAD.right, ph = h - PAD.top - PAD.bottom;
     if (!this.points.length) {
       g.textAlign = "center";

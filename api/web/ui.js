@@ -10,11 +10,11 @@ export function el(tag, attrs = {}, ...children) {
     else if (k in node && typeof v !== "string") node[k] = v;
     else node.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) node.append(c);
+  for (const c of children.flat(Infinity)) if (c !== null && c !== undefined && c !== false) node.append(c);
   return node;
 }
 
-export function clear(node, ...children) { node.replaceChildren(...children.flat().filter(Boolean)); return node; }
+export function clear(node, ...children) { node.replaceChildren(...children.flat(Infinity).filter(Boolean)); return node; }
 
 export function badge(status) { return el("span", { class: `badge ${status}`, "data-status": status }, status); }
 
