@@ -109,6 +109,7 @@ export async function render(root) {
         reportView(ds.report));
       setChosen([]);
       fileInput.value = "";
+      form.elements.name.value = "";
       refresh();
     } catch (err) {
       clear(status, errorBox(err), err.report ? reportView(err.report) : null);

@@ -107,6 +107,7 @@ export async function render(root, _rest, params) {
       const { card, stop } = jobCard(gen, { live: true });
       stops.push(stop);
       current.prepend(card);
+      gallery.querySelector("#gallery-empty")?.remove();
     } catch (err) { clear(status, errorBox(err)); }
   });
 

@@ -31,11 +31,12 @@ export async function requestSchema(path) {
   return { properties: props, required: new Set(schema.required || []) };
 }
 
-const LABELS = { learning_rate: "Learning rate", lr_schedule: "LR schedule", sample_every: "Preview every",
+const LABELS = { lr_schedule: "LR schedule", sample_every: "Preview every", num_images: "Images",
                  sample_prompts: "Preview prompts", sample_steps: "Preview steps", sample_size: "Preview size",
                  caption_dropout: "Caption dropout", checkpoint_every: "Checkpoint every" };
 export function label(name, prop) {
-  return LABELS[name] || (prop && prop.title) || name.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
+  const words = (prop && prop.title) || name.replace(/_/g, " ");
+  return LABELS[name] || words.toLowerCase().replace(/^./, (c) => c.toUpperCase());   // "Batch Size" -> "Batch size"
 }
 
 // One labelled control for a schema property; its help text is the property's description.
@@ -58,7 +59,7 @@ export function control(name, prop, required) {
     input = el("input", { id, name, type: "text", maxlength: prop.maxLength ?? undefined });
   }
   if (required) input.required = true;
-  if (prop.nullable && prop.type !== "array") input.placeholder = "default";
+  if (prop.nullable && prop.type !== "array") input.placeholder = "optional (see below)";
   setValue(input, prop.default);
   const help = prop.description ? el("small", { class: "help", id: `${id}-help` }, prop.description) : null;
   if (help) input.setAttribute("aria-describedby", help.id);

@@ -49,6 +49,7 @@ def screenshot(driver, folder: Path, name: str) -> Path:
     """The whole page (the window grows to the document's height for the shot, then shrinks back)."""
     width, height = driver.get_window_size()["width"], driver.get_window_size()["height"]
     full = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.execute_script("window.scrollTo(0, 0)")
     driver.set_window_size(width, max(height, min(full + 120, 4000)))
     time.sleep(0.3)                 # let the canvas redraw at the new size
     path = folder / f"{name}.png"
