@@ -7,6 +7,11 @@ import { authImage, badge, clear, el, errorBox, progressBar, when } from "./ui.j
 
 const OPTION_FIELDS = ["steps", "guidance", "seed", "num_images", "preset"];
 const ACTIVE = new Set(["queued", "running"]);
+// A browser opens at most 6 HTTP/1.1 connections to one host and each SSE stream holds one: a few streams, and
+// the rest of the running generations are polled, so image and API requests are never starved.
+const MAX_STREAMS = 3;
+const POLL_MS = 3000;
+let streams = 0;
 
 function loraPicker(loras, chosenId, scaleHelp) {
   if (!loras.length) return el("p", { class: "muted" }, "No LoRAs yet: train one or import a file.");
@@ -55,16 +60,27 @@ function jobCard(gen, { live = false } = {}) {
   }
   show();
   let stop = () => {};
-  if (live && ACTIVE.has(gen.status)) {
-    stop = follow(`/v1/generations/${gen.id}/events`, (event, data) => {
+  if (live && ACTIVE.has(gen.status) && streams < MAX_STREAMS) {
+    streams += 1;
+    let open = true;
+    const release = () => { if (open) { open = false; streams -= 1; } };
+    const close = follow(`/v1/generations/${gen.id}/events`, (event, data) => {
       if (event === "snapshot") Object.assign(gen, data);
       else if (event === "progress") { gen.progress = data; gen.status = "running"; }
       else if (event === "image" && !gen.images.some((i) => i.index === data.index)) {
         gen.images.push({ seed: gen.params.seed + data.index, ...data });
         gen.progress = { ...gen.progress, step: 0 };
       } else if (event === "status") gen.status = data.status;
+      if (!ACTIVE.has(gen.status)) release();
       show();
     });
+    stop = () => { close(); release(); };
+  } else if (live && ACTIVE.has(gen.status)) {
+    const timer = setInterval(async () => {
+      try { Object.assign(gen, await api(`/v1/generations/${gen.id}`)); show(); } catch { /* next tick */ }
+      if (!ACTIVE.has(gen.status)) clearInterval(timer);
+    }, POLL_MS);
+    stop = () => clearInterval(timer);
   }
   return { card, stop };
 }

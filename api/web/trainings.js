@@ -53,6 +53,8 @@ async function trainingForm(selectedDataset, onSubmitted) {
       + `learning rate ${v.learning_rate}` + " — change any field below.";
   }
   applyPreset("standard");
+  form.elements.trigger.placeholder = "e.g. sks style";
+  form.elements.sample_prompts.placeholder = "one per line, e.g. sks style, a lighthouse at dusk";
 
   form.addEventListener("submit", async (e) => {
     e.preventDefault();

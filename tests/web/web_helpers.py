@@ -56,3 +56,13 @@ def screenshot(driver, folder: Path, name: str) -> Path:
     driver.save_screenshot(str(path))
     driver.set_window_size(width, height)
     return path
+
+
+def sign_in(driver, service) -> None:
+    """Open the page and paste the service's key (the page keeps it for the tab's session)."""
+    driver.get(service.base_url + "/#datasets")
+    if not all_css(driver, "#signout"):
+        wait_for(driver, lambda d: css(d, "#signin"))
+        fill(driver, "#api-key", service.http.headers["Authorization"].split()[1])
+        css(driver, "#signin button[type=submit]").click()
+    wait_for(driver, lambda d: css(d, "#dataset-form"))
