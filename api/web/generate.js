@@ -13,12 +13,14 @@ const MAX_STREAMS = 3;
 const POLL_MS = 3000;
 let streams = 0;
 
-function loraPicker(loras, chosenId, scaleHelp) {
+// scaleRule: the OpenAPI rule of a LoRA's scale; the slider spans its useful middle (at most -2..2).
+function loraPicker(loras, chosenId, scaleRule) {
   if (!loras.length) return el("p", { class: "muted" }, "No LoRAs yet: train one or import a file.");
   return el("div", { class: "lora-picker", id: "lora-picker" }, loras.map((l) => {
-    const scale = el("input", { type: "range", min: -1, max: 2, step: 0.05, value: 1, class: "scale",
-                                title: scaleHelp, "aria-label": `scale of ${l.name}` });
-    const out = el("output", {}, "1.00");
+    const scale = el("input", { type: "range", min: Math.max(scaleRule.minimum ?? -2, -2),
+                                max: Math.min(scaleRule.maximum ?? 2, 2), step: 0.05, value: scaleRule.default ?? 1,
+                                class: "scale", title: scaleRule.description, "aria-label": `scale of ${l.name}` });
+    const out = el("output", {}, Number(scale.value).toFixed(2));
     scale.addEventListener("input", () => { out.textContent = Number(scale.value).toFixed(2); });
     const box = el("input", { type: "checkbox", class: "use", checked: l.id === chosenId, dataset: { id: l.id } });
     return el("div", { class: "lora-choice" }, el("label", { class: "check" }, box, " ", el("strong", {}, l.name),
@@ -104,8 +106,8 @@ export async function render(root, _rest, params) {
     control("prompt", props.prompt, true), control("negative_prompt", props.negative_prompt, false),
     el("div", { class: "field" }, el("label", {}, "Size"), el("div", { class: "chips" }, sizeButtons)),
     el("div", { class: "grid2" }, width, height),
-    el("div", { class: "field" }, el("label", {}, "LoRAs"), loraPicker(loras, params.get("lora"), props.loras.description),
-      el("small", { class: "help" }, props.loras.description)),
+    el("div", { class: "field" }, el("label", {}, "LoRAs"), loraPicker(loras, params.get("lora"), props.loras.items.properties.scale),
+      el("small", { class: "help" }, `${props.loras.description}; scale: ${props.loras.items.properties.scale.description}`)),
     el("details", {}, el("summary", {}, "Sampling options"),
       el("div", { class: "grid3" }, OPTION_FIELDS.map((n) => control(n, props[n], false)))),
     el("div", { class: "actions" }, el("button", { type: "submit", class: "primary" }, "Generate")), status);

@@ -55,7 +55,10 @@ export class LossChart {
       g.fillText("the curve appears with the first progress report", w / 2, h / 2);
       return;
     }
-    const xmax = Math.max(this.totalSteps, this.points[this.points.length - 1][0], 1);
+    // The step axis grows with the run (half again past the newest step, up to the total): a curve of the first
+    // 20 steps of 5000 would otherwise be a vertical line at the left edge.
+    const lastStep = this.points[this.points.length - 1][0];
+    const xmax = Math.max(lastStep, Math.min(this.totalSteps || lastStep, Math.max(Math.ceil(lastStep * 1.5), 10)), 1);
     const losses = this.points.map((p) => p[1]);
     let lo = Math.min(...losses), hi = Math.max(...losses);
     const margin = (hi - lo) * 0.08 || Math.abs(hi) * 0.1 || 0.1;

@@ -26,7 +26,7 @@ export async function requestSchema(path) {
     const p = resolve(doc, raw);
     // `x | None` is anyOf [x, null]: the field is optional, its rules are x's
     const inner = p.anyOf ? { ...resolve(doc, p.anyOf.find((a) => a.type !== "null")), nullable: true } : {};
-    props[name] = { ...inner, ...p, type: inner.type || p.type, items: inner.items || p.items };
+    props[name] = { ...inner, ...p, type: inner.type || p.type, items: resolve(doc, inner.items || p.items) };
   }
   return { properties: props, required: new Set(schema.required || []) };
 }

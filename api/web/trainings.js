@@ -165,7 +165,10 @@ async function detail(root, id) {
       job.status = data.status;
       show();
     }
-  }, (err) => { streamNote.textContent = `reconnecting (${err.message})`; });
+  }, (err) => {
+    if (err.status >= 400 && err.status < 500) clear(root, el("p", {}, el("a", { href: "#trainings" }, "← all trainings")), errorBox(err));
+    else streamNote.textContent = `reconnecting (${err.message})`;
+  });
   const redraw = () => chart.draw();
   window.addEventListener("resize", redraw);
   return () => { stop(); window.removeEventListener("resize", redraw); };
@@ -179,13 +182,14 @@ async function list(root, params) {
     try {
       const page = await api("/v1/trainings?limit=50");
       clear(table, page.data.length ? el("table", { class: "table", id: "training-table" },
-        el("thead", {}, el("tr", {}, ["Name", "Status", "Progress", "Loss", "Created"].map((h) => el("th", {}, h)))),
+        el("thead", {}, el("tr", {}, ["Name", "Status", "Progress", "Loss", "ETA", "Created"].map((h) => el("th", {}, h)))),
         el("tbody", {}, page.data.map((j) => el("tr", { class: "clickable", dataset: { id: j.id },
             onclick: () => { location.hash = `#trainings/${j.id}`; } },
           el("td", {}, el("a", { href: `#trainings/${j.id}` }, j.name)), el("td", {}, badge(j.status)),
           el("td", {}, progressBar(j.progress.total_steps ? j.progress.step / j.progress.total_steps : 0,
             `${j.progress.step} / ${j.progress.total_steps}`)),
-          el("td", {}, j.progress.loss != null ? j.progress.loss.toFixed(4) : "–"), el("td", {}, when(j.created_at))))))
+          el("td", {}, j.progress.loss != null ? j.progress.loss.toFixed(4) : "–"),
+          el("td", {}, j.status === "running" ? duration(j.progress.eta_seconds) : "–"), el("td", {}, when(j.created_at))))))
         : el("p", { class: "muted" }, "No trainings yet."));
       // poll only while something moves; a finished list does not change by itself
       timer = page.data.some((j) => ACTIVE.has(j.status)) ? setTimeout(refresh, 3000) : null;

@@ -10,7 +10,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from core.synth.cli import write_dataset
-from web_helpers import all_css, css, fill, images_loaded, screenshot, wait_for
+from web_helpers import all_css, css, fill, images_loaded, screenshot, sign_in, wait_for
 
 STEPS = 24              # enough progress reports (every 0.2 s in these tests) for a curve of several points
 SIDE = 128              # the bundled model's native size: previews and images show shapes
@@ -137,12 +137,20 @@ def test_whole_flow_in_the_browser(service, browser, screenshots, tmp_path):
     wait_for(d, lambda d: css(d, "#current .gen .badge").text == "succeeded")
     screenshot(d, screenshots, "web_generate")
 
-    # -- the LoRA list offers every format; a reload keeps the key (session storage) and lists the results
+    # -- the LoRA list offers every format; the file downloaded above imports back as a new LoRA
     css(d, "nav a[href='#loras']").click()
     row = wait_for(d, lambda d: css(d, f"#lora-table tr[data-id='{job['lora_id']}']"))
     formats = {b.get_attribute("data-format") for b in row.find_elements(By.CSS_SELECTOR, "button[data-format]")}
     assert {"comfyui", "musubi", "diffsynth", "peft"} <= formats
+    css(d, "#lora-file").send_keys(str(saved[0]))
+    fill(d, "#lora-name", "hatchwork (re-imported)")
+    css(d, "#lora-import button[type=submit]").click()
+    wait_for(d, lambda d: "Imported “hatchwork (re-imported)” (comfyui, rank 4)" in css(d, "#lora-import .ok").text)
+    wait_for(d, lambda d: len(all_css(d, "#lora-table tbody tr")) == 2)
+    imported = service.http.get("/v1/loras").json()["data"][0]
+    assert imported["source"] == "imported" and imported["name"] == "hatchwork (re-imported)"
     screenshot(d, screenshots, "web_loras")
+    # -- a reload keeps the key (session storage) and the gallery lists the results
     d.get(base + "/#generate")
     wait_for(d, lambda d: len(images_loaded(d, "#gallery img")) == 2)
     css(d, "nav a[href='#trainings']").click()
@@ -154,3 +162,25 @@ def test_whole_flow_in_the_browser(service, browser, screenshots, tmp_path):
     css(d, "#signout").click()
     wait_for(d, lambda d: css(d, "#signin"))
     assert d.execute_script("return sessionStorage.getItem('o1lora.apiKey')") is None
+
+
+def test_cancel_a_running_training(service, browser, screenshots):
+    d = browser
+    sign_in(d, service)
+    dataset_id = service.http.get("/v1/datasets").json()["data"][0]["id"]
+    r = service.http.post("/v1/trainings", json={"dataset_id": dataset_id, "trigger": "hatchwork style",
+                                                  "name": "hatchwork style, long run", "steps": 5000, "rank": 2,
+                                                  "resolution": 64, "sample_every": 0})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    d.get(f"{service.base_url}/#trainings/{job_id}")
+    wait_for(d, lambda d: css(d, "#job .badge").text == "running" and int(css(d, "#loss-chart").get_attribute(
+        "data-points") or 0) >= 1, timeout=60)
+    assert "ETA" in css(d, "#job .facts").text and css(d, "dd[data-fact=eta]").text != "–"
+    wait_for(d, lambda d: int(css(d, "#loss-chart").get_attribute("data-points")) >= 6, timeout=60)
+    screenshot(d, screenshots, "web_training_live")
+    css(d, "#cancel").click()
+    wait_for(d, lambda d: css(d, "#job .badge").text == "canceled", timeout=60)
+    job = service.http.get(f"/v1/trainings/{job_id}").json()
+    assert job["status"] == "canceled" and 0 < job["progress"]["step"] < 5000
+    assert not all_css(d, "#cancel") and "Canceled." in css(d, "#job-end").text
