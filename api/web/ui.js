@@ -50,9 +50,10 @@ export function errorBox(err) {
 
 export function progressBar(fraction, label) {
   const pct = Math.max(0, Math.min(1, fraction || 0)) * 100;
+  const bar = el("div", { class: "bar" });
+  bar.style.width = `${pct}%`;   // through CSSOM: the page's CSP refuses inline style attributes
   return el("div", { class: "progress", role: "progressbar", "aria-valuenow": pct.toFixed(0),
-                     "aria-valuemin": "0", "aria-valuemax": "100" },
-    el("div", { class: "bar", style: `width:${pct}%` }), el("span", {}, label || ""));
+                     "aria-valuemin": "0", "aria-valuemax": "100" }, bar, el("span", {}, label || ""));
 }
 
 // An <img> filled from a path that needs the Bearer header (see api.blobUrl).

@@ -27,6 +27,7 @@ def test_served_page_leaves_the_api_alone(service):
     for name in ("app.js", "api.js", "sse.js", "schema.js", "trainings.js", "generate.js", "datasets.js",
                  "loras.js", "ui.js", "loss_chart.js", "presets.js", "style.css"):
         assert "http://" not in http.get(f"/web/{name}").text and "https://" not in http.get(f"/web/{name}").text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
     assert http.get("/docs").status_code == 200
     spec = http.get("/openapi.json").json()
     assert "/" not in spec["paths"] and not any(p.startswith("/web") for p in spec["paths"])
@@ -162,6 +163,11 @@ def test_whole_flow_in_the_browser(service, browser, screenshots, tmp_path):
     css(d, "#signout").click()
     wait_for(d, lambda d: css(d, "#signin"))
     assert d.execute_script("return sessionStorage.getItem('o1lora.apiKey')") is None
+    # the only console errors of the whole flow are the two refusals above (no CSP violation, no other failure)
+    errors = [e["message"] for e in d.get_log("browser") if e["level"] == "SEVERE"]
+    assert len(errors) == 2, errors
+    assert "/v1/datasets?limit=1 " in errors[0] and "401" in errors[0], errors      # the wrong key
+    assert "/v1/trainings " in errors[1] and "422" in errors[1], errors              # resolution 100
 
 
 def test_cancel_a_running_training(service, browser, screenshots):
