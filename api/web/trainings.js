@@ -77,6 +77,10 @@ async function trainingForm(selectedDataset, onSubmitted) {
 }
 
 function previewGrid(job, grid) {
+  // progress events arrive several times a second: rebuild the images only when a preview was added
+  const key = `${job.previews.length}`;
+  if (grid.dataset.shown === key) return;
+  grid.dataset.shown = key;
   const byStep = new Map();
   for (const p of job.previews) (byStep.get(p.step) || byStep.set(p.step, []).get(p.step)).push(p);
   const steps = [...byStep.keys()].sort((a, b) => b - a);
@@ -101,7 +105,7 @@ async function detail(root, id) {
   let job = null;
   const chart = new LossChart(canvas, 0);
   chart.points = curves.get(id) || [];
-  curves.set(id, chart.points);
+  const record = (step, loss) => { chart.add(step, loss); curves.set(id, chart.points); };
 
   function show() {
     const p = job.progress;
@@ -146,7 +150,7 @@ async function detail(root, id) {
     streamNote.textContent = "live";
     if (event === "snapshot") {
       job = data;
-      if (job.progress.step) chart.add(job.progress.step, job.progress.loss);
+      if (job.progress.step) record(job.progress.step, job.progress.loss);
       show();
       if (!ACTIVE.has(job.status)) { streamNote.textContent = "finished"; showEnd(); }
     } else if (!job) {
@@ -154,7 +158,7 @@ async function detail(root, id) {
     } else if (event === "progress") {
       job.progress = { ...job.progress, ...data };
       if (job.status === "queued") job.status = "running";
-      chart.add(data.step, data.loss);
+      record(data.step, data.loss);
       show();
     } else if (event === "preview") {
       if (!job.previews.some((p) => p.step === data.step && p.index === data.index)) {
