@@ -8,21 +8,24 @@ PY := .venv/bin/python
 	.venv/bin/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: serve test test-slow test-all demo schemathesis
+.PHONY: serve test test-slow test-all demo schemathesis browser
 serve: .venv/.installed  ## the whole service on its embedded default (SQLite, bundled broker, bundled model)
 	$(PY) -m ops.embedded
 
-test: .venv/.installed  ## the default suite (< 15 min on 2 cores)
+test: .venv/.installed browser  ## the default suite (< 15 min on 2 cores)
 	$(PY) -m pytest -q
 
 test-slow: .venv/.installed  ## the long CPU tests only
 	$(PY) -m pytest -q -m slow
 
-test-all: .venv/.installed
+test-all: .venv/.installed browser
 	$(PY) -m pytest -q -m 'not gpu'
 
 demo: .venv/.installed  ## service + style LoRA end to end, writes runs/demo/grid.png
 	$(PY) -m ops.demo
+
+browser:  ## headless Chromium + chromium-driver for tests/web (apt; a no-op when present)
+	.ci/install-browser
 
 schemathesis: .venv/.installed  ## fuzz the API from its OpenAPI document (loopback, temp SQLite; about 5 min)
 	$(PY) tests/api/schemathesis_run.py --max-examples 15 --max-time 300

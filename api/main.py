@@ -18,6 +18,7 @@ from api.errors import install_error_handlers, register_server_roots
 from api.limits import BodySizeLimit
 from api.routes import datasets, generations, health, loras, trainings
 from service.settings import Settings, get_settings
+from api.web_page import install_web_page
 from db.session import make_sessionmaker
 from service.store import ArtifactStore, LocalStore
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, *, store: ArtifactStore | None 
                                            retry=Retry(NoBackoff(), 0))
     for module in (health, datasets, trainings, loras, generations):
         app.include_router(module.router)
+    install_web_page(app)  # the page at `/`: static files, a client of the routes above like any other
 
     def limit_for(method: str, path: str) -> int:
         if method == "POST" and path.rstrip("/") == "/v1/datasets":
