@@ -20,6 +20,7 @@ from sqlalchemy import select
 from db.generations import claim_generation, get_generation
 from db.models import Generation
 from worker.context import WorkerContext
+from worker.db_retry import first_line, is_transient
 from worker.runs import publish
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,21 @@ def join_batch(c: WorkerContext, lead: Generation, clock=time.monotonic) -> list
         return []
     key, joined, seen = batch_key(lead), [], {lead.id}
     deadline = clock() + c.settings.generate_batch_wait_s
+    try:
+        return _gather(c, lead, key, joined, seen, room, deadline, clock)
+    except Exception as e:
+        # Joining is an optimisation: a database blip while looking for companions must not cost the lead
+        # generation. Each claim commits on its own, so the rows in `joined` are ours; a row whose claim
+        # committed but could not be read back is resumed by the reconciler when its heartbeat goes stale.
+        if not is_transient(e):
+            raise
+        log.warning("generation %s: stops gathering a batch after a database error (%s); runs %d joined",
+                    lead.id, first_line(e), len(joined))
+        return joined
+
+
+def _gather(c: WorkerContext, lead: Generation, key: tuple, joined: list[Generation], seen: set[str], room: int,
+            deadline: float, clock) -> list[Generation]:
     while True:
         with c.sessions() as s:
             queued = s.scalars(select(Generation).where(Generation.status == "queued",

@@ -72,3 +72,43 @@ def test_a_killed_connection_mid_generation_costs_a_pause_not_the_generation(wor
         assert (row.status, row.error, row.attempt, row.step) == ("succeeded", None, 1, 40)
     assert int(np.abs(image(c, straight.id) - image(c, gen.id)).max()) == 0
     c.close()
+
+
+def test_a_killed_connection_while_gathering_a_batch_leaves_the_lead_alone(worker_ctx, pg_url):
+    """Joining companions is an optimisation: the batch scan's backend is terminated while it waits on a lock,
+    and the lead generation carries on alone (it used to die of the OperationalError, failing the request)."""
+    from db.generations import claim_generation
+    from worker.generation_batch import join_batch
+
+    c = WorkerContext(worker_ctx.settings.model_copy(update={"generate_max_batch": 4,
+                                                             "generate_batch_wait_s": 0.0}))
+    with c.sessions() as s:
+        owner = create_owner(s, name="scan")
+    lead = new_generation(c, owner.id, steps=4)
+    with c.sessions() as s:
+        assert claim_generation(s, job_id=lead.id, worker_id=c.worker_id)
+        lead = get_generation(s, job_id=lead.id)
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", join_batch(c, lead)), daemon=True)
+    db = make_url(pg_url).database
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    locker = create_engine(pg_url)
+    killed = 0
+    with locker.connect() as conn:
+        tx = conn.begin()
+        conn.execute(text("LOCK TABLE generations IN ACCESS EXCLUSIVE MODE"))
+        t.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed and t.is_alive():
+            with admin.connect() as a:
+                killed = len(a.execute(text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db "
+                    "AND wait_event_type = 'Lock'"), {"db": db}).all())
+            time.sleep(0.05)
+        tx.commit()
+    locker.dispose()
+    admin.dispose()
+    t.join(60)
+    assert killed >= 1, "the batch scan never waited on the lock"
+    assert out.get("r") == []
+    c.close()
