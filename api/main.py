@@ -16,7 +16,8 @@ from api.db_retry import RetryOnDisconnect
 from jobqueue.enqueue import Enqueuer
 from api.errors import install_error_handlers, register_server_roots
 from api.limits import BodySizeLimit
-from api.routes import datasets, generations, health, loras, trainings
+from api.metrics import install_metrics
+from api.routes import datasets, generations, health, loras, trainings, webhooks
 from service.settings import Settings, get_settings
 from db.session import make_sessionmaker
 from service.store import ArtifactStore, LocalStore
@@ -40,8 +41,9 @@ def create_app(settings: Settings | None = None, *, store: ArtifactStore | None 
     # For the few events the API itself publishes (a queued job canceled); short timeouts, best effort.
     app.state.redis = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=2, socket_connect_timeout=2,
                                            retry=Retry(NoBackoff(), 0))
-    for module in (health, datasets, trainings, loras, generations):
+    for module in (health, datasets, trainings, loras, generations, webhooks):
         app.include_router(module.router)
+    install_metrics(app, app.state.sessions, settings)
 
     def limit_for(method: str, path: str) -> int:
         if method == "POST" and path.rstrip("/") == "/v1/datasets":
