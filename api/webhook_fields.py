@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import status
 from sqlalchemy.orm import object_session
 
 from api.errors import ApiError
@@ -21,7 +20,7 @@ def check_webhook_url(body: WebhookRequest, settings: Settings) -> None:
     try:
         check_url(body.webhook_url, allow_private=settings.webhook_allow_private)
     except WebhookUrlError as e:
-        raise ApiError(status.HTTP_422_UNPROCESSABLE_ENTITY, f"webhook_url: {e}", field="webhook_url",
+        raise ApiError(422, f"webhook_url: {e}", field="webhook_url",
                        details=[{"field": "webhook_url", "message": str(e)}]) from None
 
 
