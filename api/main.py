@@ -17,6 +17,7 @@ from jobqueue.enqueue import Enqueuer
 from api.errors import install_error_handlers, register_server_roots
 from api.limits import BodySizeLimit
 from api.metrics import install_metrics
+from api.openapi import install_openapi
 from api.routes import datasets, generations, health, loras, trainings, webhooks
 from service.settings import Settings, get_settings
 from db.session import make_sessionmaker
@@ -55,5 +56,6 @@ def create_app(settings: Settings | None = None, *, store: ArtifactStore | None 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
     app.add_middleware(RetryOnDisconnect)
     install_error_handlers(app)
+    install_openapi(app)
     register_server_roots(settings.data_dir, settings.resolved_artifact_dir)  # never named in an error
     return app
