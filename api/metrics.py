@@ -27,13 +27,11 @@ STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 IMAGE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
 
-def histogram(name: str, doc: str, labels: dict[str, str], values: Iterable[float], bounds: tuple,
-              family: HistogramMetricFamily | None = None) -> HistogramMetricFamily:
+def observe(family: HistogramMetricFamily, labels: list[str], values: Iterable[float], bounds: tuple) -> None:
+    """Add one labelled histogram, built from all its observations, to ``family`` (cumulative buckets)."""
     values = list(values)
-    family = family or HistogramMetricFamily(name, doc, labels=list(labels))
-    counts = [(str(float(b)), sum(v <= b for v in values)) for b in bounds] + [("+Inf", len(values))]
-    family.add_metric(list(labels.values()), counts, sum_value=sum(values))
-    return family
+    buckets = [(str(float(b)), sum(v <= b for v in values)) for b in bounds] + [("+Inf", len(values))]
+    family.add_metric(labels, buckets, sum_value=sum(values))
 
 
 class DatabaseCollector:
@@ -64,17 +62,19 @@ class DatabaseCollector:
                 waits.append(max((started - created).total_seconds(), 0.0))
                 if finished is not None and status in runs:
                     runs[status].append(max((finished - started).total_seconds(), 0.0))
-            histogram("", "", {"kind": name, "queue": kind.queue}, waits, DURATION_BUCKETS, wait)
+            observe(wait, [name, kind.queue], waits, DURATION_BUCKETS)
             for status, values in runs.items():
-                histogram("", "", {"kind": name, "queue": kind.queue, "status": status}, values, DURATION_BUCKETS,
-                          run)
+                observe(run, [name, kind.queue, status], values, DURATION_BUCKETS)
         yield from (jobs, wait, run)
 
     def _speeds(self, s):
-        yield histogram("o1lora_training_seconds_per_step", "wall time per optimizer step of succeeded trainings "
-                        "(the last rate each reported)", {}, training_seconds_per_step(s), STEP_BUCKETS)
-        yield histogram("o1lora_generation_seconds_per_image", "run time per image of succeeded generations",
-                        {}, generation_seconds_per_image(s), IMAGE_BUCKETS)
+        step = HistogramMetricFamily("o1lora_training_seconds_per_step", "wall time per optimizer step of "
+                                     "succeeded trainings (the last rate each reported)", labels=[])
+        observe(step, [], training_seconds_per_step(s), STEP_BUCKETS)
+        image = HistogramMetricFamily("o1lora_generation_seconds_per_image", "run time per image of succeeded "
+                                      "generations", labels=[])
+        observe(image, [], generation_seconds_per_image(s), IMAGE_BUCKETS)
+        yield from (step, image)
 
     def _webhooks(self, s):
         deliveries = GaugeMetricFamily("o1lora_webhook_deliveries", "webhook deliveries by event and status",

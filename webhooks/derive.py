@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from db.models import TERMINAL, utcnow
-from db.webhooks import last_recorded_at, open_webhook_jobs, record_delivery, recorded_refs, close_webhook_job
+from db.webhooks import close_webhook_job, last_recorded_at, open_webhook_jobs, record_delivery, recorded_refs
 
 EVENTS = ("start", "progress", "preview", "completed")
 
