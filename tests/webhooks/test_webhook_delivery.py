@@ -1,11 +1,12 @@
 """Deliveries against a real local receiver: the job rows move through the same db functions a worker calls,
 and the sender's passes (what every worker's sender thread runs) record and send the events.
 
-PostgreSQL is the real local server (a throwaway database); the receiver is a real HTTP server on loopback
+On SQLite and on the real local PostgreSQL server (a throwaway database); the receiver is a real HTTP server on loopback
 that recomputes every signature with the owner's secret (so O1LORA_WEBHOOK_ALLOW_PRIVATE is on here).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -29,9 +30,14 @@ from webhooks.signing import new_secret
 ALL = ["start", "progress", "preview", "completed"]
 
 
-@pytest.fixture(scope="module")
-def Session():
-    with temporary_postgres() as url:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def Session(request, tmp_path_factory):
+    """SQLite is the embedded default's database (`make serve`), PostgreSQL the deployed one's."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('hooks') / 'o1lora.db'}"
+        else:
+            url = stack.enter_context(temporary_postgres())
         upgrade(url)
         maker = make_sessionmaker(url)
         yield maker
