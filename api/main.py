@@ -27,7 +27,8 @@ JSON_BODY_LIMIT = 1 << 20  # every non-upload request: a job spec is a few kB
 
 DESCRIPTION = """Train LoRA adapters for HiDream-O1-Image and generate images with them.
 
-Every route but /health and /ready needs `Authorization: Bearer <api key>` (the Authorize button above).
+Every route but /health, /ready and /metrics needs `Authorization: Bearer <api key>` (the Authorize button
+above).
 Every error answers `{"error": {"code", "message", "field"?, "details"?}}`; 429 and 503 carry `Retry-After`."""
 
 
