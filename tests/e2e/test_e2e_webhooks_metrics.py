@@ -54,7 +54,10 @@ def test_webhooks_from_a_real_worker_then_metrics(service):
     types = receiver.events()
     assert types.count("training.start") == 1 and types.count("training.completed") == 1
     assert types.count("training.preview") == len(training["previews"]) >= 2
-    assert types.count("training.progress") >= 1
+    # Progress events depend on when the sender looked (tests/webhooks has the deterministic ones): every one
+    # recorded was accepted once.
+    progress = [d for d in training["webhook"]["deliveries"] if d["event"] == "progress"]
+    assert types.count("training.progress") == len(progress)
     assert [t for t in types if t.startswith("generation.")] == ["generation.completed"]   # the filter
     assert set(receiver.attempts.values()) == {3}   # each delivery: two refusals, then accepted once
     for body in (training, generation):
