@@ -16,7 +16,8 @@ RUN pip install torch==2.13.0
 
 # Dependencies next (from pyproject only), so that a code change does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN mkdir -p api core db worker && pip install . && pip uninstall -y o1lora
+# The flower extra: the optional dashboard service of docker-compose.yml (a few small packages).
+RUN mkdir -p api core db worker && pip install '.[flower]' && pip uninstall -y o1lora
 
 COPY . .
 RUN pip install --no-deps -e . \

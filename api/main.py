@@ -16,7 +16,9 @@ from api.db_retry import RetryOnDisconnect
 from jobqueue.enqueue import Enqueuer
 from api.errors import install_error_handlers, register_server_roots
 from api.limits import BodySizeLimit
-from api.routes import datasets, generations, health, loras, trainings
+from api.metrics import install_metrics
+from api.openapi import install_openapi
+from api.routes import datasets, generations, health, loras, trainings, webhooks
 from service.settings import Settings, get_settings
 from api.web_page import install_web_page
 from db.session import make_sessionmaker
@@ -26,7 +28,8 @@ JSON_BODY_LIMIT = 1 << 20  # every non-upload request: a job spec is a few kB
 
 DESCRIPTION = """Train LoRA adapters for HiDream-O1-Image and generate images with them.
 
-Every route but /health and /ready needs `Authorization: Bearer <api key>` (the Authorize button above).
+Every route but /health, /ready and /metrics needs `Authorization: Bearer <api key>` (the Authorize button
+above).
 Every error answers `{"error": {"code", "message", "field"?, "details"?}}`; 429 and 503 carry `Retry-After`."""
 
 
@@ -41,8 +44,9 @@ def create_app(settings: Settings | None = None, *, store: ArtifactStore | None 
     # For the few events the API itself publishes (a queued job canceled); short timeouts, best effort.
     app.state.redis = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=2, socket_connect_timeout=2,
                                            retry=Retry(NoBackoff(), 0))
-    for module in (health, datasets, trainings, loras, generations):
+    for module in (health, datasets, trainings, loras, generations, webhooks):
         app.include_router(module.router)
+    install_metrics(app, app.state.sessions, settings)
     install_web_page(app)  # the page at `/`: static files, a client of the routes above like any other
 
     def limit_for(method: str, path: str) -> int:
@@ -55,5 +59,6 @@ def create_app(settings: Settings | None = None, *, store: ArtifactStore | None 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
     app.add_middleware(RetryOnDisconnect)
     install_error_handlers(app)
+    install_openapi(app)
     register_server_roots(settings.data_dir, settings.resolved_artifact_dir)  # never named in an error
     return app

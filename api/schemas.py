@@ -10,6 +10,8 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.presets import PRESETS
+from webhooks.derive import EVENTS as WEBHOOK_EVENTS
+from webhooks.urls import WebhookUrlError, check_syntax
 from core.train.config import TrainConfig  # torch-free: the trainer's defaults are the request's
 
 NO_NUL = r"^[^\x00]*$"  # for form fields (PostgreSQL text cannot hold NUL)
@@ -30,6 +32,71 @@ class Strict(BaseModel):
         if any(isinstance(x, str) and "\x00" in x for x in (v if isinstance(v, list) else [v])):
             raise ValueError("must not contain NUL characters")
         return v
+
+
+WebhookEvent = Literal["start", "progress", "preview", "completed"]
+
+
+class WebhookRequest(Strict):
+    """The webhook fields of a job request (trainings and generations), in the Standard Webhooks convention."""
+    webhook_url: str | None = Field(
+        None, max_length=2000,
+        description="http(s) URL to POST this job's events to, signed with your secret from "
+                    "GET /v1/webhooks/default/secret (headers webhook-id, webhook-timestamp, webhook-signature: "
+                    "v1,<base64 HMAC-SHA256 of 'id.timestamp.body'>). Delivered at least once (the same "
+                    "webhook-id on every retry), retried with backoff for hours. Must resolve to a public address")
+    webhook_events_filter: list[WebhookEvent] = Field(
+        default_factory=lambda: list(WEBHOOK_EVENTS), min_length=1, max_length=4,
+        description="which events to send: start (the job started), progress (at most every few seconds), "
+                    "preview (each training preview / each finished generation image), completed (succeeded, "
+                    "failed or canceled); default: all four")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                check_syntax(v)
+            except WebhookUrlError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("webhook_events_filter")
+    @classmethod
+    def _events_once(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each event may appear once")
+        return v
+
+    def webhook_kwargs(self) -> dict[str, Any]:
+        """The row's webhook columns (the job's params hold only what the job itself runs with)."""
+        return {"webhook_url": self.webhook_url, "webhook_events": list(self.webhook_events_filter)}
+
+
+WEBHOOK_FIELDS = frozenset(WebhookRequest.model_fields)
+
+
+class WebhookDeliveryPublic(BaseModel):
+    id: str = Field(description="the webhook-id header (the same on every retry)")
+    event: WebhookEvent = Field(description="which event")
+    status: Literal["pending", "delivered", "failed"] = Field(
+        description="pending (being sent or waiting for a retry), delivered (a 2xx answer), failed (gave up)")
+    attempts: int = Field(description="attempts so far")
+    last_status_code: int | None = Field(description="the receiver's HTTP status at the last attempt")
+    last_error: str | None = Field(description="why the last attempt failed")
+    created_at: datetime = Field(description="when the event happened (UTC)")
+    delivered_at: datetime | None = Field(description="when a receiver accepted it (UTC)")
+
+
+class WebhookPublic(BaseModel):
+    url: str = Field(description="where this job's events go")
+    events_filter: list[WebhookEvent] = Field(description="the events sent")
+    deliveries: list[WebhookDeliveryPublic] = Field(description="the latest deliveries, newest first (at most 20)")
+    deliveries_total: int = Field(description="deliveries recorded for this job in all")
+
+
+class WebhookSecretPublic(BaseModel):
+    key: str = Field(description="whsec_<base64>: the HMAC-SHA256 key is the base64-decoded part after whsec_")
 
 
 Item = TypeVar("Item")
@@ -60,7 +127,7 @@ class DatasetsPublic(Page[DatasetPublic]):
 
 # ---- trainings ------------------------------------------------------------------------------------------------
 
-class TrainingCreate(Strict):
+class TrainingCreate(WebhookRequest):
     # Every trainer knob here is a core.train.TrainConfig field (request names: core.train.REQUEST_NAMES) with
     # its default; tests/api/test_training_fields.py fails when a field is added to one side only.
     dataset_id: str = Field(description="id of an uploaded dataset of yours", min_length=1, max_length=64)
@@ -155,6 +222,7 @@ class TrainingPublic(BaseModel):
     checkpoint_step: int | None = Field(description="step of the last saved checkpoint: where a resume starts")
     previews: list[PreviewPublic] = Field(description="preview images so far, by step")
     lora_id: str | None = Field(description="the trained LoRA, once succeeded")
+    webhook: WebhookPublic | None = Field(None, description="the webhook and its deliveries, when one was given")
     created_at: datetime = Field(description="submit time (UTC)")
     started_at: datetime | None = Field(description="first start (UTC)")
     finished_at: datetime | None = Field(description="end time (UTC)")
@@ -203,7 +271,7 @@ class LoraRef(Strict):
     scale: float = Field(1.0, ge=-4.0, le=4.0, description="strength; 1 = as trained, 0 = off")
 
 
-class GenerationCreate(Strict):
+class GenerationCreate(WebhookRequest):
     prompt: str = Field(description="what to draw", min_length=1, max_length=4000)
     negative_prompt: str | None = Field(None, max_length=4000,
                                         description="what to avoid (used with CFG); default: the model's")
@@ -258,6 +326,7 @@ class GenerationPublic(BaseModel):
     cancel_requested: bool = Field(description="a cancel was asked while running; it stops at its next step")
     warnings: list[str] = Field(description="what you should know about a run that still succeeded "
                                             "(e.g. LoRA keys that placed nowhere)")
+    webhook: WebhookPublic | None = Field(None, description="the webhook and its deliveries, when one was given")
     created_at: datetime = Field(description="submit time (UTC)")
     started_at: datetime | None = Field(description="start time (UTC)")
     finished_at: datetime | None = Field(description="end time (UTC)")

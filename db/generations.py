@@ -19,9 +19,11 @@ from db.query import owned_page, owned_row
 
 
 def create_generation(session: Session, *, owner_id: str, prompt: str, params: dict[str, Any],
-                      num_images: int, total_steps: int) -> Generation:
+                      num_images: int, total_steps: int, webhook_url: str | None = None,
+                      webhook_events: list[str] | None = None) -> Generation:
     gen = Generation(owner_id=owner_id, prompt=prompt, params=params, num_images=num_images,
-                     total_steps=total_steps, status="queued")
+                     total_steps=total_steps, status="queued", webhook_url=webhook_url,
+                     webhook_events=list(webhook_events or []), webhook_open=webhook_url is not None)
     session.add(gen)
     session.commit()
     return gen

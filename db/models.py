@@ -72,6 +72,8 @@ class Owner(Base):
     id: Mapped[str] = _id()
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = _created()
+    # "whsec_" + base64 of 32 random bytes, made on first use (db/webhooks.py); signs every webhook delivery.
+    webhook_secret: Mapped[str | None] = mapped_column(String(100))
 
 
 class ApiKey(Base):
@@ -127,6 +129,11 @@ class TrainingJob(Base):
     celery_task_id: Mapped[str | None] = mapped_column(String(200))
     checkpoint_path: Mapped[str | None] = mapped_column(String(1000))  # latest checkpoint, resume point
     checkpoint_step: Mapped[int | None] = mapped_column(Integer)
+    # Webhooks (webhooks/): where to send this job's events and which; webhook_open while its "completed"
+    # delivery is not yet recorded, so that the sender scans only the jobs that may still owe an event.
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    webhook_events: Mapped[list[str]] = mapped_column(JSON, default=list)
+    webhook_open: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
     previews: Mapped[list["Preview"]] = relationship(
         back_populates="job", order_by="(Preview.step, Preview.index)", cascade="all, delete-orphan")
@@ -192,6 +199,11 @@ class Generation(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # What the owner should know about a finished run that still succeeded (e.g. LoRA keys that placed nowhere).
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Webhooks (webhooks/): where to send this job's events and which; webhook_open while its "completed"
+    # delivery is not yet recorded, so that the sender scans only the jobs that may still owe an event.
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    webhook_events: Mapped[list[str]] = mapped_column(JSON, default=list)
+    webhook_open: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
     images: Mapped[list["GenerationImage"]] = relationship(
         back_populates="generation", order_by="GenerationImage.index", cascade="all, delete-orphan")
@@ -209,3 +221,39 @@ class GenerationImage(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = _created()
     generation: Mapped[Generation] = relationship(back_populates="images")
+
+
+class WebhookDelivery(Base):
+    """One event of one job for its webhook URL. The id is the Standard Webhooks ``webhook-id``: every retry
+    sends the same id and the same body, so a receiver can drop duplicates (delivery is at least once)."""
+    __tablename__ = "webhook_deliveries"
+    # One delivery per event of a job: "ref" tells apart the events that repeat (the step of a progress event,
+    # step/index of a preview, the number of a generation's image); "" for start and completed.
+    __table_args__ = (UniqueConstraint("job_id", "event", "ref", name="uq_webhook_deliveries_job_event_ref"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # msg_<32 hex>
+    owner_id: Mapped[str] = _owner()
+    job_kind: Mapped[str] = mapped_column(String(16))  # training | generation
+    job_id: Mapped[str] = mapped_column(String(32), index=True)
+    event: Mapped[str] = mapped_column(String(16))  # start | progress | preview | completed
+    ref: Mapped[str] = mapped_column(String(64), default="")
+    url: Mapped[str] = mapped_column(String(2000))
+    body: Mapped[str] = mapped_column(Text)  # the JSON exactly as signed and sent, the same on every attempt
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending|delivered|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)  # the receiver's HTTP status, if it answered
+    last_error: Mapped[str | None] = mapped_column(Text)  # why the last attempt failed
+    created_at: Mapped[datetime] = _created()
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class WorkerBeat(Base):
+    """Each worker process's own heartbeat (worker/presence.py): alive, and what its GPU holds. The job rows
+    carry the jobs' heartbeats; this one also covers an idle worker, for /metrics."""
+    __tablename__ = "worker_beats"
+    worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid, as on claimed rows
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    gpu_count: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_allocated_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # tensors, summed over its GPUs
+    gpu_reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # held by the caching allocator
+    gpu_total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)

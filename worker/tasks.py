@@ -2,7 +2,8 @@
 
 Imported by the worker process only (celery_app's `include`): the runners import torch lazily, on the
 first job, so the model and CUDA live in the worker's own process (the pool is one thread of it).
-Each worker also runs the reconciler in a daemon thread, started when the worker is ready.
+Each worker also runs, in daemon threads started when it is ready, the reconciler, the webhook sender
+(webhooks/sender.py) and its own heartbeat with its GPU memory (worker/presence.py).
 """
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import logging
 
 from celery.signals import worker_ready, worker_shutting_down
 
-from worker import reconciler
+from webhooks import sender as webhook_sender
+from worker import presence, reconciler
+from worker.context import ctx
 from jobqueue.celery_app import app
 from jobqueue.kinds import GENERATION, TRAINING
 
 log = logging.getLogger(__name__)
 _reconciler_stop = None
+_background_stops: list = []  # the sender's and the beat's stop events
 
 
 @app.task(name=TRAINING.task, ignore_result=True)
@@ -41,6 +45,13 @@ def _start_reconciler(**_):
 
 
 @worker_ready.connect
+def _start_webhook_sender_and_beat(**_):
+    c = ctx()
+    _background_stops.append(webhook_sender.start_thread(c.sessions, c.settings))
+    _background_stops.append(presence.start_thread(c))
+
+
+@worker_ready.connect
 def _warm_up_generation(sender=None, **_):
     """A worker that serves the generate queue loads the model and compiles the warm-up sizes now, in a
     thread (the task waits on the model's lock), so that no user request pays for them."""
@@ -52,3 +63,5 @@ def _warm_up_generation(sender=None, **_):
 def _stop_reconciler(**_):
     if _reconciler_stop is not None:
         _reconciler_stop.set()
+    for stop in _background_stops:
+        stop.set()

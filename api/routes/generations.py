@@ -13,9 +13,10 @@ from api.deps import (CurrentOwner, EnqueuerDep, GenerationId, PageDep, SessionD
 from api.errors import error_responses, scrub
 from api.files import send_artifact
 from api.quota import check_active_limit, check_generation_cost
-from api.schemas import (CancelPublic, GenerationCreate, GenerationProgress, GenerationPublic, GenerationsPublic,
-                         ImagePublic)
+from api.schemas import (WEBHOOK_FIELDS, CancelPublic, GenerationCreate, GenerationProgress, GenerationPublic,
+                         GenerationsPublic, ImagePublic)
 from api.sse import job_stream
+from api.webhook_fields import check_webhook_url, webhook_block
 from jobqueue.enqueue import send_and_record
 from db.generations import create_generation, get_generation, list_generations
 from db.loras import get_lora
@@ -29,6 +30,7 @@ def to_public(gen: Generation) -> GenerationPublic:
         id=gen.id, status=gen.status, prompt=gen.prompt, params=gen.params,
         error=scrub(gen.error) if gen.error else None,  # the worker's text: no server paths or object reprs
         cancel_requested=bool(gen.cancel_requested), warnings=list(gen.warnings or []),
+        webhook=webhook_block(gen),
         progress=GenerationProgress(step=gen.step, total_steps=gen.total_steps),
         images=[ImagePublic(index=i.index, url=f"/v1/generations/{gen.id}/images/{i.index}", width=i.width,
                             height=i.height, seed=i.seed) for i in gen.images],
@@ -48,13 +50,14 @@ def submit_generation(response: Response, body: GenerationCreate, owner: Current
     for i, ref in enumerate(body.loras):
         if get_lora(session, lora_id=ref.id, owner_id=owner.id) is None:
             raise not_found("LoRA", ref.id, field=f"loras[{i}].id")
+    check_webhook_url(body, settings)
     check_active_limit(session, Generation, owner_id=owner.id, limit=settings.max_active_generations,
                        what="generations", settings=settings)
-    params = body.model_dump()
+    params = body.model_dump(exclude=WEBHOOK_FIELDS)
     if params["seed"] is None:  # chosen here so the row records how to reproduce the images
         params["seed"] = secrets.randbelow(2**31)
     gen = create_generation(session, owner_id=owner.id, prompt=body.prompt, params=params,
-                            num_images=body.num_images, total_steps=body.steps)
+                            num_images=body.num_images, total_steps=body.steps, **body.webhook_kwargs())
     background.add_task(send_and_record, enqueuer, "generation", gen.id, request.app.state.sessions)
     session.refresh(gen)
     response.headers["Location"] = f"/v1/generations/{gen.id}"

@@ -12,9 +12,10 @@ from api.deps import (CurrentOwner, EnqueuerDep, PageDep, SessionDep, SettingsDe
 from api.errors import error_responses, scrub
 from api.files import send_artifact
 from api.quota import check_active_limit
-from api.schemas import (CancelPublic, PreviewPublic, TrainingCreate, TrainingProgress, TrainingPublic,
-                         TrainingsPublic)
+from api.schemas import (WEBHOOK_FIELDS, CancelPublic, PreviewPublic, TrainingCreate, TrainingProgress,
+                         TrainingPublic, TrainingsPublic)
 from api.sse import job_stream
+from api.webhook_fields import check_webhook_url, webhook_block
 from jobqueue.enqueue import send_and_record
 from db.datasets import get_dataset
 from db.models import TrainingJob
@@ -33,7 +34,7 @@ def to_public(job: TrainingJob) -> TrainingPublic:
                                   seconds_per_step=job.seconds_per_step, eta_seconds=job.eta_seconds),
         previews=[PreviewPublic(step=p.step, index=p.index, prompt=p.prompt,
                                 url=f"/v1/trainings/{job.id}/previews/{p.step}/{p.index}") for p in job.previews],
-        lora_id=job.lora.id if job.lora else None,
+        lora_id=job.lora.id if job.lora else None, webhook=webhook_block(job),
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at)
 
 
@@ -46,13 +47,15 @@ def submit_training(response: Response, body: TrainingCreate, owner: CurrentOwne
     429 (Retry-After) while you already have the most queued + running trainings the service allows."""
     if get_dataset(session, dataset_id=body.dataset_id, owner_id=owner.id) is None:
         raise not_found("dataset", body.dataset_id, field="dataset_id")
+    check_webhook_url(body, settings)
     check_active_limit(session, TrainingJob, owner_id=owner.id, limit=settings.max_active_trainings,
                        what="trainings", settings=settings)
-    params = body.model_dump()
+    params = body.model_dump(exclude=WEBHOOK_FIELDS)
     params["name"] = body.name or body.trigger
     params["min_side"] = settings.dataset_min_side  # the trainer checks the dataset as the upload did
     job = create_training(session, owner_id=owner.id, dataset_id=body.dataset_id, name=params["name"],
-                          trigger=body.trigger, params=params, total_steps=body.steps)
+                          trigger=body.trigger, params=params, total_steps=body.steps,
+                          **body.webhook_kwargs())
     # The row is committed first; the message goes out after the response (if the broker is down the row stays
     # queued and the reconciler sends it later).
     background.add_task(send_and_record, enqueuer, "training", job.id, request.app.state.sessions)

@@ -125,6 +125,10 @@ def test_openapi_declares_auth_errors_bounds_and_parameters(app):
             where = f"{method.upper()} {path}"
             for p in op.get("parameters", []):
                 assert p.get("description"), (where, p["name"])
+            # Any route may answer 500, any POST 413 (the body limit): documented everywhere, in the one shape.
+            assert op["responses"]["500"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+            if method == "post":
+                assert op["responses"]["413"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
             if not path.startswith("/v1/"):
                 continue
             responses = op["responses"]

@@ -12,7 +12,7 @@ from core.presets import PRESETS
 from core.train import REQUEST_NAMES, TrainConfig
 
 # Request fields that describe the job, not the run (the worker reads them from the row).
-JOB_FIELDS = {"dataset_id", "name"}
+JOB_FIELDS = {"dataset_id", "name", "webhook_url", "webhook_events_filter"}
 # Request fields whose API default differs from TrainConfig's on purpose.
 API_DEFAULTS = {"checkpoint_every": None}   # None: the worker picks about 10 per run (worker.training)
 # TrainConfig fields a request does not set, and who does instead. Adding a TrainConfig field fails

@@ -48,7 +48,13 @@ class Service:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, tiny_model_e2e):
+def service_env() -> dict[str, str]:
+    """More O1LORA_* values for this module's service (a test module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, tiny_model_e2e, service_env):
     """One service per test module (starting one costs ~10 s of the 2 cores); tests that kill workers
     leave a live one behind."""
     tmp_path = tmp_path_factory.mktemp("service")
@@ -67,7 +73,7 @@ def service(tmp_path_factory, tiny_model_e2e):
             "O1LORA_BROKER_KEY_PREFIX": f"o1lora-e2e-{uuid.uuid4().hex[:8]}:",
             "O1LORA_DATA_DIR": str(tmp_path / "data"), "O1LORA_MODEL_PATH": str(tiny_model_e2e),
             "O1LORA_HEARTBEAT_TIMEOUT_S": "4", "O1LORA_RECONCILE_INTERVAL_S": "1",
-            "O1LORA_PROGRESS_INTERVAL_S": "0.2", "O1LORA_SSE_RECHECK_S": "1",
+            "O1LORA_PROGRESS_INTERVAL_S": "0.2", "O1LORA_SSE_RECHECK_S": "1", **service_env,
         }
         launcher = Launcher(env, log_dir=tmp_path / "logs")
         port = free_port()

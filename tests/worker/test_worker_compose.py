@@ -14,7 +14,7 @@ def compose() -> dict:
 
 def test_services_and_their_commands():
     services = compose()["services"]
-    assert set(services) == {"postgres", "redis", "api", "worker-train", "worker-generate"}
+    assert set(services) == {"postgres", "redis", "api", "worker-train", "worker-generate", "flower"}
     api_cmd = " ".join(services["api"]["command"])
     assert api_cmd.index("alembic upgrade head") < api_cmd.index("uvicorn --factory api.main:create_app")  # migrations first
     for name, queue in (("worker-train", "train"), ("worker-generate", "generate")):
@@ -75,3 +75,11 @@ def test_workers_run_without_celery_chatter_like_the_launchers_workers():
     services = compose()["services"]
     for name in ("worker-train", "worker-generate"):
         assert set(WORKER_FLAGS) <= set(services[name]["command"]), name
+
+
+def test_flower_is_optional_and_password_protected():
+    flower = compose()["services"]["flower"]
+    assert flower["profiles"] == ["flower"]       # `docker compose up` alone does not start it
+    command = " ".join(flower["command"])
+    assert "celery -A worker.celery_app flower" in command and "--basic-auth" in command
+    assert any("[flower]" in ln for ln in (REPO / "Dockerfile").read_text().splitlines() if "pip install" in ln)
