@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run for the generation worker's compiled denoise (issue 8): bench/bench_denoise_paths.sh [OUT] [SECONDS]
 #   A: every compile variant at full width on 8 layers (compiles affordable, the ratios hold per layer);
-#   B: the worker's default path and eager at 36 layers, cold compile cache, output vs eager (--compare);
+#   B: the worker's default path and eager at 36 layers, a cold compile cache (A used its own), output vs eager (--compare);
 #   C: the same in a fresh process with the compile cache B left (a restarted worker's compile time);
 #   D: 2048^2 at 36 layers, if time is left. Each part starts only while time is left; the tables come last.
 set -uo pipefail
@@ -13,7 +13,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 date -u
 left() { echo $(( END - $(date +%s) )); }
-python3 bench/bench_denoise_paths.py --layers 8 --until $(( END - 300 )) --json "$OUT/a.json" 2>&1 | tee "$OUT/a.log"
+TORCHINDUCTOR_CACHE_DIR=/tmp/o1-inductor-cache-a python3 bench/bench_denoise_paths.py --layers 8 --until $(( END - 300 )) --json "$OUT/a.json" 2>&1 | tee "$OUT/a.log"
 [ "$(left)" -gt 150 ] && timeout $(( $(left) - 60 )) python3 bench/bench_denoise_paths.py --layers 36 --reps 2 --compare \
   --variants eager-slots,layers-slots --json "$OUT/b.json" 2>&1 | tee "$OUT/b.log"
 [ "$(left)" -gt 50 ] && timeout $(( $(left) - 5 )) python3 bench/bench_denoise_paths.py --layers 36 --reps 1 \
