@@ -9,7 +9,8 @@ from core.lora.apply import active_lora_modules, apply_loras, clear_loras, set_l
 from core.lora.export import (build_metadata, comfyui_tensors, config_hash, lora_file_tensors, save_comfyui_file,
                               save_lora_file, save_peft_folder)
 from core.lora.formats import BoundLora, LoraFile, bind_lora, module_index, read_lora
-from core.lora.slots import install_lora_slots, lora_slots, remove_lora_slots, slot_capacity
+from core.lora.slots import (install_lora_slots, lora_slots, remove_lora_slots, slot_capacity, slots_forced_on,
+                             slots_on)
 from core.lora.inject import (
     EXTRA_TARGETS,
     LoraSpec,
@@ -44,4 +45,5 @@ __all__ = [
     "inject_lora", "load_adapter_state_dict", "load_lora", "lora_file_tensors", "lora_parameters", "module_index",
     "parse_lora_arg", "read_lora", "save_comfyui_file", "save_lora_file", "save_peft_folder", "set_adapter_enabled",
     "set_loras", "target_names", "install_lora_slots", "lora_slots", "remove_lora_slots", "slot_capacity",
+    "slots_forced_on", "slots_on",
 ]
