@@ -16,6 +16,7 @@ fewer layers make each compile variant affordable; `est_s_36` scales to 36 layer
   denoise-slots      denoise + LoRA slots with a LoRA: the generation worker as measured in issue 8
   layers / layers-slots / layers-static-slots   compile_scope="layers" (one compiled decoder layer)
   layers-slots16     layers-slots with slot capacity 16
+  layers-slots-off   layers with LoRA slots installed but no LoRA active (the slots switched off)
 
 Per variant: the first call's seconds (compile), graphs compiled (dynamo's counter) after the first call,
 after a prompt of another length and after a LoRA switch (must not grow), the switch's seconds, the median
@@ -47,7 +48,7 @@ from core.sampler import ImageSpec, Sampler  # noqa: E402
 from core.tiny import TinySpec  # noqa: E402
 
 VARIANTS = ["eager", "eager-slots", "layers-slots", "layers", "denoise-slots", "denoise-static",
-            "layers-static-slots", "layers-slots16", "denoise"]  # most telling first (--until may cut the rest)
+            "layers-static-slots", "layers-slots16", "denoise", "layers-slots-off"]  # most telling first (--until may cut the rest)
 GUIDANCE = 5.0
 
 
@@ -101,8 +102,9 @@ def run_variant(name: str, model, tok, prompts: tuple[str, str], args, device) -
         s = Sampler(model, tok, preview_every=0, compile=compile_, compile_scope=scope)
         size = args.size
         kw = dict(width=size, height=size, guidance=GUIDANCE, return_latents=True)
+        with_lora = slots and not name.endswith("-off")
         lora_a, lora_b = (random_lora(model, "a", 16, 1), random_lora(model, "b", 16, 2)) if slots else (None, None)
-        if slots:
+        if with_lora:
             set_loras(model, [(lora_a, 1.0)])
         r = {"variant": name, "layers": args.layers}
         g0 = graphs()
@@ -113,7 +115,7 @@ def run_variant(name: str, model, tok, prompts: tuple[str, str], args, device) -
         r["graphs_first"] = graphs() - g0
         s.sample([ImageSpec(prompts[1], " ", 0)], steps=2, **kw)  # another prompt length
         r["graphs_after_length"] = graphs() - g0
-        if slots:
+        if with_lora:
             sync(device)
             t = time.perf_counter()
             set_loras(model, [(lora_b, 0.8)])
@@ -201,7 +203,7 @@ def main(argv=None):
         z = r.pop("latents")
         if v in ("eager", "eager-slots"):
             eager_z[v] = z  # the reference of the variants with the same LoRA state (none / LoRA a in slots)
-        ref = eager_z.get("eager-slots" if "slots" in v else "eager")
+        ref = eager_z.get("eager-slots" if "slots" in v and not v.endswith("-off") else "eager")
         if ref is not None:
             r["rel_vs_eager"] = rel(z, ref)
         rows.append(r)
