@@ -126,6 +126,7 @@ def test_warm_up_runs_at_worker_start_for_the_configured_sizes(gctx, monkeypatch
 
 def test_compiled_code_is_cached_in_the_data_dir_unless_the_environment_says_where(gctx, monkeypatch, tmp_path):
     from worker.model_host import use_compile_cache
+    monkeypatch.setattr(generation, "_host", None)               # a host of an earlier test's data dir
     assert generation.host(gctx).compile_cache_dir == gctx.settings.data_dir / "compile-cache"
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     use_compile_cache(tmp_path / "cc")
