@@ -10,7 +10,7 @@ PY := .venv/bin/python
 
 .PHONY: serve test test-slow test-all demo schemathesis
 serve: .venv/.installed  ## the whole service on its embedded default (SQLite, bundled broker, bundled model)
-	$(PY) -m worker.embedded
+	$(PY) -m ops.embedded
 
 test: .venv/.installed  ## the default suite (< 15 min on 2 cores)
 	$(PY) -m pytest -q
@@ -22,7 +22,7 @@ test-all: .venv/.installed
 	$(PY) -m pytest -q -m 'not gpu'
 
 demo: .venv/.installed  ## service + style LoRA end to end, writes runs/demo/grid.png
-	$(PY) -m worker.demo
+	$(PY) -m ops.demo
 
 schemathesis: .venv/.installed  ## fuzz the API from its OpenAPI document (loopback, temp SQLite; about 5 min)
 	$(PY) tests/api/schemathesis_run.py --max-examples 15 --max-time 300

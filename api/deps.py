@@ -12,13 +12,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.db_retry import COMMIT_FLAG
-from api.enqueue import Enqueuer
+from jobqueue.enqueue import Enqueuer
 from api.errors import ApiError, is_disconnect
 from api.schemas import JobStatus
-from api.settings import Settings
+from service.settings import Settings
 from db.models import Owner
 from db.owners import owner_for_key
-from db.store import ArtifactStore
+from service.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 

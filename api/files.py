@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi.responses import FileResponse, StreamingResponse
 
-from db.store import ArtifactStore
+from service.store import ArtifactStore
 
 
 def send_artifact(store: ArtifactStore, key: str, media_type: str, filename: str | None = None):

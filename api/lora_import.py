@@ -10,17 +10,12 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-import zipfile
-from pathlib import PurePosixPath
 from typing import Iterator
 
-from api.lora_check import LoraFileError, inspect_lora
-from api.lora_convert import NotConvertible, canonical_modules, write_comfyui, write_peft
-from core.lora_keys import ModuleIndex
-from db.store import ArtifactStore
-
-PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
+from core.lora.check import LoraFileError, inspect_lora, read_peft_zip
+from core.lora.convert import NotConvertible, canonical_modules, write_comfyui, write_peft
+from core.lora.keys import ModuleIndex
+from service.store import ArtifactStore
 
 def store_lora_file(store: ArtifactStore, lora_id: str, filename: str, f, max_bytes: int,
                     index: ModuleIndex | None = None, allow_partial: bool = False) -> dict:
@@ -33,7 +28,7 @@ def store_lora_file(store: ArtifactStore, lora_id: str, filename: str, f, max_by
     if lower.endswith(".safetensors"):
         weights, wsize, config, original = f, size, None, "original.safetensors"
     elif lower.endswith(".zip"):
-        data, config = _peft_zip(f, max_bytes)
+        data, config = read_peft_zip(f, max_bytes)
         weights, wsize, original = io.BytesIO(data), len(data), "original.zip"
     else:
         raise LoraFileError("upload a .safetensors file or a .zip of a PEFT folder (pickle .bin/.pt files can run "
@@ -62,7 +57,8 @@ def _chunks(f) -> Iterator[bytes]:
     return iter(lambda: f.read(1 << 20), b"")
 
 
-def _store_formats(store: ArtifactStore, prefix: str, weights, info, config: dict | None) -> tuple[dict, str | None]:
+def _store_formats(store: ArtifactStore, prefix: str, weights, info,
+                   config: dict | None) -> tuple[dict, str | None]:
     """Store keys of the ComfyUI file and the PEFT folder. The ComfyUI copy is always written from the placed
     modules (ai-toolkit's legacy `diffusion_model.model.*` keys are ComfyUI-looking but ComfyUI maps none)."""
     where: dict[str, str] = {}
@@ -88,30 +84,3 @@ def _store_formats(store: ArtifactStore, prefix: str, weights, info, config: dic
         store.put_stream(f"{prefix}/lora.safetensors", _chunks(tmp))
     where["comfyui_key"] = f"{prefix}/lora.safetensors"
     return where, None
-
-
-def _peft_zip(f, max_bytes: int) -> tuple[bytes, dict]:
-    """The weights and config of a PEFT folder in a zip (at its root or in one folder); nothing else is read."""
-    f.seek(0)
-    try:
-        zf = zipfile.ZipFile(f)
-    except zipfile.BadZipFile as e:
-        raise LoraFileError(f"not a readable zip ({e})") from None
-    with zf:
-        found = {PurePosixPath(i.filename).name: i for i in zf.infolist()
-                 if PurePosixPath(i.filename).name in PEFT_FILES and len(PurePosixPath(i.filename).parts) <= 2
-                 and ".." not in PurePosixPath(i.filename).parts and not i.is_dir()}
-        missing = [n for n in PEFT_FILES if n not in found]
-        if missing:
-            raise LoraFileError(f"the zip is not a PEFT folder: {', '.join(missing)} missing")
-        if found["adapter_model.safetensors"].file_size > max_bytes:
-            raise LoraFileError(f"adapter_model.safetensors expands to over {max_bytes} bytes")
-        if found["adapter_config.json"].file_size > 1 << 20:
-            raise LoraFileError("adapter_config.json is over 1 MiB")
-        try:
-            config = json.loads(zf.read(found["adapter_config.json"]))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise LoraFileError("adapter_config.json is not JSON") from None
-        if not isinstance(config, dict):
-            raise LoraFileError("adapter_config.json is not a JSON object")
-        return zf.read(found["adapter_model.safetensors"]), config

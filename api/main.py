@@ -13,13 +13,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from api.db_retry import RetryOnDisconnect
-from api.enqueue import Enqueuer
+from jobqueue.enqueue import Enqueuer
 from api.errors import install_error_handlers, register_server_roots
 from api.limits import BodySizeLimit
 from api.routes import datasets, generations, health, loras, trainings
-from api.settings import Settings, get_settings
+from service.settings import Settings, get_settings
 from db.session import make_sessionmaker
-from db.store import ArtifactStore, LocalStore
+from service.store import ArtifactStore, LocalStore
 
 JSON_BODY_LIMIT = 1 << 20  # every non-upload request: a job spec is a few kB
 

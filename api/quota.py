@@ -1,13 +1,13 @@
 """What one owner may ask of the workers: a bound on active jobs per owner, and on one generation's cost.
 
-Both are settings (api/settings.py); both refuse before anything is written.
+Both are settings (service/settings.py); both refuse before anything is written.
 """
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
-from api.settings import Settings
+from service.settings import Settings
 from db.query import count_active
 
 

@@ -9,6 +9,9 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.presets import PRESETS
+from core.train.config import TrainConfig  # torch-free: the trainer's defaults are the request's
+
 NO_NUL = r"^[^\x00]*$"  # for form fields (PostgreSQL text cannot hold NUL)
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 MAX_SEED = 2**62  # image k uses seed + k: leaves room in a signed 64-bit column
@@ -58,34 +61,45 @@ class DatasetsPublic(Page[DatasetPublic]):
 # ---- trainings ------------------------------------------------------------------------------------------------
 
 class TrainingCreate(Strict):
+    # Every trainer knob here is a core.train.TrainConfig field (request names: core.train.REQUEST_NAMES) with
+    # its default; tests/api/test_training_fields.py fails when a field is added to one side only.
     dataset_id: str = Field(description="id of an uploaded dataset of yours", min_length=1, max_length=64)
     trigger: str = Field(description="trigger phrase put in front of every caption, and used in prompts",
                          min_length=1, max_length=200)
     name: str | None = Field(None, description="name of the job and of its LoRA; default: the trigger",
                              max_length=200)
-    steps: int = Field(2500, ge=1, le=200_000, description="optimizer steps")
-    rank: int = Field(16, ge=1, le=512, description="LoRA rank r")
-    alpha: float = Field(16.0, gt=0, le=4096, description="LoRA alpha; the update is scaled by alpha / rank")
-    learning_rate: float = Field(1e-4, gt=0, le=1e-1, description="AdamW learning rate")
-    resolution: int = Field(1024, ge=32, le=4096, multiple_of=32,
+    steps: int = Field(TrainConfig.steps, ge=1, le=200_000, description="optimizer steps")
+    rank: int = Field(TrainConfig.rank, ge=1, le=512, description="LoRA rank r")
+    alpha: float = Field(TrainConfig.alpha, gt=0, le=4096,
+                         description="LoRA alpha; the update is scaled by alpha / rank")
+    learning_rate: float = Field(TrainConfig.lr, gt=0, le=1e-1, description="AdamW learning rate")
+    resolution: int = Field(TrainConfig.resolution, ge=32, le=4096, multiple_of=32,
                             description="training area is about resolution^2 pixels, aspect kept; multiple of 32 "
                                         "(the model's patch size)")
-    batch_size: int = Field(1, ge=1, le=64, description="images per optimizer step")
-    sample_every: int = Field(500, ge=0, description="steps between preview images; 0 = no previews")
+    batch_size: int = Field(TrainConfig.batch_size, ge=1, le=64, description="images per optimizer step")
+    sample_every: int = Field(TrainConfig.sample_every, ge=0,
+                              description="steps between preview images; 0 = no previews")
     sample_prompts: list[str] = Field(default_factory=list, max_length=8,
                                       description="prompts rendered at every preview (at most 8)")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of noise, timesteps, data order and LoRA init")
-    # Optional knobs of the trainer (core.train.TrainConfig fields of the same name); defaults are the recipe's.
+    seed: int = Field(TrainConfig.seed, ge=0, le=MAX_SEED,
+                      description="seed of noise, timesteps, data order and LoRA init")
+    # Optional knobs of the trainer; defaults are the recipe's.
     checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (resume points); "
                                                                  "default: about 10 per run, at most 500 apart")
-    repeats: int = Field(1, ge=1, le=1000, description="times each image is seen per epoch (small datasets)")
-    flip: bool = Field(False, description="random horizontal flips (leave off for text or asymmetric subjects)")
-    caption_dropout: float = Field(0.0, ge=0, le=1, description="fraction of captions dropped (keeps CFG working)")
-    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="learning-rate schedule after warm-up")
-    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
-    grad_accum: int = Field(1, ge=1, le=64, description="micro-batches accumulated per optimizer step")
-    sample_steps: int = Field(20, ge=1, le=200, description="sampler steps of each preview image")
-    sample_size: int | None = Field(None, ge=32, le=4096, multiple_of=32,
+    repeats: int = Field(TrainConfig.repeats, ge=1, le=1000,
+                         description="times each image is seen per epoch (small datasets)")
+    flip: bool = Field(TrainConfig.flip,
+                       description="random horizontal flips (leave off for text or asymmetric subjects)")
+    caption_dropout: float = Field(TrainConfig.caption_dropout, ge=0, le=1,
+                                   description="fraction of captions dropped (keeps CFG working)")
+    lr_schedule: Literal["constant", "cosine"] = Field(TrainConfig.lr_schedule,
+                                                      description="learning-rate schedule after warm-up")
+    warmup_steps: int = Field(TrainConfig.warmup_steps, ge=0, description="linear learning-rate warm-up steps")
+    grad_accum: int = Field(TrainConfig.grad_accum, ge=1, le=64,
+                            description="micro-batches accumulated per optimizer step")
+    sample_steps: int = Field(TrainConfig.sample_steps, ge=1, le=200,
+                              description="sampler steps of each preview image")
+    sample_size: int | None = Field(TrainConfig.sample_size, ge=32, le=4096, multiple_of=32,
                                     description="preview side in pixels, multiple of 32; default: resolution")
 
     @field_validator("sample_prompts")
@@ -179,7 +193,9 @@ class LorasPublic(Page[LoraPublic]):
 
 # ---- generations ----------------------------------------------------------------------------------------------
 
-PRESET_DEFAULTS = {"full": {"steps": 50, "guidance": 5.0}, "dev": {"steps": 28, "guidance": 0.0}}
+# What a generation request defaults to, per preset: core.presets' values (one owner: the sampler's presets).
+PRESET_DEFAULTS = {name: {"steps": PRESETS[name].steps, "guidance": PRESETS[name].guidance}
+                   for name in ("full", "dev")}
 
 
 class LoraRef(Strict):

@@ -6,7 +6,7 @@ Subscribing happens BEFORE the DB read, so no event between the two is lost. Red
 only delays the stream), and the stream always ends with a final ``snapshot`` read from the DB.
 
 Events: ``snapshot`` (the full public job), then ``progress`` / ``preview`` / ``image`` / ``status`` as the
-worker publishes them (payloads in db/events.py), and ``: keepalive`` comments.
+worker publishes them (payloads in service/events.py), and ``: keepalive`` comments.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from api.deps import close_quietly
 from api.errors import is_disconnect
-from db.events import channel, decode
+from service.events import channel, decode
 from db.models import TERMINAL
 
 log = logging.getLogger(__name__)

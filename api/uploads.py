@@ -12,11 +12,13 @@ Any problem raises UploadError naming the file; the API turns it into a 4xx.
 from __future__ import annotations
 
 import shutil
-import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
+
+from core.data.entry_checks import (is_os_litter, unsafe_name_reason, unsafe_zip_entry_reason,
+                                   zip_over_limits_reason)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp"}
 CAPTION_EXTENSIONS = {".txt"}
@@ -60,11 +62,6 @@ class Staged:
     total_bytes: int = 0
 
 
-def _ignored(name: str) -> bool:
-    # OS litter inside zips (macOS resource forks, .DS_Store, hidden files): skipped, not an error.
-    return any(p == "__MACOSX" or p.startswith(".") for p in PurePosixPath(name).parts)
-
-
 def _kind(name: str) -> str:
     lower = name.lower()
     if PurePosixPath(lower).name == METADATA_NAME:
@@ -81,13 +78,13 @@ def _kind(name: str) -> str:
 def _check_relative_name(name: str) -> str:
     if not name or "\x00" in name or any(ord(c) < 32 for c in name):
         raise UploadError(f"{name!r}: file name is empty or has control characters")
+    # Stricter than what is merely safe (below): names must mean the same on every system.
     if "\\" in name:
         raise UploadError(f"{name}: backslashes are not allowed in file names")
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise UploadError(f"{name}: absolute paths are not allowed")
+    unsafe = unsafe_name_reason(name)
+    if unsafe:
+        raise UploadError(f"{name}: {unsafe} is not allowed")
     parts = PurePosixPath(name).parts
-    if ".." in parts:
-        raise UploadError(f"{name}: '..' in a path is not allowed")
     if any(len(p.encode()) > 255 for p in parts) or len(parts) > 16:
         raise UploadError(f"{name}: path too long")
     return "/".join(p for p in parts if p != ".")
@@ -165,25 +162,22 @@ def _stage_files(files: list[Incoming], dest: Path, limits: UploadLimits) -> Sta
 def _zip_entries(zf: zipfile.ZipFile, limits: UploadLimits) -> list[tuple[zipfile.ZipInfo, str]]:
     """The entries to extract, after checking every one from the central directory (before any decompression)."""
     infos = zf.infolist()
-    if len(infos) > limits.max_files:
-        raise UploadError(f"zip has {len(infos)} entries: at most {limits.max_files}", status=413)
-    total, out, seen = 0, [], set()
+    too_big = zip_over_limits_reason(infos, limits.max_files, limits.max_zip_uncompressed_bytes)
+    if too_big:
+        raise UploadError(f"zip: {too_big}", status=413)
+    out, seen = [], set()
     for info in infos:
         name = _check_relative_name(info.filename.rstrip("/") if info.is_dir() else info.filename)
-        mode = info.external_attr >> 16
-        if stat.S_ISLNK(mode):
-            raise UploadError(f"{info.filename}: links are not allowed in a dataset zip")
-        if info.flag_bits & 0x1:
-            raise UploadError(f"{info.filename}: encrypted zip entries are not supported")
-        if info.is_dir() or _ignored(name):
+        unsafe = unsafe_zip_entry_reason(info)
+        if unsafe:
+            raise UploadError(f"{info.filename}: {unsafe}; a dataset zip may hold no links, encrypted entries "
+                              f"or paths leaving the archive")
+        if info.is_dir() or is_os_litter(name):
             continue
         _kind(name)  # refuses file types outside the allow-list, naming the entry
         if info.file_size > limits.max_file_bytes:
             raise UploadError(f"{name}: {info.file_size} bytes is over the per-file limit of "
                               f"{limits.max_file_bytes}", status=413)
-        total += info.file_size
-        if total > limits.max_zip_uncompressed_bytes:
-            raise UploadError(f"zip expands to more than {limits.max_zip_uncompressed_bytes} bytes", status=413)
         if name.lower() in seen:
             raise UploadError(f"{name}: appears twice in the zip")
         seen.add(name.lower())

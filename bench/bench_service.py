@@ -6,7 +6,7 @@ concurrency, cancel, GPU memory. Wrapper: bench/bench_service.sh (what the `devi
 1. Writes the random full-size checkpoint (core.fullsize: HF shards + index + tokenizer + chat template, and
    the ComfyUI single file) unless --model already holds one.
 2. Times a cold read of the shards (page cache dropped when allowed) and a load onto the GPU.
-3. Starts the embedded service (python -m worker.embedded: SQLite, its own Redis, the API and one worker on
+3. Starts the embedded service (python -m ops.embedded: SQLite, its own Redis, the API and one worker on
    both queues) and, over HTTP: the first 1024^2 image (cold start), steady-state 1024^2 images without and
    with LoRAs, a dataset upload (1024-px PNGs, one zip), a training (--train-steps), 2048^2 with and without
    the trained LoRA, switches between two LoRAs (the trained one and an imported ~90 MB file), 1 / 4 / 8
@@ -81,7 +81,7 @@ class Service:
     def start(self) -> float:
         self.t0 = time.perf_counter()
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "worker.embedded", "--port", self.url.rsplit(":", 1)[1]],
+        self.proc = subprocess.Popen([sys.executable, "-m", "ops.embedded", "--port", self.url.rsplit(":", 1)[1]],
                                      cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         import httpx

@@ -114,8 +114,8 @@ def random_stream(resolution: int, varied: bool = False):
 
 
 def make_trainer(v: Variant, model, tokenizer, device, out_dir: Path):
-    from core.train import TrainConfig, Trainer, _set_peft_input_casting
-    from core.train_data import StreamData
+    from core.train.trainer import TrainConfig, Trainer, _set_peft_input_casting
+    from core.train.data import StreamData
 
     cfg = TrainConfig(model_path="<random>", out_dir=str(out_dir), resolution=v.resolution, steps=10**6,
                       batch_size=v.batch, rank=16, alpha=16.0, lr=1e-4, device=str(device), precision="bf16",
@@ -168,7 +168,7 @@ def measure(v: Variant, spec, tokenizer, device, vocab, steps: int, warmup: int,
     with tempfile.TemporaryDirectory() as tmp:
         trainer = make_trainer(v, model, tokenizer, device, Path(tmp))
         ckpt_used = trainer.checkpointing
-        from core.train_data import Prefetch
+        from core.train.data import Prefetch
 
         # as Trainer.run: batches made ahead on a thread in pinned memory (a pageable host-to-device copy
         # blocks the host until the GPU has drained the previous step, i.e. a sync per step)

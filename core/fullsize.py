@@ -30,6 +30,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from core.atomic_files import atomic_file
 from core.tiny import (TinySpec, build_tokenizer, DEFAULT_WORDS, official_config_dict, tiny_config,
                        _portable_tokenizer_config)
 
@@ -99,22 +100,17 @@ def write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...], torc
         header["__metadata__"] = metadata
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)           # tensor data starts 8-byte aligned
-    tmp = path.with_name(path.name + ".part")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for name, shape, dtype in entries:
-                t = make(name)
-                if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
-                    raise ValueError(f"{name}: made {tuple(t.shape)} {t.dtype}, header says {shape} {dtype}")
-                flat = t.detach().reshape(-1).contiguous().cpu()
-                f.write(flat.view(torch.uint8).numpy().data)
-                del t, flat
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)      # no half-written file under either name
-        raise
+    # no half-written file under either name
+    with atomic_file(path, mode=0o644) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name, shape, dtype in entries:
+            t = make(name)
+            if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+                raise ValueError(f"{name}: made {tuple(t.shape)} {t.dtype}, header says {shape} {dtype}")
+            flat = t.detach().reshape(-1).contiguous().cpu()
+            f.write(flat.view(torch.uint8).numpy().data)
+            del t, flat
     return offset
 
 
@@ -215,7 +211,8 @@ def _main(argv: Iterable[str] | None = None) -> None:
     a = ap.parse_args(argv)
     spec, vocab = (FULL_SPEC, FULL_VOCAB) if a.spec == "full" else (TinySpec(), None)
     r = write_full_checkpoint(a.out, spec=spec, vocab=vocab, shard_gb=a.shard_gb, seed=a.seed, device=a.device)
-    print(f"wrote {r['path']}: {r['bytes'] / 1e9:.2f} GB in {r['shards']} shards, {r['seconds']:.1f} s", flush=True)
+    print(f"wrote {r['path']}: {r['bytes'] / 1e9:.2f} GB in {r['shards']} shards, {r['seconds']:.1f} s",
+          flush=True)
     if a.comfy:
         c = write_comfy_file(a.out, a.comfy)
         print(f"wrote {c['path']}: {c['bytes'] / 1e9:.2f} GB, {c['seconds']:.1f} s", flush=True)

@@ -1,6 +1,6 @@
 """HiDream-O1-Image: the stock transformers Qwen3-VL modules plus the three generation heads.
 
-    from core.model import load_model
+    from core.loading import load_model
     model = load_model("/path/to/HiDream-O1-Image", dtype=torch.bfloat16, device="cuda")
     out = model(input_ids=..., position_ids=..., vinputs=..., timestep=..., token_types=...)   # out.x_pred
 
@@ -147,8 +147,8 @@ def split_attention(module, query, key, value, attention_mask, scaling=None, dro
     elif p.mode == "denoise":
         pk, pv = p.layer_kv if p.layer_kv is not None else p.kv[module.layer_idx]
         # (a prefix made outside autocast may differ in dtype: cast to the step's)
-        out = _sdpa(query, torch.cat([pk.to(key.dtype), key], dim=2), torch.cat([pv.to(value.dtype), value], dim=2),
-                    mask=p.key_mask, scale=scaling)
+        out = _sdpa(query, torch.cat([pk.to(key.dtype), key], dim=2),
+                    torch.cat([pv.to(value.dtype), value], dim=2), mask=p.key_mask, scale=scaling)
     elif p.mode == "dense":
         out = _sdpa(query, key, value, mask=p.dense_mask.to(query.dtype), scale=scaling)
     else:
@@ -478,7 +478,8 @@ def _mark_step_dynamic(hidden, position_embeddings, plan) -> None:
 def run_layer(layer, hidden, position_embeddings, plan, ckpt: bool):
     """One decoder layer, recomputed in backward when `ckpt` (gradient checkpointing)."""
     if ckpt:
-        return checkpoint(layer, hidden, position_embeddings=position_embeddings, o1_plan=plan, use_reentrant=False)
+        return checkpoint(layer, hidden, position_embeddings=position_embeddings, o1_plan=plan,
+                          use_reentrant=False)
     return layer(hidden, position_embeddings=position_embeddings, o1_plan=plan)
 
 
@@ -492,10 +493,3 @@ def _fresh_rotary(m: nn.Module, config: Qwen3VLConfig) -> nn.Module:
             return Qwen3VLVisionRotaryEmbedding(vc)
         except (TypeError, AttributeError):
             return Qwen3VLVisionRotaryEmbedding(vc.hidden_size // vc.num_heads // 2)
-
-
-def load_model(path, dtype=torch.float32, device="cpu", config=None) -> HiDreamO1:
-    """See core.loading.load_model (re-exported here, the name the other parts import)."""
-    from core.loading import load_model as _load
-
-    return _load(path, dtype=dtype, device=device, config=config)

@@ -3,12 +3,21 @@
     from core.presets import PRESETS, snap_resolution
     PRESETS["full"]               # HiDream-O1-Image: UniPC, 50 steps, CFG 5, shift 3, noise 8
     snap_resolution(1000, 600)    # -> (2560, 1440): the official size closest in aspect ratio
+
+Imports no torch: the HTTP API takes its generation defaults from PRESETS.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from core.schedulers import DEV_TIMESTEPS, SCHEDULERS
+# The dev checkpoints were distilled on this fixed list; `set_timesteps(28)` is ignored for them.
+DEV_TIMESTEPS: tuple[int, ...] = (
+    999, 987, 974, 960, 945, 929, 913, 895, 877, 857, 836, 814, 790, 764,
+    737, 707, 675, 640, 602, 560, 515, 464, 409, 347, 278, 199, 110, 8,
+)
+
+# The samplers core.schedulers builds (make_scheduler), by name.
+SCHEDULERS = ("unipc", "flash", "euler")
 
 
 @dataclass(frozen=True)

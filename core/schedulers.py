@@ -21,11 +21,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-# The dev checkpoints were distilled on this fixed list; `set_timesteps(28)` is ignored for them.
-DEV_TIMESTEPS: tuple[int, ...] = (
-    999, 987, 974, 960, 945, 929, 913, 895, 877, 857, 836, 814, 790, 764,
-    737, 707, 675, 640, 602, 560, 515, 464, 409, 347, 278, 199, 110, 8,
-)
+# The dev list and the scheduler names are the presets' data (core.presets imports no torch); built here.
+from core.presets import DEV_TIMESTEPS, SCHEDULERS  # noqa: F401  (re-exported for callers of this module)
+
 NUM_TRAIN_TIMESTEPS = 1000
 
 
@@ -35,7 +33,8 @@ def _shift(sigmas, shift: float):
 
 
 def _sigmas_from_timesteps(timesteps: Sequence[int]) -> torch.Tensor:
-    """sigma = T/1000 in Python float64, stored as float32, with a final 0 (how the pipeline overrides a schedule)."""
+    """sigma = T/1000 in Python float64, stored as float32, with a final 0 (how the pipeline overrides a
+    schedule)."""
     return torch.tensor([int(t) / 1000.0 for t in timesteps] + [0.0], dtype=torch.float32)
 
 
@@ -83,7 +82,8 @@ class FlowUniPC:
 
     @staticmethod
     def _b_coefficients(hh: torch.Tensor, order: int) -> torch.Tensor:
-        """The bh2 right-hand side: b_k = g_k * k! / B(h) with g_1 = phi_1(hh)/hh - 1, g_{k+1} = g_k/hh - 1/(k+1)!."""
+        """The bh2 right-hand side: b_k = g_k * k! / B(h) with g_1 = phi_1(hh)/hh - 1,
+        g_{k+1} = g_k/hh - 1/(k+1)!."""
         b_h = torch.expm1(hh)
         g = torch.expm1(hh) / hh - 1
         fact, out = 1, []
@@ -119,7 +119,8 @@ class FlowUniPC:
         return base - alpha_t * torch.expm1(hh) * (corr + rhos[-1] * (x0_now - m_prev))
 
     def _predict(self, sample: torch.Tensor, order: int) -> torch.Tensor:
-        """UniP: exponential-integrator step to sigma_{i+1}; order 2 adds the finite difference of x0 (rho = 1/2)."""
+        """UniP: exponential-integrator step to sigma_{i+1}; order 2 adds the finite difference of x0
+        (rho = 1/2)."""
         i = self.step_index
         sigma_t, sigma_s = self.sigmas[i + 1], self.sigmas[i]
         alpha_t = 1 - sigma_t  # at the final sigma 0: lambda = +inf, expm1(-inf) = -1, so the result is x0
@@ -161,7 +162,8 @@ class FlashEuler:
     """
 
     def __init__(self, timesteps: Sequence[int] = DEV_TIMESTEPS, s_noise: float | Sequence[float] = 7.5,
-                 noise_clip_std: float = 2.5, generator: torch.Generator | Sequence[torch.Generator] | None = None):
+                 noise_clip_std: float = 2.5,
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None):
         ts = [int(t) for t in timesteps]
         if not ts or any(not 0 < t <= NUM_TRAIN_TIMESTEPS for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
             raise ValueError(f"timesteps must be strictly decreasing integers in (0, 1000], got {list(timesteps)}")
@@ -198,7 +200,8 @@ class FlashEuler:
             out.append(r.clamp(min=-c, max=c))
         return out[0] if len(out) == 1 else torch.cat(out)
 
-    def step(self, model_output: torch.Tensor, sample: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def step(self, model_output: torch.Tensor, sample: torch.Tensor,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
         i = self.step_index
         if i >= len(self.timesteps):
             raise RuntimeError(f"FlashEuler: all {len(self.timesteps)} steps are done")
@@ -246,7 +249,6 @@ class FlowMatchEuler:
         return self._impl.step(model_output, t, sample, return_dict=False)[0]
 
 
-SCHEDULERS = ("unipc", "flash", "euler")
 
 
 def make_scheduler(name: str, *, steps: int, shift: float = 3.0, timesteps: Sequence[int] | None = None,

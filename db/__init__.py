@@ -1,11 +1,11 @@
-"""Database layer shared by api/ and worker/: models, sessions, data access, artifact store, live events.
+"""The database, shared by api/, jobqueue/ and worker/: models, sessions, migrations, data access.
 
 No torch, no FastAPI, no Celery here. Every data-access function takes the Session first and keyword-only
 arguments after it; every state transition is ONE conditional UPDATE and commits itself, returning whether it
 happened (False = the row was not in the expected state / this worker does not own it).
 
-Settings (api/settings.py, the only place env is read):
-    from api.settings import get_settings; s = get_settings()
+Settings (service/settings.py, the only place env is read):
+    from service.settings import get_settings; s = get_settings()
     s.resolved_database_url  s.broker_url  s.resolved_redis_url  s.resolved_artifact_dir  s.model_path
     s.data_dir  s.heartbeat_timeout_s
 
@@ -38,11 +38,11 @@ Training (db/training.py):
     queued_unsent_trainings(s, *, sent_before) -> list[TrainingJob]       # sent (or, never sent, created) before
     revoke_api_keys(s, *, owner_id, prefix) -> int   (db/owners.py; also create_owner, create_api_key, owner_for_key)
 
-Generations (db/generations.py): the same shape with generation_id=:
+Generations (db/generations.py): the same shape, also job_id=:
     create_generation, get_generation, list_generations, mark_generation_enqueued, claim_generation,
-    take_over_stale_generation, record_generation_progress(s, *, generation_id, worker_id, step),
-    add_generation_image(s, *, generation_id, index, storage_key, width, height, seed),
-    finish_generation, fail_generation(s, *, generation_id, worker_id, error), stale_running_generations,
+    take_over_stale_generation, record_generation_progress(s, *, job_id, worker_id, step),
+    add_generation_image(s, *, job_id, index, storage_key, width, height, seed),
+    finish_generation, fail_generation(s, *, job_id, worker_id, error), stale_running_generations,
     requeue_stale_generation, queued_unsent_generations
     cancel_generation(s, *, job_id, owner_id) -> "canceled" | "cancel_requested" | None
     is_generation_cancel_requested(s, *, job_id) -> bool
@@ -56,18 +56,19 @@ Datasets / LoRAs (db/datasets.py, db/loras.py): create_*, get_*, list_*, delete_
     Dataset.storage_prefix: the store prefix of its files (images + same-name .txt captions, sub-folders kept).
     Lora.peft_prefix (PEFT folder in the store), Lora.comfyui_key (one safetensors), Lora.original_key (import).
 
-Artifact store (db/store.py):  store = LocalStore(settings.resolved_artifact_dir)
+Beside the database, in service/ (not db/: they hold no rows):
+Artifact store (service/store.py):  store = LocalStore(settings.resolved_artifact_dir)
     put_bytes(key, data), put_file(key, path), put_stream(key, chunks), put_dir(prefix, dir) -> keys,
     open(key) -> BinaryIO, exists(key), size(key), list(prefix), delete_prefix(prefix),
     local_path(key) -> Path | None, fetch_dir(prefix, dest) -> Path (a local folder with those files)
     Keys used: datasets/<id>/..., loras/<id>/{original.*, lora.safetensors, peft/...} (imports); the worker
     chooses its own under trainings/<id>/ and generations/<id>/
 
-Live events (db/events.py): channel(kind, job_id); publish(redis_client, *, kind, job_id, type, data)
+Live events (service/events.py): channel(kind, job_id); publish(redis_client, *, kind, job_id, type, data)
     kind: "training" | "generation"; type: "progress" | "preview" | "status" | "image" (payloads in the module).
 
-Job messages: the API sends celery_app.send_task("o1lora.train", args=[job_id], queue="train") and
-    ("o1lora.generate", args=[generation_id], queue="generate") after the row is committed (in a background task
-    after the response), then mark_*_enqueued. A failed send leaves enqueued_at NULL for the reconciler.
+Job messages (jobqueue/): the kinds table names each kind's task, queue and row functions; the one path,
+    jobqueue.enqueue.enqueue(s, kind, job_id), sends ("o1lora.train" | "o1lora.generate", args=[job_id]) after
+    the row is committed (the API: in a background task after the response), then mark_*_enqueued. A failed send leaves enqueued_at NULL for the reconciler.
 Which file a worker loads for a Lora row: comfyui_key if set, else peft_prefix (a PEFT folder), else original_key.
 """

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database-url", default=None, help="default: the settings' database")
     args = ap.parse_args(argv)
     if args.database_url is None:
-        from api.settings import get_settings
+        from service.settings import get_settings
         args.database_url = get_settings().resolved_database_url
     with make_sessionmaker(args.database_url)() as session:
         if args.new_key or args.revoke:

@@ -3,7 +3,7 @@
 queued -> running (claim_generation) -> succeeded (finish_generation) | failed (fail_generation)
 | canceled (cancel_generation while queued, or mark_generation_canceled after a cooperative stop).
 Images are recorded one by one (add_generation_image) so a client sees them as they come.
-New functions take job_id= like every other job function (issue 9 renames the older generation_id= ones).
+Every function takes job_id= like the trainings' ones (the reconciler and the worker treat both kinds alike).
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def create_generation(session: Session, *, owner_id: str, prompt: str, params: d
     return gen
 
 
-def get_generation(session: Session, *, generation_id: str, owner_id: str | None = None) -> Generation | None:
-    return owned_row(session, Generation, generation_id, owner_id)
+def get_generation(session: Session, *, job_id: str, owner_id: str | None = None) -> Generation | None:
+    return owned_row(session, Generation, job_id, owner_id)
 
 
 def list_generations(session: Session, *, owner_id: str, status: str | None = None, limit: int = 20,
@@ -37,53 +37,53 @@ def list_generations(session: Session, *, owner_id: str, status: str | None = No
                       where=[Generation.status == status] if status else [])
 
 
-def mark_generation_enqueued(session: Session, *, generation_id: str, celery_task_id: str | None) -> bool:
-    return jobs.mark_enqueued(session, Generation, job_id=generation_id, celery_task_id=celery_task_id)
+def mark_generation_enqueued(session: Session, *, job_id: str, celery_task_id: str | None) -> bool:
+    return jobs.mark_enqueued(session, Generation, job_id=job_id, celery_task_id=celery_task_id)
 
 
-def claim_generation(session: Session, *, generation_id: str, worker_id: str) -> bool:
+def claim_generation(session: Session, *, job_id: str, worker_id: str) -> bool:
     # A queued generation with a cancel request is never started.
-    return jobs.claim(session, Generation, job_id=generation_id, worker_id=worker_id,
+    return jobs.claim(session, Generation, job_id=job_id, worker_id=worker_id,
                       where=[Generation.cancel_requested.is_(False)])
 
 
-def take_over_stale_generation(session: Session, *, generation_id: str, worker_id: str,
+def take_over_stale_generation(session: Session, *, job_id: str, worker_id: str,
                                stale_before: datetime) -> bool:
-    return jobs.take_over_stale(session, Generation, job_id=generation_id, worker_id=worker_id,
+    return jobs.take_over_stale(session, Generation, job_id=job_id, worker_id=worker_id,
                                 stale_before=stale_before)
 
 
-def record_generation_progress(session: Session, *, generation_id: str, worker_id: str, step: int) -> bool:
-    return jobs.heartbeat(session, Generation, job_id=generation_id, worker_id=worker_id, step=step)
+def record_generation_progress(session: Session, *, job_id: str, worker_id: str, step: int) -> bool:
+    return jobs.heartbeat(session, Generation, job_id=job_id, worker_id=worker_id, step=step)
 
 
-def add_generation_image(session: Session, *, generation_id: str, index: int, storage_key: str, width: int,
+def add_generation_image(session: Session, *, job_id: str, index: int, storage_key: str, width: int,
                          height: int, seed: int) -> GenerationImage:
     """Record one finished image; a repeat of (generation, index) after a retry replaces the earlier one."""
-    image = session.scalar(select(GenerationImage).where(GenerationImage.generation_id == generation_id,
+    image = session.scalar(select(GenerationImage).where(GenerationImage.generation_id == job_id,
                                                          GenerationImage.index == index))
     if image is None:
-        image = GenerationImage(generation_id=generation_id, index=index)
+        image = GenerationImage(generation_id=job_id, index=index)
         session.add(image)
     image.storage_key, image.width, image.height, image.seed = storage_key, width, height, seed
     session.commit()
     return image
 
 
-def finish_generation(session: Session, *, generation_id: str, worker_id: str) -> bool:
+def finish_generation(session: Session, *, job_id: str, worker_id: str) -> bool:
     """running -> succeeded; progress reads total_steps of total_steps."""
-    if not jobs.finish(session, Generation, job_id=generation_id, worker_id=worker_id, status="succeeded",
+    if not jobs.finish(session, Generation, job_id=job_id, worker_id=worker_id, status="succeeded",
                        commit=False):
         session.rollback()
         return False
-    session.execute(update(Generation).where(Generation.id == generation_id)
+    session.execute(update(Generation).where(Generation.id == job_id)
                     .values(step=Generation.total_steps).execution_options(synchronize_session=False))
     session.commit()
     return True
 
 
-def fail_generation(session: Session, *, generation_id: str, worker_id: str, error: str) -> bool:
-    return jobs.finish(session, Generation, job_id=generation_id, worker_id=worker_id, status="failed",
+def fail_generation(session: Session, *, job_id: str, worker_id: str, error: str) -> bool:
+    return jobs.finish(session, Generation, job_id=job_id, worker_id=worker_id, status="failed",
                        error=error)
 
 
@@ -91,8 +91,8 @@ def stale_running_generations(session: Session, *, stale_before: datetime) -> li
     return jobs.stale_running(session, Generation, stale_before=stale_before)
 
 
-def requeue_stale_generation(session: Session, *, generation_id: str, stale_before: datetime) -> bool:
-    return jobs.requeue_stale(session, Generation, job_id=generation_id, stale_before=stale_before)
+def requeue_stale_generation(session: Session, *, job_id: str, stale_before: datetime) -> bool:
+    return jobs.requeue_stale(session, Generation, job_id=job_id, stale_before=stale_before)
 
 
 def queued_unsent_generations(session: Session, *, sent_before: datetime) -> list[Generation]:

@@ -28,7 +28,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1:
         target = sys.argv[1]
     else:
-        from api.settings import get_settings
+        from service.settings import get_settings
         target = get_settings().resolved_database_url
     upgrade(target)
     print(f"database at head: {target.split('@')[-1]}")

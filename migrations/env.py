@@ -1,7 +1,7 @@
 """Alembic environment: one migration history for SQLite and PostgreSQL.
 
 URL, first found: ``-x url=...``, ``config.attributes["url"]`` (db.migrate.upgrade), ``sqlalchemy.url`` in the
-ini, then api.settings. render_as_batch lets ALTERs run on SQLite (copy-and-move of the table).
+ini, then service.settings. render_as_batch lets ALTERs run on SQLite (copy-and-move of the table).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _url() -> str:
         or config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from api.settings import get_settings
+    from service.settings import get_settings
     return get_settings().resolved_database_url
 
 

@@ -1,1 +1,1 @@
-"""Celery workers (train, generate), the reconciler and the embedded launcher; see docs/architecture.md."""
+"""The job runners: Celery tasks (train, generate), runs, the reconciler and DDP ranks; see docs/architecture.md."""

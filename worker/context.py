@@ -13,14 +13,16 @@ from functools import cached_property
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.settings import Settings, get_settings
+from service.settings import Settings, get_settings
 from db.session import make_sessionmaker
-from db.store import ArtifactStore, LocalStore
+from service.store import ArtifactStore, LocalStore
 
 
 @dataclass
 class WorkerContext:
     settings: Settings
+    # The worker id to act as: set in the processes of a multi-GPU job, which act for the worker that claimed it.
+    claimed_by: str | None = None
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
@@ -38,6 +40,8 @@ class WorkerContext:
     @cached_property
     def worker_id(self) -> str:
         """Owner tag written on claimed rows: host and pid, so a log line names the process."""
+        if self.claimed_by is not None:
+            return self.claimed_by
         return f"{socket.gethostname()}:{os.getpid()}"
 
     def close(self) -> None:

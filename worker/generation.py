@@ -18,7 +18,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from db import jobs
 from db.generations import (add_generation_image, add_generation_warnings, fail_generation, finish_generation,
                             is_generation_cancel_requested, mark_generation_canceled, record_generation_progress)
 from db.loras import get_lora
@@ -27,7 +26,7 @@ from worker.context import WorkerContext, ctx
 from worker.memory_plan import check_generation, out_of_memory_message
 from worker.model_host import ModelHost, parse_sizes
 from worker.pacing import Every, Heartbeat
-from worker.runs import TimeLimitExceeded, db_call, local_dir, local_file, publish, short_error, take
+from worker.runs import TimeLimitExceeded, db_call, hand_back, local_dir, local_file, publish, short_error, take
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +77,10 @@ def consumed_queues(consumer) -> set[str]:
 
 def start_warm_up(consumer=None) -> threading.Thread | None:
     """warm_up in a daemon thread when this worker consumes the generate queue and sizes are configured."""
-    from worker.celery_app import GENERATE_QUEUE
+    from jobqueue.kinds import GENERATION
     queues = consumed_queues(consumer)  # empty when not started by Celery: then assume it serves generations
     c = ctx()
-    if (queues and GENERATE_QUEUE not in queues) or not warmup_sizes(c, host(c)):
+    if (queues and GENERATION.queue not in queues) or not warmup_sizes(c, host(c)):
         return None
 
     def run():
@@ -114,7 +113,7 @@ def lora_path(c: WorkerContext, lora_id: str, owner_id: str):
 
 
 def worker_shutting_down() -> bool:
-    from worker.training import worker_shutting_down as shutting_down  # the trainings' own test, reused
+    from worker.stop_signals import worker_shutting_down as shutting_down  # the trainings' own test, reused
     return shutting_down()
 
 
@@ -140,15 +139,15 @@ class _AllStopped(Exception):
     """Every row of the batch was canceled or lost: nothing left to compute."""
 
 
-def run_generation(generation_id: str, c: WorkerContext | None = None) -> str:
+def run_generation(job_id: str, c: WorkerContext | None = None) -> str:
     """Run the generation if this worker should (see worker.runs.take); returns what happened to it."""
     c = c or ctx()
-    taken = take(c, "generation", generation_id)
+    taken = take(c, "generation", job_id)
     if not taken.runs:
         return taken.outcome
     from worker.generation_batch import join_batch
     rows = [taken.job] + join_batch(c, taken.job)
-    return run_rows(c, rows)[generation_id]
+    return run_rows(c, rows)[job_id]
 
 
 def missing_images(c: WorkerContext, gen: Generation) -> list[int]:
@@ -167,7 +166,7 @@ def run_rows(c: WorkerContext, gens: list[Generation]) -> dict[str, str]:
     def beat() -> bool:
         with c.sessions() as s:
             for r in rows:
-                if r.active and not record_generation_progress(s, generation_id=r.gen.id, worker_id=c.worker_id,
+                if r.active and not record_generation_progress(s, job_id=r.gen.id, worker_id=c.worker_id,
                                                                step=r.progress) and r.end is None:
                     r.end = "lost"  # (a row that just finished also fails this write: its end is set first)
         return any(r.active for r in rows)
@@ -176,12 +175,9 @@ def run_rows(c: WorkerContext, gens: list[Generation]) -> dict[str, str]:
         with Heartbeat(beat, c.heartbeat_interval_s, lambda e: log.warning("heartbeat: %s", e)):
             _generate(c, rows)
     except _HandBack:
-        from worker.dispatch import enqueue
         for r in rows:
             if r.active:
-                with c.sessions() as s:
-                    if jobs.hand_back(s, Generation, job_id=r.gen.id, worker_id=c.worker_id):
-                        enqueue(s, "generation", r.gen.id)
+                hand_back(c, "generation", r.gen.id)
                 log.info("generation %s: worker shutting down; handed back to the queue", r.gen.id)
                 r.end = "requeued"
     except _AllStopped:
@@ -204,7 +200,7 @@ def run_rows(c: WorkerContext, gens: list[Generation]) -> dict[str, str]:
 
 def _fail(c: WorkerContext, r: Row, error: str) -> None:
     r.end = "failed"  # before the write: the heartbeat thread then leaves the row alone
-    db_call(c, lambda s: fail_generation(s, generation_id=r.gen.id, worker_id=c.worker_id, error=error),
+    db_call(c, lambda s: fail_generation(s, job_id=r.gen.id, worker_id=c.worker_id, error=error),
             what=f"generation {r.gen.id}: failed")
     publish(c, "generation", r.gen.id, "status", {"status": "failed", "error": error})
 
@@ -295,7 +291,7 @@ def _write_progress(c: WorkerContext, rows: list[Row]) -> None:
     """Progress of every running row, and each one's cancel flag (both at most every progress_interval_s)."""
     # Through db_call: a database blip pauses the batch, it never fails it (a heartbeat write is idempotent).
     def write(s, r):
-        if not record_generation_progress(s, generation_id=r.gen.id, worker_id=c.worker_id, step=r.progress):
+        if not record_generation_progress(s, job_id=r.gen.id, worker_id=c.worker_id, step=r.progress):
             return "lost"
         return "canceled" if is_generation_cancel_requested(s, job_id=r.gen.id) else None
 
@@ -312,7 +308,7 @@ def _store(c: WorkerContext, gen: Generation, index: int, image, seed: int) -> N
     image.save(buf, format="PNG")
     key = f"generations/{gen.id}/{index}.png"
     c.store.put_bytes(key, buf.getvalue())
-    db_call(c, lambda s: add_generation_image(s, generation_id=gen.id, index=index, storage_key=key,
+    db_call(c, lambda s: add_generation_image(s, job_id=gen.id, index=index, storage_key=key,
                                               width=image.width, height=image.height, seed=seed),
             what=f"generation {gen.id}: image {index}")
     publish(c, "generation", gen.id, "image", {"index": index, "url": image_url(gen.id, index)})
@@ -332,7 +328,7 @@ def _finish(c: WorkerContext, rows: list[Row]) -> None:
 def _finished(s, job_id: str, worker_id: str) -> bool:
     """running -> succeeded; on a retry whose first COMMIT landed before the connection broke, the row already
     says succeeded by this worker, which counts as done."""
-    if finish_generation(s, generation_id=job_id, worker_id=worker_id):
+    if finish_generation(s, job_id=job_id, worker_id=worker_id):
         return True
     row = s.get(Generation, job_id)
     return row is not None and row.status == "succeeded" and row.worker_id == worker_id

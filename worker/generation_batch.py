@@ -53,10 +53,10 @@ def join_batch(c: WorkerContext, lead: Generation, clock=time.monotonic) -> list
                 if gen.id in seen or int(gen.num_images) > room or batch_key(gen) != key:
                     continue
                 seen.add(gen.id)
-                if not claim_generation(s, generation_id=gen.id, worker_id=c.worker_id):
+                if not claim_generation(s, job_id=gen.id, worker_id=c.worker_id):
                     continue  # another worker was first
                 s.expire(gen)          # this row only: an expire_all would detach the rows joined before it
-                gen = get_generation(s, generation_id=gen.id)
+                gen = get_generation(s, job_id=gen.id)
                 joined.append(gen)
                 room -= int(gen.num_images)
                 log.info("generation %s: joins the batch of %s (attempt %d)", gen.id, lead.id, gen.attempt)

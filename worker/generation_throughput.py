@@ -44,7 +44,7 @@ def throughput(host: ModelHost, n: int, width: int, height: int, steps: int = 50
 
 
 def main(argv=None) -> list[dict]:
-    from api.settings import get_settings
+    from service.settings import get_settings
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--size", default="1024x1024")

@@ -21,33 +21,20 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from db.generations import queued_unsent_generations, requeue_stale_generation, stale_running_generations
 from db.models import utcnow
-from db.training import queued_unsent_trainings, requeue_stale_training, stale_running_trainings
+from jobqueue.enqueue import enqueue
+from jobqueue.kinds import KINDS
 from worker.context import WorkerContext, ctx
 from worker.db_retry import first_line, is_transient
-from worker.dispatch import enqueue, waiting_job_ids
+from worker.dispatch import waiting_job_ids
 
 log = logging.getLogger(__name__)
-
-KINDS = {
-    "training": (stale_running_trainings, requeue_stale_training, queued_unsent_trainings),
-    "generation": (stale_running_generations, requeue_stale_generation, queued_unsent_generations),
-}
-
 
 @dataclass
 class Pass:
     resumed: list[str] = field(default_factory=list)   # running with a dead heartbeat -> queued + sent
     resent: list[str] = field(default_factory=list)    # queued without a waiting message -> sent
     skipped: bool = False                               # another process holds the lock
-
-
-def _requeue(kind: str, session, job_id: str, stale_before: datetime) -> bool:
-    requeue = KINDS[kind][1]
-    if kind == "training":
-        return requeue(session, job_id=job_id, stale_before=stale_before)
-    return requeue(session, generation_id=job_id, stale_before=stale_before)
 
 
 def reconcile_once(c: WorkerContext | None = None, now: datetime | None = None, use_lock: bool = True) -> Pass:
@@ -61,15 +48,15 @@ def reconcile_once(c: WorkerContext | None = None, now: datetime | None = None, 
         return done
     timeout = timedelta(seconds=c.settings.heartbeat_timeout_s)
     with c.sessions() as s:
-        for kind, (stale_running, _, queued_unsent) in KINDS.items():
-            for job in stale_running(s, stale_before=now - timeout):
-                if _requeue(kind, s, job.id, now - timeout):
+        for kind, k in KINDS.items():
+            for job in k.stale_running(s, stale_before=now - timeout):
+                if k.requeue_stale(s, job_id=job.id, stale_before=now - timeout):
                     enqueue(s, kind, job.id)
                     done.resumed.append(job.id)
                     log.warning("%s %s: worker %s stopped beating at %s; re-queued for resume",
                                 kind, job.id, job.worker_id, job.heartbeat_at)
             waiting = waiting_job_ids(kind)
-            for job in queued_unsent(s, sent_before=now - timeout):
+            for job in k.queued_unsent(s, sent_before=now - timeout):
                 if job.id in waiting or job.id in done.resumed:
                     continue  # its message is in the queue, behind other jobs: nothing is lost
                 enqueue(s, kind, job.id)

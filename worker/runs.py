@@ -18,17 +18,18 @@ from typing import Any, Callable, Literal, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from db import events, jobs
-from db.generations import claim_generation, get_generation, take_over_stale_generation
+from db import jobs
 from db.models import TERMINAL, Generation, TrainingJob, utcnow
-from db.training import cancel_queued_on_request, claim_training, get_training, take_over_stale_training
+from db.training import cancel_queued_on_request
+from service import events
+from jobqueue.enqueue import enqueue
+from jobqueue.kinds import Kind, kind_of
 from worker.context import WorkerContext
 from worker.db_retry import DatabaseOutage, first_line, is_transient, retrying
 from worker.pacing import Heartbeat
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["training", "generation"]
 Outcome = Literal["claimed", "taken_over", "finished", "busy", "missing", "canceled", "handed_back"]
 T = TypeVar("T")
 
@@ -63,7 +64,7 @@ def db_call(c: WorkerContext, fn: Callable[[Session], T], *, what: str, limit_s:
 
 
 def _row(s: Session, kind: Kind, job_id: str):
-    return get_training(s, job_id=job_id) if kind == "training" else get_generation(s, generation_id=job_id)
+    return kind_of(kind).get(s, job_id=job_id)
 
 
 def take(c: WorkerContext, kind: Kind, job_id: str) -> Taken:
@@ -82,13 +83,12 @@ def take(c: WorkerContext, kind: Kind, job_id: str) -> Taken:
         db_call(c, lambda s: cancel_queued_on_request(s, job_id=job_id), what=where)
         publish(c, kind, job_id, "status", {"status": "canceled"})
         return Taken("canceled", job)
-    key = {"job_id": job_id} if training else {"generation_id": job_id}
     if job.status == "queued":
-        transition = claim_training if training else claim_generation
+        transition = kind_of(kind).claim
         extra: dict = {}
         outcome: Outcome = "claimed"
     else:
-        transition = take_over_stale_training if training else take_over_stale_generation
+        transition = kind_of(kind).take_over_stale
         extra = {"stale_before": stale_before}
         outcome = "taken_over"
     tried = [False]
@@ -101,7 +101,7 @@ def take(c: WorkerContext, kind: Kind, job_id: str) -> Taken:
             if row is not None and row.status == "running" and row.worker_id == c.worker_id:
                 return True
         tried[0] = True
-        return transition(s, **key, worker_id=c.worker_id, **extra)
+        return transition(s, job_id=job_id, worker_id=c.worker_id, **extra)
 
     if not db_call(c, claim, what=where):
         return Taken("busy", job)
@@ -122,8 +122,7 @@ def hand_back(c: WorkerContext, kind: Kind, job_id: str) -> bool:
     """running (owned by this worker) -> queued, and its message sent again at once (a warm shutdown, or a
     claim this worker cannot go on with). False when the row was not ours to hand back, or could not be
     written (the reconciler then resumes it after the heartbeat timeout)."""
-    from worker.dispatch import enqueue
-    model = TrainingJob if kind == "training" else Generation
+    model = kind_of(kind).model
     try:
         if not db_call(c, lambda s: jobs.hand_back(s, model, job_id=job_id, worker_id=c.worker_id),
                        what=f"{kind} {job_id}: hand back"):

@@ -11,13 +11,14 @@ import logging
 from celery.signals import worker_ready, worker_shutting_down
 
 from worker import reconciler
-from worker.celery_app import GENERATE_TASK, TRAIN_TASK, app
+from jobqueue.celery_app import app
+from jobqueue.kinds import GENERATION, TRAINING
 
 log = logging.getLogger(__name__)
 _reconciler_stop = None
 
 
-@app.task(name=TRAIN_TASK, ignore_result=True)
+@app.task(name=TRAINING.task, ignore_result=True)
 def train(job_id: str) -> str:
     from worker.training import run_training
     outcome = run_training(job_id)
@@ -25,11 +26,11 @@ def train(job_id: str) -> str:
     return outcome
 
 
-@app.task(name=GENERATE_TASK, ignore_result=True)
-def generate(generation_id: str) -> str:
+@app.task(name=GENERATION.task, ignore_result=True)
+def generate(job_id: str) -> str:
     from worker.generation import run_generation
-    outcome = run_generation(generation_id)
-    log.info("generation %s: %s", generation_id, outcome)
+    outcome = run_generation(job_id)
+    log.info("generation %s: %s", job_id, outcome)
     return outcome
 
 

@@ -1,9 +1,10 @@
 """One training job on several GPUs of this host: PyTorch DDP, one process per GPU, started by torchrun.
 
     # started by worker.training when train_processes (or the number of visible GPUs) is above 1:
-    python -m torch.distributed.run --standalone --nproc_per_node N -m worker.train_ranks JOB_ID OWNER
+    python -m torch.distributed.run --standalone --nproc_per_node N -m worker.rank_entry JOB_ID OWNER
 
-The Celery task has already claimed the job as OWNER (its worker id). Rank 0 runs it as that owner, exactly
+This module is the worker's side (start torchrun, wait, pass a shutdown on); worker.rank_entry is what each
+process runs. The Celery task has already claimed the job as OWNER (its worker id). Rank 0 runs it as that owner, exactly
 like a one-process job (heartbeat, throttled progress, cancel, checkpoints in the store, the final state);
 the other ranks only train (core.train runs no callbacks there, shards the batches and broadcasts rank 0's
 stop decision). The worker process waits for torchrun, passes a warm shutdown on as SIGTERM, and fails the
@@ -17,14 +18,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
-from api.settings import Settings, get_settings
+from service.settings import Settings
 from db.training import fail_training, get_training
 from worker.context import WorkerContext
 from worker.runs import publish
-from worker import training
+from worker.stop_signals import worker_shutting_down
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def run_ranks(c: WorkerContext, job, ranks: int) -> str:
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{job.id}-attempt-{job.attempt}.log"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
-           "-m", "worker.train_ranks", job.id, c.worker_id]
+           "-m", "worker.rank_entry", job.id, c.worker_id]
     env = {**os.environ, **settings_env(c.settings)}
     log.info("training %s: %d processes (log %s)", job.id, ranks, log_path)
     with open(log_path, "ab") as out:
@@ -58,7 +58,7 @@ def run_ranks(c: WorkerContext, job, ranks: int) -> str:
                                 preexec_fn=_die_with_parent)
         passed_on = False
         while proc.poll() is None:
-            if not passed_on and training.worker_shutting_down():
+            if not passed_on and worker_shutting_down():
                 proc.send_signal(signal.SIGTERM)   # rank 0 stops at its next step and re-queues the job
                 passed_on = True
             time.sleep(0.5)
@@ -71,30 +71,3 @@ def run_ranks(c: WorkerContext, job, ranks: int) -> str:
                 publish(c, "training", job.id, "status", {"status": "failed", "error": error})
             return "failed"
         return "requeued" if row.status == "queued" else row.status
-
-
-class _NoHeartbeat:
-    """What the ranks other than 0 pass for the heartbeat: they never own the row."""
-    lost = threading.Event()
-
-
-def main(argv: list[str]) -> int:
-    job_id, owner = argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s rank" + os.environ.get("RANK", "0")
-                        + " %(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, lambda *_: training.terminate_requested.set())
-    c = WorkerContext(get_settings())
-    c.__dict__["worker_id"] = owner          # act as the worker that claimed the job
-    with c.sessions() as s:
-        job = get_training(s, job_id=job_id)
-    if training.is_main_rank():
-        outcome = training.run_owned(c, job)
-        print(f"training {job_id}: {outcome}", flush=True)
-        # A failed or lost run exits non-zero so torchrun stops ranks that may be waiting in a collective.
-        return 0 if outcome in ("succeeded", "canceled", "requeued") else 1
-    training._train(c, job, _NoHeartbeat())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -18,7 +18,7 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from sqlalchemy import select
@@ -28,15 +28,14 @@ from db.models import Lora, TrainingJob
 from db.training import (add_preview, fail_training, finish_training, heartbeat_training, is_cancel_requested,
                          mark_training_canceled, record_checkpoint, record_progress)
 from worker.context import WorkerContext, ctx
+from worker.stop_signals import is_main_rank, terminate_requested, worker_shutting_down  # noqa: F401 (re-exported)
 from worker import memory_plan
 from worker.memory_plan import GIB, MemoryPlanError, ModelShape, out_of_memory_message, plan_training
+from worker.off_thread import OffThread
 from worker.pacing import Every, Heartbeat
 from worker.runs import JobLost, db_call, hand_back, local_dir, publish, run_with_heartbeat, take
 
 log = logging.getLogger(__name__)
-
-# API parameter name -> TrainConfig field, where they differ.
-RENAMED = {"learning_rate": "lr"}
 
 
 def preview_url(job_id: str, step: int, index: int) -> str:
@@ -51,35 +50,16 @@ def checkpoint_every(params: dict, steps: int) -> int:
 # Set when the memory plan released the generation model mid-setup (reloaded after the training).
 _released_when_needed = threading.Event()
 
-# Set by SIGTERM in the processes of a multi-GPU job (worker/train_ranks.py), which have no Celery state.
-terminate_requested = threading.Event()
-
-
-def worker_shutting_down() -> bool:
-    """True once this worker got a warm-shutdown request (SIGTERM): stop at the step boundary."""
-    if terminate_requested.is_set():
-        return True
-    try:
-        from celery.worker import state
-    except ImportError:
-        return False
-    return state.should_stop is not None or state.should_terminate is not None
-
-
 def train_config(c: WorkerContext, job: TrainingJob, data_dir: Path, out_dir: Path, resume: Path | None):
     from core.train import TrainConfig
-    known = {f.name for f in fields(TrainConfig)}
-    kw = {}
-    for name, value in job.params.items():
-        name = RENAMED.get(name, name)
-        if name in known:
-            kw[name] = tuple(value) if isinstance(value, list) else value
-    kw.update(model_path=str(c.settings.model_path), data_dir=str(data_dir), out_dir=str(out_dir),
-              trigger=job.trigger, steps=job.total_steps,
-              checkpoint_every=checkpoint_every(job.params, job.total_steps),
-              keep_checkpoints=2, resume=str(resume) if resume else None,
-              base_model_name=c.settings.model_path.name)
-    return TrainConfig(**kw)
+    # dataset_id and name are the job's (the row holds them); every other request key must be a trainer knob.
+    return TrainConfig.from_request(
+        job.params, not_training=("dataset_id", "name"),
+        model_path=str(c.settings.model_path), data_dir=str(data_dir), out_dir=str(out_dir),
+        trigger=job.trigger, steps=job.total_steps,
+        checkpoint_every=checkpoint_every(job.params, job.total_steps),
+        keep_checkpoints=2, resume=str(resume) if resume else None,
+        base_model_name=c.settings.model_path.name)
 
 
 def run_training(job_id: str, c: WorkerContext | None = None) -> str:
@@ -198,180 +178,175 @@ def fit_to_gpu(c: WorkerContext, job: TrainingJob, cfg):
     return replace(cfg, gradient_checkpointing=p.checkpointing)
 
 
-def is_main_rank() -> bool:
-    """False in the extra processes of a multi-GPU job (torchrun's RANK > 0): they train, rank 0 reports."""
-    return int(os.environ.get("RANK", "0")) == 0
+class _NoHeartbeat:
+    """The heartbeat of the ranks other than 0 of a multi-GPU job: they never own the row, so never lose it."""
+    lost = threading.Event()
+
+
+NO_HEARTBEAT = _NoHeartbeat()
 
 
 def run_owned(c: WorkerContext, job: TrainingJob) -> str:
     """Train a job this worker already owns: heartbeat, the trainer, and the row's final state."""
     return run_with_heartbeat(
-        c, "training", job.id, beat=lambda: _beat(c, job.id), body=lambda hb: _train(c, job, hb),
+        c, "training", job.id, beat=lambda: _beat(c, job.id), body=lambda hb: TrainingRun(c, job, hb).run(),
         fail=lambda s, error: fail_training(s, job_id=job.id, worker_id=c.worker_id, error=error))
 
 
-def _train(c: WorkerContext, job: TrainingJob, hb: Heartbeat) -> str:
-    from core.train import TrainCallbacks, train
+class TrainingRun:
+    """This process's part of one attempt of a training job its worker owns: the data and config, the core
+    trainer, and the trainer's callbacks that report to the row, the store and the event channel.
 
-    dataset = db_call(c, lambda s: get_dataset(s, dataset_id=job.dataset_id), what=f"training {job.id}: dataset") \
-        if job.dataset_id else None
-    if dataset is None:
-        raise ValueError(f"dataset {job.dataset_id} no longer exists")
-    data_dir = local_dir(c, dataset.storage_prefix)
-    # A fresh work folder per attempt: a dead attempt's unrecorded checkpoints must not mix with this one's.
-    work = c.settings.data_dir.resolve() / "work" / "trainings" / job.id
-    out_dir = work / f"attempt-{job.attempt}"
-    if work.is_dir() and is_main_rank():
-        for old in work.iterdir():
-            if old != out_dir:
-                shutil.rmtree(old, ignore_errors=True)
-    resume = local_dir(c, job.checkpoint_path) if job.checkpoint_path else None
-    if resume is not None:
-        log.info("training %s: resuming from %s (step %s)", job.id, job.checkpoint_path, job.checkpoint_step)
-    cfg = fit_to_gpu(c, job, train_config(c, job, data_dir, out_dir, resume))
+    Both paths use it: a one-process job and rank 0 of a multi-GPU job through run_owned (with the heartbeat),
+    the other ranks of a multi-GPU job directly with NO_HEARTBEAT (worker.rank_entry; the core runs no
+    callbacks there). ``run()`` returns the outcome: succeeded / canceled / failed / requeued / rank-done.
+    """
 
-    deadline = time.monotonic() + c.settings.train_time_limit_s
-    write, poll = Every(c.settings.progress_interval_s), Every(c.settings.progress_interval_s)
-    why: list[str] = []
-    prefix = f"trainings/{job.id}"
+    def __init__(self, c: WorkerContext, job: TrainingJob, hb: Heartbeat):
+        self.c, self.job, self.hb = c, job, hb
+        self.what = f"training {job.id}"
+        self.prefix = f"trainings/{job.id}"
+        self.cfg = None
+        self.last: dict = {}                       # the newest on_step values
+        self.written_step: int | None = None       # the step the row holds
+        self.stop_reason: str | None = None        # the first reason should_stop saw: lost/time/shutdown/cancel
+        self.deadline = float("inf")              # set once the config is ready: preparing it is not training
+        # The throttled DB calls of the loop (progress rows, the cancel flag) run on helper threads: the training
+        # thread has just synchronised with the GPU when it reports, so a DB call made there leaves the GPU idle.
+        # Each goes through db_call: a database blip pauses it, it never fails the job. Two threads: progress
+        # writes never starve the cancel poll.
+        self.db, self.cancel_poll = OffThread(), OffThread()
+        self.cancel_seen = threading.Event()
 
-    def owned(ok: bool) -> None:
+    def run(self) -> str:
+        from core.train import TrainCallbacks, train
+
+        c, job = self.c, self.job
+        self.cfg = self._config()
+        self.deadline = time.monotonic() + c.settings.train_time_limit_s
+        self.write_due, self.poll_due = Every(c.settings.progress_interval_s), Every(c.settings.progress_interval_s)
+        oom = None
+        try:
+            result = train(self.cfg, TrainCallbacks(on_step=self.on_step, on_preview=self.on_preview,
+                                                    on_checkpoint=self.on_checkpoint, should_stop=self.should_stop))
+            self.db.wait()
+        except Exception as e:
+            if type(e).__name__ != "OutOfMemoryError":      # torch.cuda.OutOfMemoryError, without importing torch
+                raise
+            oom = out_of_memory_message("training", e)
+        finally:
+            # The trainer's model, optimizer and activations are garbage now (reference cycles included): hand
+            # the GPU back before the next job of this worker (a generation reloads its base into it).
+            self.db.close()
+            self.cancel_poll.close()
+            left = free_gpu_memory()
+            log.info("training %s: GPU memory handed back; %.2f GiB still allocated", job.id, left / GIB)
+        if oom is not None:        # raised here, outside the handler: the traceback's tensors are gone
+            raise MemoryPlanError(oom)
+        if not is_main_rank():
+            return "rank-done"   # the core ran no callbacks here; rank 0 writes the row and the files
+        if result.stopped:
+            return _stopped(c, job, self.stop_reason or "cancel", result)
+        return _succeeded(c, job, self.cfg, result)
+
+    def _config(self):
+        """The job's dataset and resume checkpoint as local folders, a fresh work folder, and the TrainConfig
+        fitted to this GPU's free memory."""
+        c, job = self.c, self.job
+        dataset = db_call(c, lambda s: get_dataset(s, dataset_id=job.dataset_id), what=f"{self.what}: dataset") \
+            if job.dataset_id else None
+        if dataset is None:
+            raise ValueError(f"dataset {job.dataset_id} no longer exists")
+        data_dir = local_dir(c, dataset.storage_prefix)
+        # A fresh work folder per attempt: a dead attempt's unrecorded checkpoints must not mix with this one's.
+        work = c.settings.data_dir.resolve() / "work" / "trainings" / job.id
+        out_dir = work / f"attempt-{job.attempt}"
+        if work.is_dir() and is_main_rank():
+            for old in work.iterdir():
+                if old != out_dir:
+                    shutil.rmtree(old, ignore_errors=True)
+        resume = local_dir(c, job.checkpoint_path) if job.checkpoint_path else None
+        if resume is not None:
+            log.info("training %s: resuming from %s (step %s)", job.id, job.checkpoint_path, job.checkpoint_step)
+        return fit_to_gpu(c, job, train_config(c, job, data_dir, out_dir, resume))
+
+    def _still_owned(self, ok: bool) -> None:
         if not ok:
             raise JobLost()
 
-    last: dict = {}          # the newest on_step values
-    written = [None]         # the step the row holds
-
-    # The throttled DB calls of the loop (progress rows, the cancel flag) run on helper threads: the training
-    # thread has just synchronised with the GPU when it reports, so a DB call made there leaves the GPU idle.
-    # Each goes through db_call: a database blip pauses it, it never fails the job.
-    db, cancel_poll = OffThread(), OffThread()     # two: progress writes never starve the cancel poll
-    cancel_seen = threading.Event()
-
-    def write_progress(values: dict | None = None) -> None:
-        values = dict(values or last)
-        owned(db_call(c, lambda s: record_progress(s, job_id=job.id, worker_id=c.worker_id, **values),
-                      what=f"training {job.id}: progress"))
-        written[0] = values["step"]
+    def _write_progress(self, values: dict | None = None) -> None:
+        c, job = self.c, self.job
+        values = dict(values or self.last)
+        self._still_owned(db_call(c, lambda s: record_progress(s, job_id=job.id, worker_id=c.worker_id, **values),
+                                  what=f"{self.what}: progress"))
+        self.written_step = values["step"]
         publish(c, "training", job.id, "progress", values)
 
-    def poll_cancel() -> None:
-        if db_call(c, lambda s: is_cancel_requested(s, job_id=job.id), what=f"training {job.id}: cancel check"):
-            cancel_seen.set()
+    def _poll_cancel(self) -> None:
+        if db_call(self.c, lambda s: is_cancel_requested(s, job_id=self.job.id), what=f"{self.what}: cancel check"):
+            self.cancel_seen.set()
 
-    def on_step(step, total, loss, smoothed, lr, sec, eta):
-        if hb.lost.is_set():
+    def on_step(self, step, total, loss, smoothed, lr, sec, eta) -> None:
+        if self.hb.lost.is_set():
             raise JobLost()
-        db.check()               # a background write that found the job taken over raises JobLost here
-        last.update(step=step, total_steps=total, loss=smoothed, seconds_per_step=sec, eta_seconds=eta)
+        self.db.check()          # a background write that found the job taken over raises JobLost here
+        self.last.update(step=step, total_steps=total, loss=smoothed, seconds_per_step=sec, eta_seconds=eta)
         # Throttled, but never skipped at a checkpoint or the end: the row then matches what a resume sees.
-        if step == total or step % cfg.checkpoint_every == 0:
-            db.wait()
-            write_progress()
-        elif write():
-            db.submit(write_progress, dict(last))
+        if step == total or step % self.cfg.checkpoint_every == 0:
+            self.db.wait()
+            self._write_progress()
+        elif self.write_due():
+            self.db.submit(self._write_progress, dict(self.last))
 
-    def on_checkpoint(step, path: Path):
+    def on_checkpoint(self, step, path: Path) -> None:
         # Per attempt: a worker judged dead that is still running must never write into the folder the row
         # of the new owner points at (its record_checkpoint then fails, and it stops).
-        if hb.lost.is_set():
+        c, job = self.c, self.job
+        if self.hb.lost.is_set():
             raise JobLost()
-        key = f"{prefix}/checkpoints/attempt-{job.attempt}/{path.name}"
+        key = f"{self.prefix}/checkpoints/attempt-{job.attempt}/{path.name}"
         c.store.put_dir(key, path)
 
         def record(s) -> tuple[str | None, bool]:
             previous = s.get(TrainingJob, job.id).checkpoint_path
             return previous, record_checkpoint(s, job_id=job.id, worker_id=c.worker_id, path=key, step=step)
 
-        previous, ok = db_call(c, record, what=f"training {job.id}: checkpoint")
-        owned(ok)
+        previous, ok = db_call(c, record, what=f"{self.what}: checkpoint")
+        self._still_owned(ok)
         if previous and previous != key:
             c.store.delete_prefix(previous)  # the row points at the new one: the old one is garbage
 
-    def on_preview(step, paths):
+    def on_preview(self, step, paths) -> None:
+        c, job, prompts = self.c, self.job, self.cfg.sample_prompts
         for index, path in enumerate(paths):
-            key = f"{prefix}/previews/{path.name}"
+            key = f"{self.prefix}/previews/{path.name}"
             c.store.put_file(key, path)
-            prompt = cfg.sample_prompts[index] if index < len(cfg.sample_prompts) else ""
+            prompt = prompts[index] if index < len(prompts) else ""
             db_call(c, lambda s: add_preview(s, job_id=job.id, step=step, index=index, storage_key=key,
-                                             prompt=prompt), what=f"training {job.id}: preview")
+                                             prompt=prompt), what=f"{self.what}: preview")
             publish(c, "training", job.id, "preview",
                     {"step": step, "index": index, "url": preview_url(job.id, step, index)})
 
-    def should_stop() -> bool:
-        db.check()
-        cancel_poll.check()
-        if hb.lost.is_set():
-            why.append("lost")
-        elif time.monotonic() > deadline:
-            why.append("time")
+    def should_stop(self) -> bool:
+        self.db.check()
+        self.cancel_poll.check()
+        reason = None
+        if self.hb.lost.is_set():
+            reason = "lost"
+        elif time.monotonic() > self.deadline:
+            reason = "time"
         elif worker_shutting_down():
-            why.append("shutdown")
-        elif cancel_seen.is_set():
-            why.append("cancel")
-        elif poll():
-            cancel_poll.submit(poll_cancel)      # seen at a later step
-        if why and last:
-            db.wait()
-            if written[0] != last["step"]:
-                write_progress()  # the trainer now saves a checkpoint here: the row must say this step
-        return bool(why)
-
-    oom = None
-    try:
-        result = train(cfg, TrainCallbacks(on_step=on_step, on_preview=on_preview, on_checkpoint=on_checkpoint,
-                                           should_stop=should_stop))
-        db.wait()
-    except Exception as e:
-        if type(e).__name__ != "OutOfMemoryError":      # torch.cuda.OutOfMemoryError, without importing torch
-            raise
-        oom = out_of_memory_message("training", e)
-    finally:
-        # The trainer's model, optimizer and activations are garbage now (reference cycles included): hand
-        # the GPU back before the next job of this worker (a generation reloads its base into it).
-        db.close()
-        cancel_poll.close()
-        left = free_gpu_memory()
-        log.info("training %s: GPU memory handed back; %.2f GiB still allocated", job.id, left / GIB)
-    if oom is not None:        # raised here, outside the handler: the traceback's tensors are gone
-        raise MemoryPlanError(oom)
-    if not is_main_rank():
-        return "rank-done"   # the core ran no callbacks here; rank 0 writes the row and the files
-    if result.stopped:
-        return _stopped(c, job, why[0] if why else "cancel", result)
-    return _succeeded(c, job, cfg, result)
-
-
-class OffThread:
-    """At most one call at a time on a helper thread; a call is dropped while the previous one runs (progress
-    and cancel polls are periodic: the next period repeats them). Its exception is raised on the calling
-    thread by the next check() / wait()."""
-
-    def __init__(self):
-        from concurrent.futures import ThreadPoolExecutor
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="training-db")
-        self._future = None
-
-    def submit(self, fn, *args) -> bool:
-        self.check()
-        if self._future is not None:
-            return False
-        self._future = self._pool.submit(fn, *args)
-        return True
-
-    def check(self) -> None:
-        f = self._future
-        if f is not None and f.done():
-            self._future = None
-            f.result()
-
-    def wait(self) -> None:
-        f, self._future = self._future, None
-        if f is not None:
-            f.result()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+            reason = "shutdown"
+        elif self.cancel_seen.is_set():
+            reason = "cancel"
+        elif self.poll_due():
+            self.cancel_poll.submit(self._poll_cancel)      # seen at a later step
+        self.stop_reason = self.stop_reason or reason
+        if self.stop_reason and self.last:
+            self.db.wait()
+            if self.written_step != self.last["step"]:
+                self._write_progress()  # the trainer now saves a checkpoint here: the row must say this step
+        return self.stop_reason is not None
 
 
 def _stopped(c: WorkerContext, job: TrainingJob, why: str, result) -> str:

@@ -7,18 +7,17 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
 
+from api.cancel import cancel_job
 from api.deps import (CurrentOwner, EnqueuerDep, GenerationId, PageDep, SessionDep, SettingsDep, StatusFilter,
                       StoreDep, not_found)
-from api.enqueue import GENERATE, send_and_record
-from api.errors import ApiError, error_responses, scrub
+from api.errors import error_responses, scrub
 from api.files import send_artifact
 from api.quota import check_active_limit, check_generation_cost
 from api.schemas import (CancelPublic, GenerationCreate, GenerationProgress, GenerationPublic, GenerationsPublic,
                          ImagePublic)
 from api.sse import job_stream
-from db.events import publish
-from db.generations import (cancel_generation, create_generation, get_generation, list_generations,
-                            mark_generation_enqueued)
+from jobqueue.enqueue import send_and_record
+from db.generations import create_generation, get_generation, list_generations
 from db.loras import get_lora
 from db.models import Generation
 
@@ -56,8 +55,7 @@ def submit_generation(response: Response, body: GenerationCreate, owner: Current
         params["seed"] = secrets.randbelow(2**31)
     gen = create_generation(session, owner_id=owner.id, prompt=body.prompt, params=params,
                             num_images=body.num_images, total_steps=body.steps)
-    background.add_task(send_and_record, enqueuer, GENERATE, gen.id, request.app.state.sessions,
-                        lambda s, id_, task_id: mark_generation_enqueued(s, generation_id=id_, celery_task_id=task_id))
+    background.add_task(send_and_record, enqueuer, "generation", gen.id, request.app.state.sessions)
     session.refresh(gen)
     response.headers["Location"] = f"/v1/generations/{gen.id}"
     return to_public(gen)
@@ -73,7 +71,7 @@ def read_generations(owner: CurrentOwner, session: SessionDep, page: PageDep, st
 @router.get("/{generation_id}", response_model=GenerationPublic, responses=error_responses(404))
 def read_generation(generation_id: GenerationId, owner: CurrentOwner, session: SessionDep):
     """Status, the images finished so far, and warnings."""
-    gen = get_generation(session, generation_id=generation_id, owner_id=owner.id)
+    gen = get_generation(session, job_id=generation_id, owner_id=owner.id)
     if gen is None:
         raise not_found("generation", generation_id)
     return to_public(gen)
@@ -84,18 +82,8 @@ def cancel(generation_id: GenerationId, owner: CurrentOwner, session: SessionDep
            request: Request, background: BackgroundTasks):
     """Cancel: a queued generation is canceled at once; a running one stops at its next sampling step (the
     images already finished stay). 409 when it has already ended."""
-    outcome = cancel_generation(session, job_id=generation_id, owner_id=owner.id)
-    gen = get_generation(session, generation_id=generation_id, owner_id=owner.id)
-    if gen is None:
-        raise not_found("generation", generation_id)
-    session.refresh(gen)
-    if outcome is None:
-        raise ApiError(status.HTTP_409_CONFLICT, f"generation {generation_id} is already {gen.status}")
-    if outcome == "canceled":
-        background.add_task(enqueuer.revoke, gen.celery_task_id)  # best effort, after the response
-        publish(request.app.state.redis, kind="generation", job_id=gen.id, type="status",
-                data={"status": "canceled"})
-    return CancelPublic(id=gen.id, status=gen.status, cancel_requested=gen.cancel_requested)
+    return cancel_job("generation", generation_id, owner_id=owner.id, session=session, enqueuer=enqueuer,
+                      redis=request.app.state.redis, background=background)
 
 
 @router.get("/{generation_id}/events", response_class=StreamingResponse,
@@ -105,10 +93,10 @@ def cancel(generation_id: GenerationId, owner: CurrentOwner, session: SessionDep
 def stream_events(generation_id: GenerationId, owner: CurrentOwner, session: SessionDep, settings: SettingsDep,
                   request: Request):
     """Server-Sent Events: the current state, then live progress and images until the end."""
-    if get_generation(session, generation_id=generation_id, owner_id=owner.id) is None:
+    if get_generation(session, job_id=generation_id, owner_id=owner.id) is None:
         raise not_found("generation", generation_id)
     return job_stream(kind="generation", job_id=generation_id, settings=settings, sessions=request.app.state.sessions,
-                      read=lambda s: to_public(get_generation(s, generation_id=generation_id)))
+                      read=lambda s: to_public(get_generation(s, job_id=generation_id)))
 
 
 @router.get("/{generation_id}/images/{n}", response_class=StreamingResponse,
@@ -116,7 +104,7 @@ def stream_events(generation_id: GenerationId, owner: CurrentOwner, session: Ses
 def read_image(generation_id: GenerationId, owner: CurrentOwner, session: SessionDep, store: StoreDep,
                n: Annotated[int, Path(ge=0, le=2**31, description="0-based image number")]):
     """Image number n (0-based) as PNG."""
-    gen = get_generation(session, generation_id=generation_id, owner_id=owner.id)
+    gen = get_generation(session, job_id=generation_id, owner_id=owner.id)
     image = next((i for i in gen.images if i.index == n), None) if gen else None
     if image is None:
         raise not_found("image", f"{generation_id}/{n}")

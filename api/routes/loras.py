@@ -15,13 +15,13 @@ from starlette.background import BackgroundTask
 from api.deps import CurrentOwner, LoraId, PageDep, SessionDep, SettingsDep, StoreDep, not_found
 from api.errors import ApiError, error_responses
 from api.files import send_artifact
-from api.lora_check import LoraFileError, base_index
-from api.lora_convert import SINGLE_FILE_FORMATS, NotConvertible, convert_download
+from core.lora.check import LoraFileError, base_index
+from core.lora.convert import SINGLE_FILE_FORMATS, NotConvertible, convert_download
 from api.lora_import import store_lora_file
 from api.schemas import NO_NUL, LoraPublic, LorasPublic
 from db.loras import create_imported_lora, delete_lora, get_lora, list_loras, new_lora_id
 from db.models import Lora
-from db.store import ArtifactStore
+from service.store import ArtifactStore
 
 router = APIRouter(prefix="/v1/loras", tags=["loras"], responses=error_responses(401, 422, 503))
 

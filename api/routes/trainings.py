@@ -6,20 +6,19 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
 
+from api.cancel import cancel_job
 from api.deps import (CurrentOwner, EnqueuerDep, PageDep, SessionDep, SettingsDep, StatusFilter, StoreDep, TrainingId,
                       not_found)
-from api.enqueue import TRAIN, send_and_record
-from api.errors import ApiError, error_responses, scrub
+from api.errors import error_responses, scrub
 from api.files import send_artifact
 from api.quota import check_active_limit
 from api.schemas import (CancelPublic, PreviewPublic, TrainingCreate, TrainingProgress, TrainingPublic,
                          TrainingsPublic)
 from api.sse import job_stream
+from jobqueue.enqueue import send_and_record
 from db.datasets import get_dataset
-from db.events import publish
 from db.models import TrainingJob
-from db.training import (cancel_training, create_training, get_training, list_trainings,
-                         mark_training_enqueued)
+from db.training import create_training, get_training, list_trainings
 
 router = APIRouter(prefix="/v1/trainings", tags=["trainings"], responses=error_responses(401, 422, 503))
 
@@ -56,8 +55,7 @@ def submit_training(response: Response, body: TrainingCreate, owner: CurrentOwne
                           trigger=body.trigger, params=params, total_steps=body.steps)
     # The row is committed first; the message goes out after the response (if the broker is down the row stays
     # queued and the reconciler sends it later).
-    background.add_task(send_and_record, enqueuer, TRAIN, job.id, request.app.state.sessions,
-                        lambda s, id_, task_id: mark_training_enqueued(s, job_id=id_, celery_task_id=task_id))
+    background.add_task(send_and_record, enqueuer, "training", job.id, request.app.state.sessions)
     session.refresh(job)
     response.headers["Location"] = f"/v1/trainings/{job.id}"
     return to_public(job)
@@ -83,17 +81,8 @@ def read_training(job_id: TrainingId, owner: CurrentOwner, session: SessionDep):
 def cancel(job_id: TrainingId, owner: CurrentOwner, session: SessionDep, enqueuer: EnqueuerDep, request: Request,
            background: BackgroundTasks):
     """Cancel: a queued job is canceled at once; a running one stops at its next step, keeping its checkpoint."""
-    outcome = cancel_training(session, job_id=job_id, owner_id=owner.id)
-    job = get_training(session, job_id=job_id, owner_id=owner.id)
-    if job is None:
-        raise not_found("training job", job_id)
-    session.refresh(job)
-    if outcome is None:
-        raise ApiError(status.HTTP_409_CONFLICT, f"training job {job_id} is already {job.status}")
-    if outcome == "canceled":
-        background.add_task(enqueuer.revoke, job.celery_task_id)  # best effort, after the response
-        publish(request.app.state.redis, kind="training", job_id=job.id, type="status", data={"status": "canceled"})
-    return CancelPublic(id=job.id, status=job.status, cancel_requested=job.cancel_requested)
+    return cancel_job("training", job_id, owner_id=owner.id, session=session, enqueuer=enqueuer,
+                      redis=request.app.state.redis, background=background)
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse,

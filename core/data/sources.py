@@ -12,11 +12,12 @@ are listed in `unsafe` (the validator turns any of them into an error naming the
 from __future__ import annotations
 
 import os
-import stat
 import zipfile
 import zlib
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+
+from .entry_checks import is_os_litter, unsafe_zip_entry_reason, zip_over_limits_reason
 
 
 @dataclass(frozen=True)
@@ -44,22 +45,6 @@ class SourceError(ValueError):
     """The source itself cannot be used (missing, not a folder or zip, corrupt archive, over the limits)."""
 
 
-def _ignored(name: str) -> bool:
-    # OS litter that users' zips carry; never a dataset file, so it is skipped without a report line.
-    parts = PurePosixPath(name).parts
-    return any(p == "__MACOSX" or p.startswith(".") for p in parts)
-
-
-def _unsafe_reason(name: str) -> str | None:
-    if "\x00" in name:
-        return "name contains a NUL byte"
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[0].isalpha() and name[1] == ":"):
-        return "absolute path"
-    if ".." in name.replace("\\", "/").split("/"):
-        return "path escapes the archive ('..')"
-    return None
-
-
 class FolderSource:
     """A dataset folder. Symlinks are followed only when they stay inside the folder."""
 
@@ -82,7 +67,7 @@ class FolderSource:
             for f in sorted(filenames):
                 path = Path(dirpath) / f
                 rel = path.relative_to(self.root).as_posix()
-                if _ignored(rel):
+                if is_os_litter(rel):
                     self.ignored.append(rel)
                     continue
                 if path.is_symlink():
@@ -119,20 +104,14 @@ class ZipSource:
             infos = self._zip().infolist()
         except (zipfile.BadZipFile, OSError) as e:
             raise SourceError(f"{self.name}: not a readable zip archive ({e})") from e
-        if len(infos) > limits.max_entries:
-            raise SourceError(f"{self.name}: {len(infos)} entries, more than the limit of {limits.max_entries}")
-        total = sum(i.file_size for i in infos)
-        if total > limits.max_total_bytes:
-            raise SourceError(f"{self.name}: {total} bytes uncompressed, more than the limit of "
-                              f"{limits.max_total_bytes} (zip bomb?)")
+        too_big = zip_over_limits_reason(infos, limits.max_entries, limits.max_total_bytes)
+        if too_big:
+            raise SourceError(f"{self.name}: {too_big}")
         self._infos: dict[str, zipfile.ZipInfo] = {}
         seen: set[str] = set()
         for info in infos:
             name = info.filename
-            reason = _unsafe_reason(name)
-            mode = info.external_attr >> 16
-            if reason is None and info.create_system == 3 and stat.S_ISLNK(mode):
-                reason = "symbolic link"
+            reason = unsafe_zip_entry_reason(info)
             if reason is None and name in seen:
                 reason = "duplicate entry name"
             seen.add(name)
@@ -141,11 +120,8 @@ class ZipSource:
                 continue
             if info.is_dir():
                 continue
-            if _ignored(name):
+            if is_os_litter(name):
                 self.ignored.append(name)
-                continue
-            if info.flag_bits & 0x1:
-                self.unsafe.append(Issue(name, "encrypted entry"))
                 continue
             if info.file_size > limits.max_entry_bytes:
                 self.unsafe.append(Issue(name, f"entry of {info.file_size} bytes is over the limit of "

@@ -4,7 +4,7 @@
     save_comfyui_file(adapter, spec, "out/lora.safetensors", metadata)          # the trainer's full-precision copy
     save_lora_file(adapter, spec, "style.safetensors", "musubi")                # bf16 unless dtype= says otherwise
 
-Formats and their key names are core.lora_keys.write_key's (comfyui, musubi, diffsynth); files are readable
+Formats and their key names are core.lora.keys.write_key's (comfyui, musubi, diffsynth); files are readable
 by other users (0644), as files other tools load must be.
 
 `adapter` is core.lora.adapter_state_dict(model): {"model.<path>.lora_A.weight": [r, in], ...lora_B: [out, r]}.
@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from core.atomic_files import atomic_file
 from core.lora.inject import LoraSpec
-from core.lora_keys import carries_alpha, write_key
+from core.lora.keys import carries_alpha, write_key
 
 FILE_MODE = 0o644   # mkstemp creates 0600; a LoRA is handed to other programs and users
 
@@ -63,7 +62,8 @@ def build_metadata(*, trigger: str, spec: LoraSpec, steps: int, resolution: int,
 def _check_adapter(adapter: dict[str, torch.Tensor]) -> None:
     bad = [k for k in adapter if not (k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight"))]
     if bad or not adapter:
-        raise ValueError(f"not an adapter state dict (want *.lora_A.weight / *.lora_B.weight): {bad[:3] or 'empty'}")
+        raise ValueError(f"not an adapter state dict (want *.lora_A.weight / *.lora_B.weight): "
+                         f"{bad[:3] or 'empty'}")
 
 
 def _contiguous_cpu(t: torch.Tensor) -> torch.Tensor:
@@ -71,16 +71,8 @@ def _contiguous_cpu(t: torch.Tensor) -> torch.Tensor:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, mode=FILE_MODE) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def save_peft_folder(adapter: dict[str, torch.Tensor], spec: LoraSpec, folder: str | Path,
@@ -98,10 +90,8 @@ def save_peft_folder(adapter: dict[str, torch.Tensor], spec: LoraSpec, folder: s
         "init_lora_weights": True, "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
         "inference_mode": True,
     }
-    tmp = folder / "adapter_config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2))
-    os.chmod(tmp, FILE_MODE)
-    os.replace(tmp, folder / "adapter_config.json")
+    with atomic_file(folder / "adapter_config.json", mode=FILE_MODE) as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
     return folder
 
 

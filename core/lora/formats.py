@@ -11,7 +11,7 @@ Layouts (the key of one module, `<path>` = "language_model.layers.0.self_attn.q_
     DiffSynth       model.<path>.lora_A.default.weight / .lora_B.default.weight
     bare            <path>.lora_A.weight ... (e.g. language_model.* / final_layer2.*)
 Every layout reduces to (module stem, down [r, in], up [out, r], alpha or None); the stem is placed by
-core.lora_keys (the grammar the API's upload check and converter use too). The delta a module gets is
+core.lora.keys (the grammar the API's upload check and converter use too). The delta a module gets is
 scale * (alpha / r) * up @ down, with alpha = r when a file gives none (PEFT's default). Entries that
 cannot be used (.diff full differences, embedding LoRAs, other models' modules or shapes, NaN weights)
 are listed in BoundLora.unplaced with the reason, never dropped silently.
@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from core.lora_keys import ModuleIndex, layout_of, not_lora_reason, split_key
+from core.lora.keys import ModuleIndex, layout_of, not_lora_reason, split_key
 
 
 @dataclass
@@ -171,5 +171,6 @@ def bind_lora(model: nn.Module, lora: LoraFile | str | Path, *, name: str | None
     if strict and unplaced:
         raise ValueError(f"{lora.source}: {len(unplaced)} LoRA keys cannot be placed: {unplaced[:5]}")
     if not deltas:
-        raise ValueError(f"{lora.source}: none of its {len(lora.modules)} LoRA modules fit this model: {unplaced[:3]}")
+        raise ValueError(f"{lora.source}: none of its {len(lora.modules)} LoRA modules fit this model: "
+                         f"{unplaced[:3]}")
     return BoundLora(name=name or lora.source, deltas=deltas, unplaced=unplaced, metadata=lora.metadata)

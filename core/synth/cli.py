@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
+from core.atomic_files import atomic_dir, atomic_file
 from .render import STYLES, render
 from .scene import sample_scene
 from .vocab import CORNERS_AND_CENTRE, REGIONS
@@ -47,27 +45,15 @@ def write_dataset(out: str | Path, n: int, size: int = 128, seed: int = 0, style
     out.parent.mkdir(parents=True, exist_ok=True)
     files = _files(n, size, seed, style, trigger, two_shape_prob, regions)
     if as_zip:
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
-                for name, data in files:
-                    # A fixed timestamp makes the archive a function of the arguments alone (reproducible).
-                    zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
-            os.chmod(tmp, 0o644)   # mkstemp makes it private; others (the API, a worker) read datasets
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # 0644: others (the API, a worker) read datasets
+        with atomic_file(out, mode=0o644) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+            for name, data in files:
+                # A fixed timestamp makes the archive a function of the arguments alone (reproducible).
+                zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
     else:
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-        try:
+        with atomic_dir(out, mode=0o755) as tmp:
             for name, data in files:
                 (tmp / name).write_bytes(data)
-            os.chmod(tmp, 0o755)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return out
 
 

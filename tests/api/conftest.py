@@ -12,9 +12,9 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from api.enqueue import Enqueuer
+from jobqueue.enqueue import Enqueuer
 from api.main import create_app
-from api.settings import Settings
+from service.settings import Settings
 from db.migrate import upgrade
 from db.testing import temporary_postgres
 

@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO))
 import redis  # noqa: E402
 import uvicorn  # noqa: E402
 
-from api.enqueue import Enqueuer  # noqa: E402
+from jobqueue.enqueue import Enqueuer  # noqa: E402
 from api.main import create_app  # noqa: E402
-from api.settings import Settings  # noqa: E402
+from service.settings import Settings  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
 from db.owners import create_api_key, create_owner  # noqa: E402
 from db.session import make_sessionmaker  # noqa: E402

@@ -16,7 +16,7 @@ import sys, io
 from fastapi.testclient import TestClient
 from PIL import Image
 from api.main import create_app
-from api.settings import Settings
+from service.settings import Settings
 from db.migrate import upgrade
 from db.session import make_sessionmaker
 from db.owners import create_owner, create_api_key

@@ -173,8 +173,8 @@ def test_job_errors_are_shown_without_server_paths(client, alice, Session, setti
     stored = settings.resolved_artifact_dir / "loras" / "x" / "lora.safetensors"
     with Session() as s:
         gen = create_generation(s, owner_id=alice["owner_id"], prompt="p", params={}, num_images=1, total_steps=2)
-        claim_generation(s, generation_id=gen.id, worker_id="w")
-        fail_generation(s, generation_id=gen.id, worker_id="w", error=f"{stored}: shape mismatch at "
+        claim_generation(s, job_id=gen.id, worker_id="w")
+        fail_generation(s, job_id=gen.id, worker_id="w", error=f"{stored}: shape mismatch at "
                                                                           f"<_io.BytesIO object at 0x7f3a2c1e9d50>")
     error = client.get(f"/v1/generations/{gen.id}", headers=auth(alice)).json()["error"]
     assert error.startswith("lora.safetensors: shape mismatch")

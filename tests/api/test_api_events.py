@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api_helpers import REDIS_URL, auth
-from db.events import publish
+from service.events import publish
 from db.training import claim_training, fail_training, finish_training, record_progress
 
 pytestmark = pytest.mark.timeout(60)
@@ -105,8 +105,8 @@ def test_redis_down_falls_back_to_the_db(settings, alice, Session, app):
         def worker():
             from db.generations import claim_generation, finish_generation
             with Session() as s:
-                claim_generation(s, generation_id=gen["id"], worker_id="g")
-                finish_generation(s, generation_id=gen["id"], worker_id="g")
+                claim_generation(s, job_id=gen["id"], worker_id="g")
+                finish_generation(s, job_id=gen["id"], worker_id="g")
 
         thread = later(0.3, worker)
         with c.stream("GET", f"/v1/generations/{gen['id']}/events", headers=auth(alice)) as resp:

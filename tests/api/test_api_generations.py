@@ -38,13 +38,13 @@ def test_dev_preset_defaults_and_explicit_values_win(client, alice):
 def test_images_appear_and_download_as_png(client, alice, Session, store):
     gen = client.post("/v1/generations", headers=auth(alice), json={"prompt": "p", "num_images": 2, "steps": 3}).json()
     with Session() as s:
-        claim_generation(s, generation_id=gen["id"], worker_id="g")
-        record_generation_progress(s, generation_id=gen["id"], worker_id="g", step=3)
+        claim_generation(s, job_id=gen["id"], worker_id="g")
+        record_generation_progress(s, job_id=gen["id"], worker_id="g", step=3)
         for n in range(2):
             store.put_bytes(f"generations/{gen['id']}/{n}.png", png(64, 32, color=(n, 0, 0)))
-            add_generation_image(s, generation_id=gen["id"], index=n, storage_key=f"generations/{gen['id']}/{n}.png",
+            add_generation_image(s, job_id=gen["id"], index=n, storage_key=f"generations/{gen['id']}/{n}.png",
                                  width=64, height=32, seed=gen["params"]["seed"] + n)
-        finish_generation(s, generation_id=gen["id"], worker_id="g")
+        finish_generation(s, job_id=gen["id"], worker_id="g")
     got = client.get(f"/v1/generations/{gen['id']}", headers=auth(alice)).json()
     assert got["status"] == "succeeded" and got["progress"] == {"step": 3, "total_steps": 3}
     assert [(i["index"], i["url"], i["seed"]) for i in got["images"]] == \
@@ -64,12 +64,12 @@ def test_cancel_queued_at_once_running_at_the_next_step_finished_409(client, ali
     r = client.post(f"/v1/generations/{queued['id']}/cancel", headers=auth(alice))
     assert r.status_code == 200 and r.json() == {"id": queued["id"], "status": "canceled", "cancel_requested": True}
     with Session() as s:
-        assert claim_generation(s, generation_id=queued["id"], worker_id="g") is False  # a late message does nothing
+        assert claim_generation(s, job_id=queued["id"], worker_id="g") is False  # a late message does nothing
     assert client.get(f"/v1/generations/{queued['id']}", headers=auth(alice)).json()["status"] == "canceled"
 
     running = client.post("/v1/generations", headers=auth(alice), json={"prompt": "p", "steps": 2}).json()
     with Session() as s:
-        claim_generation(s, generation_id=running["id"], worker_id="g")
+        claim_generation(s, job_id=running["id"], worker_id="g")
     r = client.post(f"/v1/generations/{running['id']}/cancel", headers=auth(alice))
     assert r.json() == {"id": running["id"], "status": "running", "cancel_requested": True}
     with Session() as s:

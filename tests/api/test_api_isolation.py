@@ -36,7 +36,7 @@ def alices(client, alice, Session, store):
     store.put_bytes("x/preview.png", png(32, 32))
     with Session() as s:
         add_preview(s, job_id=job["id"], step=0, index=0, storage_key="x/preview.png")
-        add_generation_image(s, generation_id=gen["id"], index=0, storage_key="x/preview.png", width=32, height=32,
+        add_generation_image(s, job_id=gen["id"], index=0, storage_key="x/preview.png", width=32, height=32,
                              seed=1)
     return {"dataset": ds["id"], "job": job["id"], "lora": lora["id"], "gen": gen["id"]}
 

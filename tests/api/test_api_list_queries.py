@@ -45,11 +45,11 @@ def frank(Session):
             finish_training(s, job_id=job.id, worker_id="w", peft_prefix=f"trainings/{job.id}/peft", comfyui_key=None,
                             rank=4, alpha=4.0)
             gen = create_generation(s, owner_id=owner["owner_id"], prompt="p", params={}, num_images=2, total_steps=2)
-            claim_generation(s, generation_id=gen.id, worker_id="g")
+            claim_generation(s, job_id=gen.id, worker_id="g")
             for n in range(2):
-                add_generation_image(s, generation_id=gen.id, index=n, storage_key=f"generations/{gen.id}/{n}.png",
+                add_generation_image(s, job_id=gen.id, index=n, storage_key=f"generations/{gen.id}/{n}.png",
                                      width=32, height=32, seed=n)
-            finish_generation(s, generation_id=gen.id, worker_id="g")
+            finish_generation(s, job_id=gen.id, worker_id="g")
     return owner
 
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save
 
-from api.lora_check import base_index, inspect_lora
-from api.lora_convert import canonical_modules, write_format, write_peft
+from core.lora.check import base_index, inspect_lora
+from core.lora.convert import canonical_modules, write_format, write_peft
 from core.lora import apply_loras, bind_lora, read_lora
-from core.model import load_model
+from core.loading import load_model
 
 MODULES = ["model.language_model.layers.0.self_attn.q_proj", "model.language_model.layers.1.mlp.down_proj",
            "model.final_layer2.linear", "model.x_embedder.proj1", "model.t_embedder1.mlp.0"]
@@ -161,8 +161,8 @@ def test_download_without_a_readable_base_model_converts_from_the_stored_comfyui
     import os
     import stat
 
-    from api.lora_convert import convert_download
-    from db.store import LocalStore
+    from core.lora.convert import convert_download
+    from service.store import LocalStore
 
     index = base_index(ckpt)
     data = original("transformer", index)

@@ -119,8 +119,8 @@ def test_trained_lora_downloads_in_both_formats_and_delete_removes_files(client,
     assert r.status_code == 409 and "generation" in r.json()["error"]["message"]
     from db.generations import claim_generation, fail_generation
     with Session() as s:
-        claim_generation(s, generation_id=gen["id"], worker_id="g")
-        fail_generation(s, generation_id=gen["id"], worker_id="g", error="x")
+        claim_generation(s, job_id=gen["id"], worker_id="g")
+        fail_generation(s, job_id=gen["id"], worker_id="g", error="x")
     assert client.delete(f"/v1/loras/{lora_id}", headers=auth(alice)).status_code == 204
     assert client.get(f"/v1/loras/{lora_id}", headers=auth(alice)).status_code == 404
     assert not any(f.startswith(f"{prefix}/lora") for f in store_files(settings))
@@ -139,12 +139,12 @@ def test_long_file_name_is_cut_to_the_name_column(client, alice):
 
 
 def test_every_key_spelling_the_loader_reads_is_accepted(client, alice):
-    """The upload check reads keys with the loader's own grammar (core.lora_keys): a spelling core.lora can
+    """The upload check reads keys with the loader's own grammar (core.lora.keys): a spelling core.lora can
     place is never refused at the door (older kohya ".lora.down", diffusers ".lora_linear_layer.down")."""
     import numpy as np
     from safetensors.numpy import save
 
-    from core.lora_keys import ROLES
+    from core.lora.keys import ROLES
     for down, up in [(s, u) for (s, r), (u, r2) in zip(ROLES[::2], ROLES[1::2]) if (r, r2) == ("down", "up")]:
         stem = "diffusion_model.language_model.layers.0.self_attn.q_proj"
         data = save({stem + down: np.zeros((4, 384), np.float32), stem + up: np.zeros((384, 4), np.float32)})

@@ -37,10 +37,10 @@ def test_active_generations_over_the_limit_are_429_with_retry_after(limited, Ses
     assert limited.post("/v1/generations", headers=auth(other), json={"prompt": "p", "steps": 2}).status_code == 202
 
     with Session() as s:  # a running one still counts; a finished one frees its place
-        claim_generation(s, generation_id=first["id"], worker_id="g")
+        claim_generation(s, job_id=first["id"], worker_id="g")
     assert limited.post("/v1/generations", headers=auth(carol), json={"prompt": "p"}).status_code == 429
     with Session() as s:
-        fail_generation(s, generation_id=first["id"], worker_id="g", error="x")
+        fail_generation(s, job_id=first["id"], worker_id="g", error="x")
     assert limited.post("/v1/generations", headers=auth(carol), json={"prompt": "p", "steps": 2}).status_code == 202
     assert limited.post(f"/v1/generations/{second['id']}/cancel", headers=auth(carol)).status_code == 200
     assert limited.post("/v1/generations", headers=auth(carol), json={"prompt": "p", "steps": 2}).status_code == 202

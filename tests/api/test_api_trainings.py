@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from api.enqueue import Enqueuer
+from jobqueue.enqueue import Enqueuer
 from api.main import create_app
 from api_helpers import auth, make_celery, png, queued_messages
 from db.training import (add_preview, claim_training, fail_training, finish_training, get_training,

@@ -116,7 +116,7 @@ def test_reference_preparation_matches_official(conformance):
 
 def test_edit_from_raw_image_reproduces_official_x_pred(conformance):
     """Reference preparation + layout + model, from the raw 80x48 image to the official x_pred."""
-    from core.model import load_model
+    from core.loading import load_model
 
     case = load_file(str(conformance / "cases" / "edit_h64_w96_t0.3_cond.safetensors"))
     refs = prepare_references([Image.fromarray(case["ref_image_uint8"].numpy())], 64, 96)

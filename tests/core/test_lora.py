@@ -15,7 +15,7 @@ from core.lora import (LoraSpec, active_lora_modules, adapter_state_dict, apply_
                        clear_loras, comfyui_tensors, inject_lora, load_adapter_state_dict, load_lora,
                        parse_lora_arg, read_lora, save_comfyui_file, save_peft_folder, set_adapter_enabled,
                        set_loras, target_names)
-from core.model import load_model
+from core.loading import load_model
 
 ATOL = 2e-5
 

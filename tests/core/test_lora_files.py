@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from core.generate import main, unplaced_warning
 from core.lora import (LoraSpec, adapter_state_dict, apply_loras, bind_lora, inject_lora, read_lora,
                        save_comfyui_file, save_lora_file, save_peft_folder)
-from core.model import load_model
+from core.loading import load_model
 from core.tiny import write_tiny_checkpoint
 
 # What each tool's loader looks for (musubi-tuner: kohya names from its Qwen3VLForConditionalGeneration root;

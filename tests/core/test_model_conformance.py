@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from core.layout import collate, layout_from_ids
-from core.model import load_model
+from core.loading import load_model
 
 ATOL = RTOL = 1e-4
 IM_START, IM_END, NL, USER, ASSISTANT = 151644, 151645, 198, 872, 77091

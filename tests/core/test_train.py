@@ -129,14 +129,14 @@ def test_should_stop_saves_a_checkpoint_and_stops(tiny, flat_images, tmp_path):
     assert result.stopped and result.steps_done == 2
     assert saved == [(2, tmp_path / "s" / "checkpoints" / "step-000002")]
     assert (saved[0][1] / "weights.safetensors").is_file() and (saved[0][1] / "state.pt").is_file()
-    assert not list((tmp_path / "s" / "checkpoints").glob(".tmp-*"))   # no temp folders left behind
+    assert not list((tmp_path / "s" / "checkpoints").glob(".*"))   # no hidden temp folders left behind
     assert not (tmp_path / "s" / "lora.safetensors").exists()
 
 
 def test_exports_load_back_and_carry_metadata(tiny, flat_images, tmp_path):
     from core.layout import build_t2i, collate
     from core.lora import apply_loras, load_lora
-    from core.model import load_model
+    from core.loading import load_model
 
     cfg = config(tiny, flat_images, tmp_path / "e", steps=4, checkpoint_every=2, keep_checkpoints=1)
     trainer = Trainer(cfg)
@@ -166,7 +166,7 @@ def test_exports_load_back_and_carry_metadata(tiny, flat_images, tmp_path):
 def test_full_mode_trains_every_weight_from_a_stream(tiny, tmp_path):
     from core.loading import load_model
     from core.train import train_full
-    from core.train_data import StreamData
+    from core.train.data import StreamData
 
     def stream(start: int):
         i = start
@@ -255,7 +255,7 @@ def test_padded_caption_batches_match_single_samples(tiny, flat_images, tmp_path
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
-    from core import train_ckpt
+    from core.train import checkpoint as train_ckpt
 
     root = tmp_path / "checkpoints"
     w = {"a.lora_A.weight": torch.ones(2, 3)}
@@ -276,7 +276,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch
 def test_auto_checkpointing_estimate():
     from types import SimpleNamespace
 
-    from core.train import _max_tokens, activation_bytes
+    from core.train.trainer import _max_tokens, activation_bytes
 
     full = SimpleNamespace(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36)
     gib = 2 ** 30
@@ -292,7 +292,7 @@ def test_auto_checkpointing_estimate():
 def test_every_setting_has_a_cli_flag():
     from dataclasses import fields
 
-    from core.train import _parser
+    from core.train.cli import _parser
 
     flags = {a.dest for a in _parser()._actions}
     cli_names = {"sample_prompts": "sample_prompt"}

@@ -33,7 +33,7 @@ def setup(tmp_path_factory):
 @pytest.mark.parametrize("compile_layers", [False, True])
 def test_cuda_lora_training_learns_and_exports(setup, tmp_path, compile_layers):
     from core.lora import apply_loras, load_lora
-    from core.model import load_model
+    from core.loading import load_model
     from core.train import TrainCallbacks, TrainConfig, Trainer
 
     model_dir, data = setup
@@ -66,7 +66,7 @@ def test_cuda_lora_training_learns_and_exports(setup, tmp_path, compile_layers):
 
 def test_cuda_full_mode_streams(setup, tmp_path):
     from core.train import TrainConfig, train_full
-    from core.train_data import StreamData
+    from core.train.data import StreamData
 
     model_dir, _ = setup
 

@@ -1,4 +1,4 @@
-"""Batches decoded ahead on a thread (core.train_data.Prefetch) change nothing but the timing; compile "auto"."""
+"""Batches decoded ahead on a thread (core.train.data.Prefetch) change nothing but the timing; compile "auto"."""
 from __future__ import annotations
 
 import threading
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core.train import TrainConfig, Trainer
-from core.train_data import FolderData, Prefetch
+from core.train.data import FolderData, Prefetch
 
 from test_train import config, flat_images, tiny  # noqa: F401  (module fixtures)
 

@@ -186,17 +186,17 @@ def test_generation_lifecycle_and_lora_in_use(session, owner, dataset):
     gen = create_generation(session, owner_id=owner.id, prompt="a cat", num_images=2, total_steps=4,
                             params={"loras": [{"id": lora_id, "scale": 1.0}]})
     assert delete_lora(session, lora_id=lora_id, owner_id=owner.id) == "in_use"
-    assert claim_generation(session, generation_id=gen.id, worker_id="g1") is True
-    assert claim_generation(session, generation_id=gen.id, worker_id="g2") is False
-    add_generation_image(session, generation_id=gen.id, index=1, storage_key="g/1.png", width=64, height=64, seed=2)
-    add_generation_image(session, generation_id=gen.id, index=0, storage_key="g/0.png", width=64, height=64, seed=1)
-    assert finish_generation(session, generation_id=gen.id, worker_id="g2") is False
-    assert finish_generation(session, generation_id=gen.id, worker_id="g1") is True
-    assert fail_generation(session, generation_id=gen.id, worker_id="g1", error="late") is False
+    assert claim_generation(session, job_id=gen.id, worker_id="g1") is True
+    assert claim_generation(session, job_id=gen.id, worker_id="g2") is False
+    add_generation_image(session, job_id=gen.id, index=1, storage_key="g/1.png", width=64, height=64, seed=2)
+    add_generation_image(session, job_id=gen.id, index=0, storage_key="g/0.png", width=64, height=64, seed=1)
+    assert finish_generation(session, job_id=gen.id, worker_id="g2") is False
+    assert finish_generation(session, job_id=gen.id, worker_id="g1") is True
+    assert fail_generation(session, job_id=gen.id, worker_id="g1", error="late") is False
     session.expire_all()
-    row = get_generation(session, generation_id=gen.id, owner_id=owner.id)
+    row = get_generation(session, job_id=gen.id, owner_id=owner.id)
     assert row.status == "succeeded" and [i.storage_key for i in row.images] == ["g/0.png", "g/1.png"]
-    assert get_generation(session, generation_id=gen.id, owner_id="other") is None
+    assert get_generation(session, job_id=gen.id, owner_id="other") is None
     assert delete_lora(session, lora_id=lora_id, owner_id=owner.id) == "deleted"
 
 
@@ -243,31 +243,31 @@ def test_generation_cancel_queued_is_immediate_and_blocks_claim(session, owner):
     gen = new_generation(session, owner)
     assert cancel_generation(session, job_id=gen.id, owner_id="someone-else") is None
     assert cancel_generation(session, job_id=gen.id, owner_id=owner.id) == "canceled"
-    assert claim_generation(session, generation_id=gen.id, worker_id="w1") is False
+    assert claim_generation(session, job_id=gen.id, worker_id="w1") is False
     session.expire_all()
-    assert get_generation(session, generation_id=gen.id).status == "canceled"
+    assert get_generation(session, job_id=gen.id).status == "canceled"
     assert cancel_generation(session, job_id=gen.id, owner_id=owner.id) is None
 
 
 def test_generation_cancel_running_sets_flag_then_worker_marks_canceled(session, owner):
     gen = new_generation(session, owner)
-    assert claim_generation(session, generation_id=gen.id, worker_id="w1")
+    assert claim_generation(session, job_id=gen.id, worker_id="w1")
     assert is_generation_cancel_requested(session, job_id=gen.id) is False
     assert cancel_generation(session, job_id=gen.id, owner_id=owner.id) == "cancel_requested"
     assert is_generation_cancel_requested(session, job_id=gen.id) is True
     assert mark_generation_canceled(session, job_id=gen.id, worker_id="w2") is False
     assert mark_generation_canceled(session, job_id=gen.id, worker_id="w1") is True
     session.expire_all()
-    assert get_generation(session, generation_id=gen.id).status == "canceled"
+    assert get_generation(session, job_id=gen.id).status == "canceled"
 
 
 def test_finished_generation_reads_all_steps_and_keeps_warnings(session, owner):
     gen = new_generation(session, owner, steps=50)
-    assert claim_generation(session, generation_id=gen.id, worker_id="w1")
+    assert claim_generation(session, job_id=gen.id, worker_id="w1")
     add_generation_warnings(session, job_id=gen.id, warnings=["LoRA x: 3 keys placed nowhere"])
     add_generation_warnings(session, job_id=gen.id, warnings=["LoRA x: 3 keys placed nowhere", "second"])
-    assert finish_generation(session, generation_id=gen.id, worker_id="w1")
+    assert finish_generation(session, job_id=gen.id, worker_id="w1")
     session.expire_all()
-    row = get_generation(session, generation_id=gen.id)
+    row = get_generation(session, job_id=gen.id)
     assert (row.status, row.step, row.total_steps) == ("succeeded", 50, 50)
     assert row.warnings == ["LoRA x: 3 keys placed nowhere", "second"]

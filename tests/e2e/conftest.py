@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from worker.broker import free_port
-from worker.launcher import Launcher, wait_http
+from ops.broker import free_port
+from ops.launcher import Launcher, wait_http
 
 REDIS = "redis://127.0.0.1:6379/12"
 

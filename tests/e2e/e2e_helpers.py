@@ -15,11 +15,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def start_embedded(data_dir: Path, port: int, model: Path) -> tuple[subprocess.Popen, str, str]:
-    """`python -m worker.embedded` on its own data folder (no O1LORA_* from outside); (process, API key, output
+    """`python -m ops.embedded` on its own data folder (no O1LORA_* from outside); (process, API key, output
     so far) once it printed its key."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("O1LORA_")}
     env.update(O1LORA_DATA_DIR=str(data_dir), O1LORA_MODEL_PATH=str(model))
-    proc = subprocess.Popen([sys.executable, "-m", "worker.embedded", "--port", str(port)], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "ops.embedded", "--port", str(port)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     out = []
     deadline = time.monotonic() + 180

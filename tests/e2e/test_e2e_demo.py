@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from worker import demo
+from ops import demo
 
 
 @pytest.mark.slow

@@ -10,8 +10,8 @@ import time
 import httpx
 
 from e2e_helpers import start_embedded as start
-from worker.broker import free_port
-from worker.embedded import BUNDLED
+from ops.broker import free_port
+from ops.embedded import BUNDLED
 
 
 def stop(proc: subprocess.Popen) -> int:

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from e2e_helpers import start_embedded
-from worker.broker import free_port
-from worker.embedded import STOP_GRACE_S
+from ops.broker import free_port
+from ops.embedded import STOP_GRACE_S
 
 
 def children(pid: int) -> dict[int, str]:

@@ -1,6 +1,6 @@
 """Worker test fixtures: the real local Redis (under a key prefix of this test run) and a throwaway PostgreSQL.
 
-worker.celery_app's app is built on the test broker settings at import (the environment is put back
+jobqueue.celery_app's app (the one worker.celery_app names) is built on the test broker settings at import (the environment is put back
 afterwards); worker processes started from here get the same settings passed explicitly. A missing server fails
 the tests that need it; nothing skips.
 """
@@ -14,23 +14,24 @@ import pytest
 
 from worker_helpers import RUN_PREFIX, TEST_BROKER
 
-from api.settings import Settings, get_settings  # noqa: E402
+from service.settings import Settings, get_settings  # noqa: E402
 
 TEST_ENV = {"O1LORA_BROKER_URL": TEST_BROKER, "O1LORA_BROKER_KEY_PREFIX": RUN_PREFIX}
 
 
 def _build_app_on_the_test_broker() -> None:
-    """Build (or rebuild) worker.celery_app's app from the test broker settings, then put the environment
+    """Build (or rebuild) jobqueue.celery_app's app from the test broker settings, then put the environment
     back, so that other test packages in the same session keep their own settings."""
     saved = {k: os.environ.get(k) for k in TEST_ENV}
     os.environ.update(TEST_ENV)
     get_settings.cache_clear()
     try:
-        if "worker.celery_app" in sys.modules:
-            # reload keeps the module object, so modules that imported from it see the new app.
-            importlib.reload(sys.modules["worker.celery_app"])
-            if "worker.dispatch" in sys.modules:
-                importlib.reload(sys.modules["worker.dispatch"])
+        if "jobqueue.celery_app" in sys.modules:
+            # reload keeps the module object, so modules that read `celery_app.app` see the new app
+            # (jobqueue.enqueue and worker.dispatch do); the entry-point module re-exports it again.
+            importlib.reload(sys.modules["jobqueue.celery_app"])
+            if "worker.celery_app" in sys.modules:
+                importlib.reload(sys.modules["worker.celery_app"])
         else:
             importlib.import_module("worker.celery_app")
     finally:

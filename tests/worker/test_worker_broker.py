@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import redis
 
-from worker.broker import EmbeddedRedis, redis_server_binary
+from ops.broker import EmbeddedRedis, redis_server_binary
 
 
 def test_binary_is_the_wheels_or_on_path():

@@ -15,7 +15,7 @@ import yaml
 from worker_helpers import put_dataset
 from db.owners import create_owner
 from db.training import create_training, get_training
-from worker.broker import EmbeddedRedis
+from ops.broker import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,8 @@ from worker_helpers import RUN_PREFIX, put_dataset
 from db.owners import create_owner
 from db.training import create_training, get_training
 from worker.celery_app import app
-from worker.dispatch import enqueue
-from worker.launcher import Launcher
+from jobqueue.enqueue import enqueue
+from ops.launcher import Launcher
 
 
 def outcomes_of(job_id: str, log: str) -> list[str]:

@@ -53,7 +53,7 @@ def test_every_service_has_a_healthcheck_and_waits_for_what_it_needs():
 
 def test_worker_healthcheck_module_and_env_example_exist():
     services = compose()["services"]
-    assert services["worker-train"]["healthcheck"]["test"][-1] == "worker.health"
+    assert services["worker-train"]["healthcheck"]["test"][-1] == "ops.health"
     assert (REPO / "worker" / "health.py").is_file()
     example = (REPO / ".env.example").read_text()
     assert "POSTGRES_PASSWORD=" in example   # compose refuses to start without it (`:?`)
@@ -71,7 +71,7 @@ def test_dockerfile_installs_torch_before_the_code_and_runs_unprivileged():
 
 def test_workers_run_without_celery_chatter_like_the_launchers_workers():
     # Gossip / mingle / event heartbeat: unused here, and a Redis loss made them log a traceback (issue 16).
-    from worker.launcher import WORKER_FLAGS
+    from ops.launcher import WORKER_FLAGS
     services = compose()["services"]
     for name in ("worker-train", "worker-generate"):
         assert set(WORKER_FLAGS) <= set(services[name]["command"]), name

@@ -4,7 +4,7 @@ from __future__ import annotations
 from db.migrate import upgrade
 from db.owners import owner_for_key
 from db.session import make_sessionmaker
-from worker import embedded
+from ops import embedded
 
 
 def test_model_choice_configured_then_bundled_then_tiny_random(tmp_path, monkeypatch, tiny_model):

@@ -76,7 +76,7 @@ def test_generation_writes_pngs_of_the_requested_size_and_succeeds(gctx):
     gen = new_generation(c, owner.id)
     assert generation.run_generation(gen.id, c) == "succeeded"
     with c.sessions() as s:
-        row = get_generation(s, generation_id=gen.id)
+        row = get_generation(s, job_id=gen.id)
         assert (row.status, row.attempt, row.error) == ("succeeded", 1, None)
         assert [(im.index, im.width, im.height, im.seed) for im in row.images] == [(0, 64, 32, 7), (1, 64, 32, 8)]
         keys = [im.storage_key for im in row.images]
@@ -86,7 +86,7 @@ def test_generation_writes_pngs_of_the_requested_size_and_succeeds(gctx):
     again = new_generation(c, owner.id)
     assert generation.run_generation(again.id, c) == "succeeded"
     with c.sessions() as s:
-        assert png(c, get_generation(s, generation_id=again.id).images[0].storage_key).tobytes() == a.tobytes()
+        assert png(c, get_generation(s, job_id=again.id).images[0].storage_key).tobytes() == a.tobytes()
     assert generation.run_generation(gen.id, c) == "finished"
 
 
@@ -102,7 +102,7 @@ def test_loras_with_scales_change_the_image_without_reloading_the_base(gctx):
         gen = new_generation(c, owner.id, loras=loras, num_images=1)
         assert generation.run_generation(gen.id, c) == "succeeded", name
         with c.sessions() as s:
-            runs[name] = png(c, get_generation(s, generation_id=gen.id).images[0].storage_key).tobytes()
+            runs[name] = png(c, get_generation(s, job_id=gen.id).images[0].storage_key).tobytes()
     assert runs["a"] != runs["base"] and runs["ab"] != runs["a"]
     assert runs["a0"] == runs["base"] and runs["base2"] == runs["base"]  # scale 0 and no LoRA = the plain base
     h = generation.host(c)
@@ -117,7 +117,7 @@ def test_missing_lora_fails_the_job_with_a_clear_error(gctx):
     gen = new_generation(c, owner.id, loras=[{"id": "nope", "scale": 1.0}])
     assert generation.run_generation(gen.id, c) == "failed"
     with c.sessions() as s:
-        row = get_generation(s, generation_id=gen.id)
+        row = get_generation(s, job_id=gen.id)
     assert row.status == "failed" and "LoRA nope does not exist" in row.error
 
 
@@ -127,13 +127,13 @@ def test_redelivery_rules_fresh_running_is_left_stale_running_is_taken_over(gctx
         owner = create_owner(s, name="g4")
     gen = new_generation(c, owner.id, num_images=1)
     with c.sessions() as s:
-        assert claim_generation(s, generation_id=gen.id, worker_id="other:1")
+        assert claim_generation(s, job_id=gen.id, worker_id="other:1")
     assert generation.run_generation(gen.id, c) == "busy"          # its worker is alive
     with c.sessions() as s:
         transition(s, Generation, [Generation.id == gen.id], {"heartbeat_at": utcnow() - timedelta(seconds=60)})
     assert generation.run_generation(gen.id, c) == "succeeded"     # its worker is dead
     with c.sessions() as s:
-        row = get_generation(s, generation_id=gen.id)
+        row = get_generation(s, job_id=gen.id)
     assert (row.attempt, row.worker_id) == (2, c.worker_id)
 
 

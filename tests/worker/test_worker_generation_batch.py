@@ -17,7 +17,7 @@ from worker.generation_batch import join_batch
 
 def row(c, gen_id):
     with c.sessions() as s:
-        r = get_generation(s, generation_id=gen_id)
+        r = get_generation(s, job_id=gen_id)
         r.images  # noqa: B018 - loaded while the session is open
         return r
 
@@ -74,7 +74,7 @@ def test_the_batch_is_bounded_and_waits_a_bounded_time_for_more(gctx):
     big = new_generation(c, owner.id, num_images=3)              # would make 4 images: does not fit
     with c.sessions() as s:
         from db.generations import claim_generation
-        assert claim_generation(s, generation_id=lead.id, worker_id=c.worker_id)
+        assert claim_generation(s, job_id=lead.id, worker_id=c.worker_id)
     late = {}
     t = threading.Thread(target=lambda: (time.sleep(0.1), late.setdefault("g", new_generation(c, owner.id))))
     t.start()

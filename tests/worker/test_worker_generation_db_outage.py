@@ -29,7 +29,7 @@ def new_generation(c, owner_id, steps):
 def image(c, gen_id) -> np.ndarray:
     from PIL import Image
     with c.sessions() as s:
-        key = get_generation(s, generation_id=gen_id).images[0].storage_key
+        key = get_generation(s, job_id=gen_id).images[0].storage_key
     with c.store.open(key) as f:
         return np.asarray(Image.open(f).convert("RGB"), dtype=np.int16)
 
@@ -68,7 +68,7 @@ def test_a_killed_connection_mid_generation_costs_a_pause_not_the_generation(wor
     assert killed >= 1, "the generation never waited on the lock"
     assert out.get("r") == "succeeded"
     with c.sessions() as s:
-        row = get_generation(s, generation_id=gen.id)
+        row = get_generation(s, job_id=gen.id)
         assert (row.status, row.error, row.attempt, row.step) == ("succeeded", None, 1, 40)
     assert int(np.abs(image(c, straight.id) - image(c, gen.id)).max()) == 0
     c.close()

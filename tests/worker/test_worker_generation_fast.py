@@ -17,7 +17,7 @@ from worker.model_host import ModelHost, parse_sizes
 
 def pixels(c, gen_id) -> list[np.ndarray]:
     with c.sessions() as s:
-        row = get_generation(s, generation_id=gen_id)
+        row = get_generation(s, job_id=gen_id)
         assert row.status == "succeeded", (row.status, row.error)
         return [np.asarray(png(c, im.storage_key), dtype=np.int16) for im in sorted(row.images, key=lambda i: i.index)]
 

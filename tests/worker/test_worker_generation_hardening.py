@@ -19,7 +19,7 @@ from worker.dispatch import waiting_job_ids
 
 def row(c, gen_id):
     with c.sessions() as s:
-        r = get_generation(s, generation_id=gen_id)
+        r = get_generation(s, job_id=gen_id)
         r.images  # noqa: B018 - load them while the session is open
         return r
 
@@ -54,7 +54,7 @@ def test_cancel_of_a_running_generation_stops_it_at_the_next_step_and_keeps_stor
     gen = new_generation(c, owner.id, num_images=2, seed=7, steps=400)
     first = row(c, earlier.id).images[0]
     with c.sessions() as s:   # image 0 is stored already (an earlier attempt of this generation)
-        add_generation_image(s, generation_id=gen.id, index=0, storage_key=first.storage_key, width=64, height=32,
+        add_generation_image(s, job_id=gen.id, index=0, storage_key=first.storage_key, width=64, height=32,
                              seed=7)
     out = {}
     t = threading.Thread(target=lambda: out.setdefault("r", generation.run_generation(gen.id, c)))
@@ -102,7 +102,7 @@ def test_a_rerun_makes_only_the_missing_images(gctx, monkeypatch):
     gen = new_generation(c, owner.id, num_images=3, seed=5)
     kept = row(c, straight.id).images[1]
     with c.sessions() as s:   # an earlier attempt stored image 1 before its worker died
-        add_generation_image(s, generation_id=gen.id, index=1, storage_key=kept.storage_key, width=64, height=32,
+        add_generation_image(s, job_id=gen.id, index=1, storage_key=kept.storage_key, width=64, height=32,
                              seed=6)
     seeds = []
     h = generation.host(c)

@@ -34,4 +34,4 @@ def test_a_batch_that_joins_several_queued_generations_runs_them_all(bctx):
                                   total_steps=2) for _ in range(4)]
     assert generation.run_generation(gens[0].id, c) == "succeeded"
     with c.sessions() as s:
-        assert [get_generation(s, generation_id=g.id).status for g in gens] == ["succeeded"] * 4
+        assert [get_generation(s, job_id=g.id).status for g in gens] == ["succeeded"] * 4

@@ -13,8 +13,9 @@ from worker_helpers import RUN_PREFIX
 from db.generations import get_generation
 from db.owners import create_owner
 from worker.celery_app import app
-from worker.dispatch import enqueue, waiting_job_ids
-from worker.launcher import Launcher
+from jobqueue.enqueue import enqueue
+from worker.dispatch import waiting_job_ids
+from ops.launcher import Launcher
 
 
 @pytest.mark.slow  # ~30 s: a worker process start, the model load, a warm shutdown
@@ -35,7 +36,7 @@ def test_sigterm_mid_generation_hands_it_back_at_once(worker_ctx, tiny_model, tm
         deadline = time.monotonic() + 120
         while True:
             with c.sessions() as s:
-                row = get_generation(s, generation_id=gen.id)
+                row = get_generation(s, job_id=gen.id)
             if row.status == "running" and row.step >= 5:
                 break
             assert time.monotonic() < deadline and procs.procs["w"].poll() is None, procs.log("w")[-3000:]
@@ -47,7 +48,7 @@ def test_sigterm_mid_generation_hands_it_back_at_once(worker_ctx, tiny_model, tm
     finally:
         procs.stop_all()
     with c.sessions() as s:
-        row = get_generation(s, generation_id=gen.id)
+        row = get_generation(s, job_id=gen.id)
     assert (row.status, row.worker_id) == ("queued", None), log[-3000:]   # not running until a 600 s timeout
     assert 5 <= row.step < 20000 and took < 30
     assert gen.id in waiting_job_ids("generation")     # sent again for the next worker

@@ -191,7 +191,7 @@ def _generation(c, num_images=2):
 def _gen_row(c, gid):
     from db.generations import get_generation
     with c.sessions() as s:
-        return get_generation(s, generation_id=gid)
+        return get_generation(s, job_id=gid)
 
 
 def test_a_generation_batch_that_cannot_fit_fails_with_the_owner_message(tctx, monkeypatch):

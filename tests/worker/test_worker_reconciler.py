@@ -9,7 +9,8 @@ from db.jobs import transition
 from db.models import TrainingJob, utcnow
 from db.owners import create_owner
 from db.training import claim_training, create_training, get_training, record_checkpoint
-from worker.dispatch import enqueue, waiting_job_ids
+from jobqueue.enqueue import enqueue
+from worker.dispatch import waiting_job_ids
 from worker.reconciler import reconcile_once
 
 
@@ -25,11 +26,11 @@ def make_training(s, owner_name: str):
 def drain(c, kind):
     """Empty this run's queue for `kind` (what a worker would take)."""
     from worker.celery_app import app
-    from worker.dispatch import TASKS
+    from jobqueue.kinds import kind_of
     with app.connection_for_write() as conn:
         ch = conn.default_channel
         for pri in ch.priority_steps:
-            ch.client.delete(ch._q_for_pri(TASKS[kind][1], pri))
+            ch.client.delete(ch._q_for_pri(kind_of(kind).queue, pri))
 
 
 def test_enqueue_sends_a_message_the_broker_holds_and_stamps_the_row(worker_ctx):
@@ -105,11 +106,11 @@ def test_stale_generation_is_requeued(worker_ctx):
     with worker_ctx.sessions() as s:
         owner = create_owner(s, name="gen-stale")
         gen = create_generation(s, owner_id=owner.id, prompt="p", params={}, num_images=1, total_steps=2)
-        assert claim_generation(s, generation_id=gen.id, worker_id="dead:2")
+        assert claim_generation(s, job_id=gen.id, worker_id="dead:2")
         transition(s, Generation, [Generation.id == gen.id], {"heartbeat_at": utcnow() - timedelta(seconds=10)})
     assert reconcile_once(worker_ctx, use_lock=False).resumed == [gen.id]
     with worker_ctx.sessions() as s:
-        assert get_generation(s, generation_id=gen.id).status == "queued"
+        assert get_generation(s, job_id=gen.id).status == "queued"
     drain(worker_ctx, "generation")
 
 

@@ -12,8 +12,8 @@ from db.training import create_training, get_training
 from worker import training
 from worker.celery_app import app
 from worker.context import WorkerContext
-from worker.dispatch import enqueue
-from worker.launcher import Launcher
+from jobqueue.enqueue import enqueue
+from ops.launcher import Launcher
 
 PARAMS = {"rank": 4, "alpha": 4.0, "resolution": 64, "sample_every": 0, "batch_size": 1, "seed": 3,
           "gradient_checkpointing": False}

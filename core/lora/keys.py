@@ -1,12 +1,14 @@
 """The key grammar of LoRA files in the wild, torch-free so that the API can check and convert uploads with it.
 
-One grammar drives reading (core.lora.formats), checking (api.lora_check) and converting (api.lora_convert):
+One grammar drives reading (core.lora.formats), checking (core.lora.check) and converting (core.lora.convert):
 
     split_key("diffusion_model.language_model.layers.0.mlp.up_proj.lora_A.weight")
         -> ("diffusion_model.language_model.layers.0.mlp.up_proj", "down")
     index = ModuleIndex({"model.language_model.layers.0.mlp.up_proj": (1024, 384), ...})   # path -> (out, in)
-    index.resolve("transformer.language_model.layers.0.mlp.up_proj") -> "model.language_model.layers.0.mlp.up_proj"
-    write_key("musubi", "model.final_layer2.linear", "down") -> "lora_unet_model_final_layer2_linear.lora_down.weight"
+    index.resolve("transformer.language_model.layers.0.mlp.up_proj")
+        -> "model.language_model.layers.0.mlp.up_proj"
+    write_key("musubi", "model.final_layer2.linear", "down")
+        -> "lora_unet_model_final_layer2_linear.lora_down.weight"
 
 A module path is the model's own (state-dict) path of an nn.Linear, "model.language_model.layers.0..." etc.
 """
@@ -24,9 +26,12 @@ ROLES = (
     (".alpha", "alpha"),
 )
 UNDERSCORE_PREFIXES = ("lora_unet_", "lora_transformer_")   # musubi-tuner / kohya: dots written as "_"
-# Prefixes writers put before the model's own module path, tried in order; "model." is then added if needed
-# (ComfyUI drops it; ai-toolkit's legacy files keep it after "diffusion_model.").
-PATH_PREFIXES = ("base_model.model.", "model.diffusion_model.", "diffusion_model.", "transformer.", "")
+# The one prefix table: what writers put before the model's own module path, tried in order, and the layout
+# each prefix names ("bare" decides nothing: diffsynth is told by its suffix). "model." is then added if
+# needed (ComfyUI drops it; ai-toolkit's legacy files keep it after "diffusion_model.").
+PREFIX_LAYOUTS = {"base_model.model.": "peft", "model.diffusion_model.": "comfyui", "diffusion_model.": "comfyui",
+                  "transformer.": "bare", "": "bare"}
+PATH_PREFIXES = tuple(PREFIX_LAYOUTS)
 # Entries some writers add that are not low-rank pairs; each gets a reason instead of silence.
 NOT_LORA = (
     (re.compile(r"\.diff(_b)?$"), "a full weight difference (.diff / .diff_b), which this service does not apply"),
@@ -54,10 +59,9 @@ def not_lora_reason(key: str) -> str:
 
 def layout_of(key: str) -> str:
     """Which writer a key's spelling comes from: peft, comfyui, musubi, diffsynth or bare."""
-    if key.startswith("base_model.model."):
-        return "peft"
-    if key.startswith(("diffusion_model.", "model.diffusion_model.")):
-        return "comfyui"
+    for prefix, layout in PREFIX_LAYOUTS.items():
+        if layout != "bare" and key.startswith(prefix):
+            return layout
     if key.startswith(UNDERSCORE_PREFIXES):
         return "musubi"
     if ".default.weight" in key:
@@ -118,7 +122,8 @@ def write_key(fmt: str, path: str, role: str) -> str:
     """
     short = path[len("model."):] if path.startswith("model.") else path
     if fmt == "comfyui":
-        return f"diffusion_model.{short}." + {"down": "lora_A.weight", "up": "lora_B.weight", "alpha": "alpha"}[role]
+        suffix = {"down": "lora_A.weight", "up": "lora_B.weight", "alpha": "alpha"}[role]
+        return f"diffusion_model.{short}.{suffix}"
     if fmt == "peft":
         return f"base_model.model.{path}." + {"down": "lora_A.weight", "up": "lora_B.weight"}[role]
     if fmt == "musubi":

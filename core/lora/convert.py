@@ -1,8 +1,8 @@
 """Torch-free conversion of a LoRA to the download formats, by rewriting the safetensors header.
 
-The modules come from api.lora_check.inspect_lora, placed on the base model with the loader's own key
-grammar (core.lora_keys), so every spelling the loader reads converts to keys every tool reads: the key
-names of each format are core.lora_keys.write_key's. Tensor bytes are copied unchanged when the dtype stays
+The modules come from core.lora.check.inspect_lora, placed on the base model with the loader's own key
+grammar (core.lora.keys), so every spelling the loader reads converts to keys every tool reads: the key
+names of each format are core.lora.keys.write_key's. Tensor bytes are copied unchanged when the dtype stays
 (bf16 included); a dtype change or an alpha folded into the up weights (formats without a per-module alpha)
 goes through numpy one tensor at a time.
 
@@ -20,8 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from api.lora_check import FLOAT_DTYPES, ITEMSIZE, LoraFileError, LoraInfo, _scalar, read_tensor
-from core.lora_keys import carries_alpha, write_key
+from core.lora.check import FLOAT_DTYPES, ITEMSIZE, LoraFileError, LoraInfo, _scalar, read_tensor
+from core.lora.keys import carries_alpha, write_key
 
 DTYPES = {"bf16": "BF16", "fp32": "F32"}   # what a download may ask for
 SINGLE_FILE_FORMATS = ("comfyui", "musubi", "diffsynth")
@@ -46,7 +46,8 @@ def canonical_modules(f: BinaryIO, info: LoraInfo, peft_config: dict[str, Any] |
     if any(not path.startswith("model.") for path in info.placed):
         raise NotConvertible("the base model could not be read to place its modules: kept as uploaded only")
     config_alpha = float(peft_config["lora_alpha"]) if peft_config and "lora_alpha" in peft_config else None
-    return {path: Module(r["down"], r["up"], _scalar(f, info.data_start, r["alpha"]) if "alpha" in r else config_alpha)
+    return {path: Module(r["down"], r["up"],
+                         _scalar(f, info.data_start, r["alpha"]) if "alpha" in r else config_alpha)
             for path, r in info.placed.items()}
 
 
@@ -156,7 +157,7 @@ def convert_download(store, key: str, fmt: str, dtype: str, index) -> str:
 
     The stored copy is read with the loader's grammar, so LoRAs stored before keys were normalised on import
     (ai-toolkit's `diffusion_model.model.*`, `transformer.*`) convert as well as new ones."""
-    from api.lora_check import inspect_lora
+    from core.lora.check import inspect_lora
 
     fd, path = tempfile.mkstemp(suffix=".safetensors")
     try:
@@ -175,8 +176,8 @@ def convert_download(store, key: str, fmt: str, dtype: str, index) -> str:
 def _own_index(src: BinaryIO, size: int):
     """Without a readable base model: the modules a stored ComfyUI copy names (ours are all written as
     diffusion_model.<path without "model.">), with the shapes the file gives them."""
-    from api.lora_check import read_header
-    from core.lora_keys import ModuleIndex, split_key
+    from core.lora.check import read_header
+    from core.lora.keys import ModuleIndex, split_key
 
     header, _, _ = read_header(src, size)
     src.seek(0)

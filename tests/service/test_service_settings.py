@@ -1,13 +1,13 @@
 """Settings: embedded defaults, env overrides, placeholder secrets refused outside development.
 
-    .venv/bin/python -m pytest tests/db/test_db_settings.py -q
+    .venv/bin/python -m pytest tests/service/test_service_settings.py -q
 """
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from api.settings import Settings
+from service.settings import Settings
 
 
 def test_defaults_are_embedded(tmp_path, monkeypatch):

@@ -1,17 +1,12 @@
-"""Train a LoRA for HiDream-O1-Image (the published recipe and then some), or all weights of a small model.
+"""The training loop: setup, steps, checkpoints, previews and the export of a LoRA (or of a whole small model).
 
-    python -m core.train --data_dir photos/ --out_dir runs/style --resolution 1024 --steps 2500 --rank 16 \
-        --sample_every 500 --sample_prompt "sks style, a lighthouse at dusk" --trigger "sks style"
-    python -m core.train ... --resume            # continue from the newest checkpoint in out_dir
-    torchrun --nproc_per_node 4 -m core.train ...   # one job on 4 GPUs of a host (DDP, see train_dist)
-
-From Python (the training worker does this):
+From Python (the training worker does this; `python -m core.train` is core.train.cli):
 
     result = train(TrainConfig(model_path=..., data_dir=..., out_dir=..., trigger="sks style"),
                    TrainCallbacks(on_step=..., on_preview=..., on_checkpoint=..., should_stop=...))
 
-Writes out_dir/checkpoints/step-N/ (see train_ckpt), previews/step-N-k.png (adapter on | off), and at the
-end lora/ (PEFT folder) + lora.safetensors (ComfyUI) -- or model/ (an HF folder) with full=True.
+Writes out_dir/checkpoints/step-N/ (see core.train.checkpoint), previews/step-N-k.png (adapter on | off),
+and at the end lora/ (PEFT folder) + lora.safetensors (ComfyUI) -- or model/ (an HF folder) with full=True.
 
 Shape: Trainer.__init__ is the setup, run() the loop, save_checkpoint() / load_checkpoint() the state.
 Every random draw of a step (sigma, eps) comes from one generator whose state is checkpointed with the
@@ -20,112 +15,22 @@ uninterrupted one (exactly, on the CPU in float32).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from core.lora import (LoraSpec, adapter_state_dict, build_metadata, inject_lora, load_adapter_state_dict,
                        lora_parameters, save_comfyui_file, save_peft_folder)
 from core.objective import Objective
-from core import train_dist
-from core.train_ckpt import (latest_checkpoint, load_checkpoint, rng_states, save_checkpoint, set_rng_states,
-                             step_dir_name)
-
-
-@dataclass
-class TrainConfig:
-    model_path: str                          # base checkpoint: HF folder (with tokenizer) or ComfyUI file
-    out_dir: str                             # checkpoints/, previews/, lora/, lora.safetensors go here
-    data_dir: str | None = None              # folder or .zip of images (+ .txt / metadata.jsonl captions)
-    trigger: str = ""                        # prepended to every caption, and recorded in the LoRA metadata
-    # -- the recipe
-    resolution: int = 1024                   # bucket area ~ resolution^2, aspect kept, sides multiples of 32
-    steps: int = 2500                        # optimizer steps (the recipe: 2,500 on ~190 images)
-    batch_size: int = 1                      # images per micro-batch (one aspect bucket each)
-    grad_accum: int = 1                      # micro-batches per optimizer step
-    lr: float = 1e-4                         # AdamW learning rate (the usual LoRA rate for 8B DiTs)
-    lr_schedule: str = "constant"            # "constant" or "cosine" after warm-up
-    warmup_steps: int = 0                    # linear warm-up from lr/warmup to lr
-    min_lr_ratio: float = 0.0                # cosine floor as a fraction of lr
-    weight_decay: float = 0.0                # LoRA B starts at 0; decay would pull towards "no adapter"
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW defaults
-    max_grad_norm: float = 1.0               # gradient clipping (0 disables)
-    rank: int = 16                           # LoRA rank (the recipe)
-    alpha: float = 16.0                      # LoRA alpha; scale alpha/rank = 1 (the recipe)
-    lora_dropout: float = 0.0                # the recipe has none
-    extra_targets: tuple[str, ...] = ()      # add "x_embedder" / "final_layer2" to the LoRA targets
-    full: bool = False                       # train every weight (no LoRA): pretraining small models
-    # -- objective (defaults are the recipe's)
-    sigma_dist: str = "uniform"              # "uniform" U(0.001, 1) | "shifted" | "logit_normal"
-    sigma_shift: float = 3.0                 # for sigma_dist="shifted"
-    weighting: str = "none"                  # "velocity" = 1/sigma^2 on the x0 error
-    # -- data
-    repeats: int = 1                         # each image this many times per epoch (small datasets)
-    flip: bool = False                       # random horizontal flips (off: styles with text/asymmetry)
-    caption_dropout: float = 0.0             # fraction of captions replaced by " " (keeps CFG working)
-    num_workers: int = 0                     # DataLoader workers (0: decode in the training process)
-    min_side: int = 256                      # images with a shorter side are rejected by validation (never more
-                                             # than resolution: an image as large as the training size trains)
-    # -- speed / precision
-    device: str = "auto"                     # "auto" = cuda when available, else cpu
-    precision: str = "auto"                  # "auto" = bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
-    gradient_checkpointing: bool | str = "auto"  # recompute activations in backward; "auto": on only when
-                                             # the estimated activations would not fit in free GPU memory
-    compile: bool | str = "auto"             # torch.compile the decoder layers (one shared compiled call,
-                                             # gradient checkpointing traced inside it); "auto": on CUDA
-    log_every: int = 1                       # host sync + on_step every K steps (raise for fast full runs)
-    prefetch: int = 2                        # batches decoded ahead by a background thread (0: inline)
-    seed: int = 0                            # LoRA init, sigma/eps stream, data order
-    # -- checkpoints and previews
-    checkpoint_every: int = 500              # steps between checkpoints (0: only at the end / on stop)
-    keep_checkpoints: int = 2                # newest checkpoints kept (0 keeps all)
-    resume: str | None = None                # "latest" (newest in out_dir, else fresh) or a checkpoint path
-    sample_every: int = 500                  # steps between previews (0: none)
-    sample_prompts: tuple[str, ...] = ()     # preview prompts (include the trigger)
-    sample_steps: int = 20                   # sampler steps for previews (fewer than the 50 of final images)
-    sample_guidance: float = 5.0             # CFG for previews (the full model's default)
-    sample_size: int | None = None           # preview side in pixels (None: resolution)
-    sample_preset: str = "full"              # core.sampler preset ("full" / "dev")
-    sample_seed: int = 0                     # same seed for adapter on and off
-    base_model_name: str = ""                # recorded in the LoRA metadata (default: model_path's name)
-
-    def validate(self) -> None:
-        problems = []
-        for name in ("steps", "batch_size", "grad_accum", "rank", "log_every", "sample_steps", "repeats"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                problems.append(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if self.compile not in (True, False, "auto"):
-            problems.append(f"compile must be true, false or 'auto', got {self.compile!r}")
-        if not isinstance(self.prefetch, int) or self.prefetch < 0:
-            problems.append(f"prefetch must be an integer >= 0, got {self.prefetch!r}")
-        if self.gradient_checkpointing not in (True, False, "auto"):
-            problems.append(f"gradient_checkpointing must be true, false or 'auto', "
-                            f"got {self.gradient_checkpointing!r}")
-        if self.resolution < 32 or self.resolution % 32:
-            problems.append(f"resolution must be a multiple of 32, got {self.resolution}")
-        if not self.lr > 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            problems.append(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            problems.append(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
-        for name in ("warmup_steps", "checkpoint_every", "sample_every", "keep_checkpoints", "num_workers"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.sample_size is not None and (self.sample_size < 32 or self.sample_size % 32):
-            problems.append(f"sample_size must be a multiple of 32, got {self.sample_size}")
-        if problems:
-            raise ValueError("bad training config: " + "; ".join(problems))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from core.train import distributed
+from core.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_states, save_checkpoint,
+                                   set_rng_states, step_dir_name)
+from core.train.config import TrainConfig
+from core.train.hooks import TrainCallbacks, TrainResult
 
 
 LOSS_EMA_BETA = 0.9  # smoothing of the reported loss (kept in checkpoints as the uncorrected EMA and its count)
@@ -133,29 +38,6 @@ LOSS_EMA_BETA = 0.9  # smoothing of the reported loss (kept in checkpoints as th
 # Settings a resumed run must share with the checkpoint, or the continuation is not the same training.
 _RESUME_MUST_MATCH = ("rank", "alpha", "extra_targets", "full", "batch_size", "grad_accum", "seed", "resolution",
                       "lr", "lr_schedule", "warmup_steps", "sigma_dist", "weighting", "repeats", "trigger")
-
-
-@dataclass
-class TrainCallbacks:
-    """Hooks the caller passes in (nothing global). Exceptions raised by a hook stop training."""
-    on_step: Callable[[int, int, float, float, float, float, float], None] | None = None
-    # on_step(step, total, loss, smoothed_loss, lr, seconds_per_step, eta_seconds), every log_every steps
-    on_preview: Callable[[int, list[Path]], None] | None = None      # (step, [png paths])
-    on_checkpoint: Callable[[int, Path], None] | None = None         # (step, checkpoint folder)
-    should_stop: Callable[[], bool] | None = None                    # asked every step; True: save and stop
-
-
-@dataclass
-class TrainResult:
-    steps_done: int                          # optimizer steps completed (including before a resume)
-    stopped: bool                            # True when should_stop ended the run early
-    last_loss: float | None                  # loss of the last logged step
-    smoothed_loss: float | None
-    checkpoint: Path | None                  # newest checkpoint written
-    lora_dir: Path | None = None             # PEFT folder (LoRA mode, completed runs)
-    lora_file: Path | None = None            # ComfyUI file (LoRA mode, completed runs)
-    model_dir: Path | None = None            # full mode: HF folder of the trained model
-    previews: list[Path] = field(default_factory=list)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -180,7 +62,7 @@ class Trainer:
         self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                                    else ("cpu" if cfg.device == "auto" else cfg.device))
         on_cuda = self.device.type == "cuda"
-        self.dist = train_dist.setup(self.device.type)        # torchrun: one process per GPU
+        self.dist = distributed.setup(self.device.type)        # torchrun: one process per GPU
         if self.dist.active and on_cuda:
             self.device = torch.device("cuda", self.dist.local_rank)
         # Callbacks (progress, previews, the job row) belong to rank 0 alone.
@@ -234,12 +116,12 @@ class Trainer:
 
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas),
                                            weight_decay=cfg.weight_decay, fused=on_cuda)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, cfg))
         self.objective = Objective(sigma_dist=cfg.sigma_dist, shift=cfg.sigma_shift, weighting=cfg.weighting)
         # rank 0 draws exactly what a single-process run draws; other ranks get streams of their own
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
         if data is None:
-            from core.train_data import FolderData
+            from core.train.data import FolderData
 
             data = FolderData(cfg.data_dir, resolution=cfg.resolution, batch_size=cfg.batch_size,
                               trigger=cfg.trigger, repeats=cfg.repeats, flip=cfg.flip,
@@ -290,7 +172,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Every rank calls this (its RNG state is gathered); rank 0 writes."""
-        rngs = train_dist.gather_objects(rng_states(self.generator), self.dist)
+        rngs = distributed.gather_objects(rng_states(self.generator), self.dist)
         path = self.out / "checkpoints" / step_dir_name(self.step)
         if self.dist.main:
             state = {
@@ -305,7 +187,7 @@ class Trainer:
             }
             path = save_checkpoint(self.out / "checkpoints", self.step, self._weights(), state,
                                    keep=self.cfg.keep_checkpoints)
-        train_dist.barrier(self.dist)
+        distributed.barrier(self.dist)
         self.last_checkpoint, self._ckpt_step = path, self.step
         if self.cb.on_checkpoint:
             self.cb.on_checkpoint(self.step, path)
@@ -401,8 +283,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- the loop
     def run(self) -> TrainResult:
-        cfg, cb = self.cfg, self.cb
-        from core.train_data import Prefetch
+        cfg = self.cfg
+        from core.train.data import Prefetch
 
         # Decoding the next images on a thread while the GPU trains: inline, a 1024-px PNG costs tens of ms
         # of a ~0.15 s step (DataLoader workers, num_workers > 0, do the same from other processes).
@@ -424,7 +306,7 @@ class Trainer:
             # (a stop then lands at most log_every - 1 steps later); one process decides every step.
             if self.dist.active and self.step % cfg.log_every:
                 stop = False
-            elif train_dist.broadcast_flag(stop, self.dist, self.device):
+            elif distributed.broadcast_flag(stop, self.dist, self.device):
                 stopped = True
                 break
             window_loss += self.train_step(batches)
@@ -432,7 +314,7 @@ class Trainer:
 
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 # the one host sync of the window (and, with several ranks, their mean)
-                last_loss = float(train_dist.mean_over_ranks(window_loss, self.dist)) / window_steps
+                last_loss = float(distributed.mean_over_ranks(window_loss, self.dist)) / window_steps
                 now = time.perf_counter()
                 sec = (now - t_window) / window_steps
                 self._smooth(last_loss)
@@ -447,7 +329,7 @@ class Trainer:
             if cfg.sample_every and cfg.sample_prompts and self.step % cfg.sample_every == 0:
                 if self.dist.main:
                     self._preview()
-                train_dist.barrier(self.dist)
+                distributed.barrier(self.dist)
             t_window += time.perf_counter() - t_side     # seconds/step measures training, not previews
         if self._ckpt_step != self.step:
             self.save_checkpoint()           # a stop, or a run whose end is not on the checkpoint grid
@@ -455,7 +337,7 @@ class Trainer:
                              previews=list(self.previews))
         if not stopped and self.dist.main:
             self._export(result)
-        train_dist.barrier(self.dist)
+        distributed.barrier(self.dist)
         return result
 
     def _smooth(self, loss: float) -> None:
@@ -469,7 +351,7 @@ class Trainer:
         return raw / (1 - LOSS_EMA_BETA ** n) if n else None
 
     def _preview(self) -> None:
-        from core.train_preview import render_previews
+        from core.train.preview import render_previews
 
         side = self.cfg.sample_size or self.cfg.resolution
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -536,111 +418,10 @@ def _training_settings(cfg: TrainConfig) -> dict:
 
 
 def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None, data=None) -> TrainResult:
-    """Setup + loop + export. `data` (optional) replaces data_dir: see core.train_data.StreamData."""
+    """Setup + loop + export. `data` (optional) replaces data_dir: see core.train.data.StreamData."""
     return Trainer(cfg, callbacks, data=data).run()
 
 
 def train_full(cfg: TrainConfig, callbacks: TrainCallbacks | None = None, data=None) -> TrainResult:
     """The same loop on every weight (no LoRA), e.g. pretraining a small model on core.synth scenes."""
     return train(replace(cfg, full=True), callbacks, data)
-
-
-# ----------------------------------------------------------------------------------------- CLI
-_CHOICES = {"lr_schedule": ("constant", "cosine"), "sigma_dist": ("uniform", "shifted", "logit_normal"),
-            "weighting": ("none", "velocity"), "precision": ("auto", "bf16", "fp32")}
-
-
-def _field_comments() -> dict[str, str]:
-    """TrainConfig's per-field comments, so the CLI help and the dataclass cannot drift apart."""
-    import inspect
-    import re
-
-    out = {}
-    for line in inspect.getsource(TrainConfig).splitlines():
-        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
-        if m:
-            out[m.group(1)] = m.group(2).strip()
-    return out
-
-
-def _parser() -> argparse.ArgumentParser:
-    """The recipe's flags, then one flag for every other plain TrainConfig field (defaults: the dataclass)."""
-    ap = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", dest="model_path", default="models/o1-tiny",
-                    help="base checkpoint: HF folder or ComfyUI file (default: the service's default model)")
-    ap.add_argument("--data_dir", required=True)
-    ap.add_argument("--out_dir", required=True)
-    ap.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: = rank)")
-    ap.add_argument("--sample_prompt", action="append", default=[], help="a preview prompt; repeat for several")
-    ap.add_argument("--resume", nargs="?", const="latest", default=None,
-                    help="continue from the newest checkpoint in out_dir, or from the one given")
-    ap.add_argument("--extra_targets", nargs="*", default=[], choices=("x_embedder", "final_layer2"))
-    ap.add_argument("--gradient_checkpointing", choices=("auto", "on", "off"), default="auto",
-                    help="auto: only when the activations would not fit in free GPU memory")
-    ap.add_argument("--compile", nargs="?", const="on", choices=("auto", "on", "off"), default="auto",
-                    help="torch.compile the decoder layers; auto: on CUDA (a bare --compile means on)")
-    ap.add_argument("--num_workers", type=int, default=2, help="DataLoader workers decoding images")
-    taken = {a.dest for a in ap._actions}
-    notes = _field_comments()
-    for f in fields(TrainConfig):
-        if f.name in taken or f.name in ("sample_prompts", "betas", "base_model_name"):
-            continue
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        help_ = f"{notes.get(f.name, '')} (default: {f.default})"
-        if kind == "bool":
-            ap.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=help_)
-        elif kind in ("int", "float", "str", "int | None", "str | None"):
-            conv = {"int": int, "float": float}.get(kind.split(" ")[0], str)
-            ap.add_argument(f"--{f.name}", type=conv, default=None, choices=_CHOICES.get(f.name), help=help_)
-    return ap
-
-
-def config_from_args(argv: list[str] | None = None) -> TrainConfig:
-    a = _parser().parse_args(argv)
-    names = {f.name for f in fields(TrainConfig)}
-    kw = {k: v for k, v in vars(a).items() if k in names and v is not None}
-    rank = kw.get("rank", TrainConfig.rank)
-    kw["alpha"] = float(a.alpha if a.alpha is not None else rank)
-    kw["sample_prompts"] = tuple(a.sample_prompt)
-    kw["extra_targets"] = tuple(a.extra_targets)
-    kw["gradient_checkpointing"] = {"auto": "auto", "on": True, "off": False}[a.gradient_checkpointing]
-    kw["compile"] = {"auto": "auto", "on": True, "off": False}[a.compile]
-    return TrainConfig(**kw)
-
-
-def main(argv: list[str] | None = None) -> TrainResult:
-    from tqdm import tqdm
-
-    cfg = config_from_args(argv)
-    main_rank = os.environ.get("RANK", "0") == "0"      # under torchrun only rank 0 reports
-    bar = tqdm(total=cfg.steps, unit="step", dynamic_ncols=True, disable=not main_rank)
-
-    windows: list[float] = []      # s/step of each logged window (the first holds the compilation)
-
-    def on_step(step, total, loss, smoothed, lr, sec, eta):
-        bar.n = step
-        windows.append(sec)
-        bar.set_postfix(loss=f"{loss:.4f}", avg=f"{smoothed:.4f}", lr=f"{lr:.2e}", s_step=f"{sec:.3f}")
-
-    cbs = TrainCallbacks(on_step=on_step,
-                         on_preview=lambda s, paths: bar.write(f"step {s}: previews {', '.join(map(str, paths))}"),
-                         on_checkpoint=lambda s, p: bar.write(f"step {s}: checkpoint {p}"))
-    try:
-        trainer = Trainer(cfg, cbs)
-        bar.n = trainer.step
-        result = trainer.run()
-    finally:
-        bar.close()
-    if not main_rank:
-        return result
-    if len(windows) > 1:
-        steady = sorted(windows[1:])
-        print(f"seconds/step: {steady[len(steady) // 2]:.4f} (median of {len(steady)} logged windows after the "
-              f"first, which took {windows[0]:.4f} with warm-up)")
-    print(f"done: {result.steps_done} steps, smoothed loss {result.smoothed_loss}; "
-          f"LoRA: {result.lora_dir} and {result.lora_file}" if not cfg.full else f"model: {result.model_dir}")
-    return result
-
-
-if __name__ == "__main__":
-    main()

