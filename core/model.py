@@ -108,6 +108,14 @@ class _AttnPlan:
     key_mask: torch.Tensor | None = None  # [B, 1, 1, S_keys] bool, True = attend; None = all
     dense_mask: torch.Tensor | None = None  # [B, 1, S, S] additive float
     kv: dict = field(default_factory=dict)  # layer_idx -> (k, v), prefix mode writes, denoise mode reads
+    # denoise mode: this layer's prefix (k, v), handed to each layer on its own so that one compiled layer
+    # function serves all layers (reading kv[module.layer_idx] would specialise it on the layer index)
+    layer_kv: tuple | None = None
+
+    def for_layer(self, i: int) -> "_AttnPlan":
+        if self.mode != "denoise":
+            return self
+        return _AttnPlan("denoise", n_ar=self.n_ar, key_mask=self.key_mask, layer_kv=self.kv[i])
 
 
 def _sdpa(q, k, v, mask=None, causal=False, scale=None):
@@ -137,7 +145,8 @@ def split_attention(module, query, key, value, attention_mask, scaling=None, dro
         p.kv[module.layer_idx] = (key, value)
         out = _sdpa(query, key, value, causal=True, scale=scaling)
     elif p.mode == "denoise":
-        pk, pv = p.kv[module.layer_idx]  # a prefix made outside autocast may differ in dtype
+        pk, pv = p.layer_kv if p.layer_kv is not None else p.kv[module.layer_idx]
+        # (a prefix made outside autocast may differ in dtype: cast to the step's)
         out = _sdpa(query, torch.cat([pk.to(key.dtype), key], dim=2),
                     torch.cat([pv.to(value.dtype), value], dim=2), mask=p.key_mask, scale=scaling)
     elif p.mode == "dense":
@@ -247,12 +256,21 @@ class HiDreamO1(nn.Module):
     def gradient_checkpointing_disable(self):
         self.gradient_checkpointing = False
 
-    def compile_layers(self) -> None:
+    def compile_layers(self, backend="inductor") -> None:
         """Regional torch.compile: one compiled function shared by every decoder layer (same code, the layer's
         weights as inputs), with gradient checkpointing traced inside it so that the backward's recompute runs
         compiled too (a checkpoint around a compiled module recomputes through saved-tensor hooks, which
-        torch.compile does not trace)."""
-        self._layer_fn = torch.compile(run_layer)
+        torch.compile does not trace). Sampling uses it too (Sampler(compile_scope="layers")): one layer's graph
+        compiles in a fraction of the whole denoise's time, and a new shape recompiles only that small graph."""
+        self._layer_fn = torch.compile(run_layer, backend=backend)
+
+    def eager_layers(self) -> None:
+        """Undo compile_layers (a failed compilation falls back to this)."""
+        self._layer_fn = run_layer
+
+    @property
+    def layers_compiled(self) -> bool:
+        return self._layer_fn is not run_layer
 
     def get_input_embeddings(self):
         return self.model.language_model.embed_tokens
@@ -320,8 +338,13 @@ class HiDreamO1(nn.Module):
         lm = self.model.language_model
         position_embeddings = lm.rotary_emb(hidden, position_ids)
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        # the prefix pass records K/V per layer (a side effect keyed by layer index): it runs eagerly, once
+        # per request; the compiled layer function serves the training forward and the denoise steps
+        layer_fn = self._layer_fn if plan.mode in ("split", "denoise") else run_layer
+        if plan.mode == "denoise" and layer_fn is not run_layer and not torch.compiler.is_compiling():
+            _mark_step_dynamic(hidden, position_embeddings, plan)
         for i, layer in enumerate(lm.layers):
-            hidden = self._layer_fn(layer, hidden, position_embeddings, plan, ckpt)
+            hidden = layer_fn(layer, hidden, position_embeddings, plan.for_layer(i), ckpt)
             if deepstack is not None and i < len(deepstack):
                 # DeepStack: add the vision tower's intermediate features at the image-pad positions
                 mask = deepstack_mask
@@ -434,6 +457,22 @@ class HiDreamO1(nn.Module):
         plan = _AttnPlan("denoise", n_ar=prefix.kv_length, key_mask=prefix.key_mask(hidden.shape[1]), kv=prefix.kv)
         hidden = self._run_layers(hidden, prefix.gen_position_ids, plan)
         return self.model.final_layer2(hidden[:, 1:])
+
+
+def _mark_step_dynamic(hidden, position_embeddings, plan) -> None:
+    """For the compiled layer of a denoise step: the prompt length (prefix keys) is dynamic, and the batch
+    when above 1, so that one graph per image size serves every prompt and batch (as the sampler marks its
+    whole-step inputs). `maybe_`: a backend may still specialise; it then recompiles, never fails."""
+    mark = torch._dynamo.maybe_mark_dynamic
+    batched = hidden.shape[0] > 1
+    for x in (hidden, *position_embeddings, plan.key_mask, *(k for kv in plan.kv.values() for k in kv)):
+        if x is not None and batched:
+            mark(x, 0)
+    if plan.key_mask is not None:
+        mark(plan.key_mask, 3)
+    for k, v in plan.kv.values():
+        mark(k, 2)
+        mark(v, 2)
 
 
 def run_layer(layer, hidden, position_embeddings, plan, ckpt: bool):

@@ -107,7 +107,8 @@ def initial_noise(seed: int, height: int, width: int, scale: float) -> torch.Ten
 
 class Sampler:
     def __init__(self, model, tokenizer, preview_every: int = 1, cuda_graph: bool = False, cfg_batch: bool = True,
-                 compile: bool | str | Callable = False, cfg_split_pixels: int | None = None):
+                 compile: bool | str | Callable = False, cfg_split_pixels: int | None = None,
+                 compile_scope: str = "denoise"):
         self.model = model
         # torch.compile of the per-step call fuses the ~30 elementwise / cast kernels of each layer (norms,
         # rotary, SwiGLU): 1.4x per step on an H200 at 1024 px (bench/RESULTS.md). Off by default: the first
@@ -115,13 +116,23 @@ class Sampler:
         # the backend (tests use "eager" / "aot_eager" on the CPU). The prefix length (prompt tokens) is
         # marked dynamic, so prompts of any length share one graph per image size and batch; LoRAs must
         # be set through LoRA slots (core.lora.slots) to switch without recompiling.
+        # compile_scope "denoise": the whole step is one graph (a full-size compile takes minutes);
+        # "layers": one compiled function that every decoder layer runs (model.compile_layers), the rest of
+        # the step eager: a fraction of the compile time, and a new shape recompiles only one layer's graph.
         self._compiled = None
         self.compile_failed: str | None = None  # why the compiled step was given up, if it was
+        if compile_scope not in ("denoise", "layers"):
+            raise ValueError(f"compile_scope must be 'denoise' or 'layers', got {compile_scope!r}")
+        self.compile_scope = compile_scope
         if compile:
             backend = "inductor" if compile is True else compile
-            # dynamic=False: no automatic dynamic shapes, so each image size gets its own static graph (the
-            # best kernels); the prompt length and the batch are marked dynamic explicitly (see _fast).
-            self._compiled = torch.compile(model.denoise, backend=backend, dynamic=False)
+            if compile_scope == "layers":
+                model.compile_layers(backend)
+                self._compiled = model.denoise
+            else:
+                # dynamic=False: no automatic dynamic shapes, so each image size gets its own static graph;
+                # the prompt length and the batch are marked dynamic explicitly (see _fast).
+                self._compiled = torch.compile(model.denoise, backend=backend, dynamic=False)
             # sizes x {one row, a batch} x {padded, unpadded prompts}: room for more than the default 8
             cfg = torch._dynamo.config
             limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # older torch
@@ -312,6 +323,8 @@ class Sampler:
             self.compile_failed = f"{type(e).__name__}: {e}"[:2000]
             log.exception("compiled denoise failed; eager from now on")
             self._compiled = None
+            if self.compile_scope == "layers":
+                self.model.eager_layers()
             return self.model.denoise(prefix, vinputs, t)
 
     def _prefix(self, req: Request, texts: list[str], rows: list[int], vision):

@@ -45,7 +45,7 @@ def host(c: WorkerContext) -> ModelHost:
     key = host_key(s)
     if _host is None or _host.key != key:
         _host = ModelHost(s.model_path, s.lora_cache_size, compile=s.generate_compile, lora_max_rank=s.lora_max_rank,
-                          cfg_split_pixels=s.cfg_split_pixels)
+                          cfg_split_pixels=s.cfg_split_pixels, compile_cache_dir=s.data_dir / "compile-cache")
         _host.key = key
     return _host
 

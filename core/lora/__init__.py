@@ -16,7 +16,8 @@ _LAZY = {
     **dict.fromkeys(("build_metadata", "comfyui_tensors", "config_hash", "lora_file_tensors", "save_comfyui_file",
                      "save_lora_file", "save_peft_folder"), "export"),
     **dict.fromkeys(("BoundLora", "LoraFile", "bind_lora", "module_index", "read_lora"), "formats"),
-    **dict.fromkeys(("install_lora_slots", "lora_slots", "remove_lora_slots", "slot_capacity"), "slots"),
+    **dict.fromkeys(("install_lora_slots", "lora_slots", "remove_lora_slots", "slot_capacity", "slots_forced_on",
+                     "slots_on"), "slots"),
     **dict.fromkeys(("EXTRA_TARGETS", "LoraSpec", "adapter_state_dict", "inject_lora", "load_adapter_state_dict",
                      "lora_parameters", "set_adapter_enabled", "target_names"), "inject"),
 }
@@ -54,4 +55,5 @@ __all__ = [
     "module_index", "parse_lora_arg", "read_lora", "save_comfyui_file", "save_lora_file", "save_peft_folder",
     "set_adapter_enabled",
     "set_loras", "target_names", "install_lora_slots", "lora_slots", "remove_lora_slots", "slot_capacity",
+    "slots_forced_on", "slots_on",
 ]

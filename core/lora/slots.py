@@ -9,11 +9,17 @@ carries one persistent hook and two non-persistent buffers, `o1_lora_down` [capa
 `o1_lora_up` [out, capacity], zeros when no LoRA is active. Switching the LoRA set or its scales only
 writes into these buffers (same shape, dtype, device), which the compiled graph reads as inputs: no
 recompile, and the base weights are never written. The cost is two rank-`capacity` matmuls per linear
-whether or not a LoRA is active. The state dict is unchanged (the buffers are not persistent).
+while any LoRA is active (+15% per step at full size on an H200, bench/RESULTS.md, about the same at
+capacity 16 or 64). With no LoRA active one model-wide switch turns every slot off, so the plain requests
+run the plain layer: the compiled step then has two variants (slots on / off), both compiled at warm-up,
+and switching LoRAs within "on" still never recompiles. The state dict is unchanged (the buffers are not
+persistent).
 """
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +35,20 @@ DOWN, UP = "o1_lora_down", "o1_lora_up"
 SLOT_PATTERN = "|".join([LM_PATTERN, *EXTRA_TARGETS.values()])
 
 
+SWITCH = "_o1lora_slot_switch"    # module attribute: the model's one SlotSwitch
+
+
+class SlotSwitch:
+    """Whether a model's slots run at all; one object shared by all its slots. torch.compile guards on
+    `.on`, so a compiled step has one variant per value (not one per LoRA set: those are data)."""
+
+    def __init__(self):
+        self.on = False
+
+
 def _slot_hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+    if not getattr(module, SWITCH).on:  # no LoRA active anywhere: the plain linear, no extra kernels
+        return out
     # apply._Delta's arithmetic on the fixed-shape buffers (zero columns add exact zeros). The up
     # projection and the add are one addmm: the output is read and written once, not three times.
     down, up = getattr(module, DOWN), getattr(module, UP)
@@ -50,7 +69,7 @@ def install_lora_slots(model: nn.Module, capacity: int) -> int:
             return len(have)
         remove_lora_slots(model)
     rx = re.compile(SLOT_PATTERN)
-    slots = {}
+    slots, switch = {}, SlotSwitch()
     for path, m in model.named_modules():
         if isinstance(m, nn.Linear) and rx.fullmatch(path):
             w = m.weight
@@ -58,6 +77,7 @@ def install_lora_slots(model: nn.Module, capacity: int) -> int:
                               persistent=False)
             m.register_buffer(UP, torch.zeros(m.out_features, capacity, dtype=w.dtype, device=w.device),
                               persistent=False)
+            setattr(m, SWITCH, switch)
             m._o1lora_slot_handle = m.register_forward_hook(_slot_hook)
             slots[path] = m
     setattr(model, SLOTS_ATTR, slots)
@@ -70,6 +90,7 @@ def remove_lora_slots(model: nn.Module) -> None:
     for m in lora_slots(model).values():
         m._o1lora_slot_handle.remove()
         del m._o1lora_slot_handle
+        delattr(m, SWITCH)
         delattr(m, DOWN)
         delattr(m, UP)
     setattr(model, SLOTS_ATTR, {})
@@ -112,4 +133,30 @@ def fill_slots(model: nn.Module, parts: dict[str, list[tuple[torch.Tensor, torch
         getattr(slots[path], DOWN).zero_()
         getattr(slots[path], UP).zero_()
     setattr(model, ACTIVE_ATTR, filled)
+    if slots:
+        _switch(model).on = bool(filled)
     return rest
+
+
+def _switch(model: nn.Module) -> SlotSwitch:
+    return getattr(next(iter(lora_slots(model).values())), SWITCH)
+
+
+def slots_on(model: nn.Module) -> bool:
+    """Whether the slots run (some LoRA is active in them)."""
+    return bool(lora_slots(model)) and _switch(model).on
+
+
+@contextmanager
+def slots_forced_on(model: nn.Module) -> Iterator[None]:
+    """Run the slots even with none filled (zeros add exact zeros): a warm-up compiles the step's
+    "LoRA active" variant before any request needs it. No-op on a model without slots."""
+    if not lora_slots(model):
+        yield
+        return
+    sw = _switch(model)
+    before, sw.on = sw.on, True
+    try:
+        yield
+    finally:
+        sw.on = before

@@ -42,6 +42,42 @@ def test_one_graph_per_size_whatever_the_prompt_length_or_batch(model):
     assert graphs == [1, 1, 1, 1, 2, 2]
 
 
+def test_compiled_layers_one_graph_for_every_layer_prompt_length_and_batch(model):
+    """compile_scope="layers": the 2 decoder layers share one compiled function, and its graph is compiled
+    once per image size whatever the prompt length or batch (dynamic marks), with eager's output; the prefix
+    pass stays eager (it records K/V per layer)."""
+    m, tok = model
+    torch._dynamo.reset()
+    backend = CountingBackend()
+    fast, eager = Sampler(m, tok, preview_every=0, compile=backend, compile_scope="layers"), Sampler(m, tok, preview_every=0)
+    try:
+        assert m.layers_compiled and len(m.model.language_model.layers) == 2
+        graphs = []
+        for prompt, n, (w, h) in [("a red circle", 1, (64, 32)),
+                                  ("two small blue squares on the left of a large green triangle", 1, (64, 32)),
+                                  ("a red circle", 3, (64, 32)), ("blue", 2, (64, 32)), ("a red circle", 1, (64, 64))]:
+            z = fast([prompt], width=w, height=h, num_images=n, **ARGS)
+            graphs.append(backend.compiles)
+            m.eager_layers()
+            want = eager([prompt], width=w, height=h, num_images=n, **ARGS)
+            m.compile_layers(backend)
+            assert torch.equal(z, want)
+        assert graphs == [1, 1, 1, 1, 2]
+    finally:
+        m.eager_layers()
+
+
+def test_a_failing_layer_compiler_falls_back_to_eager_layers(model):
+    m, tok = model
+    torch._dynamo.reset()
+    fast = Sampler(m, tok, preview_every=0, compile=CountingBackend(fail=True), compile_scope="layers")
+    z = fast(["a red circle"], width=64, height=32, **ARGS)
+    assert not fast.compiled and not m.layers_compiled and "backend exploded" in fast.compile_failed
+    assert torch.equal(z, Sampler(m, tok, preview_every=0)(["a red circle"], width=64, height=32, **ARGS))
+    with pytest.raises(ValueError, match="compile_scope"):
+        Sampler(m, tok, compile=True, compile_scope="everything")
+
+
 def test_a_failing_compiler_falls_back_to_eager_for_good(model):
     m, tok = model
     backend = CountingBackend(fail=True)

@@ -2,6 +2,8 @@
 warmed up at start and never recompiled by LoRA switches, CFG as one batch or two calls by size."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from test_worker_generation import gctx, make_lora, new_generation, png  # noqa: F401 (fixtures)
@@ -77,7 +79,7 @@ def test_compiled_worker_warms_up_then_switches_loras_and_sizes_without_recompil
     # 64x32 is under the split threshold (CFG as one 2-row batch), 64x64 at it (two 1-row calls).
     assert h.warm_up(parse_sizes("64x32,64x64")).keys() == {"64x32", "64x64"}
     warm = backend.compiles
-    assert warm == 2                                             # one graph per size
+    assert warm == 4                                             # per size: LoRA slots off and on
     calls_per_step = {}
     for size, loras, n, prompt in [
         ((64, 32), [{"id": la, "scale": 1.0}], 1, "a red circle"),
@@ -120,3 +122,14 @@ def test_warm_up_runs_at_worker_start_for_the_configured_sizes(gctx, monkeypatch
         assert generation.start_warm_up(None) is None
     with pytest.raises(ValueError, match="'1000x64' is not WIDTHxHEIGHT"):
         parse_sizes("1000x64")
+
+
+def test_compiled_code_is_cached_in_the_data_dir_unless_the_environment_says_where(gctx, monkeypatch, tmp_path):
+    from worker.model_host import use_compile_cache
+    monkeypatch.setattr(generation, "_host", None)               # a host of an earlier test's data dir
+    assert generation.host(gctx).compile_cache_dir == gctx.settings.data_dir / "compile-cache"
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    use_compile_cache(tmp_path / "cc")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cc").resolve()) and (tmp_path / "cc").is_dir()
+    use_compile_cache(tmp_path / "other")                        # whoever set it first wins
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cc").resolve())
