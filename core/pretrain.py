@@ -1,13 +1,14 @@
 """Pretrain a small HiDream-O1-architecture model from scratch on procedural shape scenes (the bundled model).
 
-    python -m core.pretrain --out models/o1-shapes --minutes 7.5            # on one GPU (bf16 autocast)
+    python -m core.pretrain --out models/o1-shapes --minutes 7.0            # on one GPU (bf16 autocast)
     python -m core.pretrain --out /tmp/smoke --minutes 0.2 --smoke          # CPU smoke run, tiny sizes
 
 Same architecture code path (core.model.HiDreamO1 on stock Qwen3-VL modules), same 32-px patches, layout
 and objective as the LoRA recipe (x0-MSE, noise scale 8, t = 1 - sigma, sigma ~ U(0.001, 1)); only smaller.
 Why a pool: rendering ~10k scenes a second would need every CPU core, so the run first renders a fixed pool
 of scenes per size in parallel (uint8, kept on the GPU) and then trains on random draws from it with no
-host work per step. Captions are dropped to " " 10% of the time so classifier-free guidance works.
+host work per step. Captions are dropped to " " 10% of the time so classifier-free guidance works, and 30% carry a made-up lead
+phrase ("sks outline, a small red ...") so a LoRA trigger in front of a prompt does not move its shapes.
 Writes the checkpoint in the official folder layout (bf16, sharded to stay under 16 MB a file), the
 tokenizer, `pretrain_log.json` (loss curve, settings, timings).
 """
@@ -17,6 +18,7 @@ import argparse
 import json
 import math
 import multiprocessing as mp
+import random
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +39,32 @@ EXTRA_WORDS = ("a an the one two three and with on in of at to style drawing pic
                "hatched hatching outline outlined striped stripes sketch ink pen cartoon flat simple bold "
                "shape shapes object objects scene big little huge tiny middle corner side upper lower "
                "black white grey gray brown cyan magenta dark light bright pale").split()
+
+
+# Words a lead phrase may use: style-like words, never a word of the scene grammar (a colour or a shape in
+# front of the scene would be ambiguous).
+_SCENE_WORDS = set(COLOURS) | set(SHAPES) | set(SIZES) | {w for b in BACKGROUNDS for w in b.split()}
+LEAD_WORDS = tuple(w for w in EXTRA_WORDS if w not in _SCENE_WORDS and len(w) > 2)
+
+
+def lead_phrase(rng) -> str:
+    """A made-up trigger phrase: 1-4 words, each a style-like word or random letters (like "sks")."""
+    words = []
+    for _ in range(rng.randint(1, 4)):
+        if rng.random() < 0.5:
+            words.append(rng.choice(LEAD_WORDS))
+        else:
+            words.append("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 7))))
+    return " ".join(words)
+
+
+def with_leads(captions: list[str], prob: float, seed: int) -> list[str]:
+    """A fraction `prob` of the captions get a lead phrase, as a LoRA trigger is written ("sks, a red ...").
+    Why: a model that only ever saw the scene sentence from its first token reads words by position, and
+    any phrase in front of it moves the shape to the wrong cell; this teaches it to read past a prefix,
+    so a LoRA's trigger changes the look and not the content."""
+    rng = random.Random(f"o1lora-lead:{seed}")
+    return [f"{lead_phrase(rng)}, {c}" if rng.random() < prob else c for c in captions]
 
 
 def corpus(n_scenes: int = 4000) -> list[str]:
@@ -131,9 +159,14 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--minutes", type=float, default=7.5, help="training wall-clock budget (after the pool)")
     ap.add_argument("--sizes", default="128,256", help="square training sizes, alternated step by step")
-    ap.add_argument("--batch", default="256,96", help="batch size per size")
-    ap.add_argument("--pool", default="80000,40000", help="scenes rendered per size")
-    ap.add_argument("--lr", type=float, default=8e-4)
+    # The model is small: a step is bound by launch overhead, not arithmetic, so 3x the batch of the first
+    # bundled model costs little more per step (bench/RESULTS.md has both runs).
+    ap.add_argument("--batch", default="768,256", help="batch size per size")
+    ap.add_argument("--pool", default="100000,40000", help="scenes rendered per size")
+    ap.add_argument("--lead_prob", type=float, default=0.3, help="share of captions with a lead phrase")
+    ap.add_argument("--fine_frac", type=float, default=0.5,
+                    help="share of each batch whose sigma is squared (more low-noise steps: fine detail)")
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=500)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--caption_dropout", type=float, default=0.1)
@@ -163,7 +196,7 @@ def main(argv=None) -> None:
     data = []
     for size, n, b in zip(sizes, pools, batches):
         imgs, caps = render_pool(n, size, args.seed + size, workers)
-        data.append((size, b, imgs, caps))
+        data.append((size, b, imgs, with_leads(caps, args.lead_prob, args.seed + size)))
     tokenizer = build_tokenizer(corpus(), vocab_size=1024)
     spec = TinySpec(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
                     head_dim=args.head_dim, mlp=args.mlp, vision_hidden=64, vision_depth=1, vision_heads=2,
@@ -201,7 +234,12 @@ def main(argv=None) -> None:
         idx = torch.randint(0, imgs.shape[0], (bsz,), device=device, generator=gen)
         drop = torch.rand(bsz, device=device, generator=gen) < args.caption_dropout
         x0 = patchify(imgs[idx].permute(0, 3, 1, 2).float() / 127.5 - 1.0)
-        z_t, t, sigma = obj.noise(x0, gen)
+        # Half the batch at sigma^2: small shapes and clean backgrounds are decided at low noise, which
+        # U(0.001, 1) visits 10% of the time; still the recipe's objective, only where sigma falls.
+        sigma = obj.sample_sigma(bsz, gen, device)
+        fine = torch.rand(bsz, device=device, generator=gen) < args.fine_frac
+        sigma = torch.where(fine, (sigma * sigma).clamp_min(obj.sigma_min), sigma)
+        z_t, t, sigma = obj.noise(x0, gen, sigma)
         inputs = batch_inputs(tp, idx, drop, size, size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             x_pred = model(vinputs=z_t, timestep=t, **inputs).x_pred[:, -x0.shape[1]:]
