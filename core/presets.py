@@ -2,6 +2,8 @@
 
     from core.presets import PRESETS, snap_resolution
     PRESETS["full"]               # HiDream-O1-Image: UniPC, 50 steps, CFG 5, shift 3, noise 8
+    PRESETS["bundled"]            # the bundled models/o1-shapes: UniPC, 20 steps, CFG 3 (docs/evidence.md)
+    BUNDLED_TRAINING              # the LoRA recipe that works on the bundled model (rank, lr, steps, size)
     snap_resolution(1000, 600)    # -> (2560, 1440): the official size closest in aspect ratio
 """
 from __future__ import annotations
@@ -55,6 +57,28 @@ PRESETS: dict[str, Preset] = {
     "dev-edit": Preset("dev-edit", "euler", steps=len(DEV_TIMESTEPS), guidance=0.0, shift=1.0, noise_scale=8.0,
                        timesteps=DEV_TIMESTEPS),
 }
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """LoRA training defaults for one base model: what a first run should use unless the user says otherwise."""
+
+    name: str
+    rank: int
+    alpha: float
+    learning_rate: float
+    steps: int
+    batch_size: int
+    resolution: int
+    regularisation: bool   # train plain images (a dataset's reg/ folder) without the trigger beside the styled ones
+
+
+# The bundled model (models/o1-shapes) is small and draws at 128-256 px; its LoRAs train on 2 CPU cores in
+# minutes. Measured in docs/evidence.md (the "outlined" style through the service: gain, gating, prompt
+# following); the full-size models keep the API's general defaults.
+BUNDLED_TRAINING = TrainingRecipe("bundled", rank=16, alpha=16.0, learning_rate=1e-3, steps=150, batch_size=4,
+                                  resolution=128, regularisation=True)
+PRESETS["bundled"] = Preset("bundled", "unipc", steps=20, guidance=3.0, shift=3.0, noise_scale=8.0)
 
 # The official pipeline snaps every request to the closest aspect ratio among these (width, height).
 OFFICIAL_RESOLUTIONS: tuple[tuple[int, int], ...] = (
