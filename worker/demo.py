@@ -1,14 +1,15 @@
 """`make demo`: the service on its embedded default learns a style over HTTP and shows before / after.
 
-    python -m worker.demo                      # writes runs/demo/grid.png; ~20 min on 2 busy CPU cores
+    python -m worker.demo                      # writes runs/demo/grid.png; ~5-10 min on 2 CPU cores
     python -m worker.demo --steps 4 --images 8 --gen-steps 2 --out /tmp/demo   # a smoke run
 
 It starts `python -m worker.embedded` (own Redis, SQLite, API, one worker) on the bundled model
-(models/o1-shapes, else the embedded fallback), writes the procedural shapes dataset in the "hatched" style
-(core.synth) as a zip, uploads it, trains a LoRA with a trigger phrase, generates the same prompts and seeds
-without and with the LoRA, and writes a grid: one row per prompt, base on the left, LoRA on the right. It
-also prints core.synth's style score (about 1 for hatched images, 0 for plain ones) of both columns; a
-default run measured base 0.06 -> with the LoRA 0.48 (300 steps on the bundled o1-shapes model).
+(models/o1-shapes, else the embedded fallback), writes the procedural shapes dataset in the "outlined" style
+(core.synth: a bold black contour) with as many plain scenes under reg/ (trained without the trigger) as a
+zip, uploads it, trains a LoRA with the bundled recipe (core.presets.BUNDLED_TRAINING) and a trigger
+phrase, generates the same prompts and seeds without the LoRA, with it and its trigger, and with it but no
+trigger, and writes a labelled grid with the outline score and prompt following of each column printed
+under it (measured numbers: docs/evidence.md).
 """
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ import httpx
 from PIL import Image, ImageDraw
 
 from api.settings import BUNDLED_MODEL as BUNDLED, REPO
+from core.presets import BUNDLED_TRAINING
 from worker.broker import free_port
 
-TRIGGER = "hatchwork style"
+TRIGGER = "in bold outline style"
+STYLE = "outlined"   # core.synth's bold black contour: visible at 128 px, unlike hatching (docs/evidence.md)
 
 
 def start_service(data_dir: Path, model: Path, port: int) -> tuple[subprocess.Popen, str]:
@@ -88,12 +91,12 @@ def generate(http: httpx.Client, prompt: str, size: int, steps: int, seed: int, 
 COLUMNS = ("base", "+ LoRA, trigger", "+ LoRA, no trigger")
 
 
-def grid(rows: list[tuple[str, list[Image.Image]]], size: int, zoom: int = 2) -> Image.Image:
+def grid(rows: list[tuple[str, list[Image.Image]]], size: int, zoom: int = 2, footer: list[str] = ()) -> Image.Image:
     """Rows of (prompt, one image per column) under a header, each image enlarged `zoom` times (pixel
-    for pixel, so the hatching stays visible), the prompt under each row."""
+    for pixel), the prompt under each row, and `footer` lines (the scores) at the bottom."""
     pad, text_h, side = 8, 14, size * zoom
     width = len(COLUMNS) * (side + pad) + pad
-    height = text_h + pad + len(rows) * (side + text_h + pad) + pad
+    height = text_h + pad + len(rows) * (side + text_h + pad) + pad + len(footer) * text_h
     out = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(out)
     for c, title in enumerate(COLUMNS):
@@ -104,36 +107,45 @@ def grid(rows: list[tuple[str, list[Image.Image]]], size: int, zoom: int = 2) ->
             out.paste(img.resize((side, side), Image.Resampling.NEAREST), (pad + c * (side + pad), y))
         d.text((pad, y + side + 1), prompt[: width // 6], fill="black")
         y += side + text_h + pad
+    for line in footer:
+        d.text((pad, y), line[: width // 6], fill="black")
+        y += text_h
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m worker.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "runs" / "demo"))
-    ap.add_argument("--steps", type=int, default=300, help="training steps")
-    ap.add_argument("--images", type=int, default=48, help="dataset images")
-    ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--size", type=int, default=128, help="training and generation side in pixels")
+    # Defaults: the bundled model's recipe (core.presets.BUNDLED_TRAINING).
+    ap.add_argument("--steps", type=int, default=BUNDLED_TRAINING.steps, help="training steps")
+    ap.add_argument("--images", type=int, default=24, help="styled dataset images (as many plain ones in reg/)")
+    ap.add_argument("--rank", type=int, default=BUNDLED_TRAINING.rank)
+    ap.add_argument("--lr", type=float, default=BUNDLED_TRAINING.learning_rate)
+    ap.add_argument("--batch", type=int, default=BUNDLED_TRAINING.batch_size)
+    ap.add_argument("--size", type=int, default=BUNDLED_TRAINING.resolution,
+                    help="training and generation side in pixels")
     ap.add_argument("--gen-steps", type=int, default=20, help="sampler steps per image")
     ap.add_argument("--guidance", type=float, default=3.0,
                     help="CFG scale (3 suits the bundled model best: docs/evidence.md)")
     ap.add_argument("--prompts", type=int, default=4)
     args = ap.parse_args(argv)
 
-    from core.synth import sample_scene, style_score
+    from core.synth import sample_scene
     from core.synth.cli import write_dataset
+    from core.synth.evaluate import evaluate
+    from core.synth.outline import outline_score
 
     out = Path(args.out).resolve()
     data_dir = out / "data"
     # A demo starts from nothing, like a fresh machine: only its own files are removed, never --out itself.
     shutil.rmtree(data_dir, ignore_errors=True)
-    (out / "hatched.zip").unlink(missing_ok=True)
+    (out / f"{STYLE}.zip").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     model = BUNDLED if (BUNDLED / "config.json").is_file() else out / "no-bundled-model"
     # The API refuses images under 256 px on a side; the trainer scales them to --size.
-    dataset = write_dataset(out / "hatched", n=args.images, size=max(256, args.size), style="hatched",
-                            as_zip=True)
+    # Styled scenes, plus as many plain ones under reg/ that train without the trigger (the gating).
+    dataset = write_dataset(out / STYLE, n=args.images, size=max(256, args.size), style=STYLE, seed=7,
+                            two_shape_prob=0.3, as_zip=True, reg=args.images if BUNDLED_TRAINING.regularisation else 0)
     port = free_port()
     proc, key = start_service(data_dir, model, port)
     try:
@@ -141,13 +153,14 @@ def main(argv: list[str] | None = None) -> int:
                             timeout=120)
         print(f"service up at http://127.0.0.1:{port} on {model.name}; uploading {dataset.name}", flush=True)
         r = http.post("/v1/datasets", files=[("files", (dataset.name, dataset.read_bytes(), "application/zip"))],
-                      data={"name": "hatched shapes", "resolution": str(args.size)})
+                      data={"name": f"{STYLE} shapes", "resolution": str(args.size)})
         if r.status_code != 201:
             raise RuntimeError(f"upload refused: {r.text}")
-        prompts = [sample_scene(1234, i).caption("") for i in range(args.prompts)]
+        scenes = [sample_scene(1234, i) for i in range(args.prompts)]
+        prompts = [s.caption("") for s in scenes]
         job = http.post("/v1/trainings", json={
             "dataset_id": r.json()["id"], "trigger": TRIGGER, "steps": args.steps, "rank": args.rank,
-            "alpha": float(args.rank), "learning_rate": args.lr, "resolution": args.size,
+            "alpha": float(args.rank), "learning_rate": args.lr, "resolution": args.size, "batch_size": args.batch,
             "sample_every": args.steps, "sample_prompts": [f"{TRIGGER}, {prompts[0]}"]}).raise_for_status().json()
         print(f"training {job['id']} ({args.steps} steps)", flush=True)
         job = wait_done(http, f"/v1/trainings/{job['id']}", "training", timeout=24 * 3600)
@@ -159,10 +172,17 @@ def main(argv: list[str] | None = None) -> int:
                       for p, l in ((prompt, []), (f"{TRIGGER}, {prompt}", lora), (prompt, lora))]
             rows.append((prompt, images))
         path = out / "grid.png"
-        grid(rows, args.size).save(path)
-        score = [sum(style_score(imgs[c]) for _, imgs in rows) / len(rows) for c in range(len(COLUMNS))]
-        print(f"\nstyle score (1 = hatched, 0 = plain): base {score[0]:.2f}, with the LoRA and its trigger "
-              f"{score[1]:.2f}, with the LoRA and no trigger {score[2]:.2f}")
+        score = [sum(outline_score(imgs[c]) for _, imgs in rows) / len(rows) for c in range(len(COLUMNS))]
+        follow = []
+        for c in range(len(COLUMNS)):
+            ev = evaluate([(imgs[c], s.labels()) for (_, imgs), s in zip(rows, scenes)])
+            follow.append((ev["mean_background_ok"], ev["mean_region_acc"], ev["mean_colour_acc"]))
+        footer = [f"{t}: outline score {v:.2f} (1 = outlined, 0 = plain); background {b:.2f}, region {r:.2f}, "
+                  f"colour {c:.2f}" for t, v, (b, r, c) in zip(COLUMNS, score, follow)]
+        footer.append(f"LoRA {args.steps} steps x {args.batch}, rank {args.rank}, lr {args.lr:g}, {args.size} px, "
+                      f"trigger \"{TRIGGER}\"; {args.gen_steps} UniPC steps, CFG {args.guidance:g}")
+        grid(rows, args.size, footer=footer).save(path)
+        print("\n" + "\n".join(footer))
         print(f"wrote {path}")
     finally:
         stop_service(proc)

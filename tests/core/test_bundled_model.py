@@ -18,8 +18,9 @@ import torch
 
 from core.loading import load_model, load_tokenizer
 from core.sampler import Sampler
-from core.synth import sample_scene
+from core.synth import render, sample_scene
 from core.synth.evaluate import evaluate
+from core.synth.speckle import speckle
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "o1-shapes"
 # The settings docs/evidence.md found best on the CPU: cheap and the cleanest shapes (see there).
@@ -105,3 +106,38 @@ def test_random_weights_of_the_same_shape_score_near_chance(bundled):
     # Noise fills every cell, so "something in the stated region" alone proves nothing: the empty cells
     # are what tell a drawing from noise (the bundled model leaves them empty, see above).
     assert r["extra_regions"] >= 4
+
+
+# A LoRA's trigger goes in front of the prompt. The first bundled model read the scene words by position and put
+# the shape in the wrong cell whenever anything came first (region 0 of 16, docs/evidence.md); this one
+# was pretrained with made-up lead phrases and must draw the same scene.
+LEAD = "in bold outline style"
+
+
+def test_a_lead_phrase_does_not_move_the_shapes(bundled):
+    scenes = SINGLE[:16]
+    images = Sampler(*bundled)([s.caption(LEAD) for s in scenes], **SAMPLING)
+    r = rates(images, scenes)
+    print("single-shape rates with a lead phrase:", {k: round(v, 3) for k, v in r.items()})
+    assert r["background_ok"] >= 0.9
+    assert r["region_acc"] >= 0.9        # the first bundled model: 0.00
+    assert r["colour_acc"] >= 0.9
+    assert r["extra_regions"] <= 0.25
+
+
+def test_backgrounds_are_clean(single_images):
+    # core.synth.speckle: RMS colour error (0-255 levels) of the pixels that should be plain background.
+    # Renders score 0; the first bundled model 5.37 on these 48 images, this one 4.17 (docs/evidence.md).
+    assert all(speckle(render(s, 128), s) == 0.0 for s in SINGLE[:8])
+    values = [speckle(img, s) for img, s in zip(single_images, SINGLE)]
+    print("mean speckle:", round(sum(values) / len(values), 3))
+    assert sum(values) / len(values) <= 4.8
+
+
+def test_small_shapes_are_measured(single_images):
+    # The small-shape measure (core.synth.evaluate): 0.40 here, 0.36 for the first bundled model; the
+    # issue's target of 0.85 is not reached (docs/evidence.md), so this only guards against a regression.
+    out = evaluate(list(zip(single_images, [s.labels() for s in SINGLE])))
+    print("small / large shape class:", out["small_shape_acc"], out["large_shape_acc"])
+    assert out["small_shape_acc"] >= 0.3
+    assert out["large_shape_acc"] >= 0.95
