@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from core.loading import load_model, load_tokenizer
-from core.lora import load_lora
+from core.lora import apply_loras, load_lora
 from core.sampler import Sampler
 from core.synth import sample_scene
 from core.synth.cli import write_dataset
@@ -47,8 +47,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--lora", help="score this trained file instead of training one")
+    ap.add_argument("--skip-base", action="store_true", help="score the LoRA only")
     a = ap.parse_args()
     out = Path(a.out)
+    if a.lora:
+        return report(a, a.lora, None)
     data = write_dataset(out / "data", a.images, 256, seed=7, style="outlined", two_shape_prob=0.3, reg=a.images)
     cfg = TrainConfig(model_path=str(MODEL), data_dir=str(data), out_dir=str(out / "run"), trigger=TRIGGER,
                       resolution=a.size, min_side=a.size, steps=a.steps, batch_size=a.batch, rank=a.rank,
@@ -56,14 +60,18 @@ def main() -> None:
                       checkpoint_every=0, sample_every=0, seed=0)
     t0 = time.time()
     result = train(cfg)
-    train_s = time.time() - t0
+    report(a, result.lora_file, time.time() - t0)
+
+
+def report(a, lora_file, train_s) -> None:
     model, tok = load_model(MODEL, torch.float32, "cpu"), load_tokenizer(MODEL)
     sampler = Sampler(model, tok)
-    rows = {"base": score(sampler, False, a.size), "base+trigger": score(sampler, True, a.size)}
-    load_lora(model, result.lora_file)
-    rows["lora+trigger"] = score(sampler, True, a.size)
-    rows["lora"] = score(sampler, False, a.size)
-    print(json.dumps({"args": vars(a), "train_seconds": round(train_s, 1), **rows}, indent=1))
+    rows = {} if a.skip_base else {"base": score(sampler, False, a.size), "base+trigger": score(sampler, True, a.size)}
+    lora = load_lora(model, lora_file)
+    with apply_loras(model, [(lora, 1.0)]):
+        rows["lora+trigger"] = score(sampler, True, a.size)
+        rows["lora"] = score(sampler, False, a.size)
+    print(json.dumps({"args": vars(a), "train_seconds": train_s and round(train_s, 1), **rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Pretrain a small HiDream-O1-architecture model from scratch on procedural shape scenes (the bundled model).
 
-    python -m core.pretrain --out models/o1-shapes --minutes 7.0            # on one GPU (bf16 autocast)
+    python -m core.pretrain --out models/o1-shapes --minutes 6.8            # on one GPU (bf16 autocast)
     python -m core.pretrain --out /tmp/smoke --minutes 0.2 --smoke          # CPU smoke run, tiny sizes
 
 Same architecture code path (core.model.HiDreamO1 on stock Qwen3-VL modules), same 32-px patches, layout
@@ -157,7 +157,7 @@ def init_for_training(model, n_layers: int) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--minutes", type=float, default=7.5, help="training wall-clock budget (after the pool)")
+    ap.add_argument("--minutes", type=float, default=6.8, help="training wall-clock budget (after the pool)")
     ap.add_argument("--sizes", default="128,256", help="square training sizes, alternated step by step")
     # The model is small: a step is bound by launch overhead, not arithmetic, so 3x the batch of the first
     # bundled model costs little more per step (bench/RESULTS.md has both runs).
