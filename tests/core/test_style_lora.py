@@ -160,7 +160,7 @@ def test_longer_run_learns_the_style_more_and_stays_gated(tmp_path):
     gain, leak = gains(run)
     assert gain >= 0.3
     assert abs(leak) <= 0.3 * gain
-    # The base model misplaces every shape once a phrase precedes the scene (region 0.00, MODEL_CARD.md);
-    # the longer run also learned to read past its trigger (measured 0.75).
-    assert run.follow["base_trigger"]["mean_region_acc"] <= 0.25
-    assert run.follow["lora_trigger"]["mean_region_acc"] >= 0.5
+    # The bundled model reads past a phrase in front of the scene (pretrained with lead phrases, issue 13;
+    # the first one misplaced every shape), and the LoRA keeps that.
+    assert run.follow["base_trigger"]["mean_region_acc"] >= 0.9
+    assert run.follow["lora_trigger"]["mean_region_acc"] >= 0.75
