@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from .images import DEFAULT_MAX_PIXELS, load_rgb
 from .sources import Source, SourceLimits
 from .transforms import EMPTY_PROMPT, fit_to_size, to_tensor, with_trigger
+from .validate import Record, check, scan
 
 REG_FOLDER = "reg"
 
@@ -31,7 +32,6 @@ def is_regularisation(name: str) -> bool:
     """Images in a top-level reg/ folder are regularisation images: they train on their own caption, without
     the trigger, so the LoRA learns to leave prompts without its trigger as the base model draws them."""
     return name.replace("\\", "/").split("/", 1)[0] == REG_FOLDER and "/" in name.replace("\\", "/")
-from .validate import Record, check, scan
 
 
 _SIDES = re.compile(r"\b(left|right)\b", re.IGNORECASE)
