@@ -69,7 +69,8 @@ def test_cli_output_is_identical_across_processes_and_accepted_by_the_dataset(tm
         outs.append(out.with_name(out.name + ".zip"))
     assert outs[0].read_bytes() == outs[1].read_bytes()
     report = validate_dataset(outs[0], resolution=128, min_side=128)
-    assert (report.usable, report.captioned, report.unsupported, report.caption_issues) == (12, 12, [], [])
+    # 12 styled scenes and, by default for a styled set, 12 plain regularisation scenes under reg/
+    assert (report.usable, report.captioned, report.unsupported, report.caption_issues) == (24, 24, [], [])
     ds = TrainDataset(outs[0], resolution=128, min_side=128, trigger="hatchwork style")
     item = ds[0]
     assert item["image"].shape == (3, 128, 128)
