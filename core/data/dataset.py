@@ -25,6 +25,14 @@ from .sources import Source, SourceLimits
 from .transforms import EMPTY_PROMPT, fit_to_size, to_tensor, with_trigger
 from .validate import Record, check, scan
 
+REG_FOLDER = "reg"
+
+
+def is_regularisation(name: str) -> bool:
+    """Images in a top-level reg/ folder are regularisation images: they train on their own caption, without
+    the trigger, so the LoRA learns to leave prompts without its trigger as the base model draws them."""
+    return name.replace("\\", "/").split("/", 1)[0] == REG_FOLDER and "/" in name.replace("\\", "/")
+
 
 _SIDES = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
@@ -67,10 +75,13 @@ class TrainDataset(Dataset):
         return drop, flip
 
     def caption(self, key: int) -> str:
-        """The caption the item at `key` trains on (trigger prepended; " " when dropped out)."""
+        """The caption the item at `key` trains on (trigger prepended, except under reg/; " " when dropped out)."""
         if self._draws(key)[0]:
             return EMPTY_PROMPT
-        return with_trigger(self.records[key % len(self.records)].caption, self.trigger)
+        rec = self.records[key % len(self.records)]
+        if is_regularisation(rec.name):
+            return rec.caption or EMPTY_PROMPT
+        return with_trigger(rec.caption, self.trigger)
 
     def _fitted(self, idx: int):
         rec = self.records[idx]

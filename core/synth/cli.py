@@ -19,23 +19,28 @@ from .render import STYLES, render
 from .scene import sample_scene
 from .vocab import CORNERS_AND_CENTRE, REGIONS
 
+REG_DIR = "reg/"   # core.data's regularisation folder: its images train without the trigger
 
-def _files(n: int, size: int, seed: int, style: str, trigger: str, two_shape_prob: float, regions):
-    """(name, bytes) for every file of the dataset, metadata.jsonl last."""
+
+def _files(n: int, size: int, seed: int, style: str, trigger: str, two_shape_prob: float, regions, reg: int = 0):
+    """(name, bytes) for every file of the dataset, metadata.jsonl last. `reg` plain scenes (another seed
+    stream) go under reg/, captioned without any trigger: the trainer leaves their captions alone."""
     meta = []
-    for i in range(n):
-        scene = sample_scene(seed, i, two_shape_prob, regions)
+    items = [("", i, style, trigger, seed) for i in range(n)]
+    items += [(REG_DIR, i, "plain", "", seed + 100_000) for i in range(reg)]
+    for folder, i, sty, trig, stream in items:
+        scene = sample_scene(stream, i, two_shape_prob, regions)
         buf = io.BytesIO()
-        render(scene, size, style).save(buf, format="PNG", compress_level=1)
-        caption = scene.caption(trigger)
-        yield f"{i:06d}.png", buf.getvalue()
-        yield f"{i:06d}.txt", caption.encode()
-        meta.append(json.dumps({"file_name": f"{i:06d}.png", "text": caption, "labels": scene.labels()}))
+        render(scene, size, sty).save(buf, format="PNG", compress_level=1)
+        caption = scene.caption(trig)
+        yield f"{folder}{i:06d}.png", buf.getvalue()
+        yield f"{folder}{i:06d}.txt", caption.encode()
+        meta.append(json.dumps({"file_name": f"{folder}{i:06d}.png", "text": caption, "labels": scene.labels()}))
     yield "metadata.jsonl", ("\n".join(meta) + "\n").encode()
 
 
 def write_dataset(out: str | Path, n: int, size: int = 128, seed: int = 0, style: str = "plain", trigger: str = "",
-                  two_shape_prob: float = 0.5, regions=tuple(REGIONS), as_zip: bool = False) -> Path:
+                  two_shape_prob: float = 0.5, regions=tuple(REGIONS), as_zip: bool = False, reg: int = 0) -> Path:
     """Write the dataset atomically (a temp sibling renamed into place); returns the folder or .zip path."""
     out = Path(out)
     if as_zip and out.suffix != ".zip":
@@ -43,7 +48,7 @@ def write_dataset(out: str | Path, n: int, size: int = 128, seed: int = 0, style
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose a new --out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    files = _files(n, size, seed, style, trigger, two_shape_prob, regions)
+    files = _files(n, size, seed, style, trigger, two_shape_prob, regions, reg)
     if as_zip:
         # 0644: others (the API, a worker) read datasets
         with atomic_file(out, mode=0o644) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
@@ -53,6 +58,7 @@ def write_dataset(out: str | Path, n: int, size: int = 128, seed: int = 0, style
     else:
         with atomic_dir(out, mode=0o755) as tmp:
             for name, data in files:
+                (tmp / name).parent.mkdir(exist_ok=True)
                 (tmp / name).write_bytes(data)
     return out
 
@@ -68,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--two-shape-prob", type=float, default=0.5, help="chance that a scene has two shapes")
     p.add_argument("--corners-only", action="store_true", help="use 4 corners + centre instead of the 3x3 grid")
     p.add_argument("--zip", action="store_true", help="write one .zip instead of a folder")
+    p.add_argument("--reg", type=int, default=None,
+                   help="plain regularisation scenes under reg/ (trained without the trigger, so the LoRA stays "
+                        "off without it); default: as many as --n for a styled set, 0 for a plain one")
     a = p.parse_args(argv)
     if a.n < 1:
         p.error("--n must be >= 1")
@@ -76,8 +85,12 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= a.two_shape_prob <= 1:
         p.error("--two-shape-prob must be in [0, 1]")
     regions = CORNERS_AND_CENTRE if a.corners_only else tuple(REGIONS)
+    reg = a.reg if a.reg is not None else (a.n if a.style != "plain" else 0)
+    if reg < 0:
+        p.error("--reg must be >= 0")
     try:
-        path = write_dataset(a.out, a.n, a.size, a.seed, a.style, a.trigger, a.two_shape_prob, regions, a.zip)
+        path = write_dataset(a.out, a.n, a.size, a.seed, a.style, a.trigger, a.two_shape_prob, regions, a.zip, reg)
     except FileExistsError as e:
         p.error(str(e))
-    print(f"wrote {a.n} images to {path}")
+    print(f"wrote {a.n} images" + (f" and {reg} plain regularisation images under {REG_DIR}" if reg else "")
+          + f" to {path}")

@@ -17,6 +17,14 @@ from PIL import Image
 
 from .measure import prompt_following, style_score
 from .scene import parse_caption
+from .speckle import speckle
+
+
+def size_accuracy(rows: list[dict], size: str) -> float | None:
+    """The small-shape (or large-shape) measure: shapes of that size drawn as the right class, over all
+    images (None when there are none). Small shapes (~23 px across at 128 px) are what a weak model blurs."""
+    hits = [ok for r in rows for ok, sz in zip(r["shape_ok"], r["sizes"]) if sz == size]
+    return sum(hits) / len(hits) if hits else None
 
 
 def evaluate(pairs) -> dict:
@@ -28,11 +36,16 @@ def evaluate(pairs) -> dict:
         rows.append({"style_score": style_score(img), "follow_score": m["score"], "region_acc": m["region_acc"],
                      "colour_acc": m["colour_acc"], "shape_acc": m["shape_acc"],
                      "background_ok": m["background"]["found"] == m["background"]["expected"],
-                     "extra_regions": len(m["extra_regions"])})
+                     "extra_regions": len(m["extra_regions"]), "speckle": speckle(img, labels),
+                     "sizes": [sh["expected"]["size"] for sh in m["shapes"]],
+                     "shape_ok": [sh["shape_ok"] for sh in m["shapes"]]})
     if not rows:
         raise ValueError("nothing to evaluate: no images given")
-    keys = ("style_score", "follow_score", "region_acc", "colour_acc", "shape_acc", "background_ok", "extra_regions")
-    return {"n": len(rows), **{f"mean_{k}": float(np.mean([r[k] for r in rows])) for k in keys}, "rows": rows}
+    keys = ("style_score", "follow_score", "region_acc", "colour_acc", "shape_acc", "background_ok", "extra_regions",
+            "speckle")
+    return {"n": len(rows), **{f"mean_{k}": float(np.mean([r[k] for r in rows])) for k in keys},
+            "small_shape_acc": size_accuracy(rows, "small"), "large_shape_acc": size_accuracy(rows, "large"),
+            "rows": rows}
 
 
 def evaluate_folder(folder: str | Path) -> dict:

@@ -1,5 +1,7 @@
-"""Drawing scenes with PIL: "plain" (flat anti-aliased shapes) or "hatched" (the LoRA style: diagonal black
-hatching inside the shapes and thick black outlines, same palette, same layout).
+"""Drawing scenes with PIL: "plain" (flat anti-aliased shapes), "hatched" (diagonal black hatching inside the
+shapes and thin black outlines) or "outlined" (the bundled LoRA style: a bold black contour around each shape,
+the colour inside it untouched), same palette, same layout. Hatching is finer than the bundled model's 32-px
+patches can draw at 128 px; a bold contour is not.
 
     img = render(scene, size=128, style="hatched")   # PIL RGB, about 1 ms at 128 px
 
@@ -17,7 +19,8 @@ from PIL import Image, ImageChops, ImageDraw
 from .scene import Scene, ShapeSpec
 from .vocab import BACKGROUNDS, COLOURS, INK, REGIONS, SIZES
 
-STYLES = ("plain", "hatched")
+STYLES = ("plain", "hatched", "outlined")
+OUTLINE = 0.22   # "outlined": the ink contour's width as a fraction of the radius (~4 px on a large shape at 128)
 MARGIN = 0.012   # gap kept between a shape and its cell's border, as a fraction of the side
 
 
@@ -73,6 +76,14 @@ def _stripes(side: int, period: int) -> Image.Image:
     return Image.fromarray(np.where((x + y) % period < max(1, round(0.4 * period)), 255, 0).astype(np.uint8))
 
 
+def _contour(img: Image.Image, shape: str, cx: float, cy: float, r: float, width: int) -> None:
+    draw = ImageDraw.Draw(img)
+    for kind, xy, hole in primitives(shape, cx, cy, r):
+        if hole:   # PIL draws outlines inside the box; a hole's outline belongs on the material around it
+            xy = (xy[0] - width, xy[1] - width, xy[2] + width, xy[3] + width)
+        getattr(draw, kind)(xy, outline=INK, width=width)
+
+
 def render(scene: Scene, size: int = 128, style: str = "plain", supersample: int = 2) -> Image.Image:
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; one of {STYLES}")
@@ -88,6 +99,8 @@ def render(scene: Scene, size: int = 128, style: str = "plain", supersample: int
         box = (x0, y0, x1, y1)
         mask = shape_mask(spec.shape, (x1 - x0, y1 - y0), cx - x0, cy - y0, r)
         img.paste(COLOURS[spec.colour], box, mask)
+        if style == "outlined":
+            _contour(img, spec.shape, cx, cy, r, max(2, round(OUTLINE * r)))
         if style == "hatched":
             period = max(4, round(size / 20)) * supersample        # ~6 px at 128: visible after generation
             img.paste(INK, box, ImageChops.multiply(mask, _stripes(side, period).crop(box)))

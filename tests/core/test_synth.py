@@ -69,7 +69,8 @@ def test_cli_output_is_identical_across_processes_and_accepted_by_the_dataset(tm
         outs.append(out.with_name(out.name + ".zip"))
     assert outs[0].read_bytes() == outs[1].read_bytes()
     report = validate_dataset(outs[0], resolution=128, min_side=128)
-    assert (report.usable, report.captioned, report.unsupported, report.caption_issues) == (12, 12, [], [])
+    # 12 styled scenes and, by default for a styled set, 12 plain regularisation scenes under reg/
+    assert (report.usable, report.captioned, report.unsupported, report.caption_issues) == (24, 24, [], [])
     ds = TrainDataset(outs[0], resolution=128, min_side=128, trigger="hatchwork style")
     item = ds[0]
     assert item["image"].shape == (3, 128, 128)
@@ -168,3 +169,41 @@ def test_synth_dataset_mixed_sizes_keep_their_bucket_across_epochs():
         for b in sampler:
             batch = collate_batch([ds[k] for k in b])   # raises if a batch mixed sizes
             assert batch["images"].shape[-1] == ds.bucket(b[0])[0] == ds.bucket(b[0] % 12)[0]
+
+
+def test_outlined_style_scores_high_and_plain_or_darkened_shapes_zero():
+    from core.synth.outline import outline_score
+
+    scenes = [sample_scene(5, i) for i in range(20)]
+    for size in (128, 256):
+        outlined = [outline_score(render(s, size, "outlined")) for s in scenes]
+        plain = [outline_score(render(s, size, "plain")) for s in scenes]
+        assert sum(outlined) / len(outlined) >= 0.8
+        assert max(plain) == 0.0
+    # Shapes merely darkened (what a LoRA that learned "darker" rather than "outlined" draws) score ~0.
+    arr = np.asarray(render(scenes[3], 128)).astype(np.float32)
+    fg = np.linalg.norm(arr - arr[0, 0], axis=-1) > 60
+    arr[fg] *= 0.3
+    assert outline_score(Image.fromarray(arr.astype(np.uint8))) < 0.1
+
+
+def test_outlined_renders_keep_their_content():
+    from core.synth import prompt_following
+
+    for i in range(20):
+        s = sample_scene(6, i)
+        m = prompt_following(render(s, 128, "outlined"), s)
+        assert m["score"] == 1.0, (s, m)
+
+
+def test_reg_images_train_without_the_trigger(tmp_path):
+    from core.data import TrainDataset
+    from core.synth.cli import write_dataset
+
+    data = write_dataset(tmp_path / "d", 3, 128, style="outlined", reg=2)
+    names = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.png"))
+    assert names == ["000000.png", "000001.png", "000002.png", "reg/000000.png", "reg/000001.png"]
+    ds = TrainDataset(data, resolution=128, trigger="sks", min_side=128)
+    captions = {ds.records[k].name: ds.caption(k) for k in range(len(ds.records))}
+    assert all(c.startswith("sks, ") for n, c in captions.items() if not n.startswith("reg/"))
+    assert all("sks" not in c and c.startswith("a ") for n, c in captions.items() if n.startswith("reg/"))

@@ -1,0 +1,50 @@
+"""Measure a bundled-model candidate on held-out prompts at the test settings (CPU, float32).
+
+    python bench/eval_bundled.py models/o1-shapes [--lead "in bold outline style"]
+
+Prints background / region / colour / shape rates, the small-shape and large-shape measures, cells filled
+that the caption left empty, and the speckle measure (core.synth.speckle), for the 48 single-shape prompts
+of stream 999 and the 16 two-shape prompts of stream 1999 that tests/core/test_bundled_model.py uses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from core.loading import load_model, load_tokenizer
+from core.sampler import Sampler
+from core.synth import sample_scene
+from core.synth.evaluate import evaluate
+
+SAMPLING = dict(width=128, height=128, steps=20, guidance=3.0, seed=0, preset="full")
+
+
+def measure(sampler, scenes, lead: str, size: int) -> dict:
+    images = sampler([s.caption(lead) for s in scenes], **{**SAMPLING, "width": size, "height": size})
+    out = evaluate(list(zip(images, [s.labels() for s in scenes])))
+    out.pop("rows")
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--lead", default="", help="a phrase put in front of every prompt, as a LoRA trigger is")
+    ap.add_argument("--size", type=int, default=128)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    sampler = Sampler(load_model(a.model, torch.float32, "cpu"), load_tokenizer(a.model))
+    t0 = time.time()
+    single = [sample_scene(999, i, two_shape_prob=0.0) for i in range(48)]
+    double = [sample_scene(1999, i, two_shape_prob=1.0) for i in range(16)]
+    print(json.dumps({"model": a.model, "lead": a.lead, "size": a.size,
+                      "single": measure(sampler, single, a.lead, a.size),
+                      "double": measure(sampler, double, a.lead, a.size),
+                      "seconds": round(time.time() - t0, 1)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Train an "outlined" style LoRA on the bundled model with core.train and score it on held-out prompts.
+
+    python bench/style_lora_bundled.py --out /tmp/run --steps 150 --batch 4 --lr 1e-3 --rank 16
+
+The same data the bundled recipe uses (core.synth: styled scenes with the trigger, as many plain ones under
+reg/ without it); prints the outline score and prompt following of base and LoRA, with and without the
+trigger, on 16 held-out single-shape prompts (stream 999), and the training time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from core.loading import load_model, load_tokenizer
+from core.lora import apply_loras, load_lora
+from core.sampler import Sampler
+from core.synth import sample_scene
+from core.synth.cli import write_dataset
+from core.synth.evaluate import evaluate
+from core.synth.outline import outline_score
+from core.train import TrainConfig, train
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "o1-shapes"
+TRIGGER = "in bold outline style"
+EVAL = [sample_scene(999, i, two_shape_prob=0.0) for i in range(16)]
+
+
+def score(sampler, trig: bool, size: int) -> dict:
+    images = sampler([s.caption(TRIGGER if trig else "") for s in EVAL], width=size, height=size, steps=20,
+                     guidance=3.0, seed=0)
+    ev = evaluate(list(zip(images, [s.labels() for s in EVAL])))
+    return {"outline": round(sum(map(outline_score, images)) / len(images), 3),
+            **{k: round(ev[f"mean_{k}"], 3) for k in ("background_ok", "region_acc", "colour_acc", "shape_acc",
+                                                      "extra_regions", "speckle")}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--lora", help="score this trained file instead of training one")
+    ap.add_argument("--skip-base", action="store_true", help="score the LoRA only")
+    a = ap.parse_args()
+    out = Path(a.out)
+    if a.lora:
+        return report(a, a.lora, None)
+    data = write_dataset(out / "data", a.images, 256, seed=7, style="outlined", two_shape_prob=0.3, reg=a.images)
+    cfg = TrainConfig(model_path=str(MODEL), data_dir=str(data), out_dir=str(out / "run"), trigger=TRIGGER,
+                      resolution=a.size, min_side=a.size, steps=a.steps, batch_size=a.batch, rank=a.rank,
+                      alpha=float(a.rank), lr=a.lr, gradient_checkpointing=False, device="cpu",
+                      checkpoint_every=0, sample_every=0, seed=0)
+    t0 = time.time()
+    result = train(cfg)
+    report(a, result.lora_file, time.time() - t0)
+
+
+def report(a, lora_file, train_s) -> None:
+    model, tok = load_model(MODEL, torch.float32, "cpu"), load_tokenizer(MODEL)
+    sampler = Sampler(model, tok)
+    rows = {} if a.skip_base else {"base": score(sampler, False, a.size), "base+trigger": score(sampler, True, a.size)}
+    lora = load_lora(model, lora_file)
+    with apply_loras(model, [(lora, 1.0)]):
+        rows["lora+trigger"] = score(sampler, True, a.size)
+        rows["lora"] = score(sampler, False, a.size)
+    print(json.dumps({"args": vars(a), "train_seconds": train_s and round(train_s, 1), **rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
