@@ -17,7 +17,7 @@ from core.train.config import TrainConfig
 from core.train.hooks import TrainCallbacks, TrainResult
 
 _CHOICES = {"lr_schedule": ("constant", "cosine"), "sigma_dist": ("uniform", "shifted", "logit_normal"),
-            "weighting": ("none", "velocity"), "precision": ("auto", "bf16", "fp32")}
+            "weighting": ("none", "velocity"), "precision": ("auto", "bf16", "fp32"), "publish": ("last", "best")}
 
 
 def _field_comments() -> dict[str, str]:
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         help_ = f"{notes.get(f.name, '')} (default: {f.default})"
         if kind == "bool":
             ap.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=help_)
-        elif kind in ("int", "float", "str", "int | None", "str | None"):
+        elif kind in ("int", "float", "str", "int | None", "str | None", "float | None"):
             conv = {"int": int, "float": float}.get(kind.split(" ")[0], str)
             ap.add_argument(f"--{f.name}", type=conv, default=None, choices=_CHOICES.get(f.name), help=help_)
     return ap
