@@ -127,6 +127,8 @@ class TrainingJob(Base):
     celery_task_id: Mapped[str | None] = mapped_column(String(200))
     checkpoint_path: Mapped[str | None] = mapped_column(String(1000))  # latest checkpoint, resume point
     checkpoint_step: Mapped[int | None] = mapped_column(Integer)
+    # the trainer's validation summary (series, baseline, best step, cost); null: no validation (yet)
+    validation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     previews: Mapped[list["Preview"]] = relationship(
         back_populates="job", order_by="(Preview.step, Preview.index)", cascade="all, delete-orphan")

@@ -217,7 +217,7 @@ class Trainer:
             point = next((p for p in self.history.points if p["step"] == self.step), None)
             meta = {"o1lora.step": str(self.step),
                     "o1lora.validation_loss": str(point["loss"]) if point else "",
-                    "o1lora.validation": json.dumps(self.history.summary())}
+                    "o1lora.validation": json.dumps(self.validation_summary()) if self._validating else ""}
             # the best adapter rides along while it is not this one: a resume (on another machine) keeps it
             best = self.history.best
             extra = ({"best.safetensors": self.best_weights}
@@ -387,7 +387,7 @@ class Trainer:
             self.save_checkpoint()           # a stop, or a run whose end is not on the checkpoint grid
         result = TrainResult(self.step, stopped, last_loss, self.smoothed, self.last_checkpoint,
                              previews=list(self.previews), early_stopped=self.early_stopped,
-                             validation=self.history.summary() if self._validating else None)
+                             validation=self.validation_summary() if self._validating else None)
         if not stopped and self.dist.main:
             self._export(result)
         distributed.barrier(self.dist)
@@ -417,10 +417,14 @@ class Trainer:
                 # trained with validation pays its size once per new best)
                 self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self._weights().items()}
             if self.cb.on_validation:
-                self.cb.on_validation(self.step, point["loss"], baseline, self.history.summary())
+                self.cb.on_validation(self.step, point["loss"], baseline, self.validation_summary())
         if not baseline:
             self._share_history()
         distributed.barrier(self.dist)
+
+    def validation_summary(self) -> dict:
+        """The history's summary and the size of the validation set (what reports and metadata carry)."""
+        return {**self.history.summary(), "images": len(self.validator.items) if self.validator else 0}
 
     def _share_history(self) -> None:
         """Every rank holds rank 0's history (checkpoints are written by rank 0, but the stop is collective)."""
@@ -479,7 +483,7 @@ class Trainer:
                 point = next((p for p in self.history.points if p["step"] == step), None)
                 meta["o1lora.checkpoint"] = "best" if best and best["step"] == step else which
                 meta["o1lora.validation_loss"] = str(point["loss"]) if point else ""
-                meta["o1lora.validation"] = json.dumps(self.history.summary())
+                meta["o1lora.validation"] = json.dumps(self.validation_summary())
             folder = save_peft_folder(adapter, self.spec, self.out / stem, meta,
                                       base_model=cfg.base_model_name or str(cfg.model_path))
             file = save_comfyui_file(adapter, self.spec, self.out / f"{stem}.safetensors", meta)
