@@ -56,7 +56,8 @@ def main(argv=None) -> None:
             Image.fromarray(rng.integers(0, 256, (res, res, 3), dtype=np.uint8)).save(val / f"v{i}.png")
             (val / f"v{i}.txt").write_text(CAPTION)
         cfg = TrainConfig(model_path="<random>", out_dir=str(Path(tmp) / "out"), resolution=res, steps=10**6,
-                          rank=16, alpha=16.0, device=str(device), precision="bf16" if device.type == "cuda" else "fp32",
+                          rank=16, alpha=16.0, device=str(device),
+                          precision="bf16" if device.type == "cuda" else "fp32",
                           gradient_checkpointing=device.type == "cuda", compile=device.type == "cuda",
                           checkpoint_every=0, sample_every=0, validation_dir=str(val), min_side=32)
         trainer = Trainer(cfg, data=StreamData(random_stream(res), 1), model=model, tokenizer=tokenizer)

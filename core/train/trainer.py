@@ -131,8 +131,8 @@ class Trainer:
         self._ckpt_step = -1                 # step of the newest checkpoint written or loaded
         self.last_checkpoint: Path | None = None
         self.previews: list[Path] = []
-        # Validation: the losses so far and the adapter of the best one (CPU copy; None: the current weights
-        # are the best, or there is no best yet). Every rank keeps the history (checkpoints, the stop decision).
+        # Validation: the losses so far, and a host copy of the weights of the best one (None before the first).
+        # Every rank holds the history (rank 0's): the early-stop decision is taken by all of them.
         self.history = ValidationHistory(patience=cfg.early_stop_patience)
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.early_stopped = False
@@ -465,11 +465,9 @@ class Trainer:
             return
         last = ("last", self.step, adapter_state_dict(self.model))
         best = self.history.best
-        kept = None
+        kept = None                          # the best step's weights, when they are not the last step's
         if best is not None and best["step"] != self.step and self.best_weights is not None:
             kept = ("best", best["step"], self.best_weights)
-        elif best is not None:
-            kept = None                      # the last step is the best one: one LoRA is both
         published, other = (kept, last) if (cfg.publish == "best" and kept) else (last, kept)
         # published: lora/ + lora.safetensors; the other choice (when they differ): lora-<which>/ + .safetensors
         for choice, stem in ((published, "lora"), (other, f"lora-{other[0]}" if other else None)):
