@@ -9,7 +9,8 @@ high constant LR, many steps: a LoRA that memorises its 4 images. Validation: 8 
 (stream 17) with the trigger, as a separate validation folder, every --every steps (the trainer's fixed-noise
 loss, 8 sigmas x 2 seeds). At each validation step the same trainer model draws 8 held-out prompts
 (stream 999, with the trigger; 20 UniPC steps, CFG 3, seed 0) and core.synth scores them: style_score
-(0 flat .. 1 hatched) and prompt following (the share of background / region / colour / shape checks met).
+(0 flat .. 1 hatched), prompt following (the share of background / region / colour / shape checks met) and
+the cells of the 3x3 grid drawn in that the prompt left empty (per image).
 """
 from __future__ import annotations
 
@@ -85,7 +86,9 @@ def main(argv=None) -> None:
         t_score[0] += time.perf_counter() - t0
         row = {"step": step, "baseline": baseline, "val_loss": loss, "style": scores["mean_style_score"],
                "follow": scores["mean_follow_score"], "region": scores["mean_region_acc"],
-               "colour": scores["mean_colour_acc"], "shape": scores["mean_shape_acc"]}
+               "colour": scores["mean_colour_acc"], "shape": scores["mean_shape_acc"],
+               # cells drawn in that the prompt left empty: a memorising LoRA draws its training scenes
+               "extra_cells": scores["mean_extra_regions"]}
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         if step:

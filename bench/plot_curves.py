@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 W, H = 560, 400                     # one panel
 PAD_L, PAD_R, PAD_T, PAD_B = 64, 16, 40, 48
 BLUE, GREY, ORANGE, GREEN, RED = (31, 119, 180), (150, 150, 150), (230, 120, 20), (40, 150, 60), (200, 40, 40)
+PURPLE = (130, 60, 170)
 
 
 def _font(size: int):
@@ -59,8 +60,8 @@ class Panel:
         if dots:
             for x, y in pts:
                 self.d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        self.d.line([self.right - 150, self.legend_y, self.right - 130, self.legend_y], fill=colour, width=3)
-        self.d.text((self.right - 126, self.legend_y), label, fill="black", font=_font(11), anchor="lm")
+        self.d.line([self.right - 170, self.legend_y, self.right - 150, self.legend_y], fill=colour, width=3)
+        self.d.text((self.right - 146, self.legend_y), label, fill="black", font=_font(11), anchor="lm")
         self.legend_y += 16
 
     def vline(self, x: float, colour, label: str) -> None:
@@ -93,6 +94,9 @@ def plot_validation(report: dict, path: Path) -> Path:
     right.line(pts, ORANGE, "style score")
     pts = ([(0, base["follow"])] if base else []) + [(r["step"], r["follow"]) for r in rows]
     right.line(pts, GREEN, "prompt following")
+    if "extra_cells" in rows[0]:
+        pts = ([(0, base["extra_cells"] / 9)] if base else []) + [(r["step"], r["extra_cells"] / 9) for r in rows]
+        right.line(pts, PURPLE, "empty cells drawn (/9)")
     best = report["validation"]["best_step"]
     if best is not None:
         left.vline(best, RED, f"best step {best}")
