@@ -168,6 +168,31 @@ class TrainingCreate(WebhookRequest):
                               description="sampler steps of each preview image")
     sample_size: int | None = Field(TrainConfig.sample_size, ge=32, le=4096, multiple_of=32,
                                     description="preview side in pixels, multiple of 32; default: resolution")
+    # Validation (issue 14): a loss on images that never train, at fixed noise, every validation_every steps.
+    validation_dataset_id: str | None = Field(None, min_length=1, max_length=64,
+                                              description="id of another uploaded dataset of yours to validate on; "
+                                                          "default: hold images out of dataset_id "
+                                                          "(validation_fraction)")
+    validation_fraction: float | None = Field(TrainConfig.validation_fraction, ge=0, lt=1,
+                                              description="share of the dataset's images held out of training for "
+                                                          "validation; null: 10% when it has 20 images or more, "
+                                                          "else none; 0: none")
+    validation_max_images: int = Field(TrainConfig.validation_max_images, ge=1, le=64,
+                                       description="at most this many validation images (each costs "
+                                                   "validation_seeds x validation_sigmas forward passes)")
+    validation_every: int = Field(TrainConfig.validation_every, ge=0,
+                                  description="steps between validation losses; 0 = no validation")
+    validation_sigmas: int = Field(TrainConfig.validation_sigmas, ge=1, le=64,
+                                   description="fixed noise levels, evenly spread over (0, 1]")
+    validation_seeds: int = Field(TrainConfig.validation_seeds, ge=1, le=16,
+                                  description="fixed noise draws per image and level")
+    publish: Literal["last", "best"] = Field(TrainConfig.publish,
+                                             description="the LoRA published at the end: the last step, or the "
+                                                         "step of the lowest validation loss (the other one stays "
+                                                         "downloadable: GET /v1/loras/{id}/file?which=last|best)")
+    early_stop_patience: int = Field(TrainConfig.early_stop_patience, ge=0, le=1000,
+                                     description="end training when the validation loss has not improved for this "
+                                                 "many evaluations; 0 = never")
 
     @field_validator("sample_prompts")
     @classmethod
@@ -188,6 +213,13 @@ class TrainingCreate(WebhookRequest):
     def _sampling(self) -> "TrainingCreate":
         problems = [f"{name} ({getattr(self, name)}) must not exceed steps ({self.steps})"
                     for name in ("sample_every", "warmup_steps") if getattr(self, name) > self.steps]
+        if self.validation_dataset_id is not None and self.validation_dataset_id == self.dataset_id:
+            problems.append("validation_dataset_id must name another dataset than dataset_id (a loss on the "
+                            "training images cannot tell overfitting)")
+        if self.validation_dataset_id is not None and self.validation_fraction:
+            problems.append("give validation_dataset_id or validation_fraction, not both")
+        if (self.publish == "best" or self.early_stop_patience) and not self.validation_every:
+            problems.append("publish='best' and early_stop_patience need validation (validation_every > 0)")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -198,7 +230,24 @@ class TrainingProgress(BaseModel):
     total_steps: int = Field(description="steps the job will run")
     loss: float | None = Field(description="training loss at the last reported step (smoothed by the trainer)")
     seconds_per_step: float | None = Field(description="recent wall time per step")
+    validation_loss: float | None = Field(None, description="the latest validation loss (fixed noise, held-out "
+                                                             "images); see `validation` for the series")
     eta_seconds: float | None = Field(description="estimated seconds until done")
+
+
+class ValidationPoint(BaseModel):
+    step: int = Field(description="training step evaluated")
+    loss: float = Field(description="the recipe's loss on the validation images at fixed sigmas and noise")
+
+
+class ValidationPublic(BaseModel):
+    series: list[ValidationPoint] = Field(description="every validation loss so far, by step")
+    baseline: float | None = Field(description="the same loss of the base model (adapter off): where it starts")
+    best_step: int | None = Field(description="step of the lowest validation loss")
+    best_loss: float | None = Field(description="the lowest validation loss")
+    evals_since_best: int = Field(description="evaluations since the best (early stop counts these)")
+    seconds: float = Field(description="wall time spent on validation (its cost)")
+    images: int | None = Field(None, description="validation images evaluated")
 
 
 class PreviewPublic(BaseModel):
@@ -221,6 +270,8 @@ class TrainingPublic(BaseModel):
     attempt: int = Field(description="times a worker started this job (2+ means it resumed from a checkpoint)")
     checkpoint_step: int | None = Field(description="step of the last saved checkpoint: where a resume starts")
     previews: list[PreviewPublic] = Field(description="preview images so far, by step")
+    validation: ValidationPublic | None = Field(None, description="the validation losses, once the first is "
+                                                                  "measured; null for a run without validation")
     lora_id: str | None = Field(description="the trained LoRA, once succeeded")
     webhook: WebhookPublic | None = Field(None, description="the webhook and its deliveries, when one was given")
     created_at: datetime = Field(description="submit time (UTC)")

@@ -5,8 +5,8 @@ Subscribing happens BEFORE the DB read, so no event between the two is lost. Red
 ``recheck_s`` without one the DB is read again (a lost or never-published event, or Redis down altogether,
 only delays the stream), and the stream always ends with a final ``snapshot`` read from the DB.
 
-Events: ``snapshot`` (the full public job), then ``progress`` / ``preview`` / ``image`` / ``status`` as the
-worker publishes them (payloads in service/events.py), and ``: keepalive`` comments.
+Events: ``snapshot`` (the full public job), then ``progress`` / ``preview`` / ``validation`` / ``image`` /
+``status`` as the worker publishes them (payloads in service/events.py), and ``: keepalive`` comments.
 """
 from __future__ import annotations
 

@@ -66,9 +66,13 @@ class Objective:
         if sigma is None:
             sigma = self.sample_sigma(x0.shape[0], generator, x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=torch.float32)
+        return self.mix(x0, eps, sigma), (1.0 - sigma).to(torch.float32), sigma
+
+    def mix(self, x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """z_t for given noise: (1 - sigma) * x0 + sigma * noise_scale * eps (validation brings its own eps)."""
         s = sigma.to(torch.float32).view(-1, 1, 1)
-        z_t = (1.0 - s) * x0.to(torch.float32) + s * self.noise_scale * eps
-        return z_t.to(x0.dtype), (1.0 - sigma).to(torch.float32), sigma
+        z_t = (1.0 - s) * x0.to(torch.float32) + s * self.noise_scale * eps.to(torch.float32)
+        return z_t.to(x0.dtype)
 
     def weights(self, sigma: torch.Tensor) -> torch.Tensor:
         """Per-sample loss weight [B] (float32)."""
@@ -93,6 +97,10 @@ class Objective:
             x_pred = x_pred[mask].view(x0.shape[0], x0.shape[1], -1)
         if x_pred.shape != x0.shape:
             raise ValueError(f"x_pred {tuple(x_pred.shape)} and x0 {tuple(x0.shape)} differ in shape")
-        err = (x_pred.to(torch.float32) - x0.to(torch.float32)).pow(2).mean(dim=(1, 2))   # [B]
-        return (err * self.weights(sigma)).mean()
+        return self.per_sample(x_pred, x0, sigma).mean()
+
+    def per_sample(self, x_pred: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """[B] weighted float32 MSE of each sample (x_pred and x0 both [B, N, D])."""
+        err = (x_pred.to(torch.float32) - x0.to(torch.float32)).pow(2).mean(dim=(1, 2))
+        return err * self.weights(sigma)
 

@@ -24,6 +24,7 @@ Training (db/training.py):
     heartbeat_training(s, *, job_id, worker_id) -> bool
     record_progress(s, *, job_id, worker_id, step, total_steps, loss, seconds_per_step, eta_seconds) -> bool
     record_checkpoint(s, *, job_id, worker_id, path, step) -> bool
+    record_validation(s, *, job_id, worker_id, validation) -> bool   # the validation summary (issue 14)
     is_cancel_requested(s, *, job_id) -> bool
     add_preview(s, *, job_id, step, index, storage_key, prompt="") -> Preview
     finish_training(s, *, job_id, worker_id, peft_prefix, comfyui_key, rank, alpha, size_bytes=0, meta=None)

@@ -40,7 +40,10 @@ def delete_dataset(session: Session, *, dataset_id: str, owner_id: str) -> Liter
         return None
     busy = session.scalar(select(func.count()).select_from(TrainingJob)
                           .where(TrainingJob.dataset_id == dataset_id, TrainingJob.status.in_(ACTIVE)))
-    if busy:
+    # a job validating on it needs it as much (read in Python: the owner's active jobs are few, by quota)
+    validating = any(params.get("validation_dataset_id") == dataset_id for params in session.scalars(
+        select(TrainingJob.params).where(TrainingJob.owner_id == owner_id, TrainingJob.status.in_(ACTIVE))))
+    if busy or validating:
         return "in_use"
     session.delete(ds)
     session.commit()

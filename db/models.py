@@ -134,6 +134,8 @@ class TrainingJob(Base):
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
     webhook_events: Mapped[list[str]] = mapped_column(JSON, default=list)
     webhook_open: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    # the trainer's validation summary (series, baseline, best step, cost); null: no validation (yet)
+    validation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     previews: Mapped[list["Preview"]] = relationship(
         back_populates="job", order_by="(Preview.step, Preview.index)", cascade="all, delete-orphan")

@@ -67,6 +67,11 @@ def record_progress(session: Session, *, job_id: str, worker_id: str, step: int,
                           eta_seconds=eta_seconds)
 
 
+def record_validation(session: Session, *, job_id: str, worker_id: str, validation: dict[str, Any]) -> bool:
+    """The trainer's validation summary (the whole series: each write replaces the last) + heartbeat."""
+    return jobs.heartbeat(session, TrainingJob, job_id=job_id, worker_id=worker_id, validation=validation)
+
+
 def record_checkpoint(session: Session, *, job_id: str, worker_id: str, path: str, step: int) -> bool:
     return jobs.heartbeat(session, TrainingJob, job_id=job_id, worker_id=worker_id,
                           checkpoint_path=path, checkpoint_step=step)

@@ -1,9 +1,12 @@
 """Live job events over Redis pub/sub: the worker publishes, the API's SSE endpoint relays.
 
 One channel per job: ``o1lora:events:<kind>:<job_id>`` with kind ``training`` or ``generation``.
-Payload: JSON ``{"type": "progress"|"preview"|"status"|"image", "job_id": ..., "data": {...}, "ts": <unix>}``
-- progress: {"step", "total_steps", "loss", "seconds_per_step", "eta_seconds"}
+Payload: JSON ``{"type": "progress"|"preview"|"validation"|"status"|"image", "job_id": ..., "data": {...},
+"ts": <unix>}``
+- progress: {"step", "total_steps", "loss", "seconds_per_step", "eta_seconds", "validation_loss"?}
 - preview:  {"step", "index", "url"}       (training; url as the API serves it)
+- validation: {"step", "loss", "baseline": bool, "summary": {"series", "baseline", "best_step", "best_loss",
+              "evals_since_best", "seconds", "images"}}   (training; also in the next progress as validation_loss)
 - image:    {"index", "url"}               (generation)
 - status:   {"status", "error"?, "lora_id"?}  (sent after the DB row changed)
 Events are hints: the DB row stays the truth, and losing Redis loses only liveness.
@@ -21,7 +24,7 @@ from typing import Any, Literal
 log = logging.getLogger(__name__)
 
 Kind = Literal["training", "generation"]
-EVENT_TYPES = frozenset({"progress", "preview", "status", "image"})
+EVENT_TYPES = frozenset({"progress", "preview", "status", "image", "validation"})
 
 
 def channel(kind: Kind, job_id: str) -> str:

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from db.datasets import get_dataset
 from db.models import Lora, TrainingJob
 from db.training import (add_preview, fail_training, finish_training, heartbeat_training, is_cancel_requested,
-                         mark_training_canceled, record_checkpoint, record_progress)
+                         mark_training_canceled, record_checkpoint, record_progress, record_validation)
 from worker.context import WorkerContext, ctx
 from worker.stop_signals import is_main_rank, terminate_requested, worker_shutting_down  # noqa: F401 (re-exported)
 from worker import memory_plan
@@ -50,11 +50,16 @@ def checkpoint_every(params: dict, steps: int) -> int:
 # Set when the memory plan released the generation model mid-setup (reloaded after the training).
 _released_when_needed = threading.Event()
 
-def train_config(c: WorkerContext, job: TrainingJob, data_dir: Path, out_dir: Path, resume: Path | None):
+# Request keys that describe the job (the row, or datasets the worker fetches), not the trainer's knobs.
+JOB_KEYS = ("dataset_id", "name", "validation_dataset_id")
+
+
+def train_config(c: WorkerContext, job: TrainingJob, data_dir: Path, out_dir: Path, resume: Path | None,
+                 validation_dir: Path | None = None):
     from core.train import TrainConfig
-    # dataset_id and name are the job's (the row holds them); every other request key must be a trainer knob.
+    # every request key but the job's must be a trainer knob
     return TrainConfig.from_request(
-        job.params, not_training=("dataset_id", "name"),
+        job.params, not_training=JOB_KEYS, validation_dir=str(validation_dir) if validation_dir else None,
         model_path=str(c.settings.model_path), data_dir=str(data_dir), out_dir=str(out_dir),
         trigger=job.trigger, steps=job.total_steps,
         checkpoint_every=checkpoint_every(job.params, job.total_steps),
@@ -217,6 +222,7 @@ class TrainingRun:
         # writes never starve the cancel poll.
         self.db, self.cancel_poll = OffThread(), OffThread()
         self.cancel_seen = threading.Event()
+        self.validation_loss: float | None = None  # the newest one (progress events carry it)
 
     def run(self) -> str:
         from core.train import TrainCallbacks, train
@@ -228,7 +234,8 @@ class TrainingRun:
         oom = None
         try:
             result = train(self.cfg, TrainCallbacks(on_step=self.on_step, on_preview=self.on_preview,
-                                                    on_checkpoint=self.on_checkpoint, should_stop=self.should_stop))
+                                                    on_checkpoint=self.on_checkpoint, should_stop=self.should_stop,
+                                                    on_validation=self.on_validation))
             self.db.wait()
         except Exception as e:
             if type(e).__name__ != "OutOfMemoryError":      # torch.cuda.OutOfMemoryError, without importing torch
@@ -258,6 +265,13 @@ class TrainingRun:
         if dataset is None:
             raise ValueError(f"dataset {job.dataset_id} no longer exists")
         data_dir = local_dir(c, dataset.storage_prefix)
+        validation_dir = None
+        if job.params.get("validation_dataset_id"):
+            vid = job.params["validation_dataset_id"]
+            held = db_call(c, lambda s: get_dataset(s, dataset_id=vid), what=f"{self.what}: validation dataset")
+            if held is None:
+                raise ValueError(f"validation dataset {vid} no longer exists")
+            validation_dir = local_dir(c, held.storage_prefix)
         # A fresh work folder per attempt: a dead attempt's unrecorded checkpoints must not mix with this one's.
         work = c.settings.data_dir.resolve() / "work" / "trainings" / job.id
         out_dir = work / f"attempt-{job.attempt}"
@@ -268,7 +282,7 @@ class TrainingRun:
         resume = local_dir(c, job.checkpoint_path) if job.checkpoint_path else None
         if resume is not None:
             log.info("training %s: resuming from %s (step %s)", job.id, job.checkpoint_path, job.checkpoint_step)
-        return fit_to_gpu(c, job, train_config(c, job, data_dir, out_dir, resume))
+        return fit_to_gpu(c, job, train_config(c, job, data_dir, out_dir, resume, validation_dir))
 
     def _still_owned(self, ok: bool) -> None:
         if not ok:
@@ -280,7 +294,7 @@ class TrainingRun:
         self._still_owned(db_call(c, lambda s: record_progress(s, job_id=job.id, worker_id=c.worker_id, **values),
                                   what=f"{self.what}: progress"))
         self.written_step = values["step"]
-        publish(c, "training", job.id, "progress", values)
+        publish(c, "training", job.id, "progress", {**values, "validation_loss": self.validation_loss})
 
     def _poll_cancel(self) -> None:
         if db_call(self.c, lambda s: is_cancel_requested(s, job_id=self.job.id), what=f"{self.what}: cancel check"):
@@ -297,6 +311,22 @@ class TrainingRun:
             self._write_progress()
         elif self.write_due():
             self.db.submit(self._write_progress, dict(self.last))
+
+    def on_validation(self, step, loss, baseline, summary) -> None:
+        """A validation loss (or the adapter-off baseline): the row holds the whole summary, the channel says it.
+        Written off the training thread like progress; the checkpoint that follows waits for it (db.wait)."""
+        c, job = self.c, self.job
+        if not baseline:
+            self.validation_loss = loss
+
+        def write() -> None:
+            self._still_owned(db_call(c, lambda s: record_validation(s, job_id=job.id, worker_id=c.worker_id,
+                                                                     validation=summary),
+                                      what=f"{self.what}: validation"))
+            publish(c, "training", job.id, "validation",
+                    {"step": step, "loss": loss, "baseline": baseline, "summary": summary})
+
+        self.db.submit(write)
 
     def on_checkpoint(self, step, path: Path) -> None:
         # Per attempt: a worker judged dead that is still running must never write into the folder the row
@@ -371,6 +401,22 @@ def _stopped(c: WorkerContext, job: TrainingJob, why: str, result) -> str:
     return status
 
 
+def _checkpoint_choices(c: WorkerContext, prefix: str, result) -> tuple[dict, int]:
+    """Which step the LoRA row's files hold ("published": "last" or "best"), where the other one is stored when
+    they differ (what GET /v1/loras/{id}/file?which=last|best serves), and the bytes that other one takes."""
+    best, last = result.validation["best_step"], result.steps_done
+    choices: dict = {"published": "last", "last": {"step": last}, "best": {"step": best}}
+    if result.other_lora is None:            # one LoRA is both (the best is the last step), or no best yet
+        return choices, 0
+    which, step, folder, file = result.other_lora
+    choices["published"] = "best" if which == "last" else "last"
+    peft_keys = c.store.put_dir(f"{prefix}/{which}/peft", folder)
+    comfy = f"{prefix}/{which}/lora.safetensors"
+    c.store.put_file(comfy, file)
+    choices[which] = {"step": step, "peft_prefix": f"{prefix}/{which}/peft", "comfyui_key": comfy}
+    return choices, sum(c.store.size(k) for k in peft_keys) + c.store.size(comfy)
+
+
 def _succeeded(c: WorkerContext, job: TrainingJob, cfg, result) -> str:
     prefix = f"trainings/{job.id}/lora/attempt-{job.attempt}"  # see on_checkpoint: per attempt
     peft_keys = c.store.put_dir(f"{prefix}/peft", result.lora_dir)
@@ -379,6 +425,10 @@ def _succeeded(c: WorkerContext, job: TrainingJob, cfg, result) -> str:
     size = sum(c.store.size(k) for k in peft_keys) + c.store.size(comfy_key)
     meta = {"steps": result.steps_done, "final_loss": result.smoothed_loss, "resolution": cfg.resolution,
             "base_model": cfg.base_model_name, "attempts": job.attempt}
+    if result.validation is not None:
+        choices, extra = _checkpoint_choices(c, prefix, result)
+        meta.update(validation=result.validation, early_stopped=result.early_stopped, checkpoints=choices)
+        size += extra
     tried = [False]
 
     def finish(s) -> str | None:

@@ -33,6 +33,30 @@ def downloads(lora: Lora) -> dict[str, str]:
     return {fmt: base + fmt for fmt, where in available.items() if where}
 
 
+def _choice(lora: Lora, which: str | None) -> tuple[str | None, str | None]:
+    """(peft_prefix, comfyui_key) of the training checkpoint asked for: the row's own files when `which` is
+    None or the one published, else the other one the trainer kept (metadata "checkpoints"); 409 otherwise."""
+    choices = (lora.meta or {}).get("checkpoints")
+    if which is None or (choices and choices.get("published") == which) or \
+            (not choices and which == "last" and lora.source == "trained"):   # no validation: the last step
+        return lora.peft_prefix, lora.comfyui_key
+    entry = (choices or {}).get(which) or {}
+    if entry.get("comfyui_key"):
+        return entry.get("peft_prefix"), entry["comfyui_key"]
+    if choices and entry.get("step") is not None and entry.get("step") == choices[choices["published"]]["step"]:
+        return lora.peft_prefix, lora.comfyui_key           # the best step was the last: one LoRA is both
+    raise ApiError(status.HTTP_409_CONFLICT, f"LoRA {lora.id} has no '{which}' checkpoint: only trainings with "
+                                             f"validation keep the best and the last step")
+
+
+def _stored_keys(lora: Lora) -> list[str]:
+    keys = [k for k in (lora.peft_prefix, lora.comfyui_key, lora.original_key) if k]
+    for entry in ((lora.meta or {}).get("checkpoints") or {}).values():
+        if isinstance(entry, dict):
+            keys += [entry[k] for k in ("peft_prefix", "comfyui_key") if entry.get(k)]
+    return keys
+
+
 def to_public(lora: Lora) -> LoraPublic:
     return LoraPublic(id=lora.id, name=lora.name, source=lora.source, format=lora.format, rank=lora.rank,
                       alpha=lora.alpha, trigger=lora.trigger, training_job_id=lora.training_job_id,
@@ -60,7 +84,7 @@ def read_lora(lora_id: LoraId, owner: CurrentOwner, session: SessionDep):
 def remove_lora(lora_id: LoraId, owner: CurrentOwner, session: SessionDep, store: StoreDep):
     """Delete a LoRA and its files; refused (409) while a queued or running generation uses it."""
     lora = get_lora(session, lora_id=lora_id, owner_id=owner.id)
-    keys = [k for k in (lora.peft_prefix, lora.comfyui_key, lora.original_key) if k] if lora else []
+    keys = _stored_keys(lora) if lora else []
     outcome = delete_lora(session, lora_id=lora_id, owner_id=owner.id)
     if outcome is None:
         raise not_found("LoRA", lora_id)
@@ -83,11 +107,16 @@ def download_lora(lora_id: LoraId, owner: CurrentOwner, session: SessionDep, sto
                                                       "available of comfyui, peft, original")
                                     ] = None,
                   dtype: Annotated[Literal["bf16", "fp32"],
-                                   Query(description="weights of a comfyui / musubi / diffsynth file")] = "bf16"):
+                                   Query(description="weights of a comfyui / musubi / diffsynth file")] = "bf16",
+                  which: Annotated[Literal["last", "best"] | None,
+                                   Query(description="a training with validation keeps two checkpoints: the last "
+                                                     "step and the lowest validation loss; default: the one "
+                                                     "published (metadata.checkpoints.published)")] = None):
     """Download the LoRA in the format your other tools load."""
     lora = get_lora(session, lora_id=lora_id, owner_id=owner.id)
     if lora is None:
         raise not_found("LoRA", lora_id)
+    peft_prefix, comfyui_key = _choice(lora, which)
     available = downloads(lora)
     fmt = format or next((f for f in ("comfyui", "peft", "original") if f in available), None)
     if fmt not in available:
@@ -95,13 +124,15 @@ def download_lora(lora_id: LoraId, owner: CurrentOwner, session: SessionDep, sto
                                                  f"{lora.source} as {lora.format}); available: "
                                                  f"{', '.join(available) or 'none'}")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in lora.name)[:80] or "lora"
+    if which is not None:
+        safe = f"{safe}-{which}"
     if fmt == "peft":
-        path = _zip_prefix(store, lora.peft_prefix)
+        path = _zip_prefix(store, peft_prefix)
         return FileResponse(path, media_type="application/zip", filename=f"{safe}-peft.zip",
                             background=BackgroundTask(os.unlink, path))
     if fmt in SINGLE_FILE_FORMATS:
         try:
-            path = convert_download(store, lora.comfyui_key, fmt, dtype, base_index(settings.model_path))
+            path = convert_download(store, comfyui_key, fmt, dtype, base_index(settings.model_path))
         except (LoraFileError, NotConvertible) as e:   # e.g. a LoRA stored for another base model than today's
             raise ApiError(status.HTTP_409_CONFLICT, f"LoRA {lora_id} cannot be written as {fmt}: {e}") from None
         return FileResponse(path, media_type="application/octet-stream", filename=f"{safe}-{fmt}.safetensors",

@@ -13,7 +13,7 @@ from api.errors import error_responses, scrub
 from api.files import send_artifact
 from api.quota import check_active_limit
 from api.schemas import (WEBHOOK_FIELDS, CancelPublic, PreviewPublic, TrainingCreate, TrainingProgress,
-                         TrainingPublic, TrainingsPublic)
+                         TrainingPublic, TrainingsPublic, ValidationPublic)
 from api.sse import job_stream
 from api.webhook_fields import check_webhook_url, webhook_block
 from jobqueue.enqueue import send_and_record
@@ -31,11 +31,18 @@ def to_public(job: TrainingJob) -> TrainingPublic:
         error=scrub(job.error) if job.error else None,  # the worker's text: no server paths or object reprs
         checkpoint_step=job.checkpoint_step,
         progress=TrainingProgress(step=job.step, total_steps=job.total_steps, loss=job.loss,
-                                  seconds_per_step=job.seconds_per_step, eta_seconds=job.eta_seconds),
+                                  seconds_per_step=job.seconds_per_step, eta_seconds=job.eta_seconds,
+                                  validation_loss=_latest_validation_loss(job.validation)),
+        validation=ValidationPublic(**job.validation) if job.validation else None,
         previews=[PreviewPublic(step=p.step, index=p.index, prompt=p.prompt,
                                 url=f"/v1/trainings/{job.id}/previews/{p.step}/{p.index}") for p in job.previews],
         lora_id=job.lora.id if job.lora else None, webhook=webhook_block(job),
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at)
+
+
+def _latest_validation_loss(validation: dict | None) -> float | None:
+    series = (validation or {}).get("series") or []
+    return series[-1]["loss"] if series else None
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TrainingPublic,
@@ -48,6 +55,9 @@ def submit_training(response: Response, body: TrainingCreate, owner: CurrentOwne
     if get_dataset(session, dataset_id=body.dataset_id, owner_id=owner.id) is None:
         raise not_found("dataset", body.dataset_id, field="dataset_id")
     check_webhook_url(body, settings)
+    if body.validation_dataset_id is not None and get_dataset(session, dataset_id=body.validation_dataset_id,
+                                                              owner_id=owner.id) is None:
+        raise not_found("dataset", body.validation_dataset_id, field="validation_dataset_id")
     check_active_limit(session, TrainingJob, owner_id=owner.id, limit=settings.max_active_trainings,
                        what="trainings", settings=settings)
     params = body.model_dump(exclude=WEBHOOK_FIELDS)

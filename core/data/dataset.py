@@ -60,6 +60,20 @@ class TrainDataset(Dataset):
         self.cache = cache
         self._cache: dict[int, bytes] = {}   # record index -> fitted RGB bytes (cache=True)
 
+    def subset(self, names: set[str], *, keep: bool, plain: bool = False) -> "TrainDataset":
+        """The same dataset restricted to the records named (keep=True) or to all the others (keep=False).
+        plain=True: one pass, no flips, no caption dropout (a validation set sees each image as it is)."""
+        import copy
+
+        out = copy.copy(self)
+        out.records = [r for r in self.records if (r.name in names) == keep]
+        if not out.records:
+            raise ValueError("no image left in the dataset after holding images out for validation")
+        out._cache = {}                       # keyed by record index, which changed
+        if plain:
+            out.repeats, out.flip, out.caption_dropout = 1, False, 0.0
+        return out
+
     def __len__(self) -> int:
         return len(self.records) * self.repeats
 

@@ -7,6 +7,7 @@
     checkpoint.py   checkpoint folders written atomically
     distributed.py  several GPUs of one host (DDP under torchrun)
     preview.py      preview images, adapter on | off
+    validation.py   the fixed-noise validation loss; validation_history.py: its series, best step, early stop
     cli.py          `python -m core.train`
 
 Importing this package (or core.train.config) does not import torch: the HTTP API reads TrainConfig's

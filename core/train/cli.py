@@ -17,7 +17,7 @@ from core.train.config import TrainConfig
 from core.train.hooks import TrainCallbacks, TrainResult
 
 _CHOICES = {"lr_schedule": ("constant", "cosine"), "sigma_dist": ("uniform", "shifted", "logit_normal"),
-            "weighting": ("none", "velocity"), "precision": ("auto", "bf16", "fp32")}
+            "weighting": ("none", "velocity"), "precision": ("auto", "bf16", "fp32"), "publish": ("last", "best")}
 
 
 def _field_comments() -> dict[str, str]:
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         help_ = f"{notes.get(f.name, '')} (default: {f.default})"
         if kind == "bool":
             ap.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=help_)
-        elif kind in ("int", "float", "str", "int | None", "str | None"):
+        elif kind in ("int", "float", "str", "int | None", "str | None", "float | None"):
             conv = {"int": int, "float": float}.get(kind.split(" ")[0], str)
             ap.add_argument(f"--{f.name}", type=conv, default=None, choices=_CHOICES.get(f.name), help=help_)
     return ap
@@ -94,7 +94,15 @@ def main(argv: list[str] | None = None) -> TrainResult:
         windows.append(sec)
         bar.set_postfix(loss=f"{loss:.4f}", avg=f"{smoothed:.4f}", lr=f"{lr:.2e}", s_step=f"{sec:.3f}")
 
-    cbs = TrainCallbacks(on_step=on_step,
+    def on_validation(step, loss, baseline, summary):
+        if baseline:
+            bar.write(f"validation: {summary['images']} image(s); baseline (adapter off) loss {loss:.5f}")
+            return
+        bar.write(f"step {step}: validation loss {loss:.5f} (baseline {summary['baseline']:.5f}; best "
+                  f"{summary['best_loss']:.5f} at step {summary['best_step']}; {summary['seconds']:.1f} s "
+                  f"spent validating)")
+
+    cbs = TrainCallbacks(on_step=on_step, on_validation=on_validation,
                          on_preview=lambda step, paths: bar.write(
                              f"step {step}: previews {', '.join(map(str, paths))}"),
                          on_checkpoint=lambda step, folder: bar.write(f"step {step}: checkpoint {folder}"))
@@ -110,6 +118,13 @@ def main(argv: list[str] | None = None) -> TrainResult:
         steady = sorted(windows[1:])
         print(f"seconds/step: {steady[len(steady) // 2]:.4f} (median of {len(steady)} logged windows after the "
               f"first, which took {windows[0]:.4f} with warm-up)")
+    if result.validation:
+        v = result.validation
+        print(f"validation: best {v['best_loss']} at step {v['best_step']} (baseline {v['baseline']}), "
+              f"{v['seconds']:.1f} s spent validating{'; stopped early' if result.early_stopped else ''}; "
+              f"published: step {result.published_step}"
+              + (f"; the {result.other_lora[0]} (step {result.other_lora[1]}): {result.other_lora[3]}"
+                 if result.other_lora else ""))
     print(f"done: {result.steps_done} steps, smoothed loss {result.smoothed_loss}; "
           f"LoRA: {result.lora_dir} and {result.lora_file}" if not cfg.full else f"model: {result.model_dir}")
     return result

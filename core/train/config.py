@@ -69,6 +69,15 @@ class TrainConfig:
     sample_preset: str = "full"              # core.sampler preset ("full" / "dev")
     sample_seed: int = 0                     # same seed for adapter on and off
     base_model_name: str = ""                # recorded in the LoRA metadata (default: model_path's name)
+    # -- validation: a held-out loss at fixed noise (core/train/validation.py), the best step, early stop
+    validation_fraction: float | None = None  # share of the images held out; None: auto (10% from 20 images up)
+    validation_dir: str | None = None        # a separate validation folder or .zip (nothing is held out then)
+    validation_max_images: int = 4           # at most this many images held out and evaluated
+    validation_every: int = 250              # steps between validation losses (0: never)
+    validation_sigmas: int = 8               # fixed noise levels, evenly spread over (0, 1]
+    validation_seeds: int = 2                # noise draws per image and level, the same at every evaluation
+    publish: str = "last"                    # LoRA published at the end: "last" step or "best" validation loss
+    early_stop_patience: int = 0             # stop after this many evaluations without a new best (0: never)
 
     def validate(self) -> None:
         problems = []
@@ -93,10 +102,26 @@ class TrainConfig:
         for name in ("warmup_steps", "checkpoint_every", "sample_every", "keep_checkpoints", "num_workers"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        problems += self._validation_problems()
         if self.sample_size is not None and (self.sample_size < 32 or self.sample_size % 32):
             problems.append(f"sample_size must be a multiple of 32, got {self.sample_size}")
         if problems:
             raise ValueError("bad training config: " + "; ".join(problems))
+
+    def _validation_problems(self) -> list[str]:
+        problems = []
+        f = self.validation_fraction
+        if f is not None and not (isinstance(f, (int, float)) and 0.0 <= f < 1.0):
+            problems.append(f"validation_fraction must be in [0, 1) or None (auto), got {f!r}")
+        for name in ("validation_max_images", "validation_sigmas", "validation_seeds"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                problems.append(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("validation_every", "early_stop_patience"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                problems.append(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if self.publish not in ("last", "best"):
+            problems.append(f"publish must be 'last' or 'best', got {self.publish!r}")
+        return problems
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -22,12 +22,14 @@ class FolderData:
 
     def __init__(self, source, *, resolution: int, batch_size: int, trigger: str = "", repeats: int = 1,
                  flip: bool = False, caption_dropout: float = 0.0, seed: int = 0, num_workers: int = 0,
-                 pin_memory: bool = False, min_side: int = 256, rank: int = 0, world_size: int = 1):
+                 pin_memory: bool = False, min_side: int = 256, rank: int = 0, world_size: int = 1,
+                 dataset=None):
         from core.data import BucketBatchSampler, TrainDataset
 
-        self.dataset = TrainDataset(source, resolution=resolution, trigger=trigger, repeats=repeats, flip=flip,
-                                    caption_dropout=caption_dropout, seed=seed, cache=True,
-                                    min_side=min_side)
+        # `dataset`: an already scanned TrainDataset (the trainer's, with validation images held out of it)
+        self.dataset = dataset if dataset is not None else TrainDataset(
+            source, resolution=resolution, trigger=trigger, repeats=repeats, flip=flip,
+            caption_dropout=caption_dropout, seed=seed, cache=True, min_side=min_side)
         # with several ranks each takes every world_size-th batch of one shared epoch order
         self.sampler = BucketBatchSampler(self.dataset, batch_size=batch_size, seed=seed, rank=rank,
                                           world_size=world_size)

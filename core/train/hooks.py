@@ -14,6 +14,9 @@ class TrainCallbacks:
     on_preview: Callable[[int, list[Path]], None] | None = None      # (step, [png paths])
     on_checkpoint: Callable[[int, Path], None] | None = None         # (step, checkpoint folder)
     should_stop: Callable[[], bool] | None = None                    # asked every step; True: save and stop
+    on_validation: Callable[[int, float, bool, dict], None] | None = None
+    # on_validation(step, loss, is_baseline, summary): after each fixed-noise validation loss (the baseline,
+    # adapter off, comes first); summary is ValidationHistory.summary() (series, baseline, best, seconds)
 
 
 @dataclass
@@ -27,3 +30,7 @@ class TrainResult:
     lora_file: Path | None = None            # ComfyUI file (LoRA mode, completed runs)
     model_dir: Path | None = None            # full mode: HF folder of the trained model
     previews: list[Path] = field(default_factory=list)
+    early_stopped: bool = False              # validation stopped improving for early_stop_patience evaluations
+    validation: dict | None = None           # ValidationHistory.summary() of a run that validated
+    published_step: int | None = None        # the step whose weights lora_dir / lora_file hold
+    other_lora: tuple | None = None          # (which "last"|"best", step, PEFT folder, ComfyUI file) when they differ

@@ -16,21 +16,24 @@ uninterrupted one (exactly, on the CPU in float32).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from core.lora import (LoraSpec, adapter_state_dict, build_metadata, inject_lora, load_adapter_state_dict,
-                       lora_parameters, save_comfyui_file, save_peft_folder)
+                       lora_parameters, save_comfyui_file, save_peft_folder, set_adapter_enabled)
 from core.objective import Objective
 from core.train import distributed
 from core.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_states, save_checkpoint,
                                    set_rng_states, step_dir_name)
 from core.train.config import TrainConfig
 from core.train.hooks import TrainCallbacks, TrainResult
+from core.train.validation_history import ValidationHistory
 
 
 LOSS_EMA_BETA = 0.9  # smoothing of the reported loss (kept in checkpoints as the uncorrected EMA and its count)
@@ -120,16 +123,7 @@ class Trainer:
         self.objective = Objective(sigma_dist=cfg.sigma_dist, shift=cfg.sigma_shift, weighting=cfg.weighting)
         # rank 0 draws exactly what a single-process run draws; other ranks get streams of their own
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
-        if data is None:
-            from core.train.data import FolderData
-
-            data = FolderData(cfg.data_dir, resolution=cfg.resolution, batch_size=cfg.batch_size,
-                              trigger=cfg.trigger, repeats=cfg.repeats, flip=cfg.flip,
-                              caption_dropout=cfg.caption_dropout, seed=cfg.seed, num_workers=cfg.num_workers,
-                              min_side=min(cfg.min_side, cfg.resolution), pin_memory=on_cuda, rank=self.dist.rank,
-                              world_size=self.dist.world)
-        elif self.dist.active:
-            data.shard(self.dist.rank, self.dist.world)
+        data = self._data(data, on_cuda)
         self.data = data
         self._layouts: dict[tuple, tuple[dict, int]] = {}
         self.step = 0
@@ -137,10 +131,44 @@ class Trainer:
         self._ckpt_step = -1                 # step of the newest checkpoint written or loaded
         self.last_checkpoint: Path | None = None
         self.previews: list[Path] = []
+        # Validation: the losses so far, and a host copy of the weights of the best one (None before the first).
+        # Every rank holds the history (rank 0's): the early-stop decision is taken by all of them.
+        self.history = ValidationHistory(patience=cfg.early_stop_patience)
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.early_stopped = False
 
         ckpt = self._resume_path()
         if ckpt is not None:
             self.load_checkpoint(ckpt)
+
+    def _data(self, data, on_cuda: bool):
+        """The training batches, and self.validator: the validation images held out of data_dir (or those of
+        validation_dir) with their fixed noise; None when the run validates nothing."""
+        from core.train.validation import FixedNoiseValidation, validation_set
+
+        cfg, train_ds = self.cfg, None
+        if data is None:
+            from core.data import TrainDataset
+
+            train_ds = TrainDataset(cfg.data_dir, resolution=cfg.resolution, trigger=cfg.trigger,
+                                    repeats=cfg.repeats, flip=cfg.flip, caption_dropout=cfg.caption_dropout,
+                                    seed=cfg.seed, cache=True, min_side=min(cfg.min_side, cfg.resolution))
+        train_ds, val_ds = validation_set(cfg, train_ds)
+        self.validator = None
+        if val_ds is not None:
+            self.validator = FixedNoiseValidation(val_ds, self.objective, n_sigmas=cfg.validation_sigmas,
+                                                  n_seeds=cfg.validation_seeds, device=self.device)
+        if data is None:
+            from core.train.data import FolderData
+
+            return FolderData(cfg.data_dir, resolution=cfg.resolution, batch_size=cfg.batch_size,
+                              trigger=cfg.trigger, repeats=cfg.repeats, flip=cfg.flip,
+                              caption_dropout=cfg.caption_dropout, seed=cfg.seed, num_workers=cfg.num_workers,
+                              min_side=min(cfg.min_side, cfg.resolution), pin_memory=on_cuda, rank=self.dist.rank,
+                              world_size=self.dist.world, dataset=train_ds)
+        if self.dist.active:
+            data.shard(self.dist.rank, self.dist.world)
+        return data
 
     def _want_checkpointing(self) -> bool:
         choice = self.cfg.gradient_checkpointing
@@ -184,9 +212,18 @@ class Trainer:
                 "ema": self._ema,
                 "world_size": self.dist.world,
                 "config": self.cfg.to_dict(),
+                "validation": self.history.to_dict(),
             }
+            point = next((p for p in self.history.points if p["step"] == self.step), None)
+            meta = {"o1lora.step": str(self.step),
+                    "o1lora.validation_loss": str(point["loss"]) if point else "",
+                    "o1lora.validation": json.dumps(self.validation_summary()) if self._validating else ""}
+            # the best adapter rides along while it is not this one: a resume (on another machine) keeps it
+            best = self.history.best
+            extra = ({"best.safetensors": self.best_weights}
+                     if self.best_weights is not None and best and best["step"] != self.step else {})
             path = save_checkpoint(self.out / "checkpoints", self.step, self._weights(), state,
-                                   keep=self.cfg.keep_checkpoints)
+                                   keep=self.cfg.keep_checkpoints, metadata=meta, extra=extra)
         distributed.barrier(self.dist)
         self.last_checkpoint, self._ckpt_step = path, self.step
         if self.cb.on_checkpoint:
@@ -217,6 +254,12 @@ class Trainer:
         self.data.load_state_dict(state["data"])
         self.step = int(state["step"])
         self._ema = tuple(state["ema"])
+        self.history = ValidationHistory.from_dict(state.get("validation"), patience=self.cfg.early_stop_patience)
+        best, best_file = self.history.best, Path(path) / "best.safetensors"
+        if best_file.is_file():
+            self.best_weights = load_file(str(best_file))
+        elif best is not None and best["step"] == self.step:
+            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
         self.last_checkpoint, self._ckpt_step = Path(path), self.step
 
     # ------------------------------------------------------------------------------------- one step
@@ -300,7 +343,10 @@ class Trainer:
         stopped, last_loss = False, None
         window_loss = torch.zeros((), device=self.device)
         window_steps, t_window = 0, time.perf_counter()
-        while self.step < cfg.steps:
+        if self._validating and self.history.baseline is None:
+            self._validate(baseline=True)
+        self.early_stopped = self._validating and self.history.should_stop   # a resumed run that had stopped
+        while self.step < cfg.steps and not self.early_stopped:
             stop = bool(cb.should_stop and cb.should_stop())
             # With several ranks the decision is a collective and a host sync: agree on it at log steps only
             # (a stop then lands at most log_every - 1 steps later); one process decides every step.
@@ -324,6 +370,12 @@ class Trainer:
                 window_loss.zero_()
                 window_steps, t_window = 0, time.perf_counter()
             t_side = time.perf_counter()
+            # validation before the checkpoint, so that the checkpoint holds this step's loss
+            if self._validating and (self.step % cfg.validation_every == 0 or self.step == cfg.steps):
+                self._validate()
+                self.early_stopped = distributed.broadcast_flag(self.history.should_stop, self.dist, self.device)
+                if self.early_stopped:
+                    break
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
             if cfg.sample_every and cfg.sample_prompts and self.step % cfg.sample_every == 0:
@@ -334,11 +386,51 @@ class Trainer:
         if self._ckpt_step != self.step:
             self.save_checkpoint()           # a stop, or a run whose end is not on the checkpoint grid
         result = TrainResult(self.step, stopped, last_loss, self.smoothed, self.last_checkpoint,
-                             previews=list(self.previews))
+                             previews=list(self.previews), early_stopped=self.early_stopped,
+                             validation=self.validation_summary() if self._validating else None)
         if not stopped and self.dist.main:
             self._export(result)
         distributed.barrier(self.dist)
         return result
+
+    @property
+    def _validating(self) -> bool:
+        return self.validator is not None
+
+    def _validate(self, baseline: bool = False) -> None:
+        """One fixed-noise evaluation on rank 0 (the others wait): the adapter as it is, or, for the baseline,
+        switched off (full mode: the weights before the first step). Records it and keeps the best adapter."""
+        if self.dist.main:
+            off = baseline and not self.cfg.full
+            if off:
+                set_adapter_enabled(self.model, False)
+            try:
+                point = self.validator.evaluate(self.model, self._inputs, bf16=self.bf16)
+            finally:
+                if off:
+                    set_adapter_enabled(self.model, True)
+            point["step"] = self.step
+            if baseline:
+                self.history.baseline = point
+            elif self.history.add(point):
+                # a host copy: the weights move on with the next step (an adapter is small; a full model
+                # trained with validation pays its size once per new best)
+                self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self._weights().items()}
+            if self.cb.on_validation:
+                self.cb.on_validation(self.step, point["loss"], baseline, self.validation_summary())
+        if not baseline:
+            self._share_history()
+        distributed.barrier(self.dist)
+
+    def validation_summary(self) -> dict:
+        """The history's summary and the size of the validation set (what reports and metadata carry)."""
+        return {**self.history.summary(), "images": len(self.validator.items) if self.validator else 0}
+
+    def _share_history(self) -> None:
+        """Every rank holds rank 0's history (checkpoints are written by rank 0, but the stop is collective)."""
+        if self.dist.active:
+            self.history = ValidationHistory.from_dict(
+                distributed.gather_objects(self.history.to_dict(), self.dist)[0], patience=self.cfg.early_stop_patience)
 
     def _smooth(self, loss: float) -> None:
         raw, n = self._ema
@@ -371,13 +463,32 @@ class Trainer:
 
             result.model_dir = save_hf_folder(self.model, self.out / "model", self.tokenizer)
             return
-        meta = build_metadata(trigger=cfg.trigger, spec=self.spec, steps=self.step, resolution=cfg.resolution,
-                              base_model=cfg.base_model_name or Path(cfg.model_path).name,
-                              base_config=self.model.config, training=_training_settings(cfg))
-        adapter = adapter_state_dict(self.model)
-        result.lora_dir = save_peft_folder(adapter, self.spec, self.out / "lora", meta,
-                                           base_model=cfg.base_model_name or str(cfg.model_path))
-        result.lora_file = save_comfyui_file(adapter, self.spec, self.out / "lora.safetensors", meta)
+        last = ("last", self.step, adapter_state_dict(self.model))
+        best = self.history.best
+        kept = None                          # the best step's weights, when they are not the last step's
+        if best is not None and best["step"] != self.step and self.best_weights is not None:
+            kept = ("best", best["step"], self.best_weights)
+        published, other = (kept, last) if (cfg.publish == "best" and kept) else (last, kept)
+        # published: lora/ + lora.safetensors; the other choice (when they differ): lora-<which>/ + .safetensors
+        for choice, stem in ((published, "lora"), (other, f"lora-{other[0]}" if other else None)):
+            if choice is None:
+                continue
+            which, step, adapter = choice
+            meta = build_metadata(trigger=cfg.trigger, spec=self.spec, steps=step, resolution=cfg.resolution,
+                                  base_model=cfg.base_model_name or Path(cfg.model_path).name,
+                                  base_config=self.model.config, training=_training_settings(cfg))
+            if self._validating:
+                point = next((p for p in self.history.points if p["step"] == step), None)
+                meta["o1lora.checkpoint"] = "best" if best and best["step"] == step else which
+                meta["o1lora.validation_loss"] = str(point["loss"]) if point else ""
+                meta["o1lora.validation"] = json.dumps(self.validation_summary())
+            folder = save_peft_folder(adapter, self.spec, self.out / stem, meta,
+                                      base_model=cfg.base_model_name or str(cfg.model_path))
+            file = save_comfyui_file(adapter, self.spec, self.out / f"{stem}.safetensors", meta)
+            if stem == "lora":
+                result.lora_dir, result.lora_file, result.published_step = folder, file, step
+            else:
+                result.other_lora = (which, step, folder, file)
 
 
 def _max_tokens(resolution: int, caption_tokens: int = 320) -> int:

@@ -52,6 +52,17 @@ def test_dataset_of_a_queued_job_cannot_be_deleted(client, alice, dataset):
     assert client.delete(f"/v1/datasets/{dataset['id']}", headers=auth(alice)).status_code == 204
 
 
+def test_the_validation_dataset_of_a_queued_job_cannot_be_deleted(client, alice, dataset):
+    files = [("files", ("v.png", png(), "image/png"))]
+    held = client.post("/v1/datasets", headers=auth(alice), files=files, data={"resolution": "64"}).json()
+    job = client.post("/v1/trainings", headers=auth(alice),
+                      json={"dataset_id": dataset["id"], "trigger": "sks", "validation_dataset_id": held["id"]})
+    assert job.status_code == 202, job.text
+    assert client.delete(f"/v1/datasets/{held['id']}", headers=auth(alice)).status_code == 409
+    client.post(f"/v1/trainings/{job.json()['id']}/cancel", headers=auth(alice))
+    assert client.delete(f"/v1/datasets/{held['id']}", headers=auth(alice)).status_code == 204
+
+
 def test_long_file_names_make_a_valid_default_name(client, alice):
     long = "x" * 240 + ".png"
     r = client.post("/v1/datasets", headers=auth(alice), files=[("files", (long, png(), "image/png")),

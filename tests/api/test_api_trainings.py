@@ -30,9 +30,12 @@ def test_submit_queues_the_row_and_sends_the_message_by_name(client, alice, data
                              "sample_every": 500, "sample_prompts": [], "seed": 0, "checkpoint_every": None,
                              "repeats": 1, "flip": False, "caption_dropout": 0.0, "lr_schedule": "constant",
                              "warmup_steps": 0, "grad_accum": 1, "sample_steps": 20, "sample_size": None,
-                             "min_side": 16}
+                             "min_side": 16, "validation_dataset_id": None, "validation_fraction": None,
+                             "validation_max_images": 4, "validation_every": 250, "validation_sigmas": 8,
+                             "validation_seeds": 2, "publish": "last", "early_stop_patience": 0}
     assert job["progress"] == {"step": 0, "total_steps": 2500, "loss": None, "seconds_per_step": None,
-                               "eta_seconds": None}
+                               "eta_seconds": None, "validation_loss": None}
+    assert job["validation"] is None
     sent = [m for m in queued_messages(key_prefix, "train") if m["args"] == [job["id"]]]
     assert len(sent) == 1 and sent[0]["task"] == "o1lora.train"
     with Session() as s:
@@ -48,6 +51,10 @@ def test_submit_queues_the_row_and_sends_the_message_by_name(client, alice, data
     ({"trigger": ""}, "trigger"), ({"lr_schedule": "linear"}, "lr_schedule"), ({"sample_size": 100}, "sample_size"),
     ({"steps": 10, "warmup_steps": 11}, "warmup_steps"), ({"caption_dropout": 1.5}, "caption_dropout"),
     ({"seed": -1}, "seed"), ({"learning_rte": 1e-3}, "learning_rte"),
+    ({"validation_fraction": 1.0}, "validation_fraction"), ({"validation_every": -1}, "validation_every"),
+    ({"publish": "first"}, "publish"), ({"validation_every": 0, "publish": "best"}, "publish"),
+    ({"validation_every": 0, "early_stop_patience": 3}, "early_stop_patience"),
+    ({"validation_sigmas": 0}, "validation_sigmas"),
 ])
 def test_invalid_values_are_422_naming_the_field(client, alice, dataset, fields, field, key_prefix):
     before = len(queued_messages(key_prefix, "train"))
@@ -76,7 +83,7 @@ def test_progress_previews_and_lora_appear_as_the_worker_writes_them(client, ali
     assert got["status"] == "running" and got["started_at"] and got["attempt"] == 1 and got["checkpoint_step"] == 10
     assert "/work/ck" not in str(got)  # server paths stay private
     assert got["progress"] == {"step": 10, "total_steps": 20, "loss": 0.07, "seconds_per_step": 0.5,
-                               "eta_seconds": 5.0}
+                               "eta_seconds": 5.0, "validation_loss": None}
     assert got["previews"] == [{"step": 10, "index": 0, "prompt": "a box",
                                 "url": f"/v1/trainings/{job['id']}/previews/10/0"}]
     img = client.get(got["previews"][0]["url"], headers=auth(alice))
@@ -130,3 +137,60 @@ def test_dead_broker_still_answers_202_and_leaves_the_row_queued_for_the_reconci
     with Session() as s:
         row = get_training(s, job_id=r.json()["id"])
         assert row.status == "queued" and row.enqueued_at is None and row.celery_task_id is None
+
+
+def test_a_validation_dataset_must_be_yours_and_not_the_training_set(client, alice, dataset):
+    r = submit(client, alice, dataset, validation_dataset_id="nope")
+    assert r.status_code == 404 and r.json()["error"]["message"].startswith("validation_dataset_id:")
+    r = submit(client, alice, dataset, validation_dataset_id=dataset["id"])
+    assert r.status_code == 422 and "validation_dataset_id must name another dataset" in r.text
+
+
+def test_the_validation_series_and_the_best_or_last_lora(client, alice, dataset, Session, store):
+    from db.training import record_validation
+
+    r = submit(client, alice, dataset, steps=20, sample_every=0, validation_every=5, publish="best")
+    assert r.status_code == 202, r.text
+    job = r.json()
+    summary = {"series": [{"step": 5, "loss": 0.30}, {"step": 10, "loss": 0.21}, {"step": 15, "loss": 0.24}],
+               "baseline": 0.35, "best_step": 10, "best_loss": 0.21, "evals_since_best": 1, "seconds": 1.5,
+               "images": 2}
+    with Session() as s:
+        assert claim_training(s, job_id=job["id"], worker_id="w1")
+        assert record_validation(s, job_id=job["id"], worker_id="w1", validation=summary)
+        assert not record_validation(s, job_id=job["id"], worker_id="w2", validation={})   # not the owner
+    got = client.get(f"/v1/trainings/{job['id']}", headers=auth(alice)).json()
+    assert got["validation"] == summary and got["progress"]["validation_loss"] == 0.24
+    listed = client.get("/v1/trainings", headers=auth(alice)).json()["data"]
+    assert next(j for j in listed if j["id"] == job["id"])["validation"]["best_step"] == 10
+
+    # The worker published the best step (step 10) and kept the last (step 20) beside it.
+    prefix = f"trainings/{job['id']}/lora/attempt-1"
+    store.put_bytes(f"{prefix}/peft/adapter_model.safetensors", b"best-peft")
+    store.put_bytes(f"{prefix}/lora.safetensors", b"best")
+    store.put_bytes(f"{prefix}/last/peft/adapter_model.safetensors", b"last-peft")
+    store.put_bytes(f"{prefix}/last/lora.safetensors", b"last")
+    checkpoints = {"published": "best", "best": {"step": 10},
+                   "last": {"step": 20, "peft_prefix": f"{prefix}/last/peft",
+                            "comfyui_key": f"{prefix}/last/lora.safetensors"}}
+    with Session() as s:
+        lora_id = finish_training(s, job_id=job["id"], worker_id="w1", peft_prefix=f"{prefix}/peft",
+                                  comfyui_key=f"{prefix}/lora.safetensors", rank=16, alpha=16.0,
+                                  meta={"validation": summary, "checkpoints": checkpoints})
+    lora = client.get(f"/v1/loras/{lora_id}", headers=auth(alice)).json()
+    assert lora["metadata"]["checkpoints"]["published"] == "best"
+
+    def peft_zip(which=None):
+        import io
+        import zipfile
+        q = f"&which={which}" if which else ""
+        r = client.get(f"/v1/loras/{lora_id}/file?format=peft{q}", headers=auth(alice))
+        assert r.status_code == 200, r.text
+        return zipfile.ZipFile(io.BytesIO(r.content)).read("adapter_model.safetensors")
+
+    assert peft_zip() == peft_zip("best") == b"best-peft"
+    assert peft_zip("last") == b"last-peft"
+    r = client.get(f"/v1/loras/{lora_id}/file?format=peft&which=middle", headers=auth(alice))
+    assert r.status_code == 422 and "which" in r.text
+    assert client.delete(f"/v1/loras/{lora_id}", headers=auth(alice)).status_code == 204
+    assert not store.exists(f"{prefix}/last/lora.safetensors")      # the kept checkpoint goes with its LoRA

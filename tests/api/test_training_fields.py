@@ -12,13 +12,14 @@ from core.presets import PRESETS
 from core.train import REQUEST_NAMES, TrainConfig
 
 # Request fields that describe the job, not the run (the worker reads them from the row).
-JOB_FIELDS = {"dataset_id", "name", "webhook_url", "webhook_events_filter"}
+JOB_FIELDS = {"dataset_id", "name", "validation_dataset_id", "webhook_url", "webhook_events_filter"}
 # Request fields whose API default differs from TrainConfig's on purpose.
 API_DEFAULTS = {"checkpoint_every": None}   # None: the worker picks about 10 per run (worker.training)
 # TrainConfig fields a request does not set, and who does instead. Adding a TrainConfig field fails
 # test_every_config_field_is_requested_or_set_elsewhere until it is added to the request or here.
 NOT_IN_REQUEST = {
     "model_path", "out_dir", "data_dir", "resume", "keep_checkpoints", "base_model_name",  # the worker
+    "validation_dir",                               # the worker: validation_dataset_id's files
     "min_side",                                     # the service's setting, added by the route to the params
     "weight_decay", "betas", "max_grad_norm", "lora_dropout", "min_lr_ratio", "extra_targets", "full",
     "sigma_dist", "sigma_shift", "weighting",       # the recipe, fixed for the service

@@ -45,7 +45,10 @@ def test_two_ranks_train_and_resume_exactly(tmp_path):
         (data / f"{i}.txt").write_text(f"two colours number {i}" + " and more" * i)
     common = ["--model", str(model), "--data_dir", str(data), "--resolution", "64", "--min_side", "32",
               "--rank", "4", "--lr", "1e-2", "--batch_size", "1", "--checkpoint_every", "2", "--sample_every", "0",
-              "--num_workers", "0", "--device", "cpu", "--precision", "fp32", "--flip", "--caption_dropout", "0.3"]
+              "--num_workers", "0", "--device", "cpu", "--precision", "fp32", "--flip", "--caption_dropout", "0.3",
+              # one image held out, validated by rank 0 every 2 steps; the other rank waits and agrees on stops
+              "--validation_fraction", "0.25", "--validation_every", "2", "--validation_sigmas", "2",
+              "--validation_seeds", "1", "--publish", "best"]
     torchrun(common + ["--out_dir", str(tmp_path / "a"), "--steps", "4"])
     torchrun(common + ["--out_dir", str(tmp_path / "b"), "--steps", "2"])
     torchrun(common + ["--out_dir", str(tmp_path / "b"), "--steps", "4", "--resume"])
@@ -57,3 +60,8 @@ def test_two_ranks_train_and_resume_exactly(tmp_path):
     state = torch.load(tmp_path / "b" / "checkpoints" / "step-000004" / "state.pt", weights_only=False)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["generator"], state["rng"][1]["generator"])   # own noise per rank
+    full = torch.load(tmp_path / "a" / "checkpoints" / "step-000004" / "state.pt", weights_only=False)
+    assert [p["step"] for p in state["validation"]["points"]] == [2, 4]      # the resume kept step 2's loss
+    assert state["validation"]["baseline"]["loss"] == full["validation"]["baseline"]["loss"]
+    for pa, pb in zip(full["validation"]["points"], state["validation"]["points"]):
+        assert pa["loss"] == pytest.approx(pb["loss"], abs=1e-6)

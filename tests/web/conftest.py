@@ -20,6 +20,7 @@ _spec = importlib.util.spec_from_file_location("e2e_service_fixtures",
 _e2e = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_e2e)
 service = _e2e.service
+service_env = _e2e.service_env  # what `service` asks for (extra environment of the service processes)
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 WINDOW = (1280, 900)
