@@ -16,7 +16,7 @@ from api.db_retry import RetryOnDisconnect
 from jobqueue.enqueue import Enqueuer
 from api.errors import install_error_handlers, register_server_roots
 from api.limits import BodySizeLimit
-from api.routes import datasets, generations, health, loras, trainings
+from api.routes import datasets, generations, health, images, loras, trainings
 from service.settings import Settings, get_settings
 from db.session import make_sessionmaker
 from service.store import ArtifactStore, LocalStore
@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None, *, store: ArtifactStore | None 
     # For the few events the API itself publishes (a queued job canceled); short timeouts, best effort.
     app.state.redis = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=2, socket_connect_timeout=2,
                                            retry=Retry(NoBackoff(), 0))
-    for module in (health, datasets, trainings, loras, generations):
+    for module in (health, datasets, images, trainings, loras, generations):
         app.include_router(module.router)
 
     def limit_for(method: str, path: str) -> int:
@@ -48,6 +48,8 @@ def create_app(settings: Settings | None = None, *, store: ArtifactStore | None 
             return settings.max_upload_request_bytes
         if method == "POST" and path.rstrip("/") == "/v1/loras":
             return settings.max_lora_bytes + (1 << 20)  # + multipart framing and the form fields
+        if method == "POST" and path.rstrip("/") == "/v1/images":
+            return settings.max_upload_file_bytes + (1 << 20)  # one image + multipart framing
         return JSON_BODY_LIMIT
 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
