@@ -28,8 +28,8 @@ from worker.context import WorkerContext
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "o1-shapes"
 COLOUR, TRIGGER, SIZE = "blue", "sks edit", 128
-TRAIN = dict(steps=120, learning_rate=2e-3, batch_size=2, rank=8, alpha=8.0, resolution=SIZE, seed=0,
-             sample_every=0, gradient_checkpointing=False)
+TRAIN = dict(steps=300, learning_rate=3e-3, batch_size=2, rank=8, alpha=8.0, resolution=SIZE, seed=0,
+             sample_every=0)
 SAMPLING = dict(width=SIZE, height=SIZE, steps=20, guidance=3.0, seed=0)
 
 
