@@ -131,7 +131,8 @@ class Trainer:
                               world_size=self.dist.world, reference_dropout=cfg.reference_dropout)
         elif self.dist.active:
             data.shard(self.dist.rank, self.dist.world)
-        if self.dist.active and cfg.batch_size > 1 and getattr(getattr(data, "dataset", None), "has_references", False):
+        with_refs = getattr(getattr(data, "dataset", None), "has_references", False)
+        if self.dist.active and cfg.batch_size > 1 and with_refs:
             # each sample with references is its own forward; DDP's gradient hooks allow one forward per backward
             raise ValueError("training on samples with reference images across several GPUs needs batch_size 1 "
                              "(use grad_accum for a larger effective batch)")
