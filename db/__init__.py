@@ -64,7 +64,8 @@ Artifact store (service/store.py):  store = LocalStore(settings.resolved_artifac
     put_bytes(key, data), put_file(key, path), put_stream(key, chunks), put_dir(prefix, dir) -> keys,
     open(key) -> BinaryIO, exists(key), size(key), list(prefix), delete_prefix(prefix),
     local_path(key) -> Path | None, fetch_dir(prefix, dest) -> Path (a local folder with those files)
-    Keys used: datasets/<id>/..., loras/<id>/{original.*, lora.safetensors, peft/...} (imports), images/<id>.<ext>; the worker
+    Keys used: datasets/<id>/..., loras/<id>/{original.*, lora.safetensors, peft/...} (imports),
+    images/<id>.<ext> (reference uploads); the worker
     chooses its own under trainings/<id>/ and generations/<id>/
 
 Live events (service/events.py): channel(kind, job_id); publish(redis_client, *, kind, job_id, type, data)
