@@ -65,8 +65,7 @@ Artifact store (service/store.py):  store = LocalStore(settings.resolved_artifac
     open(key) -> BinaryIO, exists(key), size(key), list(prefix), delete_prefix(prefix),
     local_path(key) -> Path | None, fetch_dir(prefix, dest) -> Path (a local folder with those files)
     Keys used: datasets/<id>/..., loras/<id>/{original.*, lora.safetensors, peft/...} (imports),
-    images/<id>.<ext> (reference uploads); the worker
-    chooses its own under trainings/<id>/ and generations/<id>/
+    images/<id>.<ext> (reference uploads); the worker chooses its own under trainings/<id>/ and generations/<id>/
 
 Live events (service/events.py): channel(kind, job_id); publish(redis_client, *, kind, job_id, type, data)
     kind: "training" | "generation"; type: "progress" | "preview" | "status" | "image" (payloads in the module).

@@ -4,8 +4,9 @@ Two generations are compatible when one batched sampler call can serve both: sam
 preset, LoRA set with scales and reference images (prompts, negative prompts and seeds may differ). The
 worker that claimed a generation looks for such rows, claims each with the normal conditional UPDATE (so no
 two workers run a row), until `O1LORA_GENERATE_MAX_BATCH` images are gathered or
-`O1LORA_GENERATE_BATCH_WAIT_S` has passed. Each joined row then has its own progress, images, cancel and outcome (worker/generation.run_rows); its
-own queue message, delivered later, finds it running or finished and does nothing (worker/runs.take).
+`O1LORA_GENERATE_BATCH_WAIT_S` has passed. Each joined row then has its own progress, images, cancel and
+outcome (worker/generation.run_rows); its own queue message, delivered later, finds it running or finished
+and does nothing (worker/runs.take).
 
 Benchmarks drive it with the settings alone: max batch 1 turns batching off; wait 0 takes only what is
 already queued.
