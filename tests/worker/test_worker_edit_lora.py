@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 from pathlib import Path
 
@@ -34,6 +35,7 @@ SAMPLING = dict(width=SIZE, height=SIZE, steps=20, guidance=3.0, seed=0)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # ~15-20 min of a loaded 2-core machine: training 300 steps, then 16 generations
 def test_edit_lora_trained_through_the_service_recolours_held_out_pairs(worker_ctx, tmp_path):
     from api.main import create_app
     c = WorkerContext(worker_ctx.settings.model_copy(update={"model_path": MODEL, "progress_interval_s": 0.0,
@@ -54,7 +56,9 @@ def test_edit_lora_trained_through_the_service_recolours_held_out_pairs(worker_c
         r = client.post("/v1/trainings", headers=headers,
                         json={"dataset_id": r.json()["id"], "trigger": TRIGGER, **TRAIN})
         assert r.status_code == 202, r.text
+        t0 = time.monotonic()
         assert training.run_training(r.json()["id"], c) == "succeeded"
+        print(f"\ntraining through the service: {time.monotonic() - t0:.0f} s", flush=True)
         job = client.get(f"/v1/trainings/{r.json()['id']}", headers=headers).json()
         lora_id = job["lora_id"]
 
@@ -74,6 +78,7 @@ def test_edit_lora_trained_through_the_service_recolours_held_out_pairs(worker_c
                 assert generation.run_generation(g.json()["id"], c) == "succeeded"
                 got = client.get(f"/v1/generations/{g.json()['id']}/images/0", headers=headers)
                 rows[name].append(edit_score(Image.open(io.BytesIO(got.content)).convert("RGB"), scene, COLOUR))
+                print(name, rows[name][-1], flush=True)
     summary = {name: {k: float(np.mean([r[k] for r in v])) for k in ("colour_ok", "kept", "score")}
                for name, v in rows.items()}
     print("\nedit LoRA evidence:", json.dumps(summary))
