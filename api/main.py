@@ -18,7 +18,7 @@ from api.errors import install_error_handlers, register_server_roots
 from api.limits import BodySizeLimit
 from api.metrics import install_metrics
 from api.openapi import install_openapi
-from api.routes import datasets, generations, health, loras, trainings, webhooks
+from api.routes import datasets, generations, health, images, loras, trainings, webhooks
 from service.settings import Settings, get_settings
 from api.web_page import install_web_page
 from db.session import make_sessionmaker
@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, *, store: ArtifactStore | None 
     # For the few events the API itself publishes (a queued job canceled); short timeouts, best effort.
     app.state.redis = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=2, socket_connect_timeout=2,
                                            retry=Retry(NoBackoff(), 0))
-    for module in (health, datasets, trainings, loras, generations, webhooks):
+    for module in (health, datasets, images, trainings, loras, generations, webhooks):
         app.include_router(module.router)
     install_metrics(app, app.state.sessions, settings)
     install_web_page(app)  # the page at `/`: static files, a client of the routes above like any other
@@ -54,6 +54,8 @@ def create_app(settings: Settings | None = None, *, store: ArtifactStore | None 
             return settings.max_upload_request_bytes
         if method == "POST" and path.rstrip("/") == "/v1/loras":
             return settings.max_lora_bytes + (1 << 20)  # + multipart framing and the form fields
+        if method == "POST" and path.rstrip("/") == "/v1/images":
+            return settings.max_upload_file_bytes + (1 << 20)  # one image + multipart framing
         return JSON_BODY_LIMIT
 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)

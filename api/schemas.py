@@ -5,9 +5,9 @@ Every field has a description: they are the API's documentation at /docs.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from core.presets import PRESETS
 from webhooks.derive import EVENTS as WEBHOOK_EVENTS
@@ -16,6 +16,7 @@ from core.train.config import TrainConfig  # torch-free: the trainer's defaults 
 
 NO_NUL = r"^[^\x00]*$"  # for form fields (PostgreSQL text cannot hold NUL)
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+MAX_REFERENCE_IMAGES = 10  # the model's layout is tuned for up to ~10 references (hidream-o1.md)
 MAX_SEED = 2**62  # image k uses seed + k: leaves room in a signed 64-bit column
 
 
@@ -336,6 +337,10 @@ class GenerationCreate(WebhookRequest):
                                                                   "default: random, reported back")
     preset: Literal["full", "dev"] = Field("full", description="sampler recipe: full (UniPC + CFG) or dev (distilled)")
     num_images: int = Field(1, ge=1, le=8, description="images to generate")
+    reference_images: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=MAX_REFERENCE_IMAGES,
+        description=f"ids of your uploaded images (POST /v1/images) that condition every image: the prompt is "
+                    f"then an edit instruction or describes the subject; 0 to {MAX_REFERENCE_IMAGES}, in order")
 
     @field_validator("loras")
     @classmethod
@@ -351,6 +356,20 @@ class GenerationCreate(WebhookRequest):
         self.steps = self.steps if self.steps is not None else d["steps"]
         self.guidance = self.guidance if self.guidance is not None else d["guidance"]
         return self
+
+
+class ReferenceImagePublic(BaseModel):
+    id: str = Field(description="image id, for reference_images of a generation")
+    name: str = Field(description="the uploaded file name")
+    format: str = Field(description="PNG, JPEG or WEBP")
+    width: int = Field(description="pixels (after EXIF orientation)")
+    height: int = Field(description="pixels (after EXIF orientation)")
+    size_bytes: int = Field(description="bytes stored")
+    created_at: datetime = Field(description="upload time (UTC)")
+
+
+class ReferenceImagesPublic(Page[ReferenceImagePublic]):
+    pass
 
 
 class ImagePublic(BaseModel):

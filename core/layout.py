@@ -383,7 +383,10 @@ def prepare_references(images, height: int, width: int, condition: int | None = 
     for i, img in enumerate(images):
         if not isinstance(img, Image.Image):
             img = Image.fromarray(np.asarray(img, dtype=np.uint8))
-        r = resize_to_area(img.convert("RGB"), side)
+        try:
+            r = resize_to_area(img.convert("RGB"), side)
+        except ValueError as e:
+            raise ValueError(f"reference {i}: {e}") from None
         resized.append(r)
         sizes.append((r.height, r.width))
         patches.append(patchify(to_unit_range(r)[None])[0].to(torch.bfloat16).float())

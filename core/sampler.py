@@ -241,10 +241,13 @@ class Sampler:
     def sample(self, images: Sequence[ImageSpec], width: int = 1024, height: int = 1024, steps: int | None = None,
                guidance: float | None = None, preset: str | Preset = "full", scheduler: str | None = None,
                shift: float | None = None, callback: Callback | None = None, snap: bool = False,
+               references: Sequence[Image.Image] | None = None,
                return_latents: bool = False) -> list[Image.Image] | torch.Tensor:
         """One batched sampling call for images that share size and settings but each have their own prompt,
         negative prompt and seed (the images of several requests, or the missing images of one). Image i
-        equals what __call__ gives for its prompt with seed=images[i].seed (up to batching's float noise)."""
+        equals what __call__ gives for its prompt with seed=images[i].seed (up to batching's float noise).
+        references: images conditioning every image of the call (so only requests with the same references
+        share one call); prepared and seen by the vision tower once for the whole call."""
         images = list(images)
         if not images or not all(isinstance(im, ImageSpec) for im in images):
             raise ValueError("images must be a non-empty list of ImageSpec")
@@ -254,7 +257,7 @@ class Sampler:
         prompts = list(dict.fromkeys(im.prompt for im in images))
         negatives = list(dict.fromkeys(im.negative_prompt for im in images))
         req = self._request(prompts, negatives[0], width, height, steps, guidance, images[0].seed, preset,
-                            scheduler, shift, 1, snap)
+                            scheduler, shift, 1, snap, references)
         for neg in negatives:
             if not isinstance(neg, str):
                 raise ValueError(f"negative_prompt must be a string, got {type(neg).__name__}")

@@ -50,7 +50,10 @@ Generations (db/generations.py): the same shape, also job_id=:
     mark_generation_canceled(s, *, job_id, worker_id) -> bool            # after a cooperative stop
     add_generation_warnings(s, *, job_id, warnings: list[str])           # Generation.warnings (JSON list)
     Generation.params = {"prompt", "negative_prompt", "loras": [{"id", "scale"}], "width", "height", "steps",
-                         "guidance", "seed", "preset", "num_images"}
+                         "guidance", "seed", "preset", "num_images", "reference_images": [image id, ...]}
+
+Reference images (db/images.py): create_image, get_image, list_images, delete_image (-> the row | None);
+    UploadedImage (table "images"): name, storage_key (images/<id>.<ext>), format, width, height, size_bytes.
 
 Datasets / LoRAs (db/datasets.py, db/loras.py): create_*, get_*, list_*, delete_* ("deleted"|"in_use"|None).
     get_* and list_* of every resource go through db/query.py (owned_row, owned_page: newest first).
@@ -62,8 +65,8 @@ Artifact store (service/store.py):  store = LocalStore(settings.resolved_artifac
     put_bytes(key, data), put_file(key, path), put_stream(key, chunks), put_dir(prefix, dir) -> keys,
     open(key) -> BinaryIO, exists(key), size(key), list(prefix), delete_prefix(prefix),
     local_path(key) -> Path | None, fetch_dir(prefix, dest) -> Path (a local folder with those files)
-    Keys used: datasets/<id>/..., loras/<id>/{original.*, lora.safetensors, peft/...} (imports); the worker
-    chooses its own under trainings/<id>/ and generations/<id>/
+    Keys used: datasets/<id>/..., loras/<id>/{original.*, lora.safetensors, peft/...} (imports),
+    images/<id>.<ext> (reference uploads); the worker chooses its own under trainings/<id>/ and generations/<id>/
 
 Live events (service/events.py): channel(kind, job_id); publish(redis_client, *, kind, job_id, type, data)
     kind: "training" | "generation"; type: "progress" | "preview" | "status" | "image" (payloads in the module).

@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 models: owners and their keys, datasets, training jobs (+ previews), LoRAs, generations (+ images).
+"""SQLAlchemy 2 models: owners and their keys, datasets, training jobs (+ previews), LoRAs, generations (+ images),
+uploaded reference images.
 
 Every resource row has an owner. Job rows are the source of truth for job state; the state changes only
 through the conditional UPDATEs in db.training / db.generations. The schema is built by the Alembic
@@ -259,3 +260,18 @@ class WorkerBeat(Base):
     gpu_allocated_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # tensors, summed over its GPUs
     gpu_reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # held by the caching allocator
     gpu_total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class UploadedImage(Base):
+    """An image the owner uploaded to condition generations (editing, personalisation): `reference_images`
+    of a generation name these ids. The file is kept as uploaded; it was fully decoded once at upload."""
+    __tablename__ = "images"
+    id: Mapped[str] = _id()
+    owner_id: Mapped[str] = _owner()
+    name: Mapped[str] = mapped_column(String(200))  # the uploaded file name, for listings
+    storage_key: Mapped[str] = mapped_column(String(500))
+    format: Mapped[str] = mapped_column(String(8))  # PNG | JPEG | WEBP
+    width: Mapped[int] = mapped_column(Integer)  # after EXIF orientation
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = _created()

@@ -4,7 +4,8 @@ Called by the `o1lora.generate` task (worker/tasks.py); runnable on its own for 
 
     python -m worker.generation GENERATION_ID
 
-One request is one batch: the text prefix is encoded and the LoRAs are set once, and every image still
+One request is one batch: the text prefix is encoded, the LoRAs are set and the reference images (if any) go
+through the vision tower once, and every image still
 missing (a re-run keeps the images already stored) is sampled in one batched sampler call, image i seeded
 with seed + i, so it equals the image a one-by-one run gives. Compatible queued generations can join that
 batch (worker/generation_batch.py); each row keeps its own progress, images, cancel and outcome.
@@ -26,6 +27,7 @@ from worker.context import WorkerContext, ctx
 from worker.memory_plan import check_generation, out_of_memory_message
 from worker.model_host import ModelHost, parse_sizes
 from worker.pacing import Every, Heartbeat
+from worker.reference_images import load_references
 from worker.runs import TimeLimitExceeded, db_call, hand_back, local_dir, local_file, publish, short_error, take
 
 log = logging.getLogger(__name__)
@@ -223,6 +225,8 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
         loras = [(h.lora(ref["id"], lambda ref=ref: lora_path(c, ref["id"], lead.owner_id)),
                   float(ref.get("scale", 1.0))) for ref in refs]
         _warn_unplaced(c, rows, loras)
+        # one batch shares its references (generation_batch.batch_key), so the lead's are everyone's
+        references = load_references(c, list(p.get("reference_images") or []), lead.owner_id) or None
         specs, owners = [], []
         for r in rows:
             seed0 = int(r.gen.params.get("seed") or 0)
@@ -254,7 +258,8 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
 
         with apply_loras(model, loras):
             z = h.sampler.sample(specs, width=width, height=height, steps=steps, guidance=p.get("guidance"),
-                                 preset=p.get("preset", "full"), callback=on_step, return_latents=True)
+                                 preset=p.get("preset", "full"), callback=on_step, references=references,
+                                 return_latents=True)
         finite = torch.isfinite(z.float()).flatten(1).all(1).tolist()  # the one host sync of the batch
         images = to_pil(torch.nan_to_num(z), height, width)  # non-finite images are dropped below
     for r in rows:  # a row with a non-finite image fails as a whole: none of its images is stored

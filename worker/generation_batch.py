@@ -1,11 +1,12 @@
 """Continuous batching: a generation that starts takes compatible queued generations into its batch.
 
 Two generations are compatible when one batched sampler call can serve both: same size, steps, guidance,
-preset and LoRA set with scales (prompts, negative prompts and seeds may differ). The worker that claimed a
-generation looks for such rows, claims each with the normal conditional UPDATE (so no two workers run a
-row), until `O1LORA_GENERATE_MAX_BATCH` images are gathered or `O1LORA_GENERATE_BATCH_WAIT_S` has passed.
-Each joined row then has its own progress, images, cancel and outcome (worker/generation.run_rows); its
-own queue message, delivered later, finds it running or finished and does nothing (worker/runs.take).
+preset, LoRA set with scales and reference images (prompts, negative prompts and seeds may differ). The
+worker that claimed a generation looks for such rows, claims each with the normal conditional UPDATE (so no
+two workers run a row), until `O1LORA_GENERATE_MAX_BATCH` images are gathered or
+`O1LORA_GENERATE_BATCH_WAIT_S` has passed. Each joined row then has its own progress, images, cancel and
+outcome (worker/generation.run_rows); its own queue message, delivered later, finds it running or finished
+and does nothing (worker/runs.take).
 
 Benchmarks drive it with the settings alone: max batch 1 turns batching off; wait 0 takes only what is
 already queued.
@@ -33,8 +34,9 @@ def batch_key(gen: Generation) -> tuple:
     p = gen.params
     loras = tuple((ref["id"], float(ref.get("scale", 1.0))) for ref in p.get("loras", []))
     guidance = p.get("guidance")
+    references = (gen.owner_id, tuple(p.get("reference_images") or ()))  # ids are per owner; order matters
     return (int(p["width"]), int(p["height"]), int(p["steps"]), None if guidance is None else float(guidance),
-            p.get("preset", "full"), loras)
+            p.get("preset", "full"), loras, references if references[1] else ())
 
 
 def join_batch(c: WorkerContext, lead: Generation, clock=time.monotonic) -> list[Generation]:

@@ -19,6 +19,7 @@ from api.sse import job_stream
 from api.webhook_fields import check_webhook_url, webhook_block
 from jobqueue.enqueue import send_and_record
 from db.generations import create_generation, get_generation, list_generations
+from db.images import get_image
 from db.loras import get_lora
 from db.models import Generation
 
@@ -41,7 +42,11 @@ def to_public(gen: Generation) -> GenerationPublic:
              responses=error_responses(404, 413, 429))
 def submit_generation(response: Response, body: GenerationCreate, owner: CurrentOwner, session: SessionDep,
                       enqueuer: EnqueuerDep, settings: SettingsDep, request: Request, background: BackgroundTasks):
-    """Queue a generation with your LoRAs; poll it until its images are listed.
+    """Queue a generation with your LoRAs (and reference images); poll it until its images are listed.
+
+    reference_images (ids from POST /v1/images, at most 10) make it an edit or a personalisation: each is shown
+    to the model as the official layout has it, and CFG's unconditional input keeps the references. An id
+    that is not one of your images is a 404 naming the item (`reference_images[i]`).
 
     Refused with 422 when width x height x steps x num_images is over the service's bound, and with 429
     (Retry-After) while you already have the most queued + running generations the service allows."""
@@ -51,6 +56,9 @@ def submit_generation(response: Response, body: GenerationCreate, owner: Current
         if get_lora(session, lora_id=ref.id, owner_id=owner.id) is None:
             raise not_found("LoRA", ref.id, field=f"loras[{i}].id")
     check_webhook_url(body, settings)
+    for i, image_id in enumerate(body.reference_images):
+        if get_image(session, image_id=image_id, owner_id=owner.id) is None:
+            raise not_found("image", image_id, field=f"reference_images[{i}]")
     check_active_limit(session, Generation, owner_id=owner.id, limit=settings.max_active_generations,
                        what="generations", settings=settings)
     params = body.model_dump(exclude=WEBHOOK_FIELDS)

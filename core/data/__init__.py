@@ -12,6 +12,8 @@
     ckpt["data"] = sampler.state_after(batches_done)   # later: sampler.load_state_dict(ckpt["data"])
 
 Captions: same-name .txt next to each image, or metadata.jsonl ({"file_name", "text"} per line).
+Edit / personalisation samples: metadata.jsonl {"file", "text", "references": [...]} or a musubi-tuner
+control/ folder (control/x.png, or control/x_0.png, x_1.png ... for target x.png); see catalog.
 Each image keeps its aspect ratio: it goes to the aspect bucket closest to it (area ~ resolution^2, sides
 multiples of 32) and is scaled to cover it and centre-cropped. Module map: sources (folder / zip, zip safety),
 images (pixel limit, EXIF, RGB on white), catalog (captions), validate + report, buckets, transforms,

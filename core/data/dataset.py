@@ -3,8 +3,15 @@
     ds = TrainDataset("photos.zip", resolution=1024, trigger="sks style", repeats=10, flip=True,
                       caption_dropout=0.05, min_side=256, seed=0)
     ds.report                       # the DatasetReport of the validation it ran (raises DatasetError if unusable)
-    item = ds[k]                    # {"image": float32 (3, H, W) in [-1, 1], "caption": str, "name": str}
-    batch = collate_batch([ds[k] for k in keys])   # {"images": (B, 3, H, W), "captions": [...], "names": [...]}
+    item = ds[k]                    # {"image": float32 (3, H, W) in [-1, 1], "caption": str, "name": str,
+                                    #  "references": [PIL RGB, ...] (edit / personalisation samples; else [])}
+    batch = collate_batch([ds[k] for k in keys])   # {"images": (B, 3, H, W), "captions": [...], "names": [...],
+                                                   #  "references": [[PIL, ...] per item]}
+
+References are handed over as decoded RGB images at their own size: the official resizing depends on the
+target's size and on how many references there are, so core.layout.prepare_references does it, as at inference.
+A flipped sample mirrors its references too (the pair stays consistent). reference_dropout drops all of a
+sample's references (from (seed, key) like the other draws), so a LoRA also keeps working without them.
 
 Keys: index k maps to image k % len(ds) (len(ds) = images x repeats); flips and caption dropout are drawn
 from (seed, k) alone, never from a global RNG, so an item is the same in any process and after a resume.
@@ -41,11 +48,14 @@ class TrainDataset(Dataset):
     def __init__(self, source: str | Path | Source, resolution: int = 1024, trigger: str = "", repeats: int = 1,
                  flip: bool = False, caption_dropout: float = 0.0, min_side: int | None = None, seed: int = 0,
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_aspect: float = 3.0, cache: bool = False,
-                 limits: SourceLimits = SourceLimits()):
+                 limits: SourceLimits = SourceLimits(), reference_dropout: float = 0.0):
         if not isinstance(repeats, int) or repeats < 1:
             raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
         if not 0.0 <= caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout!r}")
+        if not 0.0 <= reference_dropout <= 1.0:
+            raise ValueError(f"reference_dropout must be in [0, 1], got {reference_dropout!r}")
+        self.reference_dropout = reference_dropout
         self.source, self.report, records = scan(source, resolution, min_side, max_pixels, limits, max_aspect)
         check(self.report)
         self.records: list[Record] = records
@@ -88,6 +98,25 @@ class TrainDataset(Dataset):
         flip = bool(rng.random() < 0.5) and self.flip
         return drop, flip
 
+    @property
+    def has_references(self) -> bool:
+        return any(r.references for r in self.records)
+
+    def references_dropped(self, key: int) -> bool:
+        """Whether the item at `key` trains without its references (drawn from (seed, key, "ref") only)."""
+        if self.reference_dropout <= 0:
+            return False
+        return bool(np.random.default_rng([self.seed, int(key), 1]).random() < self.reference_dropout)
+
+    def references(self, key: int, flip: bool = False) -> list[Image.Image]:
+        """The decoded reference images of the item at `key` (mirrored with a flipped sample); [] when it has
+        none or they are dropped out."""
+        rec = self.records[key % len(self.records)]
+        if not rec.references or self.references_dropped(key):
+            return []
+        out = [load_rgb(self.source.read(name), self.max_pixels) for name in rec.references]
+        return [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in out] if flip else out
+
     def caption(self, key: int) -> str:
         """The caption the item at `key` trains on (trigger prepended, except under reg/; " " when dropped out)."""
         if self._draws(key)[0]:
@@ -115,7 +144,8 @@ class TrainDataset(Dataset):
         if flip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         x = to_tensor(img)
-        return {"image": x, "caption": self.caption(key), "name": self.records[rec_idx].name}
+        return {"image": x, "caption": self.caption(key), "name": self.records[rec_idx].name,
+                "references": self.references(key, flip)}
 
 
 def collate_batch(items: list[dict]) -> dict:
@@ -125,4 +155,5 @@ def collate_batch(items: list[dict]) -> dict:
         raise ValueError(f"a batch must hold images of one shape (use BucketBatchSampler); got {sorted(shapes)}")
     return {"images": torch.stack([it["image"] for it in items]),
             "captions": [it["caption"] for it in items],
-            "names": [it["name"] for it in items]}
+            "names": [it["name"] for it in items],
+            "references": [it.get("references", []) for it in items]}

@@ -31,13 +31,15 @@ class DatasetReport:
     unsupported: list[Issue] = field(default_factory=list)
     unsafe: list[Issue] = field(default_factory=list)
     caption_issues: list[Issue] = field(default_factory=list)
+    bad_references: list[Issue] = field(default_factory=list)   # targets left out: a reference missing or bad
+    with_references: int = 0          # usable images trained with reference images (edit / personalisation)
     ignored: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
     def rejected(self) -> list[Issue]:
         """Every image or file that will not train, with its reason."""
-        return self.unreadable + self.too_small + self.huge + self.unsupported + self.unsafe
+        return self.unreadable + self.too_small + self.huge + self.unsupported + self.unsafe + self.bad_references
 
     @property
     def ok(self) -> bool:
@@ -53,7 +55,7 @@ class DatasetReport:
         parts = []
         for label, issues in (("unsafe", self.unsafe), ("unreadable", self.unreadable),
                               ("too small", self.too_small), ("too large", self.huge),
-                              ("unsupported", self.unsupported)):
+                              ("unsupported", self.unsupported), ("bad references", self.bad_references)):
             if issues:
                 shown = "; ".join(f"{i.name}: {i.reason}" for i in issues[:limit])
                 more = f"; and {len(issues) - limit} more" if len(issues) > limit else ""

@@ -34,6 +34,7 @@ class Record:
     width: int
     height: int
     bucket: tuple[int, int]
+    references: tuple[str, ...] = ()  # reference images of an edit / personalisation sample, in order
 
 
 def scan(source: str | Path | Source, resolution: int = 1024, min_side: int | None = None,
@@ -66,7 +67,14 @@ def scan(source: str | Path | Source, resolution: int = 1024, min_side: int | No
     report.images = len(cat.items)
     records: list[Record] = []
     upscaled: list[str] = []
+    present = {e.name for e in src.entries}
+    ref_problems: dict[str, str | None] = {}  # reference name -> why it cannot be used (None: fine); each once
     for item in cat.items:
+        bad = [(r, _reference_problem(src, r, present, max_pixels, ref_problems)) for r in item.references]
+        bad = [(r, why) for r, why in bad if why]
+        if bad:
+            report.bad_references.append(Issue(item.name, "; ".join(f"reference {r}: {why}" for r, why in bad)))
+            continue
         try:
             data = src.read(item.name)
         except OSError as e:
@@ -89,8 +97,9 @@ def scan(source: str | Path | Source, resolution: int = 1024, min_side: int | No
         bucket = nearest_bucket(w, h, buckets)
         if cover_scale(w, h, bucket) > 1.0:
             upscaled.append(f"{item.name} ({w}x{h} -> {bucket[0]}x{bucket[1]})")
-        records.append(Record(item.name, item.caption, w, h, bucket))
+        records.append(Record(item.name, item.caption, w, h, bucket, item.references))
     report.usable = len(records)
+    report.with_references = sum(bool(r.references) for r in records)
     report.captioned = sum(r.caption is not None for r in records)
     report.missing_captions = [r.name for r in records if r.caption is None]
     if records:
@@ -119,6 +128,25 @@ def scan(source: str | Path | Source, resolution: int = 1024, min_side: int | No
         report.warnings.append(f"{len(report.missing_captions)} image(s) have no caption and train on the "
                                f"trigger phrase alone")
     return src, report, records
+
+
+def _reference_problem(src: Source, name: str, present: set[str], max_pixels: int,
+                       seen: dict[str, str | None]) -> str | None:
+    """Why reference `name` cannot be used (missing, unreadable, over the pixel limit), or None; decoded once."""
+    if name not in seen:
+        if name not in present:
+            seen[name] = "not in the dataset"
+        else:
+            try:
+                data = src.read(name)
+                probe(data, max_pixels)
+                load_rgb(data, max_pixels, draft_size=(64, 64))
+                seen[name] = None
+            except ImageProblem as p:
+                seen[name] = p.reason
+            except OSError as e:
+                seen[name] = str(e)
+    return seen[name]
 
 
 def check(report: DatasetReport, strict: bool = False) -> None:

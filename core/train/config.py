@@ -44,6 +44,8 @@ class TrainConfig:
     repeats: int = 1                         # each image this many times per epoch (small datasets)
     flip: bool = False                       # random horizontal flips (off: styles with text/asymmetry)
     caption_dropout: float = 0.0             # fraction of captions replaced by " " (keeps CFG working)
+    reference_dropout: float = 0.0           # edit datasets: fraction of samples trained without their
+                                             # reference images (the LoRA then also works without any)
     num_workers: int = 0                     # DataLoader workers (0: decode in the training process)
     min_side: int = 256                      # images with a shorter side are rejected by validation (never more
                                              # than resolution: an image as large as the training size trains)
@@ -103,6 +105,8 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         problems += self._validation_problems()
+        if not 0.0 <= self.reference_dropout <= 1.0:
+            problems.append(f"reference_dropout must be in [0, 1], got {self.reference_dropout}")
         if self.sample_size is not None and (self.sample_size < 32 or self.sample_size % 32):
             problems.append(f"sample_size must be a multiple of 32, got {self.sample_size}")
         if problems:

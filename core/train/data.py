@@ -2,6 +2,7 @@
 
 Both give (images [B, 3, H, W] in [-1, 1], captions [B]) forever and can be resumed exactly: the trainer
 saves `state_after(batches_done)` in each checkpoint and hands it back to `load_state_dict` on resume.
+A folder of edit / personalisation samples gives (images, captions, references [B] lists of PIL images).
 
     FolderData(cfg)                         # core.data: validation, aspect buckets, resumable bucket sampler
     StreamData(make_stream, batch_size)     # make_stream(start) -> iterator of (image [3, H, W], caption),
@@ -23,13 +24,14 @@ class FolderData:
     def __init__(self, source, *, resolution: int, batch_size: int, trigger: str = "", repeats: int = 1,
                  flip: bool = False, caption_dropout: float = 0.0, seed: int = 0, num_workers: int = 0,
                  pin_memory: bool = False, min_side: int = 256, rank: int = 0, world_size: int = 1,
-                 dataset=None):
+                 dataset=None, reference_dropout: float = 0.0):
         from core.data import BucketBatchSampler, TrainDataset
 
         # `dataset`: an already scanned TrainDataset (the trainer's, with validation images held out of it)
         self.dataset = dataset if dataset is not None else TrainDataset(
             source, resolution=resolution, trigger=trigger, repeats=repeats, flip=flip,
-            caption_dropout=caption_dropout, seed=seed, cache=True, min_side=min_side)
+            caption_dropout=caption_dropout, seed=seed, cache=True, min_side=min_side,
+            reference_dropout=reference_dropout)
         # with several ranks each takes every world_size-th batch of one shared epoch order
         self.sampler = BucketBatchSampler(self.dataset, batch_size=batch_size, seed=seed, rank=rank,
                                           world_size=world_size)
@@ -51,7 +53,10 @@ class FolderData:
                             persistent_workers=self.num_workers > 0)   # keeps each worker's image cache
         while True:   # each pass over the loader is one epoch; the sampler moves on to the next by itself
             for batch in loader:
-                yield batch["images"], batch["captions"]
+                if self.dataset.has_references:
+                    yield batch["images"], batch["captions"], batch["references"]
+                else:
+                    yield batch["images"], batch["captions"]
 
 
 class StreamData:
@@ -124,10 +129,10 @@ class Prefetch:
 
     def _run(self) -> None:
         try:
-            for images, captions in self._source:
+            for images, *rest in self._source:   # (images, captions) or (images, captions, references)
                 if self._pin and not images.is_pinned():
                     images = images.pin_memory()
-                if not self._put((images, captions)):
+                if not self._put((images, *rest)):
                     return
             self._put(self._END)
         except BaseException as e:     # handed to the consumer, raised there

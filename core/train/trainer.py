@@ -40,7 +40,8 @@ LOSS_EMA_BETA = 0.9  # smoothing of the reported loss (kept in checkpoints as th
 
 # Settings a resumed run must share with the checkpoint, or the continuation is not the same training.
 _RESUME_MUST_MATCH = ("rank", "alpha", "extra_targets", "full", "batch_size", "grad_accum", "seed", "resolution",
-                      "lr", "lr_schedule", "warmup_steps", "sigma_dist", "weighting", "repeats", "trigger")
+                      "lr", "lr_schedule", "warmup_steps", "sigma_dist", "weighting", "repeats", "trigger",
+                      "reference_dropout")
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -124,6 +125,11 @@ class Trainer:
         # rank 0 draws exactly what a single-process run draws; other ranks get streams of their own
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
         data = self._data(data, on_cuda)
+        with_refs = getattr(getattr(data, "dataset", None), "has_references", False)
+        if self.dist.active and cfg.batch_size > 1 and with_refs:
+            # each sample with references is its own forward; DDP's gradient hooks allow one forward per backward
+            raise ValueError("training on samples with reference images across several GPUs needs batch_size 1 "
+                             "(use grad_accum for a larger effective batch)")
         self.data = data
         self._layouts: dict[tuple, tuple[dict, int]] = {}
         self.step = 0
@@ -152,7 +158,8 @@ class Trainer:
 
             train_ds = TrainDataset(cfg.data_dir, resolution=cfg.resolution, trigger=cfg.trigger,
                                     repeats=cfg.repeats, flip=cfg.flip, caption_dropout=cfg.caption_dropout,
-                                    seed=cfg.seed, cache=True, min_side=min(cfg.min_side, cfg.resolution))
+                                    seed=cfg.seed, cache=True, min_side=min(cfg.min_side, cfg.resolution),
+                                    reference_dropout=cfg.reference_dropout)
         train_ds, val_ds = validation_set(cfg, train_ds)
         self.validator = None
         if val_ds is not None:
@@ -302,19 +309,45 @@ class Trainer:
             x_pred = self.forward(vinputs=z, timestep=t, **inputs).x_pred
         return self.objective.loss(x_pred[:, -n:], x0, sigma)
 
+    def loss_with_references(self, images: torch.Tensor, captions: list[str], references: list[list]) -> torch.Tensor:
+        """The recipe's loss for a micro-batch of edit / personalisation samples: each sample laid out as the
+        sampler lays out a request with its references (core.train.references), the loss on its target tokens
+        only. Samples run one forward each (their reference counts and shapes differ), the mean is the
+        batch's; a sample whose references were dropped out trains as text-to-image."""
+        from core.layout import patchify
+        from core.train.references import frozen_vision, reference_layout, target_slice
+
+        images = images.to(self.device, non_blocking=True)
+        h, w = images.shape[-2:]
+        total = torch.zeros((), device=self.device)
+        for image, caption, refs in zip(images, captions, references):
+            x0 = patchify(image[None].float())
+            batch = reference_layout(self.tokenizer, caption, refs, h, w).to(self.device)
+            z, t, sigma = self.objective.noise(x0, self.generator)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                vision = frozen_vision(self.model, batch)
+                inputs = batch.model_inputs(batch.vinputs(z), t)
+                inputs.update(pixel_values=None, image_grid_thw=None, vision=vision)
+                x_pred = self.forward(**inputs).x_pred
+            total = total + self.objective.loss(x_pred[:, target_slice(batch)], x0, sigma)
+        return total / len(captions)
+
     def train_step(self, batches) -> torch.Tensor:
         """One optimizer step over grad_accum micro-batches from `batches`; returns the loss, not synced."""
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for i in range(cfg.grad_accum):
-            images, captions = next(batches)
+            images, captions, *refs = next(batches)     # refs: [references per sample] from edit datasets
             # DDP all-reduces gradients in backward; only the last micro-batch of a step needs to
             sync = contextlib.nullcontext()
             if self.dist.active and i < cfg.grad_accum - 1:
                 sync = self.forward.no_sync()
             with sync:
-                loss = self.loss(images, captions) / cfg.grad_accum
+                if refs and any(refs[0]):
+                    loss = self.loss_with_references(images, captions, refs[0]) / cfg.grad_accum
+                else:
+                    loss = self.loss(images, captions) / cfg.grad_accum
                 loss.backward()
             total += loss.detach()
         if cfg.max_grad_norm > 0:
@@ -451,10 +484,22 @@ class Trainer:
                                     out_dir=self.out / "previews", width=side, height=side,
                                     steps=self.cfg.sample_steps, guidance=self.cfg.sample_guidance,
                                     seed=self.cfg.sample_seed, preset=self.cfg.sample_preset,
-                                    lora=not self.cfg.full)
+                                    lora=not self.cfg.full, references=self._preview_references())
         self.previews.extend(paths)
         if self.cb.on_preview:
             self.cb.on_preview(self.step, paths)
+
+    def _preview_references(self) -> list | None:
+        """An edit dataset previews every prompt with the references of its first sample that has some (the
+        same images each time, so previews compare across steps); None for text-to-image data."""
+        dataset = getattr(self.data, "dataset", None)
+        if dataset is None or not getattr(dataset, "has_references", False):
+            return None
+        if not hasattr(self, "_preview_refs"):
+            from core.data.images import load_rgb
+            rec = next(r for r in dataset.records if r.references)
+            self._preview_refs = [load_rgb(dataset.source.read(n), dataset.max_pixels) for n in rec.references]
+        return self._preview_refs
 
     def _export(self, result: TrainResult) -> None:
         cfg = self.cfg

@@ -25,6 +25,7 @@ NOT_IN_REQUEST = {
     "sigma_dist", "sigma_shift", "weighting",       # the recipe, fixed for the service
     "num_workers", "device", "precision", "gradient_checkpointing", "compile", "log_every", "prefetch",
     "sample_guidance", "sample_preset", "sample_seed",  # the machine's and the worker's business
+    "reference_dropout",                            # edit datasets: a CLI option; the training API is unchanged
 }
 
 

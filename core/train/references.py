@@ -1,0 +1,42 @@
+"""Training samples with reference images (editing, personalisation), laid out exactly as the sampler does.
+
+    batch = reference_layout(tokenizer, "make the shape blue", [ref_pil], height, width)
+    vision = frozen_vision(model, batch)                 # the vision tower, no autograd: it is not trained
+    x_pred = model(**batch.model_inputs(batch.vinputs(z_t), t) | {"vision": vision}).x_pred
+    target = target_slice(batch)                          # x_pred[:, target] is what the loss sees
+
+The layout comes from the functions the sampler uses for a request with references (core.layout:
+prepare_references for the official resizing of the vision-tower and raw-patch copies, build_edit for the
+token ids, M-RoPE positions and token types), so a LoRA trains on the sequence it will be used with:
+[chat prompt with the references' vision placeholders (DeepStack) ... boi tms | N target tokens (noised) |
+M reference tokens (clean)]. The loss reads the N target positions only; the reference positions are
+inputs, never regressed.
+"""
+from __future__ import annotations
+
+import torch
+
+from core.layout import Batch, build_edit, build_t2i, collate, prepare_references
+
+
+def reference_layout(tokenizer, caption: str, references: list, height: int, width: int) -> Batch:
+    """One sample's Batch (B = 1): the edit layout with `references` (PIL images), text-to-image without."""
+    if not references:
+        return collate([build_t2i(tokenizer, caption, height, width)])
+    refs = prepare_references(list(references), height, width)
+    return collate([build_edit(tokenizer, caption, height, width, refs)])
+
+
+def target_slice(batch: Batch) -> slice:
+    """The target's positions in x_pred: right after the text part, before the reference patches."""
+    start = batch.input_ids.shape[1]
+    return slice(start, start + batch.n_image)
+
+
+@torch.no_grad()
+def frozen_vision(model, batch: Batch):
+    """The vision tower's (embeds, deepstack) for a batch's references, or None; computed without autograd
+    (the tower is frozen: LoRA targets the language model), once per sample and step."""
+    if batch.pixel_values is None:
+        return None
+    return model.vision_features(batch.pixel_values, batch.image_grid_thw)
