@@ -8,7 +8,7 @@ PY := .venv/bin/python
 	.venv/bin/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: serve test test-slow test-all demo schemathesis browser
+.PHONY: serve test test-slow test-all demo schemathesis browser lint format
 serve: .venv/.installed  ## the whole service on its embedded default (SQLite, bundled broker, bundled model)
 	$(PY) -m ops.embedded
 
@@ -23,6 +23,14 @@ test-all: .venv/.installed browser
 
 demo: .venv/.installed  ## service + style LoRA end to end, writes runs/demo/grid.png
 	$(PY) -m ops.demo
+
+lint: .venv/.installed  ## ruff: pyflakes + pycodestyle + import order, and the formatter's check (pyproject [tool.ruff])
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: .venv/.installed  ## apply ruff's fixes and formatting
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
 
 browser:  ## headless Chromium + chromium-driver for tests/web (apt; a no-op when present)
 	.ci/install-browser

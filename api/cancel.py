@@ -1,5 +1,6 @@
 """POST /v1/{trainings,generations}/{id}/cancel: one handler for both job kinds (they differ only in their row
 functions, which jobqueue.kinds names)."""
+
 from __future__ import annotations
 
 from fastapi import BackgroundTasks, status
@@ -8,12 +9,13 @@ from api.deps import not_found
 from api.errors import ApiError
 from api.schemas import CancelPublic
 from jobqueue.enqueue import Enqueuer
-from service.events import publish
 from jobqueue.kinds import kind_of
+from service.events import publish
 
 
-def cancel_job(kind: str, job_id: str, *, owner_id: str, session, enqueuer: Enqueuer, redis,
-               background: BackgroundTasks) -> CancelPublic:
+def cancel_job(
+    kind: str, job_id: str, *, owner_id: str, session, enqueuer: Enqueuer, redis, background: BackgroundTasks
+) -> CancelPublic:
     """A queued job is canceled at once (its message revoked, best effort, after the response); a running one
     gets a cancel request that its worker honours at its next step. 409 when the job has already ended."""
     k = kind_of(kind)

@@ -8,6 +8,7 @@ answer the client wanted, so this middleware swallows that 503 and does. A reque
 keeps its 503 with ``Retry-After``: the commit may have happened, and only the client knows whether repeating
 is safe. Uploads (multipart) are never re-run: they write files before their row and may be gigabytes.
 """
+
 from __future__ import annotations
 
 UNAVAILABLE_FLAG = "o1lora_db_unavailable"  # set in scope["state"] by api.errors' database handler
@@ -37,9 +38,13 @@ class RetryOnDisconnect:
         async def first_send(message):
             nonlocal retry
             state = first["state"]
-            if (message["type"] == "http.response.start" and message["status"] == 503
-                    and state.pop(UNAVAILABLE_FLAG, False) and not state.get(COMMIT_FLAG)
-                    and size <= MAX_REPLAY_BYTES):
+            if (
+                message["type"] == "http.response.start"
+                and message["status"] == 503
+                and state.pop(UNAVAILABLE_FLAG, False)
+                and not state.get(COMMIT_FLAG)
+                and size <= MAX_REPLAY_BYTES
+            ):
                 retry = True
             if not retry:
                 await send(message)

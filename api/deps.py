@@ -1,4 +1,5 @@
 """FastAPI dependencies as Annotated aliases; everything comes from app.state, set by create_app."""
+
 from __future__ import annotations
 
 import logging
@@ -12,12 +13,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.db_retry import COMMIT_FLAG
-from jobqueue.enqueue import Enqueuer
 from api.errors import ApiError, is_disconnect
 from api.schemas import JobStatus
-from service.settings import Settings
 from db.models import Owner
 from db.owners import owner_for_key
+from jobqueue.enqueue import Enqueuer
+from service.settings import Settings
 from service.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -53,21 +54,30 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 # Declares the bearer scheme in OpenAPI (so /docs can authorise); the checks and the 401s are get_owner's own.
-bearer = HTTPBearer(auto_error=False, scheme_name="apiKey", description="an API key from `python -m db.create_owner`")
+bearer = HTTPBearer(
+    auto_error=False, scheme_name="apiKey", description="an API key from `python -m db.create_owner`"
+)
 
 
-def get_owner(request: Request, session: SessionDep,
-              _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> Owner:
+def get_owner(
+    request: Request,
+    session: SessionDep,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
+) -> Owner:
     """The owner of the Bearer key; 401 for a missing, malformed, unknown or revoked key."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise ApiError(status.HTTP_401_UNAUTHORIZED, "missing API key: send 'Authorization: Bearer <key>'",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing API key: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     owner = owner_for_key(session, key=key.strip())
     if owner is None:
-        raise ApiError(status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"}
+        )
     return owner
 
 
@@ -106,8 +116,10 @@ class Page:
 MAX_OFFSET = 2**62  # both databases take a signed 64-bit OFFSET; beyond it is a 422, not an overflow
 
 
-def get_page(limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
-             offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")] = 0) -> Page:
+def get_page(
+    limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")] = 0,
+) -> Page:
     return Page(limit, offset)
 
 
@@ -116,8 +128,12 @@ StatusFilter = Annotated[JobStatus | None, Query(alias="status", description="on
 
 
 def _id_param(what: str) -> Any:
-    return Path(description=f"id of one of your {what} (as returned when it was created)", min_length=1,
-                max_length=64, pattern=r"^[^\x00/]+$")
+    return Path(
+        description=f"id of one of your {what} (as returned when it was created)",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[^\x00/]+$",
+    )
 
 
 DatasetId = Annotated[str, _id_param("datasets")]

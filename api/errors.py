@@ -12,6 +12,7 @@ Routes raise ``ApiError``; the handlers installed by ``install_error_handlers`` 
 Starlette's HTTP errors (404 of an unknown path, 405), body-size refusals, database errors and anything
 unexpected into the same shape. Every message is scrubbed of object reprs and server paths on the way out.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,9 +35,19 @@ from api.db_retry import UNAVAILABLE_FLAG
 
 log = logging.getLogger(__name__)
 
-CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-         409: "conflict", 413: "too_large", 422: "invalid", 429: "too_many_active_jobs", 500: "internal",
-         503: "unavailable"}
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid",
+    429: "too_many_active_jobs",
+    500: "internal",
+    503: "unavailable",
+}
 DB_RETRY_AFTER_S = 2  # a dropped connection is replaced by the next request; a short wait is enough
 
 
@@ -46,25 +57,35 @@ class ErrorItem(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(description="stable machine-readable code: invalid, not_found, unauthorized, conflict, "
-                                  "too_large, too_many_active_jobs, method_not_allowed, unavailable, internal")
+    code: str = Field(
+        description="stable machine-readable code: invalid, not_found, unauthorized, conflict, "
+        "too_large, too_many_active_jobs, method_not_allowed, unavailable, internal"
+    )
     message: str = Field(description="what went wrong, for a person")
     field: str | None = Field(None, description="the request field at fault, when there is one")
     details: list[ErrorItem] | None = Field(None, description="every problem found (422 of a request body)")
-    report: dict[str, Any] | None = Field(None, description="dataset uploads refused for their content: the "
-                                                            "validator's report (every file that would not train)")
+    report: dict[str, Any] | None = Field(
+        None,
+        description="dataset uploads refused for their content: the "
+        "validator's report (every file that would not train)",
+    )
 
 
 class ErrorBody(BaseModel):
     """The body of every error response."""
+
     error: ErrorDetail = Field(description="what went wrong")
 
 
-DESCRIPTIONS = {401: "missing, malformed, unknown or revoked API key", 404: "no such resource of yours",
-                409: "the resource is not in a state that allows this", 413: "request body over the size limit",
-                422: "a request value is invalid (the error names the field)",
-                429: "too many of your jobs are queued or running; retry after the Retry-After seconds",
-                503: "the database is unavailable for a moment; retry after the Retry-After seconds"}
+DESCRIPTIONS = {
+    401: "missing, malformed, unknown or revoked API key",
+    404: "no such resource of yours",
+    409: "the resource is not in a state that allows this",
+    413: "request body over the size limit",
+    422: "a request value is invalid (the error names the field)",
+    429: "too many of your jobs are queued or running; retry after the Retry-After seconds",
+    503: "the database is unavailable for a moment; retry after the Retry-After seconds",
+}
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 
 
@@ -81,11 +102,24 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 class ApiError(StarletteHTTPException):
     """An error answered in the one shape; ``code`` defaults to the status's."""
 
-    def __init__(self, status: int, message: str, *, code: str | None = None, field: str | None = None,
-                 details: list[dict[str, Any]] | None = None, report: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        field: str | None = None,
+        details: list[dict[str, Any]] | None = None,
+        report: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(status, message, headers=headers)
-        self.code, self.field, self.details, self.report = code or CODES.get(status, "error"), field, details, report
+        self.code, self.field, self.details, self.report = (
+            code or CODES.get(status, "error"),
+            field,
+            details,
+            report,
+        )
         self.message = message
 
 
@@ -102,7 +136,13 @@ def register_server_roots(*roots: str | Path) -> None:
 
 
 def _server_roots() -> set[str]:
-    roots = {str(Path(__file__).resolve().parents[1]), tempfile.gettempdir(), "/tmp", "/var/tmp", *_REGISTERED_ROOTS}
+    roots = {
+        str(Path(__file__).resolve().parents[1]),
+        tempfile.gettempdir(),
+        "/tmp",
+        "/var/tmp",
+        *_REGISTERED_ROOTS,
+    }
     try:
         roots.add(str(Path.cwd()))
     except OSError:  # the working directory was deleted under us
@@ -115,8 +155,11 @@ def scrub(text: str, extra_roots: Iterable[str] = ()) -> str:
     text = _REPR.sub("(internal object)", text)
     for root in sorted({r.rstrip("/") for r in (*extra_roots, *_server_roots())} - {""}, key=len, reverse=True):
         # Longest first: a file under the artifact folder loses the whole folder, not just the repository's part.
-        text = re.sub(re.escape(root) + r"(/[^\s'\"():,;]*)?(?![\w.-])",
-                      lambda m: Path(m.group(0)).name if m.group(1) else "<server>", text)
+        text = re.sub(
+            re.escape(root) + r"(/[^\s'\"():,;]*)?(?![\w.-])",
+            lambda m: Path(m.group(0)).name if m.group(1) else "<server>",
+            text,
+        )
     return text
 
 
@@ -135,9 +178,17 @@ def _scrub_any(value: Any, roots: Iterable[str]) -> Any:
     return scrub(str(value), roots)
 
 
-def error_response(request: Request, status: int, message: str, *, code: str | None = None,
-                   field: str | None = None, details: list[dict[str, Any]] | None = None,
-                   report: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    request: Request,
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    field: str | None = None,
+    details: list[dict[str, Any]] | None = None,
+    report: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     roots: tuple[str, ...] = ()  # the registered server roots are always applied
     error: dict[str, Any] = {"code": code or CODES.get(status, "error"), "message": scrub(message, roots)}
     if field is not None:
@@ -150,6 +201,7 @@ def error_response(request: Request, status: int, message: str, *, code: str | N
 
 
 # ---- handlers ---------------------------------------------------------------------------------------------------
+
 
 def field_path(loc: Iterable[Any]) -> str | None:
     """('body', 'loras', 0, 'scale') -> 'loras[0].scale'; None for the body as a whole."""
@@ -190,20 +242,32 @@ def allowed_methods(request: Request) -> list[str]:
     """Every method some route serves on this path (Starlette's own 405 names only the first route's): each
     method is tried against the routing table as it is, included routers and all."""
     base = {k: v for k, v in request.scope.items() if k in ("type", "path", "root_path", "raw_path", "headers")}
-    return [m for m in HTTP_METHODS
-            if any(route.matches({**base, "method": m})[0] is Match.FULL for route in request.app.router.routes)]
+    return [
+        m
+        for m in HTTP_METHODS
+        if any(route.matches({**base, "method": m})[0] is Match.FULL for route in request.app.router.routes)
+    ]
 
 
 async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     headers = dict(exc.headers or {})
     if isinstance(exc, ApiError):
-        return error_response(request, exc.status_code, exc.message, code=exc.code, field=exc.field,
-                              details=exc.details, report=exc.report, headers=headers or None)
+        return error_response(
+            request,
+            exc.status_code,
+            exc.message,
+            code=exc.code,
+            field=exc.field,
+            details=exc.details,
+            report=exc.report,
+            headers=headers or None,
+        )
     if exc.status_code == 405:
         methods = allowed_methods(request)
         headers["Allow"] = ", ".join(methods)
-        return error_response(request, 405, f"{request.method} is not allowed here; allowed: {', '.join(methods)}",
-                              headers=headers)
+        return error_response(
+            request, 405, f"{request.method} is not allowed here; allowed: {', '.join(methods)}", headers=headers
+        )
     detail = exc.detail
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.url.path}"
@@ -216,8 +280,12 @@ async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONRespons
 
 async def _on_unstorable(request: Request, exc: DataError) -> JSONResponse:
     # The schemas refuse what they can name; this catches the rest (e.g. a NUL byte in a path id) as a 4xx.
-    return error_response(request, 422, "the request holds a value the database cannot store or compare "
-                                        "(e.g. a NUL character or a number out of range)")
+    return error_response(
+        request,
+        422,
+        "the request holds a value the database cannot store or compare "
+        "(e.g. a NUL character or a number out of range)",
+    )
 
 
 def is_disconnect(exc: BaseException) -> bool:
@@ -225,21 +293,29 @@ def is_disconnect(exc: BaseException) -> bool:
     if isinstance(exc, PoolTimeout):
         return True
     return isinstance(exc, (OperationalError, InterfaceError)) or (
-        isinstance(exc, DBAPIError) and bool(exc.connection_invalidated))
+        isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    )
 
 
 async def _on_database(request: Request, exc: DBAPIError) -> JSONResponse:
     if not is_disconnect(exc):
         return await _on_unexpected(request, exc)
     log.warning("database unavailable for %s %s: %s", request.method, request.url.path, str(exc).splitlines()[0])
-    request.scope.setdefault("state", {})[UNAVAILABLE_FLAG] = True  # re-run if nothing was committed (api/db_retry.py)
-    return error_response(request, 503, "the database is unavailable for a moment; retry shortly",
-                          headers={"Retry-After": str(DB_RETRY_AFTER_S)})
+    request.scope.setdefault("state", {})[UNAVAILABLE_FLAG] = (
+        True  # re-run if nothing was committed (api/db_retry.py)
+    )
+    return error_response(
+        request,
+        503,
+        "the database is unavailable for a moment; retry shortly",
+        headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+    )
 
 
 async def _on_pool_timeout(request: Request, exc: PoolTimeout) -> JSONResponse:
-    return error_response(request, 503, "the database is busy; retry shortly",
-                          headers={"Retry-After": str(DB_RETRY_AFTER_S)})
+    return error_response(
+        request, 503, "the database is busy; retry shortly", headers={"Retry-After": str(DB_RETRY_AFTER_S)}
+    )
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

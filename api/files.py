@@ -1,4 +1,5 @@
 """Serving artifacts: straight from a local file when the store has one, else streamed from the store."""
+
 from __future__ import annotations
 
 from fastapi.responses import FileResponse, StreamingResponse

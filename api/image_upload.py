@@ -6,6 +6,7 @@ allow-list, pixel limit from the header) plus a full decode, so that a stored im
 
 Any problem raises UploadError naming the file (413 for bytes or pixels over a limit, 422 for the rest).
 """
+
 from __future__ import annotations
 
 from pathlib import PurePosixPath
@@ -33,6 +34,7 @@ def read_reference_image(src: BinaryIO, name: str, *, max_bytes: int, max_pixels
     if not data:
         raise UploadError(f"{name}: the file is empty")
     from core.data.images import ImageProblem, load_rgb, probe  # PIL only; lazily, as api/uploads does
+
     try:
         info = probe(data, max_pixels)
         if info.format not in IMAGE_FORMATS:

@@ -1,5 +1,6 @@
 """Request body size limits, enforced while the body arrives (Content-Length is checked first, but a chunked
 upload has none, so the bytes are counted too). Over the limit -> 413 and the handler never runs."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,14 @@ class BodySizeLimit:
 
 async def _reject(send, limit: int) -> None:
     # The one error shape of api/errors.py (this answer is sent before any handler could run).
-    body = json.dumps({"error": {"code": "too_large",
-                                 "message": f"request body is over the limit of {limit} bytes"}}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    body = json.dumps(
+        {"error": {"code": "too_large", "message": f"request body is over the limit of {limit} bytes"}}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

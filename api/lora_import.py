@@ -5,6 +5,7 @@ when it is refused, with nothing left in the store.
     fields = store_lora_file(store, lora_id, "style.safetensors", fileobj, max_bytes,
                              index=base_index(settings.model_path), allow_partial=False)
 """
+
 from __future__ import annotations
 
 import io
@@ -17,8 +18,16 @@ from core.lora.convert import NotConvertible, canonical_modules, write_comfyui, 
 from core.lora.keys import ModuleIndex
 from service.store import ArtifactStore
 
-def store_lora_file(store: ArtifactStore, lora_id: str, filename: str, f, max_bytes: int,
-                    index: ModuleIndex | None = None, allow_partial: bool = False) -> dict:
+
+def store_lora_file(
+    store: ArtifactStore,
+    lora_id: str,
+    filename: str,
+    f,
+    max_bytes: int,
+    index: ModuleIndex | None = None,
+    allow_partial: bool = False,
+) -> dict:
     """Check the upload (against the base model's linears in `index`), store it as uploaded, and store the
     download formats it converts to. Entries left out under allow_partial are listed in the row's metadata."""
     size = f.seek(0, 2)
@@ -31,8 +40,10 @@ def store_lora_file(store: ArtifactStore, lora_id: str, filename: str, f, max_by
         data, config = read_peft_zip(f, max_bytes)
         weights, wsize, original = io.BytesIO(data), len(data), "original.zip"
     else:
-        raise LoraFileError("upload a .safetensors file or a .zip of a PEFT folder (pickle .bin/.pt files can run "
-                            "code and are not accepted)")
+        raise LoraFileError(
+            "upload a .safetensors file or a .zip of a PEFT folder (pickle .bin/.pt files can run "
+            "code and are not accepted)"
+        )
     weights.seek(0)
     info = inspect_lora(weights, wsize, peft_config=config, index=index, allow_partial=allow_partial)
     if config is not None and info.format != "peft":
@@ -45,11 +56,20 @@ def store_lora_file(store: ArtifactStore, lora_id: str, filename: str, f, max_by
     except BaseException:
         store.delete_prefix(prefix)
         raise
-    meta = {**info.metadata, **({"unplaced": info.unplaced[:50], "unplaced_count": len(info.unplaced)}
-                                if info.unplaced else {}),
-            **({"conversion": note} if note else {})}
-    return dict(format=info.format, original_key=f"{prefix}/{original}", rank=info.rank, alpha=info.alpha,
-                size_bytes=size, meta=meta, **where)
+    meta = {
+        **info.metadata,
+        **({"unplaced": info.unplaced[:50], "unplaced_count": len(info.unplaced)} if info.unplaced else {}),
+        **({"conversion": note} if note else {}),
+    }
+    return dict(
+        format=info.format,
+        original_key=f"{prefix}/{original}",
+        rank=info.rank,
+        alpha=info.alpha,
+        size_bytes=size,
+        meta=meta,
+        **where,
+    )
 
 
 def _chunks(f) -> Iterator[bytes]:
@@ -57,8 +77,9 @@ def _chunks(f) -> Iterator[bytes]:
     return iter(lambda: f.read(1 << 20), b"")
 
 
-def _store_formats(store: ArtifactStore, prefix: str, weights, info,
-                   config: dict | None) -> tuple[dict, str | None]:
+def _store_formats(
+    store: ArtifactStore, prefix: str, weights, info, config: dict | None
+) -> tuple[dict, str | None]:
     """Store keys of the ComfyUI file and the PEFT folder. The ComfyUI copy is always written from the placed
     modules (ai-toolkit's legacy `diffusion_model.model.*` keys are ComfyUI-looking but ComfyUI maps none)."""
     where: dict[str, str] = {}

@@ -5,6 +5,7 @@
 
 The schema is not created here: run migrations first (`python -m db.migrate`; the embedded launcher does).
 """
+
 from __future__ import annotations
 
 import redis
@@ -13,15 +14,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from api.db_retry import RetryOnDisconnect
-from jobqueue.enqueue import Enqueuer
 from api.errors import install_error_handlers, register_server_roots
 from api.limits import BodySizeLimit
 from api.metrics import install_metrics
 from api.openapi import install_openapi
 from api.routes import datasets, generations, health, images, loras, trainings, webhooks
-from service.settings import Settings, get_settings
 from api.web_page import install_web_page
 from db.session import make_sessionmaker
+from jobqueue.enqueue import Enqueuer
+from service.settings import Settings, get_settings
 from service.store import ArtifactStore, LocalStore
 
 JSON_BODY_LIMIT = 1 << 20  # every non-upload request: a job spec is a few kB
@@ -33,8 +34,9 @@ above).
 Every error answers `{"error": {"code", "message", "field"?, "details"?}}`; 429 and 503 carry `Retry-After`."""
 
 
-def create_app(settings: Settings | None = None, *, store: ArtifactStore | None = None,
-               enqueuer: Enqueuer | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, store: ArtifactStore | None = None, enqueuer: Enqueuer | None = None
+) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="o1lora", version="0.1.0", description=DESCRIPTION)
     app.state.settings = settings
@@ -42,8 +44,9 @@ def create_app(settings: Settings | None = None, *, store: ArtifactStore | None 
     app.state.store = store or LocalStore(settings.resolved_artifact_dir)
     app.state.enqueuer = enqueuer or Enqueuer()
     # For the few events the API itself publishes (a queued job canceled); short timeouts, best effort.
-    app.state.redis = redis.Redis.from_url(settings.resolved_redis_url, socket_timeout=2, socket_connect_timeout=2,
-                                           retry=Retry(NoBackoff(), 0))
+    app.state.redis = redis.Redis.from_url(
+        settings.resolved_redis_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
+    )
     for module in (health, datasets, images, trainings, loras, generations, webhooks):
         app.include_router(module.router)
     install_metrics(app, app.state.sessions, settings)

@@ -5,6 +5,7 @@ only its own share. The rows hold every job's times, every delivery's attempts a
 one scrape of any API replica reports the whole service. Histograms are rebuilt from the rows of jobs that
 ran (they only grow while rows are kept, as Prometheus expects of a histogram).
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -16,8 +17,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from api.errors import error_responses
 from db.models import utcnow
-from db.stats import (generation_seconds_per_image, job_times, jobs_by_status, training_seconds_per_step,
-                      webhook_counts)
+from db.stats import (
+    generation_seconds_per_image,
+    job_times,
+    jobs_by_status,
+    training_seconds_per_step,
+    webhook_counts,
+)
 from db.worker_beats import live_workers
 from jobqueue.kinds import KINDS
 
@@ -48,11 +54,15 @@ class DatabaseCollector:
             yield from self._workers(s)
 
     def _jobs(self, s):
-        jobs = GaugeMetricFamily("o1lora_jobs", "jobs by kind, queue and status", labels=["kind", "queue", "status"])
-        wait = HistogramMetricFamily("o1lora_job_queue_wait_seconds", "submit to first start, jobs that started",
-                                     labels=["kind", "queue"])
-        run = HistogramMetricFamily("o1lora_job_run_seconds", "first start to end, finished jobs",
-                                    labels=["kind", "queue", "status"])
+        jobs = GaugeMetricFamily(
+            "o1lora_jobs", "jobs by kind, queue and status", labels=["kind", "queue", "status"]
+        )
+        wait = HistogramMetricFamily(
+            "o1lora_job_queue_wait_seconds", "submit to first start, jobs that started", labels=["kind", "queue"]
+        )
+        run = HistogramMetricFamily(
+            "o1lora_job_run_seconds", "first start to end, finished jobs", labels=["kind", "queue", "status"]
+        )
         for name, kind in KINDS.items():
             counts = jobs_by_status(s, kind=name)
             for status in STATUSES:
@@ -68,20 +78,27 @@ class DatabaseCollector:
         yield from (jobs, wait, run)
 
     def _speeds(self, s):
-        step = HistogramMetricFamily("o1lora_training_seconds_per_step", "wall time per optimizer step of "
-                                     "succeeded trainings (the last rate each reported)", labels=[])
+        step = HistogramMetricFamily(
+            "o1lora_training_seconds_per_step",
+            "wall time per optimizer step of succeeded trainings (the last rate each reported)",
+            labels=[],
+        )
         observe(step, [], training_seconds_per_step(s), STEP_BUCKETS)
-        image = HistogramMetricFamily("o1lora_generation_seconds_per_image", "run time per image of succeeded "
-                                      "generations", labels=[])
+        image = HistogramMetricFamily(
+            "o1lora_generation_seconds_per_image", "run time per image of succeeded generations", labels=[]
+        )
         observe(image, [], generation_seconds_per_image(s), IMAGE_BUCKETS)
         yield from (step, image)
 
     def _webhooks(self, s):
-        deliveries = GaugeMetricFamily("o1lora_webhook_deliveries", "webhook deliveries by event and status",
-                                       labels=["event", "status"])
-        failures = CounterMetricFamily("o1lora_webhook_delivery_failures", "failed webhook delivery attempts "
-                                       "(a receiver that did not answer 2xx, or could not be reached)",
-                                       labels=["event"])
+        deliveries = GaugeMetricFamily(
+            "o1lora_webhook_deliveries", "webhook deliveries by event and status", labels=["event", "status"]
+        )
+        failures = CounterMetricFamily(
+            "o1lora_webhook_delivery_failures",
+            "failed webhook delivery attempts (a receiver that did not answer 2xx, or could not be reached)",
+            labels=["event"],
+        )
         failed_by_event: dict[str, int] = {}
         for event, status, count, failed in webhook_counts(s):
             deliveries.add_metric([event, status], count)
@@ -93,14 +110,21 @@ class DatabaseCollector:
     def _workers(self, s):
         after = utcnow() - timedelta(seconds=self.settings.heartbeat_timeout_s)
         up = GaugeMetricFamily("o1lora_workers", "worker processes whose heartbeat is fresh")
-        memory = GaugeMetricFamily("o1lora_worker_gpu_memory_bytes", "GPU memory of each live worker, from its "
-                                   "heartbeat (allocated: tensors; reserved: the caching allocator; total: the "
-                                   "cards')", labels=["worker", "type"])
+        memory = GaugeMetricFamily(
+            "o1lora_worker_gpu_memory_bytes",
+            "GPU memory of each live worker, from its "
+            "heartbeat (allocated: tensors; reserved: the caching allocator; total: the "
+            "cards')",
+            labels=["worker", "type"],
+        )
         workers = live_workers(s, beat_after=after)
         up.add_metric([], len(workers))
         for w in workers:
-            for kind, value in (("allocated", w.gpu_allocated_bytes), ("reserved", w.gpu_reserved_bytes),
-                                ("total", w.gpu_total_bytes)):
+            for kind, value in (
+                ("allocated", w.gpu_allocated_bytes),
+                ("reserved", w.gpu_reserved_bytes),
+                ("total", w.gpu_total_bytes),
+            ):
                 memory.add_metric([w.worker_id, kind], value)
         yield from (up, memory)
 
@@ -108,9 +132,17 @@ class DatabaseCollector:
 router = APIRouter(tags=["service"])
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}},
-                             "description": "Prometheus text exposition format"}, **error_responses(503)})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {}},
+            "description": "Prometheus text exposition format",
+        },
+        **error_responses(503),
+    },
+)
 def metrics(request: Request) -> Response:
     """Prometheus metrics of the whole service (jobs, durations, speeds, webhooks, workers' GPU memory), read
     from the database at each scrape. No API key: point Prometheus at it over a network you trust."""

@@ -2,6 +2,7 @@
 route itself: 500 (the handler of anything unexpected, api/errors.py) on every operation, and 413 on every
 POST (api/limits.BodySizeLimit refuses any body over its limit before a route runs). Both in the one error
 body shape, so a generated client can type every error it may get."""
+
 from __future__ import annotations
 
 from typing import Any

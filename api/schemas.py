@@ -2,6 +2,7 @@
 
 Every field has a description: they are the API's documentation at /docs.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -10,9 +11,9 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from core.presets import PRESETS
+from core.train.config import TrainConfig  # torch-free: the trainer's defaults are the request's
 from webhooks.derive import EVENTS as WEBHOOK_EVENTS
 from webhooks.urls import WebhookUrlError, check_syntax
-from core.train.config import TrainConfig  # torch-free: the trainer's defaults are the request's
 
 NO_NUL = r"^[^\x00]*$"  # for form fields (PostgreSQL text cannot hold NUL)
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -40,17 +41,23 @@ WebhookEvent = Literal["start", "progress", "preview", "completed"]
 
 class WebhookRequest(Strict):
     """The webhook fields of a job request (trainings and generations), in the Standard Webhooks convention."""
+
     webhook_url: str | None = Field(
-        None, max_length=2000,
+        None,
+        max_length=2000,
         description="http(s) URL to POST this job's events to, signed with your secret from "
-                    "GET /v1/webhooks/default/secret (headers webhook-id, webhook-timestamp, webhook-signature: "
-                    "v1,<base64 HMAC-SHA256 of 'id.timestamp.body'>). Delivered at least once (the same "
-                    "webhook-id on every retry), retried with backoff for hours. Must resolve to a public address")
+        "GET /v1/webhooks/default/secret (headers webhook-id, webhook-timestamp, webhook-signature: "
+        "v1,<base64 HMAC-SHA256 of 'id.timestamp.body'>). Delivered at least once (the same "
+        "webhook-id on every retry), retried with backoff for hours. Must resolve to a public address",
+    )
     webhook_events_filter: list[WebhookEvent] = Field(
-        default_factory=lambda: list(WEBHOOK_EVENTS), min_length=1, max_length=4,
+        default_factory=lambda: list(WEBHOOK_EVENTS),
+        min_length=1,
+        max_length=4,
         description="which events to send: start (the job started), progress (at most every few seconds), "
-                    "preview (each training preview / each finished generation image), completed (succeeded, "
-                    "failed or canceled); default: all four")
+        "preview (each training preview / each finished generation image), completed (succeeded, "
+        "failed or canceled); default: all four",
+    )
 
     @field_validator("webhook_url")
     @classmethod
@@ -81,7 +88,8 @@ class WebhookDeliveryPublic(BaseModel):
     id: str = Field(description="the webhook-id header (the same on every retry)")
     event: WebhookEvent = Field(description="which event")
     status: Literal["pending", "delivered", "failed"] = Field(
-        description="pending (being sent or waiting for a retry), delivered (a 2xx answer), failed (gave up)")
+        description="pending (being sent or waiting for a retry), delivered (a 2xx answer), failed (gave up)"
+    )
     attempts: int = Field(description="attempts so far")
     last_status_code: int | None = Field(description="the receiver's HTTP status at the last attempt")
     last_error: str | None = Field(description="why the last attempt failed")
@@ -105,11 +113,13 @@ Item = TypeVar("Item")
 
 class Page(BaseModel, Generic[Item]):
     """A page of a list route (the XsPublic family)."""
+
     data: list[Item] = Field(description="this page, newest first")
     count: int = Field(description="total across all pages (with the status filter, where there is one)")
 
 
 # ---- datasets -------------------------------------------------------------------------------------------------
+
 
 class DatasetPublic(BaseModel):
     id: str = Field(description="dataset id")
@@ -117,8 +127,10 @@ class DatasetPublic(BaseModel):
     num_images: int = Field(description="images that will train")
     num_captions: int = Field(description="of those, images with a caption")
     total_bytes: int = Field(description="bytes stored for this dataset")
-    report: dict[str, Any] = Field(description="the trainer's validation report: counts, sizes, aspect buckets, "
-                                               "warnings, and every file that will not train with the reason")
+    report: dict[str, Any] = Field(
+        description="the trainer's validation report: counts, sizes, aspect buckets, "
+        "warnings, and every file that will not train with the reason"
+    )
     created_at: datetime = Field(description="upload time (UTC)")
 
 
@@ -128,72 +140,120 @@ class DatasetsPublic(Page[DatasetPublic]):
 
 # ---- trainings ------------------------------------------------------------------------------------------------
 
+
 class TrainingCreate(WebhookRequest):
     # Every trainer knob here is a core.train.TrainConfig field (request names: core.train.REQUEST_NAMES) with
     # its default; tests/api/test_training_fields.py fails when a field is added to one side only.
     dataset_id: str = Field(description="id of an uploaded dataset of yours", min_length=1, max_length=64)
-    trigger: str = Field(description="trigger phrase put in front of every caption, and used in prompts",
-                         min_length=1, max_length=200)
-    name: str | None = Field(None, description="name of the job and of its LoRA; default: the trigger",
-                             max_length=200)
+    trigger: str = Field(
+        description="trigger phrase put in front of every caption, and used in prompts",
+        min_length=1,
+        max_length=200,
+    )
+    name: str | None = Field(
+        None, description="name of the job and of its LoRA; default: the trigger", max_length=200
+    )
     steps: int = Field(TrainConfig.steps, ge=1, le=200_000, description="optimizer steps")
     rank: int = Field(TrainConfig.rank, ge=1, le=512, description="LoRA rank r")
-    alpha: float = Field(TrainConfig.alpha, gt=0, le=4096,
-                         description="LoRA alpha; the update is scaled by alpha / rank")
+    alpha: float = Field(
+        TrainConfig.alpha, gt=0, le=4096, description="LoRA alpha; the update is scaled by alpha / rank"
+    )
     learning_rate: float = Field(TrainConfig.lr, gt=0, le=1e-1, description="AdamW learning rate")
-    resolution: int = Field(TrainConfig.resolution, ge=32, le=4096, multiple_of=32,
-                            description="training area is about resolution^2 pixels, aspect kept; multiple of 32 "
-                                        "(the model's patch size)")
+    resolution: int = Field(
+        TrainConfig.resolution,
+        ge=32,
+        le=4096,
+        multiple_of=32,
+        description="training area is about resolution^2 pixels, aspect kept; multiple of 32 "
+        "(the model's patch size)",
+    )
     batch_size: int = Field(TrainConfig.batch_size, ge=1, le=64, description="images per optimizer step")
-    sample_every: int = Field(TrainConfig.sample_every, ge=0,
-                              description="steps between preview images; 0 = no previews")
-    sample_prompts: list[str] = Field(default_factory=list, max_length=8,
-                                      description="prompts rendered at every preview (at most 8)")
-    seed: int = Field(TrainConfig.seed, ge=0, le=MAX_SEED,
-                      description="seed of noise, timesteps, data order and LoRA init")
+    sample_every: int = Field(
+        TrainConfig.sample_every, ge=0, description="steps between preview images; 0 = no previews"
+    )
+    sample_prompts: list[str] = Field(
+        default_factory=list, max_length=8, description="prompts rendered at every preview (at most 8)"
+    )
+    seed: int = Field(
+        TrainConfig.seed, ge=0, le=MAX_SEED, description="seed of noise, timesteps, data order and LoRA init"
+    )
     # Optional knobs of the trainer; defaults are the recipe's.
-    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (resume points); "
-                                                                 "default: about 10 per run, at most 500 apart")
-    repeats: int = Field(TrainConfig.repeats, ge=1, le=1000,
-                         description="times each image is seen per epoch (small datasets)")
-    flip: bool = Field(TrainConfig.flip,
-                       description="random horizontal flips (leave off for text or asymmetric subjects)")
-    caption_dropout: float = Field(TrainConfig.caption_dropout, ge=0, le=1,
-                                   description="fraction of captions dropped (keeps CFG working)")
-    lr_schedule: Literal["constant", "cosine"] = Field(TrainConfig.lr_schedule,
-                                                      description="learning-rate schedule after warm-up")
+    checkpoint_every: int | None = Field(
+        None,
+        ge=1,
+        description="steps between checkpoints (resume points); default: about 10 per run, at most 500 apart",
+    )
+    repeats: int = Field(
+        TrainConfig.repeats, ge=1, le=1000, description="times each image is seen per epoch (small datasets)"
+    )
+    flip: bool = Field(
+        TrainConfig.flip, description="random horizontal flips (leave off for text or asymmetric subjects)"
+    )
+    caption_dropout: float = Field(
+        TrainConfig.caption_dropout, ge=0, le=1, description="fraction of captions dropped (keeps CFG working)"
+    )
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        TrainConfig.lr_schedule, description="learning-rate schedule after warm-up"
+    )
     warmup_steps: int = Field(TrainConfig.warmup_steps, ge=0, description="linear learning-rate warm-up steps")
-    grad_accum: int = Field(TrainConfig.grad_accum, ge=1, le=64,
-                            description="micro-batches accumulated per optimizer step")
-    sample_steps: int = Field(TrainConfig.sample_steps, ge=1, le=200,
-                              description="sampler steps of each preview image")
-    sample_size: int | None = Field(TrainConfig.sample_size, ge=32, le=4096, multiple_of=32,
-                                    description="preview side in pixels, multiple of 32; default: resolution")
+    grad_accum: int = Field(
+        TrainConfig.grad_accum, ge=1, le=64, description="micro-batches accumulated per optimizer step"
+    )
+    sample_steps: int = Field(
+        TrainConfig.sample_steps, ge=1, le=200, description="sampler steps of each preview image"
+    )
+    sample_size: int | None = Field(
+        TrainConfig.sample_size,
+        ge=32,
+        le=4096,
+        multiple_of=32,
+        description="preview side in pixels, multiple of 32; default: resolution",
+    )
     # Validation (issue 14): a loss on images that never train, at fixed noise, every validation_every steps.
-    validation_dataset_id: str | None = Field(None, min_length=1, max_length=64,
-                                              description="id of another uploaded dataset of yours to validate on; "
-                                                          "default: hold images out of dataset_id "
-                                                          "(validation_fraction)")
-    validation_fraction: float | None = Field(TrainConfig.validation_fraction, ge=0, lt=1,
-                                              description="share of the dataset's images held out of training for "
-                                                          "validation; null: 10% when it has 20 images or more, "
-                                                          "else none; 0: none")
-    validation_max_images: int = Field(TrainConfig.validation_max_images, ge=1, le=64,
-                                       description="at most this many validation images (each costs "
-                                                   "validation_seeds x validation_sigmas forward passes)")
-    validation_every: int = Field(TrainConfig.validation_every, ge=0,
-                                  description="steps between validation losses; 0 = no validation")
-    validation_sigmas: int = Field(TrainConfig.validation_sigmas, ge=1, le=64,
-                                   description="fixed noise levels, evenly spread over (0, 1]")
-    validation_seeds: int = Field(TrainConfig.validation_seeds, ge=1, le=16,
-                                  description="fixed noise draws per image and level")
-    publish: Literal["last", "best"] = Field(TrainConfig.publish,
-                                             description="the LoRA published at the end: the last step, or the "
-                                                         "step of the lowest validation loss (the other one stays "
-                                                         "downloadable: GET /v1/loras/{id}/file?which=last|best)")
-    early_stop_patience: int = Field(TrainConfig.early_stop_patience, ge=0, le=1000,
-                                     description="end training when the validation loss has not improved for this "
-                                                 "many evaluations; 0 = never")
+    validation_dataset_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="id of another uploaded dataset of yours to validate on; "
+        "default: hold images out of dataset_id "
+        "(validation_fraction)",
+    )
+    validation_fraction: float | None = Field(
+        TrainConfig.validation_fraction,
+        ge=0,
+        lt=1,
+        description="share of the dataset's images held out of training for "
+        "validation; null: 10% when it has 20 images or more, "
+        "else none; 0: none",
+    )
+    validation_max_images: int = Field(
+        TrainConfig.validation_max_images,
+        ge=1,
+        le=64,
+        description="at most this many validation images (each costs "
+        "validation_seeds x validation_sigmas forward passes)",
+    )
+    validation_every: int = Field(
+        TrainConfig.validation_every, ge=0, description="steps between validation losses; 0 = no validation"
+    )
+    validation_sigmas: int = Field(
+        TrainConfig.validation_sigmas, ge=1, le=64, description="fixed noise levels, evenly spread over (0, 1]"
+    )
+    validation_seeds: int = Field(
+        TrainConfig.validation_seeds, ge=1, le=16, description="fixed noise draws per image and level"
+    )
+    publish: Literal["last", "best"] = Field(
+        TrainConfig.publish,
+        description="the LoRA published at the end: the last step, or the "
+        "step of the lowest validation loss (the other one stays "
+        "downloadable: GET /v1/loras/{id}/file?which=last|best)",
+    )
+    early_stop_patience: int = Field(
+        TrainConfig.early_stop_patience,
+        ge=0,
+        le=1000,
+        description="end training when the validation loss has not improved for this many evaluations; 0 = never",
+    )
 
     @field_validator("sample_prompts")
     @classmethod
@@ -212,11 +272,16 @@ class TrainingCreate(WebhookRequest):
 
     @model_validator(mode="after")
     def _sampling(self) -> "TrainingCreate":
-        problems = [f"{name} ({getattr(self, name)}) must not exceed steps ({self.steps})"
-                    for name in ("sample_every", "warmup_steps") if getattr(self, name) > self.steps]
+        problems = [
+            f"{name} ({getattr(self, name)}) must not exceed steps ({self.steps})"
+            for name in ("sample_every", "warmup_steps")
+            if getattr(self, name) > self.steps
+        ]
         if self.validation_dataset_id is not None and self.validation_dataset_id == self.dataset_id:
-            problems.append("validation_dataset_id must name another dataset than dataset_id (a loss on the "
-                            "training images cannot tell overfitting)")
+            problems.append(
+                "validation_dataset_id must name another dataset than dataset_id (a loss on the "
+                "training images cannot tell overfitting)"
+            )
         if self.validation_dataset_id is not None and self.validation_fraction:
             problems.append("give validation_dataset_id or validation_fraction, not both")
         if (self.publish == "best" or self.early_stop_patience) and not self.validation_every:
@@ -231,8 +296,10 @@ class TrainingProgress(BaseModel):
     total_steps: int = Field(description="steps the job will run")
     loss: float | None = Field(description="training loss at the last reported step (smoothed by the trainer)")
     seconds_per_step: float | None = Field(description="recent wall time per step")
-    validation_loss: float | None = Field(None, description="the latest validation loss (fixed noise, held-out "
-                                                             "images); see `validation` for the series")
+    validation_loss: float | None = Field(
+        None,
+        description="the latest validation loss (fixed noise, held-out images); see `validation` for the series",
+    )
     eta_seconds: float | None = Field(description="estimated seconds until done")
 
 
@@ -264,15 +331,18 @@ class TrainingPublic(BaseModel):
     dataset_id: str | None = Field(description="dataset trained on; null once that dataset was deleted")
     trigger: str = Field(description="trigger phrase")
     status: JobStatus = Field(description="queued, running, succeeded, failed or canceled")
-    cancel_requested: bool = Field(description="a cancel was asked while running; the trainer stops at its next step")
+    cancel_requested: bool = Field(
+        description="a cancel was asked while running; the trainer stops at its next step"
+    )
     params: dict[str, Any] = Field(description="every training parameter, defaults filled in")
     progress: TrainingProgress = Field(description="latest progress written by the worker")
     error: str | None = Field(description="why the job failed")
     attempt: int = Field(description="times a worker started this job (2+ means it resumed from a checkpoint)")
     checkpoint_step: int | None = Field(description="step of the last saved checkpoint: where a resume starts")
     previews: list[PreviewPublic] = Field(description="preview images so far, by step")
-    validation: ValidationPublic | None = Field(None, description="the validation losses, once the first is "
-                                                                  "measured; null for a run without validation")
+    validation: ValidationPublic | None = Field(
+        None, description="the validation losses, once the first is measured; null for a run without validation"
+    )
     lora_id: str | None = Field(description="the trained LoRA, once succeeded")
     webhook: WebhookPublic | None = Field(None, description="the webhook and its deliveries, when one was given")
     created_at: datetime = Field(description="submit time (UTC)")
@@ -291,6 +361,7 @@ class CancelPublic(BaseModel):
 
 
 # ---- LoRAs ------------------------------------------------------------------------------------------------------
+
 
 class LoraPublic(BaseModel):
     id: str = Field(description="LoRA id")
@@ -314,8 +385,9 @@ class LorasPublic(Page[LoraPublic]):
 # ---- generations ----------------------------------------------------------------------------------------------
 
 # What a generation request defaults to, per preset: core.presets' values (one owner: the sampler's presets).
-PRESET_DEFAULTS = {name: {"steps": PRESETS[name].steps, "guidance": PRESETS[name].guidance}
-                   for name in ("full", "dev")}
+PRESET_DEFAULTS = {
+    name: {"steps": PRESETS[name].steps, "guidance": PRESETS[name].guidance} for name in ("full", "dev")
+}
 
 
 class LoraRef(Strict):
@@ -325,22 +397,34 @@ class LoraRef(Strict):
 
 class GenerationCreate(WebhookRequest):
     prompt: str = Field(description="what to draw", min_length=1, max_length=4000)
-    negative_prompt: str | None = Field(None, max_length=4000,
-                                        description="what to avoid (used with CFG); default: the model's")
+    negative_prompt: str | None = Field(
+        None, max_length=4000, description="what to avoid (used with CFG); default: the model's"
+    )
     loras: list[LoraRef] = Field(default_factory=list, max_length=8, description="LoRAs to apply, with scales")
     width: int = Field(1024, ge=32, le=4096, multiple_of=32, description="image width, multiple of 32")
     height: int = Field(1024, ge=32, le=4096, multiple_of=32, description="image height, multiple of 32")
-    steps: int | None = Field(None, ge=1, le=500, description="sampling steps; default: the preset's (50 full, 28 dev)")
-    guidance: float | None = Field(None, ge=0, le=30,
-                                   description="CFG scale; default: the preset's (5 full, 0 = none for dev)")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed of image 0 (image k uses seed + k); "
-                                                                  "default: random, reported back")
-    preset: Literal["full", "dev"] = Field("full", description="sampler recipe: full (UniPC + CFG) or dev (distilled)")
+    steps: int | None = Field(
+        None, ge=1, le=500, description="sampling steps; default: the preset's (50 full, 28 dev)"
+    )
+    guidance: float | None = Field(
+        None, ge=0, le=30, description="CFG scale; default: the preset's (5 full, 0 = none for dev)"
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="seed of image 0 (image k uses seed + k); default: random, reported back",
+    )
+    preset: Literal["full", "dev"] = Field(
+        "full", description="sampler recipe: full (UniPC + CFG) or dev (distilled)"
+    )
     num_images: int = Field(1, ge=1, le=8, description="images to generate")
     reference_images: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(
-        default_factory=list, max_length=MAX_REFERENCE_IMAGES,
+        default_factory=list,
+        max_length=MAX_REFERENCE_IMAGES,
         description=f"ids of your uploaded images (POST /v1/images) that condition every image: the prompt is "
-                    f"then an edit instruction or describes the subject; 0 to {MAX_REFERENCE_IMAGES}, in order")
+        f"then an edit instruction or describes the subject; 0 to {MAX_REFERENCE_IMAGES}, in order",
+    )
 
     @field_validator("loras")
     @classmethod
@@ -394,8 +478,9 @@ class GenerationPublic(BaseModel):
     images: list[ImagePublic] = Field(description="images finished so far")
     error: str | None = Field(description="why it failed")
     cancel_requested: bool = Field(description="a cancel was asked while running; it stops at its next step")
-    warnings: list[str] = Field(description="what you should know about a run that still succeeded "
-                                            "(e.g. LoRA keys that placed nowhere)")
+    warnings: list[str] = Field(
+        description="what you should know about a run that still succeeded (e.g. LoRA keys that placed nowhere)"
+    )
     webhook: WebhookPublic | None = Field(None, description="the webhook and its deliveries, when one was given")
     created_at: datetime = Field(description="submit time (UTC)")
     started_at: datetime | None = Field(description="start time (UTC)")
@@ -407,6 +492,7 @@ class GenerationsPublic(Page[GenerationPublic]):
 
 
 # ---- service ----------------------------------------------------------------------------------------------------
+
 
 class Health(BaseModel):
     status: Literal["ok"] = Field(description="the process answers")

@@ -8,6 +8,7 @@ only delays the stream), and the stream always ends with a final ``snapshot`` re
 Events: ``snapshot`` (the full public job), then ``progress`` / ``preview`` / ``validation`` / ``image`` /
 ``status`` as the worker publishes them (payloads in service/events.py), and ``: keepalive`` comments.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,21 +24,32 @@ from sqlalchemy.exc import DBAPIError
 
 from api.deps import close_quietly
 from api.errors import is_disconnect
-from service.events import channel, decode
 from db.models import TERMINAL
+from service.events import channel, decode
 
 log = logging.getLogger(__name__)
 SNAPSHOT_TRIES = 3
-UNAVAILABLE = "event: error\ndata: " + json.dumps({"error": {"code": "unavailable", "message": "the database is "
-                                                  "unavailable; reconnect to the stream shortly"}}) + "\n\n"
+UNAVAILABLE = (
+    "event: error\ndata: "
+    + json.dumps(
+        {
+            "error": {
+                "code": "unavailable",
+                "message": "the database is unavailable; reconnect to the stream shortly",
+            }
+        }
+    )
+    + "\n\n"
+)
 
 
 def format_event(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
-async def job_events(*, kind: str, job_id: str, redis_url: str, snapshot: Callable[[], dict[str, Any]],
-                     recheck_s: float) -> AsyncIterator[str]:
+async def job_events(
+    *, kind: str, job_id: str, redis_url: str, snapshot: Callable[[], dict[str, Any]], recheck_s: float
+) -> AsyncIterator[str]:
     """``snapshot()`` reads the job's public dict from the DB (sync; run in a thread)."""
     import redis.asyncio as aioredis
 
@@ -94,9 +106,12 @@ async def job_events(*, kind: str, job_id: str, redis_url: str, snapshot: Callab
             pass
 
 
-def job_stream(*, kind: str, job_id: str, settings, sessions, read: Callable[[Any], BaseModel]) -> StreamingResponse:
+def job_stream(
+    *, kind: str, job_id: str, settings, sessions, read: Callable[[Any], BaseModel]
+) -> StreamingResponse:
     """The /events response of one job; ``read(session)`` is its public model, read in a fresh session for every
     snapshot (the request's own session is gone once the response streams)."""
+
     def snapshot() -> dict[str, Any]:
         # A dropped database connection is retried on a fresh one (the pool replaces it): a stream outlives blips.
         for attempt in range(SNAPSHOT_TRIES):
@@ -110,7 +125,13 @@ def job_stream(*, kind: str, job_id: str, settings, sessions, read: Callable[[An
             finally:
                 close_quietly(session)
 
-    events = job_events(kind=kind, job_id=job_id, redis_url=settings.resolved_redis_url, snapshot=snapshot,
-                        recheck_s=settings.sse_recheck_s)
-    return StreamingResponse(events, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    events = job_events(
+        kind=kind,
+        job_id=job_id,
+        redis_url=settings.resolved_redis_url,
+        snapshot=snapshot,
+        recheck_s=settings.sse_recheck_s,
+    )
+    return StreamingResponse(
+        events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

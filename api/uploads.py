@@ -9,6 +9,7 @@ rejected upload leaves nothing behind but a staging folder the caller deletes.
 
 Any problem raises UploadError naming the file; the API turns it into a 4xx.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -17,14 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from core.data.entry_checks import (is_os_litter, unsafe_name_reason, unsafe_zip_entry_reason,
-                                   zip_over_limits_reason)
+from core.data.entry_checks import (
+    is_os_litter,
+    unsafe_name_reason,
+    unsafe_zip_entry_reason,
+    zip_over_limits_reason,
+)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp"}
 CAPTION_EXTENSIONS = {".txt"}
 METADATA_NAME = "metadata.jsonl"
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
-MIN_RESOLUTION = 32   # the smallest training resolution (sides are multiples of 32)
+MIN_RESOLUTION = 32  # the smallest training resolution (sides are multiples of 32)
 
 
 class UploadError(ValueError):
@@ -45,8 +50,13 @@ class UploadLimits:
 
     @classmethod
     def from_settings(cls, s) -> "UploadLimits":
-        return cls(s.max_upload_file_bytes, s.max_upload_files, s.max_zip_uncompressed_bytes,
-                   s.max_image_pixels, s.max_caption_bytes)
+        return cls(
+            s.max_upload_file_bytes,
+            s.max_upload_files,
+            s.max_zip_uncompressed_bytes,
+            s.max_image_pixels,
+            s.max_caption_bytes,
+        )
 
 
 @dataclass
@@ -71,8 +81,10 @@ def _kind(name: str) -> str:
         return "image"
     if suffix in CAPTION_EXTENSIONS:
         return "caption"
-    raise UploadError(f"{name}: file type not allowed; upload PNG, JPEG or WebP images, .txt captions, "
-                      f"{METADATA_NAME}, or one .zip of those")
+    raise UploadError(
+        f"{name}: file type not allowed; upload PNG, JPEG or WebP images, .txt captions, "
+        f"{METADATA_NAME}, or one .zip of those"
+    )
 
 
 def _check_relative_name(name: str) -> str:
@@ -114,6 +126,7 @@ def _check_file(path: Path, name: str, kind: str, limits: UploadLimits) -> None:
             raise UploadError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         return
     from core.data.images import ImageProblem, probe  # PIL only; imported lazily to keep api start-up light
+
     try:
         info = probe(path.read_bytes(), limits.max_image_pixels)
     except ImageProblem as p:
@@ -151,8 +164,9 @@ def _stage_files(files: list[Incoming], dest: Path, limits: UploadLimits) -> Sta
         seen.add(name.lower())
         kind = _kind(name)
         if f.size is not None and f.size > limits.max_file_bytes:
-            raise UploadError(f"{name}: {f.size} bytes is over the per-file limit of {limits.max_file_bytes}",
-                              status=413)
+            raise UploadError(
+                f"{name}: {f.size} bytes is over the per-file limit of {limits.max_file_bytes}", status=413
+            )
         staged.total_bytes += _copy_limited(f.file, dest / name, limits.max_file_bytes, name)
         _check_file(dest / name, name, kind, limits)
         staged.names.append(name)
@@ -170,14 +184,17 @@ def _zip_entries(zf: zipfile.ZipFile, limits: UploadLimits) -> list[tuple[zipfil
         name = _check_relative_name(info.filename.rstrip("/") if info.is_dir() else info.filename)
         unsafe = unsafe_zip_entry_reason(info)
         if unsafe:
-            raise UploadError(f"{info.filename}: {unsafe}; a dataset zip may hold no links, encrypted entries "
-                              f"or paths leaving the archive")
+            raise UploadError(
+                f"{info.filename}: {unsafe}; a dataset zip may hold no links, encrypted entries "
+                f"or paths leaving the archive"
+            )
         if info.is_dir() or is_os_litter(name):
             continue
         _kind(name)  # refuses file types outside the allow-list, naming the entry
         if info.file_size > limits.max_file_bytes:
-            raise UploadError(f"{name}: {info.file_size} bytes is over the per-file limit of "
-                              f"{limits.max_file_bytes}", status=413)
+            raise UploadError(
+                f"{name}: {info.file_size} bytes is over the per-file limit of {limits.max_file_bytes}", status=413
+            )
         if name.lower() in seen:
             raise UploadError(f"{name}: appears twice in the zip")
         seen.add(name.lower())
@@ -211,24 +228,35 @@ def validate_staged(folder: Path, *, resolution: int, min_side: int, max_pixels:
     warnings (and `small`), not refused; the trainer checks them against its own resolution. Only images
     under the smallest training resolution (32 px), which no training can use, are refused."""
     from core.data import DatasetError, validate_dataset  # torch-free part of core; lazily imported
+
     try:
-        report = validate_dataset(folder, resolution=resolution, min_side=min(min_side, MIN_RESOLUTION),
-                                  max_pixels=max_pixels, strict=True, warn_below=min(min_side, resolution))
+        report = validate_dataset(
+            folder,
+            resolution=resolution,
+            min_side=min(min_side, MIN_RESOLUTION),
+            max_pixels=max_pixels,
+            strict=True,
+            warn_below=min(min_side, resolution),
+        )
     except DatasetError as e:
         report = e.report.to_dict()
         report["source"] = "upload"
-        raise UploadError(str(e).replace(str(folder), "upload").replace(folder.name, "upload"),
-                          report=report) from None
+        raise UploadError(
+            str(e).replace(str(folder), "upload").replace(folder.name, "upload"), report=report
+        ) from None
     out = report.to_dict()
     out["source"] = "upload"  # not the server's staging path
     return out
 
 
-def prepare_dataset(files: list[Incoming], staging: Path, settings, resolution: int) -> tuple[Staged, dict[str, Any]]:
+def prepare_dataset(
+    files: list[Incoming], staging: Path, settings, resolution: int
+) -> tuple[Staged, dict[str, Any]]:
     """stage_dataset + validate_staged with the settings' limits: the staged files and the validation report."""
     staged = stage_dataset(files, staging, UploadLimits.from_settings(settings))
-    report = validate_staged(staging, resolution=resolution, min_side=settings.dataset_min_side,
-                             max_pixels=settings.max_image_pixels)
+    report = validate_staged(
+        staging, resolution=resolution, min_side=settings.dataset_min_side, max_pixels=settings.max_image_pixels
+    )
     return staged, report
 
 

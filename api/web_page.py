@@ -6,6 +6,7 @@ session storage and sends it as the Bearer header, so it needs no route, cookie 
 Only `GET /` and the `/web` mount are added: mounting the folder at `/` would answer unknown `/v1/...` paths
 and other methods with the static app's responses instead of the API's own 404 / 405 bodies.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,10 @@ from fastapi.staticfiles import StaticFiles
 WEB_DIR = Path(__file__).resolve().parent / "web"
 # The browser itself enforces that the page loads nothing from elsewhere: scripts, styles and requests from this
 # origin only; images also from blob: (results and previews are fetched with the Bearer header, then shown).
-CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
-       "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def install_web_page(app: FastAPI) -> None:
@@ -27,5 +30,8 @@ def install_web_page(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         # no-cache: a browser revalidates the page after an upgrade instead of running stale modules
-        return FileResponse(WEB_DIR / "index.html", media_type="text/html",
-                            headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP})
+        return FileResponse(
+            WEB_DIR / "index.html",
+            media_type="text/html",
+            headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP},
+        )

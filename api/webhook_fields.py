@@ -1,4 +1,5 @@
 """The webhook side of the job routes: the URL's address check at submit time, and the job's `webhook` block."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,8 +21,9 @@ def check_webhook_url(body: WebhookRequest, settings: Settings) -> None:
     try:
         check_url(body.webhook_url, allow_private=settings.webhook_allow_private)
     except WebhookUrlError as e:
-        raise ApiError(422, f"webhook_url: {e}", field="webhook_url",
-                       details=[{"field": "webhook_url", "message": str(e)}]) from None
+        raise ApiError(
+            422, f"webhook_url: {e}", field="webhook_url", details=[{"field": "webhook_url", "message": str(e)}]
+        ) from None
 
 
 def webhook_block(job: Any) -> WebhookPublic | None:
@@ -30,7 +32,20 @@ def webhook_block(job: Any) -> WebhookPublic | None:
     session = object_session(job)
     rows, total = deliveries_of(session, job_id=job.id) if session is not None else ([], 0)
     return WebhookPublic(
-        url=job.webhook_url, events_filter=list(job.webhook_events or []), deliveries_total=total,
-        deliveries=[WebhookDeliveryPublic(id=d.id, event=d.event, status=d.status, attempts=d.attempts,
-                                          last_status_code=d.last_status_code, last_error=d.last_error,
-                                          created_at=d.created_at, delivered_at=d.delivered_at) for d in rows])
+        url=job.webhook_url,
+        events_filter=list(job.webhook_events or []),
+        deliveries_total=total,
+        deliveries=[
+            WebhookDeliveryPublic(
+                id=d.id,
+                event=d.event,
+                status=d.status,
+                attempts=d.attempts,
+                last_status_code=d.last_status_code,
+                last_error=d.last_error,
+                created_at=d.created_at,
+                delivered_at=d.delivered_at,
+            )
+            for d in rows
+        ],
+    )

@@ -24,6 +24,7 @@ of 3 timed 50-step images, and with --compare the final latents' difference from
 same seed (eager-slots' for slot variants: the same LoRA), set against the noise floor of eager CFG-batched vs CFG as two calls (a bf16-only difference).
 The last thing printed is a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,13 +43,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import core.model as core_model  # noqa: E402
 import core.sampler as core_sampler  # noqa: E402
 from bench.bench_sampling import FULL, FULL_VOCAB, build_model, prompt_of_tokens  # noqa: E402
-from core.lora import BoundLora, LoraSpec, clear_loras, install_lora_slots, remove_lora_slots, set_loras  # noqa: E402
-from core.lora import target_names  # noqa: E402
+from core.lora import (  # noqa: E402
+    BoundLora,
+    LoraSpec,
+    clear_loras,
+    install_lora_slots,
+    remove_lora_slots,
+    set_loras,
+    target_names,  # noqa: E402
+)
 from core.sampler import ImageSpec, Sampler  # noqa: E402
 from core.tiny import TinySpec  # noqa: E402
 
-VARIANTS = ["eager", "eager-slots", "layers-slots", "layers", "denoise-slots", "denoise-static",
-            "layers-static-slots", "layers-slots16", "denoise", "layers-slots-off"]  # most telling first (--until may cut the rest)
+VARIANTS = [
+    "eager",
+    "eager-slots",
+    "layers-slots",
+    "layers",
+    "denoise-slots",
+    "denoise-static",
+    "layers-static-slots",
+    "layers-slots16",
+    "denoise",
+    "layers-slots-off",
+]  # most telling first (--until may cut the rest)
 GUIDANCE = 5.0
 
 
@@ -60,7 +78,7 @@ def random_lora(model, name: str, rank: int, seed: int) -> BoundLora:
         lin = mods[path]
         down = torch.randn(rank, lin.in_features, generator=g, device=model.device, dtype=model.dtype)
         up = torch.randn(lin.out_features, rank, generator=g, device=model.device, dtype=model.dtype)
-        deltas[path] = (down * lin.in_features ** -0.5, up * 0.01)
+        deltas[path] = (down * lin.in_features**-0.5, up * 0.01)
     return BoundLora(name=name, deltas=deltas, unplaced=[])
 
 
@@ -77,12 +95,18 @@ class Static:
     """Nothing marked dynamic (the sampler's and the compiled layer's marks become no-ops)."""
 
     def __enter__(self):
-        self.saved = (core_sampler.mark_prefix_dynamic, core_sampler.mark_batch_dynamic, core_model._mark_step_dynamic)
+        self.saved = (
+            core_sampler.mark_prefix_dynamic,
+            core_sampler.mark_batch_dynamic,
+            core_model._mark_step_dynamic,
+        )
         core_sampler.mark_prefix_dynamic = core_sampler.mark_batch_dynamic = lambda *a, **k: None
         core_model._mark_step_dynamic = lambda *a, **k: None
 
     def __exit__(self, *exc):
-        core_sampler.mark_prefix_dynamic, core_sampler.mark_batch_dynamic, core_model._mark_step_dynamic = self.saved
+        core_sampler.mark_prefix_dynamic, core_sampler.mark_batch_dynamic, core_model._mark_step_dynamic = (
+            self.saved
+        )
 
 
 def run_variant(name: str, model, tok, prompts: tuple[str, str], args, device) -> dict:
@@ -103,7 +127,9 @@ def run_variant(name: str, model, tok, prompts: tuple[str, str], args, device) -
         size = args.size
         kw = dict(width=size, height=size, guidance=GUIDANCE, return_latents=True)
         with_lora = slots and not name.endswith("-off")
-        lora_a, lora_b = (random_lora(model, "a", 16, 1), random_lora(model, "b", 16, 2)) if slots else (None, None)
+        lora_a, lora_b = (
+            (random_lora(model, "a", 16, 1), random_lora(model, "b", 16, 2)) if slots else (None, None)
+        )
         if with_lora:
             set_loras(model, [(lora_a, 1.0)])
         r = {"variant": name, "layers": args.layers}
@@ -179,9 +205,12 @@ def main(argv=None):
     setattr(cfg, "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit", 64)
     t = time.perf_counter()
     model, tok = build_model(spec, device, dtype, vocab)
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, {args.layers} layers, "
-          f"{dtype}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, built in "
-          f"{time.perf_counter() - t:.1f} s; torch {torch.__version__}", flush=True)
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, {args.layers} layers, "
+        f"{dtype}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, built in "
+        f"{time.perf_counter() - t:.1f} s; torch {torch.__version__}",
+        flush=True,
+    )
     prompts = (prompt_of_tokens(tok, args.prompt_tokens), prompt_of_tokens(tok, args.prompt_tokens // 2))
     rows, floor, eager_z = [], None, {}
     if args.compare:
@@ -212,18 +241,27 @@ def main(argv=None):
             torch.cuda.empty_cache()
     if args.json:
         Path(args.json).write_text(json.dumps({"floor": floor, "rows": rows}, indent=2))
-    print(f"\nfull width, {args.layers} layers, {args.size}^2, {args.steps} steps, CFG {GUIDANCE}, one image; "
-          f"noise floor {floor if floor is None else f'{floor:.2e}'}")
-    print("| variant | first call s | graphs: first / +length / +switch | switch ms | ms/step | s/image | "
-          "est. s/image at 36 layers | rel. diff vs eager | peak GiB |")
+    print(
+        f"\nfull width, {args.layers} layers, {args.size}^2, {args.steps} steps, CFG {GUIDANCE}, one image; "
+        f"noise floor {floor if floor is None else f'{floor:.2e}'}"
+    )
+    print(
+        "| variant | first call s | graphs: first / +length / +switch | switch ms | ms/step | s/image | "
+        "est. s/image at 36 layers | rel. diff vs eager | peak GiB |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+
         def f(k, fmt="{:.2f}"):
             return fmt.format(r[k]) if r.get(k) is not None else "-"
-        print(f"| {r['variant']} | {f('first_call_s', '{:.1f}')} | {r['graphs_first']} / "
-              f"{r['graphs_after_length']} / {r.get('graphs_after_switch', '-')} | {f('switch_ms', '{:.1f}')} | "
-              f"{f('ms_step', '{:.1f}')} | {f('s_image')} | {f('est_s_36')} | {f('rel_vs_eager', '{:.1e}')} | "
-              f"{f('peak_gib', '{:.1f}')} |" + (f" failed: {r['compile_failed'][:80]}" if r["compile_failed"] else ""))
+
+        print(
+            f"| {r['variant']} | {f('first_call_s', '{:.1f}')} | {r['graphs_first']} / "
+            f"{r['graphs_after_length']} / {r.get('graphs_after_switch', '-')} | {f('switch_ms', '{:.1f}')} | "
+            f"{f('ms_step', '{:.1f}')} | {f('s_image')} | {f('est_s_36')} | {f('rel_vs_eager', '{:.1e}')} | "
+            f"{f('peak_gib', '{:.1f}')} |"
+            + (f" failed: {r['compile_failed'][:80]}" if r["compile_failed"] else "")
+        )
     return rows
 
 

@@ -16,6 +16,7 @@ The weights are random (speed does not depend on them) and built directly on the
 the model is constructed on the meta device and materialised on the GPU, never on the CPU at full size.
 The last thing printed is a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,12 +38,25 @@ from core.sampler import Sampler  # noqa: E402
 from core.tiny import TinySpec, build_tokenizer, tiny_config  # noqa: E402
 
 # The real text tower; the vision tower is kept small because text-to-image never runs it.
-FULL = TinySpec(hidden=4096, layers=36, heads=32, kv_heads=8, head_dim=128, mlp=12288,
-                vision_hidden=64, vision_depth=1, vision_heads=1, vision_mlp=128, deepstack=(0,))
+FULL = TinySpec(
+    hidden=4096,
+    layers=36,
+    heads=32,
+    kv_heads=8,
+    head_dim=128,
+    mlp=12288,
+    vision_hidden=64,
+    vision_depth=1,
+    vision_heads=1,
+    vision_mlp=128,
+    deepstack=(0,),
+)
 FULL_VOCAB = 151936
 GUIDANCE = 5.0
-WORDS = ("a photograph of a small red fox sitting in fresh white snow under tall dark pine trees at dawn , "
-         "soft golden light , sharp focus on the eyes , shallow depth of field , muted blue shadows").split()
+WORDS = (
+    "a photograph of a small red fox sitting in fresh white snow under tall dark pine trees at dawn , "
+    "soft golden light , sharp focus on the eyes , shallow depth of field , muted blue shadows"
+).split()
 
 
 # ----------------------------------------------------------------------------- model
@@ -72,7 +86,7 @@ def build_model(spec: TinySpec, device: torch.device, dtype: torch.dtype, vocab:
                 fan_in = p[0].numel()
                 # residual writers scaled down so 36 random layers keep the stream O(10) in bf16
                 scale = (2 * n_layers) ** -0.5 if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
-                p.normal_(0.0, scale * fan_in ** -0.5, generator=g)
+                p.normal_(0.0, scale * fan_in**-0.5, generator=g)
     # to_empty left the rotary buffers uninitialised; marking them stale makes reset_rotary recompute them
     for m in model.modules():
         if hasattr(m, "inv_freq"):
@@ -156,8 +170,9 @@ class Steps:
         self.z = (8.0 * torch.randn(1, n, 3072, generator=g, device=device)).to(model.dtype)
         self.t = torch.tensor([0.3], device=device)  # sigma 0.7
         self.sigma = 0.7
-        self.autocast = torch.autocast(device.type, dtype=model.dtype, enabled=model.dtype != torch.float32,
-                                       cache_enabled=False)  # as core.sampler (and safe under graph capture)
+        self.autocast = torch.autocast(
+            device.type, dtype=model.dtype, enabled=model.dtype != torch.float32, cache_enabled=False
+        )  # as core.sampler (and safe under graph capture)
         self.text_tokens = (self.cond.input_ids.shape[1], self.uncond.input_ids.shape[1])
         self.n = n
         with torch.no_grad(), self.autocast:
@@ -211,14 +226,19 @@ def fp32_errors(steps: Steps, tok, prompt: str, size: int, compiled) -> dict:
     s32 = Steps(m32, tok, prompt, size, size, steps.device)
     s32.z = steps.z.float()  # the very same (bf16-rounded) latent
     ref = s32.ours_x()
-    errs = {"err_official_vs_fp32": max(rel_diff(a, b) for a, b in zip(steps.official_x(), ref)),
-            "err_ours_vs_fp32": max(rel_diff(a, b) for a, b in zip(steps.ours_x(), ref)),
-            "err_compiled_vs_fp32": max(rel_diff(a, b) for a, b in zip(steps.ours_x(compiled), ref))}
+    errs = {
+        "err_official_vs_fp32": max(rel_diff(a, b) for a, b in zip(steps.official_x(), ref)),
+        "err_ours_vs_fp32": max(rel_diff(a, b) for a, b in zip(steps.ours_x(), ref)),
+        "err_compiled_vs_fp32": max(rel_diff(a, b) for a, b in zip(steps.ours_x(compiled), ref)),
+    }
     del m32, s32, ref
     if steps.device.type == "cuda":
         torch.cuda.empty_cache()
-    print("x_pred rel error vs float32: official bf16 {err_official_vs_fp32:.2e}, ours bf16 {err_ours_vs_fp32:.2e}, "
-          "ours + compile bf16 {err_compiled_vs_fp32:.2e}".format(**errs), flush=True)
+    print(
+        "x_pred rel error vs float32: official bf16 {err_official_vs_fp32:.2e}, ours bf16 {err_ours_vs_fp32:.2e}, "
+        "ours + compile bf16 {err_compiled_vs_fp32:.2e}".format(**errs),
+        flush=True,
+    )
     return errs
 
 
@@ -250,8 +270,11 @@ def bench_size(model, tok, prompt, size, args, device) -> dict:
     r = {"size": size}
     steps = Steps(model, tok, prompt, size, size, device)
     r["text_tokens"], r["image_tokens"] = steps.text_tokens, steps.n
-    print(f"\n== {size}x{size}: {steps.n} image tokens, text {steps.text_tokens[0]} (cond) / "
-          f"{steps.text_tokens[1]} (uncond) tokens", flush=True)
+    print(
+        f"\n== {size}x{size}: {steps.n} image tokens, text {steps.text_tokens[0]} (cond) / "
+        f"{steps.text_tokens[1]} (uncond) tokens",
+        flush=True,
+    )
 
     # correctness first: x_pred of ours vs the official dense path, against the noise floor
     x_off = steps.official_x()
@@ -263,9 +286,12 @@ def bench_size(model, tok, prompt, size, args, device) -> dict:
     # float32: rounding only; bf16: within 3x the gap between two exact official-equivalent paths
     tol = 1e-5 if model.dtype == torch.float32 else max(3 * r["diff_floor_split_vs_official"], 1e-2)
     r["same_x_pred"] = r["diff_ours_vs_official"] <= tol
-    print(f"x_pred mean rel diff: ours vs official {r['diff_ours_vs_official']:.2e}, "
-          f"noise floor (official split vs dense) {r['diff_floor_split_vs_official']:.2e} -> "
-          f"{'OK' if r['same_x_pred'] else 'MISMATCH'}", flush=True)
+    print(
+        f"x_pred mean rel diff: ours vs official {r['diff_ours_vs_official']:.2e}, "
+        f"noise floor (official split vs dense) {r['diff_floor_split_vs_official']:.2e} -> "
+        f"{'OK' if r['same_x_pred'] else 'MISMATCH'}",
+        flush=True,
+    )
     del x_off, x_ours, x_split
 
     r["official_ms"] = median_ms(steps.official, device, args.warmup, args.iters)
@@ -276,10 +302,15 @@ def bench_size(model, tok, prompt, size, args, device) -> dict:
     print(f"ours, CFG as 2 calls (no pad mask) {r['ours_unbatched_ms']:.1f} ms/step", flush=True)
     # diagnostics: host time to issue one step (launch-bound when close to the step time), host syncs
     r["official_host_ms"], r["ours_host_ms"] = host_ms(steps.official, device), host_ms(steps.ours, device)
-    r["official_syncs"], r["ours_syncs"] = count_host_syncs(steps.official, device), count_host_syncs(steps.ours,
-                                                                                                      device)
-    print(f"host time to issue a step: official {r['official_host_ms']:.1f} ms, ours {r['ours_host_ms']:.1f} ms; "
-          f"host syncs per step: official {r['official_syncs']}, ours {r['ours_syncs']}", flush=True)
+    r["official_syncs"], r["ours_syncs"] = (
+        count_host_syncs(steps.official, device),
+        count_host_syncs(steps.ours, device),
+    )
+    print(
+        f"host time to issue a step: official {r['official_host_ms']:.1f} ms, ours {r['ours_host_ms']:.1f} ms; "
+        f"host syncs per step: official {r['official_syncs']}, ours {r['ours_syncs']}",
+        flush=True,
+    )
 
     if args.cuda_graph and device.type == "cuda":
         try:
@@ -295,10 +326,14 @@ def bench_size(model, tok, prompt, size, args, device) -> dict:
             compiled = torch.compile(model.denoise, dynamic=False)
             x_c = steps.ours_x(compiled)  # first call compiles
             r["diff_compiled_vs_ours"] = max(rel_diff(a, b) for a, b in zip(x_c, steps.ours_x()))
-            r["ours_compiled_ms"] = median_ms(lambda: steps._cfg(*steps.ours_x(compiled)), device,
-                                              args.warmup, args.iters)
-            print(f"ours + torch.compile {r['ours_compiled_ms']:.1f} ms/step "
-                  f"(x_pred diff {r['diff_compiled_vs_ours']:.1e})", flush=True)
+            r["ours_compiled_ms"] = median_ms(
+                lambda: steps._cfg(*steps.ours_x(compiled)), device, args.warmup, args.iters
+            )
+            print(
+                f"ours + torch.compile {r['ours_compiled_ms']:.1f} ms/step "
+                f"(x_pred diff {r['diff_compiled_vs_ours']:.1e})",
+                flush=True,
+            )
             if args.fp32_check:
                 r.update(fp32_errors(steps, tok, prompt, size, compiled))
         except Exception as e:  # noqa: BLE001
@@ -324,12 +359,16 @@ def bench_size(model, tok, prompt, size, args, device) -> dict:
         if args.cuda_graph and device.type == "cuda":
             graphed = Sampler(model, tok, preview_every=0, cuda_graph=True)
             r["ours_graph_image_s"] = image_seconds(graphed)
-            print(f"ours + CUDA graph: {r['ours_graph_image_s']:.2f} s per {args.image_steps}-step image"
-                  + (f" (capture failed, ran eager: {graphed.graph_failed})" if graphed.graph_failed else ""),
-                  flush=True)
+            print(
+                f"ours + CUDA graph: {r['ours_graph_image_s']:.2f} s per {args.image_steps}-step image"
+                + (f" (capture failed, ran eager: {graphed.graph_failed})" if graphed.graph_failed else ""),
+                flush=True,
+            )
         if args.compile:
             r["ours_compiled_image_s"] = image_seconds(Sampler(model, tok, preview_every=0, compile=True))
-            print(f"ours + compile: {r['ours_compiled_image_s']:.2f} s per {args.image_steps}-step image", flush=True)
+            print(
+                f"ours + compile: {r['ours_compiled_image_s']:.2f} s per {args.image_steps}-step image", flush=True
+            )
         if args.official_image:
             t = time.perf_counter()
             sampler.reference(prompt, dense=True, **kw)
@@ -343,9 +382,11 @@ def table(rows: list[dict], args) -> str:
     def f(r, k, fmt="{:.1f}"):
         return fmt.format(r[k]) if k in r else "-"
 
-    head = ("| size | text tok (cond/uncond) | official ms/step | ours ms/step | speed-up | ours, 2 CFG calls | "
-            "ours + graph | ours + compile | x_pred rel diff (floor) | err vs fp32: official / ours / compiled | "
-            "ours s/image | ours + graph s/image | ours + compile s/image | official s/image |")
+    head = (
+        "| size | text tok (cond/uncond) | official ms/step | ours ms/step | speed-up | ours, 2 CFG calls | "
+        "ours + graph | ours + compile | x_pred rel diff (floor) | err vs fp32: official / ours / compiled | "
+        "ours s/image | ours + graph s/image | ours + compile s/image | official s/image |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         speed = f"{r['official_ms'] / r['ours_ms']:.2f}x" if "ours_ms" in r else "-"
@@ -358,7 +399,8 @@ def table(rows: list[dict], args) -> str:
             f"{f(r, 'err_compiled_vs_fp32', '{:.1e}')} | "
             f"{f(r, 'ours_image_s', '{:.2f}')} | {f(r, 'ours_graph_image_s', '{:.2f}')} | "
             f"{f(r, 'ours_compiled_image_s', '{:.2f}')} | "
-            f"{f(r, 'official_image_s', '{:.2f}')} |")
+            f"{f(r, 'official_image_s', '{:.2f}')} |"
+        )
     return "\n".join(lines)
 
 
@@ -373,8 +415,11 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--official-image", action="store_true", help="also time a whole image the official way")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(model.denoise)")
     ap.add_argument("--cuda-graph", action="store_true", help="also time our step as a CUDA graph")
-    ap.add_argument("--fp32-check", action="store_true",
-                    help="with --compile: error of every bf16 path against a float32 copy of the model")
+    ap.add_argument(
+        "--fp32-check",
+        action="store_true",
+        help="with --compile: error of every bf16 path against a float32 copy of the model",
+    )
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
 
@@ -392,9 +437,12 @@ def main(argv=None) -> list[dict]:
     t = time.perf_counter()
     model, tok = build_model(spec, device, dtype, vocab)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params / 1e9:.2f}B parameters, {dtype}, {device} "
-          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
-          f"built in {time.perf_counter() - t:.1f} s; torch {torch.__version__}", flush=True)
+    print(
+        f"model: {n_params / 1e9:.2f}B parameters, {dtype}, {device} "
+        f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
+        f"built in {time.perf_counter() - t:.1f} s; torch {torch.__version__}",
+        flush=True,
+    )
     prompt = prompt_of_tokens(tok, args.prompt_tokens)
 
     rows = []

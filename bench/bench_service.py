@@ -14,6 +14,7 @@ concurrency, cancel, GPU memory. Wrapper: bench/bench_service.sh (what the `devi
 Every stage has a time budget (--budget seconds for all); a stage that would not fit is reported as skipped.
 The table is printed last and written, with every raw number, to OUT/service.json and OUT/table.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-PROMPT = ("a quiet harbour town at dusk painted in loose watercolour washes, small boats resting on calm water "
-          "that reflects warm orange lamps, narrow houses with blue shutters climbing a hill, soft clouds")
+PROMPT = (
+    "a quiet harbour town at dusk painted in loose watercolour washes, small boats resting on calm water "
+    "that reflects warm orange lamps, narrow houses with blue shutters climbing a hill, soft clouds"
+)
 
 
 class GpuMemory(threading.Thread):
@@ -44,16 +47,19 @@ class GpuMemory(threading.Thread):
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.peak: dict[int, int] = {}      # pid -> MiB
-        self.names: dict[int, str] = {}     # pid -> what it runs
+        self.peak: dict[int, int] = {}  # pid -> MiB
+        self.names: dict[int, str] = {}  # pid -> what it runs
         self.stop = threading.Event()
 
     def run(self):
         while not self.stop.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
-                                      "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                                     timeout=10).stdout
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
                 for line in out.strip().splitlines():
                     pid, mib = (int(x) for x in line.split(","))
                     self.peak[pid] = max(self.peak.get(pid, 0), mib)
@@ -62,8 +68,9 @@ class GpuMemory(threading.Thread):
                             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
                         except OSError:
                             cmd = "?"
-                        self.names[pid] = ("celery worker" if "celery" in cmd else
-                                           "bench" if "bench_service" in cmd else cmd[:60])
+                        self.names[pid] = (
+                            "celery worker" if "celery" in cmd else "bench" if "bench_service" in cmd else cmd[:60]
+                        )
             except Exception:
                 pass
             self.stop.wait(0.5)
@@ -73,18 +80,30 @@ class Service:
     def __init__(self, model: Path, data: Path, port: int, log: Path, env: dict[str, str]):
         self.url = f"http://127.0.0.1:{port}"
         self.data, self.log_path = data, log
-        self.env = {**os.environ, "O1LORA_DATA_DIR": str(data), "O1LORA_MODEL_PATH": str(model),
-                    "O1LORA_TRAIN_PROCESSES": "1", "PYTHONUNBUFFERED": "1", **env}
+        self.env = {
+            **os.environ,
+            "O1LORA_DATA_DIR": str(data),
+            "O1LORA_MODEL_PATH": str(model),
+            "O1LORA_TRAIN_PROCESSES": "1",
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
         self.proc: subprocess.Popen | None = None
         self.side, self.steps = 1024, 50
 
     def start(self) -> float:
         self.t0 = time.perf_counter()
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ops.embedded", "--port", self.url.rsplit(":", 1)[1]],
-                                     cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ops.embedded", "--port", self.url.rsplit(":", 1)[1]],
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         import httpx
+
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the service exited with {self.proc.returncode}; see {self.log_path}")
@@ -114,8 +133,16 @@ class Service:
 
     def generate(self, *, side=None, loras=(), seed=0, n=1, steps=None, wait=True) -> dict:
         side, steps = side or self.side, steps or self.steps
-        body = {"prompt": PROMPT, "width": side, "height": side, "steps": steps, "guidance": 5.0, "seed": seed,
-                "num_images": n, "loras": [{"id": i, "scale": s} for i, s in loras]}
+        body = {
+            "prompt": PROMPT,
+            "width": side,
+            "height": side,
+            "steps": steps,
+            "guidance": 5.0,
+            "seed": seed,
+            "num_images": n,
+            "loras": [{"id": i, "scale": s} for i, s in loras],
+        }
         t0 = time.perf_counter()
         g = self.ok(self.http.post("/v1/generations", json=body))
         return self.wait_generation(g["id"], t0) if wait else {"id": g["id"], "t0": t0}
@@ -183,15 +210,26 @@ def eager_check(model: Path, png: Path, seed: int, side: int, steps: int) -> dic
     tok = load_tokenizer(model)
     m = load_model(model, dtype=torch.bfloat16, device="cuda", tokenizer=tok)
     with torch.no_grad():
-        img = Sampler(m, tok, preview_every=0)([PROMPT], negative_prompt=" ", width=side, height=side, steps=steps,
-                                                guidance=5.0, seed=seed, preset="full")[0]
+        img = Sampler(m, tok, preview_every=0)(
+            [PROMPT],
+            negative_prompt=" ",
+            width=side,
+            height=side,
+            steps=steps,
+            guidance=5.0,
+            seed=seed,
+            preset="full",
+        )[0]
     a = np.asarray(img, dtype=np.float64)
     b = np.asarray(Image.open(png).convert("RGB"), dtype=np.float64)
     d = np.abs(a - b)
-    mse = float((d ** 2).mean())
-    return {"mean_abs_diff_0_255": float(d.mean()), "max_abs_diff": float(d.max()),
-            "pixels_off_by_more_than_8": float((d.max(-1) > 8).mean()),
-            "psnr_db": float(10 * np.log10(255 ** 2 / mse)) if mse else float("inf")}
+    mse = float((d**2).mean())
+    return {
+        "mean_abs_diff_0_255": float(d.mean()),
+        "max_abs_diff": float(d.max()),
+        "pixels_off_by_more_than_8": float((d.max(-1) > 8).mean()),
+        "psnr_db": float(10 * np.log10(255**2 / mse)) if mse else float("inf"),
+    }
 
 
 def random_lora_file(model: Path, path: Path, seed: int = 1) -> Path:
@@ -207,8 +245,12 @@ def random_lora_file(model: Path, path: Path, seed: int = 1) -> Path:
     spec = LoraSpec(rank=16, alpha=16.0)
     inject_lora(meta, spec)
     g = torch.Generator().manual_seed(seed)
-    adapter = {k: (torch.randn(v.shape, generator=g) * (0.02 if ".lora_B" in k else 1 / v.shape[1] ** 0.5))
-               .to(torch.bfloat16) for k, v in adapter_state_dict(meta).items()}
+    adapter = {
+        k: (torch.randn(v.shape, generator=g) * (0.02 if ".lora_B" in k else 1 / v.shape[1] ** 0.5)).to(
+            torch.bfloat16
+        )
+        for k, v in adapter_state_dict(meta).items()
+    }
     return save_comfyui_file(adapter, spec, path)
 
 
@@ -251,15 +293,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--side", type=int, default=1024, help="the main image side (a CPU smoke run: 256)")
     ap.add_argument("--big", type=int, default=2048, help="the large image side")
     ap.add_argument("--gen-steps", type=int, default=50)
-    ap.add_argument("--read-and-load", help=argparse.SUPPRESS)   # the child process of that stage
-    ap.add_argument("--eager-check", nargs=2, help=argparse.SUPPRESS)   # PNG SEED: child process
+    ap.add_argument("--read-and-load", help=argparse.SUPPRESS)  # the child process of that stage
+    ap.add_argument("--eager-check", nargs=2, help=argparse.SUPPRESS)  # PNG SEED: child process
     a = ap.parse_args(argv)
     if a.read_and_load:
         print(json.dumps(read_and_load(Path(a.read_and_load))))
         return {}
     if a.eager_check:
-        print(json.dumps(eager_check(Path(a.model), Path(a.eager_check[0]), int(a.eager_check[1]), a.side,
-                                     a.gen_steps)))
+        print(
+            json.dumps(
+                eager_check(Path(a.model), Path(a.eager_check[0]), int(a.eager_check[1]), a.side, a.gen_steps)
+            )
+        )
         return {}
     t_start = time.perf_counter()
     out_dir = Path(a.out)
@@ -286,11 +331,23 @@ def main(argv=None) -> dict:
 
     R["checkpoint"] = write_checkpoint(model, comfy)
     print(f"checkpoint: {R['checkpoint']}", flush=True)
-    budget = Budget(a.until - time.time() - 15 if a.until else a.budget)   # 15 s: stopping the service
+    budget = Budget(a.until - time.time() - 15 if a.until else a.budget)  # 15 s: stopping the service
     if not a.skip_read_load:
-        stage("disk read + load", 60, lambda: json.loads(subprocess.run(
-            [sys.executable, __file__, "--read-and-load", str(model)], cwd=REPO, capture_output=True, text=True,
-            check=True).stdout.strip().splitlines()[-1]))
+        stage(
+            "disk read + load",
+            60,
+            lambda: json.loads(
+                subprocess.run(
+                    [sys.executable, __file__, "--read-and-load", str(model)],
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            ),
+        )
     lora_file = random_lora_file(model, Path("/tmp/o1lora-imported-lora.safetensors"))
 
     data = Path(a.data)
@@ -309,6 +366,7 @@ def main(argv=None) -> dict:
         def first_image():
             g = svc.generate(seed=0)
             return {"request_s": g["seconds"], "process_start_to_image_s": time.perf_counter() - t_proc}
+
         stage("cold start", 200, first_image)
 
         def series(n, keep=False, **kw):
@@ -319,26 +377,42 @@ def main(argv=None) -> dict:
                 if keep and i == 0:
                     fast_png.write_bytes(svc.http.get(g["images"][0]["url"]).content)
             return times
+
         stage("1024 no LoRA", 30, lambda: series(a.images, keep=True))
 
         def imported():
             with open(lora_file, "rb") as f:
-                return svc.ok(svc.http.post("/v1/loras", files={"file": ("imported.safetensors", f)},
-                                            data={"name": "imported"}))["id"]
+                return svc.ok(
+                    svc.http.post(
+                        "/v1/loras", files={"file": ("imported.safetensors", f)}, data={"name": "imported"}
+                    )
+                )["id"]
+
         imported_id = stage("import LoRA (HTTP)", 20, imported)
 
         def upload():
             z = dataset_zip(16, a.side)
             t0 = time.perf_counter()
-            d = svc.ok(svc.http.post("/v1/datasets", files={"files": ("ds.zip", z, "application/zip")},
-                                     data={"name": "bench"}))
+            d = svc.ok(
+                svc.http.post(
+                    "/v1/datasets", files={"files": ("ds.zip", z, "application/zip")}, data={"name": "bench"}
+                )
+            )
             return {"id": d["id"], "images": d["num_images"], "mb": len(z) / 1e6, "s": time.perf_counter() - t0}
+
         ds = stage("dataset upload", 30, upload)
 
         def train():
-            body = {"dataset_id": ds["id"], "trigger": "sks style", "steps": a.train_steps, "rank": 16,
-                    "resolution": a.side, "batch_size": 1, "sample_every": 0,
-                    "checkpoint_every": max(1, a.train_steps // 2)}
+            body = {
+                "dataset_id": ds["id"],
+                "trigger": "sks style",
+                "steps": a.train_steps,
+                "rank": 16,
+                "resolution": a.side,
+                "batch_size": 1,
+                "sample_every": 0,
+                "checkpoint_every": max(1, a.train_steps // 2),
+            }
             t0 = time.perf_counter()
             job = svc.ok(svc.http.post("/v1/trainings", json=body))
             seen, t_running = {}, None
@@ -355,17 +429,23 @@ def main(argv=None) -> dict:
             if j["status"] != "succeeded":
                 raise RuntimeError(f"training {j['status']}: {j['error']}")
             steady = [v for s, v in sorted(seen.items()) if s > min(20, a.train_steps // 2)]
-            return {"lora_id": j["lora_id"], "steps": a.train_steps, "wall_s": time.perf_counter() - t0,
-                    "s_per_step_median": statistics.median(steady) if steady else None, "samples": len(steady),
-                    "s_per_step_all": dict(sorted(seen.items()))}
+            return {
+                "lora_id": j["lora_id"],
+                "steps": a.train_steps,
+                "wall_s": time.perf_counter() - t0,
+                "s_per_step_median": statistics.median(steady) if steady else None,
+                "samples": len(steady),
+                "s_per_step_all": dict(sorted(seen.items())),
+            }
+
         tr = stage("training (HTTP)", 40 + a.train_steps * 0.5, train)
         lora_id = tr["lora_id"] if tr else None
 
-        stage("first image after training (reload)", 20,
-                            lambda: svc.generate(seed=1)["seconds"])
+        stage("first image after training (reload)", 20, lambda: svc.generate(seed=1)["seconds"])
         if lora_id:
             stage("1024 LoRA", 30, lambda: series(a.images, loras=[(lora_id, 1.0)]))
             if imported_id:
+
                 def switches():
                     same = [svc.generate(seed=3, loras=[(lora_id, 1.0)])["seconds"] for _ in range(2)]
                     sw = []
@@ -373,8 +453,13 @@ def main(argv=None) -> dict:
                         sw.append(svc.generate(seed=3, loras=[(imported_id, 0.8)])["seconds"])
                         sw.append(svc.generate(seed=3, loras=[(lora_id, 1.0)])["seconds"])
                     first_imported = sw[0]
-                    return {"same_lora_s": same, "alternating_s": sw, "first_use_of_imported_s": first_imported,
-                            "switch_cost_s": statistics.median(sw[1:]) - statistics.median(same)}
+                    return {
+                        "same_lora_s": same,
+                        "alternating_s": sw,
+                        "first_use_of_imported_s": first_imported,
+                        "switch_cost_s": statistics.median(sw[1:]) - statistics.median(same),
+                    }
+
                 stage("LoRA switch", 40, switches)
 
         def concurrent(k):
@@ -384,6 +469,7 @@ def main(argv=None) -> dict:
                 svc.wait_generation(s["id"], s["t0"])
             wall = time.perf_counter() - t0
             return {"requests": k, "wall_s": wall, "images_per_s": k / wall}
+
         stage("concurrent 4", 30, lambda: concurrent(4))
         stage("concurrent 8", 45, lambda: concurrent(8))
 
@@ -398,8 +484,13 @@ def main(argv=None) -> dict:
                 svc.wait_generation(g["id"], g["t0"])
                 return {"cancel_http": r.status_code, "note": "no cancel route on this build"}
             end = svc.wait_generation(g["id"], t0)
-            return {"cancel_http": r.status_code, "status": end["status"], "to_final_s": end["seconds"],
-                    "images_kept": len(end["images"])}
+            return {
+                "cancel_http": r.status_code,
+                "status": end["status"],
+                "to_final_s": end["seconds"],
+                "images_kept": len(end["images"]),
+            }
+
         stage("cancel", 20, cancel)
         # last: the first request of a new size compiles (~2 min at 2048 in the dry run); 50 s stay for the
         # eager comparison after the service stops
@@ -410,16 +501,42 @@ def main(argv=None) -> dict:
         svc.stop()
         gpu.stop.set()
         if fast_png.is_file():
-            stage("fast path vs eager (same request)", 40, lambda: json.loads(subprocess.run(
-                [sys.executable, __file__, "--eager-check", str(fast_png), "100", "--model", str(model),
-                 "--side", str(a.side), "--gen-steps", str(a.gen_steps)], cwd=REPO, capture_output=True,
-                text=True, check=True).stdout.strip().splitlines()[-1]))
+            stage(
+                "fast path vs eager (same request)",
+                40,
+                lambda: json.loads(
+                    subprocess.run(
+                        [
+                            sys.executable,
+                            __file__,
+                            "--eager-check",
+                            str(fast_png),
+                            "100",
+                            "--model",
+                            str(model),
+                            "--side",
+                            str(a.side),
+                            "--gen-steps",
+                            str(a.gen_steps),
+                        ],
+                        cwd=REPO,
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
+                    .stdout.strip()
+                    .splitlines()[-1]
+                ),
+            )
         R["gpu_peak_mib_by_pid"] = gpu.peak
         R["gpu_process_names"] = gpu.names
         R["total_s"] = time.perf_counter() - t_start
         (out_dir / "service.json").write_text(json.dumps(R, indent=2, default=str))
-    R["log_lines"] = [ln for ln in (out_dir / "service.log").read_text(errors="replace").splitlines()
-                      if re.search(r"warm|compil|load|releas|memory plan|Traceback|Error", ln)][-40:]
+    R["log_lines"] = [
+        ln
+        for ln in (out_dir / "service.log").read_text(errors="replace").splitlines()
+        if re.search(r"warm|compil|load|releas|memory plan|Traceback|Error", ln)
+    ][-40:]
     print("\n".join(R["log_lines"]))
     table = make_table(R)
     (out_dir / "table.md").write_text(table + "\n")
@@ -434,11 +551,19 @@ def make_table(R: dict) -> str:
         v = st.get(name)
         return f"{statistics.median(v):.2f} s" if v else "-"
 
-    rows = [("checkpoint write (HF shards / ComfyUI file)",
-             " / ".join(f"{v:.0f} s" for v in R["checkpoint"].values()) or "existing")]
+    rows = [
+        (
+            "checkpoint write (HF shards / ComfyUI file)",
+            " / ".join(f"{v:.0f} s" for v in R["checkpoint"].values()) or "existing",
+        )
+    ]
     if dl := st.get("disk read + load"):
-        rows.append(("disk read of the shards (page cache dropped: %s)" % dl["cache_dropped"],
-                     f"{dl['read_s']:.1f} s ({dl['read_gbps']:.2f} GB/s)"))
+        rows.append(
+            (
+                "disk read of the shards (page cache dropped: %s)" % dl["cache_dropped"],
+                f"{dl['read_s']:.1f} s ({dl['read_gbps']:.2f} GB/s)",
+            )
+        )
         rows.append(("load onto the GPU from page cache", f"{dl['load_warm_s']:.1f} s"))
     rows.append(("API answering after process start", f"{R.get('api_up_s', float('nan')):.1f} s"))
     if cs := st.get("cold start"):
@@ -446,7 +571,9 @@ def make_table(R: dict) -> str:
     rows.append(("1024^2, 50 steps, CFG 5, no LoRA (per image, via API)", med("1024 no LoRA")))
     rows.append(("1024^2 with the trained LoRA", med("1024 LoRA")))
     if st.get("1024 no LoRA") and st.get("1024 LoRA"):
-        rows.append(("LoRA cost", f"{statistics.median(st['1024 LoRA']) / statistics.median(st['1024 no LoRA']) - 1:+.1%}"))
+        rows.append(
+            ("LoRA cost", f"{statistics.median(st['1024 LoRA']) / statistics.median(st['1024 no LoRA']) - 1:+.1%}")
+        )
     v = st.get("2048 no LoRA (first: compile)")
     rows.append(("2048^2 no LoRA (first / second)", " / ".join(f"{x:.1f} s" for x in v) if v else "-"))
     rows.append(("2048^2 with the LoRA", med("2048 LoRA")))
@@ -454,8 +581,12 @@ def make_table(R: dict) -> str:
         rows.append(("LoRA switch (alternating minus same LoRA, per request)", f"{sw['switch_cost_s']:+.2f} s"))
         rows.append(("first use of the imported 87 MB LoRA (request)", f"{sw['first_use_of_imported_s']:.2f} s"))
     if tr := st.get("training (HTTP)"):
-        rows.append((f"training via API, s/step (median after step 20; {tr['steps']} steps)",
-                     f"{tr['s_per_step_median']:.3f}" if tr["s_per_step_median"] else "-"))
+        rows.append(
+            (
+                f"training via API, s/step (median after step 20; {tr['steps']} steps)",
+                f"{tr['s_per_step_median']:.3f}" if tr["s_per_step_median"] else "-",
+            )
+        )
         rows.append(("training via API, wall incl. load/compile/checkpoints", f"{tr['wall_s']:.0f} s"))
     if (fa := st.get("first image after training (reload)")) is not None:
         rows.append(("first image after a training (base reloaded)", f"{fa:.1f} s"))
@@ -465,15 +596,23 @@ def make_table(R: dict) -> str:
         if c := st.get(f"concurrent {k}"):
             rows.append((f"images/s, {k} concurrent requests", f"{c['images_per_s']:.3f}"))
     if c := st.get("fast path vs eager (same request)"):
-        rows.append(("service image vs eager core.sampler, same request (0-255 levels)",
-                     f"mean |d| {c['mean_abs_diff_0_255']:.2f}, max {c['max_abs_diff']:.0f}, "
-                     f"{c['pixels_off_by_more_than_8']:.2%} px off by > 8, PSNR {c['psnr_db']:.1f} dB"))
+        rows.append(
+            (
+                "service image vs eager core.sampler, same request (0-255 levels)",
+                f"mean |d| {c['mean_abs_diff_0_255']:.2f}, max {c['max_abs_diff']:.0f}, "
+                f"{c['pixels_off_by_more_than_8']:.2%} px off by > 8, PSNR {c['psnr_db']:.1f} dB",
+            )
+        )
     if c := st.get("cancel"):
         rows.append(("cancel a running 4-image generation", json.dumps(c)))
     names = R.get("gpu_process_names", {})
     for pid, mib in sorted(R.get("gpu_peak_mib_by_pid", {}).items()):
-        rows.append((f"peak GPU memory, {names.get(pid, 'process')} {pid} (nvidia-smi, whole process)",
-                     f"{mib / 1024:.1f} GiB"))
+        rows.append(
+            (
+                f"peak GPU memory, {names.get(pid, 'process')} {pid} (nvidia-smi, whole process)",
+                f"{mib / 1024:.1f} GiB",
+            )
+        )
     for e in R["errors"]:
         rows.append(("error", e[:200]))
     for s in R["skipped"]:

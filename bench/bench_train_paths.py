@@ -16,6 +16,7 @@ median seconds/step of the logged windows after the first (which holds the compi
   cli-inline   checkpointing on, num_workers 0, log every step: the service worker's settings
   ddp2         torchrun --nproc_per_node 2 -m core.train, as `cli` (images/s = 2 / s/step)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,18 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-CLI_COMMON = ["--rank", "16", "--batch_size", "1", "--checkpoint_every", "0",
-              "--sample_every", "0", "--trigger", "sks style"]
+CLI_COMMON = [
+    "--rank",
+    "16",
+    "--batch_size",
+    "1",
+    "--checkpoint_every",
+    "0",
+    "--sample_every",
+    "0",
+    "--trigger",
+    "sks style",
+]
 PATHS = {
     "cli": ["--gradient_checkpointing", "on", "--log_every", "10"],
     "cli-eager": ["--gradient_checkpointing", "on", "--log_every", "10", "--compile", "off"],
@@ -39,8 +50,10 @@ PATHS = {
     "ddp2": ["--gradient_checkpointing", "on", "--log_every", "10"],
 }
 BENCH_VARIANTS = {"bench": "ours", "bench-nockpt": "ours-nockpt", "bench-varied": "ours-varied"}
-CAPTION = ("a quiet harbour town at dusk painted in loose watercolour washes, small boats resting on calm water "
-           "that reflects warm orange lamps, narrow houses with blue shutters climbing a hill")
+CAPTION = (
+    "a quiet harbour town at dusk painted in loose watercolour washes, small boats resting on calm water "
+    "that reflects warm orange lamps, narrow houses with blue shutters climbing a hill"
+)
 
 
 def write_dataset(folder: Path, n: int = 32, side: int = 1024) -> Path:
@@ -67,17 +80,33 @@ def _steady(text: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def run_cli(name: str, model: str, data: Path, work: Path, steps: int, timeout: float,
-            resolution: int = 1024) -> dict:
-    args = ["-m", "core.train", "--model", model, "--data_dir", str(data), "--out_dir", str(work / name),
-            "--steps", str(steps), "--resolution", str(resolution), *CLI_COMMON, *PATHS[name]]
+def run_cli(
+    name: str, model: str, data: Path, work: Path, steps: int, timeout: float, resolution: int = 1024
+) -> dict:
+    args = [
+        "-m",
+        "core.train",
+        "--model",
+        model,
+        "--data_dir",
+        str(data),
+        "--out_dir",
+        str(work / name),
+        "--steps",
+        str(steps),
+        "--resolution",
+        str(resolution),
+        *CLI_COMMON,
+        *PATHS[name],
+    ]
     if name == "ddp2":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     else:
         cmd = [sys.executable, *args]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    p = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     wall = time.perf_counter() - t0
     text = p.stdout + p.stderr
     if p.returncode:
@@ -100,8 +129,12 @@ def run_bench(steps: int, timeout: float, variant: str = "ours") -> dict:
         print(text[-3000:], flush=True)
         return {"error": f"exit {p.returncode}", "wall_s": time.perf_counter() - t0}
     peak = re.search(r"peak ([0-9.]+) GiB", text)
-    return {"sec": float(m.group(1)), "wall_s": time.perf_counter() - t0, "images_per_step": 1,
-            "peak_gib": float(peak.group(1)) if peak else None}
+    return {
+        "sec": float(m.group(1)),
+        "wall_s": time.perf_counter() - t0,
+        "images_per_step": 1,
+        "peak_gib": float(peak.group(1)) if peak else None,
+    }
 
 
 def main(argv=None) -> list[tuple[str, dict]]:
@@ -119,9 +152,11 @@ def main(argv=None) -> list[tuple[str, dict]]:
     for name in [n.strip() for n in a.paths.split(",") if n.strip()]:
         print(f"== {name}", flush=True)
         try:
-            r = run_bench(a.steps, a.timeout, BENCH_VARIANTS[name]) \
-                if name.startswith("bench") else run_cli(name, a.model, data, work, a.steps,
-                                                                              a.timeout, a.resolution)
+            r = (
+                run_bench(a.steps, a.timeout, BENCH_VARIANTS[name])
+                if name.startswith("bench")
+                else run_cli(name, a.model, data, work, a.steps, a.timeout, a.resolution)
+            )
         except subprocess.TimeoutExpired:
             r = {"error": f"over {a.timeout:.0f} s", "wall_s": a.timeout}
         print(f"   {r}", flush=True)

@@ -10,6 +10,7 @@ K = 1, 512^2 each for K = 3, and 384^2 vision-tower copies), laid out as core.tr
 (the vision tower frozen, run without autograd each step). `--compile` compiles the decoder layers (each
 new sequence length then compiles again in the warm-up).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,12 @@ class RefStream:
             g = torch.Generator().manual_seed(self.i)
             self.i += 1
             img = torch.rand(1, 3, self.resolution, self.resolution, generator=g) * 2 - 1
-            refs = [Image.fromarray((torch.rand(self.resolution, self.resolution, 3, generator=g) * 255)
-                                    .to(torch.uint8).numpy()) for _ in range(self.k)]
+            refs = [
+                Image.fromarray(
+                    (torch.rand(self.resolution, self.resolution, 3, generator=g) * 255).to(torch.uint8).numpy()
+                )
+                for _ in range(self.k)
+            ]
             yield (img, [CAPTION], [refs]) if self.k else (img, [CAPTION])
 
     def state_after(self, n):
@@ -49,19 +54,32 @@ class RefStream:
         pass
 
 
-def measure(spec, vocab, tokenizer, device, k: int, resolution: int, steps: int, warmup: int,
-            compile: bool) -> dict:
+def measure(
+    spec, vocab, tokenizer, device, k: int, resolution: int, steps: int, warmup: int, compile: bool
+) -> dict:
     """One fresh model per measurement (the LoRA is injected into it), freed afterwards."""
     import gc
 
     from core.train.trainer import TrainConfig, Trainer
+
     model = build_model(spec, tokenizer, device, vocab)
     if device.type != "cuda":
         model = model.float()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(model_path="<random>", out_dir=tmp, resolution=resolution, steps=10**6, rank=16,
-                          alpha=16.0, device=str(device), precision="bf16" if device.type == "cuda" else "fp32",
-                          gradient_checkpointing="auto", compile=compile, checkpoint_every=0, sample_every=0)
+        cfg = TrainConfig(
+            model_path="<random>",
+            out_dir=tmp,
+            resolution=resolution,
+            steps=10**6,
+            rank=16,
+            alpha=16.0,
+            device=str(device),
+            precision="bf16" if device.type == "cuda" else "fp32",
+            gradient_checkpointing="auto",
+            compile=compile,
+            checkpoint_every=0,
+            sample_every=0,
+        )
         trainer = Trainer(cfg, data=RefStream(resolution, k), model=model, tokenizer=tokenizer)
         batches = iter(trainer.data)
         t0 = time.perf_counter()
@@ -101,18 +119,30 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true")
     a = ap.parse_args(argv)
     from core.tiny import build_tokenizer
+
     device = torch.device("cpu" if a.tiny else "cuda")
     tokenizer = build_tokenizer(CAPTION.replace(",", " ").split())
     resolution = 64 if a.tiny else 1024
     rows = []
     for k in (int(x) for x in a.refs.split(",")):
-        r = measure(model_spec(a.tiny), None if a.tiny else 151936, tokenizer, device, k, resolution, a.steps,
-                    a.warmup, a.compile)
+        r = measure(
+            model_spec(a.tiny),
+            None if a.tiny else 151936,
+            tokenizer,
+            device,
+            k,
+            resolution,
+            a.steps,
+            a.warmup,
+            a.compile,
+        )
         rows.append(r)
         print(r, flush=True)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"\n| references | s/step | peak GiB | grad. ckpt | warm-up s |  ({name}, {resolution}^2, "
-          f"{'compiled' if a.compile else 'eager'})\n| ---: | ---: | ---: | --- | ---: |")
+    print(
+        f"\n| references | s/step | peak GiB | grad. ckpt | warm-up s |  ({name}, {resolution}^2, "
+        f"{'compiled' if a.compile else 'eager'})\n| ---: | ---: | ---: | --- | ---: |"
+    )
     for r in rows:
         print(f"| {r['k']} | {r['sec']:.3f} | {r['peak']:.1f} | {r['ckpt']} | {r['warm']:.1f} |")
 

@@ -25,6 +25,7 @@ Variants:
 Each variant runs in its own try: an OOM or a compile failure is reported in the table, the rest still runs.
 The markdown table is printed last.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,10 +43,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CAPTION = ("sks style, a quiet harbour town at dusk painted in loose watercolour washes, small boats "
-           "resting on calm water that reflects warm orange lamps, narrow houses with blue shutters climbing "
-           "a hill, soft clouds drifting over distant mountains, gentle light and muted colours, visible "
-           "paper texture and bleeding edges where the pigment pooled")
+CAPTION = (
+    "sks style, a quiet harbour town at dusk painted in loose watercolour washes, small boats "
+    "resting on calm water that reflects warm orange lamps, narrow houses with blue shutters climbing "
+    "a hill, soft clouds drifting over distant mountains, gentle light and muted colours, visible "
+    "paper texture and bleeding edges where the pigment pooled"
+)
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,9 @@ class Variant:
     resolution: int = 1024
     batch: int = 1
     recipe: bool = False
-    checkpointing: bool | str = True     # "auto": the trainer's own choice from free memory
-    compile: bool | str = True           # "module": the older per-module layer.compile()
-    varied: bool = False                 # captions of 12 different lengths (as real datasets), not one
+    checkpointing: bool | str = True  # "auto": the trainer's own choice from free memory
+    compile: bool | str = True  # "module": the older per-module layer.compile()
+    varied: bool = False  # captions of 12 different lengths (as real datasets), not one
 
 
 VARIANTS = {
@@ -77,8 +80,20 @@ def model_spec(tiny: bool):
 
     if tiny:
         return TinySpec(hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, mlp=128)
-    return TinySpec(hidden=4096, layers=36, heads=32, kv_heads=8, head_dim=128, mlp=12288, vision_hidden=1152,
-                    vision_depth=27, vision_heads=16, vision_mlp=4304, deepstack=(8, 16, 24), vision_grid=48)
+    return TinySpec(
+        hidden=4096,
+        layers=36,
+        heads=32,
+        kv_heads=8,
+        head_dim=128,
+        mlp=12288,
+        vision_hidden=1152,
+        vision_depth=27,
+        vision_heads=16,
+        vision_mlp=4304,
+        deepstack=(8, 16, 24),
+        vision_grid=48,
+    )
 
 
 def build_model(spec, tokenizer, device: torch.device, vocab: int | None):
@@ -94,10 +109,10 @@ def build_model(spec, tokenizer, device: torch.device, vocab: int | None):
     torch.set_default_dtype(torch.bfloat16)
     try:
         with device:
-            model = HiDreamO1(cfg)     # nn defaults: kaiming-uniform linears, N(0, 1) embeddings
+            model = HiDreamO1(cfg)  # nn defaults: kaiming-uniform linears, N(0, 1) embeddings
     finally:
         torch.set_default_dtype(old)
-    model.reset_rotary()               # float32 rotary frequencies, as load_model leaves them
+    model.reset_rotary()  # float32 rotary frequencies, as load_model leaves them
     set_token_ids(model, tokenizer)
     return model.eval()
 
@@ -110,25 +125,39 @@ def random_stream(resolution: int, varied: bool = False):
             # sequence length (bench_train_paths measured the CLI 1.44x slower than one fixed caption)
             caption = CAPTION + ", with more detail" * (i % 12) if varied else CAPTION
             yield torch.rand(3, resolution, resolution, generator=g) * 2 - 1, caption
+
     return make
 
 
 def make_trainer(v: Variant, model, tokenizer, device, out_dir: Path):
-    from core.train.trainer import TrainConfig, Trainer, _set_peft_input_casting
     from core.train.data import StreamData
+    from core.train.trainer import TrainConfig, Trainer, _set_peft_input_casting
 
-    cfg = TrainConfig(model_path="<random>", out_dir=str(out_dir), resolution=v.resolution, steps=10**6,
-                      batch_size=v.batch, rank=16, alpha=16.0, lr=1e-4, device=str(device), precision="bf16",
-                      gradient_checkpointing=v.checkpointing, compile=v.compile is True and not v.recipe,
-                      checkpoint_every=0, sample_every=0)
+    cfg = TrainConfig(
+        model_path="<random>",
+        out_dir=str(out_dir),
+        resolution=v.resolution,
+        steps=10**6,
+        batch_size=v.batch,
+        rank=16,
+        alpha=16.0,
+        lr=1e-4,
+        device=str(device),
+        precision="bf16",
+        gradient_checkpointing=v.checkpointing,
+        compile=v.compile is True and not v.recipe,
+        checkpoint_every=0,
+        sample_every=0,
+    )
     # the model is shared by the variants: undo an earlier variant's compilation first
     from core.model import run_layer
 
     model._layer_fn = run_layer
     for layer in model.model.language_model.layers:
         layer._compiled_call_impl = None
-    trainer = Trainer(cfg, data=StreamData(random_stream(v.resolution, v.varied), v.batch), model=model,
-                      tokenizer=tokenizer)
+    trainer = Trainer(
+        cfg, data=StreamData(random_stream(v.resolution, v.varied), v.batch), model=model, tokenizer=tokenizer
+    )
     if v.compile == "module":  # the older regional form: layer.compile(), checkpoint around the compiled module
         for layer in model.model.language_model.layers:
             layer.compile()
@@ -154,15 +183,18 @@ def profile_step(step, on_cuda: bool, top: int = 8) -> str:
         float(step())
     key = "self_device_time_total" if on_cuda else "self_cpu_time_total"
     events = prof.key_averages()
-    kernels = sum(e.count for e in events if on_cuda and getattr(e, "device_type", None) is not None
-                  and str(e.device_type).endswith("CUDA"))
+    kernels = sum(
+        e.count
+        for e in events
+        if on_cuda and getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA")
+    )
     table = events.table(sort_by=key, row_limit=top, max_name_column_width=60)
     return f"   kernels launched in one step: {kernels if on_cuda else 'n/a (CPU)'}\n{table}"
 
 
 def measure(v: Variant, spec, tokenizer, device, vocab, steps: int, warmup: int, profile: bool = False) -> dict:
     on_cuda = device.type == "cuda"
-    if on_cuda:     # anything still allocated here leaked from the previous variant and would inflate the peak
+    if on_cuda:  # anything still allocated here leaked from the previous variant and would inflate the peak
         print(f"   allocated before building: {torch.cuda.memory_allocated() / 2**30:.2f} GiB", flush=True)
     model = build_model(spec, tokenizer, device, vocab)
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,9 +207,9 @@ def measure(v: Variant, spec, tokenizer, device, vocab, steps: int, warmup: int,
         batches = Prefetch(iter(trainer.data), trainer.cfg.prefetch)
 
         def step():
-            loss = trainer.train_step(batches)
+            loss = trainer.train_step(batches)  # noqa: F821 (bound above; deleted later)
             if v.recipe:
-                loss.item()            # the recipe logs every step: a host sync per step
+                loss.item()  # the recipe logs every step: a host sync per step
             return loss
 
         t0 = time.perf_counter()
@@ -189,7 +221,7 @@ def measure(v: Variant, spec, tokenizer, device, vocab, steps: int, warmup: int,
         warm_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         losses = [step() for _ in range(steps)]
-        last = float(losses[-1])       # also the end-of-window synchronisation
+        last = float(losses[-1])  # also the end-of-window synchronisation
         if on_cuda:
             torch.cuda.synchronize()
         sec = (time.perf_counter() - t0) / steps
@@ -199,12 +231,20 @@ def measure(v: Variant, spec, tokenizer, device, vocab, steps: int, warmup: int,
         n_tokens = (v.resolution // 32) ** 2
         batches.close()
     del trainer, model, batches
-    torch._dynamo.reset()     # compiled graphs hold on to the old model's tensors
+    torch._dynamo.reset()  # compiled graphs hold on to the old model's tensors
     gc.collect()
     if on_cuda:
         torch.cuda.empty_cache()
-    return {"ckpt": ckpt_used, "sec": sec, "peak_gib": peak, "warmup_s": warm_s, "loss": last,
-            "tokens": n_tokens, "resolution": v.resolution, "batch": v.batch}
+    return {
+        "ckpt": ckpt_used,
+        "sec": sec,
+        "peak_gib": peak,
+        "warmup_s": warm_s,
+        "loss": last,
+        "tokens": n_tokens,
+        "resolution": v.resolution,
+        "batch": v.batch,
+    }
 
 
 def main(argv=None) -> None:
@@ -238,19 +278,28 @@ def main(argv=None) -> None:
     rows = []
     for name in names:
         v = VARIANTS[name]
-        if args.tiny:      # 64 px (4 tokens) / 128 px keep the smoke test small; compile is slow on 2 cores
-            v = Variant(v.name, resolution=128 if v.resolution > 1024 else 64, batch=v.batch, recipe=v.recipe,
-                        varied=v.varied,
-                        checkpointing=v.checkpointing, compile=False)
+        if args.tiny:  # 64 px (4 tokens) / 128 px keep the smoke test small; compile is slow on 2 cores
+            v = Variant(
+                v.name,
+                resolution=128 if v.resolution > 1024 else 64,
+                batch=v.batch,
+                recipe=v.recipe,
+                varied=v.varied,
+                checkpointing=v.checkpointing,
+                compile=False,
+            )
         if args.no_compile:
             v = Variant(v.name, v.resolution, v.batch, v.recipe, v.checkpointing, False, v.varied)
         print(f"== {name}: {v}", flush=True)
         try:
             r = measure(v, spec, tokenizer, device, vocab, steps, warmup, args.profile)
-            print(f"   {r['sec']:.3f} s/step, peak {r['peak_gib']:.1f} GiB, warm-up {r['warmup_s']:.0f} s, "
-                  f"loss {r['loss']:.3f}", flush=True)
+            print(
+                f"   {r['sec']:.3f} s/step, peak {r['peak_gib']:.1f} GiB, warm-up {r['warmup_s']:.0f} s, "
+                f"loss {r['loss']:.3f}",
+                flush=True,
+            )
             rows.append((v, r, None))
-        except Exception as e:       # OOM, compile failure: report and go on with the others
+        except Exception as e:  # OOM, compile failure: report and go on with the others
             traceback.print_exc()
             rows.append((v, None, f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"))
             gc.collect()
@@ -258,7 +307,9 @@ def main(argv=None) -> None:
                 torch.cuda.empty_cache()
 
     base = next((r for v, r, _ in rows if v.recipe and r), None)
-    print("\n| variant | resolution | batch | ckpt | compile | s/step | steps/s | images/s | peak GiB | vs recipe |")
+    print(
+        "\n| variant | resolution | batch | ckpt | compile | s/step | steps/s | images/s | peak GiB | vs recipe |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for v, r, err in rows:
         ckpt = r["ckpt"] if r else v.checkpointing
@@ -269,8 +320,10 @@ def main(argv=None) -> None:
             continue
         same_shape = base and (v.resolution, v.batch) == (base["resolution"], base["batch"])
         speed = f"{base['sec'] / r['sec']:.2f}x" if same_shape else "-"
-        print(f"{head} {r['sec']:.3f} | {1 / r['sec']:.2f} | {v.batch / r['sec']:.2f} | "
-              f"{r['peak_gib']:.1f} | {speed} |")
+        print(
+            f"{head} {r['sec']:.3f} | {1 / r['sec']:.2f} | {v.batch / r['sec']:.2f} | "
+            f"{r['peak_gib']:.1f} | {speed} |"
+        )
 
 
 if __name__ == "__main__":

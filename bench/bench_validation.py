@@ -8,6 +8,7 @@ validation folder of `validation_max_images` random images at the resolution: ti
 evaluations (the first one compiles the evaluation's batch shape and is reported apart). The cost is the
 evaluation time over the training time between two evaluations (validation_every steps).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,11 +56,22 @@ def main(argv=None) -> None:
         for i in range(defaults.validation_max_images):
             Image.fromarray(rng.integers(0, 256, (res, res, 3), dtype=np.uint8)).save(val / f"v{i}.png")
             (val / f"v{i}.txt").write_text(CAPTION)
-        cfg = TrainConfig(model_path="<random>", out_dir=str(Path(tmp) / "out"), resolution=res, steps=10**6,
-                          rank=16, alpha=16.0, device=str(device),
-                          precision="bf16" if device.type == "cuda" else "fp32",
-                          gradient_checkpointing=device.type == "cuda", compile=device.type == "cuda",
-                          checkpoint_every=0, sample_every=0, validation_dir=str(val), min_side=32)
+        cfg = TrainConfig(
+            model_path="<random>",
+            out_dir=str(Path(tmp) / "out"),
+            resolution=res,
+            steps=10**6,
+            rank=16,
+            alpha=16.0,
+            device=str(device),
+            precision="bf16" if device.type == "cuda" else "fp32",
+            gradient_checkpointing=device.type == "cuda",
+            compile=device.type == "cuda",
+            checkpoint_every=0,
+            sample_every=0,
+            validation_dir=str(val),
+            min_side=32,
+        )
         trainer = Trainer(cfg, data=StreamData(random_stream(res), 1), model=model, tokenizer=tokenizer)
         batches = Prefetch(iter(trainer.data), 2)
         for _ in range(3):
@@ -86,11 +98,15 @@ def main(argv=None) -> None:
         same = runs[0][0]["loss"] == runs[1][0]["loss"]
         between = cfg.validation_every * sec_step
         print(f"train: {sec_step:.4f} s/step at {res}^2 batch 1")
-        print(f"validation: {trainer.validator.samples} samples ({cfg.validation_max_images} images x "
-              f"{cfg.validation_seeds} seeds x {cfg.validation_sigmas} sigmas): first {first_s:.2f} s "
-              f"(compiles), then {eval_s:.2f} s; loss {runs[0][0]['loss']:.6f}, repeat identical: {same}")
-        print(f"cost at validation_every={cfg.validation_every}: {eval_s:.2f} s per {between:.1f} s of training "
-              f"= {100 * eval_s / between:.2f}% (+ one baseline evaluation per run)")
+        print(
+            f"validation: {trainer.validator.samples} samples ({cfg.validation_max_images} images x "
+            f"{cfg.validation_seeds} seeds x {cfg.validation_sigmas} sigmas): first {first_s:.2f} s "
+            f"(compiles), then {eval_s:.2f} s; loss {runs[0][0]['loss']:.6f}, repeat identical: {same}"
+        )
+        print(
+            f"cost at validation_every={cfg.validation_every}: {eval_s:.2f} s per {between:.1f} s of training "
+            f"= {100 * eval_s / between:.2f}% (+ one baseline evaluation per run)"
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Prints background / region / colour / shape rates, the small-shape and large-sha
 that the caption left empty, and the speckle measure (core.synth.speckle), for the 48 single-shape prompts
 of stream 999 and the 16 two-shape prompts of stream 1999 that tests/core/test_bundled_model.py uses.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,10 +41,18 @@ def main() -> None:
     t0 = time.time()
     single = [sample_scene(999, i, two_shape_prob=0.0) for i in range(48)]
     double = [sample_scene(1999, i, two_shape_prob=1.0) for i in range(16)]
-    print(json.dumps({"model": a.model, "lead": a.lead, "size": a.size,
-                      "single": measure(sampler, single, a.lead, a.size),
-                      "double": measure(sampler, double, a.lead, a.size),
-                      "seconds": round(time.time() - t0, 1)}))
+    print(
+        json.dumps(
+            {
+                "model": a.model,
+                "lead": a.lead,
+                "size": a.size,
+                "single": measure(sampler, single, a.lead, a.size),
+                "double": measure(sampler, double, a.lead, a.size),
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ loss, 8 sigmas x 2 seeds). At each validation step the same trainer model draws 
 (0 flat .. 1 hatched), prompt following (the share of background / region / colour / shape checks met) and
 the cells of the 3x3 grid drawn in that the prompt left empty (per image).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,46 +74,89 @@ def main(argv=None) -> None:
         model.eval()
         try:
             with torch.random.fork_rng(), torch.no_grad():
-                if baseline:     # the base model's scores, drawn with the adapter off as the loss was
+                if baseline:  # the base model's scores, drawn with the adapter off as the loss was
                     from core.lora import set_adapter_enabled
+
                     set_adapter_enabled(model, False)
-                images = Sampler(model, trainer.tokenizer)(prompts, width=SIZE, height=SIZE, steps=20,
-                                                           guidance=3.0, seed=0)
+                images = Sampler(model, trainer.tokenizer)(
+                    prompts, width=SIZE, height=SIZE, steps=20, guidance=3.0, seed=0
+                )
                 if baseline:
                     set_adapter_enabled(model, True)
         finally:
             model.train(was)
         scores = evaluate(list(zip(images, labels)))
         t_score[0] += time.perf_counter() - t0
-        row = {"step": step, "baseline": baseline, "val_loss": loss, "style": scores["mean_style_score"],
-               "follow": scores["mean_follow_score"], "region": scores["mean_region_acc"],
-               "colour": scores["mean_colour_acc"], "shape": scores["mean_shape_acc"],
-               # cells drawn in that the prompt left empty: a memorising LoRA draws its training scenes
-               "extra_cells": scores["mean_extra_regions"]}
+        row = {
+            "step": step,
+            "baseline": baseline,
+            "val_loss": loss,
+            "style": scores["mean_style_score"],
+            "follow": scores["mean_follow_score"],
+            "region": scores["mean_region_acc"],
+            "colour": scores["mean_colour_acc"],
+            "shape": scores["mean_shape_acc"],
+            # cells drawn in that the prompt left empty: a memorising LoRA draws its training scenes
+            "extra_cells": scores["mean_extra_regions"],
+        }
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         if step:
             images[0].save(out / f"sample-{step:05d}.png")
 
-    cfg = TrainConfig(model_path=str(MODEL), data_dir=str(data), out_dir=str(out / "run"), trigger="",
-                      resolution=SIZE, min_side=SIZE, steps=args.steps, batch_size=2, rank=8, alpha=8.0,
-                      lr=args.lr, gradient_checkpointing=False, device="cpu", checkpoint_every=0, sample_every=0,
-                      seed=0, validation_dir=str(val), validation_every=args.every, validation_max_images=8,
-                      num_workers=0, prefetch=0)
+    cfg = TrainConfig(
+        model_path=str(MODEL),
+        data_dir=str(data),
+        out_dir=str(out / "run"),
+        trigger="",
+        resolution=SIZE,
+        min_side=SIZE,
+        steps=args.steps,
+        batch_size=2,
+        rank=8,
+        alpha=8.0,
+        lr=args.lr,
+        gradient_checkpointing=False,
+        device="cpu",
+        checkpoint_every=0,
+        sample_every=0,
+        seed=0,
+        validation_dir=str(val),
+        validation_every=args.every,
+        validation_max_images=8,
+        num_workers=0,
+        prefetch=0,
+    )
     t0 = time.perf_counter()
     trainer = Trainer(cfg, TrainCallbacks(on_step=on_step, on_validation=on_validation))
     holder["trainer"] = trainer
     result = trainer.run()
     wall = time.perf_counter() - t0
     summary = result.validation
-    report = {"settings": {k: getattr(cfg, k) for k in ("steps", "lr", "batch_size", "rank", "validation_every",
-                                                          "validation_sigmas", "validation_seeds")},
-              "images": args.images, "rows": rows, "train_loss": train_losses, "validation": summary,
-              "seconds": {"wall": round(wall, 1), "validation": summary["seconds"], "scoring": round(t_score[0], 1)}}
+    report = {
+        "settings": {
+            k: getattr(cfg, k)
+            for k in (
+                "steps",
+                "lr",
+                "batch_size",
+                "rank",
+                "validation_every",
+                "validation_sigmas",
+                "validation_seeds",
+            )
+        },
+        "images": args.images,
+        "rows": rows,
+        "train_loss": train_losses,
+        "validation": summary,
+        "seconds": {"wall": round(wall, 1), "validation": summary["seconds"], "scoring": round(t_score[0], 1)},
+    }
     (out / "curves.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report["seconds"]), "best step", summary["best_step"])
     if args.plot:
         from bench.plot_curves import plot_validation
+
         plot_validation(report, Path(args.plot))
 
 

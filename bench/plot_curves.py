@@ -4,13 +4,14 @@ prompt-following scores of images generated at the same steps; a dashed line mar
 
     plot_validation(json.loads(Path("runs/overfit/curves.json").read_text()), Path("docs/images/x.png"))
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-W, H = 560, 400                     # one panel
+W, H = 560, 400  # one panel
 PAD_L, PAD_R, PAD_T, PAD_B = 64, 16, 40, 48
 BLUE, GREY, ORANGE, GREEN, RED = (31, 119, 180), (150, 150, 150), (230, 120, 20), (40, 150, 60), (200, 40, 40)
 PURPLE = (130, 60, 170)
@@ -19,13 +20,20 @@ PURPLE = (130, 60, 170)
 def _font(size: int):
     try:
         return ImageFont.load_default(size=size)
-    except TypeError:               # Pillow < 10.1: one size only
+    except TypeError:  # Pillow < 10.1: one size only
         return ImageFont.load_default()
 
 
 class Panel:
-    def __init__(self, draw: ImageDraw.ImageDraw, x0: int, title: str, xs: tuple[float, float],
-                 ys: tuple[float, float], ylabel: str):
+    def __init__(
+        self,
+        draw: ImageDraw.ImageDraw,
+        x0: int,
+        title: str,
+        xs: tuple[float, float],
+        ys: tuple[float, float],
+        ylabel: str,
+    ):
         self.d, self.x0, self.xs, self.ys = draw, x0, xs, ys
         self.left, self.right = x0 + PAD_L, x0 + W - PAD_R
         self.top, self.bottom = PAD_T, H - PAD_B

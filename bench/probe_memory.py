@@ -6,6 +6,7 @@ Loads the model the way the generation worker does (core.loading, bf16, straight
 long the read took), then per size one short eager Sampler call and the allocator's peak over it. Peaks of
 training come from bench/bench_training.py (same card).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,14 @@ def main(argv=None) -> None:
         torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         with torch.no_grad():
-            sampler(["a quiet harbour town at dusk, watercolour"] * a.batch, width=side, height=side, steps=2,
-                    guidance=5.0, seed=0)
+            sampler(
+                ["a quiet harbour town at dusk, watercolour"] * a.batch,
+                width=side,
+                height=side,
+                steps=2,
+                guidance=5.0,
+                seed=0,
+            )
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / GIB
         rows.append((side, peak, time.perf_counter() - t0))

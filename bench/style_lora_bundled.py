@@ -6,6 +6,7 @@ The same data the bundled recipe uses (core.synth: styled scenes with the trigge
 reg/ without it); prints the outline score and prompt following of base and LoRA, with and without the
 trigger, on 16 held-out single-shape prompts (stream 999), and the training time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,17 @@ EVAL = [sample_scene(999, i, two_shape_prob=0.0) for i in range(16)]
 
 
 def score(sampler, trig: bool, size: int) -> dict:
-    images = sampler([s.caption(TRIGGER if trig else "") for s in EVAL], width=size, height=size, steps=20,
-                     guidance=3.0, seed=0)
+    images = sampler(
+        [s.caption(TRIGGER if trig else "") for s in EVAL], width=size, height=size, steps=20, guidance=3.0, seed=0
+    )
     ev = evaluate(list(zip(images, [s.labels() for s in EVAL])))
-    return {"outline": round(sum(map(outline_score, images)) / len(images), 3),
-            **{k: round(ev[f"mean_{k}"], 3) for k in ("background_ok", "region_acc", "colour_acc", "shape_acc",
-                                                      "extra_regions", "speckle")}}
+    return {
+        "outline": round(sum(map(outline_score, images)) / len(images), 3),
+        **{
+            k: round(ev[f"mean_{k}"], 3)
+            for k in ("background_ok", "region_acc", "colour_acc", "shape_acc", "extra_regions", "speckle")
+        },
+    }
 
 
 def main() -> None:
@@ -54,10 +60,24 @@ def main() -> None:
     if a.lora:
         return report(a, a.lora, None)
     data = write_dataset(out / "data", a.images, 256, seed=7, style="outlined", two_shape_prob=0.3, reg=a.images)
-    cfg = TrainConfig(model_path=str(MODEL), data_dir=str(data), out_dir=str(out / "run"), trigger=TRIGGER,
-                      resolution=a.size, min_side=a.size, steps=a.steps, batch_size=a.batch, rank=a.rank,
-                      alpha=float(a.rank), lr=a.lr, gradient_checkpointing=False, device="cpu",
-                      checkpoint_every=0, sample_every=0, seed=0)
+    cfg = TrainConfig(
+        model_path=str(MODEL),
+        data_dir=str(data),
+        out_dir=str(out / "run"),
+        trigger=TRIGGER,
+        resolution=a.size,
+        min_side=a.size,
+        steps=a.steps,
+        batch_size=a.batch,
+        rank=a.rank,
+        alpha=float(a.rank),
+        lr=a.lr,
+        gradient_checkpointing=False,
+        device="cpu",
+        checkpoint_every=0,
+        sample_every=0,
+        seed=0,
+    )
     t0 = time.time()
     result = train(cfg)
     report(a, result.lora_file, time.time() - t0)
@@ -66,7 +86,11 @@ def main() -> None:
 def report(a, lora_file, train_s) -> None:
     model, tok = load_model(MODEL, torch.float32, "cpu"), load_tokenizer(MODEL)
     sampler = Sampler(model, tok)
-    rows = {} if a.skip_base else {"base": score(sampler, False, a.size), "base+trigger": score(sampler, True, a.size)}
+    rows = (
+        {}
+        if a.skip_base
+        else {"base": score(sampler, False, a.size), "base+trigger": score(sampler, True, a.size)}
+    )
     lora = load_lora(model, lora_file)
     with apply_loras(model, [(lora, 1.0)]):
         rows["lora+trigger"] = score(sampler, True, a.size)

@@ -2,6 +2,7 @@
 
 It imports nothing of the service (no api/, db/, worker/, core/): it talks HTTP only, with the same key as curl.
 """
+
 from client.api import O1LoraClient
 from client.errors import ApiError, ClientError, JobEnded
 

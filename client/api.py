@@ -10,6 +10,7 @@
 Every method returns the service's JSON as dicts (the shapes documented at /docs) and raises ApiError with
 the service's own message and field when a request is refused, Unreachable when nothing answers.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,21 +28,37 @@ from client.sse import Event, parse_events
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
-COLLECTIONS = {"training": "/v1/trainings", "generation": "/v1/generations", "lora": "/v1/loras",
-               "dataset": "/v1/datasets"}
-JOB_KINDS = ("training", "generation")   # the ones that run, stream events and cancel
+COLLECTIONS = {
+    "training": "/v1/trainings",
+    "generation": "/v1/generations",
+    "lora": "/v1/loras",
+    "dataset": "/v1/datasets",
+}
+JOB_KINDS = ("training", "generation")  # the ones that run, stream events and cancel
 
 
 class O1LoraClient:
-    def __init__(self, url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.url = (url or os.environ.get("O1LORA_URL") or DEFAULT_URL).rstrip("/")
         key = api_key or os.environ.get("O1LORA_API_KEY")
         if not key:
-            raise ClientError("no API key: pass --api-key or set O1LORA_API_KEY (`make serve` prints one and "
-                              "keeps it in data/api_key)")
-        self.http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
-                                 headers={"Authorization": f"Bearer {key}", "User-Agent": "o1lora-client"})
+            raise ClientError(
+                "no API key: pass --api-key or set O1LORA_API_KEY (`make serve` prints one and "
+                "keeps it in data/api_key)"
+            )
+        self.http = httpx.Client(
+            base_url=self.url,
+            timeout=timeout,
+            transport=transport,
+            headers={"Authorization": f"Bearer {key}", "User-Agent": "o1lora-client"},
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -55,8 +72,10 @@ class O1LoraClient:
     # ---- plumbing ----------------------------------------------------------------------------------------
 
     def _unreachable(self, e: Exception) -> Unreachable:
-        return Unreachable(f"cannot reach the o1lora service at {self.url} ({type(e).__name__}: {e}); "
-                           "check --url / O1LORA_URL and that the service runs")
+        return Unreachable(
+            f"cannot reach the o1lora service at {self.url} ({type(e).__name__}: {e}); "
+            "check --url / O1LORA_URL and that the service runs"
+        )
 
     def request(self, method: str, path: str, **kw) -> httpx.Response:
         try:
@@ -72,8 +91,9 @@ class O1LoraClient:
 
     # ---- datasets -----------------------------------------------------------------------------------------
 
-    def upload_dataset(self, path: str | Path, *, name: str | None = None,
-                       resolution: int | None = None) -> dict[str, Any]:
+    def upload_dataset(
+        self, path: str | Path, *, name: str | None = None, resolution: int | None = None
+    ) -> dict[str, Any]:
         """Upload a folder (zipped on the fly) or a .zip; the answer carries the validation report."""
         path = Path(path)
         if path.is_dir():
@@ -87,8 +107,12 @@ class O1LoraClient:
             form["resolution"] = str(resolution)
         try:
             with archive.open("rb") as f:
-                return self._json("POST", "/v1/datasets", data=form,
-                                  files=[("files", (f"{path.stem or 'dataset'}.zip", f, "application/zip"))])
+                return self._json(
+                    "POST",
+                    "/v1/datasets",
+                    data=form,
+                    files=[("files", (f"{path.stem or 'dataset'}.zip", f, "application/zip"))],
+                )
         finally:
             if temporary:
                 archive.unlink(missing_ok=True)
@@ -119,7 +143,7 @@ class O1LoraClient:
             try:
                 return kind, self.get(kind, item_id)
             except ApiError as e:
-                if e.status not in (404, 422):   # 422: not a valid id for that collection
+                if e.status not in (404, 422):  # 422: not a valid id for that collection
                     raise
         raise ApiError(404, "not_found", f"no {' / '.join(kinds)} of yours has the id {item_id}")
 
@@ -130,7 +154,7 @@ class O1LoraClient:
 
     def events(self, kind: str, job_id: str, *, read_timeout: float = 120.0) -> Iterator[Event]:
         """One SSE connection: a snapshot, live events, and a final snapshot when the job ends."""
-        timeout = httpx.Timeout(30.0, read=read_timeout)   # the service sends a keepalive every few seconds
+        timeout = httpx.Timeout(30.0, read=read_timeout)  # the service sends a keepalive every few seconds
         try:
             with self.http.stream("GET", f"{COLLECTIONS[kind]}/{job_id}/events", timeout=timeout) as r:
                 if r.status_code >= 400:
@@ -152,7 +176,7 @@ class O1LoraClient:
                     yield event
                     if event.name == "snapshot" and event.data["status"] in TERMINAL:
                         return
-                    if event.name == "error":     # e.g. the database blinked: the service asks to reconnect
+                    if event.name == "error":  # e.g. the database blinked: the service asks to reconnect
                         break
                 problem: ClientError = Unreachable(f"the event stream of {kind} {job_id} ended early")
             except Unreachable as e:
@@ -166,8 +190,9 @@ class O1LoraClient:
                 raise problem
             time.sleep(retry_s * min(failures, 5))
 
-    def wait(self, kind: str, job_id: str, on_event: Callable[[Event], None] | None = None,
-             **follow_options: Any) -> dict[str, Any]:
+    def wait(
+        self, kind: str, job_id: str, on_event: Callable[[Event], None] | None = None, **follow_options: Any
+    ) -> dict[str, Any]:
         """Follow the job to its end; returns its final state (check ``status``: failed and canceled too)."""
         final = None
         for event in self.follow(kind, job_id, **follow_options):
@@ -179,8 +204,9 @@ class O1LoraClient:
 
     # ---- files ----------------------------------------------------------------------------------------------
 
-    def download_lora(self, lora_id: str, dest: str | Path = ".", *, format: str | None = None,
-                      dtype: str | None = None) -> Path:
+    def download_lora(
+        self, lora_id: str, dest: str | Path = ".", *, format: str | None = None, dtype: str | None = None
+    ) -> Path:
         """The LoRA file (comfyui / musubi / diffsynth safetensors, peft zip, original); ``dest`` is a file
         path or a folder (then the service's file name). Default format: the service's (comfyui first)."""
         params = {k: v for k, v in (("format", format), ("dtype", dtype)) if v}

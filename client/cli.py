@@ -4,6 +4,7 @@ Results go to stdout, progress bars and messages to stderr. Exit codes: 0 done; 
 request or the job failed / was canceled; 2 bad command line or local input; 3 the service did not answer;
 130 Ctrl-C detached from a job that keeps running.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,12 @@ TRAIN_FIELDS: list[tuple[str, str, Any, str]] = [
     ("--rank", "rank", int, "LoRA rank (default 16)"),
     ("--alpha", "alpha", float, "LoRA alpha (default 16)"),
     ("--lr", "learning_rate", float, "learning rate (default 1e-4)"),
-    ("--resolution", "resolution", int, "training resolution, multiple of 32 (default 1024); also checks the "
-                                        "upload at it"),
+    (
+        "--resolution",
+        "resolution",
+        int,
+        "training resolution, multiple of 32 (default 1024); also checks the upload at it",
+    ),
     ("--batch-size", "batch_size", int, "images per step (default 1)"),
     ("--sample-every", "sample_every", int, "steps between previews, 0 = none (default 500; at most --steps)"),
     ("--sample-steps", "sample_steps", int, "sampler steps of a preview (default 20)"),
@@ -52,8 +57,14 @@ GENERATE_FIELDS: list[tuple[str, str, Any, str]] = [
 ]
 # An API field named in an error, as the flag that sets it (the service speaks in body fields).
 FLAG_OF = {field: flag for flag, field, _, _ in TRAIN_FIELDS + GENERATE_FIELDS} | {
-    "trigger": "--trigger", "sample_prompts": "--sample-prompt", "flip": "--flip", "loras": "--lora",
-    "prompt": "PROMPT", "files": "the dataset", "dataset_id": "--dataset"}
+    "trigger": "--trigger",
+    "sample_prompts": "--sample-prompt",
+    "flip": "--flip",
+    "loras": "--lora",
+    "prompt": "PROMPT",
+    "files": "the dataset",
+    "dataset_id": "--dataset",
+}
 
 
 class Detached(Exception):
@@ -73,6 +84,7 @@ def say(text: str) -> None:
 
 # ---- following ----------------------------------------------------------------------------------------------
 
+
 def follow(client: O1LoraClient, kind: str, job: dict[str, Any]) -> dict[str, Any]:
     """Follow a job with a progress bar to its end; Ctrl-C detaches (Detached), the job keeps running."""
     bar = bar_for(kind, job)
@@ -80,9 +92,11 @@ def follow(client: O1LoraClient, kind: str, job: dict[str, Any]) -> dict[str, An
         final = client.wait(kind, job["id"], on_event=bar)
     except KeyboardInterrupt:
         raise Detached(kind, job["id"]) from None
-    except Unreachable as e:   # lost the service, not the job: it runs on where it runs
-        raise Unreachable(f"{e}\n  the {kind} {job['id']} was not canceled; follow it again with: "
-                          f"o1lora status {job['id']} --follow") from None
+    except Unreachable as e:  # lost the service, not the job: it runs on where it runs
+        raise Unreachable(
+            f"{e}\n  the {kind} {job['id']} was not canceled; follow it again with: "
+            f"o1lora status {job['id']} --follow"
+        ) from None
     finally:
         bar.close()
     if final["status"] != "succeeded":
@@ -106,6 +120,7 @@ def save_images(client: O1LoraClient, gen: dict[str, Any], output: Path) -> list
 
 # ---- commands -----------------------------------------------------------------------------------------------
 
+
 def cmd_train(client: O1LoraClient, a: argparse.Namespace) -> int:
     if (a.source is None) == (a.dataset is None):
         raise UsageError("give a folder or .zip of images, or --dataset ID of an uploaded dataset (one of them)")
@@ -128,11 +143,14 @@ def cmd_train(client: O1LoraClient, a: argparse.Namespace) -> int:
     try:
         job = client.create_training(dataset_id, a.trigger, **fields)
     except KeyboardInterrupt:
-        raise ClientError("interrupted while the training was being submitted: it may have been queued "
-                          "(o1lora list trainings)") from None
+        raise ClientError(
+            "interrupted while the training was being submitted: it may have been queued (o1lora list trainings)"
+        ) from None
     except ApiError:
-        if a.dataset is None:   # the upload went through: no need to send the images again
-            say(f"the dataset stays uploaded as {dataset_id}: after fixing the options, pass --dataset {dataset_id}")
+        if a.dataset is None:  # the upload went through: no need to send the images again
+            say(
+                f"the dataset stays uploaded as {dataset_id}: after fixing the options, pass --dataset {dataset_id}"
+            )
         raise
     say(f"training {job['id']} {job['status']}")
     if a.detach:
@@ -219,6 +237,7 @@ def cmd_download(client: O1LoraClient, a: argparse.Namespace) -> int:
 
 # ---- formatting ---------------------------------------------------------------------------------------------
 
+
 def describe(kind: str, b: dict[str, Any], one_line: bool = False) -> str:
     if kind == "training":
         p = b["progress"]
@@ -232,11 +251,14 @@ def describe(kind: str, b: dict[str, Any], one_line: bool = False) -> str:
         p = b["progress"]
         images = f"{len(b['images'])}/{b['params'].get('num_images', 1)} images"
         line = f"{b['id']}  generation  {b['status']:<9} {images}  {b['prompt'][:60]}"
-        extra = [f"image {i['index']}: {i['width']}x{i['height']} seed {i['seed']} {i['url']}" for i in b["images"]]
+        extra = [
+            f"image {i['index']}: {i['width']}x{i['height']} seed {i['seed']} {i['url']}" for i in b["images"]
+        ]
         extra += [f"warning: {w}" for w in b.get("warnings") or []]
     elif kind == "lora":
         line = f"{b['id']}  lora        {b['source']:<9} rank {b['rank']}  {b['name']}" + (
-            f"  (trigger: {b['trigger']})" if b.get("trigger") else "")
+            f"  (trigger: {b['trigger']})" if b.get("trigger") else ""
+        )
         extra = [f"formats: {', '.join(b['downloads'])}"]
     else:
         line = f"{b['id']}  dataset     {b['num_images']} images  {b['name']}"
@@ -251,7 +273,7 @@ def explain(e: ApiError) -> str:
     if e.field:
         flag = FLAG_OF.get(e.field.split(".")[0].split("[")[0])
         lines.append(f"  field: {e.field}" + (f" (set by {flag})" if flag else ""))
-    for d in e.details[1:]:    # the first is the message already
+    for d in e.details[1:]:  # the first is the message already
         lines.append(f"  also: {d.get('field')}: {d.get('message')}")
     if e.retry_after:
         lines.append(f"  retry after {e.retry_after} s")
@@ -261,6 +283,7 @@ def explain(e: ApiError) -> str:
 
 
 # ---- argument parsing ---------------------------------------------------------------------------------------
+
 
 def picked(a: argparse.Namespace, table) -> dict[str, Any]:
     return {field: getattr(a, field) for _, field, _, _ in table if getattr(a, field) is not None}
@@ -283,13 +306,19 @@ def add_fields(p: argparse.ArgumentParser, table) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="o1lora", description="Train LoRAs and generate images on an o1lora service.",
+        prog="o1lora",
+        description="Train LoRAs and generate images on an o1lora service.",
         epilog="Ctrl-C while a job is followed detaches: the job keeps running (o1lora status ID --follow to "
-               "watch it again, o1lora cancel ID to stop it).")
-    parser.add_argument("--url", default=os.environ.get("O1LORA_URL"),
-                        help="service URL (default: $O1LORA_URL, else http://127.0.0.1:8000)")
-    parser.add_argument("--api-key", default=os.environ.get("O1LORA_API_KEY"),
-                        help="API key (default: $O1LORA_API_KEY)")
+        "watch it again, o1lora cancel ID to stop it).",
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("O1LORA_URL"),
+        help="service URL (default: $O1LORA_URL, else http://127.0.0.1:8000)",
+    )
+    parser.add_argument(
+        "--api-key", default=os.environ.get("O1LORA_API_KEY"), help="API key (default: $O1LORA_API_KEY)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="upload a dataset, train a LoRA with a progress bar, download it")
@@ -308,8 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate images, with a progress bar")
     p.add_argument("prompt")
     p.add_argument("--lora", action="append", default=[], metavar="ID[:SCALE]", help="LoRA to apply (repeatable)")
-    p.add_argument("-o", "--output", default="out.png",
-                   help="image path (more images: <stem>-<k>.png) or a folder (default out.png)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="out.png",
+        help="image path (more images: <stem>-<k>.png) or a folder (default out.png)",
+    )
     p.add_argument("--detach", action="store_true", help="print the generation id and return at once")
     add_fields(p, GENERATE_FIELDS)
     p.set_defaults(run=cmd_generate)
@@ -327,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_cancel)
 
     p = sub.add_parser("list", help="list your trainings, generations, LoRAs or datasets")
-    p.add_argument("what", nargs="?", default="trainings", choices=["trainings", "generations", "loras", "datasets"])
+    p.add_argument(
+        "what", nargs="?", default="trainings", choices=["trainings", "generations", "loras", "datasets"]
+    )
     p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "canceled"])
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--offset", type=int, default=0)
@@ -342,8 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_download_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=["comfyui", "musubi", "diffsynth", "peft", "original"],
-                   help="LoRA file format (default: comfyui when available)")
+    p.add_argument(
+        "--format",
+        choices=["comfyui", "musubi", "diffsynth", "peft", "original"],
+        help="LoRA file format (default: comfyui when available)",
+    )
     p.add_argument("--dtype", choices=["bf16", "fp32"], help="weights of a single-file format (default bf16)")
     p.add_argument("-o", "--output", default=".", help="file path or folder (default: here, the service's name)")
 
@@ -351,18 +389,25 @@ def add_download_flags(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     if not a.api_key:
-        say("o1lora: error: no API key: pass --api-key or set O1LORA_API_KEY (`make serve` prints one and keeps "
-            "it in data/api_key)")
+        say(
+            "o1lora: error: no API key: pass --api-key or set O1LORA_API_KEY (`make serve` prints one and keeps "
+            "it in data/api_key)"
+        )
         return EXIT_USAGE
     try:
         with O1LoraClient(a.url, a.api_key) as client:
             return a.run(client, a)
     except Detached as d:
-        say(f"\ndetached from {d.kind} {d.job_id}: it keeps running on the service (Ctrl-C does not cancel it).\n"
+        say(
+            f"\ndetached from {d.kind} {d.job_id}: it keeps running on the service (Ctrl-C does not cancel it).\n"
             f"  follow it again: o1lora status {d.job_id} --follow\n"
             f"  cancel it:       o1lora cancel {d.job_id}"
-            + (f"\n  its LoRA, once done: o1lora download {d.job_id}" if d.kind == "training" else
-               f"\n  its images, once done: o1lora download {d.job_id} -o out.png"))
+            + (
+                f"\n  its LoRA, once done: o1lora download {d.job_id}"
+                if d.kind == "training"
+                else f"\n  its images, once done: o1lora download {d.job_id} -o out.png"
+            )
+        )
         return EXIT_DETACHED
     except KeyboardInterrupt:
         say("\ninterrupted")

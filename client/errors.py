@@ -1,4 +1,5 @@
 """What can go wrong talking to the service, as exceptions that carry a sentence a person can act on."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,9 +15,17 @@ class ApiError(ClientError):
     """The service refused a request; fields come from its one error body shape
     ``{"error": {"code", "message", "field"?, "details"?, "report"?}}``."""
 
-    def __init__(self, status: int, code: str, message: str, *, field: str | None = None,
-                 details: list[dict[str, Any]] | None = None, report: dict[str, Any] | None = None,
-                 retry_after: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        details: list[dict[str, Any]] | None = None,
+        report: dict[str, Any] | None = None,
+        retry_after: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.field, self.details, self.report, self.retry_after = field, details or [], report, retry_after
@@ -30,8 +39,15 @@ class ApiError(ClientError):
             text = response.text.strip().replace("\n", " ")[:300]
             message = f"HTTP {response.status_code}" + (f": {text}" if text else "")
             return cls(response.status_code, "http_error", message)
-        return cls(response.status_code, code, message, field=error.get("field"), details=error.get("details"),
-                   report=error.get("report"), retry_after=response.headers.get("Retry-After"))
+        return cls(
+            response.status_code,
+            code,
+            message,
+            field=error.get("field"),
+            details=error.get("details"),
+            report=error.get("report"),
+            retry_after=response.headers.get("Retry-After"),
+        )
 
     def __str__(self) -> str:
         return f"{self.message} (HTTP {self.status} {self.code})"

@@ -1,6 +1,7 @@
 """tqdm bars fed by a job's SSE events: a training's step / total, loss and ETA (the service's own estimate,
 which counts preview time), a generation's sampling steps and finished images. Bars go to stderr, so stdout
 keeps only results (paths, ids) for scripts."""
+
 from __future__ import annotations
 
 import sys
@@ -16,8 +17,15 @@ FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postf
 class _Bar:
     def __init__(self, job: dict[str, Any], what: str, unit: str, file: TextIO | None):
         self.what, self.file = what, file or sys.stderr
-        self.bar = tqdm(total=max(job["progress"]["total_steps"] or 1, 1), desc=f"{what} {job['status']}",
-                        unit=unit, bar_format=FORMAT, file=self.file, dynamic_ncols=True, leave=True)
+        self.bar = tqdm(
+            total=max(job["progress"]["total_steps"] or 1, 1),
+            desc=f"{what} {job['status']}",
+            unit=unit,
+            bar_format=FORMAT,
+            file=self.file,
+            dynamic_ncols=True,
+            leave=True,
+        )
 
     def _status(self, status: str) -> None:
         self.bar.set_description_str(f"{self.what} {status}", refresh=False)

@@ -1,5 +1,6 @@
 """Server-Sent Events read from lines (the text/event-stream format: `event:` / `data:` fields, a blank line
 ends an event, `:` starts a comment). The service sends one JSON document per event."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ from typing import Any, Iterable, Iterator
 
 @dataclass(frozen=True)
 class Event:
-    name: str          # snapshot, progress, preview, image, status, error
-    data: Any          # the decoded JSON payload
+    name: str  # snapshot, progress, preview, image, status, error
+    data: Any  # the decoded JSON payload
 
 
 def parse_events(lines: Iterable[str]) -> Iterator[Event]:

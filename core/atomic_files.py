@@ -9,6 +9,7 @@ beside the target (same filesystem, so the rename is atomic), then rename it int
 A killed process leaves at most a hidden `.<name>.*.tmp` sibling, never a half-written target; an exception
 removes the temporary and re-raises. Imports no torch (the API and the worker may use it too).
 """
+
 from __future__ import annotations
 
 import os

@@ -16,6 +16,7 @@ i.e. 2-3 copies of 16 GB. Here the header is computed from the shapes (the model
 device) and each tensor is drawn (on the GPU when there is one), copied to the host and appended.
 Values follow core.tiny.init_weights' rule (unit-scale activations), seeded per tensor name.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,29 @@ from typing import Callable, Iterable
 import torch
 
 from core.atomic_files import atomic_file
-from core.tiny import (TinySpec, build_tokenizer, DEFAULT_WORDS, official_config_dict, tiny_config,
-                       _portable_tokenizer_config)
+from core.tiny import (
+    DEFAULT_WORDS,
+    TinySpec,
+    _portable_tokenizer_config,
+    build_tokenizer,
+    official_config_dict,
+    tiny_config,
+)
 
-FULL_SPEC = TinySpec(hidden=4096, layers=36, heads=32, kv_heads=8, head_dim=128, mlp=12288, vision_hidden=1152,
-                     vision_depth=27, vision_heads=16, vision_mlp=4304, deepstack=(8, 16, 24), vision_grid=48)
+FULL_SPEC = TinySpec(
+    hidden=4096,
+    layers=36,
+    heads=32,
+    kv_heads=8,
+    head_dim=128,
+    mlp=12288,
+    vision_hidden=1152,
+    vision_depth=27,
+    vision_heads=16,
+    vision_mlp=4304,
+    deepstack=(8, 16, 24),
+    vision_grid=48,
+)
 FULL_VOCAB = 151936
 COMFY_PREFIX = "diffusion_model."
 _ST_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.int64: "I64"}
@@ -46,7 +65,8 @@ CORPUS = list(DEFAULT_WORDS) + list(
     "warm lamps narrow houses shutters climbing hill soft clouds drifting over distant mountains gentle light "
     "muted colours visible paper texture bleeding edges where pigment pooled portrait photo of a woman man dog "
     "cat street city night forest river sky sun moon tree flower car house window door table chair book cup "
-    "detailed high quality cinematic lighting sharp focus oil painting sketch drawing ink pencil".split())
+    "detailed high quality cinematic lighting sharp focus oil painting sketch drawing ink pencil".split()
+)
 
 
 def full_config(tokenizer, spec: TinySpec = FULL_SPEC, vocab: int | None = FULL_VOCAB):
@@ -65,8 +85,9 @@ def tensor_plan(config) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
     return [(k, tuple(v.shape), v.dtype) for k, v in sorted(model.state_dict().items())]
 
 
-def random_tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype, seed: int,
-                  device: torch.device) -> torch.Tensor:
+def random_tensor(
+    name: str, shape: tuple[int, ...], dtype: torch.dtype, seed: int, device: torch.device
+) -> torch.Tensor:
     """core.tiny.init_weights' rule for one tensor, seeded by (seed, name): any order, any device."""
     g = torch.Generator(device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
     if name.endswith("embed_tokens.weight"):
@@ -83,8 +104,12 @@ def random_tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype, seed: i
     return t.mul_(std).add_(mean).to(dtype)
 
 
-def write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...], torch.dtype]],
-                      make: Callable[[str], torch.Tensor], metadata: dict[str, str] | None = None) -> int:
+def write_safetensors(
+    path: Path,
+    entries: list[tuple[str, tuple[int, ...], torch.dtype]],
+    make: Callable[[str], torch.Tensor],
+    metadata: dict[str, str] | None = None,
+) -> int:
     """Write a .safetensors file one tensor at a time; `make(name)` gives each tensor. Returns data bytes.
 
     The header (names, dtypes, shapes, offsets) is known from `entries` before any tensor exists, so the
@@ -99,7 +124,7 @@ def write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...], torc
     if metadata:
         header["__metadata__"] = metadata
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)           # tensor data starts 8-byte aligned
+    raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned
     # no half-written file under either name
     with atomic_file(path, mode=0o644) as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
@@ -129,9 +154,17 @@ def shard_entries(entries, shard_bytes: int) -> list[list]:
     return shards
 
 
-def write_full_checkpoint(out: str | Path, *, spec: TinySpec = FULL_SPEC, vocab: int | None = FULL_VOCAB,
-                          dtype: torch.dtype = torch.bfloat16, shard_gb: float = 5.0, seed: int = 0,
-                          device: str | torch.device | None = None, log: Callable[[str], None] = print) -> dict:
+def write_full_checkpoint(
+    out: str | Path,
+    *,
+    spec: TinySpec = FULL_SPEC,
+    vocab: int | None = FULL_VOCAB,
+    dtype: torch.dtype = torch.bfloat16,
+    shard_gb: float = 5.0,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Write the HF folder; returns {"path", "bytes", "seconds", "shards"}."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,19 +179,24 @@ def write_full_checkpoint(out: str | Path, *, spec: TinySpec = FULL_SPEC, vocab:
         name = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
         dtypes = {k: d for k, _, d in group}
         shapes = {k: s for k, s, _ in group}
-        total += write_safetensors(out / name, group,
-                                   lambda k: random_tensor(k, shapes[k], dtypes[k], seed, device),
-                                   metadata={"format": "pt"})
+        total += write_safetensors(
+            out / name,
+            group,
+            lambda k: random_tensor(k, shapes[k], dtypes[k], seed, device),
+            metadata={"format": "pt"},
+        )
         weight_map.update({k: name for k, _, _ in group})
         log(f"  {name}: {len(group)} tensors, {time.perf_counter() - t0:.0f} s")
     (out / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
     cfg = official_config_dict(config)
     cfg["dtype"] = str(dtype).replace("torch.", "")
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     text = config.text_config
-    (out / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": text.bos_token_id, "eos_token_id": text.eos_token_id}, indent=2))
+    (out / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": text.bos_token_id, "eos_token_id": text.eos_token_id}, indent=2)
+    )
     tokenizer.save_pretrained(str(out))
     _portable_tokenizer_config(out / "tokenizer_config.json")
     # Qwen3-VL folders also ship the template beside the processor; loaders read either
@@ -179,7 +217,7 @@ def write_comfy_file(folder: str | Path, file: str | Path) -> dict:
         with safe_open(str(folder / weight_map[key]), framework="pt") as f:
             sl = f.get_slice(key)
             shape, dt = tuple(sl.get_shape()), sl.get_dtype()
-        comfy = COMFY_PREFIX + key[len("model."):]
+        comfy = COMFY_PREFIX + key[len("model.") :]
         entries.append((comfy, shape, {v: k for k, v in _ST_DTYPES.items()}[dt]))
         source[comfy] = key
     handles: dict[str, object] = {}
@@ -187,7 +225,7 @@ def write_comfy_file(folder: str | Path, file: str | Path) -> dict:
     def make(comfy: str) -> torch.Tensor:
         shard = weight_map[source[comfy]]
         if shard not in handles:
-            handles.clear()                    # one shard open at a time
+            handles.clear()  # one shard open at a time
             handles[shard] = safe_open(str(folder / shard), framework="pt")
         return handles[shard].get_tensor(source[comfy])
 
@@ -211,8 +249,9 @@ def _main(argv: Iterable[str] | None = None) -> None:
     a = ap.parse_args(argv)
     spec, vocab = (FULL_SPEC, FULL_VOCAB) if a.spec == "full" else (TinySpec(), None)
     r = write_full_checkpoint(a.out, spec=spec, vocab=vocab, shard_gb=a.shard_gb, seed=a.seed, device=a.device)
-    print(f"wrote {r['path']}: {r['bytes'] / 1e9:.2f} GB in {r['shards']} shards, {r['seconds']:.1f} s",
-          flush=True)
+    print(
+        f"wrote {r['path']}: {r['bytes'] / 1e9:.2f} GB in {r['shards']} shards, {r['seconds']:.1f} s", flush=True
+    )
     if a.comfy:
         c = write_comfy_file(a.out, a.comfy)
         print(f"wrote {c['path']}: {c['bytes'] / 1e9:.2f} GB, {c['seconds']:.1f} s", flush=True)

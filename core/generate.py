@@ -8,6 +8,7 @@
 --model is the checkpoint folder (or a ComfyUI single file, with --tokenizer/config beside it). With
 --num_images N > 1 the files are <out stem>-<k><suffix>. Progress goes to stderr: step/total and s/step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,13 @@ from PIL import Image
 from core.presets import PRESETS
 from core.schedulers import SCHEDULERS
 
-DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-          "float32": torch.float32, "fp32": torch.float32}
+DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,19 +40,35 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="output image file (.png, .jpg, .webp)")
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--height", type=int, default=1024)
-    ap.add_argument("--snap", action="store_true", help="snap the size to the official ~4 MP list (quality default)")
-    ap.add_argument("--preset", default="full", choices=sorted(PRESETS), help="full: 50 UniPC steps, CFG 5; "
-                    "dev: 28 fixed flash steps, no CFG; dev-edit: 28 fixed Euler steps")
+    ap.add_argument(
+        "--snap", action="store_true", help="snap the size to the official ~4 MP list (quality default)"
+    )
+    ap.add_argument(
+        "--preset",
+        default="full",
+        choices=sorted(PRESETS),
+        help="full: 50 UniPC steps, CFG 5; dev: 28 fixed flash steps, no CFG; dev-edit: 28 fixed Euler steps",
+    )
     ap.add_argument("--steps", type=int, help="override the preset's step count")
     ap.add_argument("--guidance", type=float, help="override the preset's CFG scale (CFG runs when > 1)")
     ap.add_argument("--scheduler", choices=SCHEDULERS, help="override the preset's scheduler")
     ap.add_argument("--shift", type=float, help="override the preset's time shift")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num_images", type=int, default=1)
-    ap.add_argument("--ref", action="append", default=[], metavar="IMAGE",
-                    help="reference image conditioning the prompt (repeatable)")
-    ap.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
-                    help="LoRA file or PEFT folder, optional scale (repeatable)")
+    ap.add_argument(
+        "--ref",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="reference image conditioning the prompt (repeatable)",
+    )
+    ap.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:SCALE]",
+        help="LoRA file or PEFT folder, optional scale (repeatable)",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
     return ap
@@ -61,7 +83,7 @@ def output_paths(out: Path, n: int) -> list[Path]:
 def unplaced_warning(path, unplaced: list[str], show: int = 5) -> str:
     """One warning naming how many entries of a LoRA file were not applied, and the first few with why."""
     more = f"\n  ... and {len(unplaced) - show} more" if len(unplaced) > show else ""
-    return (f"warning: LoRA {path}: {len(unplaced)} entries not applied:\n  " + "\n  ".join(unplaced[:show]) + more)
+    return f"warning: LoRA {path}: {len(unplaced)} entries not applied:\n  " + "\n  ".join(unplaced[:show]) + more
 
 
 class Progress:
@@ -80,8 +102,10 @@ class Progress:
 
 def check_args(ap: argparse.ArgumentParser, args) -> None:
     if args.width <= 0 or args.height <= 0 or (not args.snap and (args.width % 32 or args.height % 32)):
-        ap.error(f"--width and --height must be positive multiples of 32 (got {args.width}x{args.height}); "
-                 f"or pass --snap")
+        ap.error(
+            f"--width and --height must be positive multiples of 32 (got {args.width}x{args.height}); "
+            f"or pass --snap"
+        )
     if args.num_images < 1:
         ap.error(f"--num_images must be >= 1, got {args.num_images}")
     if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
@@ -123,9 +147,21 @@ def main(argv=None) -> list[Path]:
     progress = Progress()
     progress.start()
     images = Sampler(model, tokenizer, preview_every=0)(
-        args.prompt, negative_prompt=args.negative_prompt, width=args.width, height=args.height,
-        steps=args.steps, guidance=args.guidance, seed=args.seed, preset=args.preset, scheduler=args.scheduler,
-        shift=args.shift, num_images=args.num_images, callback=progress, snap=args.snap, references=refs)
+        args.prompt,
+        negative_prompt=args.negative_prompt,
+        width=args.width,
+        height=args.height,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        preset=args.preset,
+        scheduler=args.scheduler,
+        shift=args.shift,
+        num_images=args.num_images,
+        callback=progress,
+        snap=args.snap,
+        references=refs,
+    )
     out = output_paths(Path(args.out), len(images))
     for img, path in zip(images, out):
         path.parent.mkdir(parents=True, exist_ok=True)

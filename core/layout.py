@@ -10,6 +10,7 @@ text token n -> (n, n, n); vision-tower placeholders (reference images seen by t
 M-RoPE; the target grid is anchored at (4096, 4096 + r, 4096 + c) whatever the prompt length, and each
 reference grid starts one past the largest position before it (official get_rope_index_fix_point).
 """
+
 from __future__ import annotations
 
 import math
@@ -90,9 +91,16 @@ class Batch:
 
     def model_inputs(self, vinputs: torch.Tensor, timestep) -> dict:
         """Keyword arguments for HiDreamO1.forward (text_lengths only when some row is padded)."""
-        return dict(input_ids=self.input_ids, position_ids=self.position_ids, vinputs=vinputs,
-                    timestep=timestep, token_types=self.token_types, pixel_values=self.pixel_values,
-                    image_grid_thw=self.image_grid_thw, text_lengths=self.text_lengths if self.padded else None)
+        return dict(
+            input_ids=self.input_ids,
+            position_ids=self.position_ids,
+            vinputs=vinputs,
+            timestep=timestep,
+            token_types=self.token_types,
+            pixel_values=self.pixel_values,
+            image_grid_thw=self.image_grid_thw,
+            text_lengths=self.text_lengths if self.padded else None,
+        )
 
 
 # ----------------------------------------------------------------------------- pixels <-> tokens
@@ -112,13 +120,17 @@ def patchify(images: torch.Tensor, patch: int = PATCH) -> torch.Tensor:
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
 
 
-def unpatchify(tokens: torch.Tensor, height: int, width: int, patch: int = PATCH, channels: int = 3) -> torch.Tensor:
+def unpatchify(
+    tokens: torch.Tensor, height: int, width: int, patch: int = PATCH, channels: int = 3
+) -> torch.Tensor:
     """[B, N, 3*p*p] -> [B, 3, H, W] (inverse of patchify)."""
     gh, gw = height // patch, width // patch
     b, n, d = tokens.shape
     if n != gh * gw or d != channels * patch * patch:
-        raise ValueError(f"{n} tokens of {d} do not make a {height}x{width} image "
-                         f"({gh * gw} tokens of {channels * patch * patch})")
+        raise ValueError(
+            f"{n} tokens of {d} do not make a {height}x{width} image "
+            f"({gh * gw} tokens of {channels * patch * patch})"
+        )
     x = tokens.reshape(b, gh, gw, channels, patch, patch).permute(0, 3, 1, 4, 2, 5)
     return x.reshape(b, channels, height, width)
 
@@ -164,8 +176,9 @@ def chat_text(tokenizer, prompt: str, n_images: int = 0) -> str:
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
     content = (VISION_START + IMAGE_PAD + VISION_END) * n_images + prompt
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def prompt_ids(tokenizer, prompt: str, n_images: int = 0) -> list[int]:
@@ -193,7 +206,7 @@ def text_positions(input_ids: torch.Tensor, image_pad_id: int, vlm_grids: list[t
                 raise ValueError(f"input_ids hold more image-pad runs than the {len(vlm_grids)} grids given")
             gh, gw = vlm_grids[k]
             n = gh * gw
-            if ids[i:i + n] != [image_pad_id] * n:
+            if ids[i : i + n] != [image_pad_id] * n:
                 raise ValueError(f"image {k}: expected {n} consecutive <|image_pad|> tokens for grid {gh}x{gw}")
             grid = _grid_positions(pos, gh, gw)
             out.append(grid)
@@ -218,8 +231,15 @@ def generation_positions(grids: list[tuple[int, int]], fix_point: int = FIX_POIN
 
 
 # ----------------------------------------------------------------------------- samples
-def layout_from_ids(ids: list[int] | torch.Tensor, height: int, width: int, *, image_pad_id: int = 151655,
-                    vlm_grids: list[tuple[int, int]] = (), ref_sizes: list[tuple[int, int]] = ()) -> Sample:
+def layout_from_ids(
+    ids: list[int] | torch.Tensor,
+    height: int,
+    width: int,
+    *,
+    image_pad_id: int = 151655,
+    vlm_grids: list[tuple[int, int]] = (),
+    ref_sizes: list[tuple[int, int]] = (),
+) -> Sample:
     """The layout of already-tokenised text (ending with boi, tms): positions, token types, masks.
 
     vlm_grids: merged (h, w) grids of the vision-tower placeholders in input_ids (already expanded);
@@ -237,7 +257,7 @@ def layout_from_ids(ids: list[int] | torch.Tensor, height: int, width: int, *, i
     pos = torch.cat([text_positions(input_ids, image_pad_id, list(vlm_grids)), generation_positions(grids)], 1)
     s = L + n_image + n_ref
     token_types = torch.zeros(s, dtype=torch.long)
-    token_types[L - 1:] = 1  # tms, target and references are generation tokens
+    token_types[L - 1 :] = 1  # tms, target and references are generation tokens
     vinput_mask = torch.zeros(s, dtype=torch.bool)
     vinput_mask[L:] = True
     return Sample(input_ids, pos, token_types, vinput_mask, height, width, n_image, n_ref)
@@ -245,8 +265,9 @@ def layout_from_ids(ids: list[int] | torch.Tensor, height: int, width: int, *, i
 
 def build_t2i(tokenizer, prompt: str, height: int, width: int) -> Sample:
     """Text-to-image layout of one prompt at height x width (multiples of 32)."""
-    return layout_from_ids(prompt_ids(tokenizer, prompt), height, width,
-                           image_pad_id=special_id(tokenizer, IMAGE_PAD, 151655))
+    return layout_from_ids(
+        prompt_ids(tokenizer, prompt), height, width, image_pad_id=special_id(tokenizer, IMAGE_PAD, 151655)
+    )
 
 
 def build_edit(tokenizer, prompt: str, height: int, width: int, refs: "References") -> Sample:
@@ -262,10 +283,14 @@ def build_edit(tokenizer, prompt: str, height: int, width: int, refs: "Reference
             ids.extend([pad] * (gh * gw))
         else:
             ids.append(i)
-    sample = layout_from_ids(ids, height, width, image_pad_id=pad, vlm_grids=refs.vlm_grids,
-                             ref_sizes=refs.ref_sizes)
-    sample.pixel_values, sample.image_grid_thw, sample.ref_patches = refs.pixel_values, refs.image_grid_thw, \
-        refs.ref_patches
+    sample = layout_from_ids(
+        ids, height, width, image_pad_id=pad, vlm_grids=refs.vlm_grids, ref_sizes=refs.ref_sizes
+    )
+    sample.pixel_values, sample.image_grid_thw, sample.ref_patches = (
+        refs.pixel_values,
+        refs.image_grid_thw,
+        refs.ref_patches,
+    )
     return sample
 
 
@@ -309,8 +334,11 @@ def resize_to_area(img: Image.Image, side: int, multiple: int = PATCH) -> Image.
     w, h = img.size
     limit = side * side
     s = math.sqrt(limit / (w * h))
-    options = [(fw(w * s) // multiple * multiple, fh(h * s) // multiple * multiple)
-               for fw in (round, math.floor) for fh in (round, math.floor)]
+    options = [
+        (fw(w * s) // multiple * multiple, fh(h * s) // multiple * multiple)
+        for fw in (round, math.floor)
+        for fh in (round, math.floor)
+    ]
     options.sort(key=lambda wh: wh[0] * wh[1], reverse=True)
     tw, th = next((o for o in options if o[0] * o[1] <= limit), options[-1])
     if tw <= 0 or th <= 0:
@@ -338,7 +366,10 @@ def _vision_bounds(w: int, h: int, factor: int = VISION_PATCH * VISION_MERGE) ->
     hb, wb = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
     if hb * wb > VISION_MAX_PIXELS:
         beta = math.sqrt(h * w / VISION_MAX_PIXELS)
-        hb, wb = max(factor, math.floor(h / beta / factor) * factor), max(factor, math.floor(w / beta / factor) * factor)
+        hb, wb = (
+            max(factor, math.floor(h / beta / factor) * factor),
+            max(factor, math.floor(w / beta / factor) * factor),
+        )
     elif hb * wb < VISION_MIN_PIXELS:
         beta = math.sqrt(VISION_MIN_PIXELS / (h * w))
         hb, wb = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
@@ -406,8 +437,10 @@ def collate(samples: list[Sample], pad_id: int = 0) -> Batch:
     first = samples[0]
     for i, s in enumerate(samples):
         if (s.height, s.width, s.n_image, s.n_ref) != (first.height, first.width, first.n_image, first.n_ref):
-            raise ValueError(f"sample {i} is {s.height}x{s.width} with {s.n_ref} reference tokens; sample 0 is "
-                             f"{first.height}x{first.width} with {first.n_ref}: one batch needs one size")
+            raise ValueError(
+                f"sample {i} is {s.height}x{s.width} with {s.n_ref} reference tokens; sample 0 is "
+                f"{first.height}x{first.width} with {first.n_ref}: one batch needs one size"
+            )
     n_ar = max(s.text_length for s in samples) - 1
     ids, pos, types, vmask = [], [], [], []
     for s in samples:
@@ -415,8 +448,11 @@ def collate(samples: list[Sample], pad_id: int = 0) -> Batch:
         gap = n_ar - a
         ids.append(torch.cat([s.input_ids[:a], torch.full((gap,), pad_id, dtype=torch.long), s.input_ids[a:]]))
         # pads take the tms position; nothing real ever attends to them
-        pos.append(torch.cat([s.position_ids[:, :a], s.position_ids[:, a:a + 1].expand(3, gap),
-                              s.position_ids[:, a:]], dim=1))
+        pos.append(
+            torch.cat(
+                [s.position_ids[:, :a], s.position_ids[:, a : a + 1].expand(3, gap), s.position_ids[:, a:]], dim=1
+            )
+        )
         types.append(torch.cat([s.token_types[:a], torch.zeros(gap, dtype=torch.long), s.token_types[a:]]))
         vmask.append(torch.cat([s.vinput_mask[:a], torch.zeros(gap, dtype=torch.bool), s.vinput_mask[a:]]))
     pix = [s.pixel_values for s in samples if s.pixel_values is not None]
@@ -425,9 +461,16 @@ def collate(samples: list[Sample], pad_id: int = 0) -> Batch:
     if any(r is None for r in refs) and not all(r is None for r in refs):
         raise ValueError("either every sample of a batch has reference patches or none has")
     return Batch(
-        input_ids=torch.stack(ids), position_ids=torch.stack(pos, dim=1), token_types=torch.stack(types),
-        vinput_mask=torch.stack(vmask), text_lengths=torch.tensor([s.text_length for s in samples]),
-        height=first.height, width=first.width, n_image=first.n_image, n_ref=first.n_ref,
-        pixel_values=torch.cat(pix) if pix else None, image_grid_thw=torch.cat(thw) if thw else None,
+        input_ids=torch.stack(ids),
+        position_ids=torch.stack(pos, dim=1),
+        token_types=torch.stack(types),
+        vinput_mask=torch.stack(vmask),
+        text_lengths=torch.tensor([s.text_length for s in samples]),
+        height=first.height,
+        width=first.width,
+        n_image=first.n_image,
+        n_ref=first.n_ref,
+        pixel_values=torch.cat(pix) if pix else None,
+        image_grid_thw=torch.cat(thw) if thw else None,
         ref_patches=torch.stack(refs) if refs[0] is not None else None,
     )

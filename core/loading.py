@@ -10,6 +10,7 @@ Accepted layouts:
 
 The model is built on the meta device and every tensor is read, cast and moved into place one at a time.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,7 +82,7 @@ def _our_name(key: str, prefix: str) -> str | None:
     if prefix == COMFY_PREFIX:
         if not key.startswith(COMFY_PREFIX):
             return "?" + key  # reported as unknown
-        return "model." + key[len(COMFY_PREFIX):]
+        return "model." + key[len(COMFY_PREFIX) :]
     return key
 
 
@@ -91,14 +92,17 @@ def _place(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     if leaf in module._parameters:
         old = module._parameters[leaf]
         if tuple(old.shape) != tuple(tensor.shape):
-            raise CheckpointError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape "
-                                  f"{tuple(old.shape)} (config.json does not match the weights?)")
+            raise CheckpointError(
+                f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape "
+                f"{tuple(old.shape)} (config.json does not match the weights?)"
+            )
         module._parameters[leaf] = nn.Parameter(tensor, requires_grad=old.requires_grad)
     else:
         old = module._buffers[leaf]
         if tuple(old.shape) != tuple(tensor.shape):
-            raise CheckpointError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape "
-                                  f"{tuple(old.shape)}")
+            raise CheckpointError(
+                f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(old.shape)}"
+            )
         module._buffers[leaf] = tensor
 
 
@@ -129,11 +133,12 @@ def load_model(path, dtype=torch.float32, device="cpu", config=None, tokenizer=N
                 else:
                     unknown.append(key)
     if unknown:
-        raise CheckpointError(f"{path}: unknown keys (not in the HiDream-O1 architecture): "
-                              f"{_head(sorted(unknown))}")
+        raise CheckpointError(
+            f"{path}: unknown keys (not in the HiDream-O1 architecture): {_head(sorted(unknown))}"
+        )
     missing = sorted(set(expected) - {name for _, _, name in plan})
     if missing:
-        shown = [m if prefix != COMFY_PREFIX else COMFY_PREFIX + m[len("model."):] for m in missing]
+        shown = [m if prefix != COMFY_PREFIX else COMFY_PREFIX + m[len("model.") :] for m in missing]
         raise CheckpointError(f"{path}: missing keys: {_head(shown)}")
 
     # CUDA: safetensors reads each tensor straight onto the GPU, so host RAM never holds the weights

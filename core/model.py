@@ -15,6 +15,7 @@ Batches whose prompts differ in length (see core.layout.collate) pad the AR part
 before tms, so that the split index is the same for every row; `text_lengths` holds each row's real
 length of `input_ids` (AR tokens + tms). Pad keys are masked with a [B, 1, 1, S] key mask only.
 """
+
 from __future__ import annotations
 
 import math
@@ -128,8 +129,7 @@ def _sdpa(q, k, v, mask=None, causal=False, scale=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
 
 
-def split_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, o1_plan=None,
-                    **kwargs):
+def split_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, o1_plan=None, **kwargs):
     """AttentionInterface function: q/k/v are [B, heads, S, D]; returns ([B, S, heads, D], None)."""
     if o1_plan is None:
         raise RuntimeError("o1lora_split attention called without a plan: run the layers through HiDreamO1")
@@ -147,8 +147,13 @@ def split_attention(module, query, key, value, attention_mask, scaling=None, dro
     elif p.mode == "denoise":
         pk, pv = p.layer_kv if p.layer_kv is not None else p.kv[module.layer_idx]
         # (a prefix made outside autocast may differ in dtype: cast to the step's)
-        out = _sdpa(query, torch.cat([pk.to(key.dtype), key], dim=2),
-                    torch.cat([pv.to(value.dtype), value], dim=2), mask=p.key_mask, scale=scaling)
+        out = _sdpa(
+            query,
+            torch.cat([pk.to(key.dtype), key], dim=2),
+            torch.cat([pv.to(value.dtype), value], dim=2),
+            mask=p.key_mask,
+            scale=scaling,
+        )
     elif p.mode == "dense":
         out = _sdpa(query, key, value, mask=p.dense_mask.to(query.dtype), scale=scaling)
     else:
@@ -189,7 +194,7 @@ class PrefixCache:
 
         def rep(x, dim):
             shape = list(x.shape)
-            x = x.unsqueeze(dim + 1).expand(*shape[: dim + 1], copies, *shape[dim + 1:])
+            x = x.unsqueeze(dim + 1).expand(*shape[: dim + 1], copies, *shape[dim + 1 :])
             return x.flatten(dim, dim + 1)  # a view where possible; SDPA's cat copies once per step anyway
 
         kv = {i: (rep(k, 0), rep(v, 0)) for i, (k, v) in self.kv.items()}
@@ -312,13 +317,16 @@ class HiDreamO1(nn.Module):
         emb = self.model.language_model.embed_tokens(input_ids)
         pad_mask, deepstack = None, None
         if pixel_values is not None or vision is not None:
-            embeds, deepstack = vision if vision is not None else self.vision_features(pixel_values,
-                                                                                      image_grid_thw)
+            embeds, deepstack = (
+                vision if vision is not None else self.vision_features(pixel_values, image_grid_thw)
+            )
             pad_mask = input_ids == self.config.image_token_id
             n = int(pad_mask.sum())
             if n != embeds.shape[0]:
-                raise ValueError(f"input_ids hold {n} <|image_pad|> tokens but the vision tower gave "
-                                 f"{embeds.shape[0]} features (check image_grid_thw / the layout)")
+                raise ValueError(
+                    f"input_ids hold {n} <|image_pad|> tokens but the vision tower gave "
+                    f"{embeds.shape[0]} features (check image_grid_thw / the layout)"
+                )
             emb = emb.masked_scatter(pad_mask[..., None], embeds.to(emb.dtype))
         return emb, pad_mask, deepstack
 
@@ -360,14 +368,18 @@ class HiDreamO1(nn.Module):
         if not self.validate_inputs:
             return
         if not bool((input_ids[:, -1] == self.tms_token_id).all()):
-            raise ValueError(f"every row of input_ids must end with <|tms_token|> (id {self.tms_token_id}); "
-                             f"got last ids {input_ids[:, -1].tolist()}")
+            raise ValueError(
+                f"every row of input_ids must end with <|tms_token|> (id {self.tms_token_id}); "
+                f"got last ids {input_ids[:, -1].tolist()}"
+            )
         if token_types is not None:
             n_ar = input_ids.shape[1] - 1
             expect = n_ar + n_gen_tokens
             if token_types.shape[-1] != expect:
-                raise ValueError(f"token_types has length {token_types.shape[-1]}, expected {expect} "
-                                 f"(input_ids {input_ids.shape[1]} + vinputs {n_gen_tokens - 1})")
+                raise ValueError(
+                    f"token_types has length {token_types.shape[-1]}, expected {expect} "
+                    f"(input_ids {input_ids.shape[1]} + vinputs {n_gen_tokens - 1})"
+                )
             if bool((token_types[:, n_ar:] == 0).any()):
                 raise ValueError("token_types must be > 0 from <|tms_token|> on (generation tokens)")
 
@@ -382,8 +394,19 @@ class HiDreamO1(nn.Module):
         return None if bool((lengths == n_ar).all()) else lengths
 
     # -- the three entry points ---------------------------------------------------------------------
-    def forward(self, input_ids, position_ids, vinputs, timestep, token_types=None, pixel_values=None,
-                image_grid_thw=None, text_lengths=None, vision=None, use_flash_attn=None) -> HiDreamOutput:
+    def forward(
+        self,
+        input_ids,
+        position_ids,
+        vinputs,
+        timestep,
+        token_types=None,
+        pixel_values=None,
+        image_grid_thw=None,
+        text_lengths=None,
+        vision=None,
+        use_flash_attn=None,
+    ) -> HiDreamOutput:
         """Official-compatible forward: x_pred at every position [B, L + N(+M), 3072].
 
         vision: optional precomputed (embeds, deepstack) from `vision_features`, reused across steps.
@@ -401,9 +424,19 @@ class HiDreamO1(nn.Module):
         return HiDreamOutput(self.model.final_layer2(hidden))
 
     @torch.no_grad()
-    def reference_forward(self, input_ids, position_ids, vinputs, timestep, token_types, pixel_values=None,
-                          image_grid_thw=None, text_lengths=None, vision=None,
-                          use_flash_attn=None) -> HiDreamOutput:
+    def reference_forward(
+        self,
+        input_ids,
+        position_ids,
+        vinputs,
+        timestep,
+        token_types,
+        pixel_values=None,
+        image_grid_thw=None,
+        text_lengths=None,
+        vision=None,
+        use_flash_attn=None,
+    ) -> HiDreamOutput:
         """The official way: one full pass with a dense additive [B, 1, S, S] mask (oracle, benchmarks)."""
         b, n_text = input_ids.shape
         n_ar = n_text - 1
@@ -422,8 +455,17 @@ class HiDreamO1(nn.Module):
         hidden = self._run_layers(hidden, position_ids, plan, pad_mask, deepstack)
         return HiDreamOutput(self.model.final_layer2(hidden))
 
-    def encode_prefix(self, batch=None, *, input_ids=None, position_ids=None, pixel_values=None,
-                      image_grid_thw=None, text_lengths=None, vision=None) -> PrefixCache:
+    def encode_prefix(
+        self,
+        batch=None,
+        *,
+        input_ids=None,
+        position_ids=None,
+        pixel_values=None,
+        image_grid_thw=None,
+        text_lengths=None,
+        vision=None,
+    ) -> PrefixCache:
         """K/V of the AR tokens (everything before tms), once per prompt.
 
         Takes a core.layout Batch (or the same fields as keywords); position_ids must cover the whole
@@ -442,18 +484,23 @@ class HiDreamO1(nn.Module):
             raise ValueError("input_ids hold no AR tokens before <|tms_token|>")
         plan = _AttnPlan("prefix")
         self._run_layers(ar, position_ids[:, :, :n_ar], plan, pad_mask, deepstack)
-        return PrefixCache(plan.kv, position_ids[:, :, n_ar:], n_ar,
-                           self._ar_lengths(text_lengths, n_ar, ar.device))
+        return PrefixCache(
+            plan.kv, position_ids[:, :, n_ar:], n_ar, self._ar_lengths(text_lengths, n_ar, ar.device)
+        )
 
     def denoise(self, prefix: PrefixCache, vinputs, timestep) -> torch.Tensor:
         """x_pred at the image (+ reference) positions only: [B, N(+M), 3072]."""
         if vinputs.shape[0] != prefix.batch_size:
-            raise ValueError(f"vinputs batch {vinputs.shape[0]} != prefix batch {prefix.batch_size} "
-                             f"(use prefix.expand(copies) for several images per prompt)")
+            raise ValueError(
+                f"vinputs batch {vinputs.shape[0]} != prefix batch {prefix.batch_size} "
+                f"(use prefix.expand(copies) for several images per prompt)"
+            )
         hidden = self._gen_embeds(vinputs, timestep)
         if hidden.shape[1] != prefix.gen_position_ids.shape[-1]:
-            raise ValueError(f"vinputs have {vinputs.shape[1]} tokens but the layout has "
-                             f"{prefix.gen_position_ids.shape[-1] - 1} image positions")
+            raise ValueError(
+                f"vinputs have {vinputs.shape[1]} tokens but the layout has "
+                f"{prefix.gen_position_ids.shape[-1] - 1} image positions"
+            )
         plan = _AttnPlan("denoise", n_ar=prefix.kv_length, key_mask=prefix.key_mask(hidden.shape[1]), kv=prefix.kv)
         hidden = self._run_layers(hidden, prefix.gen_position_ids, plan)
         return self.model.final_layer2(hidden[:, 1:])
@@ -478,8 +525,9 @@ def _mark_step_dynamic(hidden, position_embeddings, plan) -> None:
 def run_layer(layer, hidden, position_embeddings, plan, ckpt: bool):
     """One decoder layer, recomputed in backward when `ckpt` (gradient checkpointing)."""
     if ckpt:
-        return checkpoint(layer, hidden, position_embeddings=position_embeddings, o1_plan=plan,
-                          use_reentrant=False)
+        return checkpoint(
+            layer, hidden, position_embeddings=position_embeddings, o1_plan=plan, use_reentrant=False
+        )
     return layer(hidden, position_embeddings=position_embeddings, o1_plan=plan)
 
 

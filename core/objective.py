@@ -15,6 +15,7 @@ Usage (the trainer does this):
     z_t, t, sigma = obj.noise(x0_tokens, generator)    # x0_tokens [B, N, 3072] patchified, in [-1, 1]
     loss = obj.loss(x_pred, x0_tokens, sigma)          # x_pred [B, N, 3072], or [B, S, 3072] plus mask=[B, S]
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,14 +28,14 @@ WEIGHTINGS = ("none", "velocity")
 
 @dataclass(frozen=True)
 class Objective:
-    sigma_dist: str = "uniform"     # the recipe's U(sigma_min, 1); "shifted" / "logit_normal" are options
-    sigma_min: float = 0.001        # the recipe's lower bound: the sampler divides by max(sigma, 0.001) too
-    shift: float = 3.0              # for "shifted": s*u / (1 + (s-1)*u), the full model's sampling shift
-    logit_mean: float = 0.0         # for "logit_normal": sigma = sigmoid(N(mean, std))
+    sigma_dist: str = "uniform"  # the recipe's U(sigma_min, 1); "shifted" / "logit_normal" are options
+    sigma_min: float = 0.001  # the recipe's lower bound: the sampler divides by max(sigma, 0.001) too
+    shift: float = 3.0  # for "shifted": s*u / (1 + (s-1)*u), the full model's sampling shift
+    logit_mean: float = 0.0  # for "logit_normal": sigma = sigmoid(N(mean, std))
     logit_std: float = 1.0
-    noise_scale: float = 8.0        # the recipe's noise std (the full model samples with s = 8)
-    weighting: str = "none"         # "velocity" = 1/sigma^2 on the x0 error (v-prediction equivalent)
-    max_weight: float = 1e4         # clip for the velocity weight; 1/0.001^2 = 1e6 would swamp a batch
+    noise_scale: float = 8.0  # the recipe's noise std (the full model samples with s = 8)
+    weighting: str = "none"  # "velocity" = 1/sigma^2 on the x0 error (v-prediction equivalent)
+    max_weight: float = 1e4  # clip for the velocity weight; 1/0.001^2 = 1e6 would swamp a batch
 
     def __post_init__(self) -> None:
         if self.sigma_dist not in SIGMA_DISTRIBUTIONS:
@@ -46,7 +47,9 @@ class Objective:
         if self.shift <= 0 or self.logit_std <= 0 or self.noise_scale <= 0:
             raise ValueError("shift, logit_std and noise_scale must be positive")
 
-    def sample_sigma(self, batch: int, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
+    def sample_sigma(
+        self, batch: int, generator: torch.Generator, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
         """[batch] float32 sigmas in [sigma_min, 1], drawn from `generator` only (so a resume replays them)."""
         if self.sigma_dist == "logit_normal":
             n = torch.randn(batch, generator=generator, device=device, dtype=torch.float32)
@@ -58,8 +61,9 @@ class Objective:
         # Map [0, 1] onto [sigma_min, 1]; for "uniform" this is exactly U(sigma_min, 1).
         return self.sigma_min + (1.0 - self.sigma_min) * u
 
-    def noise(self, x0: torch.Tensor, generator: torch.Generator,
-              sigma: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def noise(
+        self, x0: torch.Tensor, generator: torch.Generator, sigma: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x0 [B, N, D] -> (z_t like x0, timestep [B] = 1 - sigma, sigma [B]); eps drawn from `generator`."""
         if x0.dim() != 3:
             raise ValueError(f"x0 must be patch tokens [B, N, D], got shape {tuple(x0.shape)}")
@@ -80,8 +84,9 @@ class Objective:
             return (1.0 / sigma.to(torch.float32).clamp_min(1e-8) ** 2).clamp_max(self.max_weight)
         return torch.ones_like(sigma, dtype=torch.float32)
 
-    def loss(self, x_pred: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self, x_pred: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Weighted float32 MSE over image positions.
 
         x_pred may be the model's whole-sequence output [B, S, D] with `mask` [B, S] true at the image
@@ -103,4 +108,3 @@ class Objective:
         """[B] weighted float32 MSE of each sample (x_pred and x0 both [B, N, D])."""
         err = (x_pred.to(torch.float32) - x0.to(torch.float32)).pow(2).mean(dim=(1, 2))
         return err * self.weights(sigma)
-

@@ -6,14 +6,41 @@
 
 Imports no torch: the HTTP API takes its generation defaults from PRESETS.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 # The dev checkpoints were distilled on this fixed list; `set_timesteps(28)` is ignored for them.
 DEV_TIMESTEPS: tuple[int, ...] = (
-    999, 987, 974, 960, 945, 929, 913, 895, 877, 857, 836, 814, 790, 764,
-    737, 707, 675, 640, 602, 560, 515, 464, 409, 347, 278, 199, 110, 8,
+    999,
+    987,
+    974,
+    960,
+    945,
+    929,
+    913,
+    895,
+    877,
+    857,
+    836,
+    814,
+    790,
+    764,
+    737,
+    707,
+    675,
+    640,
+    602,
+    560,
+    515,
+    464,
+    409,
+    347,
+    278,
+    199,
+    110,
+    8,
 )
 
 # The samplers core.schedulers builds (make_scheduler), by name.
@@ -46,11 +73,15 @@ class Preset:
         if out.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {out.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         if out.scheduler == "flash" and (out.timesteps is None or out.s_noise <= 0):
-            raise ValueError(f"the flash scheduler is the distilled dev models' sampler (fixed timesteps, "
-                             f"re-noising); use preset='dev' rather than preset={self.name!r}")
+            raise ValueError(
+                f"the flash scheduler is the distilled dev models' sampler (fixed timesteps, "
+                f"re-noising); use preset='dev' rather than preset={self.name!r}"
+            )
         if "steps" in kw and out.timesteps is not None and kw["steps"] != len(out.timesteps):
-            raise ValueError(f"preset {self.name!r} runs a fixed list of {len(out.timesteps)} timesteps; "
-                             f"steps={kw['steps']} needs another scheduler (e.g. scheduler='unipc')")
+            raise ValueError(
+                f"preset {self.name!r} runs a fixed list of {len(out.timesteps)} timesteps; "
+                f"steps={kw['steps']} needs another scheduler (e.g. scheduler='unipc')"
+            )
         return out
 
 
@@ -58,17 +89,42 @@ PRESETS: dict[str, Preset] = {
     # HiDream-O1-Image
     "full": Preset("full", "unipc", steps=50, guidance=5.0, shift=3.0, noise_scale=8.0),
     # HiDream-O1-Image-Dev(-2604): distilled, no CFG, stochastic Euler on a fixed list
-    "dev": Preset("dev", "flash", steps=len(DEV_TIMESTEPS), guidance=0.0, shift=1.0, noise_scale=7.5,
-                  s_noise=7.5, noise_clip_std=2.5, timesteps=DEV_TIMESTEPS),
+    "dev": Preset(
+        "dev",
+        "flash",
+        steps=len(DEV_TIMESTEPS),
+        guidance=0.0,
+        shift=1.0,
+        noise_scale=7.5,
+        s_noise=7.5,
+        noise_clip_std=2.5,
+        timesteps=DEV_TIMESTEPS,
+    ),
     # the dev models' editing default (inference.py --editing_scheduler flow_match): plain Euler on the list
-    "dev-edit": Preset("dev-edit", "euler", steps=len(DEV_TIMESTEPS), guidance=0.0, shift=1.0, noise_scale=8.0,
-                       timesteps=DEV_TIMESTEPS),
+    "dev-edit": Preset(
+        "dev-edit",
+        "euler",
+        steps=len(DEV_TIMESTEPS),
+        guidance=0.0,
+        shift=1.0,
+        noise_scale=8.0,
+        timesteps=DEV_TIMESTEPS,
+    ),
 }
 
 # The official pipeline snaps every request to the closest aspect ratio among these (width, height).
 OFFICIAL_RESOLUTIONS: tuple[tuple[int, int], ...] = (
-    (2048, 2048), (2304, 1728), (1728, 2304), (2560, 1440), (1440, 2560), (2496, 1664),
-    (1664, 2496), (3104, 1312), (1312, 3104), (2304, 1792), (1792, 2304),
+    (2048, 2048),
+    (2304, 1728),
+    (1728, 2304),
+    (2560, 1440),
+    (1440, 2560),
+    (2496, 1664),
+    (1664, 2496),
+    (3104, 1312),
+    (1312, 3104),
+    (2304, 1792),
+    (1792, 2304),
 )
 
 

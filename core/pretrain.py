@@ -11,6 +11,7 @@ host work per step. Captions are dropped to " " 10% of the time so classifier-fr
 Writes the checkpoint in the official folder layout (bf16, sharded to stay under 16 MB a file), the
 tokenizer, `pretrain_log.json` (loss curve, settings, timings).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,10 +34,12 @@ from core.tiny import TinySpec, build_model, build_tokenizer, save_checkpoint
 
 # Words a user of the bundled model is likely to type beyond the scene vocabulary: the byte-level BPE
 # encodes any text, but words it has merges for cost fewer tokens.
-EXTRA_WORDS = ("a an the one two three and with on in of at to style drawing picture image photo painting "
-               "hatched hatching outline outlined striped stripes sketch ink pen cartoon flat simple bold "
-               "shape shapes object objects scene big little huge tiny middle corner side upper lower "
-               "black white grey gray brown cyan magenta dark light bright pale").split()
+EXTRA_WORDS = (
+    "a an the one two three and with on in of at to style drawing picture image photo painting "
+    "hatched hatching outline outlined striped stripes sketch ink pen cartoon flat simple bold "
+    "shape shapes object objects scene big little huge tiny middle corner side upper lower "
+    "black white grey gray brown cyan magenta dark light bright pale"
+).split()
 
 
 def corpus(n_scenes: int = 4000) -> list[str]:
@@ -104,11 +107,22 @@ def batch_inputs(tp: TokenPool, idx: torch.Tensor, drop: torch.Tensor, height: i
     ids = torch.cat([ids[:, :a], torch.full((len(idx), 1), tp.tms, dtype=torch.long, device=dev)], dim=1)
     b, gh, gw = len(idx), height // 32, width // 32
     ar_pos = torch.arange(a, device=dev).expand(b, a)
-    img_pos = _image_positions(gh, gw, dev)                                            # [3, N]
-    pos = torch.cat([ar_pos[None].expand(3, b, a), lens[None, :, None].expand(3, b, 1),
-                     img_pos[:, None].expand(3, b, gh * gw)], dim=2)
-    types = torch.cat([torch.zeros(b, a, dtype=torch.long, device=dev),
-                       torch.ones(b, 1 + gh * gw, dtype=torch.long, device=dev)], dim=1)
+    img_pos = _image_positions(gh, gw, dev)  # [3, N]
+    pos = torch.cat(
+        [
+            ar_pos[None].expand(3, b, a),
+            lens[None, :, None].expand(3, b, 1),
+            img_pos[:, None].expand(3, b, gh * gw),
+        ],
+        dim=2,
+    )
+    types = torch.cat(
+        [
+            torch.zeros(b, a, dtype=torch.long, device=dev),
+            torch.ones(b, 1 + gh * gw, dtype=torch.long, device=dev),
+        ],
+        dim=1,
+    )
     return dict(input_ids=ids, position_ids=pos, token_types=types, text_lengths=lens + 1)
 
 
@@ -165,9 +179,18 @@ def main(argv=None) -> None:
         imgs, caps = render_pool(n, size, args.seed + size, workers)
         data.append((size, b, imgs, caps))
     tokenizer = build_tokenizer(corpus(), vocab_size=1024)
-    spec = TinySpec(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
-                    head_dim=args.head_dim, mlp=args.mlp, vision_hidden=64, vision_depth=1, vision_heads=2,
-                    vision_mlp=128)
+    spec = TinySpec(
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        head_dim=args.head_dim,
+        mlp=args.mlp,
+        vision_hidden=64,
+        vision_depth=1,
+        vision_heads=2,
+        vision_mlp=128,
+    )
     model, tokenizer = build_model(spec, tokenizer, seed=args.seed)
     init_for_training(model, args.layers)
     model.to(device).train()
@@ -175,10 +198,15 @@ def main(argv=None) -> None:
     # The vision tower is not used by text-to-image; train everything else.
     params = [p for n, p in model.named_parameters() if ".visual." not in n]
 
-    data = [(size, b, torch.from_numpy(imgs).to(device), TokenPool(tokenizer, caps, device))
-            for size, b, imgs, caps in data]
+    data = [
+        (size, b, torch.from_numpy(imgs).to(device), TokenPool(tokenizer, caps, device))
+        for size, b, imgs, caps in data
+    ]
     t_pool = time.time() - t_start
-    print(f"{n_params / 1e6:.2f}M parameters; pools {[len(d[2]) for d in data]} rendered in {t_pool:.0f}s", flush=True)
+    print(
+        f"{n_params / 1e6:.2f}M parameters; pools {[len(d[2]) for d in data]} rendered in {t_pool:.0f}s",
+        flush=True,
+    )
 
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01, fused=fused)
@@ -204,7 +232,7 @@ def main(argv=None) -> None:
         z_t, t, sigma = obj.noise(x0, gen)
         inputs = batch_inputs(tp, idx, drop, size, size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            x_pred = model(vinputs=z_t, timestep=t, **inputs).x_pred[:, -x0.shape[1]:]
+            x_pred = model(vinputs=z_t, timestep=t, **inputs).x_pred[:, -x0.shape[1] :]
         loss = obj.loss(x_pred.float(), x0, sigma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -215,7 +243,7 @@ def main(argv=None) -> None:
         acc_n += 1
         step += 1
         if step % 200 == 0 or args.smoke:
-            mean = float(acc) / acc_n   # the only host sync: every 200 steps
+            mean = float(acc) / acc_n  # the only host sync: every 200 steps
             log.append({"step": step, "seconds": round(time.time() - t0, 1), "loss": round(mean, 5), "lr": lr})
             print(f"step {step} t={time.time() - t0:.0f}s loss {mean:.4f} lr {lr:.2e}", flush=True)
             acc.zero_()
@@ -228,10 +256,21 @@ def main(argv=None) -> None:
     model.eval()
     out = Path(args.out)
     save_checkpoint(model, out, tokenizer, shards=args.shards, dtype=torch.bfloat16)
-    (out / "pretrain_log.json").write_text(json.dumps({
-        "parameters": n_params, "steps": step, "train_seconds": round(train_s, 1), "pool_seconds": round(t_pool, 1),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-        "settings": vars(args), "loss_curve": log}, indent=1))
+    (out / "pretrain_log.json").write_text(
+        json.dumps(
+            {
+                "parameters": n_params,
+                "steps": step,
+                "train_seconds": round(train_s, 1),
+                "pool_seconds": round(t_pool, 1),
+                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                "torch": torch.__version__,
+                "settings": vars(args),
+                "loss_curve": log,
+            },
+            indent=1,
+        )
+    )
     print(f"done: {step} steps in {train_s:.0f}s; wrote {out}", flush=True)
 
 

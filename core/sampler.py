@@ -17,6 +17,7 @@ official pipeline. The latent is kept in the model's dtype between steps (the of
 `Sampler.reference(...)` is the plain loop (one full forward per image and per cond/uncond, no cache):
 the oracle the fast path is tested against.
 """
+
 from __future__ import annotations
 
 import logging
@@ -106,9 +107,17 @@ def initial_noise(seed: int, height: int, width: int, scale: float) -> torch.Ten
 
 
 class Sampler:
-    def __init__(self, model, tokenizer, preview_every: int = 1, cuda_graph: bool = False, cfg_batch: bool = True,
-                 compile: bool | str | Callable = False, cfg_split_pixels: int | None = None,
-                 compile_scope: str = "denoise"):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        preview_every: int = 1,
+        cuda_graph: bool = False,
+        cfg_batch: bool = True,
+        compile: bool | str | Callable = False,
+        cfg_split_pixels: int | None = None,
+        compile_scope: str = "denoise",
+    ):
         self.model = model
         # torch.compile of the per-step call fuses the ~30 elementwise / cast kernels of each layer (norms,
         # rotary, SwiGLU): 1.4x per step on an H200 at 1024 px (bench/RESULTS.md). Off by default: the first
@@ -162,8 +171,22 @@ class Sampler:
         return self.cfg_batch
 
     # ------------------------------------------------------------------------------ request handling
-    def _request(self, prompts, negative_prompt, width, height, steps, guidance, seed, preset, scheduler,
-                 shift, num_images, snap, references=None) -> Request:
+    def _request(
+        self,
+        prompts,
+        negative_prompt,
+        width,
+        height,
+        steps,
+        guidance,
+        seed,
+        preset,
+        scheduler,
+        shift,
+        num_images,
+        snap,
+        references=None,
+    ) -> Request:
         if isinstance(prompts, str):
             prompts = [prompts]
         prompts = list(prompts)
@@ -208,13 +231,22 @@ class Sampler:
         gens = None
         if p.scheduler == "flash":  # one noise stream per image, seeded like the official global RNG
             gens = [torch.Generator(device).manual_seed(s + 1) for s in req.image_seeds()]
-        return make_scheduler(p.scheduler, steps=p.steps, shift=p.shift, timesteps=p.timesteps,
-                              s_noise=p.s_noise, noise_clip_std=p.noise_clip_std, generator=gens)
+        return make_scheduler(
+            p.scheduler,
+            steps=p.steps,
+            shift=p.shift,
+            timesteps=p.timesteps,
+            s_noise=p.s_noise,
+            noise_clip_std=p.noise_clip_std,
+            generator=gens,
+        )
 
     def _latents(self, req: Request, device, dtype) -> torch.Tensor:
         """[n_images, N, 3072] in the model's dtype (the official pipeline casts before patchifying)."""
-        z = [initial_noise(s, req.height, req.width, req.preset.noise_scale).to(device, dtype)
-             for s in req.image_seeds()]
+        z = [
+            initial_noise(s, req.height, req.width, req.preset.noise_scale).to(device, dtype)
+            for s in req.image_seeds()
+        ]
         return patchify(torch.cat(z))
 
     def _autocast(self, device):
@@ -223,26 +255,61 @@ class Sampler:
 
     # ------------------------------------------------------------------------------ the fast path
     @torch.no_grad()
-    def __call__(self, prompts: str | Sequence[str], negative_prompt: str = " ", width: int = 1024,
-                 height: int = 1024, steps: int | None = None, guidance: float | None = None, seed: int = 0,
-                 preset: str | Preset = "full", scheduler: str | None = None, shift: float | None = None,
-                 num_images: int = 1, callback: Callback | None = None, snap: bool = False,
-                 references: Sequence[Image.Image] | None = None,
-                 return_latents: bool = False) -> list[Image.Image] | torch.Tensor:
+    def __call__(
+        self,
+        prompts: str | Sequence[str],
+        negative_prompt: str = " ",
+        width: int = 1024,
+        height: int = 1024,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int = 0,
+        preset: str | Preset = "full",
+        scheduler: str | None = None,
+        shift: float | None = None,
+        num_images: int = 1,
+        callback: Callback | None = None,
+        snap: bool = False,
+        references: Sequence[Image.Image] | None = None,
+        return_latents: bool = False,
+    ) -> list[Image.Image] | torch.Tensor:
         """Images for every prompt (num_images each, prompt-major). steps/guidance/scheduler/shift
         override the preset; snap=True snaps the size to the official ~4 MP list; references: images
         that condition every prompt (editing / personalisation).
         return_latents=True returns the final patch tokens [n_images, N, 3072] instead of images."""
-        req = self._request(prompts, negative_prompt, width, height, steps, guidance, seed, preset, scheduler,
-                            shift, num_images, snap, references)
+        req = self._request(
+            prompts,
+            negative_prompt,
+            width,
+            height,
+            steps,
+            guidance,
+            seed,
+            preset,
+            scheduler,
+            shift,
+            num_images,
+            snap,
+            references,
+        )
         return self._fast(req, callback, return_latents)
 
     @torch.no_grad()
-    def sample(self, images: Sequence[ImageSpec], width: int = 1024, height: int = 1024, steps: int | None = None,
-               guidance: float | None = None, preset: str | Preset = "full", scheduler: str | None = None,
-               shift: float | None = None, callback: Callback | None = None, snap: bool = False,
-               references: Sequence[Image.Image] | None = None,
-               return_latents: bool = False) -> list[Image.Image] | torch.Tensor:
+    def sample(
+        self,
+        images: Sequence[ImageSpec],
+        width: int = 1024,
+        height: int = 1024,
+        steps: int | None = None,
+        guidance: float | None = None,
+        preset: str | Preset = "full",
+        scheduler: str | None = None,
+        shift: float | None = None,
+        callback: Callback | None = None,
+        snap: bool = False,
+        references: Sequence[Image.Image] | None = None,
+        return_latents: bool = False,
+    ) -> list[Image.Image] | torch.Tensor:
         """One batched sampling call for images that share size and settings but each have their own prompt,
         negative prompt and seed (the images of several requests, or the missing images of one). Image i
         equals what __call__ gives for its prompt with seed=images[i].seed (up to batching's float noise).
@@ -256,8 +323,21 @@ class Sampler:
                 raise ValueError(f"seed must be a non-negative integer, got {im.seed!r}")
         prompts = list(dict.fromkeys(im.prompt for im in images))
         negatives = list(dict.fromkeys(im.negative_prompt for im in images))
-        req = self._request(prompts, negatives[0], width, height, steps, guidance, images[0].seed, preset,
-                            scheduler, shift, 1, snap, references)
+        req = self._request(
+            prompts,
+            negatives[0],
+            width,
+            height,
+            steps,
+            guidance,
+            images[0].seed,
+            preset,
+            scheduler,
+            shift,
+            1,
+            snap,
+            references,
+        )
         for neg in negatives:
             if not isinstance(neg, str):
                 raise ValueError(f"negative_prompt must be a string, got {type(neg).__name__}")
@@ -271,8 +351,9 @@ class Sampler:
         vision = None
         if req.references is not None:  # the vision tower runs once per request, shared by every row
             with self._autocast(device):
-                vision = model.vision_features(req.references.pixel_values.to(device),
-                                               req.references.image_grid_thw.to(device))
+                vision = model.vision_features(
+                    req.references.pixel_values.to(device), req.references.image_grid_thw.to(device)
+                )
         # rows: every image's cond prompt, then (CFG) its negative prompt
         cond = (req.prompts, req.rows)
         uncond = (req.negatives, req.neg_rows)
@@ -291,7 +372,7 @@ class Sampler:
             out, i = [], 0
             for prefix in prefixes:  # one call per group: a single one unless CFG runs as two calls
                 b = prefix.batch_size
-                vin, tt = vinputs[i:i + b], t[i:i + b]
+                vin, tt = vinputs[i : i + b], t[i : i + b]
                 with self._autocast(device):
                     out.append(self._step(prefix, vin, tt))
                 self.denoise_calls += 1
@@ -347,14 +428,42 @@ class Sampler:
 
     # ------------------------------------------------------------------------------ the oracle
     @torch.no_grad()
-    def reference(self, prompts, negative_prompt: str = " ", width: int = 1024, height: int = 1024,
-                  steps=None, guidance=None, seed: int = 0, preset="full", scheduler=None, shift=None,
-                  num_images: int = 1, snap: bool = False, dense: bool = False, callback=None,
-                  references=None, return_latents: bool = False):
+    def reference(
+        self,
+        prompts,
+        negative_prompt: str = " ",
+        width: int = 1024,
+        height: int = 1024,
+        steps=None,
+        guidance=None,
+        seed: int = 0,
+        preset="full",
+        scheduler=None,
+        shift=None,
+        num_images: int = 1,
+        snap: bool = False,
+        dense: bool = False,
+        callback=None,
+        references=None,
+        return_latents: bool = False,
+    ):
         """The official way: every step, one full forward (prompt + image) per image and per cond/uncond,
         nothing cached. dense=True uses model.reference_forward (the official dense-mask attention)."""
-        req = self._request(prompts, negative_prompt, width, height, steps, guidance, seed, preset, scheduler,
-                            shift, num_images, snap, references)
+        req = self._request(
+            prompts,
+            negative_prompt,
+            width,
+            height,
+            steps,
+            guidance,
+            seed,
+            preset,
+            scheduler,
+            shift,
+            num_images,
+            snap,
+            references,
+        )
         model, device = self.model, self.model.device
         fwd = model.reference_forward if dense else model
         one = {t: collate([self._layout(req, t)]).to(device) for t in req.prompts + req.negatives}
@@ -477,4 +586,3 @@ class GraphedCall:
             self.failed = f"{type(e).__name__}: {e}"
             torch.cuda.synchronize()
         return result
-

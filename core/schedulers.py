@@ -14,6 +14,7 @@ The goldens in ../shared/conformance/schedulers pin every detail; the quirks kep
 schedule shifted twice, timesteps truncated to integers, float32 scalar arithmetic, noise drawn at the
 last step too) are noted where they happen. Check: `python -m pytest tests/core/test_schedulers.py -q`.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -70,7 +71,7 @@ class FlowUniPC:
         sig = _shift(np.linspace(sigma_max, sigma_min, steps + 1)[:-1], shift)
         self.timesteps = torch.from_numpy(sig * NUM_TRAIN_TIMESTEPS).to(torch.int64)  # truncation, not rounding
         self.sigmas = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
-        self._x0: list[torch.Tensor] = []     # x0 predictions of the last `order` steps, oldest first
+        self._x0: list[torch.Tensor] = []  # x0 predictions of the last `order` steps, oldest first
         self._last_sample: torch.Tensor | None = None
         self._last_order = 0
         self.step_index = 0
@@ -141,7 +142,7 @@ class FlowUniPC:
         x0 = sample - self.sigmas[i] * model_output
         if i > 0:
             sample = self._correct(x0, sample)
-        self._x0 = (self._x0 + [x0])[-self.order:]
+        self._x0 = (self._x0 + [x0])[-self.order :]
         # lower_order_final: the last step is first order; the first step is (warm-up)
         order = min(self.order, len(self.timesteps) - i, i + 1)
         self._last_sample = sample
@@ -161,9 +162,13 @@ class FlashEuler:
     used, as the official code does. `step(..., noise=...)` injects the raw draws instead (tests).
     """
 
-    def __init__(self, timesteps: Sequence[int] = DEV_TIMESTEPS, s_noise: float | Sequence[float] = 7.5,
-                 noise_clip_std: float = 2.5,
-                 generator: torch.Generator | Sequence[torch.Generator] | None = None):
+    def __init__(
+        self,
+        timesteps: Sequence[int] = DEV_TIMESTEPS,
+        s_noise: float | Sequence[float] = 7.5,
+        noise_clip_std: float = 2.5,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    ):
         ts = [int(t) for t in timesteps]
         if not ts or any(not 0 < t <= NUM_TRAIN_TIMESTEPS for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
             raise ValueError(f"timesteps must be strictly decreasing integers in (0, 1000], got {list(timesteps)}")
@@ -186,8 +191,14 @@ class FlashEuler:
             return torch.randn(like.shape, generator=gen, device=gen.device, dtype=torch.float32).to(like.device)
         if len(gen) != like.shape[0]:
             raise ValueError(f"FlashEuler has {len(gen)} generators for a batch of {like.shape[0]}")
-        return torch.cat([torch.randn((1, *like.shape[1:]), generator=g, device=g.device, dtype=torch.float32)
-                          .to(like.device) for g in gen])
+        return torch.cat(
+            [
+                torch.randn((1, *like.shape[1:]), generator=g, device=g.device, dtype=torch.float32).to(
+                    like.device
+                )
+                for g in gen
+            ]
+        )
 
     def _clip(self, noise: torch.Tensor) -> torch.Tensor:
         if self.noise_clip_std <= 0:
@@ -200,8 +211,9 @@ class FlashEuler:
             out.append(r.clamp(min=-c, max=c))
         return out[0] if len(out) == 1 else torch.cat(out)
 
-    def step(self, model_output: torch.Tensor, sample: torch.Tensor,
-             noise: torch.Tensor | None = None) -> torch.Tensor:
+    def step(
+        self, model_output: torch.Tensor, sample: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         i = self.step_index
         if i >= len(self.timesteps):
             raise RuntimeError(f"FlashEuler: all {len(self.timesteps)} steps are done")
@@ -225,8 +237,10 @@ class FlowMatchEuler:
         try:
             from diffusers import FlowMatchEulerDiscreteScheduler
         except ImportError as e:  # the GPU image ships without diffusers
-            raise ImportError("the flow-match Euler scheduler needs diffusers (pip install diffusers); "
-                              "use the 'unipc' or 'flash' scheduler instead") from e
+            raise ImportError(
+                "the flow-match Euler scheduler needs diffusers (pip install diffusers); "
+                "use the 'unipc' or 'flash' scheduler instead"
+            ) from e
         _check_shift(shift)
         if timesteps is not None:
             steps = len(timesteps)
@@ -249,10 +263,16 @@ class FlowMatchEuler:
         return self._impl.step(model_output, t, sample, return_dict=False)[0]
 
 
-
-
-def make_scheduler(name: str, *, steps: int, shift: float = 3.0, timesteps: Sequence[int] | None = None,
-                   s_noise: float = 7.5, noise_clip_std: float = 2.5, generator=None):
+def make_scheduler(
+    name: str,
+    *,
+    steps: int,
+    shift: float = 3.0,
+    timesteps: Sequence[int] | None = None,
+    s_noise: float = 7.5,
+    noise_clip_std: float = 2.5,
+    generator=None,
+):
     """Build a scheduler by name: 'unipc' (steps, shift), 'flash' (timesteps or DEV_TIMESTEPS), 'euler'."""
     if name == "unipc":
         if timesteps is not None:
@@ -261,8 +281,10 @@ def make_scheduler(name: str, *, steps: int, shift: float = 3.0, timesteps: Sequ
     if name == "flash":
         ts = DEV_TIMESTEPS if timesteps is None else timesteps
         if timesteps is None and steps != len(DEV_TIMESTEPS):
-            raise ValueError(f"the flash scheduler runs the fixed {len(DEV_TIMESTEPS)}-step dev list; "
-                             f"got steps={steps} (pass timesteps=[...] for another list)")
+            raise ValueError(
+                f"the flash scheduler runs the fixed {len(DEV_TIMESTEPS)}-step dev list; "
+                f"got steps={steps} (pass timesteps=[...] for another list)"
+            )
         return FlashEuler(ts, s_noise=s_noise, noise_clip_std=noise_clip_std, generator=generator)
     if name == "euler":
         return FlowMatchEuler(steps, shift=shift, timesteps=timesteps)

@@ -7,6 +7,7 @@ The folder holds config.json (Qwen3VLConfig), model.safetensors (or shards + mod
 generation_config.json, and a byte-level BPE tokenizer (tokenizer.json, tokenizer_config.json with a
 Qwen-style chat template and the special tokens the layout needs), so tests exercise the real loading path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,17 @@ from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
 
 from core.model import HiDreamO1
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                  "<|image_pad|>", "<|video_pad|>", "<|boi_token|>", "<|tms_token|>"]
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<|boi_token|>",
+    "<|tms_token|>",
+]
 # One user message, as the Qwen chat template renders it (string or [{"type": "image"|"text"}] content).
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -37,9 +47,11 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
 )
-DEFAULT_WORDS = ("a an the one two three red green blue yellow white black orange purple small large big tiny "
-                 "circle square triangle star on of in with and left right top bottom center background "
-                 "scene shape shapes image picture photo style user assistant").split()
+DEFAULT_WORDS = (
+    "a an the one two three red green blue yellow white black orange purple small large big tiny "
+    "circle square triangle star on of in with and left right top bottom center background "
+    "scene shape shapes image picture photo style user assistant"
+).split()
 
 
 @dataclass
@@ -71,8 +83,10 @@ class TinySpec:
         if self.head_dim % 2 or self.head_dim < 6:
             problems.append(f"head_dim {self.head_dim} must be even and >= 6 (three M-RoPE sections)")
         if self.vision_hidden % self.vision_heads or (self.vision_hidden // self.vision_heads) % 4:
-            problems.append(f"vision_hidden/vision_heads = {self.vision_hidden}/{self.vision_heads} must be an "
-                            f"integer divisible by 4")
+            problems.append(
+                f"vision_hidden/vision_heads = {self.vision_hidden}/{self.vision_heads} must be an "
+                f"integer divisible by 4"
+            )
         if any(i >= self.vision_depth for i in self.deepstack):
             problems.append(f"deepstack indexes {self.deepstack} must be < vision_depth {self.vision_depth}")
         if len(self.deepstack) > self.layers:
@@ -101,12 +115,20 @@ def build_tokenizer(corpus=None, vocab_size: int = 512):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     # words also appear with a leading space, as they do inside sentences
     tok.train_from_iterator(texts + [" " + t for t in texts], trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=SPECIAL_TOKENS[1:])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -116,20 +138,51 @@ def tiny_config(spec: TinySpec, tokenizer) -> Qwen3VLConfig:
     spec.validate()
     vocab = tokenizer.get_vocab()
     vocab_size = int(math.ceil(len(tokenizer) / spec.vocab_multiple) * spec.vocab_multiple)
-    text = dict(hidden_size=spec.hidden, num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
-                num_key_value_heads=spec.kv_heads, head_dim=spec.head_dim, intermediate_size=spec.mlp,
-                hidden_act="silu", rms_norm_eps=1e-6, vocab_size=vocab_size, max_position_embeddings=262144,
-                attention_bias=False, rope_theta=spec.rope_theta,
-                rope_scaling={"rope_type": "default", "mrope_section": mrope_section(spec.head_dim),
-                              "mrope_interleaved": True},
-                bos_token_id=vocab["<|endoftext|>"], eos_token_id=vocab["<|im_end|>"], **spec.extra)
-    vision = dict(depth=spec.vision_depth, hidden_size=spec.vision_hidden, num_heads=spec.vision_heads,
-                  intermediate_size=spec.vision_mlp, hidden_act="gelu_pytorch_tanh", patch_size=16,
-                  temporal_patch_size=2, spatial_merge_size=2, in_channels=3, out_hidden_size=spec.hidden,
-                  num_position_embeddings=spec.vision_grid ** 2, deepstack_visual_indexes=list(spec.deepstack))
-    return Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=vocab["<|image_pad|>"],
-                         video_token_id=vocab["<|video_pad|>"], vision_start_token_id=vocab["<|vision_start|>"],
-                         vision_end_token_id=vocab["<|vision_end|>"], tie_word_embeddings=False)
+    text = dict(
+        hidden_size=spec.hidden,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        head_dim=spec.head_dim,
+        intermediate_size=spec.mlp,
+        hidden_act="silu",
+        rms_norm_eps=1e-6,
+        vocab_size=vocab_size,
+        max_position_embeddings=262144,
+        attention_bias=False,
+        rope_theta=spec.rope_theta,
+        rope_scaling={
+            "rope_type": "default",
+            "mrope_section": mrope_section(spec.head_dim),
+            "mrope_interleaved": True,
+        },
+        bos_token_id=vocab["<|endoftext|>"],
+        eos_token_id=vocab["<|im_end|>"],
+        **spec.extra,
+    )
+    vision = dict(
+        depth=spec.vision_depth,
+        hidden_size=spec.vision_hidden,
+        num_heads=spec.vision_heads,
+        intermediate_size=spec.vision_mlp,
+        hidden_act="gelu_pytorch_tanh",
+        patch_size=16,
+        temporal_patch_size=2,
+        spatial_merge_size=2,
+        in_channels=3,
+        out_hidden_size=spec.hidden,
+        num_position_embeddings=spec.vision_grid**2,
+        deepstack_visual_indexes=list(spec.deepstack),
+    )
+    return Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=vocab["<|image_pad|>"],
+        video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
 
 
 @torch.no_grad()
@@ -164,16 +217,21 @@ def build_model(spec: TinySpec | None = None, tokenizer=None, seed: int = 0) -> 
 
 
 # ----------------------------------------------------------------------------- writing
-def save_checkpoint(model: HiDreamO1, path, tokenizer=None, shards: int = 1, dtype=None,
-                    include_lm_head: bool = False) -> Path:
+def save_checkpoint(
+    model: HiDreamO1, path, tokenizer=None, shards: int = 1, dtype=None, include_lm_head: bool = False
+) -> Path:
     """Write `model` as an official HF folder (the same key names as the real checkpoint)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
     if include_lm_head:
         cfg = model.config.text_config
-        state["lm_head.weight"] = torch.zeros(cfg.vocab_size, cfg.hidden_size, dtype=next(iter(state.values())).dtype)
+        state["lm_head.weight"] = torch.zeros(
+            cfg.vocab_size, cfg.hidden_size, dtype=next(iter(state.values())).dtype
+        )
     keys = sorted(state)
     if shards <= 1:
         save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
@@ -182,18 +240,20 @@ def save_checkpoint(model: HiDreamO1, path, tokenizer=None, shards: int = 1, dty
         weight_map, total = {}, 0
         for i in range(shards):
             name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-            part = {k: state[k] for k in keys[i * per:(i + 1) * per]}
+            part = {k: state[k] for k in keys[i * per : (i + 1) * per]}
             save_file(part, str(path / name), metadata={"format": "pt"})
             weight_map.update({k: name for k in part})
             total += sum(t.numel() * t.element_size() for t in part.values())
         (path / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+        )
     config = official_config_dict(model.config)
     config["dtype"] = str(dtype or next(iter(state.values())).dtype).replace("torch.", "")
     (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     text = model.config.text_config
-    (path / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": text.bos_token_id, "eos_token_id": text.eos_token_id}, indent=2))
+    (path / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": text.bos_token_id, "eos_token_id": text.eos_token_id}, indent=2)
+    )
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
         _portable_tokenizer_config(path / "tokenizer_config.json")
@@ -237,14 +297,26 @@ def save_comfy_file(model: HiDreamO1, file, dtype=None) -> Path:
     """The ComfyUI single-file form: the same tensors under `diffusion_model.` instead of `model.`."""
     file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
-    state = {"diffusion_model." + k[len("model."):]: (v.to(dtype) if dtype is not None else v).detach().cpu()
-             .contiguous() for k, v in model.state_dict().items()}
+    state = {
+        "diffusion_model." + k[len("model.") :]: (v.to(dtype) if dtype is not None else v)
+        .detach()
+        .cpu()
+        .contiguous()
+        for k, v in model.state_dict().items()
+    }
     save_file(state, str(file))
     return file
 
 
-def write_tiny_checkpoint(path, spec: TinySpec | None = None, corpus=None, vocab_size: int = 512, seed: int = 0,
-                          shards: int = 1, include_lm_head: bool = False) -> Path:
+def write_tiny_checkpoint(
+    path,
+    spec: TinySpec | None = None,
+    corpus=None,
+    vocab_size: int = 512,
+    seed: int = 0,
+    shards: int = 1,
+    include_lm_head: bool = False,
+) -> Path:
     """Build a random model + tokenizer from `spec` / `corpus` and write it in the official layout."""
     tokenizer = build_tokenizer(corpus, vocab_size)
     model, _ = build_model(spec, tokenizer, seed)
@@ -262,7 +334,9 @@ def _main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--vocab-size", type=int, default=512)
-    ap.add_argument("--corpus", help="text file whose lines train the tokenizer (default: a shape-scene word list)")
+    ap.add_argument(
+        "--corpus", help="text file whose lines train the tokenizer (default: a shape-scene word list)"
+    )
     args = ap.parse_args()
     spec = TinySpec(**{k: getattr(args, k) for k, v in asdict(TinySpec()).items() if isinstance(v, int)})
     corpus = Path(args.corpus).read_text().splitlines() if args.corpus else None

@@ -1,9 +1,10 @@
 """Create an owner and print a new API key for it (the key is shown only this once):
 
-    .venv/bin/python -m db.create_owner alice          # a new owner + key
-    .venv/bin/python -m db.create_owner alice --new-key  # another key for an existing owner
-    .venv/bin/python -m db.create_owner alice --revoke o1l_AbCdEfGh   # revoke keys starting so
+.venv/bin/python -m db.create_owner alice          # a new owner + key
+.venv/bin/python -m db.create_owner alice --new-key  # another key for an existing owner
+.venv/bin/python -m db.create_owner alice --revoke o1l_AbCdEfGh   # revoke keys starting so
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.database_url is None:
         from service.settings import get_settings
+
         args.database_url = get_settings().resolved_database_url
     with make_sessionmaker(args.database_url)() as session:
         if args.new_key or args.revoke:

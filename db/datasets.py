@@ -1,4 +1,5 @@
 """Datasets: rows describing uploaded image/caption sets whose files live in the artifact store."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -15,10 +16,28 @@ def new_dataset_id() -> str:
     return new_id()
 
 
-def create_dataset(session: Session, *, dataset_id: str, owner_id: str, name: str, storage_prefix: str,
-                   num_images: int, num_captions: int, total_bytes: int, report: dict[str, Any]) -> Dataset:
-    ds = Dataset(id=dataset_id, owner_id=owner_id, name=name, storage_prefix=storage_prefix,
-                 num_images=num_images, num_captions=num_captions, total_bytes=total_bytes, report=report)
+def create_dataset(
+    session: Session,
+    *,
+    dataset_id: str,
+    owner_id: str,
+    name: str,
+    storage_prefix: str,
+    num_images: int,
+    num_captions: int,
+    total_bytes: int,
+    report: dict[str, Any],
+) -> Dataset:
+    ds = Dataset(
+        id=dataset_id,
+        owner_id=owner_id,
+        name=name,
+        storage_prefix=storage_prefix,
+        num_images=num_images,
+        num_captions=num_captions,
+        total_bytes=total_bytes,
+        report=report,
+    )
     session.add(ds)
     session.commit()
     return ds
@@ -28,8 +47,9 @@ def get_dataset(session: Session, *, dataset_id: str, owner_id: str | None = Non
     return owned_row(session, Dataset, dataset_id, owner_id)
 
 
-def list_datasets(session: Session, *, owner_id: str, limit: int = 20,
-                  offset: int = 0) -> tuple[list[Dataset], int]:
+def list_datasets(
+    session: Session, *, owner_id: str, limit: int = 20, offset: int = 0
+) -> tuple[list[Dataset], int]:
     return owned_page(session, Dataset, owner_id=owner_id, limit=limit, offset=offset)
 
 
@@ -38,11 +58,18 @@ def delete_dataset(session: Session, *, dataset_id: str, owner_id: str) -> Liter
     ds = get_dataset(session, dataset_id=dataset_id, owner_id=owner_id)
     if ds is None:
         return None
-    busy = session.scalar(select(func.count()).select_from(TrainingJob)
-                          .where(TrainingJob.dataset_id == dataset_id, TrainingJob.status.in_(ACTIVE)))
+    busy = session.scalar(
+        select(func.count())
+        .select_from(TrainingJob)
+        .where(TrainingJob.dataset_id == dataset_id, TrainingJob.status.in_(ACTIVE))
+    )
     # a job validating on it needs it as much (read in Python: the owner's active jobs are few, by quota)
-    validating = any(params.get("validation_dataset_id") == dataset_id for params in session.scalars(
-        select(TrainingJob.params).where(TrainingJob.owner_id == owner_id, TrainingJob.status.in_(ACTIVE))))
+    validating = any(
+        params.get("validation_dataset_id") == dataset_id
+        for params in session.scalars(
+            select(TrainingJob.params).where(TrainingJob.owner_id == owner_id, TrainingJob.status.in_(ACTIVE))
+        )
+    )
     if busy or validating:
         return "in_use"
     session.delete(ds)

@@ -1,4 +1,5 @@
 """Uploaded reference images: rows describing files in the artifact store that generations condition on."""
+
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
@@ -12,10 +13,28 @@ def new_image_id() -> str:
     return new_id()
 
 
-def create_image(session: Session, *, image_id: str, owner_id: str, name: str, storage_key: str, format: str,
-                 width: int, height: int, size_bytes: int) -> UploadedImage:
-    img = UploadedImage(id=image_id, owner_id=owner_id, name=name, storage_key=storage_key, format=format,
-                        width=width, height=height, size_bytes=size_bytes)
+def create_image(
+    session: Session,
+    *,
+    image_id: str,
+    owner_id: str,
+    name: str,
+    storage_key: str,
+    format: str,
+    width: int,
+    height: int,
+    size_bytes: int,
+) -> UploadedImage:
+    img = UploadedImage(
+        id=image_id,
+        owner_id=owner_id,
+        name=name,
+        storage_key=storage_key,
+        format=format,
+        width=width,
+        height=height,
+        size_bytes=size_bytes,
+    )
     session.add(img)
     session.commit()
     return img
@@ -25,8 +44,9 @@ def get_image(session: Session, *, image_id: str, owner_id: str | None = None) -
     return owned_row(session, UploadedImage, image_id, owner_id)
 
 
-def list_images(session: Session, *, owner_id: str, limit: int = 20,
-                offset: int = 0) -> tuple[list[UploadedImage], int]:
+def list_images(
+    session: Session, *, owner_id: str, limit: int = 20, offset: int = 0
+) -> tuple[list[UploadedImage], int]:
     return owned_page(session, UploadedImage, owner_id=owner_id, limit=limit, offset=offset)
 
 

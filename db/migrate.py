@@ -1,7 +1,8 @@
 """Bring a database to the newest schema (the embedded launcher and tests call this; so can you):
 
-    .venv/bin/python -m db.migrate [DATABASE_URL]      # default: the settings' database
+.venv/bin/python -m db.migrate [DATABASE_URL]      # default: the settings' database
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,6 +30,7 @@ if __name__ == "__main__":
         target = sys.argv[1]
     else:
         from service.settings import get_settings
+
         target = get_settings().resolved_database_url
     upgrade(target)
     print(f"database at head: {target.split('@')[-1]}")

@@ -5,14 +5,27 @@ Every resource row has an owner. Job rows are the source of truth for job state;
 through the conditional UPDATEs in db.training / db.generations. The schema is built by the Alembic
 migrations (tests/db/test_migrations.py checks that these models and the migrations agree).
 """
+
 from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text,
-                        TypeDecorator, UniqueConstraint)
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Named constraints so that Alembic batch mode (SQLite) can find and alter them.
@@ -38,6 +51,7 @@ def new_id() -> str:
 
 class UTCDateTime(TypeDecorator):
     """Stores naive UTC, returns aware UTC: SQLite drops time zones, and comparisons must agree on both DBs."""
+
     impl = DateTime
     cache_ok = True
 
@@ -81,7 +95,9 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
     id: Mapped[str] = _id()
     owner_id: Mapped[str] = _owner()
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the key; the key is never stored
+    key_hash: Mapped[str] = mapped_column(
+        String(64), unique=True
+    )  # sha256 hex of the key; the key is never stored
     prefix: Mapped[str] = mapped_column(String(16))  # first characters, to tell keys apart in listings
     created_at: Mapped[datetime] = _created()
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -139,7 +155,8 @@ class TrainingJob(Base):
     validation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     previews: Mapped[list["Preview"]] = relationship(
-        back_populates="job", order_by="(Preview.step, Preview.index)", cascade="all, delete-orphan")
+        back_populates="job", order_by="(Preview.step, Preview.index)", cascade="all, delete-orphan"
+    )
     lora: Mapped["Lora | None"] = relationship(back_populates="training_job", uselist=False)
 
 
@@ -164,7 +181,8 @@ class Lora(Base):
     source: Mapped[str] = mapped_column(String(16))  # trained | imported
     format: Mapped[str] = mapped_column(String(32))  # peft | comfyui | musubi | diffsynth | bare (as stored)
     training_job_id: Mapped[str | None] = mapped_column(
-        ForeignKey("training_jobs.id", ondelete="SET NULL"), unique=True)
+        ForeignKey("training_jobs.id", ondelete="SET NULL"), unique=True
+    )
     peft_prefix: Mapped[str | None] = mapped_column(String(500))  # store prefix of a PEFT folder
     comfyui_key: Mapped[str | None] = mapped_column(String(500))  # store key of one ComfyUI safetensors
     original_key: Mapped[str | None] = mapped_column(String(500))  # imported file exactly as uploaded
@@ -209,7 +227,8 @@ class Generation(Base):
     webhook_open: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
     images: Mapped[list["GenerationImage"]] = relationship(
-        back_populates="generation", order_by="GenerationImage.index", cascade="all, delete-orphan")
+        back_populates="generation", order_by="GenerationImage.index", cascade="all, delete-orphan"
+    )
 
 
 class GenerationImage(Base):
@@ -229,6 +248,7 @@ class GenerationImage(Base):
 class WebhookDelivery(Base):
     """One event of one job for its webhook URL. The id is the Standard Webhooks ``webhook-id``: every retry
     sends the same id and the same body, so a receiver can drop duplicates (delivery is at least once)."""
+
     __tablename__ = "webhook_deliveries"
     # One delivery per event of a job: "ref" tells apart the events that repeat (the step of a progress event,
     # step/index of a preview, the number of a generation's image); "" for start and completed.
@@ -253,6 +273,7 @@ class WebhookDelivery(Base):
 class WorkerBeat(Base):
     """Each worker process's own heartbeat (worker/presence.py): alive, and what its GPU holds. The job rows
     carry the jobs' heartbeats; this one also covers an idle worker, for /metrics."""
+
     __tablename__ = "worker_beats"
     worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid, as on claimed rows
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
@@ -265,6 +286,7 @@ class WorkerBeat(Base):
 class UploadedImage(Base):
     """An image the owner uploaded to condition generations (editing, personalisation): `reference_images`
     of a generation name these ids. The file is kept as uploaded; it was fully decoded once at upload."""
+
     __tablename__ = "images"
     id: Mapped[str] = _id()
     owner_id: Mapped[str] = _owner()

@@ -2,6 +2,7 @@
 
 Keys are 32 random bytes (base64url), so a fast hash is enough: there is nothing to brute-force.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,16 +43,25 @@ def create_api_key(session: Session, *, owner_id: str) -> str:
 
 def owner_for_key(session: Session, *, key: str) -> Owner | None:
     """The owner of a live (not revoked) key, or None."""
-    return session.scalar(select(Owner).join(ApiKey, ApiKey.owner_id == Owner.id)
-                          .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
+    return session.scalar(
+        select(Owner)
+        .join(ApiKey, ApiKey.owner_id == Owner.id)
+        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+    )
 
 
 def revoke_api_keys(session: Session, *, owner_id: str, prefix: str) -> int:
     """Revoke the owner's live keys starting with ``prefix`` (as printed, e.g. "o1l_AbCd"); returns how many."""
     if len(prefix) < 8:
         raise ValueError("give at least the first 8 characters of the key")
-    result = session.execute(update(ApiKey).where(ApiKey.owner_id == owner_id, ApiKey.revoked_at.is_(None),
-                                                  ApiKey.prefix.startswith(prefix[:12], autoescape=True))
-                             .values(revoked_at=utcnow()))
+    result = session.execute(
+        update(ApiKey)
+        .where(
+            ApiKey.owner_id == owner_id,
+            ApiKey.revoked_at.is_(None),
+            ApiKey.prefix.startswith(prefix[:12], autoescape=True),
+        )
+        .values(revoked_at=utcnow())
+    )
     session.commit()
     return result.rowcount

@@ -1,9 +1,10 @@
 """Engine and session factory for a database URL (SQLite or PostgreSQL).
 
-    from db.session import make_sessionmaker
-    Session = make_sessionmaker(settings.resolved_database_url)
-    with Session() as s: ...
+from db.session import make_sessionmaker
+Session = make_sessionmaker(settings.resolved_database_url)
+with Session() as s: ...
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@
 
 The server must be running: a missing server raises (tests that need it fail loudly, they never skip).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,9 @@ def temporary_postgres(admin_url: str = DEFAULT_ADMIN_URL) -> Iterator[str]:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as e:
         admin.dispose()
-        raise RuntimeError(f"PostgreSQL for tests is not reachable at {admin_url} "
-                           f"(set O1LORA_TEST_POSTGRES_URL): {e}") from e
+        raise RuntimeError(
+            f"PostgreSQL for tests is not reachable at {admin_url} (set O1LORA_TEST_POSTGRES_URL): {e}"
+        ) from e
     try:
         yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:

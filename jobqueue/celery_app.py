@@ -6,6 +6,7 @@
 Torch-free: the API imports this module (through jobqueue.enqueue) to send; only the worker imports
 worker.tasks (and so torch). `celery -A worker.celery_app` names the same app.
 """
+
 from __future__ import annotations
 
 from celery import Celery
@@ -47,8 +48,10 @@ def make_app() -> Celery:
         # The visibility timeout now only covers a message taken by a worker that dies before the ack (a
         # few ms); the reconciler re-sends such a job anyway. The key prefix lets deployments (and test
         # runs) share one Redis without seeing each other's queues.
-        broker_transport_options={"visibility_timeout": s.broker_visibility_timeout_s,
-                                  "global_keyprefix": s.broker_key_prefix},
+        broker_transport_options={
+            "visibility_timeout": s.broker_visibility_timeout_s,
+            "global_keyprefix": s.broker_key_prefix,
+        },
         # Take one message at a time: a worker busy with a long training must not hold the next job in
         # its reserve while another worker sits idle.
         worker_prefetch_multiplier=1,
@@ -70,8 +73,10 @@ def make_app() -> Celery:
         # Two queues so training and generation run on separate workers; routing by task name means
         # callers only name the task. A route's priority is a default: an explicit one (a resume) wins.
         task_queues=(Queue(TRAIN_QUEUE), Queue(GENERATE_QUEUE)),
-        task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE, "priority": NEW_JOB_PRIORITY},
-                     GENERATE_TASK: {"queue": GENERATE_QUEUE, "priority": NEW_JOB_PRIORITY}},
+        task_routes={
+            TRAIN_TASK: {"queue": TRAIN_QUEUE, "priority": NEW_JOB_PRIORITY},
+            GENERATE_TASK: {"queue": GENERATE_QUEUE, "priority": NEW_JOB_PRIORITY},
+        },
         task_create_missing_queues=False,
         # No result backend: the job row is the one record of a job's outcome (the API reads only the DB).
         result_backend=None,

@@ -6,6 +6,7 @@
 The job row is committed first and is the truth: when sending fails the row simply stays ``queued`` and the
 worker's reconciler sends it again, so a broker outage never loses a job or fails the request.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 def _default_app():
     # Through the module, not `from ... import app`: tests rebuild the app on their own broker by reloading it.
     from jobqueue import celery_app
+
     return celery_app.app
 
 
@@ -38,6 +40,7 @@ def enqueue(session: Session, kind: str, job_id: str, app: Any = None) -> str:
     who has been watching it. A new job gets NEW_JOB_PRIORITY from the app's routes.
     """
     from jobqueue.celery_app import RESUME_PRIORITY
+
     k = kind_of(kind)
     app = app if app is not None else _default_app()
     ran_before = (session.scalar(select(k.model.attempt).where(k.model.id == job_id)) or 0) > 0
@@ -55,8 +58,12 @@ def send_and_record(enqueuer: "Enqueuer", kind: str, job_id: str, sessions) -> N
         with sessions() as s:
             enqueue(s, kind, job_id, app=enqueuer.celery)
     except Exception as e:  # noqa: BLE001 - after the response: the reconciler re-sends a queued, unsent job
-        log.warning("could not enqueue %s %s (the reconciler will re-send it): %s", kind, job_id,
-                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+        log.warning(
+            "could not enqueue %s %s (the reconciler will re-send it): %s",
+            kind,
+            job_id,
+            str(e).splitlines()[0] if str(e) else type(e).__name__,
+        )
 
 
 class Enqueuer:

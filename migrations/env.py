@@ -3,6 +3,7 @@
 URL, first found: ``-x url=...``, ``config.attributes["url"]`` (db.migrate.upgrade), ``sqlalchemy.url`` in the
 ini, then service.settings. render_as_batch lets ALTERs run on SQLite (copy-and-move of the table).
 """
+
 from __future__ import annotations
 
 from alembic import context
@@ -14,11 +15,15 @@ config = context.config
 
 
 def _url() -> str:
-    url = context.get_x_argument(as_dictionary=True).get("url") or config.attributes.get("url") \
+    url = (
+        context.get_x_argument(as_dictionary=True).get("url")
+        or config.attributes.get("url")
         or config.get_main_option("sqlalchemy.url")
+    )
     if url:
         return url
     from service.settings import get_settings
+
     return get_settings().resolved_database_url
 
 
@@ -30,8 +35,9 @@ def render_item(type_, obj, autogen_context):
 
 
 def _configure(**kw) -> None:
-    context.configure(target_metadata=Base.metadata, render_as_batch=True, compare_type=True,
-                      render_item=render_item, **kw)
+    context.configure(
+        target_metadata=Base.metadata, render_as_batch=True, compare_type=True, render_item=render_item, **kw
+    )
 
 
 if context.is_offline_mode():

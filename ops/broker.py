@@ -9,6 +9,7 @@ live events. (Rejected: kombu's SQLAlchemy transport has no pub/sub, so SSE woul
 path; fakeredis' TCP server re-implements Redis in Python and is slow under Celery's blocking pops.)
 A `redis-server` on PATH is used when the wheel is absent (a platform without the wheel).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -57,21 +58,34 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             redis_server_binary(),
-            "--bind", "127.0.0.1", "--port", str(self.port),
-            "--dir", str(self.data_dir.resolve()),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir.resolve()),
             # Append-only file: queued messages survive a restart of the embedded service.
-            "--appendonly", "yes", "--save", "",
-            "--protected-mode", "yes", "--daemonize", "no",
-            "--logfile", str((self.data_dir / "redis.log").resolve()),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str((self.data_dir / "redis.log").resolve()),
         ]
         # Dies with the process that starts it, even a SIGKILLed one (no orphaned Redis holding the port).
         from ops.launcher import die_with_parent
+
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with code {self.proc.returncode}; "
-                                   f"see {self.data_dir / 'redis.log'}")
+                raise RuntimeError(
+                    f"redis-server exited with code {self.proc.returncode}; see {self.data_dir / 'redis.log'}"
+                )
             if self._ping():
                 return self
             time.sleep(0.05)

@@ -10,6 +10,7 @@ without and with the LoRA, and writes a grid: one row per prompt, base on the le
 also prints core.synth's style score (about 1 for hatched images, 0 for plain ones) of both columns; a
 default run measured base 0.06 -> with the LoRA 0.48 (300 steps on the bundled o1-shapes model).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageDraw
 
-from service.settings import BUNDLED_MODEL as BUNDLED, REPO
 from ops.broker import free_port
+from service.settings import BUNDLED_MODEL as BUNDLED
+from service.settings import REPO
 
 TRIGGER = "hatchwork style"
 
@@ -35,8 +37,15 @@ TRIGGER = "hatchwork style"
 def start_service(data_dir: Path, model: Path, port: int) -> tuple[subprocess.Popen, str]:
     """The embedded service in a child process; returns it and the API key it printed."""
     env = {**os.environ, "O1LORA_DATA_DIR": str(data_dir), "O1LORA_MODEL_PATH": str(model)}
-    proc = subprocess.Popen([sys.executable, "-m", "ops.embedded", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ops.embedded", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     seen = []
     while True:
         line = proc.stdout.readline()
@@ -76,10 +85,21 @@ def wait_done(http: httpx.Client, path: str, label: str, timeout: float) -> dict
         time.sleep(1.0)
 
 
-def generate(http: httpx.Client, prompt: str, size: int, steps: int, seed: int, loras: list[dict],
-             guidance: float) -> Image.Image:
-    r = http.post("/v1/generations", json={"prompt": prompt, "width": size, "height": size, "steps": steps,
-                                           "seed": seed, "loras": loras, "guidance": guidance})
+def generate(
+    http: httpx.Client, prompt: str, size: int, steps: int, seed: int, loras: list[dict], guidance: float
+) -> Image.Image:
+    r = http.post(
+        "/v1/generations",
+        json={
+            "prompt": prompt,
+            "width": size,
+            "height": size,
+            "steps": steps,
+            "seed": seed,
+            "loras": loras,
+            "guidance": guidance,
+        },
+    )
     r.raise_for_status()
     body = wait_done(http, f"/v1/generations/{r.json()['id']}", "generation", timeout=600)
     return Image.open(io.BytesIO(http.get(body["images"][0]["url"]).raise_for_status().content)).convert("RGB")
@@ -116,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--size", type=int, default=128, help="training and generation side in pixels")
     ap.add_argument("--gen-steps", type=int, default=20, help="sampler steps per image")
-    ap.add_argument("--guidance", type=float, default=3.0,
-                    help="CFG scale (3 suits the bundled model best: docs/evidence.md)")
+    ap.add_argument(
+        "--guidance", type=float, default=3.0, help="CFG scale (3 suits the bundled model best: docs/evidence.md)"
+    )
     ap.add_argument("--prompts", type=int, default=4)
     args = ap.parse_args(argv)
 
@@ -132,37 +153,58 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model = BUNDLED if (BUNDLED / "config.json").is_file() else out / "no-bundled-model"
     # The API refuses images under 256 px on a side; the trainer scales them to --size.
-    dataset = write_dataset(out / "hatched", n=args.images, size=max(256, args.size), style="hatched",
-                            as_zip=True)
+    dataset = write_dataset(out / "hatched", n=args.images, size=max(256, args.size), style="hatched", as_zip=True)
     port = free_port()
     proc, key = start_service(data_dir, model, port)
     try:
-        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
-                            timeout=120)
+        http = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}, timeout=120
+        )
         print(f"service up at http://127.0.0.1:{port} on {model.name}; uploading {dataset.name}", flush=True)
-        r = http.post("/v1/datasets", files=[("files", (dataset.name, dataset.read_bytes(), "application/zip"))],
-                      data={"name": "hatched shapes", "resolution": str(args.size)})
+        r = http.post(
+            "/v1/datasets",
+            files=[("files", (dataset.name, dataset.read_bytes(), "application/zip"))],
+            data={"name": "hatched shapes", "resolution": str(args.size)},
+        )
         if r.status_code != 201:
             raise RuntimeError(f"upload refused: {r.text}")
         prompts = [sample_scene(1234, i).caption("") for i in range(args.prompts)]
-        job = http.post("/v1/trainings", json={
-            "dataset_id": r.json()["id"], "trigger": TRIGGER, "steps": args.steps, "rank": args.rank,
-            "alpha": float(args.rank), "learning_rate": args.lr, "resolution": args.size,
-            "sample_every": args.steps, "sample_prompts": [f"{TRIGGER}, {prompts[0]}"]}).raise_for_status().json()
+        job = (
+            http.post(
+                "/v1/trainings",
+                json={
+                    "dataset_id": r.json()["id"],
+                    "trigger": TRIGGER,
+                    "steps": args.steps,
+                    "rank": args.rank,
+                    "alpha": float(args.rank),
+                    "learning_rate": args.lr,
+                    "resolution": args.size,
+                    "sample_every": args.steps,
+                    "sample_prompts": [f"{TRIGGER}, {prompts[0]}"],
+                },
+            )
+            .raise_for_status()
+            .json()
+        )
         print(f"training {job['id']} ({args.steps} steps)", flush=True)
         job = wait_done(http, f"/v1/trainings/{job['id']}", "training", timeout=24 * 3600)
         lora = [{"id": job["lora_id"], "scale": 1.0}]
         rows = []
         for i, prompt in enumerate(prompts):
             # the same prompt and seed: without the LoRA, with it and its trigger, with it but no trigger
-            images = [generate(http, p, args.size, args.gen_steps, seed=i, loras=l, guidance=args.guidance)
-                      for p, l in ((prompt, []), (f"{TRIGGER}, {prompt}", lora), (prompt, lora))]
+            images = [
+                generate(http, p, args.size, args.gen_steps, seed=i, loras=chosen, guidance=args.guidance)
+                for p, chosen in ((prompt, []), (f"{TRIGGER}, {prompt}", lora), (prompt, lora))
+            ]
             rows.append((prompt, images))
         path = out / "grid.png"
         grid(rows, args.size).save(path)
         score = [sum(style_score(imgs[c]) for _, imgs in rows) / len(rows) for c in range(len(COLUMNS))]
-        print(f"\nstyle score (1 = hatched, 0 = plain): base {score[0]:.2f}, with the LoRA and its trigger "
-              f"{score[1]:.2f}, with the LoRA and no trigger {score[2]:.2f}")
+        print(
+            f"\nstyle score (1 = hatched, 0 = plain): base {score[0]:.2f}, with the LoRA and its trigger "
+            f"{score[1]:.2f}, with the LoRA and no trigger {score[2]:.2f}"
+        )
         print(f"wrote {path}")
     finally:
         stop_service(proc)

@@ -14,6 +14,7 @@ queue, and resumes at the next start); a launcher killed outright takes its chil
 The key is kept in <data_dir>/api_key (mode 600) so that later starts print the same one; delete the file to
 get a new key.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,10 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-from service.settings import BUNDLED_MODEL as BUNDLED
-from service.settings import get_settings
 from ops.broker import EmbeddedRedis
 from ops.launcher import Launcher, wait_http
+from service.settings import BUNDLED_MODEL as BUNDLED
+from service.settings import get_settings
 
 # How long the API and the worker get to stop on their own: a training hands its job back at its next step
 # well within it. Kept under the 20 s that supervisors commonly wait before they SIGKILL the launcher.
@@ -44,8 +45,10 @@ def ensure_model(model_path: Path, data_dir: Path) -> Path:
             return candidate
     tiny = (data_dir / "models" / "o1-tiny-random").resolve()
     if not (tiny / "config.json").is_file():
-        print(f"no model at {model_path} nor {BUNDLED}; writing a tiny random one to {tiny} "
-              "(its images are noise)", flush=True)
+        print(
+            f"no model at {model_path} nor {BUNDLED}; writing a tiny random one to {tiny} (its images are noise)",
+            flush=True,
+        )
         subprocess.run([sys.executable, "-m", "core.tiny", str(tiny)], check=True)
     return tiny
 
@@ -93,9 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     key = ensure_api_key(database_url, data_dir)
 
     broker = EmbeddedRedis(data_dir / "redis").start()
-    env = {"O1LORA_DATA_DIR": str(data_dir), "O1LORA_DATABASE_URL": database_url,
-           "O1LORA_BROKER_URL": broker.url, "O1LORA_REDIS_URL": broker.url,
-           "O1LORA_ARTIFACT_DIR": str(s.resolved_artifact_dir), "O1LORA_MODEL_PATH": str(model)}
+    env = {
+        "O1LORA_DATA_DIR": str(data_dir),
+        "O1LORA_DATABASE_URL": database_url,
+        "O1LORA_BROKER_URL": broker.url,
+        "O1LORA_REDIS_URL": broker.url,
+        "O1LORA_ARTIFACT_DIR": str(s.resolved_artifact_dir),
+        "O1LORA_MODEL_PATH": str(model),
+    }
     procs = Launcher(env)
 
     def on_signal(signum, _frame):
@@ -111,16 +119,22 @@ def main(argv: list[str] | None = None) -> int:
         procs.start_worker("worker")
         url = f"http://{args.host}:{args.port}"
         wait_http(url + "/health", timeout=120, proc=api)
-        print(f"\no1lora is running at {url}  (docs: {url}/docs)\nAPI key: {key}\n"
-              f"data: {data_dir}   model: {model}\nCtrl-C stops it.\n", flush=True)
+        print(
+            f"\no1lora is running at {url}  (docs: {url}/docs)\nAPI key: {key}\n"
+            f"data: {data_dir}   model: {model}\nCtrl-C stops it.\n",
+            flush=True,
+        )
         while True:
             time.sleep(0.5)
             if api.poll() is not None:
                 print(f"the API exited with code {api.returncode}; stopping", file=sys.stderr)
                 return 1
             if procs.procs["worker"].poll() is not None:
-                print("the worker exited; restarting it (its job resumes from the last checkpoint)",
-                      file=sys.stderr, flush=True)
+                print(
+                    "the worker exited; restarting it (its job resumes from the last checkpoint)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 time.sleep(2)  # a worker that dies at start must not spin the machine
                 procs.start_worker("worker")
     except KeyboardInterrupt:
@@ -141,6 +155,7 @@ def release_jobs(database_url: str, worker_pid: int) -> None:
 
     from db.jobs import hand_back_all
     from db.session import make_sessionmaker
+
     maker = make_sessionmaker(database_url)
     try:
         with maker() as s:

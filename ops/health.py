@@ -5,6 +5,7 @@
 `celery inspect ping` only shows that the worker's event loop runs; this asks the two services a worker cannot
 work without, from the worker's own container and settings.
 """
+
 from __future__ import annotations
 
 import sys
@@ -12,8 +13,8 @@ import sys
 import redis
 from sqlalchemy import text
 
-from service.settings import Settings, get_settings
 from db.session import make_engine
+from service.settings import Settings, get_settings
 
 
 def check(s: Settings | None = None) -> list[str]:

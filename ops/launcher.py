@@ -5,6 +5,7 @@ workers through it. Each child gets its own process group, so a kill reaches the
 else; and each dies with the launcher (`die_with_parent`), so that a launcher killed with SIGKILL (or
 crashed) leaves no API or worker running on, unseen.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -61,20 +62,59 @@ class Launcher:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "ab")
             self._logs.append(out)
-        proc = subprocess.Popen(args, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT if out else None, start_new_session=True,
-                                preexec_fn=die_with_parent())
+        proc = subprocess.Popen(
+            args,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+        )
         self.procs[name] = proc
         return proc
 
     def start_api(self, host: str = "127.0.0.1", port: int = 8000, name: str = "api") -> subprocess.Popen:
         # A bounded graceful shutdown: open SSE streams must not hold a stopping API up.
-        return self._spawn(name, [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", host,
-                                  "--port", str(port), "--log-level", "warning", "--timeout-graceful-shutdown", "3"])
+        return self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.main:create_app",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--timeout-graceful-shutdown",
+                "3",
+            ],
+        )
 
     def start_worker(self, name: str = "worker", queues: str = "train,generate") -> subprocess.Popen:
-        return self._spawn(name, [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                                  "-Q", queues, "--hostname", f"{name}@%h", "--loglevel", "INFO", *WORKER_FLAGS])
+        return self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "-Q",
+                queues,
+                "--hostname",
+                f"{name}@%h",
+                "--loglevel",
+                "INFO",
+                *WORKER_FLAGS,
+            ],
+        )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal a child's whole process group (SIGKILL: a crash, with no chance to clean up)."""

@@ -14,6 +14,7 @@ Events are hints: the DB row stays the truth, and losing Redis loses only livene
     import redis; r = redis.Redis.from_url(settings.resolved_redis_url)
     publish(r, kind="training", job_id=job.id, type="progress", data={...})
 """
+
 from __future__ import annotations
 
 import json

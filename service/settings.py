@@ -6,6 +6,7 @@ Values come from the environment (prefix ``O1LORA_``) or a ``.env`` file in the 
 
 Torch-free and FastAPI-free on purpose: the worker imports it too.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -27,7 +28,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="O1LORA_", env_file=".env", extra="ignore")
 
     env: Literal["development", "production"] = Field(
-        "development", description="production refuses placeholder secrets")
+        "development", description="production refuses placeholder secrets"
+    )
 
     data_dir: Path = Field(Path("data"), description="root of everything the service writes locally")
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at <data_dir>/o1lora.db")
@@ -35,7 +37,8 @@ class Settings(BaseSettings):
     broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker")
     redis_url: str = Field("", description="Redis for live job events (pub/sub); empty means broker_url")
     broker_visibility_timeout_s: float = Field(
-        3600.0, gt=0, description="Redis redelivers a message unacked this long (see worker/celery_app.py)")
+        3600.0, gt=0, description="Redis redelivers a message unacked this long (see worker/celery_app.py)"
+    )
     broker_key_prefix: str = Field("", description="prefix of every broker key, to share one Redis")
     train_time_limit_s: float = Field(48 * 3600.0, gt=0, description="a training running longer fails")
     generate_time_limit_s: float = Field(3600.0, gt=0, description="a generation running longer fails")
@@ -49,68 +52,104 @@ class Settings(BaseSettings):
     max_zip_uncompressed_bytes: int = Field(4 * 2**30, gt=0, description="total size a zip may expand to")
     max_image_pixels: int = Field(64 * 2**20, gt=0, description="largest width*height an image may have")
     max_caption_bytes: int = Field(64 * 2**10, gt=0, description="largest caption .txt")
-    dataset_min_side: int = Field(256, ge=1, description="images with a shorter side (or the upload's resolution, "
-                                                         "if smaller) are named as warnings in the dataset report; "
-                                                         "trainings cap it at their resolution")
+    dataset_min_side: int = Field(
+        256,
+        ge=1,
+        description="images with a shorter side (or the upload's resolution, "
+        "if smaller) are named as warnings in the dataset report; "
+        "trainings cap it at their resolution",
+    )
     max_lora_bytes: int = Field(4 * 2**30, gt=0, description="largest imported LoRA file")
 
     # What one owner may ask of the workers (api/quota.py): active jobs (queued + running; 0 = no limit) and the
     # cost of one generation request in pixel-steps (width * height * steps * num_images). The default admits
     # 1024^2 x 50 steps x 4 images and 2048^2 x 50 x 1, and refuses 4096^2 x 50.
-    max_active_generations: int = Field(10, ge=0, description="an owner's queued + running generations; more -> 429")
+    max_active_generations: int = Field(
+        10, ge=0, description="an owner's queued + running generations; more -> 429"
+    )
     max_active_trainings: int = Field(5, ge=0, description="an owner's queued + running trainings; more -> 429")
     active_limit_retry_after_s: int = Field(30, ge=1, description="Retry-After of that 429")
-    max_generation_cost: int = Field(2048 * 2048 * 50, gt=0,
-                                     description="largest width * height * steps * num_images of one generation")
+    max_generation_cost: int = Field(
+        2048 * 2048 * 50, gt=0, description="largest width * height * steps * num_images of one generation"
+    )
 
     heartbeat_timeout_s: float = Field(180.0, gt=0, description="a running job silent this long is stale")
     sse_recheck_s: float = Field(5.0, gt=0, description="SSE re-reads the DB this often in case an event was lost")
 
     # Workers (worker/): see worker/celery_app.py for why the broker is used the way it is.
-    progress_interval_s: float = Field(1.0, ge=0, description="a job writes progress / reads cancel at most this often")
+    progress_interval_s: float = Field(
+        1.0, ge=0, description="a job writes progress / reads cancel at most this often"
+    )
     reconcile_interval_s: float = Field(15.0, ge=0, description="each worker's reconciler pass period; 0 = off")
     lora_cache_size: int = Field(8, gt=0, description="LoRAs a generation worker keeps bound in memory (LRU)")
     # Generation fast path (worker/model_host.py, worker/generation_batch.py).
     generate_compile: Literal["auto", "on", "off"] = Field(
-        "auto", description="torch.compile the denoise step: auto = on with CUDA, off on the CPU")
+        "auto", description="torch.compile the denoise step: auto = on with CUDA, off on the CPU"
+    )
     warmup_sizes: str = Field(
-        "auto", description="WxH list compiled at generation-worker start, e.g. 1024x1024,2048x2048; "
-                            "empty = none; auto = 1024x1024 when compiling, else none")
+        "auto",
+        description="WxH list compiled at generation-worker start, e.g. 1024x1024,2048x2048; "
+        "empty = none; auto = 1024x1024 when compiling, else none",
+    )
     cfg_split_pixels: int = Field(
-        2048 * 2048, gt=0, description="CFG as two unpadded calls from this many pixels up, one batch below")
+        2048 * 2048, gt=0, description="CFG as two unpadded calls from this many pixels up, one batch below"
+    )
     lora_max_rank: int = Field(
-        64, ge=0, description="LoRA ranks per linear held as data (all active LoRAs together); more fall "
-                              "back to hooks (a recompile); 0 = hooks only")
+        64,
+        ge=0,
+        description="LoRA ranks per linear held as data (all active LoRAs together); more fall "
+        "back to hooks (a recompile); 0 = hooks only",
+    )
     generate_max_batch: int = Field(
-        4, ge=1, description="most images of queued compatible generations sampled in one batched call")
+        4, ge=1, description="most images of queued compatible generations sampled in one batched call"
+    )
     generate_batch_wait_s: float = Field(
-        0.05, ge=0, description="how long a generation waits for compatible queued ones to batch with")
-    train_processes: int = Field(0, ge=0, description="processes (DDP ranks) per training job: 0 = one per "
-                                                       "visible GPU of the worker (1 without GPUs)")
-    db_outage_limit_s: float = Field(120.0, gt=0, description="a worker retries its database calls through "
-                                     "connection losses this long before failing the job (keep it under "
-                                     "heartbeat_timeout_s)")
+        0.05, ge=0, description="how long a generation waits for compatible queued ones to batch with"
+    )
+    train_processes: int = Field(
+        0,
+        ge=0,
+        description="processes (DDP ranks) per training job: 0 = one per "
+        "visible GPU of the worker (1 without GPUs)",
+    )
+    db_outage_limit_s: float = Field(
+        120.0,
+        gt=0,
+        description="a worker retries its database calls through "
+        "connection losses this long before failing the job (keep it under "
+        "heartbeat_timeout_s)",
+    )
 
     # The memory plan (worker/memory_plan.py): what fits on a worker's GPU, checked before a job loads anything.
     memory_plan: Literal["enforce", "off"] = Field(
-        "enforce", description="enforce: a job that cannot fit fails at once with a message, a training that "
-                               "fits only with gradient checkpointing gets it; off: jobs run as asked")
+        "enforce",
+        description="enforce: a job that cannot fit fails at once with a message, a training that "
+        "fits only with gradient checkpointing gets it; off: jobs run as asked",
+    )
     gpu_memory_headroom_gib: float = Field(
-        1.5, ge=0, description="GPU memory left free beyond a job's estimate (fragmentation, CUDA workspaces)")
+        1.5, ge=0, description="GPU memory left free beyond a job's estimate (fragmentation, CUDA workspaces)"
+    )
     training_releases_generation_model: Literal["always", "when_needed"] = Field(
-        "always", description="always: a training first drops the base the generation side of this worker "
-                              "holds (one copy of the base per GPU); when_needed: only when the training would "
-                              "not fit beside it (80+ GB cards keep generation warm)")
+        "always",
+        description="always: a training first drops the base the generation side of this worker "
+        "holds (one copy of the base per GPU); when_needed: only when the training would "
+        "not fit beside it (80+ GB cards keep generation warm)",
+    )
 
     # Webhooks (webhooks/): sent by every worker's sender thread from the deliveries table, never by the API.
     webhook_allow_private: bool = Field(
-        False, description="1 = webhook URLs may resolve to loopback / private / link-local addresses (tests, "
-                           "a receiver on the same private network); refused otherwise, at request and send time")
+        False,
+        description="1 = webhook URLs may resolve to loopback / private / link-local addresses (tests, "
+        "a receiver on the same private network); refused otherwise, at request and send time",
+    )
     webhook_retry_schedule_s: str = Field(
-        "5,30,120,600,1800,3600,7200", description="seconds before each retry of a failed delivery (comma list); "
-                                                   "the default keeps trying for about 3.7 h, then gives up")
+        "5,30,120,600,1800,3600,7200",
+        description="seconds before each retry of a failed delivery (comma list); "
+        "the default keeps trying for about 3.7 h, then gives up",
+    )
     webhook_progress_interval_s: float = Field(
-        5.0, ge=0, description="a job's progress webhook is sent at most this often")
+        5.0, ge=0, description="a job's progress webhook is sent at most this often"
+    )
     webhook_poll_s: float = Field(1.0, gt=0, description="how often a sender looks for events and due deliveries")
     webhook_timeout_s: float = Field(10.0, gt=0, description="a receiver answering slower than this has failed")
 
@@ -148,8 +187,10 @@ class Settings(BaseSettings):
         for name in ("database_url", "broker_url", "redis_url"):
             password = urlsplit(getattr(self, name)).password
             if password and password.lower() in PLACEHOLDER_SECRETS:
-                raise ValueError(f"O1LORA_{name.upper()} uses the placeholder password {password!r}; "
-                                 "set a real one (placeholders are only allowed with O1LORA_ENV=development)")
+                raise ValueError(
+                    f"O1LORA_{name.upper()} uses the placeholder password {password!r}; "
+                    "set a real one (placeholders are only allowed with O1LORA_ENV=development)"
+                )
         return self
 
 

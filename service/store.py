@@ -8,6 +8,7 @@ reader never sees half a file. A shared store (S3, NFS with another layout...) i
     store.put_bytes("generations/abc/0.png", png)
     with store.open("generations/abc/0.png") as f: ...
 """
+
 from __future__ import annotations
 
 import os
@@ -85,7 +86,7 @@ class ArtifactStore(ABC):
     def fetch_dir(self, prefix: str, dest: Path) -> Path:
         """A local folder with every key under ``prefix`` (copied into ``dest`` unless the store is local)."""
         for key in self.list(prefix):
-            out = Path(dest) / key[len(prefix) + 1:]
+            out = Path(dest) / key[len(prefix) + 1 :]
             out.parent.mkdir(parents=True, exist_ok=True)
             with self.open(key) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst)
@@ -121,12 +122,14 @@ class LocalStore(ArtifactStore):
         def copy(f):
             with open(src, "rb") as s:
                 shutil.copyfileobj(s, f, 1 << 20)
+
         self._atomic_write(key, copy)
 
     def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
         def write(f):
             for c in chunks:
                 f.write(c)
+
         self._atomic_write(key, write)
 
     def open(self, key: str) -> BinaryIO:
@@ -144,8 +147,11 @@ class LocalStore(ArtifactStore):
             return [prefix]
         if not base.is_dir():
             return []
-        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*")
-                      if p.is_file() and not p.name.startswith(".tmp-"))
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".tmp-")
+        )
 
     def delete_prefix(self, prefix: str) -> None:
         path = self._path(prefix)

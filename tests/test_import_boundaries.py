@@ -7,6 +7,7 @@ the Celery app, the one enqueue path) on db; api and worker on jobqueue (worker 
 embedded broker, demo, health check) on top. api imports no torch at all, neither
 at module level nor lazily inside a function: the API process must stay small and start fast.
 """
+
 from __future__ import annotations
 
 import ast
@@ -37,8 +38,13 @@ def _imports(path: Path) -> list[tuple[str, int, bool]]:
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     # An import under `if TYPE_CHECKING:` or `try:` at the top still runs at import time (except the first):
     # count only what is inside a function or class body as lazy.
-    lazy = {id(n) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
-            for n in ast.walk(fn) if n is not fn}
+    lazy = {
+        id(n)
+        for fn in ast.walk(tree)
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for n in ast.walk(fn)
+        if n is not fn
+    }
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -74,9 +80,12 @@ def _top(name: str) -> str:
 
 
 def _violations(package: str, forbidden: tuple[str, ...], *, lazy_too: bool = True) -> list[str]:
-    return [f"{path.relative_to(ROOT)}:{line} imports {name}"
-            for path in _sources(package) for name, line, eager in _imports(path)
-            if _top(name) in forbidden and (eager or lazy_too)]
+    return [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in _sources(package)
+        for name, line, eager in _imports(path)
+        if _top(name) in forbidden and (eager or lazy_too)
+    ]
 
 
 def test_core_imports_no_service_machinery_and_nothing_of_the_service():
@@ -102,15 +111,24 @@ def test_db_and_migrations_import_no_api_worker_ops_or_jobqueue():
 
 def test_webhooks_stand_on_db_and_service_only():
     """The sender runs in every worker and its URL check in the API: no torch, no web framework, no queue."""
-    assert _violations("webhooks", ("api", "worker", "ops", "jobqueue", "core", "torch", "fastapi", "starlette",
-                                    "celery", "kombu")) == []
+    assert (
+        _violations(
+            "webhooks",
+            ("api", "worker", "ops", "jobqueue", "core", "torch", "fastapi", "starlette", "celery", "kombu"),
+        )
+        == []
+    )
 
 
 def test_client_speaks_only_the_public_http_api():
     """The o1lora command and its client class are what a user installs on a laptop: no torch, and nothing of
     the service's insides (it must work against a remote service through HTTP alone)."""
-    assert _violations("client", ("torch", "core", "api", "worker", "db", "jobqueue", "ops", "service")
-                       + WEB_QUEUE_SQL) == []
+    assert (
+        _violations(
+            "client", ("torch", "core", "api", "worker", "db", "jobqueue", "ops", "service") + WEB_QUEUE_SQL
+        )
+        == []
+    )
 
 
 def test_worker_holds_jobs_only_and_never_reaches_up_into_api_or_ops():
@@ -169,8 +187,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-@pytest.mark.parametrize("package", ["api", "client", "core", "db", "jobqueue", "ops", "service", "webhooks",
-                                     "worker"])
+@pytest.mark.parametrize(
+    "package", ["api", "client", "core", "db", "jobqueue", "ops", "service", "webhooks", "worker"]
+)
 def test_no_import_circles(package):
     """Circles inside one package or across packages, counting lazy imports."""
     circles = [c for c in _cycles(_graph()) if any(_top(m) == package for m in c)]

@@ -4,6 +4,7 @@ For http:// the request goes to the checked IP itself (Host header kept), so a D
 the check cannot send it elsewhere. For https:// the TLS certificate must match the URL's host, which a
 rebound name pointing at an internal server cannot present.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -25,8 +26,11 @@ class Attempt:
 def pinned(url: str, address: str) -> tuple[str, dict[str, str]]:
     """The http URL with its host replaced by ``address``, and the Host header naming the original."""
     parts = urlsplit(url)
-    host = f"[{address}]" if isinstance(ipaddress.ip_address(address.split("%")[0]), ipaddress.IPv6Address) \
+    host = (
+        f"[{address}]"
+        if isinstance(ipaddress.ip_address(address.split("%")[0]), ipaddress.IPv6Address)
         else address
+    )
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), {"host": parts.netloc}
 
@@ -36,11 +40,12 @@ def post(url: str, body: str, headers: dict[str, str], *, allow_private: bool, t
         addresses = check_url(url, allow_private=allow_private)
     except WebhookUrlError as e:
         return Attempt(False, error=f"webhook_url {e}")
-    target, extra = (pinned(url, addresses[0]) if urlsplit(url).scheme == "http" else (url, {}))
+    target, extra = pinned(url, addresses[0]) if urlsplit(url).scheme == "http" else (url, {})
     try:
         with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
-            r = client.post(target, content=body.encode(), headers={**headers, **extra,
-                                                                     "user-agent": "o1lora-webhooks"})
+            r = client.post(
+                target, content=body.encode(), headers={**headers, **extra, "user-agent": "o1lora-webhooks"}
+            )
     except httpx.HTTPError as e:
         return Attempt(False, error=f"{type(e).__name__}: {e}"[:500])
     if 200 <= r.status_code < 300:

@@ -8,6 +8,7 @@ the secret, repeats of a webhook-id answered 200 but not counted twice.
 The tests use it in-process: ``fail_first`` answers 500 to the first N attempts of each webhook-id, the way a
 flaky receiver would.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,14 +22,15 @@ from webhooks.signing import SignatureError, verify
 
 
 class Receiver:
-    def __init__(self, secret: str, host: str = "127.0.0.1", port: int = 0, fail_first: int = 0,
-                 echo: bool = False):
+    def __init__(
+        self, secret: str, host: str = "127.0.0.1", port: int = 0, fail_first: int = 0, echo: bool = False
+    ):
         self.secret, self.fail_first, self.echo = secret, fail_first, echo
         self.lock = threading.Lock()
-        self.accepted: dict[str, dict[str, Any]] = {}   # webhook-id -> body, once each
+        self.accepted: dict[str, dict[str, Any]] = {}  # webhook-id -> body, once each
         self.accepted_order: list[str] = []
-        self.attempts: Counter[str] = Counter()           # webhook-id -> requests seen
-        self.rejected: list[str] = []                     # why a request was refused (bad signature...)
+        self.attempts: Counter[str] = Counter()  # webhook-id -> requests seen
+        self.rejected: list[str] = []  # why a request was refused (bad signature...)
         self.server = ThreadingHTTPServer((host, port), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

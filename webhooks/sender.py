@@ -8,6 +8,7 @@ each attempt is claimed (db.webhooks.claim_due). Also `python -m webhooks.sender
 Each attempt is signed afresh (same webhook-id and body, new timestamp). A failed attempt is retried after
 the next delay of webhook_retry_schedule_s; when the schedule is spent the delivery is marked failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,22 +40,38 @@ class SendPass:
 
 def secret_of(session: Session, owner_id: str) -> str:
     owner = session.get(Owner, owner_id)
-    return owner.webhook_secret if owner and owner.webhook_secret else \
-        ensure_webhook_secret(session, owner_id=owner_id, new_secret=new_secret())
+    return (
+        owner.webhook_secret
+        if owner and owner.webhook_secret
+        else ensure_webhook_secret(session, owner_id=owner_id, new_secret=new_secret())
+    )
 
 
 def send_one(session: Session, settings: Settings, d: WebhookDelivery) -> bool:
-    attempt = post(d.url, d.body, headers(secret_of(session, d.owner_id), d.id, d.body),
-                   allow_private=settings.webhook_allow_private, timeout_s=settings.webhook_timeout_s)
+    attempt = post(
+        d.url,
+        d.body,
+        headers(secret_of(session, d.owner_id), d.id, d.body),
+        allow_private=settings.webhook_allow_private,
+        timeout_s=settings.webhook_timeout_s,
+    )
     if attempt.ok:
         mark_delivered(session, delivery_id=d.id, status_code=attempt.status_code)
         return True
     delays = settings.webhook_retry_delays
     retry_at = utcnow() + timedelta(seconds=delays[d.attempts - 1]) if d.attempts <= len(delays) else None
-    mark_attempt_failed(session, delivery_id=d.id, status_code=attempt.status_code, error=attempt.error or "",
-                        retry_at=retry_at)
-    log.info("webhook %s (%s %s) attempt %d failed: %s; %s", d.id, d.job_kind, d.event, d.attempts,
-             attempt.error, f"retry at {retry_at:%H:%M:%S}" if retry_at else "given up")
+    mark_attempt_failed(
+        session, delivery_id=d.id, status_code=attempt.status_code, error=attempt.error or "", retry_at=retry_at
+    )
+    log.info(
+        "webhook %s (%s %s) attempt %d failed: %s; %s",
+        d.id,
+        d.job_kind,
+        d.event,
+        d.attempts,
+        attempt.error,
+        f"retry at {retry_at:%H:%M:%S}" if retry_at else "given up",
+    )
     return False
 
 

@@ -3,6 +3,7 @@
 The owner's secret reads ``whsec_<base64>``; the HMAC key is the base64-decoded part after the prefix. A
 receiver recomputes the signature with the same secret (``verify``) and drops repeats of a webhook-id.
 """
+
 from __future__ import annotations
 
 import base64
@@ -26,7 +27,7 @@ def new_secret() -> str:
 def key_of(secret: str) -> bytes:
     if not secret.startswith(PREFIX):
         raise SignatureError(f"a webhook secret starts with {PREFIX!r}")
-    return base64.b64decode(secret[len(PREFIX):], validate=True)
+    return base64.b64decode(secret[len(PREFIX) :], validate=True)
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: str | bytes) -> str:
@@ -38,8 +39,12 @@ def sign(secret: str, msg_id: str, timestamp: int, body: str | bytes) -> str:
 def headers(secret: str, msg_id: str, body: str, now: float | None = None) -> dict[str, str]:
     """The three headers of one attempt (the timestamp is the attempt's: a retry is signed afresh)."""
     timestamp = int(now if now is not None else time.time())
-    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(secret, msg_id, timestamp, body), "content-type": "application/json"}
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
+        "content-type": "application/json",
+    }
 
 
 def verify(secret: str, header_values: dict[str, str], body: str | bytes, now: float | None = None) -> None:

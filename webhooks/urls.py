@@ -5,6 +5,7 @@ resolve differently later (DNS rebinding): the sender then connects to the very 
 (webhooks/http.py). Loopback, private, link-local, shared, multicast and reserved addresses are refused
 unless the service allows private receivers (O1LORA_WEBHOOK_ALLOW_PRIVATE=1: tests, a private network).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -49,9 +50,14 @@ def refused_reason(address: str) -> str | None:
     ip = ipaddress.ip_address(address.split("%")[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    for what, flag in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
-                       ("private", ip.is_private), ("multicast", ip.is_multicast),
-                       ("unspecified", ip.is_unspecified), ("reserved", ip.is_reserved)):
+    for what, flag in (
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("private", ip.is_private),
+        ("multicast", ip.is_multicast),
+        ("unspecified", ip.is_unspecified),
+        ("reserved", ip.is_reserved),
+    ):
         if flag:
             return what
     return None if ip.is_global else "non-public"
@@ -66,6 +72,8 @@ def check_url(url: str, *, allow_private: bool) -> list[str]:
         for address in addresses:
             reason = refused_reason(address)
             if reason:
-                raise WebhookUrlError(f"host {parts.hostname!r} resolves to a {reason} address ({address}); "
-                                      "webhooks go to public addresses only")
+                raise WebhookUrlError(
+                    f"host {parts.hostname!r} resolves to a {reason} address ({address}); "
+                    "webhooks go to public addresses only"
+                )
     return addresses

@@ -6,4 +6,5 @@
 The app and every Celery setting live in jobqueue.celery_app (the API sends through the same app); its
 ``include`` makes the worker import worker.tasks, the only module that registers task code.
 """
+
 from jobqueue.celery_app import app  # noqa: F401

@@ -3,6 +3,7 @@
 Built lazily on first use, in the process that runs the tasks (never in a parent that forks), and rebuilt by
 `reset()` (tests point one process at several databases).
 """
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,8 @@ from functools import cached_property
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.settings import Settings, get_settings
 from db.session import make_sessionmaker
+from service.settings import Settings, get_settings
 from service.store import ArtifactStore, LocalStore
 
 

@@ -10,6 +10,7 @@ Every call retried here must be safe to run twice: the job transitions are condi
 records are upserts. A call whose COMMIT was lost in flight is the one ambiguous case; the callers that
 care (the claim, the final success) check the row on a retry.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,10 @@ class DatabaseOutage(Exception):
     """The database stayed unreachable longer than the limit; the message is meant for the job's owner."""
 
     def __init__(self, limit_s: float):
-        super().__init__(f"stopped: the service's database was unreachable for more than {limit_s:.0f} s "
-                         "(a service outage, not a problem with this job); it can be submitted again")
+        super().__init__(
+            f"stopped: the service's database was unreachable for more than {limit_s:.0f} s "
+            "(a service outage, not a problem with this job); it can be submitted again"
+        )
         self.limit_s = limit_s
 
 
@@ -56,8 +59,14 @@ def first_line(e: BaseException) -> str:
     return f"{type(orig).__name__}: {str(orig).strip().splitlines()[0] if str(orig).strip() else ''}"
 
 
-def retrying(call: Callable[[], T], *, limit_s: float, what: str,
-             clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> T:
+def retrying(
+    call: Callable[[], T],
+    *,
+    limit_s: float,
+    what: str,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """``call()``, again after each transient database error with growing pauses (0.2 s doubling up to 5 s),
     until it returns or the errors have lasted ``limit_s``: then DatabaseOutage. Other errors pass through."""
     start = clock()
@@ -74,8 +83,13 @@ def retrying(call: Callable[[], T], *, limit_s: float, what: str,
                 raise
             waited = clock() - start
             if waited >= limit_s:
-                log.error("%s: database unreachable for %.0f s (limit %.0f s), giving up: %s",
-                          what, waited, limit_s, first_line(e))
+                log.error(
+                    "%s: database unreachable for %.0f s (limit %.0f s), giving up: %s",
+                    what,
+                    waited,
+                    limit_s,
+                    first_line(e),
+                )
                 raise DatabaseOutage(limit_s) from e
             tries += 1
             log.warning("%s: database error, retry %d in %.1f s: %s", what, tries, delay, first_line(e))

@@ -1,5 +1,6 @@
 """Moved to ops/demo.py (worker/ holds the job runners only); `python -m worker.demo` still runs it, for the
 deployments and habits that name the old path."""
+
 import runpy
 
 if __name__ == "__main__":

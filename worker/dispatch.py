@@ -1,4 +1,5 @@
 """Which jobs have a message waiting in the broker (the reconciler's question). Sending is jobqueue.enqueue."""
+
 from __future__ import annotations
 
 import base64

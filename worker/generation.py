@@ -10,6 +10,7 @@ missing (a re-run keeps the images already stored) is sampled in one batched sam
 with seed + i, so it equals the image a one-by-one run gives. Compatible queued generations can join that
 batch (worker/generation_batch.py); each row keeps its own progress, images, cancel and outcome.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,8 +20,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from db.generations import (add_generation_image, add_generation_warnings, fail_generation, finish_generation,
-                            is_generation_cancel_requested, mark_generation_canceled, record_generation_progress)
+from db.generations import (
+    add_generation_image,
+    add_generation_warnings,
+    fail_generation,
+    finish_generation,
+    is_generation_cancel_requested,
+    mark_generation_canceled,
+    record_generation_progress,
+)
 from db.loras import get_lora
 from db.models import Generation, GenerationImage
 from worker.context import WorkerContext, ctx
@@ -46,8 +54,14 @@ def host(c: WorkerContext) -> ModelHost:
     s = c.settings
     key = host_key(s)
     if _host is None or _host.key != key:
-        _host = ModelHost(s.model_path, s.lora_cache_size, compile=s.generate_compile, lora_max_rank=s.lora_max_rank,
-                          cfg_split_pixels=s.cfg_split_pixels, compile_cache_dir=s.data_dir / "compile-cache")
+        _host = ModelHost(
+            s.model_path,
+            s.lora_cache_size,
+            compile=s.generate_compile,
+            lora_max_rank=s.lora_max_rank,
+            cfg_split_pixels=s.cfg_split_pixels,
+            compile_cache_dir=s.data_dir / "compile-cache",
+        )
         _host.key = key
     return _host
 
@@ -80,6 +94,7 @@ def consumed_queues(consumer) -> set[str]:
 def start_warm_up(consumer=None) -> threading.Thread | None:
     """warm_up in a daemon thread when this worker consumes the generate queue and sizes are configured."""
     from jobqueue.kinds import GENERATION
+
     queues = consumed_queues(consumer)  # empty when not started by Celery: then assume it serves generations
     c = ctx()
     if (queues and GENERATION.queue not in queues) or not warmup_sizes(c, host(c)):
@@ -116,16 +131,18 @@ def lora_path(c: WorkerContext, lora_id: str, owner_id: str):
 
 def worker_shutting_down() -> bool:
     from worker.stop_signals import worker_shutting_down as shutting_down  # the trainings' own test, reused
+
     return shutting_down()
 
 
 @dataclass
 class Row:
     """One claimed generation in the running batch."""
+
     gen: Generation
-    todo: list[int]                   # image indexes not stored yet
+    todo: list[int]  # image indexes not stored yet
     progress: int = 0
-    end: str | None = None            # set once the row stops: "canceled", "lost", "requeued", "failed", ...
+    end: str | None = None  # set once the row stops: "canceled", "lost", "requeued", "failed", ...
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -148,6 +165,7 @@ def run_generation(job_id: str, c: WorkerContext | None = None) -> str:
     if not taken.runs:
         return taken.outcome
     from worker.generation_batch import join_batch
+
     rows = [taken.job] + join_batch(c, taken.job)
     return run_rows(c, rows)[job_id]
 
@@ -155,9 +173,16 @@ def run_generation(job_id: str, c: WorkerContext | None = None) -> str:
 def missing_images(c: WorkerContext, gen: Generation) -> list[int]:
     """Image indexes without a stored image (a re-run after a hand-back or a takeover keeps the others)."""
     from sqlalchemy import select
-    have = set(db_call(c, lambda s: list(s.scalars(select(GenerationImage.index)
-                                                   .where(GenerationImage.generation_id == gen.id))),
-                       what=f"generation {gen.id}: stored images"))
+
+    have = set(
+        db_call(
+            c,
+            lambda s: list(
+                s.scalars(select(GenerationImage.index).where(GenerationImage.generation_id == gen.id))
+            ),
+            what=f"generation {gen.id}: stored images",
+        )
+    )
     return [i for i in range(int(gen.num_images)) if i not in have]
 
 
@@ -168,8 +193,11 @@ def run_rows(c: WorkerContext, gens: list[Generation]) -> dict[str, str]:
     def beat() -> bool:
         with c.sessions() as s:
             for r in rows:
-                if r.active and not record_generation_progress(s, job_id=r.gen.id, worker_id=c.worker_id,
-                                                               step=r.progress) and r.end is None:
+                if (
+                    r.active
+                    and not record_generation_progress(s, job_id=r.gen.id, worker_id=c.worker_id, step=r.progress)
+                    and r.end is None
+                ):
                     r.end = "lost"  # (a row that just finished also fails this write: its end is set first)
         return any(r.active for r in rows)
 
@@ -186,14 +214,17 @@ def run_rows(c: WorkerContext, gens: list[Generation]) -> dict[str, str]:
         pass
     except Exception as e:
         log.exception("generation batch %s failed", [r.gen.id for r in rows])
-        oom = type(e).__name__ == "OutOfMemoryError"     # torch.cuda's: a message for the owner (memory plan)
+        oom = type(e).__name__ == "OutOfMemoryError"  # torch.cuda's: a message for the owner (memory plan)
         for r in rows:
             if r.active:
                 _fail(c, r, out_of_memory_message("generation", e) if oom else short_error(e))
     for r in rows:
         if r.end == "canceled":
-            db_call(c, lambda s, r=r: mark_generation_canceled(s, job_id=r.gen.id, worker_id=c.worker_id),
-                    what=f"generation {r.gen.id}: canceled")
+            db_call(
+                c,
+                lambda s, r=r: mark_generation_canceled(s, job_id=r.gen.id, worker_id=c.worker_id),
+                what=f"generation {r.gen.id}: canceled",
+            )
             publish(c, "generation", r.gen.id, "status", {"status": "canceled"})
         elif r.end == "lost":
             log.warning("generation %s: taken over by another worker; stopped", r.gen.id)
@@ -202,8 +233,11 @@ def run_rows(c: WorkerContext, gens: list[Generation]) -> dict[str, str]:
 
 def _fail(c: WorkerContext, r: Row, error: str) -> None:
     r.end = "failed"  # before the write: the heartbeat thread then leaves the row alone
-    db_call(c, lambda s: fail_generation(s, job_id=r.gen.id, worker_id=c.worker_id, error=error),
-            what=f"generation {r.gen.id}: failed")
+    db_call(
+        c,
+        lambda s: fail_generation(s, job_id=r.gen.id, worker_id=c.worker_id, error=error),
+        what=f"generation {r.gen.id}: failed",
+    )
     publish(c, "generation", r.gen.id, "status", {"status": "failed", "error": error})
 
 
@@ -222,8 +256,13 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
     with h.lock:
         model = h.model()
         refs = p.get("loras", [])
-        loras = [(h.lora(ref["id"], lambda ref=ref: lora_path(c, ref["id"], lead.owner_id)),
-                  float(ref.get("scale", 1.0))) for ref in refs]
+        loras = [
+            (
+                h.lora(ref["id"], lambda ref=ref: lora_path(c, ref["id"], lead.owner_id)),
+                float(ref.get("scale", 1.0)),
+            )
+            for ref in refs
+        ]
         _warn_unplaced(c, rows, loras)
         # one batch shares its references (generation_batch.batch_key), so the lead's are everyone's
         references = load_references(c, list(p.get("reference_images") or []), lead.owner_id) or None
@@ -238,8 +277,14 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
             _finish(c, rows)
             return
         # the memory plan: a batch that cannot fit fails now with the numbers, not with an OOM mid-way
-        check_generation(c.settings, model_path=h.model_path, images=len(specs), width=width, height=height,
-                         cfg=p.get("guidance") is None or float(p["guidance"]) > 1)
+        check_generation(
+            c.settings,
+            model_path=h.model_path,
+            images=len(specs),
+            width=width,
+            height=height,
+            cfg=p.get("guidance") is None or float(p["guidance"]) > 1,
+        )
         write = Every(c.settings.progress_interval_s)
 
         def on_step(step, total, _preview=None):
@@ -257,9 +302,17 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
                 raise _AllStopped()
 
         with apply_loras(model, loras):
-            z = h.sampler.sample(specs, width=width, height=height, steps=steps, guidance=p.get("guidance"),
-                                 preset=p.get("preset", "full"), callback=on_step, references=references,
-                                 return_latents=True)
+            z = h.sampler.sample(
+                specs,
+                width=width,
+                height=height,
+                steps=steps,
+                guidance=p.get("guidance"),
+                preset=p.get("preset", "full"),
+                callback=on_step,
+                references=references,
+                return_latents=True,
+            )
         finite = torch.isfinite(z.float()).flatten(1).all(1).tolist()  # the one host sync of the batch
         images = to_pil(torch.nan_to_num(z), height, width)  # non-finite images are dropped below
     for r in rows:  # a row with a non-finite image fails as a whole: none of its images is stored
@@ -274,8 +327,10 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
 def nonfinite_message(lora_refs: list[dict]) -> str:
     if lora_refs:
         names = ", ".join(f"{ref['id']} (scale {float(ref.get('scale', 1.0)):g})" for ref in lora_refs)
-        return (f"the image came out with NaN/Inf values, so nothing was saved; the likely cause is a LoRA with "
-                f"non-finite or very large weights, or too large a scale: {names}. Try without it or a lower scale")
+        return (
+            f"the image came out with NaN/Inf values, so nothing was saved; the likely cause is a LoRA with "
+            f"non-finite or very large weights, or too large a scale: {names}. Try without it or a lower scale"
+        )
     return "the image came out with NaN/Inf values, so nothing was saved (the base model gave non-finite output)"
 
 
@@ -285,15 +340,21 @@ def _warn_unplaced(c: WorkerContext, rows: list[Row], loras) -> None:
     for bound, _ in loras:
         if bound.unplaced:
             first = bound.unplaced[0].split(":")[0]
-            warnings.append(f"LoRA {bound.name}: {len(bound.unplaced)} of its keys fit no module of this model "
-                            f"and were ignored (e.g. {first})")
+            warnings.append(
+                f"LoRA {bound.name}: {len(bound.unplaced)} of its keys fit no module of this model "
+                f"and were ignored (e.g. {first})"
+            )
     for r in rows if warnings else []:
-        db_call(c, lambda s, r=r: add_generation_warnings(s, job_id=r.gen.id, warnings=warnings),
-                what=f"generation {r.gen.id}: warnings")
+        db_call(
+            c,
+            lambda s, r=r: add_generation_warnings(s, job_id=r.gen.id, warnings=warnings),
+            what=f"generation {r.gen.id}: warnings",
+        )
 
 
 def _write_progress(c: WorkerContext, rows: list[Row]) -> None:
     """Progress of every running row, and each one's cancel flag (both at most every progress_interval_s)."""
+
     # Through db_call: a database blip pauses the batch, it never fails it (a heartbeat write is idempotent).
     def write(s, r):
         if not record_generation_progress(s, job_id=r.gen.id, worker_id=c.worker_id, step=r.progress):
@@ -313,9 +374,13 @@ def _store(c: WorkerContext, gen: Generation, index: int, image, seed: int) -> N
     image.save(buf, format="PNG")
     key = f"generations/{gen.id}/{index}.png"
     c.store.put_bytes(key, buf.getvalue())
-    db_call(c, lambda s: add_generation_image(s, job_id=gen.id, index=index, storage_key=key,
-                                              width=image.width, height=image.height, seed=seed),
-            what=f"generation {gen.id}: image {index}")
+    db_call(
+        c,
+        lambda s: add_generation_image(
+            s, job_id=gen.id, index=index, storage_key=key, width=image.width, height=image.height, seed=seed
+        ),
+        what=f"generation {gen.id}: image {index}",
+    )
     publish(c, "generation", gen.id, "image", {"index": index, "url": image_url(gen.id, index)})
 
 

@@ -11,6 +11,7 @@ and does nothing (worker/runs.take).
 Benchmarks drive it with the settings alone: max batch 1 turns batching off; wait 0 takes only what is
 already queued.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,15 @@ def batch_key(gen: Generation) -> tuple:
     loras = tuple((ref["id"], float(ref.get("scale", 1.0))) for ref in p.get("loras", []))
     guidance = p.get("guidance")
     references = (gen.owner_id, tuple(p.get("reference_images") or ()))  # ids are per owner; order matters
-    return (int(p["width"]), int(p["height"]), int(p["steps"]), None if guidance is None else float(guidance),
-            p.get("preset", "full"), loras, references if references[1] else ())
+    return (
+        int(p["width"]),
+        int(p["height"]),
+        int(p["steps"]),
+        None if guidance is None else float(guidance),
+        p.get("preset", "full"),
+        loras,
+        references if references[1] else (),
+    )
 
 
 def join_batch(c: WorkerContext, lead: Generation, clock=time.monotonic) -> list[Generation]:
@@ -55,25 +63,40 @@ def join_batch(c: WorkerContext, lead: Generation, clock=time.monotonic) -> list
         # committed but could not be read back is resumed by the reconciler when its heartbeat goes stale.
         if not is_transient(e):
             raise
-        log.warning("generation %s: stops gathering a batch after a database error (%s); runs %d joined",
-                    lead.id, first_line(e), len(joined))
+        log.warning(
+            "generation %s: stops gathering a batch after a database error (%s); runs %d joined",
+            lead.id,
+            first_line(e),
+            len(joined),
+        )
         return joined
 
 
-def _gather(c: WorkerContext, lead: Generation, key: tuple, joined: list[Generation], seen: set[str], room: int,
-            deadline: float, clock) -> list[Generation]:
+def _gather(
+    c: WorkerContext,
+    lead: Generation,
+    key: tuple,
+    joined: list[Generation],
+    seen: set[str],
+    room: int,
+    deadline: float,
+    clock,
+) -> list[Generation]:
     while True:
         with c.sessions() as s:
-            queued = s.scalars(select(Generation).where(Generation.status == "queued",
-                                                        Generation.cancel_requested.is_(False))
-                               .order_by(Generation.created_at).limit(100)).all()
+            queued = s.scalars(
+                select(Generation)
+                .where(Generation.status == "queued", Generation.cancel_requested.is_(False))
+                .order_by(Generation.created_at)
+                .limit(100)
+            ).all()
             for gen in queued:
                 if gen.id in seen or int(gen.num_images) > room or batch_key(gen) != key:
                     continue
                 seen.add(gen.id)
                 if not claim_generation(s, job_id=gen.id, worker_id=c.worker_id):
                     continue  # another worker was first
-                s.expire(gen)          # this row only: an expire_all would detach the rows joined before it
+                s.expire(gen)  # this row only: an expire_all would detach the rows joined before it
                 gen = get_generation(s, job_id=gen.id)
                 joined.append(gen)
                 room -= int(gen.num_images)

@@ -20,6 +20,7 @@ the allocator's fragmentation and CUDA workspaces.
 The estimates are torch-free (config.json and the checkpoint's file sizes); only gpu_memory() imports torch,
 when a worker asks.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,9 @@ GIB = 2**30
 MIB = 2**20
 # The full-size text tower the coefficients were measured on.
 _REF_LAYERS, _REF_HIDDEN = 36, 4096
-TRAIN_PER_TOKEN = {True: 0.63 * MIB, False: 5.1 * MIB}   # by gradient checkpointing
+TRAIN_PER_TOKEN = {True: 0.63 * MIB, False: 5.1 * MIB}  # by gradient checkpointing
 GEN_PER_TOKEN_ROW = 0.15 * MIB
-TEXT_TOKENS = 100                                       # a long prompt in the chat template
+TEXT_TOKENS = 100  # a long prompt in the chat template
 
 
 class MemoryPlanError(ValueError):
@@ -43,7 +44,7 @@ class MemoryPlanError(ValueError):
 
 @dataclass(frozen=True)
 class ModelShape:
-    weight_bytes: int      # the base in bf16 (as the CUDA workers hold it)
+    weight_bytes: int  # the base in bf16 (as the CUDA workers hold it)
     layers: int
     hidden: int
     heads: int
@@ -62,11 +63,15 @@ class ModelShape:
         stored = sum(f.stat().st_size for f in files)
         dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype") or "bfloat16")
         per = 4 if "32" in dtype else 2
-        return cls(weight_bytes=stored * 2 // per, layers=int(text["num_hidden_layers"]),
-                   hidden=int(text["hidden_size"]), heads=int(text["num_attention_heads"]),
-                   kv_heads=int(text["num_key_value_heads"]),
-                   head_dim=int(text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]),
-                   mlp=int(text["intermediate_size"]))
+        return cls(
+            weight_bytes=stored * 2 // per,
+            layers=int(text["num_hidden_layers"]),
+            hidden=int(text["hidden_size"]),
+            heads=int(text["num_attention_heads"]),
+            kv_heads=int(text["num_key_value_heads"]),
+            head_dim=int(text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]),
+            mlp=int(text["intermediate_size"]),
+        )
 
     @property
     def scale(self) -> float:
@@ -80,22 +85,31 @@ class ModelShape:
         return rank * per_layer * self.layers
 
 
-FULL_SIZE = ModelShape(weight_bytes=int(15.25 * GIB), layers=36, hidden=4096, heads=32, kv_heads=8, head_dim=128,
-                       mlp=12288)
+FULL_SIZE = ModelShape(
+    weight_bytes=int(15.25 * GIB), layers=36, hidden=4096, heads=32, kv_heads=8, head_dim=128, mlp=12288
+)
 
 
 def tokens(width: int, height: int) -> int:
     return (width // 32) * (height // 32) + TEXT_TOKENS
 
 
-def training_need(shape: ModelShape, *, resolution: int, batch: int = 1, rank: int = 16,
-                  checkpointing: bool = True) -> int:
+def training_need(
+    shape: ModelShape, *, resolution: int, batch: int = 1, rank: int = 16, checkpointing: bool = True
+) -> int:
     act = TRAIN_PER_TOKEN[bool(checkpointing)] * shape.scale * tokens(resolution, resolution) * batch
     return int(shape.weight_bytes + 16 * shape.lora_params(rank) + act)
 
 
-def generation_need(shape: ModelShape, *, width: int, height: int, images: int = 1, cfg: bool = True,
-                    weights_resident: bool = False) -> int:
+def generation_need(
+    shape: ModelShape,
+    *,
+    width: int,
+    height: int,
+    images: int = 1,
+    cfg: bool = True,
+    weights_resident: bool = False,
+) -> int:
     rows = images * (2 if cfg else 1)
     act = GEN_PER_TOKEN_ROW * shape.scale * tokens(width, height) * rows
     return int(act + (0 if weights_resident else shape.weight_bytes))
@@ -106,7 +120,7 @@ class Plan:
     action: Literal["run", "adjust", "refuse"]
     need_bytes: int
     free_bytes: int
-    checkpointing: bool | None = None     # training: the setting to run with
+    checkpointing: bool | None = None  # training: the setting to run with
     message: str = ""
 
     @property
@@ -123,39 +137,75 @@ def _gib(n: int | float) -> str:
     return f"{n / GIB:.1f} GiB"
 
 
-def plan_training(shape: ModelShape, *, resolution: int, batch: int, rank: int, checkpointing: bool | str,
-                  free_bytes: int, total_bytes: int, headroom_bytes: int) -> Plan:
+def plan_training(
+    shape: ModelShape,
+    *,
+    resolution: int,
+    batch: int,
+    rank: int,
+    checkpointing: bool | str,
+    free_bytes: int,
+    total_bytes: int,
+    headroom_bytes: int,
+) -> Plan:
     """Run as asked, turn checkpointing on to fit, or refuse (message for the owner)."""
     usable = free_bytes - headroom_bytes
-    need = {c: training_need(shape, resolution=resolution, batch=batch, rank=rank, checkpointing=c)
-            for c in (False, True)}
+    need = {
+        c: training_need(shape, resolution=resolution, batch=batch, rank=rank, checkpointing=c)
+        for c in (False, True)
+    }
     what = f"training at {resolution} px, batch {batch}, rank {rank}"
     if checkpointing in (False, "auto") and need[False] <= usable:
         return Plan("run", need[False], free_bytes, checkpointing=False)
     if need[True] <= usable:
         if checkpointing is False:
-            return Plan("adjust", need[True], free_bytes, checkpointing=True,
-                        message=f"gradient checkpointing turned on: without it {what} needs about "
-                                f"{_gib(need[False])} of GPU memory and {_gib(free_bytes)} are free")
+            return Plan(
+                "adjust",
+                need[True],
+                free_bytes,
+                checkpointing=True,
+                message=f"gradient checkpointing turned on: without it {what} needs about "
+                f"{_gib(need[False])} of GPU memory and {_gib(free_bytes)} are free",
+            )
         return Plan("run", need[True], free_bytes, checkpointing=True)
-    return Plan("refuse", need[True], free_bytes, checkpointing=True,
-                message=f"not enough GPU memory: {what} needs about {_gib(need[True])} even with gradient "
-                        f"checkpointing (plus {_gib(headroom_bytes)} headroom); this worker's GPU has "
-                        f"{_gib(free_bytes)} free of {_gib(total_bytes)}. Lower the resolution or the batch "
-                        f"size, or run it on a worker with a larger GPU.")
+    return Plan(
+        "refuse",
+        need[True],
+        free_bytes,
+        checkpointing=True,
+        message=f"not enough GPU memory: {what} needs about {_gib(need[True])} even with gradient "
+        f"checkpointing (plus {_gib(headroom_bytes)} headroom); this worker's GPU has "
+        f"{_gib(free_bytes)} free of {_gib(total_bytes)}. Lower the resolution or the batch "
+        f"size, or run it on a worker with a larger GPU.",
+    )
 
 
-def plan_generation(shape: ModelShape, *, width: int, height: int, images: int, cfg: bool, weights_resident: bool,
-                    free_bytes: int, total_bytes: int, headroom_bytes: int) -> Plan:
-    need = generation_need(shape, width=width, height=height, images=images, cfg=cfg,
-                           weights_resident=weights_resident)
+def plan_generation(
+    shape: ModelShape,
+    *,
+    width: int,
+    height: int,
+    images: int,
+    cfg: bool,
+    weights_resident: bool,
+    free_bytes: int,
+    total_bytes: int,
+    headroom_bytes: int,
+) -> Plan:
+    need = generation_need(
+        shape, width=width, height=height, images=images, cfg=cfg, weights_resident=weights_resident
+    )
     if need <= free_bytes - headroom_bytes:
         return Plan("run", need, free_bytes)
-    return Plan("refuse", need, free_bytes,
-                message=f"not enough GPU memory: {images} image(s) of {width}x{height} need about {_gib(need)}"
-                        f"{' more' if weights_resident else ''} (plus {_gib(headroom_bytes)} headroom); this "
-                        f"worker's GPU has {_gib(free_bytes)} free of {_gib(total_bytes)}. Ask for fewer images "
-                        f"per request or a smaller size.")
+    return Plan(
+        "refuse",
+        need,
+        free_bytes,
+        message=f"not enough GPU memory: {images} image(s) of {width}x{height} need about {_gib(need)}"
+        f"{' more' if weights_resident else ''} (plus {_gib(headroom_bytes)} headroom); this "
+        f"worker's GPU has {_gib(free_bytes)} free of {_gib(total_bytes)}. Ask for fewer images "
+        f"per request or a smaller size.",
+    )
 
 
 def gpu_memory() -> tuple[int, int] | None:
@@ -163,6 +213,7 @@ def gpu_memory() -> tuple[int, int] | None:
     import os
 
     import torch
+
     if not torch.cuda.is_available():
         return None
     # a rank of a multi-GPU job plans for its own GPU (torchrun's LOCAL_RANK), before the trainer selects it
@@ -174,19 +225,32 @@ def check_generation(settings, *, model_path, images: int, width: int, height: i
     mem = gpu_memory() if settings.memory_plan == "enforce" else None
     if mem is None:
         return
-    plan_generation(ModelShape.from_checkpoint(model_path), width=width, height=height, images=images, cfg=cfg,
-                    weights_resident=True, free_bytes=mem[0], total_bytes=mem[1],
-                    headroom_bytes=int(settings.gpu_memory_headroom_gib * GIB)).raise_if_refused()
+    plan_generation(
+        ModelShape.from_checkpoint(model_path),
+        width=width,
+        height=height,
+        images=images,
+        cfg=cfg,
+        weights_resident=True,
+        free_bytes=mem[0],
+        total_bytes=mem[1],
+        headroom_bytes=int(settings.gpu_memory_headroom_gib * GIB),
+    ).raise_if_refused()
 
 
 def out_of_memory_message(kind: str, error: BaseException) -> str:
     """What the owner reads when CUDA ran out of memory mid-job anyway (another process took memory, or the
     estimate was short): the job failed cleanly, nothing was kept; the original error for the operator."""
     first = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
-    hint = ("lower the resolution or the batch size" if kind == "training"
-            else "ask for fewer images per request or a smaller size")
-    return (f"the GPU ran out of memory during this {kind}; {hint}, or retry when the worker is less busy "
-            f"({type(error).__name__}: {first})")
+    hint = (
+        "lower the resolution or the batch size"
+        if kind == "training"
+        else "ask for fewer images per request or a smaller size"
+    )
+    return (
+        f"the GPU ran out of memory during this {kind}; {hint}, or retry when the worker is less busy "
+        f"({type(error).__name__}: {first})"
+    )
 
 
 def card_table(shape: ModelShape = FULL_SIZE, headroom_gib: float = 1.5) -> str:
@@ -201,19 +265,46 @@ def card_table(shape: ModelShape = FULL_SIZE, headroom_gib: float = 1.5) -> str:
         return f"{'ckpt' if p.checkpointing else 'yes'} ({_gib(p.need_bytes)})"
 
     for res, batch in ((1024, 1), (2048, 1), (1024, 4)):
-        plans = [plan_training(shape, resolution=res, batch=batch, rank=16, checkpointing="auto",
-                               free_bytes=int(free * GIB), total_bytes=int(free * GIB),
-                               headroom_bytes=int(headroom_gib * GIB)) for _, free in cards]
+        plans = [
+            plan_training(
+                shape,
+                resolution=res,
+                batch=batch,
+                rank=16,
+                checkpointing="auto",
+                free_bytes=int(free * GIB),
+                total_bytes=int(free * GIB),
+                headroom_bytes=int(headroom_gib * GIB),
+            )
+            for _, free in cards
+        ]
         rows.append(f"| training {res}^2, batch {batch}, r16 | " + " | ".join(cell(p) for p in plans) + " |")
     for side, n in ((1024, 1), (2048, 1), (1024, 8)):
-        plans = [plan_generation(shape, width=side, height=side, images=n, cfg=True, weights_resident=False,
-                                 free_bytes=int(free * GIB), total_bytes=int(free * GIB),
-                                 headroom_bytes=int(headroom_gib * GIB)) for _, free in cards]
+        plans = [
+            plan_generation(
+                shape,
+                width=side,
+                height=side,
+                images=n,
+                cfg=True,
+                weights_resident=False,
+                free_bytes=int(free * GIB),
+                total_bytes=int(free * GIB),
+                headroom_bytes=int(headroom_gib * GIB),
+            )
+            for _, free in cards
+        ]
         rows.append(f"| generation {side}^2 x{n}, CFG | " + " | ".join(cell(p) for p in plans) + " |")
-    both = [training_need(shape, resolution=1024, checkpointing=True) + shape.weight_bytes + int(headroom_gib * GIB)
-            <= free * GIB for _, free in cards]
-    rows.append("| training 1024^2 + generation model resident | "
-                + " | ".join("yes" if b else "no: released first" for b in both) + " |")
+    both = [
+        training_need(shape, resolution=1024, checkpointing=True) + shape.weight_bytes + int(headroom_gib * GIB)
+        <= free * GIB
+        for _, free in cards
+    ]
+    rows.append(
+        "| training 1024^2 + generation model resident | "
+        + " | ".join("yes" if b else "no: released first" for b in both)
+        + " |"
+    )
     return "\n".join(rows)
 
 

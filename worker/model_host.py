@@ -12,6 +12,7 @@ compiles in 9 s where the whole step took ~164 s (20.7 s vs 4.5 s at 8 layers), 
 (bench/RESULTS.md). The compiled code is cached on disk (`compile_cache_dir`, the data dir's compile-cache
 by default in the worker), so a restarted worker compiles from that cache (3 s at full size).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,6 +32,7 @@ WARMUP_PROMPT = "a photograph of a lighthouse on a rocky coast at dusk"  # any p
 def pick_device() -> tuple[str, "object"]:
     """CUDA in bfloat16 when there is a GPU, else the CPU in float32 (bf16 matmuls are slow on CPUs)."""
     import torch
+
     if torch.cuda.is_available():
         return "cuda", torch.bfloat16
     return "cpu", torch.float32
@@ -55,9 +57,16 @@ class ModelHost:
     `lock` serialises users of the model (the warm-up thread and the generation task).
     """
 
-    def __init__(self, model_path: Path, lora_capacity: int, compile: str = "off", lora_max_rank: int = 64,
-                 cfg_split_pixels: int | None = None, compile_scope: str = "layers",
-                 compile_cache_dir: Path | None = None):
+    def __init__(
+        self,
+        model_path: Path,
+        lora_capacity: int,
+        compile: str = "off",
+        lora_max_rank: int = 64,
+        cfg_split_pixels: int | None = None,
+        compile_scope: str = "layers",
+        compile_cache_dir: Path | None = None,
+    ):
         self.model_path = Path(model_path)
         self.compile_scope = compile_scope  # core.sampler.Sampler's: "layers" or "denoise" (the whole step)
         self.compile_cache_dir = compile_cache_dir
@@ -75,6 +84,7 @@ class ModelHost:
             if self._model is None:
                 from core.loading import load_model, load_tokenizer
                 from core.lora import install_lora_slots
+
                 device, dtype = pick_device()
                 log.info("loading base model %s on %s", self.model_path, device)
                 self._tokenizer = load_tokenizer(self.model_path)
@@ -89,7 +99,7 @@ class ModelHost:
     def release(self) -> bool:
         """Drop the base and the bound LoRAs (a training needs the GPU); the next model() loads it again.
         True when a model was held. The caller frees the GPU memory (gc + torch.cuda.empty_cache)."""
-        with self.lock, self._load_lock:      # after any warm-up or generation using the model
+        with self.lock, self._load_lock:  # after any warm-up or generation using the model
             held = self._model is not None
             self._model = self._tokenizer = self._sampler = None
             self._loras.clear()
@@ -114,11 +124,18 @@ class ModelHost:
         """One sampler for the process: its compiled denoise (and dynamo's cache) outlive each request."""
         if self._sampler is None:
             from core.sampler import Sampler
+
             backend = self.compile_backend()
             if backend == "inductor" and self.compile_cache_dir is not None:
                 use_compile_cache(self.compile_cache_dir)
-            self._sampler = Sampler(self.model(), self.tokenizer, preview_every=0, compile=backend or False,
-                                    cfg_split_pixels=self.cfg_split_pixels, compile_scope=self.compile_scope)
+            self._sampler = Sampler(
+                self.model(),
+                self.tokenizer,
+                preview_every=0,
+                compile=backend or False,
+                cfg_split_pixels=self.cfg_split_pixels,
+                compile_scope=self.compile_scope,
+            )
         return self._sampler
 
     def lora(self, lora_id: str, local_file: Callable[[], Path]):
@@ -127,6 +144,7 @@ class ModelHost:
             self._loras.move_to_end(lora_id)
             return self._loras[lora_id]
         from core.lora import load_lora
+
         bound = load_lora(self.model(), local_file(), name=lora_id)
         if bound.unplaced:
             log.warning("LoRA %s: %d keys not used, e.g. %s", lora_id, len(bound.unplaced), bound.unplaced[:3])
@@ -148,6 +166,7 @@ class ModelHost:
         (any LoRA set). Returns seconds per size; the model is loaded first (its time is not counted)."""
         from core.lora import slots_forced_on
         from core.sampler import ImageSpec
+
         self.model()
         with self.lock:
             sampler = self.sampler
@@ -155,8 +174,9 @@ class ModelHost:
                 t = time.perf_counter()
                 for force in (False, True):
                     with slots_forced_on(self._model) if force else contextlib.nullcontext():
-                        sampler.sample([ImageSpec(WARMUP_PROMPT, " ", 0)], width=w, height=h, steps=steps,
-                                       return_latents=True)
+                        sampler.sample(
+                            [ImageSpec(WARMUP_PROMPT, " ", 0)], width=w, height=h, steps=steps, return_latents=True
+                        )
                 _sync(self._model)
                 self.warmed[f"{w}x{h}"] = time.perf_counter() - t
                 log.info("warm-up %dx%d: %.1f s (compiled: %s)", w, h, self.warmed[f"{w}x{h}"], sampler.compiled)
@@ -173,5 +193,6 @@ def use_compile_cache(path: Path) -> None:
 
 def _sync(model) -> None:
     import torch
+
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)

@@ -1,4 +1,5 @@
 """One call at a time on a helper thread, for the training loop's throttled database writes and polls."""
+
 from __future__ import annotations
 
 
@@ -9,6 +10,7 @@ class OffThread:
 
     def __init__(self):
         from concurrent.futures import ThreadPoolExecutor
+
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="training-db")
         self._future = None
 

@@ -4,6 +4,7 @@ A tiny model trains dozens of steps a second; writing the job row (and publishin
 would make the database the bottleneck, so progress is written at most every `interval` seconds, plus
 always on checkpoints and at the end (`force=True`).
 """
+
 from __future__ import annotations
 
 import threading

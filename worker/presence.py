@@ -4,6 +4,7 @@ their rows). A daemon thread beats every heartbeat interval, from the worker's s
 GPU figures are read only when this process has already initialised CUDA for a job: an idle worker never
 imports torch (nor creates a CUDA context) for the sake of a metric, and reports 0 until it has.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,10 +22,12 @@ def gpu_memory() -> dict[str, int]:
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return {"gpu_count": 0, "gpu_allocated_bytes": 0, "gpu_reserved_bytes": 0, "gpu_total_bytes": 0}
     n = torch.cuda.device_count()
-    return {"gpu_count": n,
-            "gpu_allocated_bytes": sum(torch.cuda.memory_allocated(i) for i in range(n)),
-            "gpu_reserved_bytes": sum(torch.cuda.memory_reserved(i) for i in range(n)),
-            "gpu_total_bytes": sum(torch.cuda.get_device_properties(i).total_memory for i in range(n))}
+    return {
+        "gpu_count": n,
+        "gpu_allocated_bytes": sum(torch.cuda.memory_allocated(i) for i in range(n)),
+        "gpu_reserved_bytes": sum(torch.cuda.memory_reserved(i) for i in range(n)),
+        "gpu_total_bytes": sum(torch.cuda.get_device_properties(i).total_memory for i in range(n)),
+    }
 
 
 def beat(c: WorkerContext) -> None:

@@ -6,6 +6,7 @@ Rank 0 runs the job as OWNER, the worker that claimed it, exactly like a one-pro
 run_owned: heartbeat, progress, cancel, checkpoints, the final state); the other ranks run the same
 TrainingRun with NO_HEARTBEAT and report nothing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,10 +23,12 @@ from worker.stop_signals import is_main_rank, terminate_requested
 
 def main(argv: list[str]) -> int:
     job_id, owner = argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s rank" + os.environ.get("RANK", "0")
-                        + " %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s rank" + os.environ.get("RANK", "0") + " %(levelname)s %(name)s: %(message)s",
+    )
     signal.signal(signal.SIGTERM, lambda *_: terminate_requested.set())
-    c = WorkerContext(get_settings(), claimed_by=owner)   # act as the worker that claimed the job
+    c = WorkerContext(get_settings(), claimed_by=owner)  # act as the worker that claimed the job
     with c.sessions() as s:
         job = get_training(s, job_id=job_id)
     if is_main_rank():

@@ -13,6 +13,7 @@ Both are safe to repeat and to run from several processes: a transition only hap
 state, and a duplicate message finds its job already claimed and does nothing. A short Redis lock still
 keeps several workers' reconcilers from doing the same pass at the same moment.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,12 @@ from worker.dispatch import waiting_job_ids
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class Pass:
-    resumed: list[str] = field(default_factory=list)   # running with a dead heartbeat -> queued + sent
-    resent: list[str] = field(default_factory=list)    # queued without a waiting message -> sent
-    skipped: bool = False                               # another process holds the lock
+    resumed: list[str] = field(default_factory=list)  # running with a dead heartbeat -> queued + sent
+    resent: list[str] = field(default_factory=list)  # queued without a waiting message -> sent
+    skipped: bool = False  # another process holds the lock
 
 
 def reconcile_once(c: WorkerContext | None = None, now: datetime | None = None, use_lock: bool = True) -> Pass:
@@ -53,16 +55,25 @@ def reconcile_once(c: WorkerContext | None = None, now: datetime | None = None, 
                 if k.requeue_stale(s, job_id=job.id, stale_before=now - timeout):
                     enqueue(s, kind, job.id)
                     done.resumed.append(job.id)
-                    log.warning("%s %s: worker %s stopped beating at %s; re-queued for resume",
-                                kind, job.id, job.worker_id, job.heartbeat_at)
+                    log.warning(
+                        "%s %s: worker %s stopped beating at %s; re-queued for resume",
+                        kind,
+                        job.id,
+                        job.worker_id,
+                        job.heartbeat_at,
+                    )
             waiting = waiting_job_ids(kind)
             for job in k.queued_unsent(s, sent_before=now - timeout):
                 if job.id in waiting or job.id in done.resumed:
                     continue  # its message is in the queue, behind other jobs: nothing is lost
                 enqueue(s, kind, job.id)
                 done.resent.append(job.id)
-                log.warning("%s %s: queued since %s with no message in the broker; sent again",
-                            kind, job.id, job.enqueued_at or job.created_at)
+                log.warning(
+                    "%s %s: queued since %s with no message in the broker; sent again",
+                    kind,
+                    job.id,
+                    job.enqueued_at or job.created_at,
+                )
     return done
 
 
@@ -75,8 +86,11 @@ def run_forever(stop: threading.Event, c: WorkerContext | None = None) -> None:
             reconcile_once(c)
         except Exception as e:
             if is_transient(e):  # a database outage: one line per pass, not a traceback with its SQL
-                log.warning("reconciler pass failed (database unreachable: %s); retrying in %.0f s",
-                            first_line(e), interval)
+                log.warning(
+                    "reconciler pass failed (database unreachable: %s); retrying in %.0f s",
+                    first_line(e),
+                    interval,
+                )
             else:
                 log.exception("reconciler pass failed; retrying in %.0f s", interval)
         if stop.wait(interval):

@@ -6,6 +6,7 @@ A task's delivery may be a duplicate, a redelivery or a late one; `take` decides
 - running with a fresh heartbeat -> another worker has it: nothing to do;
 - running with a stale heartbeat -> its worker died: take it over (a training resumes from its checkpoint).
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,9 +22,9 @@ from sqlalchemy.orm import Session
 from db import jobs
 from db.models import TERMINAL, Generation, TrainingJob, utcnow
 from db.training import cancel_queued_on_request
-from service import events
 from jobqueue.enqueue import enqueue
 from jobqueue.kinds import Kind, kind_of
+from service import events
 from worker.context import WorkerContext
 from worker.db_retry import DatabaseOutage, first_line, is_transient, retrying
 from worker.pacing import Heartbeat
@@ -57,9 +58,11 @@ def db_call(c: WorkerContext, fn: Callable[[Session], T], *, what: str, limit_s:
     db_outage_limit_s; worker.db_retry): the way every database read and write of a running job goes, so
     that a blip costs a pause, never the job. ``fn`` must be safe to run twice (the job functions of db/ are
     conditional UPDATEs and upserts)."""
+
     def once() -> T:
         with c.sessions() as s:
             return fn(s)
+
     return retrying(once, limit_s=c.settings.db_outage_limit_s if limit_s is None else limit_s, what=what)
 
 
@@ -124,8 +127,11 @@ def hand_back(c: WorkerContext, kind: Kind, job_id: str) -> bool:
     written (the reconciler then resumes it after the heartbeat timeout)."""
     model = kind_of(kind).model
     try:
-        if not db_call(c, lambda s: jobs.hand_back(s, model, job_id=job_id, worker_id=c.worker_id),
-                       what=f"{kind} {job_id}: hand back"):
+        if not db_call(
+            c,
+            lambda s: jobs.hand_back(s, model, job_id=job_id, worker_id=c.worker_id),
+            what=f"{kind} {job_id}: hand back",
+        ):
             return False
     except DatabaseOutage:
         return False
@@ -137,8 +143,15 @@ def hand_back(c: WorkerContext, kind: Kind, job_id: str) -> bool:
     return True
 
 
-def run_with_heartbeat(c: WorkerContext, kind: Kind, job_id: str, *, beat: Callable[[], bool],
-                       fail: Callable[[Any, str], Any], body: Callable[[Heartbeat], str | None]) -> str | None:
+def run_with_heartbeat(
+    c: WorkerContext,
+    kind: Kind,
+    job_id: str,
+    *,
+    beat: Callable[[], bool],
+    fail: Callable[[Any, str], Any],
+    body: Callable[[Heartbeat], str | None],
+) -> str | None:
     """Run ``body(heartbeat)`` for a job this worker owns, beating from a thread; what ``body`` returns, or
     "lost" when another worker took the job over (nothing written), or "failed" when it raised (``fail(session,
     error)`` records it on the row, retried through a database outage, and a status event goes out)."""
@@ -196,7 +209,9 @@ def short_error(e: BaseException) -> str:
     if isinstance(e, DatabaseOutage):
         return str(e)
     if is_transient(e):  # a call that was not retried (db_call) lost its connection
-        return "stopped: the connection to the service's database was lost (a service problem, not one of this job)"
+        return (
+            "stopped: the connection to the service's database was lost (a service problem, not one of this job)"
+        )
     if isinstance(e, SQLAlchemyError):
         orig = getattr(e, "orig", None)
         return f"stopped by an internal database error ({type(orig or e).__name__}); the service's log has the details"

@@ -3,6 +3,7 @@
 Its own module so that the trainer, the generation runner and the DDP launcher (worker.train_ranks) share
 these without importing each other.
 """
+
 from __future__ import annotations
 
 import os

@@ -10,6 +10,7 @@ the other ranks only train (core.train runs no callbacks there, shards the batch
 stop decision). The worker process waits for torchrun, passes a warm shutdown on as SIGTERM, and fails the
 job if the processes die without writing a final state.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -20,8 +21,8 @@ import subprocess
 import sys
 import time
 
-from service.settings import Settings
 from db.training import fail_training, get_training
+from service.settings import Settings
 from worker.context import WorkerContext
 from worker.runs import publish
 from worker.stop_signals import worker_shutting_down
@@ -31,8 +32,9 @@ log = logging.getLogger(__name__)
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """O1LORA_* variables that rebuild `settings` in a child, also when the parent built them in code."""
-    return {f"O1LORA_{name.upper()}": str(value) for name, value in settings.model_dump().items()
-            if value is not None}
+    return {
+        f"O1LORA_{name.upper()}": str(value) for name, value in settings.model_dump().items() if value is not None
+    }
 
 
 def _die_with_parent() -> None:
@@ -46,20 +48,36 @@ def _die_with_parent() -> None:
 
 def run_ranks(c: WorkerContext, job, ranks: int) -> str:
     """Run the owned job as `ranks` DDP processes and wait for them; returns the job's final status."""
-    logs = c.settings.data_dir.resolve() / "logs" / "trainings"   # outlives the job's work folder
+    logs = c.settings.data_dir.resolve() / "logs" / "trainings"  # outlives the job's work folder
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{job.id}-attempt-{job.attempt}.log"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
-           "-m", "worker.rank_entry", job.id, c.worker_id]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(ranks),
+        "-m",
+        "worker.rank_entry",
+        job.id,
+        c.worker_id,
+    ]
     env = {**os.environ, **settings_env(c.settings)}
     log.info("training %s: %d processes (log %s)", job.id, ranks, log_path)
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
         passed_on = False
         while proc.poll() is None:
             if not passed_on and worker_shutting_down():
-                proc.send_signal(signal.SIGTERM)   # rank 0 stops at its next step and re-queues the job
+                proc.send_signal(signal.SIGTERM)  # rank 0 stops at its next step and re-queues the job
                 passed_on = True
             time.sleep(0.5)
     with c.sessions() as s:

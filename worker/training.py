@@ -9,11 +9,11 @@ one, so any worker (on any machine sharing the store) resumes a job whose worker
 trainer asks `should_stop` every step; the answer comes from the row's cancel flag (read at most every
 progress_interval_s), the time limit, a lost heartbeat, and a warm shutdown of this worker.
 """
+
 from __future__ import annotations
 
 import gc
 import logging
-import os
 import shutil
 import sys
 import threading
@@ -25,15 +25,24 @@ from sqlalchemy import select
 
 from db.datasets import get_dataset
 from db.models import Lora, TrainingJob
-from db.training import (add_preview, fail_training, finish_training, heartbeat_training, is_cancel_requested,
-                         mark_training_canceled, record_checkpoint, record_progress, record_validation)
-from worker.context import WorkerContext, ctx
-from worker.stop_signals import is_main_rank, terminate_requested, worker_shutting_down  # noqa: F401 (re-exported)
+from db.training import (
+    add_preview,
+    fail_training,
+    finish_training,
+    heartbeat_training,
+    is_cancel_requested,
+    mark_training_canceled,
+    record_checkpoint,
+    record_progress,
+    record_validation,
+)
 from worker import memory_plan
+from worker.context import WorkerContext, ctx
 from worker.memory_plan import GIB, MemoryPlanError, ModelShape, out_of_memory_message, plan_training
 from worker.off_thread import OffThread
 from worker.pacing import Every, Heartbeat
 from worker.runs import JobLost, db_call, hand_back, local_dir, publish, run_with_heartbeat, take
+from worker.stop_signals import is_main_rank, terminate_requested, worker_shutting_down  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +63,31 @@ _released_when_needed = threading.Event()
 JOB_KEYS = ("dataset_id", "name", "validation_dataset_id")
 
 
-def train_config(c: WorkerContext, job: TrainingJob, data_dir: Path, out_dir: Path, resume: Path | None,
-                 validation_dir: Path | None = None):
+def train_config(
+    c: WorkerContext,
+    job: TrainingJob,
+    data_dir: Path,
+    out_dir: Path,
+    resume: Path | None,
+    validation_dir: Path | None = None,
+):
     from core.train import TrainConfig
+
     # every request key but the job's must be a trainer knob
     return TrainConfig.from_request(
-        job.params, not_training=JOB_KEYS, validation_dir=str(validation_dir) if validation_dir else None,
-        model_path=str(c.settings.model_path), data_dir=str(data_dir), out_dir=str(out_dir),
-        trigger=job.trigger, steps=job.total_steps,
+        job.params,
+        not_training=JOB_KEYS,
+        validation_dir=str(validation_dir) if validation_dir else None,
+        model_path=str(c.settings.model_path),
+        data_dir=str(data_dir),
+        out_dir=str(out_dir),
+        trigger=job.trigger,
+        steps=job.total_steps,
         checkpoint_every=checkpoint_every(job.params, job.total_steps),
-        keep_checkpoints=2, resume=str(resume) if resume else None,
-        base_model_name=c.settings.model_path.name)
+        keep_checkpoints=2,
+        resume=str(resume) if resume else None,
+        base_model_name=c.settings.model_path.name,
+    )
 
 
 def run_training(job_id: str, c: WorkerContext | None = None) -> str:
@@ -75,14 +98,17 @@ def run_training(job_id: str, c: WorkerContext | None = None) -> str:
         return taken.outcome
     released = False
     if c.settings.training_releases_generation_model == "always":
-        released = release_generation_model()     # one copy of the base per GPU: the trainer loads its own
+        released = release_generation_model()  # one copy of the base per GPU: the trainer loads its own
     try:
         # Beat already: the first torch import (counting GPUs) can outlast a short heartbeat timeout on a busy
         # machine, and the reconciler would then take a job over that is merely starting.
-        with Heartbeat(lambda: _beat(c, job_id), c.heartbeat_interval_s, lambda e: log.warning("heartbeat: %s", e)):
+        with Heartbeat(
+            lambda: _beat(c, job_id), c.heartbeat_interval_s, lambda e: log.warning("heartbeat: %s", e)
+        ):
             ranks = training_processes(c)
         if ranks > 1:
             from worker.train_ranks import run_ranks
+
             return run_ranks(c, taken.job, ranks)
         return run_owned(c, taken.job)
     finally:
@@ -101,6 +127,7 @@ def training_processes(c: WorkerContext) -> int:
     if c.settings.train_processes:
         return c.settings.train_processes
     import torch
+
     return max(1, torch.cuda.device_count())
 
 
@@ -131,7 +158,7 @@ def rewarm_generation_model(c: WorkerContext) -> None:
 def _quietly(fn, *args) -> None:
     try:
         fn(*args)
-    except Exception:      # a failed warm-up only costs the next request its compilation
+    except Exception:  # a failed warm-up only costs the next request its compilation
         log.exception("re-warming the generation model failed")
 
 
@@ -150,6 +177,7 @@ def free_gpu_memory() -> int:
         return 0
     torch.cuda.empty_cache()
     from worker import generation
+
     resident = getattr(getattr(generation, "_host", None), "_model", None) is not None
     if torch.cuda.memory_allocated() > GIB // 2 and not resident:
         torch._dynamo.reset()
@@ -167,24 +195,38 @@ def fit_to_gpu(c: WorkerContext, job: TrainingJob, cfg):
     headroom = int(c.settings.gpu_memory_headroom_gib * GIB)
 
     def plan(free: int, total: int):
-        return plan_training(shape, resolution=cfg.resolution, batch=cfg.batch_size, rank=cfg.rank,
-                             checkpointing=cfg.gradient_checkpointing, free_bytes=free, total_bytes=total,
-                             headroom_bytes=headroom)
+        return plan_training(
+            shape,
+            resolution=cfg.resolution,
+            batch=cfg.batch_size,
+            rank=cfg.rank,
+            checkpointing=cfg.gradient_checkpointing,
+            free_bytes=free,
+            total_bytes=total,
+            headroom_bytes=headroom,
+        )
 
     p = plan(*mem)
-    if p.action != "run" and release_generation_model():     # "when_needed": it was kept until now
+    if p.action != "run" and release_generation_model():  # "when_needed": it was kept until now
         _released_when_needed.set()
         p = plan(*memory_plan.gpu_memory())
     p.raise_if_refused()
     if p.message:
         log.warning("training %s: %s", job.id, p.message)
-    log.info("training %s: memory plan %s, checkpointing %s, ~%.1f GiB of %.1f GiB free", job.id, p.action,
-             p.checkpointing, p.need_bytes / GIB, p.free_bytes / GIB)
+    log.info(
+        "training %s: memory plan %s, checkpointing %s, ~%.1f GiB of %.1f GiB free",
+        job.id,
+        p.action,
+        p.checkpointing,
+        p.need_bytes / GIB,
+        p.free_bytes / GIB,
+    )
     return replace(cfg, gradient_checkpointing=p.checkpointing)
 
 
 class _NoHeartbeat:
     """The heartbeat of the ranks other than 0 of a multi-GPU job: they never own the row, so never lose it."""
+
     lost = threading.Event()
 
 
@@ -194,8 +236,13 @@ NO_HEARTBEAT = _NoHeartbeat()
 def run_owned(c: WorkerContext, job: TrainingJob) -> str:
     """Train a job this worker already owns: heartbeat, the trainer, and the row's final state."""
     return run_with_heartbeat(
-        c, "training", job.id, beat=lambda: _beat(c, job.id), body=lambda hb: TrainingRun(c, job, hb).run(),
-        fail=lambda s, error: fail_training(s, job_id=job.id, worker_id=c.worker_id, error=error))
+        c,
+        "training",
+        job.id,
+        beat=lambda: _beat(c, job.id),
+        body=lambda hb: TrainingRun(c, job, hb).run(),
+        fail=lambda s, error: fail_training(s, job_id=job.id, worker_id=c.worker_id, error=error),
+    )
 
 
 class TrainingRun:
@@ -212,10 +259,10 @@ class TrainingRun:
         self.what = f"training {job.id}"
         self.prefix = f"trainings/{job.id}"
         self.cfg = None
-        self.last: dict = {}                       # the newest on_step values
-        self.written_step: int | None = None       # the step the row holds
-        self.stop_reason: str | None = None        # the first reason should_stop saw: lost/time/shutdown/cancel
-        self.deadline = float("inf")              # set once the config is ready: preparing it is not training
+        self.last: dict = {}  # the newest on_step values
+        self.written_step: int | None = None  # the step the row holds
+        self.stop_reason: str | None = None  # the first reason should_stop saw: lost/time/shutdown/cancel
+        self.deadline = float("inf")  # set once the config is ready: preparing it is not training
         # The throttled DB calls of the loop (progress rows, the cancel flag) run on helper threads: the training
         # thread has just synchronised with the GPU when it reports, so a DB call made there leaves the GPU idle.
         # Each goes through db_call: a database blip pauses it, it never fails the job. Two threads: progress
@@ -230,15 +277,25 @@ class TrainingRun:
         c, job = self.c, self.job
         self.cfg = self._config()
         self.deadline = time.monotonic() + c.settings.train_time_limit_s
-        self.write_due, self.poll_due = Every(c.settings.progress_interval_s), Every(c.settings.progress_interval_s)
+        self.write_due, self.poll_due = (
+            Every(c.settings.progress_interval_s),
+            Every(c.settings.progress_interval_s),
+        )
         oom = None
         try:
-            result = train(self.cfg, TrainCallbacks(on_step=self.on_step, on_preview=self.on_preview,
-                                                    on_checkpoint=self.on_checkpoint, should_stop=self.should_stop,
-                                                    on_validation=self.on_validation))
+            result = train(
+                self.cfg,
+                TrainCallbacks(
+                    on_step=self.on_step,
+                    on_preview=self.on_preview,
+                    on_checkpoint=self.on_checkpoint,
+                    should_stop=self.should_stop,
+                    on_validation=self.on_validation,
+                ),
+            )
             self.db.wait()
         except Exception as e:
-            if type(e).__name__ != "OutOfMemoryError":      # torch.cuda.OutOfMemoryError, without importing torch
+            if type(e).__name__ != "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
                 raise
             oom = out_of_memory_message("training", e)
         finally:
@@ -248,10 +305,10 @@ class TrainingRun:
             self.cancel_poll.close()
             left = free_gpu_memory()
             log.info("training %s: GPU memory handed back; %.2f GiB still allocated", job.id, left / GIB)
-        if oom is not None:        # raised here, outside the handler: the traceback's tensors are gone
+        if oom is not None:  # raised here, outside the handler: the traceback's tensors are gone
             raise MemoryPlanError(oom)
         if not is_main_rank():
-            return "rank-done"   # the core ran no callbacks here; rank 0 writes the row and the files
+            return "rank-done"  # the core ran no callbacks here; rank 0 writes the row and the files
         if result.stopped:
             return _stopped(c, job, self.stop_reason or "cancel", result)
         return _succeeded(c, job, self.cfg, result)
@@ -260,8 +317,11 @@ class TrainingRun:
         """The job's dataset and resume checkpoint as local folders, a fresh work folder, and the TrainConfig
         fitted to this GPU's free memory."""
         c, job = self.c, self.job
-        dataset = db_call(c, lambda s: get_dataset(s, dataset_id=job.dataset_id), what=f"{self.what}: dataset") \
-            if job.dataset_id else None
+        dataset = (
+            db_call(c, lambda s: get_dataset(s, dataset_id=job.dataset_id), what=f"{self.what}: dataset")
+            if job.dataset_id
+            else None
+        )
         if dataset is None:
             raise ValueError(f"dataset {job.dataset_id} no longer exists")
         data_dir = local_dir(c, dataset.storage_prefix)
@@ -291,19 +351,26 @@ class TrainingRun:
     def _write_progress(self, values: dict | None = None) -> None:
         c, job = self.c, self.job
         values = dict(values or self.last)
-        self._still_owned(db_call(c, lambda s: record_progress(s, job_id=job.id, worker_id=c.worker_id, **values),
-                                  what=f"{self.what}: progress"))
+        self._still_owned(
+            db_call(
+                c,
+                lambda s: record_progress(s, job_id=job.id, worker_id=c.worker_id, **values),
+                what=f"{self.what}: progress",
+            )
+        )
         self.written_step = values["step"]
         publish(c, "training", job.id, "progress", {**values, "validation_loss": self.validation_loss})
 
     def _poll_cancel(self) -> None:
-        if db_call(self.c, lambda s: is_cancel_requested(s, job_id=self.job.id), what=f"{self.what}: cancel check"):
+        if db_call(
+            self.c, lambda s: is_cancel_requested(s, job_id=self.job.id), what=f"{self.what}: cancel check"
+        ):
             self.cancel_seen.set()
 
     def on_step(self, step, total, loss, smoothed, lr, sec, eta) -> None:
         if self.hb.lost.is_set():
             raise JobLost()
-        self.db.check()          # a background write that found the job taken over raises JobLost here
+        self.db.check()  # a background write that found the job taken over raises JobLost here
         self.last.update(step=step, total_steps=total, loss=smoothed, seconds_per_step=sec, eta_seconds=eta)
         # Throttled, but never skipped at a checkpoint or the end: the row then matches what a resume sees.
         if step == total or step % self.cfg.checkpoint_every == 0:
@@ -320,11 +387,20 @@ class TrainingRun:
             self.validation_loss = loss
 
         def write() -> None:
-            self._still_owned(db_call(c, lambda s: record_validation(s, job_id=job.id, worker_id=c.worker_id,
-                                                                     validation=summary),
-                                      what=f"{self.what}: validation"))
-            publish(c, "training", job.id, "validation",
-                    {"step": step, "loss": loss, "baseline": baseline, "summary": summary})
+            self._still_owned(
+                db_call(
+                    c,
+                    lambda s: record_validation(s, job_id=job.id, worker_id=c.worker_id, validation=summary),
+                    what=f"{self.what}: validation",
+                )
+            )
+            publish(
+                c,
+                "training",
+                job.id,
+                "validation",
+                {"step": step, "loss": loss, "baseline": baseline, "summary": summary},
+            )
 
         self.db.submit(write)
 
@@ -352,10 +428,18 @@ class TrainingRun:
             key = f"{self.prefix}/previews/{path.name}"
             c.store.put_file(key, path)
             prompt = prompts[index] if index < len(prompts) else ""
-            db_call(c, lambda s: add_preview(s, job_id=job.id, step=step, index=index, storage_key=key,
-                                             prompt=prompt), what=f"{self.what}: preview")
-            publish(c, "training", job.id, "preview",
-                    {"step": step, "index": index, "url": preview_url(job.id, step, index)})
+            db_call(
+                c,
+                lambda s: add_preview(s, job_id=job.id, step=step, index=index, storage_key=key, prompt=prompt),
+                what=f"{self.what}: preview",
+            )
+            publish(
+                c,
+                "training",
+                job.id,
+                "preview",
+                {"step": step, "index": index, "url": preview_url(job.id, step, index)},
+            )
 
     def should_stop(self) -> bool:
         self.db.check()
@@ -370,7 +454,7 @@ class TrainingRun:
         elif self.cancel_seen.is_set():
             reason = "cancel"
         elif self.poll_due():
-            self.cancel_poll.submit(self._poll_cancel)      # seen at a later step
+            self.cancel_poll.submit(self._poll_cancel)  # seen at a later step
         self.stop_reason = self.stop_reason or reason
         if self.stop_reason and self.last:
             self.db.wait()
@@ -406,7 +490,7 @@ def _checkpoint_choices(c: WorkerContext, prefix: str, result) -> tuple[dict, in
     they differ (what GET /v1/loras/{id}/file?which=last|best serves), and the bytes that other one takes."""
     best, last = result.validation["best_step"], result.steps_done
     choices: dict = {"published": "last", "last": {"step": last}, "best": {"step": best}}
-    if result.other_lora is None:            # one LoRA is both (the best is the last step), or no best yet
+    if result.other_lora is None:  # one LoRA is both (the best is the last step), or no best yet
         return choices, 0
     which, step, folder, file = result.other_lora
     choices["published"] = "best" if which == "last" else "last"
@@ -423,8 +507,13 @@ def _succeeded(c: WorkerContext, job: TrainingJob, cfg, result) -> str:
     comfy_key = f"{prefix}/lora.safetensors"
     c.store.put_file(comfy_key, result.lora_file)
     size = sum(c.store.size(k) for k in peft_keys) + c.store.size(comfy_key)
-    meta = {"steps": result.steps_done, "final_loss": result.smoothed_loss, "resolution": cfg.resolution,
-            "base_model": cfg.base_model_name, "attempts": job.attempt}
+    meta = {
+        "steps": result.steps_done,
+        "final_loss": result.smoothed_loss,
+        "resolution": cfg.resolution,
+        "base_model": cfg.base_model_name,
+        "attempts": job.attempt,
+    }
     if result.validation is not None:
         choices, extra = _checkpoint_choices(c, prefix, result)
         meta.update(validation=result.validation, early_stopped=result.early_stopped, checkpoints=choices)
@@ -438,8 +527,17 @@ def _succeeded(c: WorkerContext, job: TrainingJob, cfg, result) -> str:
             if done is not None:
                 return done
         tried[0] = True
-        return finish_training(s, job_id=job.id, worker_id=c.worker_id, peft_prefix=f"{prefix}/peft",
-                               comfyui_key=comfy_key, rank=cfg.rank, alpha=cfg.alpha, size_bytes=size, meta=meta)
+        return finish_training(
+            s,
+            job_id=job.id,
+            worker_id=c.worker_id,
+            peft_prefix=f"{prefix}/peft",
+            comfyui_key=comfy_key,
+            rank=cfg.rank,
+            alpha=cfg.alpha,
+            size_bytes=size,
+            meta=meta,
+        )
 
     lora_id = db_call(c, finish, what=f"training {job.id}: finish")
     if lora_id is None:

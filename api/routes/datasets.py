@@ -1,4 +1,5 @@
 """/v1/datasets: upload (images + captions, or one zip), list, read, delete."""
+
 from __future__ import annotations
 
 import tempfile
@@ -19,20 +20,41 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_res
 
 
 def to_public(ds: Dataset) -> DatasetPublic:
-    return DatasetPublic(id=ds.id, name=ds.name, num_images=ds.num_images, num_captions=ds.num_captions,
-                         total_bytes=ds.total_bytes, report=ds.report, created_at=ds.created_at)
+    return DatasetPublic(
+        id=ds.id,
+        name=ds.name,
+        num_images=ds.num_images,
+        num_captions=ds.num_captions,
+        total_bytes=ds.total_bytes,
+        report=ds.report,
+        created_at=ds.created_at,
+    )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetPublic, responses=error_responses(413))
 async def upload_dataset(
-    owner: CurrentOwner, session: SessionDep, settings: SettingsDep, store: StoreDep,
-    files: Annotated[list[UploadFile], File(min_length=1,
-                                            description="images (PNG/JPEG/WebP) with optional same-name .txt "
-                                                        "captions or metadata.jsonl, or one .zip of those")],
+    owner: CurrentOwner,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    files: Annotated[
+        list[UploadFile],
+        File(
+            min_length=1,
+            description="images (PNG/JPEG/WebP) with optional same-name .txt "
+            "captions or metadata.jsonl, or one .zip of those",
+        ),
+    ],
     name: Annotated[str | None, Form(max_length=200, pattern=NO_NUL, description="display name")] = None,
-    resolution: Annotated[int, Form(ge=32, le=4096, multiple_of=32,
-                                    description="training resolution the validation report buckets for "
-                                                "(multiple of 32)")] = 1024,
+    resolution: Annotated[
+        int,
+        Form(
+            ge=32,
+            le=4096,
+            multiple_of=32,
+            description="training resolution the validation report buckets for (multiple of 32)",
+        ),
+    ] = 1024,
 ):
     """Upload a dataset; every file is checked and the trainer's validation runs before anything is stored.
 
@@ -46,9 +68,17 @@ async def upload_dataset(
         prefix = f"datasets/{ds_id}"
         try:
             await run_in_threadpool(store.put_dir, prefix, staging)
-            ds = create_dataset(session, dataset_id=ds_id, owner_id=owner.id, name=name or _default_name(files),
-                                storage_prefix=prefix, num_images=report["usable"],
-                                num_captions=report["captioned"], total_bytes=staged.total_bytes, report=report)
+            ds = create_dataset(
+                session,
+                dataset_id=ds_id,
+                owner_id=owner.id,
+                name=name or _default_name(files),
+                storage_prefix=prefix,
+                num_images=report["usable"],
+                num_captions=report["captioned"],
+                total_bytes=staged.total_bytes,
+                report=report,
+            )
         except BaseException:
             store.delete_prefix(prefix)  # no row, no files
             raise
@@ -95,6 +125,8 @@ def remove_dataset(dataset_id: DatasetId, owner: CurrentOwner, session: SessionD
     if outcome is None:
         raise not_found("dataset", dataset_id)
     if outcome == "in_use":
-        raise ApiError(status.HTTP_409_CONFLICT, f"dataset {dataset_id} is used by a queued or running "
-                                                 "training job; cancel it first")
+        raise ApiError(
+            status.HTTP_409_CONFLICT,
+            f"dataset {dataset_id} is used by a queued or running training job; cancel it first",
+        )
     store.delete_prefix(prefix)

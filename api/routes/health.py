@@ -1,4 +1,5 @@
 """/health (the process answers) and /ready (the database and the broker answer). No key needed."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
@@ -16,7 +17,9 @@ def health():
     return Health(status="ok")
 
 
-@router.get("/ready", response_model=Ready, responses={503: {"model": Ready, "description": "a dependency is down"}})
+@router.get(
+    "/ready", response_model=Ready, responses={503: {"model": Ready, "description": "a dependency is down"}}
+)
 def ready(request: Request):
     """Readiness: the database answers a query and the broker answers a ping."""
     checks = {"database": _check(lambda: _db(request)), "broker": _check(lambda: _broker(request))}
@@ -44,9 +47,15 @@ def _broker(request: Request) -> None:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
-        redis.Redis.from_url(url.replace("redis+socket://", "unix://"), socket_connect_timeout=2, socket_timeout=2,
-                             retry=Retry(NoBackoff(), 0)).ping()
+
+        redis.Redis.from_url(
+            url.replace("redis+socket://", "unix://"),
+            socket_connect_timeout=2,
+            socket_timeout=2,
+            retry=Retry(NoBackoff(), 0),
+        ).ping()
     else:
         from kombu import Connection
+
         with Connection(url, connect_timeout=2) as conn:
             conn.ensure_connection(max_retries=1)

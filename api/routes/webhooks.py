@@ -1,4 +1,5 @@
 """/v1/webhooks: the owner's signing secret (Standard Webhooks: `whsec_<base64>`)."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter

@@ -13,19 +13,43 @@ package imports no torch; the torch-side names below load on first use.
 # name -> module: the torch side, imported when first asked for (PEP 562), so the API can use keys/check/convert.
 _LAZY = {
     **dict.fromkeys(("active_lora_modules", "apply_loras", "clear_loras", "set_loras"), "apply"),
-    **dict.fromkeys(("build_metadata", "comfyui_tensors", "config_hash", "lora_file_tensors", "save_comfyui_file",
-                     "save_lora_file", "save_peft_folder"), "export"),
+    **dict.fromkeys(
+        (
+            "build_metadata",
+            "comfyui_tensors",
+            "config_hash",
+            "lora_file_tensors",
+            "save_comfyui_file",
+            "save_lora_file",
+            "save_peft_folder",
+        ),
+        "export",
+    ),
     **dict.fromkeys(("BoundLora", "LoraFile", "bind_lora", "module_index", "read_lora"), "formats"),
-    **dict.fromkeys(("install_lora_slots", "lora_slots", "remove_lora_slots", "slot_capacity", "slots_forced_on",
-                     "slots_on"), "slots"),
-    **dict.fromkeys(("EXTRA_TARGETS", "LoraSpec", "adapter_state_dict", "inject_lora", "load_adapter_state_dict",
-                     "lora_parameters", "set_adapter_enabled", "target_names"), "inject"),
+    **dict.fromkeys(
+        ("install_lora_slots", "lora_slots", "remove_lora_slots", "slot_capacity", "slots_forced_on", "slots_on"),
+        "slots",
+    ),
+    **dict.fromkeys(
+        (
+            "EXTRA_TARGETS",
+            "LoraSpec",
+            "adapter_state_dict",
+            "inject_lora",
+            "load_adapter_state_dict",
+            "lora_parameters",
+            "set_adapter_enabled",
+            "target_names",
+        ),
+        "inject",
+    ),
 }
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
+
         return getattr(importlib.import_module(f"core.lora.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'core.lora' has no attribute {name!r}")
 
@@ -49,11 +73,36 @@ def parse_lora_arg(arg: str) -> tuple[str, float]:
 
 
 __all__ = [
-    "EXTRA_TARGETS", "BoundLora", "LoraFile", "LoraSpec", "active_lora_modules", "adapter_state_dict",
-    "apply_loras", "bind_lora", "build_metadata", "clear_loras", "comfyui_tensors", "config_hash",
-    "inject_lora", "load_adapter_state_dict", "load_lora", "lora_file_tensors", "lora_parameters",
-    "module_index", "parse_lora_arg", "read_lora", "save_comfyui_file", "save_lora_file", "save_peft_folder",
+    "EXTRA_TARGETS",
+    "BoundLora",
+    "LoraFile",
+    "LoraSpec",
+    "active_lora_modules",
+    "adapter_state_dict",
+    "apply_loras",
+    "bind_lora",
+    "build_metadata",
+    "clear_loras",
+    "comfyui_tensors",
+    "config_hash",
+    "inject_lora",
+    "load_adapter_state_dict",
+    "load_lora",
+    "lora_file_tensors",
+    "lora_parameters",
+    "module_index",
+    "parse_lora_arg",
+    "read_lora",
+    "save_comfyui_file",
+    "save_lora_file",
+    "save_peft_folder",
     "set_adapter_enabled",
-    "set_loras", "target_names", "install_lora_slots", "lora_slots", "remove_lora_slots", "slot_capacity",
-    "slots_forced_on", "slots_on",
+    "set_loras",
+    "target_names",
+    "install_lora_slots",
+    "lora_slots",
+    "remove_lora_slots",
+    "slot_capacity",
+    "slots_forced_on",
+    "slots_on",
 ]

@@ -16,6 +16,7 @@ calls write the deltas into the slots instead, so no hook is added or removed an
 recompile; only what does not fit the slots (a module without one, more ranks than the capacity) falls
 back to a hook for that module, which is correct but makes the compiled step recompile.
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,13 +76,16 @@ def set_loras(model: nn.Module, loras: Sequence[tuple[BoundLora, float]]) -> Non
     if lora_slots(model):
         parts = fill_slots(model, parts)  # what remains did not fit a slot
         if parts:
-            log.warning("LoRA: %d modules do not fit the slots (no slot, or over the rank capacity); "
-                        "applied by hooks, so a compiled step recompiles", len(parts))
+            log.warning(
+                "LoRA: %d modules do not fit the slots (no slot, or over the rank capacity); "
+                "applied by hooks, so a compiled step recompiles",
+                len(parts),
+            )
     _remove_hooks(model)
     handles = []
     for path, pairs in parts.items():
-        down = torch.cat([d for d, _, _ in pairs], dim=0)          # [sum r, in]
-        up = torch.cat([u * s for _, u, s in pairs], dim=1)        # [out, sum r]
+        down = torch.cat([d for d, _, _ in pairs], dim=0)  # [sum r, in]
+        up = torch.cat([u * s for _, u, s in pairs], dim=1)  # [out, sum r]
         handles.append(modules[path].register_forward_hook(_Delta(down, up)))
     setattr(model, _HANDLES_ATTR, handles)
 

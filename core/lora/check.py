@@ -8,6 +8,7 @@ read one block at a time with numpy, never whole files.
     info = inspect_lora(open("style.safetensors", "rb"), size, index=base_index(settings.model_path))
     # -> LoraInfo(format="comfyui", rank=16, modules=252, placed={"model.language_model...q_proj": ...}, ...)
 """
+
 from __future__ import annotations
 
 import json
@@ -20,15 +21,37 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from core.lora.keys import (NOT_LINEAR, ROLES, ModuleIndex, layout_of, not_lora_reason,  # noqa: F401 (ROLES:
-                            split_key)                                                      # re-exported)
+from core.lora.keys import (
+    NOT_LINEAR,
+    ModuleIndex,
+    layout_of,
+    not_lora_reason,  # noqa: F401 (ROLES:
+    split_key,
+)  # re-exported)
 
 MAX_HEADER_BYTES = 100 * 2**20
-ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-            "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+ITEMSIZE = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+}
 # Module names of HiDream-O1 a LoRA can target (attention/MLP linears, and the image in/out layers).
-TARGETS = re.compile(r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|final_layer2|x_embedder|"
-                     r"t_embedder1)")
+TARGETS = re.compile(
+    r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|final_layer2|x_embedder|"
+    r"t_embedder1)"
+)
 
 
 class LoraFileError(ValueError):
@@ -37,12 +60,12 @@ class LoraFileError(ValueError):
 
 @dataclass
 class LoraInfo:
-    format: str                       # peft | comfyui | musubi | diffsynth | bare | mixed
+    format: str  # peft | comfyui | musubi | diffsynth | bare | mixed
     rank: int | None
     alpha: float | None
-    modules: int                      # complete down/up pairs that place on the base model
+    modules: int  # complete down/up pairs that place on the base model
     metadata: dict[str, str] = field(default_factory=dict)
-    unplaced: list[str] = field(default_factory=list)           # "key: reason" for every entry left out
+    unplaced: list[str] = field(default_factory=list)  # "key: reason" for every entry left out
     placed: dict[str, dict[str, Any]] = field(default_factory=dict)  # module path (or stem) -> header entries
     data_start: int = 0
 
@@ -67,8 +90,12 @@ def read_header(f: BinaryIO, size: int) -> tuple[dict[str, dict[str, Any]], dict
         try:
             dtype, shape, (a, b) = t["dtype"], t["shape"], t["data_offsets"]
             numel = math.prod(shape)
-            ok = dtype in ITEMSIZE and all(isinstance(d, int) and d >= 0 for d in shape) \
-                and 0 <= a <= b <= data_bytes and b - a == numel * ITEMSIZE[dtype]
+            ok = (
+                dtype in ITEMSIZE
+                and all(isinstance(d, int) and d >= 0 for d in shape)
+                and 0 <= a <= b <= data_bytes
+                and b - a == numel * ITEMSIZE[dtype]
+            )
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
@@ -100,8 +127,8 @@ def _index_of(files: tuple[tuple[str, int], ...]) -> ModuleIndex | None:
             if not key.endswith(".weight") or len(entry["shape"]) != 2:
                 continue
             module = key[: -len(".weight")]
-            if module.startswith("diffusion_model."):   # ComfyUI single file: "model." dropped
-                module = "model." + module[len("diffusion_model."):]
+            if module.startswith("diffusion_model."):  # ComfyUI single file: "model." dropped
+                module = "model." + module[len("diffusion_model.") :]
             if module.startswith("model.") and not NOT_LINEAR.search(module):
                 linears[module] = (entry["shape"][0], entry["shape"][1])
     return ModuleIndex(linears) if linears else None
@@ -128,6 +155,7 @@ def _scalar(f: BinaryIO, offset: int, entry: dict[str, Any]) -> float | None:
 def _decode(raw: bytes, dtype: str):
     """A tensor's bytes as a float32 numpy array (numpy without torch: the API has no torch)."""
     import numpy as np
+
     if dtype == "BF16":
         return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
     if dtype in FLOAT_DTYPES:
@@ -151,8 +179,9 @@ def read_tensor(f: BinaryIO, data_start: int, entry: dict[str, Any]):
 def _finite(f: BinaryIO, data_start: int, entry: dict[str, Any]) -> bool:
     """Every value finite; read in blocks so a large tensor never sits in memory whole."""
     import numpy as np
+
     if entry["dtype"] not in FLOAT_DTYPES and entry["dtype"] != "BF16":
-        return True   # integer tensors cannot hold NaN
+        return True  # integer tensors cannot hold NaN
     a, b = entry["data_offsets"]
     step = ITEMSIZE[entry["dtype"]] * (1 << 20)
     f.seek(data_start + a)
@@ -167,8 +196,13 @@ def _finite(f: BinaryIO, data_start: int, entry: dict[str, Any]) -> bool:
     return True
 
 
-def inspect_lora(f: BinaryIO, size: int, peft_config: dict[str, Any] | None = None,
-                 index: ModuleIndex | None = None, allow_partial: bool = False) -> LoraInfo:
+def inspect_lora(
+    f: BinaryIO,
+    size: int,
+    peft_config: dict[str, Any] | None = None,
+    index: ModuleIndex | None = None,
+    allow_partial: bool = False,
+) -> LoraInfo:
     """Classify a safetensors LoRA; LoraFileError when the trainer's loader could not use it.
 
     With `index` (the base model's linears, see api.base_model) every module is placed with the loader's own
@@ -189,7 +223,7 @@ def inspect_lora(f: BinaryIO, size: int, peft_config: dict[str, Any] | None = No
     for stem, roles in stems.items():
         down, up = roles.get("down"), roles.get("up")
         if down is None and up is None:
-            unknown.append(stem + ".alpha")   # an alpha with no weights to scale
+            unknown.append(stem + ".alpha")  # an alpha with no weights to scale
             continue
         if down is None or up is None:
             raise LoraFileError(f"{stem}: has {'lora_down/A' if down else 'lora_up/B'} but not its pair")
@@ -200,10 +234,12 @@ def inspect_lora(f: BinaryIO, size: int, peft_config: dict[str, Any] | None = No
         raise LoraFileError("no LoRA weights found (expected keys ending in lora_A/lora_B or lora_down/lora_up)")
     unplaced = [f"{k}: {not_lora_reason(k)}" for k in unknown]
     placed: dict[str, dict[str, Any]] = {}
-    if index is None:   # no base model to check against: the key names must at least look like its modules
+    if index is None:  # no base model to check against: the key names must at least look like its modules
         if not any(TARGETS.search(stem) for stem in stems):
-            raise LoraFileError("its modules are not HiDream-O1 modules (no q/k/v/o/gate/up/down_proj, "
-                                "final_layer2, x_embedder or t_embedder1 in the key names)")
+            raise LoraFileError(
+                "its modules are not HiDream-O1 modules (no q/k/v/o/gate/up/down_proj, "
+                "final_layer2, x_embedder or t_embedder1 in the key names)"
+            )
         placed = {stem: {**roles, "stem": stem} for stem, roles in stems.items()}
     else:
         for stem, roles in stems.items():
@@ -214,20 +250,26 @@ def inspect_lora(f: BinaryIO, size: int, peft_config: dict[str, Any] | None = No
             out_f, in_f = index.linears[path]
             (_, d_in), (d_out, _) = roles["down"]["shape"], roles["up"]["shape"]
             if (d_in, d_out) != (in_f, out_f):
-                unplaced.append(f"{stem}: down {roles['down']['shape']} / up {roles['up']['shape']} do not fit "
-                                f"{path} ({out_f} x {in_f}): a LoRA of another model")
+                unplaced.append(
+                    f"{stem}: down {roles['down']['shape']} / up {roles['up']['shape']} do not fit "
+                    f"{path} ({out_f} x {in_f}): a LoRA of another model"
+                )
             elif path in placed:
                 unplaced.append(f"{stem}: a second entry for {path}")
             else:
                 placed[path] = {**roles, "stem": stem}
         if not placed:
             first = next((u for u in unplaced if u.split(":")[0] in stems), unplaced[0])
-            raise LoraFileError(f"its modules are not HiDream-O1 modules with the base model's shapes: none of "
-                                f"its {len(stems)} LoRA modules fits (first: {first})")
+            raise LoraFileError(
+                f"its modules are not HiDream-O1 modules with the base model's shapes: none of "
+                f"its {len(stems)} LoRA modules fits (first: {first})"
+            )
         if unplaced and not allow_partial:
-            raise LoraFileError(f"{len(unplaced)} of its entries cannot be applied to the base model, "
-                                f"first: {'; '.join(unplaced[:3])} (import with allow_partial=true to keep "
-                                f"the {len(placed)} modules that fit)")
+            raise LoraFileError(
+                f"{len(unplaced)} of its entries cannot be applied to the base model, "
+                f"first: {'; '.join(unplaced[:3])} (import with allow_partial=true to keep "
+                f"the {len(placed)} modules that fit)"
+            )
     for roles in placed.values():
         for role in ("down", "up", "alpha"):
             if role in roles and not _finite(f, data_start, roles[role]):
@@ -239,9 +281,16 @@ def inspect_lora(f: BinaryIO, size: int, peft_config: dict[str, Any] | None = No
         alpha = float(peft_config["lora_alpha"])
     elif alphas and alphas[0] is not None:
         alpha = float(alphas[0])
-    return LoraInfo(format=layouts.pop() if len(layouts) == 1 else "mixed", rank=max(ranks), alpha=alpha,
-                    modules=len(placed), metadata=metadata, unplaced=unplaced, placed=placed,
-                    data_start=data_start)
+    return LoraInfo(
+        format=layouts.pop() if len(layouts) == 1 else "mixed",
+        rank=max(ranks),
+        alpha=alpha,
+        modules=len(placed),
+        metadata=metadata,
+        unplaced=unplaced,
+        placed=placed,
+        data_start=data_start,
+    )
 
 
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -255,9 +304,14 @@ def read_peft_zip(f, max_bytes: int) -> tuple[bytes, dict]:
     except zipfile.BadZipFile as e:
         raise LoraFileError(f"not a readable zip ({e})") from None
     with zf:
-        found = {PurePosixPath(i.filename).name: i for i in zf.infolist()
-                 if PurePosixPath(i.filename).name in PEFT_FILES and len(PurePosixPath(i.filename).parts) <= 2
-                 and ".." not in PurePosixPath(i.filename).parts and not i.is_dir()}
+        found = {
+            PurePosixPath(i.filename).name: i
+            for i in zf.infolist()
+            if PurePosixPath(i.filename).name in PEFT_FILES
+            and len(PurePosixPath(i.filename).parts) <= 2
+            and ".." not in PurePosixPath(i.filename).parts
+            and not i.is_dir()
+        }
         missing = [n for n in PEFT_FILES if n not in found]
         if missing:
             raise LoraFileError(f"the zip is not a PEFT folder: {', '.join(missing)} missing")

@@ -11,6 +11,7 @@ goes through numpy one tensor at a time.
     config = write_peft(f, info.data_start, modules, out)          # base_model.model.<path>.lora_A/B.weight
     path = convert_download(store, lora.comfyui_key, "diffsynth", "fp32", index)   # a temp file to send
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ from typing import Any, BinaryIO
 from core.lora.check import FLOAT_DTYPES, ITEMSIZE, LoraFileError, LoraInfo, _scalar, read_tensor
 from core.lora.keys import carries_alpha, write_key
 
-DTYPES = {"bf16": "BF16", "fp32": "F32"}   # what a download may ask for
+DTYPES = {"bf16": "BF16", "fp32": "F32"}  # what a download may ask for
 SINGLE_FILE_FORMATS = ("comfyui", "musubi", "diffsynth")
 
 
@@ -33,27 +34,33 @@ class NotConvertible(ValueError):
 
 @dataclass
 class Module:
-    down: dict[str, Any]       # header entries (dtype, shape, data_offsets) of the original file
+    down: dict[str, Any]  # header entries (dtype, shape, data_offsets) of the original file
     up: dict[str, Any]
-    alpha: float | None        # None: the loader's default (alpha = rank)
+    alpha: float | None  # None: the loader's default (alpha = rank)
 
 
 def canonical_modules(f: BinaryIO, info: LoraInfo, peft_config: dict[str, Any] | None = None) -> dict[str, Module]:
     """The placed modules of an inspected file, by the base model's module path."""
-    if peft_config and (peft_config.get("rank_pattern") or peft_config.get("alpha_pattern")
-                        or peft_config.get("use_rslora") or peft_config.get("use_dora")):
+    if peft_config and (
+        peft_config.get("rank_pattern")
+        or peft_config.get("alpha_pattern")
+        or peft_config.get("use_rslora")
+        or peft_config.get("use_dora")
+    ):
         raise NotConvertible("PEFT configs with rank/alpha patterns, rsLoRA or DoRA are kept as uploaded only")
     if any(not path.startswith("model.") for path in info.placed):
         raise NotConvertible("the base model could not be read to place its modules: kept as uploaded only")
     config_alpha = float(peft_config["lora_alpha"]) if peft_config and "lora_alpha" in peft_config else None
-    return {path: Module(r["down"], r["up"],
-                         _scalar(f, info.data_start, r["alpha"]) if "alpha" in r else config_alpha)
-            for path, r in info.placed.items()}
+    return {
+        path: Module(r["down"], r["up"], _scalar(f, info.data_start, r["alpha"]) if "alpha" in r else config_alpha)
+        for path, r in info.placed.items()
+    }
 
 
 def _encode(values, dtype: str) -> bytes:
     """float32 numpy -> safetensors bytes in `dtype` (bf16 rounded to nearest even, as torch does)."""
     import numpy as np
+
     if dtype in FLOAT_DTYPES:
         return values.astype(FLOAT_DTYPES[dtype]).tobytes()
     if dtype == "BF16":
@@ -62,8 +69,9 @@ def _encode(values, dtype: str) -> bytes:
     raise NotConvertible(f"cannot write {dtype} tensors")
 
 
-def _write(out: BinaryIO, src: BinaryIO, data_start: int, items: list[tuple[str, Any]],
-           metadata: dict[str, str]) -> None:
+def _write(
+    out: BinaryIO, src: BinaryIO, data_start: int, items: list[tuple[str, Any]], metadata: dict[str, str]
+) -> None:
     """items: (key, (header entry to copy, dtype to write or None, factor)) or (key, float scalar as F32)."""
     header: dict[str, Any] = {"__metadata__": metadata}
     offset, blobs = 0, []
@@ -107,8 +115,15 @@ def _write(out: BinaryIO, src: BinaryIO, data_start: int, items: list[tuple[str,
             out.write(_encode(values * factor if factor != 1.0 else values, dtype or entry["dtype"]))
 
 
-def write_format(src: BinaryIO, data_start: int, modules: dict[str, Module], out: BinaryIO, fmt: str,
-                 dtype: str | None = None, metadata: dict[str, str] | None = None) -> None:
+def write_format(
+    src: BinaryIO,
+    data_start: int,
+    modules: dict[str, Module],
+    out: BinaryIO,
+    fmt: str,
+    dtype: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """One safetensors file in `fmt` (comfyui, musubi, diffsynth); `dtype` "bf16" / "fp32" / None (as stored).
 
     comfyui and musubi keep alpha as a scalar per module; diffsynth has none, so alpha/rank is folded into up.
@@ -118,38 +133,58 @@ def write_format(src: BinaryIO, data_start: int, modules: dict[str, Module], out
     for path, m in sorted(modules.items()):
         rank = m.down["shape"][0]
         factor = 1.0 if carries_alpha(fmt) or m.alpha is None else float(m.alpha) / rank
-        items += [(write_key(fmt, path, "down"), (m.down, target, 1.0)),
-                  (write_key(fmt, path, "up"), (m.up, target, factor))]
+        items += [
+            (write_key(fmt, path, "down"), (m.down, target, 1.0)),
+            (write_key(fmt, path, "up"), (m.up, target, factor)),
+        ]
         if carries_alpha(fmt) and m.alpha is not None:
             items.append((write_key(fmt, path, "alpha"), float(m.alpha)))
     _write(out, src, data_start, items, {**(metadata or {}), "format": "pt"})
 
 
-def write_comfyui(src: BinaryIO, data_start: int, modules: dict[str, Module], out: BinaryIO,
-                  metadata: dict[str, str] | None = None) -> None:
+def write_comfyui(
+    src: BinaryIO,
+    data_start: int,
+    modules: dict[str, Module],
+    out: BinaryIO,
+    metadata: dict[str, str] | None = None,
+) -> None:
     write_format(src, data_start, modules, out, "comfyui", None, metadata)
 
 
-def write_peft(src: BinaryIO, data_start: int, modules: dict[str, Module], out: BinaryIO,
-               metadata: dict[str, str] | None = None) -> dict[str, Any]:
+def write_peft(
+    src: BinaryIO,
+    data_start: int,
+    modules: dict[str, Module],
+    out: BinaryIO,
+    metadata: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Write adapter_model.safetensors to ``out``; returns its adapter_config.json (per-module rank/alpha as
     PEFT patterns where they differ from the most common value)."""
     items: list[tuple[str, Any]] = []
     ranks, alphas = {}, {}
     for path, m in sorted(modules.items()):
-        items += [(write_key("peft", path, "down"), (m.down, None, 1.0)),
-                  (write_key("peft", path, "up"), (m.up, None, 1.0))]
+        items += [
+            (write_key("peft", path, "down"), (m.down, None, 1.0)),
+            (write_key("peft", path, "up"), (m.up, None, 1.0)),
+        ]
         ranks[path] = m.down["shape"][0]
         alphas[path] = float(m.alpha) if m.alpha is not None else float(ranks[path])  # PEFT has no "unset"
     _write(out, src, data_start, items, {**(metadata or {}), "format": "pt"})
     r = max(set(ranks.values()), key=list(ranks.values()).count)
     alpha = max(set(alphas.values()), key=list(alphas.values()).count)
-    return {"peft_type": "LORA", "r": r, "lora_alpha": alpha,
-            # Full paths, not leaf names: "q_proj" alone would also match modules the LoRA never touched.
-            "target_modules": sorted(modules),
-            "rank_pattern": {p: v for p, v in ranks.items() if v != r},
-            "alpha_pattern": {p: v for p, v in alphas.items() if v != alpha},
-            "bias": "none", "lora_dropout": 0.0, "use_rslora": False}
+    return {
+        "peft_type": "LORA",
+        "r": r,
+        "lora_alpha": alpha,
+        # Full paths, not leaf names: "q_proj" alone would also match modules the LoRA never touched.
+        "target_modules": sorted(modules),
+        "rank_pattern": {p: v for p, v in ranks.items() if v != r},
+        "alpha_pattern": {p: v for p, v in alphas.items() if v != alpha},
+        "bias": "none",
+        "lora_dropout": 0.0,
+        "use_rslora": False,
+    }
 
 
 def convert_download(store, key: str, fmt: str, dtype: str, index) -> str:
@@ -186,5 +221,10 @@ def _own_index(src: BinaryIO, size: int):
         hit = split_key(key)
         if hit and hit[0].startswith("diffusion_model."):
             roles.setdefault(hit[0], {})[hit[1]] = entry
-    return ModuleIndex({"model." + stem[len("diffusion_model."):]: (r["up"]["shape"][0], r["down"]["shape"][1])
-                        for stem, r in roles.items() if "up" in r and "down" in r})
+    return ModuleIndex(
+        {
+            "model." + stem[len("diffusion_model.") :]: (r["up"]["shape"][0], r["down"]["shape"][1])
+            for stem, r in roles.items()
+            if "up" in r and "down" in r
+        }
+    )

@@ -11,6 +11,7 @@ by other users (0644), as files other tools load must be.
 Both files are written to a temp name and renamed, so a reader never sees half a file. Metadata values
 are strings (a safetensors rule); `training` is JSON.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,7 @@ from core.atomic_files import atomic_file
 from core.lora.inject import LoraSpec
 from core.lora.keys import carries_alpha, write_key
 
-FILE_MODE = 0o644   # mkstemp creates 0600; a LoRA is handed to other programs and users
+FILE_MODE = 0o644  # mkstemp creates 0600; a LoRA is handed to other programs and users
 
 # Config fields that name a machine or a library version rather than the architecture and weights layout.
 _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures")
@@ -42,8 +43,9 @@ def config_hash(config) -> str:
     return hashlib.sha256(json.dumps(clean(d), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def build_metadata(*, trigger: str, spec: LoraSpec, steps: int, resolution: int, base_model: str,
-                   base_config, training: dict) -> dict[str, str]:
+def build_metadata(
+    *, trigger: str, spec: LoraSpec, steps: int, resolution: int, base_model: str, base_config, training: dict
+) -> dict[str, str]:
     """The sidecar facts every exported file carries."""
     return {
         "format": "pt",
@@ -62,8 +64,9 @@ def build_metadata(*, trigger: str, spec: LoraSpec, steps: int, resolution: int,
 def _check_adapter(adapter: dict[str, torch.Tensor]) -> None:
     bad = [k for k in adapter if not (k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight"))]
     if bad or not adapter:
-        raise ValueError(f"not an adapter state dict (want *.lora_A.weight / *.lora_B.weight): "
-                         f"{bad[:3] or 'empty'}")
+        raise ValueError(
+            f"not an adapter state dict (want *.lora_A.weight / *.lora_B.weight): {bad[:3] or 'empty'}"
+        )
 
 
 def _contiguous_cpu(t: torch.Tensor) -> torch.Tensor:
@@ -75,8 +78,13 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def save_peft_folder(adapter: dict[str, torch.Tensor], spec: LoraSpec, folder: str | Path,
-                     metadata: dict[str, str] | None = None, base_model: str = "") -> Path:
+def save_peft_folder(
+    adapter: dict[str, torch.Tensor],
+    spec: LoraSpec,
+    folder: str | Path,
+    metadata: dict[str, str] | None = None,
+    base_model: str = "",
+) -> Path:
     """A folder that peft.PeftModel.from_pretrained (and core.lora.read_lora) loads."""
     _check_adapter(adapter)
     folder = Path(folder)
@@ -84,10 +92,21 @@ def save_peft_folder(adapter: dict[str, torch.Tensor], spec: LoraSpec, folder: s
     tensors = {"base_model.model." + k: _contiguous_cpu(v) for k, v in adapter.items()}
     _atomic_save(tensors, folder / "adapter_model.safetensors", dict(metadata or {"format": "pt"}))
     config = {
-        "peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model,
-        "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout, "bias": "none",
-        "target_modules": spec.pattern, "use_rslora": False, "use_dora": False, "fan_in_fan_out": False,
-        "init_lora_weights": True, "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": base_model,
+        "r": spec.rank,
+        "lora_alpha": spec.alpha,
+        "lora_dropout": spec.dropout,
+        "bias": "none",
+        "target_modules": spec.pattern,
+        "use_rslora": False,
+        "use_dora": False,
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
         "inference_mode": True,
     }
     with atomic_file(folder / "adapter_config.json", mode=FILE_MODE) as tmp:
@@ -102,22 +121,24 @@ def comfyui_tensors(adapter: dict[str, torch.Tensor], spec: LoraSpec) -> dict[st
     for k, v in adapter.items():
         if not k.startswith("model."):
             raise ValueError(f"{k}: adapter keys must be model paths starting with 'model.'")
-        key = "diffusion_model." + k[len("model."):]
+        key = "diffusion_model." + k[len("model.") :]
         out[key] = _contiguous_cpu(v)
         stem = key.rsplit(".lora_", 1)[0]
         out[stem + ".alpha"] = torch.tensor(float(spec.alpha), dtype=torch.float32)
     return out
 
 
-def save_comfyui_file(adapter: dict[str, torch.Tensor], spec: LoraSpec, path: str | Path,
-                      metadata: dict[str, str] | None = None) -> Path:
+def save_comfyui_file(
+    adapter: dict[str, torch.Tensor], spec: LoraSpec, path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
     path = Path(path)
     _atomic_save(comfyui_tensors(adapter, spec), path, dict(metadata or {"format": "pt"}))
     return path
 
 
-def lora_file_tensors(adapter: dict[str, torch.Tensor], spec: LoraSpec, fmt: str,
-                      dtype: torch.dtype | None = torch.bfloat16) -> dict[str, torch.Tensor]:
+def lora_file_tensors(
+    adapter: dict[str, torch.Tensor], spec: LoraSpec, fmt: str, dtype: torch.dtype | None = torch.bfloat16
+) -> dict[str, torch.Tensor]:
     """The adapter keyed as `fmt` writes it, weights in `dtype` (None: as trained). Formats without a
     per-module alpha get alpha/rank folded into the up weights, so every format gives the same delta."""
     _check_adapter(adapter)
@@ -135,8 +156,14 @@ def lora_file_tensors(adapter: dict[str, torch.Tensor], spec: LoraSpec, fmt: str
     return out
 
 
-def save_lora_file(adapter: dict[str, torch.Tensor], spec: LoraSpec, path: str | Path, fmt: str = "comfyui",
-                   metadata: dict[str, str] | None = None, dtype: torch.dtype | None = torch.bfloat16) -> Path:
+def save_lora_file(
+    adapter: dict[str, torch.Tensor],
+    spec: LoraSpec,
+    path: str | Path,
+    fmt: str = "comfyui",
+    metadata: dict[str, str] | None = None,
+    dtype: torch.dtype | None = torch.bfloat16,
+) -> Path:
     """One safetensors file for ComfyUI, musubi-tuner or DiffSynth-Studio (bf16 by default, as they write)."""
     if fmt == "peft":
         raise ValueError("a PEFT LoRA is a folder: use save_peft_folder")

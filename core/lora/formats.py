@@ -16,6 +16,7 @@ scale * (alpha / r) * up @ down, with alpha = r when a file gives none (PEFT's d
 cannot be used (.diff full differences, embedding LoRAs, other models' modules or shapes, NaN weights)
 are listed in BoundLora.unplaced with the reason, never dropped silently.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,27 +34,29 @@ from core.lora.keys import ModuleIndex, layout_of, not_lora_reason, split_key
 
 @dataclass
 class LoraModule:
-    down: torch.Tensor | None = None     # [r, in]  (PEFT lora_A)
-    up: torch.Tensor | None = None       # [out, r] (PEFT lora_B)
+    down: torch.Tensor | None = None  # [r, in]  (PEFT lora_A)
+    up: torch.Tensor | None = None  # [out, r] (PEFT lora_B)
     alpha: float | None = None
 
 
 @dataclass
 class LoraFile:
     """A LoRA read from disk, not yet tied to a model."""
+
     source: str
-    layout: str                                   # "peft", "comfyui", "musubi", "diffsynth", "bare", "mixed"
-    modules: dict[str, LoraModule]                # stem (key without role suffix) -> tensors
+    layout: str  # "peft", "comfyui", "musubi", "diffsynth", "bare", "mixed"
+    modules: dict[str, LoraModule]  # stem (key without role suffix) -> tensors
     metadata: dict[str, str] = field(default_factory=dict)
-    unknown_keys: list[str] = field(default_factory=list)   # keys with no LoRA role (dora_scale, diff, ...)
+    unknown_keys: list[str] = field(default_factory=list)  # keys with no LoRA role (dora_scale, diff, ...)
 
 
 @dataclass
 class BoundLora:
     """A LoRA placed on a model: module path -> (down [r, in], up [out, r] with alpha/r folded in)."""
+
     name: str
     deltas: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    unplaced: list[str]                           # "key: reason" for everything that could not be used
+    unplaced: list[str]  # "key: reason" for everything that could not be used
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -61,7 +64,7 @@ def _peft_alpha(cfg: dict, stem: str, rank: int) -> float | None:
     """The alpha PEFT would use for one module: alpha_pattern over lora_alpha; rsLoRA's alpha/sqrt(r)
     scale expressed as the alpha that gives it under our alpha/r rule."""
     alpha = cfg.get("lora_alpha")
-    for pat, a in (cfg.get("alpha_pattern") or {}).items():    # PEFT matches patterns at the path's end
+    for pat, a in (cfg.get("alpha_pattern") or {}).items():  # PEFT matches patterns at the path's end
         if re.match(rf"(.*\.)?({pat})$", stem):
             alpha = a
             break
@@ -92,7 +95,7 @@ def read_lora(src: str | Path | dict[str, torch.Tensor], name: str | None = None
             with safe_open(str(path), framework="pt") as f:
                 metadata = dict(f.metadata() or {})
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:   # safetensors raises its own error types; say which file
+        except Exception as e:  # safetensors raises its own error types; say which file
             raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
         source = str(path)
 
@@ -110,10 +113,11 @@ def read_lora(src: str | Path | dict[str, torch.Tensor], name: str | None = None
             m.alpha = float(t.float().reshape(-1)[0])
         else:
             setattr(m, role, t)
-            layouts.add(layout_of(key))   # a bare ".alpha" says nothing about the writer
+            layouts.add(layout_of(key))  # a bare ".alpha" says nothing about the writer
     if not modules:
-        raise ValueError(f"{source}: no LoRA tensors found "
-                         "(expected keys ending in .lora_A/.lora_B/.lora_down/.lora_up)")
+        raise ValueError(
+            f"{source}: no LoRA tensors found (expected keys ending in .lora_A/.lora_B/.lora_down/.lora_up)"
+        )
 
     if peft_cfg is not None:
         for stem, m in modules.items():
@@ -129,9 +133,15 @@ def module_index(model: nn.Module) -> tuple[dict[str, nn.Linear], ModuleIndex]:
     return linears, ModuleIndex({n: (m.out_features, m.in_features) for n, m in linears.items()})
 
 
-def bind_lora(model: nn.Module, lora: LoraFile | str | Path, *, name: str | None = None,
-              dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-              strict: bool = False) -> BoundLora:
+def bind_lora(
+    model: nn.Module,
+    lora: LoraFile | str | Path,
+    *,
+    name: str | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    strict: bool = False,
+) -> BoundLora:
     """Place a LoRA's tensors on `model`'s linears, fold alpha/r into `up`, move to the model's device/dtype.
 
     Anything that cannot be used (unknown module, missing half, wrong shape, unknown key) is listed in
@@ -154,8 +164,10 @@ def bind_lora(model: nn.Module, lora: LoraFile | str | Path, *, name: str | None
         down, up = m.down.reshape(m.down.shape[0], -1), m.up.reshape(m.up.shape[0], -1)
         r = down.shape[0]
         if down.shape[1] != lin.in_features or up.shape != (lin.out_features, r):
-            unplaced.append(f"{stem}: shapes down {tuple(down.shape)} / up {tuple(up.shape)} do not fit "
-                            f"{target} ({lin.out_features} x {lin.in_features})")
+            unplaced.append(
+                f"{stem}: shapes down {tuple(down.shape)} / up {tuple(up.shape)} do not fit "
+                f"{target} ({lin.out_features} x {lin.in_features})"
+            )
             continue
         if not (torch.isfinite(down).all() and torch.isfinite(up).all()):
             unplaced.append(f"{stem}: has NaN or infinite weights")
@@ -166,11 +178,14 @@ def bind_lora(model: nn.Module, lora: LoraFile | str | Path, *, name: str | None
         factor = (m.alpha if m.alpha is not None else r) / r
         w = lin.weight
         dt, dev = dtype or w.dtype, device or w.device
-        deltas[target] = (down.to(device=dev, dtype=dt).contiguous(),
-                          (up.float() * factor).to(device=dev, dtype=dt).contiguous())
+        deltas[target] = (
+            down.to(device=dev, dtype=dt).contiguous(),
+            (up.float() * factor).to(device=dev, dtype=dt).contiguous(),
+        )
     if strict and unplaced:
         raise ValueError(f"{lora.source}: {len(unplaced)} LoRA keys cannot be placed: {unplaced[:5]}")
     if not deltas:
-        raise ValueError(f"{lora.source}: none of its {len(lora.modules)} LoRA modules fit this model: "
-                         f"{unplaced[:3]}")
+        raise ValueError(
+            f"{lora.source}: none of its {len(lora.modules)} LoRA modules fit this model: {unplaced[:3]}"
+        )
     return BoundLora(name=name or lora.source, deltas=deltas, unplaced=unplaced, metadata=lora.metadata)

@@ -8,6 +8,7 @@ tower, embeddings, norms, `t_embedder1` stay frozen; `x_embedder` and `final_lay
 Module paths are those of the model's state dict ("model.language_model.layers.0.self_attn.q_proj"),
 which is what every export and import in this package is keyed on.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,16 +22,18 @@ EXTRA_TARGETS = {
     "x_embedder": r"model\.x_embedder\.proj[12]",
     "final_layer2": r"model\.final_layer2\.linear",
 }
-LM_PATTERN = (r"model\.language_model\.layers\.\d+\."
-              r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))")
+LM_PATTERN = (
+    r"model\.language_model\.layers\.\d+\."
+    r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+)
 
 
 @dataclass(frozen=True)
 class LoraSpec:
-    rank: int = 16                      # the recipe's rank (~44M parameters at full size)
-    alpha: float = 16.0                 # scale alpha/rank = 1, as the recipe
-    dropout: float = 0.0                # the recipe uses none
-    extra_targets: tuple[str, ...] = field(default_factory=tuple)   # subset of EXTRA_TARGETS keys
+    rank: int = 16  # the recipe's rank (~44M parameters at full size)
+    alpha: float = 16.0  # scale alpha/rank = 1, as the recipe
+    dropout: float = 0.0  # the recipe uses none
+    extra_targets: tuple[str, ...] = field(default_factory=tuple)  # subset of EXTRA_TARGETS keys
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -54,8 +57,9 @@ def target_names(model: nn.Module, spec: LoraSpec) -> list[str]:
     rx = re.compile(spec.pattern)
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and rx.fullmatch(n)]
     if not names:
-        raise ValueError("no LoRA target found: the model has no "
-                         "model.language_model.layers.*.(q|k|v|o|gate|up|down)_proj")
+        raise ValueError(
+            "no LoRA target found: the model has no model.language_model.layers.*.(q|k|v|o|gate|up|down)_proj"
+        )
     return names
 
 
@@ -67,9 +71,15 @@ def inject_lora(model: nn.Module, spec: LoraSpec, adapter_dtype: torch.dtype = t
     """
     from peft import LoraConfig, inject_adapter_in_model
 
-    target_names(model, spec)   # fail early with a clear message
-    cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                     target_modules=spec.pattern, bias="none", init_lora_weights=True)
+    target_names(model, spec)  # fail early with a clear message
+    cfg = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.pattern,
+        bias="none",
+        init_lora_weights=True,
+    )
     inject_adapter_in_model(cfg, model)
     for name, p in model.named_parameters():
         is_lora = ".lora_A." in name or ".lora_B." in name
@@ -96,8 +106,11 @@ def set_adapter_enabled(model: nn.Module, enabled: bool) -> None:
 def adapter_state_dict(model: nn.Module, adapter: str = "default") -> dict[str, torch.Tensor]:
     """{"<module path>.lora_A.weight" / ".lora_B.weight": tensor}: the adapter alone, named as PEFT saves it."""
     tag = f".{adapter}."
-    return {n.replace(tag, "."): p.detach() for n, p in model.named_parameters()
-            if (".lora_A" + tag in n or ".lora_B" + tag in n)}
+    return {
+        n.replace(tag, "."): p.detach()
+        for n, p in model.named_parameters()
+        if (".lora_A" + tag in n or ".lora_B" + tag in n)
+    }
 
 
 def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], adapter: str = "default") -> None:
@@ -106,7 +119,9 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], ad
     own = set(adapter_state_dict(model, adapter))
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
     if missing or unexpected:
-        raise ValueError(f"adapter state does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"adapter state does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     with torch.no_grad():
         for k, v in state.items():
             for part in (".lora_A.", ".lora_B."):

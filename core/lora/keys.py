@@ -12,25 +12,36 @@ One grammar drives reading (core.lora.formats), checking (core.lora.check) and c
 
 A module path is the model's own (state-dict) path of an nn.Linear, "model.language_model.layers.0..." etc.
 """
+
 from __future__ import annotations
 
 import re
 
 # Suffix -> role. Longer suffixes first so ".lora_A.default.weight" is not read as ".weight" junk.
 ROLES = (
-    (".lora_A.default.weight", "down"), (".lora_B.default.weight", "up"),
-    (".lora_A.weight", "down"), (".lora_B.weight", "up"),
-    (".lora_down.weight", "down"), (".lora_up.weight", "up"),
-    (".lora.down.weight", "down"), (".lora.up.weight", "up"),                  # older kohya / diffusers
-    (".lora_linear_layer.down.weight", "down"), (".lora_linear_layer.up.weight", "up"),
+    (".lora_A.default.weight", "down"),
+    (".lora_B.default.weight", "up"),
+    (".lora_A.weight", "down"),
+    (".lora_B.weight", "up"),
+    (".lora_down.weight", "down"),
+    (".lora_up.weight", "up"),
+    (".lora.down.weight", "down"),
+    (".lora.up.weight", "up"),  # older kohya / diffusers
+    (".lora_linear_layer.down.weight", "down"),
+    (".lora_linear_layer.up.weight", "up"),
     (".alpha", "alpha"),
 )
-UNDERSCORE_PREFIXES = ("lora_unet_", "lora_transformer_")   # musubi-tuner / kohya: dots written as "_"
+UNDERSCORE_PREFIXES = ("lora_unet_", "lora_transformer_")  # musubi-tuner / kohya: dots written as "_"
 # The one prefix table: what writers put before the model's own module path, tried in order, and the layout
 # each prefix names ("bare" decides nothing: diffsynth is told by its suffix). "model." is then added if
 # needed (ComfyUI drops it; ai-toolkit's legacy files keep it after "diffusion_model.").
-PREFIX_LAYOUTS = {"base_model.model.": "peft", "model.diffusion_model.": "comfyui", "diffusion_model.": "comfyui",
-                  "transformer.": "bare", "": "bare"}
+PREFIX_LAYOUTS = {
+    "base_model.model.": "peft",
+    "model.diffusion_model.": "comfyui",
+    "diffusion_model.": "comfyui",
+    "transformer.": "bare",
+    "": "bare",
+}
 PATH_PREFIXES = tuple(PREFIX_LAYOUTS)
 # Entries some writers add that are not low-rank pairs; each gets a reason instead of silence.
 NOT_LORA = (
@@ -78,20 +89,20 @@ class ModuleIndex:
         for n in self.linears:
             self.underscored[n.replace(".", "_")] = n
             if n.startswith("model."):
-                self.underscored[n[len("model."):].replace(".", "_")] = n
+                self.underscored[n[len("model.") :].replace(".", "_")] = n
 
     def resolve(self, stem: str) -> str | None:
         """The module path a key stem names, or None."""
         for pre in UNDERSCORE_PREFIXES:
             if stem.startswith(pre):
-                return self.underscored.get(stem[len(pre):])
+                return self.underscored.get(stem[len(pre) :])
         for pre in PATH_PREFIXES:
             if not stem.startswith(pre):
                 continue
-            rest = stem[len(pre):]
+            rest = stem[len(pre) :]
             # One more writer prefix may follow: "diffusion_model.transformer.<path>" is what this service's
             # ComfyUI conversion wrote for `transformer.*` files before this grammar drove it.
-            inner = [rest[len(p2):] for p2 in PATH_PREFIXES[:-1] if pre and rest.startswith(p2)]
+            inner = [rest[len(p2) :] for p2 in PATH_PREFIXES[:-1] if pre and rest.startswith(p2)]
             for p in (rest, *inner):
                 for cand in (p, "model." + p):
                     if cand in self.linears:
@@ -120,7 +131,7 @@ def write_key(fmt: str, path: str, role: str) -> str:
                modules from its Qwen3VLForConditionalGeneration root, so the path keeps "model.")
     diffsynth: <path>.lora_A/.lora_B.default.weight, no alpha (DiffSynth-Studio applies up @ down as is)
     """
-    short = path[len("model."):] if path.startswith("model.") else path
+    short = path[len("model.") :] if path.startswith("model.") else path
     if fmt == "comfyui":
         suffix = {"down": "lora_A.weight", "up": "lora_B.weight", "alpha": "alpha"}[role]
         return f"diffusion_model.{short}.{suffix}"

@@ -15,6 +15,7 @@ run the plain layer: the compiled step then has two variants (slots on / off), b
 and switching LoRAs within "on" still never recompiles. The state dict is unchanged (the buffers are not
 persistent).
 """
+
 from __future__ import annotations
 
 import re
@@ -27,7 +28,7 @@ from torch import nn
 
 from core.lora.inject import EXTRA_TARGETS, LM_PATTERN
 
-SLOTS_ATTR = "_o1lora_slots"     # model attribute: {module path: linear with slots}
+SLOTS_ATTR = "_o1lora_slots"  # model attribute: {module path: linear with slots}
 ACTIVE_ATTR = "_o1lora_slot_active"  # model attribute: paths whose slots hold a non-zero delta
 DOWN, UP = "o1_lora_down", "o1_lora_up"
 # The recipe's targets plus the optional ones: a LoRA trained by this project, or any common layout of it,
@@ -35,7 +36,7 @@ DOWN, UP = "o1_lora_down", "o1_lora_up"
 SLOT_PATTERN = "|".join([LM_PATTERN, *EXTRA_TARGETS.values()])
 
 
-SWITCH = "_o1lora_slot_switch"    # module attribute: the model's one SlotSwitch
+SWITCH = "_o1lora_slot_switch"  # module attribute: the model's one SlotSwitch
 
 
 class SlotSwitch:
@@ -73,10 +74,12 @@ def install_lora_slots(model: nn.Module, capacity: int) -> int:
     for path, m in model.named_modules():
         if isinstance(m, nn.Linear) and rx.fullmatch(path):
             w = m.weight
-            m.register_buffer(DOWN, torch.zeros(capacity, m.in_features, dtype=w.dtype, device=w.device),
-                              persistent=False)
-            m.register_buffer(UP, torch.zeros(m.out_features, capacity, dtype=w.dtype, device=w.device),
-                              persistent=False)
+            m.register_buffer(
+                DOWN, torch.zeros(capacity, m.in_features, dtype=w.dtype, device=w.device), persistent=False
+            )
+            m.register_buffer(
+                UP, torch.zeros(m.out_features, capacity, dtype=w.dtype, device=w.device), persistent=False
+            )
             setattr(m, SWITCH, switch)
             m._o1lora_slot_handle = m.register_forward_hook(_slot_hook)
             slots[path] = m
@@ -107,8 +110,9 @@ def slot_capacity(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def fill_slots(model: nn.Module, parts: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]]
-               ) -> dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]]:
+def fill_slots(
+    model: nn.Module, parts: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]]
+) -> dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]]:
     """Write each module's (down, up, scale) list into its slots, concatenated along the rank in order;
     zero the slots of modules no longer used. Returns what does not fit (no slot on that module, or more
     ranks than the capacity), for the caller to apply another way."""
@@ -123,8 +127,8 @@ def fill_slots(model: nn.Module, parts: dict[str, list[tuple[torch.Tensor, torch
         up_buf, off = getattr(m, UP), 0
         for down, up, scale in pairs:
             r = down.shape[0]
-            down_buf[off:off + r].copy_(down)
-            up_buf[:, off:off + r].copy_(up).mul_(scale)
+            down_buf[off : off + r].copy_(down)
+            up_buf[:, off : off + r].copy_(up).mul_(scale)
             off += r
         down_buf[off:].zero_()
         up_buf[:, off:].zero_()

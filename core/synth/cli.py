@@ -6,6 +6,7 @@
 Each image NNNNNN.png gets NNNNNN.txt (its caption) and a line in metadata.jsonl with the same caption and
 its structured labels (shape, colour, size, region per shape; background), for prompt-following checks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,11 +16,12 @@ import zipfile
 from pathlib import Path
 
 from core.atomic_files import atomic_dir, atomic_file
+
 from .render import STYLES, render
 from .scene import sample_scene
 from .vocab import CORNERS_AND_CENTRE, REGIONS
 
-REG_DIR = "reg/"   # core.data's regularisation folder: its images train without the trigger
+REG_DIR = "reg/"  # core.data's regularisation folder: its images train without the trigger
 
 
 def _files(n: int, size: int, seed: int, style: str, trigger: str, two_shape_prob: float, regions, reg: int = 0):
@@ -39,8 +41,18 @@ def _files(n: int, size: int, seed: int, style: str, trigger: str, two_shape_pro
     yield "metadata.jsonl", ("\n".join(meta) + "\n").encode()
 
 
-def write_dataset(out: str | Path, n: int, size: int = 128, seed: int = 0, style: str = "plain", trigger: str = "",
-                  two_shape_prob: float = 0.5, regions=tuple(REGIONS), as_zip: bool = False, reg: int = 0) -> Path:
+def write_dataset(
+    out: str | Path,
+    n: int,
+    size: int = 128,
+    seed: int = 0,
+    style: str = "plain",
+    trigger: str = "",
+    two_shape_prob: float = 0.5,
+    regions=tuple(REGIONS),
+    as_zip: bool = False,
+    reg: int = 0,
+) -> Path:
     """Write the dataset atomically (a temp sibling renamed into place); returns the folder or .zip path."""
     out = Path(out)
     if as_zip and out.suffix != ".zip":
@@ -74,9 +86,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--two-shape-prob", type=float, default=0.5, help="chance that a scene has two shapes")
     p.add_argument("--corners-only", action="store_true", help="use 4 corners + centre instead of the 3x3 grid")
     p.add_argument("--zip", action="store_true", help="write one .zip instead of a folder")
-    p.add_argument("--reg", type=int, default=None,
-                   help="plain regularisation scenes under reg/ (trained without the trigger, so the LoRA stays "
-                        "off without it); default: as many as --n for a styled set, 0 for a plain one")
+    p.add_argument(
+        "--reg",
+        type=int,
+        default=None,
+        help="plain regularisation scenes under reg/ (trained without the trigger, so the LoRA stays "
+        "off without it); default: as many as --n for a styled set, 0 for a plain one",
+    )
     a = p.parse_args(argv)
     if a.n < 1:
         p.error("--n must be >= 1")
@@ -92,5 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         path = write_dataset(a.out, a.n, a.size, a.seed, a.style, a.trigger, a.two_shape_prob, regions, a.zip, reg)
     except FileExistsError as e:
         p.error(str(e))
-    print(f"wrote {a.n} images" + (f" and {reg} plain regularisation images under {REG_DIR}" if reg else "")
-          + f" to {path}")
+    print(
+        f"wrote {a.n} images"
+        + (f" and {reg} plain regularisation images under {REG_DIR}" if reg else "")
+        + f" to {path}"
+    )

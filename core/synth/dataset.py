@@ -8,6 +8,7 @@ Item k is scene k of stream `seed` (any k >= 0, not only k < n: n only sets what
 and rendered on the fly in ~1-3 ms, so pretraining sees a fresh scene at every step and needs no files.
 It has the TrainDataset interface that BucketBatchSampler and core.data.collate_batch use (len, bucket).
 """
+
 from __future__ import annotations
 
 import random
@@ -21,9 +22,17 @@ from .vocab import REGIONS
 
 
 class SynthDataset(Dataset):
-    def __init__(self, n: int = 100_000, size: int = 128, seed: int = 0, style: str = "plain", trigger: str = "",
-                 two_shape_prob: float = 0.5, regions: tuple[str, ...] = tuple(REGIONS),
-                 sizes: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        n: int = 100_000,
+        size: int = 128,
+        seed: int = 0,
+        style: str = "plain",
+        trigger: str = "",
+        two_shape_prob: float = 0.5,
+        regions: tuple[str, ...] = tuple(REGIONS),
+        sizes: tuple[int, ...] | None = None,
+    ):
         if style not in STYLES:
             raise ValueError(f"unknown style {style!r}; one of {STYLES}")
         if not isinstance(n, int) or n < 1:
@@ -57,5 +66,9 @@ class SynthDataset(Dataset):
             raise IndexError(f"key must be >= 0, got {key}")
         scene = self.scene(key)
         image = to_tensor(render(scene, self.bucket(key)[0], self.style))
-        return {"image": image, "caption": scene.caption(self.trigger), "name": f"synth-{key:06d}",
-                "labels": scene.labels()}
+        return {
+            "image": image,
+            "caption": scene.caption(self.trigger),
+            "name": f"synth-{key:06d}",
+            "labels": scene.labels(),
+        }

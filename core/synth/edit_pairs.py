@@ -10,6 +10,7 @@ The dataset is in the edit-dataset convention core.data reads: metadata.jsonl li
 The score asks two things of an edited image: the shape now has the asked colour (colour_ok), and the rest of
 the scene was kept: the same background, a shape in the same cell of the same class, nothing added (kept).
 """
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,9 @@ def write_edit_pairs(out: str | Path, scenes: list[Scene], colour: str, size: in
     for k, scene in enumerate(scenes):
         render(scene, size).save(out / f"in-{k}.png")
         render(recoloured(scene, colour), size).save(out / f"out-{k}.png")
-        lines.append(json.dumps({"file": f"out-{k}.png", "text": instruction(colour), "references": [f"in-{k}.png"]}))
+        lines.append(
+            json.dumps({"file": f"out-{k}.png", "text": instruction(colour), "references": [f"in-{k}.png"]})
+        )
     (out / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return out
 
@@ -56,8 +59,18 @@ def edit_score(img, scene: Scene, colour: str) -> dict:
     """How well `img` is `scene` with its shape recoloured to `colour` (see the module docstring)."""
     m = prompt_following(img, recoloured(scene, colour))
     [shape] = m["shapes"]
-    kept = bool(m["background"]["found"] == m["background"]["expected"] and shape["present"]
-                and shape["shape_ok"] and not m["extra_regions"])
+    kept = bool(
+        m["background"]["found"] == m["background"]["expected"]
+        and shape["present"]
+        and shape["shape_ok"]
+        and not m["extra_regions"]
+    )
     colour_ok = bool(shape["present"] and shape["colour_ok"])
-    return {"colour_ok": colour_ok, "kept": kept, "score": (colour_ok + kept) / 2, "found": shape["found"],
-            "background": m["background"]["found"], "extra_regions": m["extra_regions"]}
+    return {
+        "colour_ok": colour_ok,
+        "kept": kept,
+        "score": (colour_ok + kept) / 2,
+        "found": shape["found"],
+        "background": m["background"]["found"],
+        "extra_regions": m["extra_regions"],
+    }

@@ -6,6 +6,7 @@
 A folder written by `python -m core.synth` already has that metadata.jsonl; for generated images, save each
 one under a file_name and list it with the prompt it was generated from (labels are parsed from the text).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,33 +34,53 @@ def evaluate(pairs) -> dict:
     for img, prompt in pairs:
         labels = parse_caption(prompt) if isinstance(prompt, str) else prompt
         m = prompt_following(img, labels)
-        rows.append({"style_score": style_score(img), "follow_score": m["score"], "region_acc": m["region_acc"],
-                     "colour_acc": m["colour_acc"], "shape_acc": m["shape_acc"],
-                     "background_ok": m["background"]["found"] == m["background"]["expected"],
-                     "extra_regions": len(m["extra_regions"]), "speckle": speckle(img, labels),
-                     "sizes": [sh["expected"]["size"] for sh in m["shapes"]],
-                     "shape_ok": [sh["shape_ok"] for sh in m["shapes"]]})
+        rows.append(
+            {
+                "style_score": style_score(img),
+                "follow_score": m["score"],
+                "region_acc": m["region_acc"],
+                "colour_acc": m["colour_acc"],
+                "shape_acc": m["shape_acc"],
+                "background_ok": m["background"]["found"] == m["background"]["expected"],
+                "extra_regions": len(m["extra_regions"]),
+                "speckle": speckle(img, labels),
+                "sizes": [sh["expected"]["size"] for sh in m["shapes"]],
+                "shape_ok": [sh["shape_ok"] for sh in m["shapes"]],
+            }
+        )
     if not rows:
         raise ValueError("nothing to evaluate: no images given")
-    keys = ("style_score", "follow_score", "region_acc", "colour_acc", "shape_acc", "background_ok", "extra_regions",
-            "speckle")
-    return {"n": len(rows), **{f"mean_{k}": float(np.mean([r[k] for r in rows])) for k in keys},
-            "small_shape_acc": size_accuracy(rows, "small"), "large_shape_acc": size_accuracy(rows, "large"),
-            "rows": rows}
+    keys = (
+        "style_score",
+        "follow_score",
+        "region_acc",
+        "colour_acc",
+        "shape_acc",
+        "background_ok",
+        "extra_regions",
+        "speckle",
+    )
+    return {
+        "n": len(rows),
+        **{f"mean_{k}": float(np.mean([r[k] for r in rows])) for k in keys},
+        "small_shape_acc": size_accuracy(rows, "small"),
+        "large_shape_acc": size_accuracy(rows, "large"),
+        "rows": rows,
+    }
 
 
 def evaluate_folder(folder: str | Path) -> dict:
     folder = Path(folder)
     meta = folder / "metadata.jsonl"
     if not meta.is_file():
-        raise FileNotFoundError(f"{meta} not found: list each image as {{\"file_name\": ..., \"text\": ...}}")
+        raise FileNotFoundError(f'{meta} not found: list each image as {{"file_name": ..., "text": ...}}')
     pairs, names = [], []
     for lineno, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         row = json.loads(line)
         if "file_name" not in row or not ("labels" in row or "text" in row):
-            raise ValueError(f"{meta} line {lineno}: needs \"file_name\" and \"text\" or \"labels\"")
+            raise ValueError(f'{meta} line {lineno}: needs "file_name" and "text" or "labels"')
         with Image.open(folder / row["file_name"]) as im:
             pairs.append((im.convert("RGB"), row.get("labels") or row["text"]))
         names.append(row["file_name"])

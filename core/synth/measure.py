@@ -9,6 +9,7 @@ the border, a region's foreground is what differs from it, the colour is the maj
 foreground's chromatic pixels over the named palette, the shape class is the nearest template (IoU of the
 foreground's box-normalised silhouette against silhouettes of the six shapes).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -20,11 +21,11 @@ from .render import shape_mask
 from .scene import Scene
 from .vocab import BACKGROUNDS, COLOURS, REGIONS, SHAPES
 
-FG_DISTANCE = 60.0      # RGB distance from the background that counts as foreground (light vs saturated: >100)
+FG_DISTANCE = 60.0  # RGB distance from the background that counts as foreground (light vs saturated: >100)
 MIN_FG_FRACTION = 0.03  # of a cell; a small star covers ~8%, generation noise a fraction of a percent
-TEMPLATE = 32           # side of the silhouettes compared
-INK_FULL = 0.4          # ink share at which the score's ink part is full (hatched renders: 0.4-0.8; flat: 0)
-ENERGY_FULL = 0.1       # texture at which its texture part is full (hatched renders: 0.04-0.4; flat: 0)
+TEMPLATE = 32  # side of the silhouettes compared
+INK_FULL = 0.4  # ink share at which the score's ink part is full (hatched renders: 0.4-0.8; flat: 0)
+ENERGY_FULL = 0.1  # texture at which its texture part is full (hatched renders: 0.04-0.4; flat: 0)
 
 
 def _array(img: Image.Image | np.ndarray) -> np.ndarray:
@@ -38,8 +39,9 @@ def _array(img: Image.Image | np.ndarray) -> np.ndarray:
 
 def background_colour(arr: np.ndarray) -> np.ndarray:
     """Median of a 2-px frame: shapes stay inside their cells, so the border is background."""
-    frame = np.concatenate([arr[:2].reshape(-1, 3), arr[-2:].reshape(-1, 3),
-                            arr[:, :2].reshape(-1, 3), arr[:, -2:].reshape(-1, 3)])
+    frame = np.concatenate(
+        [arr[:2].reshape(-1, 3), arr[-2:].reshape(-1, 3), arr[:, :2].reshape(-1, 3), arr[:, -2:].reshape(-1, 3)]
+    )
     return np.median(frame, axis=0)
 
 
@@ -48,7 +50,7 @@ def foreground(arr: np.ndarray, bg: np.ndarray) -> np.ndarray:
 
 
 def _dark(arr: np.ndarray) -> np.ndarray:
-    return arr.max(axis=-1) < 100   # ink (or blurred ink); every palette colour has a channel above 145
+    return arr.max(axis=-1) < 100  # ink (or blurred ink); every palette colour has a channel above 145
 
 
 def _erode(mask: np.ndarray, k: int) -> np.ndarray:
@@ -69,12 +71,14 @@ def style_features(img) -> dict[str, float]:
     gray = arr.mean(axis=-1) / 255.0
     inside = _erode(fg, 2)[1:-1, 1:-1]
     g = gray[1:-1, 1:-1]
-    across = np.abs(gray[2:, 2:] - g)     # step along (1, 1): crosses the lines x + y = const
-    along = np.abs(gray[:-2, 2:] - g)     # step along (1, -1): follows them
+    across = np.abs(gray[2:, 2:] - g)  # step along (1, 1): crosses the lines x + y = const
+    along = np.abs(gray[:-2, 2:] - g)  # step along (1, -1): follows them
     # Squared steps: independent noise adds the same expected power to both, so the difference is unbiased.
     power = float((across[inside] ** 2 - along[inside] ** 2).mean()) if inside.any() else 0.0
-    return {"ink_share": float((_dark(arr) & fg).sum() / max(1, fg.sum())),
-            "hatch_energy": float(np.sqrt(max(0.0, power)))}
+    return {
+        "ink_share": float((_dark(arr) & fg).sum() / max(1, fg.sum())),
+        "hatch_energy": float(np.sqrt(max(0.0, power))),
+    }
 
 
 def style_score(img) -> float:
@@ -89,11 +93,11 @@ def _silhouette(mask: np.ndarray) -> np.ndarray | None:
     ys, xs = np.nonzero(mask)
     if len(ys) == 0:
         return None
-    crop = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    crop = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     h, w = crop.shape
     side = max(h, w)
     sq = np.zeros((side, side), dtype=np.uint8)
-    sq[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = crop * 255
+    sq[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = crop * 255
     small = Image.fromarray(sq).resize((TEMPLATE, TEMPLATE), Image.Resampling.BILINEAR)
     return np.asarray(small) > 127
 
@@ -134,7 +138,7 @@ def _chromaticity(rgb: np.ndarray) -> np.ndarray:
 def dominant_colour(pixels: np.ndarray) -> str | None:
     """Majority vote of chromatic pixels (N, 3) over the named colours; None when there are none."""
     mx, mn = pixels.max(axis=-1), pixels.min(axis=-1)
-    chroma = pixels[(mx >= 60) & ((mx - mn) / np.maximum(mx, 1) > 0.35)]   # drop ink, greys, pale edges
+    chroma = pixels[(mx >= 60) & ((mx - mn) / np.maximum(mx, 1) > 0.35)]  # drop ink, greys, pale edges
     if len(chroma) == 0:
         return None
     names = list(COLOURS)
@@ -146,7 +150,7 @@ def dominant_colour(pixels: np.ndarray) -> str | None:
 def cell(arr: np.ndarray, region: str) -> np.ndarray:
     col, row = REGIONS[region]
     h, w = arr.shape[:2]
-    return arr[row * h // 3:(row + 1) * h // 3, col * w // 3:(col + 1) * w // 3]
+    return arr[row * h // 3 : (row + 1) * h // 3, col * w // 3 : (col + 1) * w // 3]
 
 
 def read_region(arr: np.ndarray, bg: np.ndarray, region: str) -> dict:
@@ -169,16 +173,24 @@ def prompt_following(img, scene: Scene | dict) -> dict:
     shapes, checks = [], [found_bg == labels["background"]]
     for want in labels["shapes"]:
         got = read_region(arr, bg, want["region"])
-        row = {"expected": want, "found": got, "present": got["present"],
-               "colour_ok": got["colour"] == want["colour"], "shape_ok": got["shape"] == want["shape"]}
+        row = {
+            "expected": want,
+            "found": got,
+            "present": got["present"],
+            "colour_ok": got["colour"] == want["colour"],
+            "shape_ok": got["shape"] == want["shape"],
+        }
         checks += [row["present"], row["colour_ok"], row["shape_ok"]]
         shapes.append(row)
     stated = {s["region"] for s in labels["shapes"]}
     extra = [r for r in REGIONS if r not in stated and foreground(cell(arr, r), bg).mean() >= MIN_FG_FRACTION]
     n = max(1, len(shapes))
-    return {"background": {"expected": labels["background"], "found": found_bg},
-            "shapes": shapes, "extra_regions": extra,
-            "region_acc": sum(s["present"] for s in shapes) / n,
-            "colour_acc": sum(s["colour_ok"] for s in shapes) / n,
-            "shape_acc": sum(s["shape_ok"] for s in shapes) / n,
-            "score": sum(checks) / len(checks)}
+    return {
+        "background": {"expected": labels["background"], "found": found_bg},
+        "shapes": shapes,
+        "extra_regions": extra,
+        "region_acc": sum(s["present"] for s in shapes) / n,
+        "colour_acc": sum(s["colour_ok"] for s in shapes) / n,
+        "shape_acc": sum(s["shape_ok"] for s in shapes) / n,
+        "score": sum(checks) / len(checks),
+    }

@@ -9,6 +9,7 @@ ink share of the centre, full at RIM_FULL; the image's score is the mean over ce
 contour puts ink on the rim only; a LoRA that merely darkens the shapes darkens rim and centre alike and
 scores ~0, so this measures the style and not "darker".
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from .measure import MIN_FG_FRACTION, _array, _dark, _erode, background_colour, cell, foreground
 from .vocab import REGIONS
 
-RIM_FULL = 0.6   # rim ink share minus centre ink share at which a cell's score is full
+RIM_FULL = 0.6  # rim ink share minus centre ink share at which a cell's score is full
 
 
 def _depth(mask: np.ndarray) -> np.ndarray:
@@ -36,7 +37,7 @@ def cell_outline(arr: np.ndarray, bg: np.ndarray, rim_px: int) -> float | None:
     rim = (depth >= 1) & (depth <= rim_px)
     centre = depth >= max(rim_px + 1, int(np.ceil(0.7 * depth.max())))
     rim_ink = float(dark[rim].mean()) if rim.any() else 0.0
-    centre_ink = float(dark[centre].mean()) if centre.any() else 1.0   # all rim and no centre: a dark blot
+    centre_ink = float(dark[centre].mean()) if centre.any() else 1.0  # all rim and no centre: a dark blot
     return float(np.clip((rim_ink - centre_ink) / RIM_FULL, 0.0, 1.0))
 
 
@@ -44,6 +45,6 @@ def outline_score(img) -> float:
     """0..1, the mean over cells holding something (0 when none does)."""
     arr = _array(img)
     bg = background_colour(arr)
-    rim_px = max(2, round(2 * arr.shape[0] / 128))     # 2 px at 128 px, scaled with the image
+    rim_px = max(2, round(2 * arr.shape[0] / 128))  # 2 px at 128 px, scaled with the image
     scores = [s for r in REGIONS if (s := cell_outline(cell(arr, r), bg, rim_px)) is not None]
     return float(np.mean(scores)) if scores else 0.0

@@ -8,6 +8,7 @@ patches can draw at 128 px; a bold contour is not.
 Anti-aliasing by drawing at 2x and box-reducing; the hatching is a 45-degree stripe mask multiplied into
 each shape's mask, so it stays cheap enough for ~100k images during a pretraining run.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,43 +21,61 @@ from .scene import Scene, ShapeSpec
 from .vocab import BACKGROUNDS, COLOURS, INK, REGIONS, SIZES
 
 STYLES = ("plain", "hatched", "outlined")
-OUTLINE = 0.22   # "outlined": the ink contour's width as a fraction of the radius (~4 px on a large shape at 128)
-MARGIN = 0.012   # gap kept between a shape and its cell's border, as a fraction of the side
+OUTLINE = 0.22  # "outlined": the ink contour's width as a fraction of the radius (~4 px on a large shape at 128)
+MARGIN = 0.012  # gap kept between a shape and its cell's border, as a fraction of the side
 
 
 def centre_and_radius(spec: ShapeSpec, side: float) -> tuple[float, float, float]:
     col, row = REGIONS[spec.region]
     r = SIZES[spec.size]
-    room = max(0.0, 1 / 6 - r - MARGIN)   # how far the centre may move and keep the shape in its cell
+    room = max(0.0, 1 / 6 - r - MARGIN)  # how far the centre may move and keep the shape in its cell
     return ((col + 0.5) / 3 + spec.dx * room) * side, ((row + 0.5) / 3 + spec.dy * room) * side, r * side
 
 
 def primitives(shape: str, cx: float, cy: float, r: float) -> list[tuple[str, object, bool]]:
     """(kind, coordinates, is_hole) in pixels; kind is 'ellipse' (a box) or 'polygon' (points)."""
+
     def poly(points):
         return [("polygon", [(cx + x * r, cy + y * r) for x, y in points], False)]
+
     if shape == "circle":
         return [("ellipse", (cx - r, cy - r, cx + r, cy + r), False)]
     if shape == "ring":
         q = 0.55 * r
-        return [("ellipse", (cx - r, cy - r, cx + r, cy + r), False),
-                ("ellipse", (cx - q, cy - q, cx + q, cy + q), True)]
+        return [
+            ("ellipse", (cx - r, cy - r, cx + r, cy + r), False),
+            ("ellipse", (cx - q, cy - q, cx + q, cy + q), True),
+        ]
     if shape == "square":
         a = 0.85
         return poly([(-a, -a), (a, -a), (a, a), (-a, a)])
-    if shape == "triangle":   # equilateral, pointing up, its box centred on (cx, cy)
+    if shape == "triangle":  # equilateral, pointing up, its box centred on (cx, cy)
         return poly([(math.cos(t), math.sin(t) + 0.25) for t in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)])
-    if shape == "star":       # five points, inner radius 0.45
+    if shape == "star":  # five points, inner radius 0.45
         pts = []
         for k in range(10):
             t = -math.pi / 2 + k * math.pi / 5
             rad = 1.0 if k % 2 == 0 else 0.45
             pts.append((rad * math.cos(t), rad * math.sin(t) + 0.095))
         return poly(pts)
-    if shape == "cross":      # a plus sign with arms a third of its width
+    if shape == "cross":  # a plus sign with arms a third of its width
         a, b = 1.0, 0.33
-        return poly([(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b),
-                     (-a, -b), (-b, -b)])
+        return poly(
+            [
+                (-b, -a),
+                (b, -a),
+                (b, -b),
+                (a, -b),
+                (a, b),
+                (b, b),
+                (b, a),
+                (-b, a),
+                (-b, b),
+                (-a, b),
+                (-a, -b),
+                (-b, -b),
+            ]
+        )
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -79,7 +98,7 @@ def _stripes(side: int, period: int) -> Image.Image:
 def _contour(img: Image.Image, shape: str, cx: float, cy: float, r: float, width: int) -> None:
     draw = ImageDraw.Draw(img)
     for kind, xy, hole in primitives(shape, cx, cy, r):
-        if hole:   # PIL draws outlines inside the box; a hole's outline belongs on the material around it
+        if hole:  # PIL draws outlines inside the box; a hole's outline belongs on the material around it
             xy = (xy[0] - width, xy[1] - width, xy[2] + width, xy[3] + width)
         getattr(draw, kind)(xy, outline=INK, width=width)
 
@@ -102,13 +121,13 @@ def render(scene: Scene, size: int = 128, style: str = "plain", supersample: int
         if style == "outlined":
             _contour(img, spec.shape, cx, cy, r, max(2, round(OUTLINE * r)))
         if style == "hatched":
-            period = max(4, round(size / 20)) * supersample        # ~6 px at 128: visible after generation
+            period = max(4, round(size / 20)) * supersample  # ~6 px at 128: visible after generation
             img.paste(INK, box, ImageChops.multiply(mask, _stripes(side, period).crop(box)))
             # ~3 px on a large shape at 128 px, 2 px on a small one: thick, yet leaves the colour readable.
             width = max(2, round(0.16 * r))
             draw = ImageDraw.Draw(img)
             for kind, xy, hole in primitives(spec.shape, cx, cy, r):
-                if hole:   # PIL draws outlines inside the box; a hole's outline belongs on the material around it
+                if hole:  # PIL draws outlines inside the box; a hole's outline belongs on the material around it
                     xy = (xy[0] - width, xy[1] - width, xy[2] + width, xy[3] + width)
                 getattr(draw, kind)(xy, outline=INK, width=width)
     return img.reduce(supersample) if supersample > 1 else img

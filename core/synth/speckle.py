@@ -9,6 +9,7 @@ all of the cells the caption left empty, and, in the cells it names, the pixels 
 anything that differs from the background (the shape and its blurred edge are left out; faint noise around
 it is kept). It returns the root mean square RGB distance of those pixels from the background colour.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,7 @@ from .measure import _array, background_colour, cell, foreground
 from .scene import Scene
 from .vocab import REGIONS
 
-GAP = 3   # px kept around a named cell's foreground: the anti-aliased rim of a shape is not speckle
+GAP = 3  # px kept around a named cell's foreground: the anti-aliased rim of a shape is not speckle
 
 
 def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
@@ -26,7 +27,7 @@ def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
     h, w = mask.shape
     for dy in range(2 * k + 1):
         for dx in range(2 * k + 1):
-            out |= padded[dy:dy + h, dx:dx + w]
+            out |= padded[dy : dy + h, dx : dx + w]
     return out
 
 
@@ -36,7 +37,7 @@ def background_pixels(arr: np.ndarray, labels: dict) -> np.ndarray:
     named = {s["region"] for s in labels["shapes"]}
     keep = np.zeros(arr.shape[:2], dtype=bool)
     for region in REGIONS:
-        view = cell(keep, region)          # a view: writing into it writes into `keep`
+        view = cell(keep, region)  # a view: writing into it writes into `keep`
         if region in named:
             view[...] = ~_dilate(foreground(cell(arr, region), bg), GAP)
         else:

@@ -3,6 +3,7 @@
 Colours are saturated and backgrounds light, so a shape never blends into its background, and the colours
 are far apart in RGB, so the dominant colour of a region names one of them without doubt.
 """
+
 from __future__ import annotations
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -31,15 +32,27 @@ SIZES: dict[str, float] = {"small": 0.09, "large": 0.15}
 
 # Region name -> (column, row) in the 3x3 grid, and the phrase a caption uses for it.
 REGIONS: dict[str, tuple[int, int]] = {
-    "top left": (0, 0), "top": (1, 0), "top right": (2, 0),
-    "left": (0, 1), "centre": (1, 1), "right": (2, 1),
-    "bottom left": (0, 2), "bottom": (1, 2), "bottom right": (2, 2),
+    "top left": (0, 0),
+    "top": (1, 0),
+    "top right": (2, 0),
+    "left": (0, 1),
+    "centre": (1, 1),
+    "right": (2, 1),
+    "bottom left": (0, 2),
+    "bottom": (1, 2),
+    "bottom right": (2, 2),
 }
 REGION_PHRASES: dict[str, str] = {
-    "top left": "in the top left", "top": "at the top", "top right": "in the top right",
-    "left": "on the left", "centre": "in the centre", "right": "on the right",
-    "bottom left": "in the bottom left", "bottom": "at the bottom", "bottom right": "in the bottom right",
+    "top left": "in the top left",
+    "top": "at the top",
+    "top right": "in the top right",
+    "left": "on the left",
+    "centre": "in the centre",
+    "right": "on the right",
+    "bottom left": "in the bottom left",
+    "bottom": "at the bottom",
+    "bottom right": "in the bottom right",
 }
 CORNERS_AND_CENTRE = ("top left", "top right", "bottom left", "bottom right", "centre")
 
-INK = (20, 20, 20)   # the hatched style's outline and hatch colour: darker than any palette colour
+INK = (20, 20, 20)  # the hatched style's outline and hatch colour: darker than any palette colour

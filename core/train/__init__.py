@@ -13,6 +13,7 @@
 Importing this package (or core.train.config) does not import torch: the HTTP API reads TrainConfig's
 fields. The torch-side names below are loaded on first use.
 """
+
 from core.train.config import REQUEST_NAMES, TrainConfig
 from core.train.hooks import TrainCallbacks, TrainResult
 
@@ -26,8 +27,10 @@ def __getattr__(name: str):
     # PEP 562: `from core.train import train` imports torch (through trainer) only when asked for.
     if name in _TRAINER_NAMES:
         from core.train import trainer
+
         return getattr(trainer, name)
     if name in _CLI_NAMES:
         from core.train import cli
+
         return getattr(cli, name)
     raise AttributeError(f"module 'core.train' has no attribute {name!r}")

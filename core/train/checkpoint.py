@@ -9,6 +9,7 @@
 A checkpoint is assembled in a hidden temp folder beside the final one and renamed into place, so a
 killed process leaves either the whole checkpoint or none of it; `latest_checkpoint` ignores temp folders.
 """
+
 from __future__ import annotations
 
 import re
@@ -58,17 +59,26 @@ def set_rng_states(generator: torch.Generator, states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor], state: dict,
-                    keep: int = 0, metadata: dict[str, str] | None = None,
-                    extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+def save_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    state: dict,
+    keep: int = 0,
+    metadata: dict[str, str] | None = None,
+    extra: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> Path:
     """Write step `step` atomically; then drop all but the newest `keep` checkpoints (0 keeps all).
     metadata: strings in the weights file's safetensors header (step, validation loss); extra: more
     safetensors files by name (the best adapter so far)."""
     final = ckpt_root / step_dir_name(step)
     # replace: a re-run of the same step (after a resume) replaces that checkpoint whole
     with atomic_dir(final, replace=True) as tmp:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()},
-                  str(tmp / "weights.safetensors"), metadata=metadata)
+        save_file(
+            {k: v.detach().to("cpu").contiguous() for k, v in weights.items()},
+            str(tmp / "weights.safetensors"),
+            metadata=metadata,
+        )
         for name, tensors in (extra or {}).items():
             save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp / name))
         torch.save(state, tmp / "state.pt")

@@ -7,6 +7,7 @@
 
 One flag for every plain TrainConfig field; its help is the field's comment in core/train/config.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,13 @@ from dataclasses import fields
 from core.train.config import TrainConfig
 from core.train.hooks import TrainCallbacks, TrainResult
 
-_CHOICES = {"lr_schedule": ("constant", "cosine"), "sigma_dist": ("uniform", "shifted", "logit_normal"),
-            "weighting": ("none", "velocity"), "precision": ("auto", "bf16", "fp32"), "publish": ("last", "best")}
+_CHOICES = {
+    "lr_schedule": ("constant", "cosine"),
+    "sigma_dist": ("uniform", "shifted", "logit_normal"),
+    "weighting": ("none", "velocity"),
+    "precision": ("auto", "bf16", "fp32"),
+    "publish": ("last", "best"),
+}
 
 
 def _field_comments() -> dict[str, str]:
@@ -36,19 +42,38 @@ def _field_comments() -> dict[str, str]:
 def _parser() -> argparse.ArgumentParser:
     """The recipe's flags, then one flag for every other plain TrainConfig field (defaults: the dataclass)."""
     ap = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", dest="model_path", default="models/o1-tiny",
-                    help="base checkpoint: HF folder or ComfyUI file (default: the service's default model)")
+    ap.add_argument(
+        "--model",
+        dest="model_path",
+        default="models/o1-tiny",
+        help="base checkpoint: HF folder or ComfyUI file (default: the service's default model)",
+    )
     ap.add_argument("--data_dir", required=True)
     ap.add_argument("--out_dir", required=True)
     ap.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: = rank)")
     ap.add_argument("--sample_prompt", action="append", default=[], help="a preview prompt; repeat for several")
-    ap.add_argument("--resume", nargs="?", const="latest", default=None,
-                    help="continue from the newest checkpoint in out_dir, or from the one given")
+    ap.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        help="continue from the newest checkpoint in out_dir, or from the one given",
+    )
     ap.add_argument("--extra_targets", nargs="*", default=[], choices=("x_embedder", "final_layer2"))
-    ap.add_argument("--gradient_checkpointing", choices=("auto", "on", "off"), default="auto",
-                    help="auto: only when the activations would not fit in free GPU memory")
-    ap.add_argument("--compile", nargs="?", const="on", choices=("auto", "on", "off"), default="auto",
-                    help="torch.compile the decoder layers; auto: on CUDA (a bare --compile means on)")
+    ap.add_argument(
+        "--gradient_checkpointing",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="auto: only when the activations would not fit in free GPU memory",
+    )
+    ap.add_argument(
+        "--compile",
+        nargs="?",
+        const="on",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch.compile the decoder layers; auto: on CUDA (a bare --compile means on)",
+    )
     ap.add_argument("--num_workers", type=int, default=2, help="DataLoader workers decoding images")
     taken = {a.dest for a in ap._actions}
     notes = _field_comments()
@@ -84,10 +109,10 @@ def main(argv: list[str] | None = None) -> TrainResult:
     from core.train.trainer import Trainer
 
     cfg = config_from_args(argv)
-    main_rank = os.environ.get("RANK", "0") == "0"      # under torchrun only rank 0 reports
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     bar = tqdm(total=cfg.steps, unit="step", dynamic_ncols=True, disable=not main_rank)
 
-    windows: list[float] = []      # s/step of each logged window (the first holds the compilation)
+    windows: list[float] = []  # s/step of each logged window (the first holds the compilation)
 
     def on_step(step, total, loss, smoothed, lr, sec, eta):
         bar.n = step
@@ -98,14 +123,18 @@ def main(argv: list[str] | None = None) -> TrainResult:
         if baseline:
             bar.write(f"validation: {summary['images']} image(s); baseline (adapter off) loss {loss:.5f}")
             return
-        bar.write(f"step {step}: validation loss {loss:.5f} (baseline {summary['baseline']:.5f}; best "
-                  f"{summary['best_loss']:.5f} at step {summary['best_step']}; {summary['seconds']:.1f} s "
-                  f"spent validating)")
+        bar.write(
+            f"step {step}: validation loss {loss:.5f} (baseline {summary['baseline']:.5f}; best "
+            f"{summary['best_loss']:.5f} at step {summary['best_step']}; {summary['seconds']:.1f} s "
+            f"spent validating)"
+        )
 
-    cbs = TrainCallbacks(on_step=on_step, on_validation=on_validation,
-                         on_preview=lambda step, paths: bar.write(
-                             f"step {step}: previews {', '.join(map(str, paths))}"),
-                         on_checkpoint=lambda step, folder: bar.write(f"step {step}: checkpoint {folder}"))
+    cbs = TrainCallbacks(
+        on_step=on_step,
+        on_validation=on_validation,
+        on_preview=lambda step, paths: bar.write(f"step {step}: previews {', '.join(map(str, paths))}"),
+        on_checkpoint=lambda step, folder: bar.write(f"step {step}: checkpoint {folder}"),
+    )
     try:
         trainer = Trainer(cfg, cbs)
         bar.n = trainer.step
@@ -116,15 +145,26 @@ def main(argv: list[str] | None = None) -> TrainResult:
         return result
     if len(windows) > 1:
         steady = sorted(windows[1:])
-        print(f"seconds/step: {steady[len(steady) // 2]:.4f} (median of {len(steady)} logged windows after the "
-              f"first, which took {windows[0]:.4f} with warm-up)")
+        print(
+            f"seconds/step: {steady[len(steady) // 2]:.4f} (median of {len(steady)} logged windows after the "
+            f"first, which took {windows[0]:.4f} with warm-up)"
+        )
     if result.validation:
         v = result.validation
-        print(f"validation: best {v['best_loss']} at step {v['best_step']} (baseline {v['baseline']}), "
-              f"{v['seconds']:.1f} s spent validating{'; stopped early' if result.early_stopped else ''}; "
-              f"published: step {result.published_step}"
-              + (f"; the {result.other_lora[0]} (step {result.other_lora[1]}): {result.other_lora[3]}"
-                 if result.other_lora else ""))
-    print(f"done: {result.steps_done} steps, smoothed loss {result.smoothed_loss}; "
-          f"LoRA: {result.lora_dir} and {result.lora_file}" if not cfg.full else f"model: {result.model_dir}")
+        print(
+            f"validation: best {v['best_loss']} at step {v['best_step']} (baseline {v['baseline']}), "
+            f"{v['seconds']:.1f} s spent validating{'; stopped early' if result.early_stopped else ''}; "
+            f"published: step {result.published_step}"
+            + (
+                f"; the {result.other_lora[0]} (step {result.other_lora[1]}): {result.other_lora[3]}"
+                if result.other_lora
+                else ""
+            )
+        )
+    print(
+        f"done: {result.steps_done} steps, smoothed loss {result.smoothed_loss}; "
+        f"LoRA: {result.lora_dir} and {result.lora_file}"
+        if not cfg.full
+        else f"model: {result.model_dir}"
+    )
     return result

@@ -3,6 +3,7 @@
 Imports no torch: the HTTP API builds its request schema on these fields (api.schemas.TrainingCreate) and the
 worker turns a job's stored request into a config with `TrainConfig.from_request`.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -15,71 +16,71 @@ REQUEST_NAMES = {"learning_rate": "lr"}
 
 @dataclass
 class TrainConfig:
-    model_path: str                          # base checkpoint: HF folder (with tokenizer) or ComfyUI file
-    out_dir: str                             # checkpoints/, previews/, lora/, lora.safetensors go here
-    data_dir: str | None = None              # folder or .zip of images (+ .txt / metadata.jsonl captions)
-    trigger: str = ""                        # prepended to every caption, and recorded in the LoRA metadata
+    model_path: str  # base checkpoint: HF folder (with tokenizer) or ComfyUI file
+    out_dir: str  # checkpoints/, previews/, lora/, lora.safetensors go here
+    data_dir: str | None = None  # folder or .zip of images (+ .txt / metadata.jsonl captions)
+    trigger: str = ""  # prepended to every caption, and recorded in the LoRA metadata
     # -- the recipe
-    resolution: int = 1024                   # bucket area ~ resolution^2, aspect kept, sides multiples of 32
-    steps: int = 2500                        # optimizer steps (the recipe: 2,500 on ~190 images)
-    batch_size: int = 1                      # images per micro-batch (one aspect bucket each)
-    grad_accum: int = 1                      # micro-batches per optimizer step
-    lr: float = 1e-4                         # AdamW learning rate (the usual LoRA rate for 8B DiTs)
-    lr_schedule: str = "constant"            # "constant" or "cosine" after warm-up
-    warmup_steps: int = 0                    # linear warm-up from lr/warmup to lr
-    min_lr_ratio: float = 0.0                # cosine floor as a fraction of lr
-    weight_decay: float = 0.0                # LoRA B starts at 0; decay would pull towards "no adapter"
+    resolution: int = 1024  # bucket area ~ resolution^2, aspect kept, sides multiples of 32
+    steps: int = 2500  # optimizer steps (the recipe: 2,500 on ~190 images)
+    batch_size: int = 1  # images per micro-batch (one aspect bucket each)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-4  # AdamW learning rate (the usual LoRA rate for 8B DiTs)
+    lr_schedule: str = "constant"  # "constant" or "cosine" after warm-up
+    warmup_steps: int = 0  # linear warm-up from lr/warmup to lr
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    weight_decay: float = 0.0  # LoRA B starts at 0; decay would pull towards "no adapter"
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW defaults
-    max_grad_norm: float = 1.0               # gradient clipping (0 disables)
-    rank: int = 16                           # LoRA rank (the recipe)
-    alpha: float = 16.0                      # LoRA alpha; scale alpha/rank = 1 (the recipe)
-    lora_dropout: float = 0.0                # the recipe has none
-    extra_targets: tuple[str, ...] = ()      # add "x_embedder" / "final_layer2" to the LoRA targets
-    full: bool = False                       # train every weight (no LoRA): pretraining small models
+    max_grad_norm: float = 1.0  # gradient clipping (0 disables)
+    rank: int = 16  # LoRA rank (the recipe)
+    alpha: float = 16.0  # LoRA alpha; scale alpha/rank = 1 (the recipe)
+    lora_dropout: float = 0.0  # the recipe has none
+    extra_targets: tuple[str, ...] = ()  # add "x_embedder" / "final_layer2" to the LoRA targets
+    full: bool = False  # train every weight (no LoRA): pretraining small models
     # -- objective (defaults are the recipe's)
-    sigma_dist: str = "uniform"              # "uniform" U(0.001, 1) | "shifted" | "logit_normal"
-    sigma_shift: float = 3.0                 # for sigma_dist="shifted"
-    weighting: str = "none"                  # "velocity" = 1/sigma^2 on the x0 error
+    sigma_dist: str = "uniform"  # "uniform" U(0.001, 1) | "shifted" | "logit_normal"
+    sigma_shift: float = 3.0  # for sigma_dist="shifted"
+    weighting: str = "none"  # "velocity" = 1/sigma^2 on the x0 error
     # -- data
-    repeats: int = 1                         # each image this many times per epoch (small datasets)
-    flip: bool = False                       # random horizontal flips (off: styles with text/asymmetry)
-    caption_dropout: float = 0.0             # fraction of captions replaced by " " (keeps CFG working)
-    reference_dropout: float = 0.0           # edit datasets: fraction of samples trained without their
-                                             # reference images (the LoRA then also works without any)
-    num_workers: int = 0                     # DataLoader workers (0: decode in the training process)
-    min_side: int = 256                      # images with a shorter side are rejected by validation (never more
-                                             # than resolution: an image as large as the training size trains)
+    repeats: int = 1  # each image this many times per epoch (small datasets)
+    flip: bool = False  # random horizontal flips (off: styles with text/asymmetry)
+    caption_dropout: float = 0.0  # fraction of captions replaced by " " (keeps CFG working)
+    reference_dropout: float = 0.0  # edit datasets: fraction of samples trained without their
+    # reference images (the LoRA then also works without any)
+    num_workers: int = 0  # DataLoader workers (0: decode in the training process)
+    min_side: int = 256  # images with a shorter side are rejected by validation (never more
+    # than resolution: an image as large as the training size trains)
     # -- speed / precision
-    device: str = "auto"                     # "auto" = cuda when available, else cpu
-    precision: str = "auto"                  # "auto" = bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    precision: str = "auto"  # "auto" = bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
     gradient_checkpointing: bool | str = "auto"  # recompute activations in backward; "auto": on only when
-                                             # the estimated activations would not fit in free GPU memory
-    compile: bool | str = "auto"             # torch.compile the decoder layers (one shared compiled call,
-                                             # gradient checkpointing traced inside it); "auto": on CUDA
-    log_every: int = 1                       # host sync + on_step every K steps (raise for fast full runs)
-    prefetch: int = 2                        # batches decoded ahead by a background thread (0: inline)
-    seed: int = 0                            # LoRA init, sigma/eps stream, data order
+    # the estimated activations would not fit in free GPU memory
+    compile: bool | str = "auto"  # torch.compile the decoder layers (one shared compiled call,
+    # gradient checkpointing traced inside it); "auto": on CUDA
+    log_every: int = 1  # host sync + on_step every K steps (raise for fast full runs)
+    prefetch: int = 2  # batches decoded ahead by a background thread (0: inline)
+    seed: int = 0  # LoRA init, sigma/eps stream, data order
     # -- checkpoints and previews
-    checkpoint_every: int = 500              # steps between checkpoints (0: only at the end / on stop)
-    keep_checkpoints: int = 2                # newest checkpoints kept (0 keeps all)
-    resume: str | None = None                # "latest" (newest in out_dir, else fresh) or a checkpoint path
-    sample_every: int = 500                  # steps between previews (0: none)
-    sample_prompts: tuple[str, ...] = ()     # preview prompts (include the trigger)
-    sample_steps: int = 20                   # sampler steps for previews (fewer than the 50 of final images)
-    sample_guidance: float = 5.0             # CFG for previews (the full model's default)
-    sample_size: int | None = None           # preview side in pixels (None: resolution)
-    sample_preset: str = "full"              # core.sampler preset ("full" / "dev")
-    sample_seed: int = 0                     # same seed for adapter on and off
-    base_model_name: str = ""                # recorded in the LoRA metadata (default: model_path's name)
+    checkpoint_every: int = 500  # steps between checkpoints (0: only at the end / on stop)
+    keep_checkpoints: int = 2  # newest checkpoints kept (0 keeps all)
+    resume: str | None = None  # "latest" (newest in out_dir, else fresh) or a checkpoint path
+    sample_every: int = 500  # steps between previews (0: none)
+    sample_prompts: tuple[str, ...] = ()  # preview prompts (include the trigger)
+    sample_steps: int = 20  # sampler steps for previews (fewer than the 50 of final images)
+    sample_guidance: float = 5.0  # CFG for previews (the full model's default)
+    sample_size: int | None = None  # preview side in pixels (None: resolution)
+    sample_preset: str = "full"  # core.sampler preset ("full" / "dev")
+    sample_seed: int = 0  # same seed for adapter on and off
+    base_model_name: str = ""  # recorded in the LoRA metadata (default: model_path's name)
     # -- validation: a held-out loss at fixed noise (core/train/validation.py), the best step, early stop
     validation_fraction: float | None = None  # share of the images held out; None: auto (10% from 20 images up)
-    validation_dir: str | None = None        # a separate validation folder or .zip (nothing is held out then)
-    validation_max_images: int = 4           # at most this many images held out and evaluated
-    validation_every: int = 250              # steps between validation losses (0: never)
-    validation_sigmas: int = 8               # fixed noise levels, evenly spread over (0, 1]
-    validation_seeds: int = 2                # noise draws per image and level, the same at every evaluation
-    publish: str = "last"                    # LoRA published at the end: "last" step or "best" validation loss
-    early_stop_patience: int = 0             # stop after this many evaluations without a new best (0: never)
+    validation_dir: str | None = None  # a separate validation folder or .zip (nothing is held out then)
+    validation_max_images: int = 4  # at most this many images held out and evaluated
+    validation_every: int = 250  # steps between validation losses (0: never)
+    validation_sigmas: int = 8  # fixed noise levels, evenly spread over (0, 1]
+    validation_seeds: int = 2  # noise draws per image and level, the same at every evaluation
+    publish: str = "last"  # LoRA published at the end: "last" step or "best" validation loss
+    early_stop_patience: int = 0  # stop after this many evaluations without a new best (0: never)
 
     def validate(self) -> None:
         problems = []
@@ -91,8 +92,9 @@ class TrainConfig:
         if not isinstance(self.prefetch, int) or self.prefetch < 0:
             problems.append(f"prefetch must be an integer >= 0, got {self.prefetch!r}")
         if self.gradient_checkpointing not in (True, False, "auto"):
-            problems.append(f"gradient_checkpointing must be true, false or 'auto', "
-                            f"got {self.gradient_checkpointing!r}")
+            problems.append(
+                f"gradient_checkpointing must be true, false or 'auto', got {self.gradient_checkpointing!r}"
+            )
         if self.resolution < 32 or self.resolution % 32:
             problems.append(f"resolution must be a multiple of 32, got {self.resolution}")
         if not self.lr > 0:
@@ -131,8 +133,9 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_request(cls, params: Mapping[str, Any], *, not_training: tuple[str, ...] = (),
-                     **fixed: Any) -> "TrainConfig":
+    def from_request(
+        cls, params: Mapping[str, Any], *, not_training: tuple[str, ...] = (), **fixed: Any
+    ) -> "TrainConfig":
         """The config a training request asks for: request names mapped to fields (REQUEST_NAMES), JSON lists
         to tuples. `not_training` names request keys that describe the job rather than the run (the caller
         reads them elsewhere); `fixed` are fields the caller decides (paths, resume...) and win over the

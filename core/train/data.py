@@ -9,6 +9,7 @@ A folder of edit / personalisation samples gives (images, captions, references [
                                             # starting at item `start` (e.g. core.synth scenes for pretraining)
     Prefetch(iter(data), depth)             # the same batches, produced `depth` ahead on a thread
 """
+
 from __future__ import annotations
 
 import queue
@@ -21,20 +22,48 @@ import torch
 class FolderData:
     """A dataset folder or zip through core.data; one DataLoader epoch after another."""
 
-    def __init__(self, source, *, resolution: int, batch_size: int, trigger: str = "", repeats: int = 1,
-                 flip: bool = False, caption_dropout: float = 0.0, seed: int = 0, num_workers: int = 0,
-                 pin_memory: bool = False, min_side: int = 256, rank: int = 0, world_size: int = 1,
-                 dataset=None, reference_dropout: float = 0.0):
+    def __init__(
+        self,
+        source,
+        *,
+        resolution: int,
+        batch_size: int,
+        trigger: str = "",
+        repeats: int = 1,
+        flip: bool = False,
+        caption_dropout: float = 0.0,
+        seed: int = 0,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        min_side: int = 256,
+        rank: int = 0,
+        world_size: int = 1,
+        dataset=None,
+        reference_dropout: float = 0.0,
+    ):
         from core.data import BucketBatchSampler, TrainDataset
 
         # `dataset`: an already scanned TrainDataset (the trainer's, with validation images held out of it)
-        self.dataset = dataset if dataset is not None else TrainDataset(
-            source, resolution=resolution, trigger=trigger, repeats=repeats, flip=flip,
-            caption_dropout=caption_dropout, seed=seed, cache=True, min_side=min_side,
-            reference_dropout=reference_dropout)
+        self.dataset = (
+            dataset
+            if dataset is not None
+            else TrainDataset(
+                source,
+                resolution=resolution,
+                trigger=trigger,
+                repeats=repeats,
+                flip=flip,
+                caption_dropout=caption_dropout,
+                seed=seed,
+                cache=True,
+                min_side=min_side,
+                reference_dropout=reference_dropout,
+            )
+        )
         # with several ranks each takes every world_size-th batch of one shared epoch order
-        self.sampler = BucketBatchSampler(self.dataset, batch_size=batch_size, seed=seed, rank=rank,
-                                          world_size=world_size)
+        self.sampler = BucketBatchSampler(
+            self.dataset, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size
+        )
         self.num_workers, self.pin_memory = num_workers, pin_memory
 
     def state_after(self, batches_done: int) -> dict:
@@ -48,10 +77,15 @@ class FolderData:
 
         from core.data import collate_batch
 
-        loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate_batch,
-                            num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            persistent_workers=self.num_workers > 0)   # keeps each worker's image cache
-        while True:   # each pass over the loader is one epoch; the sampler moves on to the next by itself
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            collate_fn=collate_batch,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )  # keeps each worker's image cache
+        while True:  # each pass over the loader is one epoch; the sampler moves on to the next by itself
             for batch in loader:
                 if self.dataset.has_references:
                     yield batch["images"], batch["captions"], batch["references"]
@@ -66,8 +100,8 @@ class StreamData:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.make_stream, self.batch_size = make_stream, batch_size
-        self.start = 0    # index of the first item the next iteration yields
-        self.offset = 0   # where this rank's items begin (several ranks: disjoint index ranges)
+        self.start = 0  # index of the first item the next iteration yields
+        self.offset = 0  # where this rank's items begin (several ranks: disjoint index ranges)
 
     def shard(self, rank: int, world: int) -> None:
         """Give rank r the items r * 2^40 + k: an endless seeded stream needs no coordination."""
@@ -78,7 +112,9 @@ class StreamData:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("batch_size", self.batch_size) != self.batch_size:
-            raise ValueError(f"cannot resume: the stream's batch size was {state['batch_size']}, now {self.batch_size}")
+            raise ValueError(
+                f"cannot resume: the stream's batch size was {state['batch_size']}, now {self.batch_size}"
+            )
         self.start = int(state["items"])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
@@ -129,13 +165,13 @@ class Prefetch:
 
     def _run(self) -> None:
         try:
-            for images, *rest in self._source:   # (images, captions) or (images, captions, references)
+            for images, *rest in self._source:  # (images, captions) or (images, captions, references)
                 if self._pin and not images.is_pinned():
                     images = images.pin_memory()
                 if not self._put((images, *rest)):
                     return
             self._put(self._END)
-        except BaseException as e:     # handed to the consumer, raised there
+        except BaseException as e:  # handed to the consumer, raised there
             self._put(e)
 
     def __iter__(self) -> "Prefetch":
@@ -144,7 +180,7 @@ class Prefetch:
     def __next__(self):
         item = self._queue.get()
         if item is self._END:
-            self._queue.put(item)      # stays exhausted
+            self._queue.put(item)  # stays exhausted
             raise StopIteration
         if isinstance(item, BaseException):
             raise item

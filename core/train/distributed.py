@@ -8,6 +8,7 @@ writes checkpoints, previews and exports and runs the callbacks; the others wait
 request is decided on rank 0 and broadcast, so every rank leaves the loop at the same step.
 Single-process runs never touch torch.distributed.
 """
+
 from __future__ import annotations
 
 import os

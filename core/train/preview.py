@@ -8,6 +8,7 @@ with references (an edit dataset): the references | adapter on | adapter off, al
 Rendering must not disturb training: the model goes to eval mode under no_grad and comes back to train
 mode, and every global RNG stream is forked, so a run with previews trains exactly like one without.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,9 +37,22 @@ def reference_panel(references: list[Image.Image], width: int, height: int) -> I
     return panel
 
 
-def render_previews(model, tokenizer, prompts: list[str], *, step: int, out_dir: Path, width: int, height: int,
-                    steps: int, guidance: float, seed: int, preset: str, lora: bool,
-                    references: list[Image.Image] | None = None) -> list[Path]:
+def render_previews(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    step: int,
+    out_dir: Path,
+    width: int,
+    height: int,
+    steps: int,
+    guidance: float,
+    seed: int,
+    preset: str,
+    lora: bool,
+    references: list[Image.Image] | None = None,
+) -> list[Path]:
     from core.sampler import Sampler
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -50,8 +64,15 @@ def render_previews(model, tokenizer, prompts: list[str], *, step: int, out_dir:
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             for k, prompt in enumerate(prompts):
-                kw = dict(width=width, height=height, steps=steps, guidance=guidance, seed=seed, preset=preset,
-                          references=references or None)
+                kw = dict(
+                    width=width,
+                    height=height,
+                    steps=steps,
+                    guidance=guidance,
+                    seed=seed,
+                    preset=preset,
+                    references=references or None,
+                )
                 on = sampler([prompt], **kw)[0]
                 if lora:
                     set_adapter_enabled(model, False)
@@ -67,7 +88,7 @@ def render_previews(model, tokenizer, prompts: list[str], *, step: int, out_dir:
                 path = out_dir / f"step-{step:06d}-{k}.png"
                 tmp = path.with_suffix(".tmp.png")
                 img.save(tmp)
-                tmp.replace(path)    # readers (the API) never see half a PNG
+                tmp.replace(path)  # readers (the API) never see half a PNG
                 paths.append(path)
     finally:
         model.train(was_training)

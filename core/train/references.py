@@ -12,6 +12,7 @@ token ids, M-RoPE positions and token types), so a LoRA trains on the sequence i
 M reference tokens (clean)]. The loss reads the N target positions only; the reference positions are
 inputs, never regressed.
 """
+
 from __future__ import annotations
 
 import torch

@@ -13,6 +13,7 @@ Every random draw of a step (sigma, eps) comes from one generator whose state is
 optimizer, the LR schedule and the data position, so an interrupted and resumed run equals an
 uninterrupted one (exactly, on the CPU in float32).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,23 +26,52 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from core.lora import (LoraSpec, adapter_state_dict, build_metadata, inject_lora, load_adapter_state_dict,
-                       lora_parameters, save_comfyui_file, save_peft_folder, set_adapter_enabled)
+from core.lora import (
+    LoraSpec,
+    adapter_state_dict,
+    build_metadata,
+    inject_lora,
+    load_adapter_state_dict,
+    lora_parameters,
+    save_comfyui_file,
+    save_peft_folder,
+    set_adapter_enabled,
+)
 from core.objective import Objective
 from core.train import distributed
-from core.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_states, save_checkpoint,
-                                   set_rng_states, step_dir_name)
+from core.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+    step_dir_name,
+)
 from core.train.config import TrainConfig
 from core.train.hooks import TrainCallbacks, TrainResult
 from core.train.validation_history import ValidationHistory
 
-
 LOSS_EMA_BETA = 0.9  # smoothing of the reported loss (kept in checkpoints as the uncorrected EMA and its count)
 
 # Settings a resumed run must share with the checkpoint, or the continuation is not the same training.
-_RESUME_MUST_MATCH = ("rank", "alpha", "extra_targets", "full", "batch_size", "grad_accum", "seed", "resolution",
-                      "lr", "lr_schedule", "warmup_steps", "sigma_dist", "weighting", "repeats", "trigger",
-                      "reference_dropout")
+_RESUME_MUST_MATCH = (
+    "rank",
+    "alpha",
+    "extra_targets",
+    "full",
+    "batch_size",
+    "grad_accum",
+    "seed",
+    "resolution",
+    "lr",
+    "lr_schedule",
+    "warmup_steps",
+    "sigma_dist",
+    "weighting",
+    "repeats",
+    "trigger",
+    "reference_dropout",
+)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -56,17 +86,21 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, callbacks: TrainCallbacks | None = None, data=None,
-                 model=None, tokenizer=None):
+    def __init__(
+        self, cfg: TrainConfig, callbacks: TrainCallbacks | None = None, data=None, model=None, tokenizer=None
+    ):
         """Setup: device and precision, model (+ LoRA), optimizer, schedule, objective, data, resume."""
         cfg.validate()
         if data is None and not cfg.data_dir:
             raise ValueError("no training data: set data_dir (or pass data= for a generated stream)")
         self.out = Path(cfg.out_dir)
-        self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                                   else ("cpu" if cfg.device == "auto" else cfg.device))
+        self.device = torch.device(
+            "cuda"
+            if cfg.device == "auto" and torch.cuda.is_available()
+            else ("cpu" if cfg.device == "auto" else cfg.device)
+        )
         on_cuda = self.device.type == "cuda"
-        self.dist = distributed.setup(self.device.type)        # torchrun: one process per GPU
+        self.dist = distributed.setup(self.device.type)  # torchrun: one process per GPU
         if self.dist.active and on_cuda:
             self.device = torch.device("cuda", self.dist.local_rank)
         # Callbacks (progress, previews, the job row) belong to rank 0 alone.
@@ -75,7 +109,7 @@ class Trainer:
         # LoRA: the frozen base lives in bf16 (no per-step weight casts); full: float32 master weights.
         base_dtype = torch.bfloat16 if (self.bf16 and not cfg.full) else torch.float32
 
-        torch.manual_seed(cfg.seed)          # LoRA A init (PEFT draws it from the global generator)
+        torch.manual_seed(cfg.seed)  # LoRA A init (PEFT draws it from the global generator)
         if model is None:
             from core.loading import load_model, load_tokenizer
 
@@ -91,8 +125,9 @@ class Trainer:
             self.params = [p for p in self.model.parameters() if p.requires_grad]
             self.spec = None
         else:
-            self.spec = LoraSpec(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
-                                 extra_targets=tuple(cfg.extra_targets))
+            self.spec = LoraSpec(
+                rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout, extra_targets=tuple(cfg.extra_targets)
+            )
             inject_lora(self.model, self.spec)
             self.params = lora_parameters(self.model)
             if self.bf16:
@@ -109,17 +144,22 @@ class Trainer:
         # layouts are built here on the CPU: the model's value checks would block on the GPU every step
         self.model.validate_inputs = not on_cuda
         self.model.train()
-        self.forward = self.model            # what loss() calls; benchmarks swap in the dense-mask path
+        self.forward = self.model  # what loss() calls; benchmarks swap in the dense-mask path
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
             # The base is frozen and its buffers (rotary frequencies) are constants: no per-forward buffer
             # broadcast. Gradients live in DDP's buckets (no copy in and out of them).
-            self.forward = DistributedDataParallel(self.model, device_ids=[self.device.index] if on_cuda else None,
-                                                   broadcast_buffers=False, gradient_as_bucket_view=True)
+            self.forward = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if on_cuda else None,
+                broadcast_buffers=False,
+                gradient_as_bucket_view=True,
+            )
 
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas),
-                                           weight_decay=cfg.weight_decay, fused=on_cuda)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=on_cuda
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, cfg))
         self.objective = Objective(sigma_dist=cfg.sigma_dist, shift=cfg.sigma_shift, weighting=cfg.weighting)
         # rank 0 draws exactly what a single-process run draws; other ranks get streams of their own
@@ -128,13 +168,15 @@ class Trainer:
         with_refs = getattr(getattr(data, "dataset", None), "has_references", False)
         if self.dist.active and cfg.batch_size > 1 and with_refs:
             # each sample with references is its own forward; DDP's gradient hooks allow one forward per backward
-            raise ValueError("training on samples with reference images across several GPUs needs batch_size 1 "
-                             "(use grad_accum for a larger effective batch)")
+            raise ValueError(
+                "training on samples with reference images across several GPUs needs batch_size 1 "
+                "(use grad_accum for a larger effective batch)"
+            )
         self.data = data
         self._layouts: dict[tuple, tuple[dict, int]] = {}
         self.step = 0
-        self._ema = (0.0, 0)                 # (uncorrected EMA of logged losses, count); see smoothed
-        self._ckpt_step = -1                 # step of the newest checkpoint written or loaded
+        self._ema = (0.0, 0)  # (uncorrected EMA of logged losses, count); see smoothed
+        self._ckpt_step = -1  # step of the newest checkpoint written or loaded
         self.last_checkpoint: Path | None = None
         self.previews: list[Path] = []
         # Validation: the losses so far, and a host copy of the weights of the best one (None before the first).
@@ -156,23 +198,47 @@ class Trainer:
         if data is None:
             from core.data import TrainDataset
 
-            train_ds = TrainDataset(cfg.data_dir, resolution=cfg.resolution, trigger=cfg.trigger,
-                                    repeats=cfg.repeats, flip=cfg.flip, caption_dropout=cfg.caption_dropout,
-                                    seed=cfg.seed, cache=True, min_side=min(cfg.min_side, cfg.resolution),
-                                    reference_dropout=cfg.reference_dropout)
+            train_ds = TrainDataset(
+                cfg.data_dir,
+                resolution=cfg.resolution,
+                trigger=cfg.trigger,
+                repeats=cfg.repeats,
+                flip=cfg.flip,
+                caption_dropout=cfg.caption_dropout,
+                seed=cfg.seed,
+                cache=True,
+                min_side=min(cfg.min_side, cfg.resolution),
+                reference_dropout=cfg.reference_dropout,
+            )
         train_ds, val_ds = validation_set(cfg, train_ds)
         self.validator = None
         if val_ds is not None:
-            self.validator = FixedNoiseValidation(val_ds, self.objective, n_sigmas=cfg.validation_sigmas,
-                                                  n_seeds=cfg.validation_seeds, device=self.device)
+            self.validator = FixedNoiseValidation(
+                val_ds,
+                self.objective,
+                n_sigmas=cfg.validation_sigmas,
+                n_seeds=cfg.validation_seeds,
+                device=self.device,
+            )
         if data is None:
             from core.train.data import FolderData
 
-            return FolderData(cfg.data_dir, resolution=cfg.resolution, batch_size=cfg.batch_size,
-                              trigger=cfg.trigger, repeats=cfg.repeats, flip=cfg.flip,
-                              caption_dropout=cfg.caption_dropout, seed=cfg.seed, num_workers=cfg.num_workers,
-                              min_side=min(cfg.min_side, cfg.resolution), pin_memory=on_cuda, rank=self.dist.rank,
-                              world_size=self.dist.world, dataset=train_ds)
+            return FolderData(
+                cfg.data_dir,
+                resolution=cfg.resolution,
+                batch_size=cfg.batch_size,
+                trigger=cfg.trigger,
+                repeats=cfg.repeats,
+                flip=cfg.flip,
+                caption_dropout=cfg.caption_dropout,
+                seed=cfg.seed,
+                num_workers=cfg.num_workers,
+                min_side=min(cfg.min_side, cfg.resolution),
+                pin_memory=on_cuda,
+                rank=self.dist.rank,
+                world_size=self.dist.world,
+                dataset=train_ds,
+            )
         if self.dist.active:
             data.shard(self.dist.rank, self.dist.world)
         return data
@@ -182,13 +248,14 @@ class Trainer:
         if choice != "auto":
             return bool(choice)
         if self.device.type != "cuda":
-            return False     # CPU runs are small models; host memory is not the limit there
+            return False  # CPU runs are small models; host memory is not the limit there
         free, _ = torch.cuda.mem_get_info(self.device)
         # optimizer state (2 fp32 moments) + fp32 grads of the trained parameters are still to come
         free -= sum(p.numel() for p in self.params) * 12
         tokens = _max_tokens(self.cfg.resolution)
-        need = activation_bytes(self.model.config.text_config, self.cfg.batch_size, tokens,
-                                self.cfg.rank if not self.cfg.full else 0)
+        need = activation_bytes(
+            self.model.config.text_config, self.cfg.batch_size, tokens, self.cfg.rank if not self.cfg.full else 0
+        )
         return need > 0.8 * free
 
     # ------------------------------------------------------------------------------------- state
@@ -214,7 +281,7 @@ class Trainer:
                 "step": self.step,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "rng": rngs,                     # one entry per rank
+                "rng": rngs,  # one entry per rank
                 "data": self.data.state_after(self.step * self.cfg.grad_accum),
                 "ema": self._ema,
                 "world_size": self.dist.world,
@@ -222,15 +289,27 @@ class Trainer:
                 "validation": self.history.to_dict(),
             }
             point = next((p for p in self.history.points if p["step"] == self.step), None)
-            meta = {"o1lora.step": str(self.step),
-                    "o1lora.validation_loss": str(point["loss"]) if point else "",
-                    "o1lora.validation": json.dumps(self.validation_summary()) if self._validating else ""}
+            meta = {
+                "o1lora.step": str(self.step),
+                "o1lora.validation_loss": str(point["loss"]) if point else "",
+                "o1lora.validation": json.dumps(self.validation_summary()) if self._validating else "",
+            }
             # the best adapter rides along while it is not this one: a resume (on another machine) keeps it
             best = self.history.best
-            extra = ({"best.safetensors": self.best_weights}
-                     if self.best_weights is not None and best and best["step"] != self.step else {})
-            path = save_checkpoint(self.out / "checkpoints", self.step, self._weights(), state,
-                                   keep=self.cfg.keep_checkpoints, metadata=meta, extra=extra)
+            extra = (
+                {"best.safetensors": self.best_weights}
+                if self.best_weights is not None and best and best["step"] != self.step
+                else {}
+            )
+            path = save_checkpoint(
+                self.out / "checkpoints",
+                self.step,
+                self._weights(),
+                state,
+                keep=self.cfg.keep_checkpoints,
+                metadata=meta,
+                extra=extra,
+            )
         distributed.barrier(self.dist)
         self.last_checkpoint, self._ckpt_step = path, self.step
         if self.cb.on_checkpoint:
@@ -242,17 +321,22 @@ class Trainer:
         old = state.get("config", {})
         changed = [k for k in _RESUME_MUST_MATCH if k in old and _norm(old[k]) != _norm(getattr(self.cfg, k))]
         if changed:
-            raise ValueError(f"cannot resume from {path}: settings changed since it was written: "
-                             + ", ".join(f"{k} {old[k]!r} -> {getattr(self.cfg, k)!r}" for k in changed))
+            raise ValueError(
+                f"cannot resume from {path}: settings changed since it was written: "
+                + ", ".join(f"{k} {old[k]!r} -> {getattr(self.cfg, k)!r}" for k in changed)
+            )
         world = state.get("world_size", 1)
         if world != self.dist.world:
-            raise ValueError(f"cannot resume from {path}: it was written by {world} processes, this run has "
-                             f"{self.dist.world} (each rank's data share and noise stream would change)")
+            raise ValueError(
+                f"cannot resume from {path}: it was written by {world} processes, this run has "
+                f"{self.dist.world} (each rank's data share and noise stream would change)"
+            )
         if self.cfg.full:
             missing, unexpected = self.model.load_state_dict(weights, strict=False)
             if missing or unexpected:
-                raise ValueError(f"{path}: weights do not fit the model "
-                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+                raise ValueError(
+                    f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+                )
         else:
             load_adapter_state_dict(self.model, weights)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -288,10 +372,14 @@ class Trainer:
         tail_only = bool(batch.vinput_mask[:, -n:].all()) and int(batch.vinput_mask.sum()) == n * len(captions)
         if batch.n_ref or not tail_only:
             raise ValueError("training expects text-to-image layouts with the image tokens last")
-        inputs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids, token_types=batch.token_types,
-                      text_lengths=batch.text_lengths if batch.padded else None)
+        inputs = dict(
+            input_ids=batch.input_ids,
+            position_ids=batch.position_ids,
+            token_types=batch.token_types,
+            text_lengths=batch.text_lengths if batch.padded else None,
+        )
         inputs = {k: (v.to(self.device, non_blocking=True) if v is not None else None) for k, v in inputs.items()}
-        if len(self._layouts) >= 4096:     # generated captions rarely repeat: keep the cache bounded
+        if len(self._layouts) >= 4096:  # generated captions rarely repeat: keep the cache bounded
             self._layouts.clear()
         self._layouts[key] = (inputs, n)
         return inputs, n
@@ -309,7 +397,9 @@ class Trainer:
             x_pred = self.forward(vinputs=z, timestep=t, **inputs).x_pred
         return self.objective.loss(x_pred[:, -n:], x0, sigma)
 
-    def loss_with_references(self, images: torch.Tensor, captions: list[str], references: list[list]) -> torch.Tensor:
+    def loss_with_references(
+        self, images: torch.Tensor, captions: list[str], references: list[list]
+    ) -> torch.Tensor:
         """The recipe's loss for a micro-batch of edit / personalisation samples: each sample laid out as the
         sampler lays out a request with its references (core.train.references), the loss on its target tokens
         only. Samples run one forward each (their reference counts and shapes differ), the mean is the
@@ -338,7 +428,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for i in range(cfg.grad_accum):
-            images, captions, *refs = next(batches)     # refs: [references per sample] from edit datasets
+            images, captions, *refs = next(batches)  # refs: [references per sample] from edit datasets
             # DDP all-reduces gradients in backward; only the last micro-batch of a step needs to
             sync = contextlib.nullcontext()
             if self.dist.active and i < cfg.grad_accum - 1:
@@ -378,7 +468,7 @@ class Trainer:
         window_steps, t_window = 0, time.perf_counter()
         if self._validating and self.history.baseline is None:
             self._validate(baseline=True)
-        self.early_stopped = self._validating and self.history.should_stop   # a resumed run that had stopped
+        self.early_stopped = self._validating and self.history.should_stop  # a resumed run that had stopped
         while self.step < cfg.steps and not self.early_stopped:
             stop = bool(cb.should_stop and cb.should_stop())
             # With several ranks the decision is a collective and a host sync: agree on it at log steps only
@@ -398,8 +488,15 @@ class Trainer:
                 sec = (now - t_window) / window_steps
                 self._smooth(last_loss)
                 if cb.on_step:
-                    cb.on_step(self.step, cfg.steps, last_loss, self.smoothed, self.scheduler.get_last_lr()[0],
-                               sec, sec * (cfg.steps - self.step))
+                    cb.on_step(
+                        self.step,
+                        cfg.steps,
+                        last_loss,
+                        self.smoothed,
+                        self.scheduler.get_last_lr()[0],
+                        sec,
+                        sec * (cfg.steps - self.step),
+                    )
                 window_loss.zero_()
                 window_steps, t_window = 0, time.perf_counter()
             t_side = time.perf_counter()
@@ -415,12 +512,19 @@ class Trainer:
                 if self.dist.main:
                     self._preview()
                 distributed.barrier(self.dist)
-            t_window += time.perf_counter() - t_side     # seconds/step measures training, not previews
+            t_window += time.perf_counter() - t_side  # seconds/step measures training, not previews
         if self._ckpt_step != self.step:
-            self.save_checkpoint()           # a stop, or a run whose end is not on the checkpoint grid
-        result = TrainResult(self.step, stopped, last_loss, self.smoothed, self.last_checkpoint,
-                             previews=list(self.previews), early_stopped=self.early_stopped,
-                             validation=self.validation_summary() if self._validating else None)
+            self.save_checkpoint()  # a stop, or a run whose end is not on the checkpoint grid
+        result = TrainResult(
+            self.step,
+            stopped,
+            last_loss,
+            self.smoothed,
+            self.last_checkpoint,
+            previews=list(self.previews),
+            early_stopped=self.early_stopped,
+            validation=self.validation_summary() if self._validating else None,
+        )
         if not stopped and self.dist.main:
             self._export(result)
         distributed.barrier(self.dist)
@@ -463,7 +567,9 @@ class Trainer:
         """Every rank holds rank 0's history (checkpoints are written by rank 0, but the stop is collective)."""
         if self.dist.active:
             self.history = ValidationHistory.from_dict(
-                distributed.gather_objects(self.history.to_dict(), self.dist)[0], patience=self.cfg.early_stop_patience)
+                distributed.gather_objects(self.history.to_dict(), self.dist)[0],
+                patience=self.cfg.early_stop_patience,
+            )
 
     def _smooth(self, loss: float) -> None:
         raw, n = self._ema
@@ -473,18 +579,28 @@ class Trainer:
     def smoothed(self) -> float | None:
         """Bias-corrected EMA of the logged losses (what progress bars and the API show); None before any."""
         raw, n = self._ema
-        return raw / (1 - LOSS_EMA_BETA ** n) if n else None
+        return raw / (1 - LOSS_EMA_BETA**n) if n else None
 
     def _preview(self) -> None:
         from core.train.preview import render_previews
 
         side = self.cfg.sample_size or self.cfg.resolution
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            paths = render_previews(self.model, self.tokenizer, list(self.cfg.sample_prompts), step=self.step,
-                                    out_dir=self.out / "previews", width=side, height=side,
-                                    steps=self.cfg.sample_steps, guidance=self.cfg.sample_guidance,
-                                    seed=self.cfg.sample_seed, preset=self.cfg.sample_preset,
-                                    lora=not self.cfg.full, references=self._preview_references())
+            paths = render_previews(
+                self.model,
+                self.tokenizer,
+                list(self.cfg.sample_prompts),
+                step=self.step,
+                out_dir=self.out / "previews",
+                width=side,
+                height=side,
+                steps=self.cfg.sample_steps,
+                guidance=self.cfg.sample_guidance,
+                seed=self.cfg.sample_seed,
+                preset=self.cfg.sample_preset,
+                lora=not self.cfg.full,
+                references=self._preview_references(),
+            )
         self.previews.extend(paths)
         if self.cb.on_preview:
             self.cb.on_preview(self.step, paths)
@@ -497,6 +613,7 @@ class Trainer:
             return None
         if not hasattr(self, "_preview_refs"):
             from core.data.images import load_rgb
+
             rec = next(r for r in dataset.records if r.references)
             self._preview_refs = [load_rgb(dataset.source.read(n), dataset.max_pixels) for n in rec.references]
         return self._preview_refs
@@ -510,7 +627,7 @@ class Trainer:
             return
         last = ("last", self.step, adapter_state_dict(self.model))
         best = self.history.best
-        kept = None                          # the best step's weights, when they are not the last step's
+        kept = None  # the best step's weights, when they are not the last step's
         if best is not None and best["step"] != self.step and self.best_weights is not None:
             kept = ("best", best["step"], self.best_weights)
         published, other = (kept, last) if (cfg.publish == "best" and kept) else (last, kept)
@@ -519,16 +636,23 @@ class Trainer:
             if choice is None:
                 continue
             which, step, adapter = choice
-            meta = build_metadata(trigger=cfg.trigger, spec=self.spec, steps=step, resolution=cfg.resolution,
-                                  base_model=cfg.base_model_name or Path(cfg.model_path).name,
-                                  base_config=self.model.config, training=_training_settings(cfg))
+            meta = build_metadata(
+                trigger=cfg.trigger,
+                spec=self.spec,
+                steps=step,
+                resolution=cfg.resolution,
+                base_model=cfg.base_model_name or Path(cfg.model_path).name,
+                base_config=self.model.config,
+                training=_training_settings(cfg),
+            )
             if self._validating:
                 point = next((p for p in self.history.points if p["step"] == step), None)
                 meta["o1lora.checkpoint"] = "best" if best and best["step"] == step else which
                 meta["o1lora.validation_loss"] = str(point["loss"]) if point else ""
                 meta["o1lora.validation"] = json.dumps(self.validation_summary())
-            folder = save_peft_folder(adapter, self.spec, self.out / stem, meta,
-                                      base_model=cfg.base_model_name or str(cfg.model_path))
+            folder = save_peft_folder(
+                adapter, self.spec, self.out / stem, meta, base_model=cfg.base_model_name or str(cfg.model_path)
+            )
             file = save_comfyui_file(adapter, self.spec, self.out / f"{stem}.safetensors", meta)
             if stem == "lora":
                 result.lora_dir, result.lora_file, result.published_step = folder, file, step
@@ -568,8 +692,23 @@ def _norm(v):
 
 
 def _training_settings(cfg: TrainConfig) -> dict:
-    keep = ("steps", "batch_size", "grad_accum", "lr", "lr_schedule", "warmup_steps", "weight_decay",
-            "max_grad_norm", "sigma_dist", "weighting", "repeats", "flip", "caption_dropout", "seed", "precision")
+    keep = (
+        "steps",
+        "batch_size",
+        "grad_accum",
+        "lr",
+        "lr_schedule",
+        "warmup_steps",
+        "weight_decay",
+        "max_grad_norm",
+        "sigma_dist",
+        "weighting",
+        "repeats",
+        "flip",
+        "caption_dropout",
+        "seed",
+        "precision",
+    )
     return {k: getattr(cfg, k) for k in keep}
 
 

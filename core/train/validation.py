@@ -14,6 +14,7 @@ same validation rules, trigger and aspect buckets as training, no flips or capti
 the trainer's cached layout builder: (captions, height, width) -> (model inputs, number of image tokens).
 Cost: images x seeds x sigmas forward passes without gradients, batched up to ~32k tokens per call.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,8 +24,8 @@ import torch
 
 from core.objective import Objective
 
-NOISE_SEED = 14_000_000        # the validation noise belongs to the images, not to a run's seed
-TOKENS_PER_CALL = 32_768       # sigmas of one image go through the model together, up to this many image tokens
+NOISE_SEED = 14_000_000  # the validation noise belongs to the images, not to a run's seed
+TOKENS_PER_CALL = 32_768  # sigmas of one image go through the model together, up to this many image tokens
 
 
 def fixed_sigmas(n: int) -> torch.Tensor:
@@ -34,16 +35,23 @@ def fixed_sigmas(n: int) -> torch.Tensor:
 
 @dataclass
 class _Item:
-    x0: torch.Tensor               # [1, N, 3072] patch tokens, float32, CPU
-    eps: list[torch.Tensor]        # one fixed noise draw per seed, like x0
+    x0: torch.Tensor  # [1, N, 3072] patch tokens, float32, CPU
+    eps: list[torch.Tensor]  # one fixed noise draw per seed, like x0
     caption: str
     height: int
     width: int
 
 
 class FixedNoiseValidation:
-    def __init__(self, dataset, objective: Objective, *, n_sigmas: int = 8, n_seeds: int = 2,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        dataset,
+        objective: Objective,
+        *,
+        n_sigmas: int = 8,
+        n_seeds: int = 2,
+        device: torch.device | str = "cpu",
+    ):
         from core.layout import patchify
 
         self.objective, self.device = objective, torch.device(device)
@@ -52,8 +60,14 @@ class FixedNoiseValidation:
         for i in range(len(dataset.records)):
             item = dataset[i]
             x0 = patchify(item["image"][None].float())
-            eps = [torch.randn(x0.shape, generator=torch.Generator().manual_seed(NOISE_SEED + 1009 * i + s),
-                               dtype=torch.float32) for s in range(n_seeds)]
+            eps = [
+                torch.randn(
+                    x0.shape,
+                    generator=torch.Generator().manual_seed(NOISE_SEED + 1009 * i + s),
+                    dtype=torch.float32,
+                )
+                for s in range(n_seeds)
+            ]
             h, w = item["image"].shape[-2:]
             self.items.append(_Item(x0, eps, item["caption"], int(h), int(w)))
         self.names = [r.name for r in dataset.records]
@@ -67,8 +81,8 @@ class FixedNoiseValidation:
         """The mean loss over images x seeds x sigmas (and per sigma), in eval mode without gradients."""
         start = time.perf_counter()
         was_training = model.training
-        model.eval()                           # no LoRA dropout: the same weights give the same loss
-        totals = [0.0] * len(self.sigmas)      # float64 sums on the host, in a fixed order
+        model.eval()  # no LoRA dropout: the same weights give the same loss
+        totals = [0.0] * len(self.sigmas)  # float64 sums on the host, in a fixed order
         try:
             with torch.no_grad():
                 for item in self.items:
@@ -76,8 +90,12 @@ class FixedNoiseValidation:
         finally:
             model.train(was_training)
         per_sigma = [t / (len(self.items) * len(self.items[0].eps)) for t in totals]
-        return {"loss": sum(per_sigma) / len(per_sigma), "by_sigma": per_sigma,
-                "seconds": time.perf_counter() - start, "samples": self.samples}
+        return {
+            "loss": sum(per_sigma) / len(per_sigma),
+            "by_sigma": per_sigma,
+            "seconds": time.perf_counter() - start,
+            "samples": self.samples,
+        }
 
     def _one_image(self, model, inputs_for, item: _Item, bf16: bool, totals: list[float]) -> None:
         n_tokens = item.x0.shape[1]
@@ -86,7 +104,7 @@ class FixedNoiseValidation:
         for eps in item.eps:
             eps = eps.to(self.device)
             for lo in range(0, len(self.sigmas), per_call):
-                sigma = self.sigmas[lo:lo + per_call].to(self.device)
+                sigma = self.sigmas[lo : lo + per_call].to(self.device)
                 b = len(sigma)
                 x0_b = x0.expand(b, -1, -1)
                 z = self.objective.mix(x0_b, eps.expand(b, -1, -1), sigma)
@@ -108,15 +126,19 @@ def validation_set(cfg, train_dataset=None):
     if not cfg.validation_every:
         return train_dataset, None
     if cfg.validation_dir:
-        val = TrainDataset(cfg.validation_dir, resolution=cfg.resolution, trigger=cfg.trigger,
-                           min_side=min(cfg.min_side, cfg.resolution))
-        keep = set(ranked([r.name for r in val.records])[:cfg.validation_max_images])
+        val = TrainDataset(
+            cfg.validation_dir,
+            resolution=cfg.resolution,
+            trigger=cfg.trigger,
+            min_side=min(cfg.min_side, cfg.resolution),
+        )
+        keep = set(ranked([r.name for r in val.records])[: cfg.validation_max_images])
         return train_dataset, val.subset(keep, keep=True, plain=True)
     if train_dataset is None:
         return None, None
-    names = held_out_names([r.name for r in train_dataset.records], cfg.validation_fraction,
-                           cfg.validation_max_images)
+    names = held_out_names(
+        [r.name for r in train_dataset.records], cfg.validation_fraction, cfg.validation_max_images
+    )
     if not names:
         return train_dataset, None
-    return (train_dataset.subset(names, keep=False),
-            train_dataset.subset(names, keep=True, plain=True))
+    return (train_dataset.subset(names, keep=False), train_dataset.subset(names, keep=True, plain=True))

@@ -11,6 +11,7 @@ Torch-free (plain numbers), so the same rules can be read and tested without a m
 The best point is the lowest loss; a tie keeps the earlier step (fewer steps of the same quality is the safer
 LoRA). "Not improved for K evaluations" counts the evaluations after the best whose loss was not strictly lower.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,9 +19,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class ValidationHistory:
-    patience: int = 0                        # early stop after this many evaluations without a new best; 0: never
-    points: list[dict] = field(default_factory=list)   # {"step", "loss", "by_sigma", "seconds"}, by step
-    baseline: dict | None = None             # the same measure of the base model (adapter off)
+    patience: int = 0  # early stop after this many evaluations without a new best; 0: never
+    points: list[dict] = field(default_factory=list)  # {"step", "loss", "by_sigma", "seconds"}, by step
+    baseline: dict | None = None  # the same measure of the base model (adapter off)
 
     def add(self, point: dict) -> bool:
         """Record an evaluation; True when it is the new best. A step evaluated again (a resumed run that
@@ -66,10 +67,16 @@ class ValidationHistory:
         }
 
     def to_dict(self) -> dict:
-        return {"points": [dict(p) for p in self.points], "baseline": dict(self.baseline) if self.baseline else None}
+        return {
+            "points": [dict(p) for p in self.points],
+            "baseline": dict(self.baseline) if self.baseline else None,
+        }
 
     @classmethod
     def from_dict(cls, state: dict | None, patience: int = 0) -> "ValidationHistory":
         state = state or {}
-        return cls(patience=patience, points=[dict(p) for p in state.get("points", [])],
-                   baseline=dict(state["baseline"]) if state.get("baseline") else None)
+        return cls(
+            patience=patience,
+            points=[dict(p) for p in state.get("points", [])],
+            baseline=dict(state["baseline"]) if state.get("baseline") else None,
+        )

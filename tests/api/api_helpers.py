@@ -1,4 +1,5 @@
 """Helpers for the API tests (a unique module name: tests/*/conftest.py all share the name `conftest`)."""
+
 from __future__ import annotations
 
 import base64
@@ -20,6 +21,7 @@ REDIS_URL = "redis://127.0.0.1:6379/13"
 def owner_headers(Session, name: str) -> dict:
     """A new owner with a key: {"Authorization": ..., "owner_id": ...}."""
     from db.owners import create_api_key, create_owner
+
     with Session() as s:
         owner = create_owner(s, name=f"{name}-{uuid.uuid4().hex[:6]}")
         return {"Authorization": f"Bearer {create_api_key(s, owner_id=owner.id)}", "owner_id": owner.id}
@@ -56,7 +58,9 @@ def queued_messages(key_prefix: str, queue: str) -> list[dict]:
 
 def db_counts(Session) -> dict[str, int]:
     with Session() as s:
-        return {name: s.scalar(select(func.count()).select_from(table)) for name, table in Base.metadata.tables.items()}
+        return {
+            name: s.scalar(select(func.count()).select_from(table)) for name, table in Base.metadata.tables.items()
+        }
 
 
 def store_files(settings) -> list[str]:
@@ -64,28 +68,36 @@ def store_files(settings) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
-
-
 def make_celery(broker_url: str, prefix: str) -> Celery:
     app = Celery("o1lora-api-tests", set_as_current=False)
-    app.conf.update(broker_url=broker_url, broker_transport_options={"global_keyprefix": prefix},
-                    task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=False,
-                    broker_connection_timeout=1, broker_connection_max_retries=0)
+    app.conf.update(
+        broker_url=broker_url,
+        broker_transport_options={"global_keyprefix": prefix},
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=False,
+        broker_connection_timeout=1,
+        broker_connection_max_retries=0,
+    )
     return app
 
 
-def lora_safetensors(layout: str = "comfyui", rank: int = 4, layers: int = 2, alpha: float | None = 8.0,
-                     extra: dict | None = None) -> bytes:
+def lora_safetensors(
+    layout: str = "comfyui", rank: int = 4, layers: int = 2, alpha: float | None = 8.0, extra: dict | None = None
+) -> bytes:
     """A small LoRA file in one of the layouts in the wild (zeros; only names and shapes matter to the API)."""
     import numpy as np
     from safetensors.numpy import save
-    prefix, down, up = {"comfyui": ("diffusion_model.", "lora_A", "lora_B"),
-                        "peft": ("base_model.model.model.", "lora_A", "lora_B"),
-                        "kohya": ("diffusion_model.", "lora_down", "lora_up")}[layout]
+
+    prefix, down, up = {
+        "comfyui": ("diffusion_model.", "lora_A", "lora_B"),
+        "peft": ("base_model.model.model.", "lora_A", "lora_B"),
+        "kohya": ("diffusion_model.", "lora_down", "lora_up"),
+    }[layout]
     tensors = {}
     for i in range(layers):
         stem = f"{prefix}language_model.layers.{i}.self_attn.q_proj"
-        tensors[f"{stem}.{down}.weight"] = np.zeros((rank, 384), np.float32)   # q_proj of models/o1-shapes
+        tensors[f"{stem}.{down}.weight"] = np.zeros((rank, 384), np.float32)  # q_proj of models/o1-shapes
         tensors[f"{stem}.{up}.weight"] = np.zeros((384, rank), np.float32)
         if alpha is not None and layout != "peft":
             tensors[f"{stem}.alpha"] = np.array(alpha, np.float32)

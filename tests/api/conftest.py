@@ -4,21 +4,21 @@ a local artifact store in a temp folder, and two owners with keys.
 Nothing is mocked: messages land in Redis (db 13, under a key prefix unique to the test session), rows in
 PostgreSQL. A missing server fails the tests.
 """
+
 from __future__ import annotations
 
 import uuid
 
 import pytest
 import redis
+from api_helpers import REDIS_URL, auth, make_celery, owner_headers, png
 from fastapi.testclient import TestClient
 
-from jobqueue.enqueue import Enqueuer
 from api.main import create_app
-from service.settings import Settings
 from db.migrate import upgrade
 from db.testing import temporary_postgres
-
-from api_helpers import REDIS_URL, auth, make_celery, owner_headers, png
+from jobqueue.enqueue import Enqueuer
+from service.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -39,13 +39,24 @@ def key_prefix():
 
 @pytest.fixture(scope="session")
 def settings(pg_url, tmp_path_factory):
-    return Settings(data_dir=tmp_path_factory.mktemp("data"), database_url=pg_url, broker_url=REDIS_URL,
-                    dataset_min_side=16, max_upload_file_bytes=200_000, max_upload_request_bytes=2_000_000,
-                    max_upload_files=20, max_zip_uncompressed_bytes=1_000_000, max_image_pixels=512 * 512,
-                    max_caption_bytes=1000, max_lora_bytes=1_000_000, sse_recheck_s=0.3,
-                    # The session's owners accumulate queued jobs (no worker runs here); the limits have their
-                    # own tests, on an app of their own (test_api_quota.py).
-                    max_active_generations=10_000, max_active_trainings=10_000)
+    return Settings(
+        data_dir=tmp_path_factory.mktemp("data"),
+        database_url=pg_url,
+        broker_url=REDIS_URL,
+        dataset_min_side=16,
+        max_upload_file_bytes=200_000,
+        max_upload_request_bytes=2_000_000,
+        max_upload_files=20,
+        max_zip_uncompressed_bytes=1_000_000,
+        max_image_pixels=512 * 512,
+        max_caption_bytes=1000,
+        max_lora_bytes=1_000_000,
+        sse_recheck_s=0.3,
+        # The session's owners accumulate queued jobs (no worker runs here); the limits have their
+        # own tests, on an app of their own (test_api_quota.py).
+        max_active_generations=10_000,
+        max_active_trainings=10_000,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -81,8 +92,11 @@ def bob(Session):
 
 @pytest.fixture
 def dataset(client, alice):
-    files = [("files", ("a.png", png(), "image/png")), ("files", ("a.txt", b"a red box", "text/plain")),
-             ("files", ("b.jpg", png(48, 64, fmt="JPEG"), "image/jpeg"))]
+    files = [
+        ("files", ("a.png", png(), "image/png")),
+        ("files", ("a.txt", b"a red box", "text/plain")),
+        ("files", ("b.jpg", png(48, 64, fmt="JPEG"), "image/jpeg")),
+    ]
     r = client.post("/v1/datasets", headers=auth(alice), files=files, data={"name": "boxes", "resolution": "64"})
     assert r.status_code == 201, r.text
     return r.json()

@@ -10,6 +10,7 @@ The ``positive_data_acceptance`` check is configured per operation in schemathes
 an upload whose bytes are random can never be a valid image or LoRA, and a generation over the cost bound is
 refused with a documented 422, although the schema cannot say either.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,12 +33,12 @@ sys.path.insert(0, str(REPO))
 import redis  # noqa: E402
 import uvicorn  # noqa: E402
 
-from jobqueue.enqueue import Enqueuer  # noqa: E402
 from api.main import create_app  # noqa: E402
-from service.settings import Settings  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
 from db.owners import create_api_key, create_owner  # noqa: E402
 from db.session import make_sessionmaker  # noqa: E402
+from jobqueue.enqueue import Enqueuer  # noqa: E402
+from service.settings import Settings  # noqa: E402
 
 sys.path.insert(0, str(HERE))
 from api_helpers import make_celery  # noqa: E402
@@ -65,9 +66,13 @@ def serving(app):
 def summary(report: Path) -> dict:
     """The counts of schemathesis' JSON run report: test cases, and failures by code (ST101 server error ...)."""
     doc = json.loads(report.read_text())
-    return {"test_cases": doc["test_cases"], "operations_tested": doc["operations"]["tested"],
-            "failures": {f"{f['code']} {f['title']}": f["count"] for f in doc["failures"]},
-            "errors": {e["title"]: e["count"] for e in doc["errors"]}, "warnings": doc["warnings"]}
+    return {
+        "test_cases": doc["test_cases"],
+        "operations_tested": doc["operations"]["tested"],
+        "failures": {f"{f['code']} {f['title']}": f["count"] for f in doc["failures"]},
+        "errors": {e["title"]: e["count"] for e in doc["errors"]},
+        "warnings": doc["warnings"],
+    }
 
 
 def main() -> int:
@@ -86,12 +91,32 @@ def main() -> int:
         report = Path(tmp) / "report.json"
         enqueuer = Enqueuer(lambda: make_celery(REDIS_URL, prefix))
         with serving(create_app(settings, enqueuer=enqueuer)) as base:
-            cmd = [str(Path(sys.executable).with_name("schemathesis")), "--config-file",
-                   str(HERE / "schemathesis.toml"), "run", f"{base}/openapi.json", "--checks", "all",
-                   "-H", f"Authorization: Bearer {key}", "--max-examples", str(args.max_examples),
-                   "--max-time", str(args.max_time), "--seed", str(args.seed), "--workers", "1",
-                   "--request-timeout", "30", "--report", "json", "--report-json-path", str(report),
-                   "--no-color"]
+            cmd = [
+                str(Path(sys.executable).with_name("schemathesis")),
+                "--config-file",
+                str(HERE / "schemathesis.toml"),
+                "run",
+                f"{base}/openapi.json",
+                "--checks",
+                "all",
+                "-H",
+                f"Authorization: Bearer {key}",
+                "--max-examples",
+                str(args.max_examples),
+                "--max-time",
+                str(args.max_time),
+                "--seed",
+                str(args.seed),
+                "--workers",
+                "1",
+                "--request-timeout",
+                "30",
+                "--report",
+                "json",
+                "--report-json-path",
+                str(report),
+                "--no-color",
+            ]
             try:
                 rc = subprocess.run(cmd, cwd=tmp).returncode
             finally:

@@ -3,6 +3,7 @@ field, and the owner command prints a working key.
 
     .venv/bin/python -m pytest tests/api/test_api_app.py -q
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
-SQLITE_SMOKE = r'''
+SQLITE_SMOKE = r"""
 import sys, io
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -37,12 +38,13 @@ with TestClient(create_app(s)) as c:
     assert c.get("/v1/datasets", headers=h).json()["count"] == 1
 assert "sqlite" in s.resolved_database_url
 print("torch loaded:", "torch" in sys.modules)
-'''
+"""
 
 
 def test_api_on_embedded_sqlite_never_imports_torch(tmp_path):
-    out = subprocess.run([sys.executable, "-c", SQLITE_SMOKE, str(tmp_path)], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", SQLITE_SMOKE, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "torch loaded: False" in out.stdout
     assert (tmp_path / "o1lora.db").is_file() and any((tmp_path / "artifacts" / "datasets").iterdir())
@@ -50,25 +52,44 @@ def test_api_on_embedded_sqlite_never_imports_torch(tmp_path):
 
 def test_openapi_describes_every_field(app):
     spec = app.openapi()
-    missing = [f"{name}.{prop}" for name, schema in spec["components"]["schemas"].items()
-               if not name.startswith(("HTTPValidationError", "ValidationError"))
-               for prop, body in schema.get("properties", {}).items() if not body.get("description")]
+    missing = [
+        f"{name}.{prop}"
+        for name, schema in spec["components"]["schemas"].items()
+        if not name.startswith(("HTTPValidationError", "ValidationError"))
+        for prop, body in schema.get("properties", {}).items()
+        if not body.get("description")
+    ]
     assert missing == []
-    params = [f"{path} {p['name']}" for path, ops in spec["paths"].items() for op in ops.values()
-              for p in op.get("parameters", []) if p["in"] == "query" and not p.get("description")]
+    params = [
+        f"{path} {p['name']}"
+        for path, ops in spec["paths"].items()
+        for op in ops.values()
+        for p in op.get("parameters", [])
+        if p["in"] == "query" and not p.get("description")
+    ]
     assert params == []
 
 
 def test_create_owner_command_prints_a_key_that_works(tmp_path, settings, client):
     url = settings.resolved_database_url
-    out = subprocess.run([sys.executable, "-m", "db.create_owner", "carol-cli", "--database-url", url], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "db.create_owner", "carol-cli", "--database-url", url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     key = out.stdout.strip()
     assert key.startswith("o1l_")
     assert client.get("/v1/loras", headers={"Authorization": f"Bearer {key}"}).status_code == 200
-    again = subprocess.run([sys.executable, "-m", "db.create_owner", "carol-cli", "--database-url", url], cwd=REPO,
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "db.create_owner", "carol-cli", "--database-url", url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
@@ -76,8 +97,13 @@ def test_ready_is_503_naming_the_dependency_that_is_down(settings, app):
     from fastapi.testclient import TestClient
 
     from api.main import create_app
-    broken = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0",
-                                         "database_url": "postgresql+psycopg://postgres@127.0.0.1:1/none"})
+
+    broken = settings.model_copy(
+        update={
+            "broker_url": "redis://127.0.0.1:1/0",
+            "database_url": "postgresql+psycopg://postgres@127.0.0.1:1/none",
+        }
+    )
     with TestClient(create_app(broken, enqueuer=app.state.enqueuer)) as c:
         assert c.get("/health").status_code == 200  # liveness does not depend on them
         r = c.get("/ready")

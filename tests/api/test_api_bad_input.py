@@ -3,6 +3,7 @@ artifact store exactly as before (no row, no file, no staging left behind).
 
     .venv/bin/python -m pytest tests/api/test_api_bad_input.py -q
 """
+
 from __future__ import annotations
 
 import io
@@ -14,10 +15,9 @@ import zipfile
 
 import numpy as np
 import pytest
+from api_helpers import auth, db_counts, lora_safetensors, png, store_files, zip_bytes
 from PIL import Image
 from safetensors.numpy import save
-
-from api_helpers import auth, db_counts, lora_safetensors, png, store_files, zip_bytes
 
 F = "files"
 
@@ -77,8 +77,9 @@ DATASET_UPLOADS = [
 
 
 @pytest.mark.parametrize("case, files, code, message", DATASET_UPLOADS, ids=[c[0] for c in DATASET_UPLOADS])
-def test_bad_dataset_upload_is_rejected_and_writes_nothing(client, alice, Session, settings, case, files, code,
-                                                           message):
+def test_bad_dataset_upload_is_rejected_and_writes_nothing(
+    client, alice, Session, settings, case, files, code, message
+):
     before = (db_counts(Session), store_files(settings))
     r = client.post("/v1/datasets", headers=auth(alice), files=files or None, data={"name": "x"})
     assert r.status_code == code, (case, r.status_code, r.text)
@@ -98,11 +99,11 @@ def test_rejected_for_content_carries_the_validation_report(client, alice):
 def header_lies() -> bytes:
     good = lora_safetensors()
     (n,) = struct.unpack("<Q", good[:8])
-    header = json.loads(good[8:8 + n])
+    header = json.loads(good[8 : 8 + n])
     key = next(k for k in header if k.endswith("lora_A.weight"))
     header[key]["data_offsets"][1] += 10_000  # points past the end of the file
     raw = json.dumps(header).encode()
-    return struct.pack("<Q", len(raw)) + raw + good[8 + n:]
+    return struct.pack("<Q", len(raw)) + raw + good[8 + n :]
 
 
 def not_a_lora() -> bytes:
@@ -110,17 +111,27 @@ def not_a_lora() -> bytes:
 
 
 def half_pair() -> bytes:
-    return save({"diffusion_model.language_model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 8), np.float32)})
+    return save(
+        {"diffusion_model.language_model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 8), np.float32)}
+    )
 
 
 def wrong_model() -> bytes:
-    return save({"lora_unet_double_blocks_0_img_mod_lin.lora_down.weight": np.zeros((4, 8), np.float32),
-                 "lora_unet_double_blocks_0_img_mod_lin.lora_up.weight": np.zeros((8, 4), np.float32)})
+    return save(
+        {
+            "lora_unet_double_blocks_0_img_mod_lin.lora_down.weight": np.zeros((4, 8), np.float32),
+            "lora_unet_double_blocks_0_img_mod_lin.lora_up.weight": np.zeros((8, 4), np.float32),
+        }
+    )
 
 
 def rank_mismatch() -> bytes:
-    return save({"diffusion_model.language_model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 8), np.float32),
-                 "diffusion_model.language_model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((8, 2), np.float32)})
+    return save(
+        {
+            "diffusion_model.language_model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 8), np.float32),
+            "diffusion_model.language_model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((8, 2), np.float32),
+        }
+    )
 
 
 LORA_UPLOADS = [
@@ -132,18 +143,28 @@ LORA_UPLOADS = [
     ("lora_A without lora_B", "x.safetensors", half_pair(), 422, "not its pair"),
     ("another model's LoRA", "x.safetensors", wrong_model(), 422, "not HiDream-O1 modules"),
     ("rank mismatch", "x.safetensors", rank_mismatch(), 422, "rank-r pair"),
-    ("zip without adapter_config", "p.zip", zip_bytes({"adapter_model.safetensors": lora_safetensors("peft")}), 422,
-     "adapter_config.json missing"),
-    ("PEFT zip with ComfyUI keys", "p.zip", zip_bytes({"adapter_config.json": b'{"r": 4}',
-                                                       "adapter_model.safetensors": lora_safetensors()}), 422,
-     "not PEFT ones"),
+    (
+        "zip without adapter_config",
+        "p.zip",
+        zip_bytes({"adapter_model.safetensors": lora_safetensors("peft")}),
+        422,
+        "adapter_config.json missing",
+    ),
+    (
+        "PEFT zip with ComfyUI keys",
+        "p.zip",
+        zip_bytes({"adapter_config.json": b'{"r": 4}', "adapter_model.safetensors": lora_safetensors()}),
+        422,
+        "not PEFT ones",
+    ),
     ("over the size limit", "x.safetensors", b"\0" * 1_100_000, 413, "limit"),
 ]
 
 
 @pytest.mark.parametrize("case, name, data, code, message", LORA_UPLOADS, ids=[c[0] for c in LORA_UPLOADS])
-def test_bad_lora_import_is_rejected_and_writes_nothing(client, alice, Session, settings, case, name, data, code,
-                                                        message):
+def test_bad_lora_import_is_rejected_and_writes_nothing(
+    client, alice, Session, settings, case, name, data, code, message
+):
     before = (db_counts(Session), store_files(settings))
     r = client.post("/v1/loras", headers=auth(alice), files={"file": (name, data, "application/octet-stream")})
     assert r.status_code == code, (case, r.status_code, r.text)
@@ -176,8 +197,9 @@ JSON_REQUESTS = [
 
 
 @pytest.mark.parametrize("method, path, body, code, message", JSON_REQUESTS)
-def test_malformed_requests_are_4xx_naming_the_problem(client, alice, Session, settings, key_prefix, method, path,
-                                                       body, code, message):
+def test_malformed_requests_are_4xx_naming_the_problem(
+    client, alice, Session, settings, key_prefix, method, path, body, code, message
+):
     before = (db_counts(Session), store_files(settings))
     kw = {"content": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
     headers = {**auth(alice), **({"content-type": "application/json"} if isinstance(body, bytes) else {})}
@@ -192,22 +214,31 @@ def test_chunked_upload_without_content_length_is_cut_off_at_the_limit(client, a
     boundary = "b0undary"
 
     def body():  # no Content-Length: the limit must be enforced on the bytes as they arrive
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n"
-               f"Content-Type: image/png\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
         for _ in range(30):
             yield b"\0" * 100_000
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    r = client.post("/v1/datasets", headers={**auth(alice), "content-type": f"multipart/form-data; boundary={boundary}"},
-                    content=body())
+    r = client.post(
+        "/v1/datasets",
+        headers={**auth(alice), "content-type": f"multipart/form-data; boundary={boundary}"},
+        content=body(),
+    )
     assert r.status_code == 413 and "over the limit of 2000000 bytes" in r.text
     assert (db_counts(Session), store_files(settings)) == before
 
 
 def test_nul_in_form_fields_is_422_naming_the_field(client, alice, Session, settings):
     before = (db_counts(Session), store_files(settings))
-    r = client.post("/v1/loras", headers=auth(alice), data={"trigger": "a\x00b"},
-                    files={"file": ("l.safetensors", lora_safetensors(), "application/octet-stream")})
+    r = client.post(
+        "/v1/loras",
+        headers=auth(alice),
+        data={"trigger": "a\x00b"},
+        files={"file": ("l.safetensors", lora_safetensors(), "application/octet-stream")},
+    )
     assert r.status_code == 422 and r.json()["error"]["field"] == "trigger"
     r = client.post("/v1/datasets", headers=auth(alice), data={"name": "a\x00b"}, files=one("a.png", png()))
     assert r.status_code == 422 and r.json()["error"]["field"] == "name"

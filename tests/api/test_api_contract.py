@@ -3,6 +3,7 @@ and no internal text (object reprs, server paths, a second pixel limit) in what 
 
     .venv/bin/python -m pytest tests/api/test_api_contract.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import struct
 import zlib
 
 import pytest
-
 from api_helpers import auth, db_counts, store_files
+
 from db.generations import claim_generation, create_generation, fail_generation
 
 NON_FINITE = [float("nan"), float("inf"), float("-inf")]
@@ -61,6 +62,7 @@ def test_offset_beyond_int64_is_422_not_500(client, alice, route, offset):
 @pytest.mark.parametrize("route", ["datasets", "trainings", "loras", "generations"])
 def test_largest_allowed_offset_is_an_empty_page(client, alice, route):
     from api.deps import MAX_OFFSET
+
     r = client.get(f"/v1/{route}?offset={MAX_OFFSET}&limit=100", headers=auth(alice))
     assert r.status_code == 200, r.text
     assert r.json()["data"] == []
@@ -95,15 +97,22 @@ def test_a_conflict_has_the_one_shape(client, alice):
     gen = client.post("/v1/generations", headers=auth(alice), json={"prompt": "p", "steps": 2}).json()
     assert client.post(f"/v1/generations/{gen['id']}/cancel", headers=auth(alice)).status_code == 200
     r = client.post(f"/v1/generations/{gen['id']}/cancel", headers=auth(alice))
-    assert r.status_code == 409 and r.json()["error"]["code"] == "conflict" and "canceled" in r.json()["error"]["message"]
+    assert (
+        r.status_code == 409
+        and r.json()["error"]["code"] == "conflict"
+        and "canceled" in r.json()["error"]["message"]
+    )
 
 
-@pytest.mark.parametrize("method, path, allowed", [
-    ("PUT", "/v1/loras/abc", {"GET", "DELETE"}),
-    ("PATCH", "/v1/datasets", {"GET", "POST"}),
-    ("DELETE", "/v1/generations/abc", {"GET"}),
-    ("GET", "/v1/generations/abc/cancel", {"POST"}),
-])
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("PUT", "/v1/loras/abc", {"GET", "DELETE"}),
+        ("PATCH", "/v1/datasets", {"GET", "POST"}),
+        ("DELETE", "/v1/generations/abc", {"GET"}),
+        ("GET", "/v1/generations/abc/cancel", {"POST"}),
+    ],
+)
 def test_405_allow_header_lists_every_method_of_the_path(client, alice, method, path, allowed):
     r = client.request(method, path, headers=auth(alice))
     assert r.status_code == 405
@@ -128,7 +137,9 @@ def test_openapi_declares_auth_errors_bounds_and_parameters(app):
             # Any route may answer 500, any POST 413 (the body limit): documented everywhere, in the one shape.
             assert op["responses"]["500"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
             if method == "post":
-                assert op["responses"]["413"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+                assert op["responses"]["413"]["content"]["application/json"]["schema"]["$ref"].endswith(
+                    "/ErrorBody"
+                )
             if not path.startswith("/v1/"):
                 continue
             responses = op["responses"]
@@ -147,10 +158,16 @@ def test_openapi_declares_auth_errors_bounds_and_parameters(app):
 
 def png_header(w: int, h: int) -> bytes:
     """A PNG whose header claims w x h (a few dozen bytes: only the header is ever read)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 LEAKY_UPLOADS = [
@@ -178,8 +195,12 @@ def test_job_errors_are_shown_without_server_paths(client, alice, Session, setti
     with Session() as s:
         gen = create_generation(s, owner_id=alice["owner_id"], prompt="p", params={}, num_images=1, total_steps=2)
         claim_generation(s, job_id=gen.id, worker_id="w")
-        fail_generation(s, job_id=gen.id, worker_id="w", error=f"{stored}: shape mismatch at "
-                                                                          f"<_io.BytesIO object at 0x7f3a2c1e9d50>")
+        fail_generation(
+            s,
+            job_id=gen.id,
+            worker_id="w",
+            error=f"{stored}: shape mismatch at <_io.BytesIO object at 0x7f3a2c1e9d50>",
+        )
     error = client.get(f"/v1/generations/{gen.id}", headers=auth(alice)).json()["error"]
     assert error.startswith("lora.safetensors: shape mismatch")
     assert str(settings.resolved_artifact_dir) not in error and "0x7f3a" not in error

@@ -5,6 +5,7 @@ retried once on a fresh connection, and the API serves normally again by itself 
 
     .venv/bin/python -m pytest tests/api/test_api_db_outage.py -q
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,12 +15,11 @@ import time
 from collections import Counter
 
 import httpx
-import pytest
 import uvicorn
+from api_helpers import auth, owner_headers
 from sqlalchemy import create_engine, text
 
 from api.main import create_app
-from api_helpers import auth, owner_headers
 
 KILL_EVERY_S = 0.1
 DURATION_S = 4.0
@@ -49,15 +49,24 @@ def kill_connections(admin, stop: threading.Event, killed: list[int]) -> None:
     """Terminate every other session on the test database, again and again, until ``stop``."""
     while not stop.is_set():
         with admin.connect() as conn:
-            killed.append(conn.execute(text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar_one())
+            killed.append(
+                conn.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalar_one()
+            )
         stop.wait(KILL_EVERY_S)
 
 
 def hammer(base: str, headers: dict, gen_id: str, stop: threading.Event, results: list) -> None:
-    requests = [("GET", "/v1/trainings?limit=50", None), ("GET", f"/v1/generations/{gen_id}", None),
-                ("GET", "/v1/generations?limit=50", None), ("POST", "/v1/generations", {"prompt": "p", "steps": 2})]
+    requests = [
+        ("GET", "/v1/trainings?limit=50", None),
+        ("GET", f"/v1/generations/{gen_id}", None),
+        ("GET", "/v1/generations?limit=50", None),
+        ("POST", "/v1/generations", {"prompt": "p", "steps": 2}),
+    ]
     with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
         i = 0
         while not stop.is_set():
@@ -65,8 +74,15 @@ def hammer(base: str, headers: dict, gen_id: str, stop: threading.Event, results
             i += 1
             try:
                 r = http.request(method, path, json=body)
-                results.append((method, r.status_code, r.headers.get("retry-after"), r.headers.get("content-type"),
-                                r.text[:300]))
+                results.append(
+                    (
+                        method,
+                        r.status_code,
+                        r.headers.get("retry-after"),
+                        r.headers.get("content-type"),
+                        r.text[:300],
+                    )
+                )
             except httpx.HTTPError as e:  # a reset or a dropped connection: what must not happen
                 results.append((method, type(e).__name__, None, None, str(e)))
 
@@ -79,8 +95,9 @@ def test_connections_killed_in_flight_answer_503_or_succeed_and_the_api_recovers
         with httpx.Client(base_url=base, headers=auth(owner), timeout=30) as http:
             gen_id = http.post("/v1/generations", json={"prompt": "p", "steps": 2}).json()["id"]
             stop, results, killed = threading.Event(), [], []
-            threads = [threading.Thread(target=hammer, args=(base, auth(owner), gen_id, stop, results))
-                       for _ in range(4)]
+            threads = [
+                threading.Thread(target=hammer, args=(base, auth(owner), gen_id, stop, results)) for _ in range(4)
+            ]
             threads.append(threading.Thread(target=kill_connections, args=(admin, stop, killed)))
             for t in threads:
                 t.start()
@@ -88,8 +105,9 @@ def test_connections_killed_in_flight_answer_503_or_succeed_and_the_api_recovers
             stop.set()
             for t in threads:
                 t.join(60)
-            after = [http.get("/v1/trainings").status_code for _ in range(5)] + \
-                    [http.post("/v1/generations", json={"prompt": "p", "steps": 2}).status_code for _ in range(5)]
+            after = [http.get("/v1/trainings").status_code for _ in range(5)] + [
+                http.post("/v1/generations", json={"prompt": "p", "steps": 2}).status_code for _ in range(5)
+            ]
     admin.dispose()
     outage_app.state.sessions.kw["bind"].dispose()
 
@@ -121,9 +139,14 @@ def test_an_event_stream_that_loses_its_database_ends_with_an_error_event(settin
         doomed = create_app(settings.model_copy(update={"database_url": url}), enqueuer=app.state.enqueuer)
         with doomed.state.sessions() as s:
             owner = owner_headers(doomed.state.sessions, "hal")
-            gen = create_generation(s, owner_id=owner["owner_id"], prompt="p", params={}, num_images=1, total_steps=2)
+            gen = create_generation(
+                s, owner_id=owner["owner_id"], prompt="p", params={}, num_images=1, total_steps=2
+            )
         events = []
-        with TestClient(doomed) as c, c.stream("GET", f"/v1/generations/{gen.id}/events", headers=auth(owner)) as r:
+        with (
+            TestClient(doomed) as c,
+            c.stream("GET", f"/v1/generations/{gen.id}/events", headers=auth(owner)) as r,
+        ):
             assert r.status_code == 200
             name = None
             for line in r.iter_lines():

@@ -3,6 +3,7 @@
 
     .venv/bin/python -m pytest tests/api/test_api_images.py -q
 """
+
 from __future__ import annotations
 
 from api_helpers import auth, png, queued_messages
@@ -17,8 +18,13 @@ def test_upload_read_download_list_and_delete(client, alice, store):
     r = upload(client, alice, data, "cat.jpg", "image/jpeg")
     assert r.status_code == 201, r.text
     img = r.json()
-    assert (img["name"], img["format"], img["width"], img["height"], img["size_bytes"]) == \
-        ("cat.jpg", "JPEG", 80, 48, len(data))
+    assert (img["name"], img["format"], img["width"], img["height"], img["size_bytes"]) == (
+        "cat.jpg",
+        "JPEG",
+        80,
+        48,
+        len(data),
+    )
     assert client.get(f"/v1/images/{img['id']}", headers=auth(alice)).json() == img
     f = client.get(f"/v1/images/{img['id']}/file", headers=auth(alice))
     assert f.status_code == 200 and f.headers["content-type"] == "image/jpeg" and f.content == data
@@ -42,8 +48,8 @@ def test_another_owners_image_is_404_everywhere(client, alice, bob):
 def test_bad_uploads_name_the_file(client, alice, settings):
     cases = [
         (b"not an image at all", "junk.png", 422, "junk.png: not a readable"),
-        (png()[:-40], "cut.png", 422, "cut.png"),                            # header fine, pixels truncated
-        (png(600, 600), "big.png", 413, "big.png: 600x600"),                 # over max_image_pixels (512^2)
+        (png()[:-40], "cut.png", 422, "cut.png"),  # header fine, pixels truncated
+        (png(600, 600), "big.png", 413, "big.png: 600x600"),  # over max_image_pixels (512^2)
         (b"x" * (settings.max_upload_file_bytes + 1), "huge.png", 413, "huge.png: over the size limit"),
         (png(), "ref.gif", 422, "ref.gif: file type not allowed"),
         (b"", "empty.png", 422, "empty.png: the file is empty"),
@@ -57,9 +63,11 @@ def test_bad_uploads_name_the_file(client, alice, settings):
 
 def test_generation_with_references_records_them_in_order(client, alice, key_prefix):
     a, b = upload(client, alice, png(color=(1, 2, 3))).json(), upload(client, alice, png(color=(4, 5, 6))).json()
-    r = client.post("/v1/generations", headers=auth(alice),
-                    json={"prompt": "make the shape blue", "reference_images": [b["id"], a["id"]], "width": 64,
-                          "height": 64})
+    r = client.post(
+        "/v1/generations",
+        headers=auth(alice),
+        json={"prompt": "make the shape blue", "reference_images": [b["id"], a["id"]], "width": 64, "height": 64},
+    )
     assert r.status_code == 202, r.text
     gen = r.json()
     assert gen["params"]["reference_images"] == [b["id"], a["id"]]
@@ -70,8 +78,9 @@ def test_generation_with_references_records_them_in_order(client, alice, key_pre
 
 def test_bad_reference_lists_name_the_item(client, alice):
     ok = upload(client, alice, png()).json()["id"]
-    r = client.post("/v1/generations", headers=auth(alice),
-                    json={"prompt": "p", "reference_images": [ok, "nope0000"]})
+    r = client.post(
+        "/v1/generations", headers=auth(alice), json={"prompt": "p", "reference_images": [ok, "nope0000"]}
+    )
     assert r.status_code == 404 and r.json()["error"]["field"] == "reference_images[1]"
     assert "image nope0000 not found" in r.json()["error"]["message"]
     r = client.post("/v1/generations", headers=auth(alice), json={"prompt": "p", "reference_images": [ok] * 11})

@@ -3,14 +3,15 @@ with the page size (they did: two lazy loads, `previews` and `lora`, per listed 
 
     .venv/bin/python -m pytest tests/api/test_api_list_queries.py -q
 """
+
 from __future__ import annotations
 
 import contextlib
 
 import pytest
+from api_helpers import auth, owner_headers
 from sqlalchemy import event
 
-from api_helpers import auth, owner_headers
 from db.generations import add_generation_image, claim_generation, create_generation, finish_generation
 from db.training import add_preview, claim_training, create_training, finish_training
 
@@ -37,18 +38,41 @@ def frank(Session):
     owner = owner_headers(Session, "frank")
     with Session() as s:
         for i in range(ROWS):
-            job = create_training(s, owner_id=owner["owner_id"], dataset_id=None, name=f"t{i}", trigger="sks",
-                                  params={}, total_steps=2)
+            job = create_training(
+                s,
+                owner_id=owner["owner_id"],
+                dataset_id=None,
+                name=f"t{i}",
+                trigger="sks",
+                params={},
+                total_steps=2,
+            )
             claim_training(s, job_id=job.id, worker_id="w")
             for step in (1, 2):
                 add_preview(s, job_id=job.id, step=step, index=0, storage_key=f"trainings/{job.id}/{step}.png")
-            finish_training(s, job_id=job.id, worker_id="w", peft_prefix=f"trainings/{job.id}/peft", comfyui_key=None,
-                            rank=4, alpha=4.0)
-            gen = create_generation(s, owner_id=owner["owner_id"], prompt="p", params={}, num_images=2, total_steps=2)
+            finish_training(
+                s,
+                job_id=job.id,
+                worker_id="w",
+                peft_prefix=f"trainings/{job.id}/peft",
+                comfyui_key=None,
+                rank=4,
+                alpha=4.0,
+            )
+            gen = create_generation(
+                s, owner_id=owner["owner_id"], prompt="p", params={}, num_images=2, total_steps=2
+            )
             claim_generation(s, job_id=gen.id, worker_id="g")
             for n in range(2):
-                add_generation_image(s, job_id=gen.id, index=n, storage_key=f"generations/{gen.id}/{n}.png",
-                                     width=32, height=32, seed=n)
+                add_generation_image(
+                    s,
+                    job_id=gen.id,
+                    index=n,
+                    storage_key=f"generations/{gen.id}/{n}.png",
+                    width=32,
+                    height=32,
+                    seed=n,
+                )
             finish_generation(s, job_id=gen.id, worker_id="g")
     return owner
 

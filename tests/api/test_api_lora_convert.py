@@ -4,6 +4,7 @@ the same outputs (on the conformance tiny checkpoint, whose linears the API read
 
     .venv/bin/python -m pytest tests/api/test_api_lora_convert.py -q
 """
+
 from __future__ import annotations
 
 import io
@@ -13,34 +14,57 @@ import pytest
 import torch
 from safetensors.torch import load_file, save
 
+from core.loading import load_model
+from core.lora import apply_loras, bind_lora, read_lora
 from core.lora.check import base_index, inspect_lora
 from core.lora.convert import canonical_modules, write_format, write_peft
-from core.lora import apply_loras, bind_lora, read_lora
-from core.loading import load_model
 
-MODULES = ["model.language_model.layers.0.self_attn.q_proj", "model.language_model.layers.1.mlp.down_proj",
-           "model.final_layer2.linear", "model.x_embedder.proj1", "model.t_embedder1.mlp.0"]
+MODULES = [
+    "model.language_model.layers.0.self_attn.q_proj",
+    "model.language_model.layers.1.mlp.down_proj",
+    "model.final_layer2.linear",
+    "model.x_embedder.proj1",
+    "model.t_embedder1.mlp.0",
+]
 
 
 def _stem(spelling: str, path: str) -> str:
-    short = path[len("model."):]
-    return {"peft": f"base_model.model.{path}", "comfyui": f"diffusion_model.{short}",
-            "comfyui_full": f"model.diffusion_model.{short}", "ai_toolkit_legacy": f"diffusion_model.{path}",
-            "transformer": f"transformer.{short}", "musubi": "lora_unet_" + path.replace(".", "_"),
-            "musubi_short": "lora_unet_" + short.replace(".", "_"), "diffsynth": path, "bare": short}[spelling]
+    short = path[len("model.") :]
+    return {
+        "peft": f"base_model.model.{path}",
+        "comfyui": f"diffusion_model.{short}",
+        "comfyui_full": f"model.diffusion_model.{short}",
+        "ai_toolkit_legacy": f"diffusion_model.{path}",
+        "transformer": f"transformer.{short}",
+        "musubi": "lora_unet_" + path.replace(".", "_"),
+        "musubi_short": "lora_unet_" + short.replace(".", "_"),
+        "diffsynth": path,
+        "bare": short,
+    }[spelling]
 
 
-SPELLINGS = ["peft", "comfyui", "comfyui_full", "ai_toolkit_legacy", "transformer", "musubi", "musubi_short",
-             "diffsynth", "bare"]
+SPELLINGS = [
+    "peft",
+    "comfyui",
+    "comfyui_full",
+    "ai_toolkit_legacy",
+    "transformer",
+    "musubi",
+    "musubi_short",
+    "diffsynth",
+    "bare",
+]
 
 
 def original(spelling: str, index) -> bytes:
     """Random bf16 LoRA tensors of the base model's shapes, per-module ranks and (where the layout has them)
     alphas, spelled as `spelling` writes keys."""
     g = torch.Generator().manual_seed(0)
-    down_s, up_s = {"diffsynth": ("lora_A.default.weight", "lora_B.default.weight"),
-                    "peft": ("lora_A.weight", "lora_B.weight"), "transformer": ("lora_A.weight", "lora_B.weight"),
-                    }.get(spelling, ("lora_down.weight", "lora_up.weight"))
+    down_s, up_s = {
+        "diffsynth": ("lora_A.default.weight", "lora_B.default.weight"),
+        "peft": ("lora_A.weight", "lora_B.weight"),
+        "transformer": ("lora_A.weight", "lora_B.weight"),
+    }.get(spelling, ("lora_down.weight", "lora_up.weight"))
     tensors = {}
     for i, path in enumerate(MODULES):
         out_f, in_f = index.linears[path]
@@ -79,8 +103,9 @@ def deltas(bound) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("spelling", SPELLINGS)
-def test_every_spelling_converts_to_every_format_with_the_same_modules_and_outputs(spelling, ckpt, model, case,
-                                                                                     tmp_path):
+def test_every_spelling_converts_to_every_format_with_the_same_modules_and_outputs(
+    spelling, ckpt, model, case, tmp_path
+):
     index = base_index(ckpt)
     data = original(spelling, index)
     (tmp_path / "orig.safetensors").write_bytes(data)
@@ -88,7 +113,7 @@ def test_every_spelling_converts_to_every_format_with_the_same_modules_and_outpu
     assert sorted(want.deltas) == sorted(MODULES)
     want_out = outputs(model, case, want)
     with torch.no_grad():
-        effect = (want_out - model(**case).x_pred).abs().max().item()   # how much the LoRA moves the output
+        effect = (want_out - model(**case).x_pred).abs().max().item()  # how much the LoRA moves the output
     assert effect > 1e-2
 
     f = io.BytesIO(data)
@@ -116,10 +141,12 @@ def test_every_spelling_converts_to_every_format_with_the_same_modules_and_outpu
         rounded = name == "diffsynth-None.safetensors"
         for p, d in deltas(got).items():
             ref = deltas(want)[p]
-            torch.testing.assert_close(d, ref, atol=(4e-3 if rounded else 1e-6) * ref.abs().max().item(), rtol=0,
-                                       msg=name)
-        torch.testing.assert_close(outputs(model, case, got), want_out, atol=(2e-2 if rounded else 1e-5) * effect,
-                                   rtol=0, msg=name)
+            torch.testing.assert_close(
+                d, ref, atol=(4e-3 if rounded else 1e-6) * ref.abs().max().item(), rtol=0, msg=name
+            )
+        torch.testing.assert_close(
+            outputs(model, case, got), want_out, atol=(2e-2 if rounded else 1e-5) * effect, rtol=0, msg=name
+        )
 
 
 def test_transformer_prefix_converts_to_keys_comfyui_maps(ckpt):
@@ -139,14 +166,19 @@ def test_transformer_prefix_converts_to_keys_comfyui_maps(ckpt):
 
 def load_file_bytes(data: bytes) -> dict:
     from safetensors.torch import load
+
     return load(data)
 
 
 def test_peft_without_alpha_gets_the_loaders_default(ckpt, tmp_path):
     index = base_index(ckpt)
     out_f, in_f = index.linears["model.final_layer2.linear"]
-    data = save({"base_model.model.model.final_layer2.linear.lora_A.weight": torch.ones(4, in_f),
-                 "base_model.model.model.final_layer2.linear.lora_B.weight": torch.ones(out_f, 4)})
+    data = save(
+        {
+            "base_model.model.model.final_layer2.linear.lora_A.weight": torch.ones(4, in_f),
+            "base_model.model.model.final_layer2.linear.lora_B.weight": torch.ones(out_f, 4),
+        }
+    )
     f = io.BytesIO(data)
     info = inspect_lora(f, len(data), index=index)
     out = io.BytesIO()

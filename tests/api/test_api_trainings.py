@@ -3,20 +3,30 @@ field; progress and previews as the worker writes them; cancel; a dead broker le
 
     .venv/bin/python -m pytest tests/api/test_api_trainings.py -q
 """
+
 from __future__ import annotations
 
 import pytest
+from api_helpers import auth, make_celery, png, queued_messages
 from fastapi.testclient import TestClient
 
-from jobqueue.enqueue import Enqueuer
 from api.main import create_app
-from api_helpers import auth, make_celery, png, queued_messages
-from db.training import (add_preview, claim_training, fail_training, finish_training, get_training,
-                         record_checkpoint, record_progress)
+from db.training import (
+    add_preview,
+    claim_training,
+    fail_training,
+    finish_training,
+    get_training,
+    record_checkpoint,
+    record_progress,
+)
+from jobqueue.enqueue import Enqueuer
 
 
 def submit(client, owner, dataset, **fields):
-    return client.post("/v1/trainings", headers=auth(owner), json={"dataset_id": dataset["id"], "trigger": "sks", **fields})
+    return client.post(
+        "/v1/trainings", headers=auth(owner), json={"dataset_id": dataset["id"], "trigger": "sks", **fields}
+    )
 
 
 def test_submit_queues_the_row_and_sends_the_message_by_name(client, alice, dataset, key_prefix, Session):
@@ -25,16 +35,46 @@ def test_submit_queues_the_row_and_sends_the_message_by_name(client, alice, data
     job = r.json()
     assert r.headers["location"] == f"/v1/trainings/{job['id']}"
     assert job["status"] == "queued" and job["lora_id"] is None and job["previews"] == []
-    assert job["params"] == {"dataset_id": dataset["id"], "trigger": "sks", "name": "sks", "steps": 2500, "rank": 16,
-                             "alpha": 16.0, "learning_rate": 1e-4, "resolution": 1024, "batch_size": 1,
-                             "sample_every": 500, "sample_prompts": [], "seed": 0, "checkpoint_every": None,
-                             "repeats": 1, "flip": False, "caption_dropout": 0.0, "lr_schedule": "constant",
-                             "warmup_steps": 0, "grad_accum": 1, "sample_steps": 20, "sample_size": None,
-                             "min_side": 16, "validation_dataset_id": None, "validation_fraction": None,
-                             "validation_max_images": 4, "validation_every": 250, "validation_sigmas": 8,
-                             "validation_seeds": 2, "publish": "last", "early_stop_patience": 0}
-    assert job["progress"] == {"step": 0, "total_steps": 2500, "loss": None, "seconds_per_step": None,
-                               "eta_seconds": None, "validation_loss": None}
+    assert job["params"] == {
+        "dataset_id": dataset["id"],
+        "trigger": "sks",
+        "name": "sks",
+        "steps": 2500,
+        "rank": 16,
+        "alpha": 16.0,
+        "learning_rate": 1e-4,
+        "resolution": 1024,
+        "batch_size": 1,
+        "sample_every": 500,
+        "sample_prompts": [],
+        "seed": 0,
+        "checkpoint_every": None,
+        "repeats": 1,
+        "flip": False,
+        "caption_dropout": 0.0,
+        "lr_schedule": "constant",
+        "warmup_steps": 0,
+        "grad_accum": 1,
+        "sample_steps": 20,
+        "sample_size": None,
+        "min_side": 16,
+        "validation_dataset_id": None,
+        "validation_fraction": None,
+        "validation_max_images": 4,
+        "validation_every": 250,
+        "validation_sigmas": 8,
+        "validation_seeds": 2,
+        "publish": "last",
+        "early_stop_patience": 0,
+    }
+    assert job["progress"] == {
+        "step": 0,
+        "total_steps": 2500,
+        "loss": None,
+        "seconds_per_step": None,
+        "eta_seconds": None,
+        "validation_loss": None,
+    }
     assert job["validation"] is None
     sent = [m for m in queued_messages(key_prefix, "train") if m["args"] == [job["id"]]]
     assert len(sent) == 1 and sent[0]["task"] == "o1lora.train"
@@ -43,19 +83,35 @@ def test_submit_queues_the_row_and_sends_the_message_by_name(client, alice, data
         assert row.celery_task_id == sent[0]["id"] and row.enqueued_at is not None
 
 
-@pytest.mark.parametrize("fields, field", [
-    ({"rank": 0}, "rank"), ({"rank": "big"}, "rank"), ({"steps": -5}, "steps"), ({"learning_rate": 0}, "learning_rate"),
-    ({"alpha": -1}, "alpha"), ({"resolution": 1000}, "resolution"), ({"batch_size": 0}, "batch_size"),
-    ({"sample_every": -1}, "sample_every"), ({"steps": 10, "sample_every": 20}, "sample_every"),
-    ({"sample_prompts": ["ok", " "]}, "sample_prompts"), ({"sample_prompts": ["p"] * 9}, "sample_prompts"),
-    ({"trigger": ""}, "trigger"), ({"lr_schedule": "linear"}, "lr_schedule"), ({"sample_size": 100}, "sample_size"),
-    ({"steps": 10, "warmup_steps": 11}, "warmup_steps"), ({"caption_dropout": 1.5}, "caption_dropout"),
-    ({"seed": -1}, "seed"), ({"learning_rte": 1e-3}, "learning_rte"),
-    ({"validation_fraction": 1.0}, "validation_fraction"), ({"validation_every": -1}, "validation_every"),
-    ({"publish": "first"}, "publish"), ({"validation_every": 0, "publish": "best"}, "publish"),
-    ({"validation_every": 0, "early_stop_patience": 3}, "early_stop_patience"),
-    ({"validation_sigmas": 0}, "validation_sigmas"),
-])
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"rank": 0}, "rank"),
+        ({"rank": "big"}, "rank"),
+        ({"steps": -5}, "steps"),
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"alpha": -1}, "alpha"),
+        ({"resolution": 1000}, "resolution"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"sample_every": -1}, "sample_every"),
+        ({"steps": 10, "sample_every": 20}, "sample_every"),
+        ({"sample_prompts": ["ok", " "]}, "sample_prompts"),
+        ({"sample_prompts": ["p"] * 9}, "sample_prompts"),
+        ({"trigger": ""}, "trigger"),
+        ({"lr_schedule": "linear"}, "lr_schedule"),
+        ({"sample_size": 100}, "sample_size"),
+        ({"steps": 10, "warmup_steps": 11}, "warmup_steps"),
+        ({"caption_dropout": 1.5}, "caption_dropout"),
+        ({"seed": -1}, "seed"),
+        ({"learning_rte": 1e-3}, "learning_rte"),
+        ({"validation_fraction": 1.0}, "validation_fraction"),
+        ({"validation_every": -1}, "validation_every"),
+        ({"publish": "first"}, "publish"),
+        ({"validation_every": 0, "publish": "best"}, "publish"),
+        ({"validation_every": 0, "early_stop_patience": 3}, "early_stop_patience"),
+        ({"validation_sigmas": 0}, "validation_sigmas"),
+    ],
+)
 def test_invalid_values_are_422_naming_the_field(client, alice, dataset, fields, field, key_prefix):
     before = len(queued_messages(key_prefix, "train"))
     r = submit(client, alice, dataset, **fields)
@@ -73,25 +129,49 @@ def test_progress_previews_and_lora_appear_as_the_worker_writes_them(client, ali
     job = submit(client, alice, dataset, steps=20, sample_every=10, sample_prompts=["a box"]).json()
     with Session() as s:
         assert claim_training(s, job_id=job["id"], worker_id="w1")
-        record_progress(s, job_id=job["id"], worker_id="w1", step=10, total_steps=20, loss=0.07,
-                        seconds_per_step=0.5, eta_seconds=5.0)
+        record_progress(
+            s,
+            job_id=job["id"],
+            worker_id="w1",
+            step=10,
+            total_steps=20,
+            loss=0.07,
+            seconds_per_step=0.5,
+            eta_seconds=5.0,
+        )
         record_checkpoint(s, job_id=job["id"], worker_id="w1", path="/work/ck/step-10", step=10)
         store.put_bytes(f"trainings/{job['id']}/previews/step-10-0.png", png(32, 32))
-        add_preview(s, job_id=job["id"], step=10, index=0, prompt="a box",
-                    storage_key=f"trainings/{job['id']}/previews/step-10-0.png")
+        add_preview(
+            s,
+            job_id=job["id"],
+            step=10,
+            index=0,
+            prompt="a box",
+            storage_key=f"trainings/{job['id']}/previews/step-10-0.png",
+        )
     got = client.get(f"/v1/trainings/{job['id']}", headers=auth(alice)).json()
-    assert got["status"] == "running" and got["started_at"] and got["attempt"] == 1 and got["checkpoint_step"] == 10
+    assert (
+        got["status"] == "running" and got["started_at"] and got["attempt"] == 1 and got["checkpoint_step"] == 10
+    )
     assert "/work/ck" not in str(got)  # server paths stay private
-    assert got["progress"] == {"step": 10, "total_steps": 20, "loss": 0.07, "seconds_per_step": 0.5,
-                               "eta_seconds": 5.0, "validation_loss": None}
-    assert got["previews"] == [{"step": 10, "index": 0, "prompt": "a box",
-                                "url": f"/v1/trainings/{job['id']}/previews/10/0"}]
+    assert got["progress"] == {
+        "step": 10,
+        "total_steps": 20,
+        "loss": 0.07,
+        "seconds_per_step": 0.5,
+        "eta_seconds": 5.0,
+        "validation_loss": None,
+    }
+    assert got["previews"] == [
+        {"step": 10, "index": 0, "prompt": "a box", "url": f"/v1/trainings/{job['id']}/previews/10/0"}
+    ]
     img = client.get(got["previews"][0]["url"], headers=auth(alice))
     assert img.status_code == 200 and img.headers["content-type"] == "image/png" and img.content == png(32, 32)
     assert client.get(f"/v1/trainings/{job['id']}/previews/10/1", headers=auth(alice)).status_code == 404
     with Session() as s:
-        lora_id = finish_training(s, job_id=job["id"], worker_id="w1", peft_prefix=None, comfyui_key=None, rank=16,
-                                  alpha=16.0)
+        lora_id = finish_training(
+            s, job_id=job["id"], worker_id="w1", peft_prefix=None, comfyui_key=None, rank=16, alpha=16.0
+        )
     done = client.get(f"/v1/trainings/{job['id']}", headers=auth(alice)).json()
     assert (done["status"], done["lora_id"], done["progress"]["step"]) == ("succeeded", lora_id, 20)
     assert done["finished_at"] is not None
@@ -115,7 +195,11 @@ def test_list_filters_by_status_and_paginates(client, alice, dataset, Session):
 def test_cancel_queued_running_and_finished(client, alice, dataset, Session):
     queued = submit(client, alice, dataset).json()
     r = client.post(f"/v1/trainings/{queued['id']}/cancel", headers=auth(alice))
-    assert r.status_code == 200 and r.json() == {"id": queued["id"], "status": "canceled", "cancel_requested": False}
+    assert r.status_code == 200 and r.json() == {
+        "id": queued["id"],
+        "status": "canceled",
+        "cancel_requested": False,
+    }
     with Session() as s:
         assert claim_training(s, job_id=queued["id"], worker_id="w") is False  # a late message does nothing
 
@@ -129,7 +213,9 @@ def test_cancel_queued_running_and_finished(client, alice, dataset, Session):
     assert r.status_code == 409 and "already canceled" in r.json()["error"]["message"]
 
 
-def test_dead_broker_still_answers_202_and_leaves_the_row_queued_for_the_reconciler(settings, alice, dataset, Session):
+def test_dead_broker_still_answers_202_and_leaves_the_row_queued_for_the_reconciler(
+    settings, alice, dataset, Session
+):
     app = create_app(settings, enqueuer=Enqueuer(lambda: make_celery("redis://127.0.0.1:1/0", "x:")))
     with TestClient(app) as c:
         r = c.post("/v1/trainings", headers=auth(alice), json={"dataset_id": dataset["id"], "trigger": "sks"})
@@ -152,13 +238,19 @@ def test_the_validation_series_and_the_best_or_last_lora(client, alice, dataset,
     r = submit(client, alice, dataset, steps=20, sample_every=0, validation_every=5, publish="best")
     assert r.status_code == 202, r.text
     job = r.json()
-    summary = {"series": [{"step": 5, "loss": 0.30}, {"step": 10, "loss": 0.21}, {"step": 15, "loss": 0.24}],
-               "baseline": 0.35, "best_step": 10, "best_loss": 0.21, "evals_since_best": 1, "seconds": 1.5,
-               "images": 2}
+    summary = {
+        "series": [{"step": 5, "loss": 0.30}, {"step": 10, "loss": 0.21}, {"step": 15, "loss": 0.24}],
+        "baseline": 0.35,
+        "best_step": 10,
+        "best_loss": 0.21,
+        "evals_since_best": 1,
+        "seconds": 1.5,
+        "images": 2,
+    }
     with Session() as s:
         assert claim_training(s, job_id=job["id"], worker_id="w1")
         assert record_validation(s, job_id=job["id"], worker_id="w1", validation=summary)
-        assert not record_validation(s, job_id=job["id"], worker_id="w2", validation={})   # not the owner
+        assert not record_validation(s, job_id=job["id"], worker_id="w2", validation={})  # not the owner
     got = client.get(f"/v1/trainings/{job['id']}", headers=auth(alice)).json()
     assert got["validation"] == summary and got["progress"]["validation_loss"] == 0.24
     listed = client.get("/v1/trainings", headers=auth(alice)).json()["data"]
@@ -170,19 +262,33 @@ def test_the_validation_series_and_the_best_or_last_lora(client, alice, dataset,
     store.put_bytes(f"{prefix}/lora.safetensors", b"best")
     store.put_bytes(f"{prefix}/last/peft/adapter_model.safetensors", b"last-peft")
     store.put_bytes(f"{prefix}/last/lora.safetensors", b"last")
-    checkpoints = {"published": "best", "best": {"step": 10},
-                   "last": {"step": 20, "peft_prefix": f"{prefix}/last/peft",
-                            "comfyui_key": f"{prefix}/last/lora.safetensors"}}
+    checkpoints = {
+        "published": "best",
+        "best": {"step": 10},
+        "last": {
+            "step": 20,
+            "peft_prefix": f"{prefix}/last/peft",
+            "comfyui_key": f"{prefix}/last/lora.safetensors",
+        },
+    }
     with Session() as s:
-        lora_id = finish_training(s, job_id=job["id"], worker_id="w1", peft_prefix=f"{prefix}/peft",
-                                  comfyui_key=f"{prefix}/lora.safetensors", rank=16, alpha=16.0,
-                                  meta={"validation": summary, "checkpoints": checkpoints})
+        lora_id = finish_training(
+            s,
+            job_id=job["id"],
+            worker_id="w1",
+            peft_prefix=f"{prefix}/peft",
+            comfyui_key=f"{prefix}/lora.safetensors",
+            rank=16,
+            alpha=16.0,
+            meta={"validation": summary, "checkpoints": checkpoints},
+        )
     lora = client.get(f"/v1/loras/{lora_id}", headers=auth(alice)).json()
     assert lora["metadata"]["checkpoints"]["published"] == "best"
 
     def peft_zip(which=None):
         import io
         import zipfile
+
         q = f"&which={which}" if which else ""
         r = client.get(f"/v1/loras/{lora_id}/file?format=peft{q}", headers=auth(alice))
         assert r.status_code == 200, r.text
@@ -193,4 +299,4 @@ def test_the_validation_series_and_the_best_or_last_lora(client, alice, dataset,
     r = client.get(f"/v1/loras/{lora_id}/file?format=peft&which=middle", headers=auth(alice))
     assert r.status_code == 422 and "which" in r.text
     assert client.delete(f"/v1/loras/{lora_id}", headers=auth(alice)).status_code == 204
-    assert not store.exists(f"{prefix}/last/lora.safetensors")      # the kept checkpoint goes with its LoRA
+    assert not store.exists(f"{prefix}/last/lora.safetensors")  # the kept checkpoint goes with its LoRA

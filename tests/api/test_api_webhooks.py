@@ -2,19 +2,26 @@
 422 naming the field: this app does not allow private receivers), the job's webhook block; and /metrics
 counting the jobs by status from the same database.
 """
+
 from __future__ import annotations
 
 import pytest
+from api_helpers import auth
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from api_helpers import auth
 from db.models import Generation, TrainingJob
 from webhooks.signing import key_of
 
-PRIVATE = ["http://127.0.0.1:9000/hook", "http://localhost/hook", "http://10.0.0.7/hook",
-           "http://169.254.169.254/latest/meta-data", "http://[::1]:8080/", "http://192.168.1.20/"]
-PUBLIC = "https://8.8.8.8/o1lora-hook"   # an address literal: resolves without DNS
+PRIVATE = [
+    "http://127.0.0.1:9000/hook",
+    "http://localhost/hook",
+    "http://10.0.0.7/hook",
+    "http://169.254.169.254/latest/meta-data",
+    "http://[::1]:8080/",
+    "http://192.168.1.20/",
+]
+PUBLIC = "https://8.8.8.8/o1lora-hook"  # an address literal: resolves without DNS
 
 
 def test_the_secret_is_whsec_base64_made_once_per_owner(client, alice, bob):
@@ -29,8 +36,10 @@ def test_the_secret_is_whsec_base64_made_once_per_owner(client, alice, bob):
 
 @pytest.mark.parametrize("url", PRIVATE)
 def test_a_private_url_is_a_422_naming_the_field(client, alice, dataset, url):
-    for path, body in (("/v1/generations", {"prompt": "p"}),
-                       ("/v1/trainings", {"dataset_id": dataset["id"], "trigger": "sks"})):
+    for path, body in (
+        ("/v1/generations", {"prompt": "p"}),
+        ("/v1/trainings", {"dataset_id": dataset["id"], "trigger": "sks"}),
+    ):
         r = client.post(path, headers=auth(alice), json={**body, "webhook_url": url})
         assert r.status_code == 422, r.text
         error = r.json()["error"]
@@ -38,12 +47,16 @@ def test_a_private_url_is_a_422_naming_the_field(client, alice, dataset, url):
         assert "address" in error["message"]
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"webhook_url": "ftp://8.8.8.8/"}, "webhook_url"),
-    ({"webhook_url": "http://no-such-host.invalid/"}, "webhook_url"),
-    ({"webhook_url": PUBLIC, "webhook_events_filter": ["logs"]}, "webhook_events_filter[0]"),
-    ({"webhook_url": PUBLIC, "webhook_events_filter": []}, "webhook_events_filter"),
-    ({"webhook_url": PUBLIC, "webhook_events_filter": ["start", "start"]}, "webhook_events_filter")])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"webhook_url": "ftp://8.8.8.8/"}, "webhook_url"),
+        ({"webhook_url": "http://no-such-host.invalid/"}, "webhook_url"),
+        ({"webhook_url": PUBLIC, "webhook_events_filter": ["logs"]}, "webhook_events_filter[0]"),
+        ({"webhook_url": PUBLIC, "webhook_events_filter": []}, "webhook_events_filter"),
+        ({"webhook_url": PUBLIC, "webhook_events_filter": ["start", "start"]}, "webhook_events_filter"),
+    ],
+)
 def test_bad_webhook_fields_are_422_naming_them(client, alice, body, field):
     r = client.post("/v1/generations", headers=auth(alice), json={"prompt": "p", **body})
     assert r.status_code == 422, r.text
@@ -51,13 +64,24 @@ def test_bad_webhook_fields_are_422_naming_them(client, alice, body, field):
 
 
 def test_the_webhook_is_stored_apart_from_the_params_and_shown_on_the_job(client, alice, dataset, Session):
-    r = client.post("/v1/trainings", headers=auth(alice),
-                    json={"dataset_id": dataset["id"], "trigger": "sks", "webhook_url": PUBLIC,
-                          "webhook_events_filter": ["completed", "start"]})
+    r = client.post(
+        "/v1/trainings",
+        headers=auth(alice),
+        json={
+            "dataset_id": dataset["id"],
+            "trigger": "sks",
+            "webhook_url": PUBLIC,
+            "webhook_events_filter": ["completed", "start"],
+        },
+    )
     assert r.status_code == 202, r.text
     job = r.json()
-    assert job["webhook"] == {"url": PUBLIC, "events_filter": ["completed", "start"], "deliveries": [],
-                              "deliveries_total": 0}
+    assert job["webhook"] == {
+        "url": PUBLIC,
+        "events_filter": ["completed", "start"],
+        "deliveries": [],
+        "deliveries_total": 0,
+    }
     assert not {"webhook_url", "webhook_events_filter"} & set(job["params"])  # the trainer never sees them
     with Session() as s:
         row = s.get(TrainingJob, job["id"])
@@ -69,8 +93,11 @@ def test_the_webhook_is_stored_apart_from_the_params_and_shown_on_the_job(client
 
 
 def metric_samples(text: str) -> dict[tuple, float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_metrics_count_the_jobs_by_status_and_queue_from_the_database(client, alice, Session):
@@ -92,8 +119,10 @@ def test_openapi_documents_the_webhook_fields_and_routes(app):
     schemas = spec["components"]["schemas"]
     for name in ("TrainingCreate", "GenerationCreate"):
         props = schemas[name]["properties"]
-        assert "whsec" not in props["webhook_url"]["description"] and "webhook-signature" in \
-            props["webhook_url"]["description"]
+        assert (
+            "whsec" not in props["webhook_url"]["description"]
+            and "webhook-signature" in props["webhook_url"]["description"]
+        )
         assert props["webhook_events_filter"]["items"]["enum"] == ["start", "progress", "preview", "completed"]
     secret = spec["paths"]["/v1/webhooks/default/secret"]["get"]
     assert secret["security"] and {"200", "401", "503"} <= set(secret["responses"])

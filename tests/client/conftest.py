@@ -1,6 +1,7 @@
 """The `o1lora` command against the embedded service (`make serve`: its own Redis, SQLite, API and a Celery
 worker) on a tiny model, run as a subprocess the way a person runs it. One service for the session: starting
 one costs ~15 s of the 2 cores."""
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "e2e"))   # e2e_helpers: tests/ folders are not packages
+sys.path.insert(0, str(REPO / "tests" / "e2e"))  # e2e_helpers: tests/ folders are not packages
 
 from e2e_helpers import dataset_files, start_embedded  # noqa: E402
 
@@ -27,12 +28,24 @@ class Cli:
         return env
 
     def start(self, *args: str, cwd: Path, stderr) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "client.cli", *args], cwd=cwd, env=self.env(),
-                                stdout=subprocess.PIPE, stderr=stderr, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "client.cli", *args],
+            cwd=cwd,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
 
     def run(self, *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "client.cli", *args], cwd=cwd, env=self.env(),
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "client.cli", *args],
+            cwd=cwd,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +124,7 @@ class DroppingProxy:
 
     def drop_all(self) -> None:
         import socket
+
         with self.lock:
             conns, self.conns = self.conns, []
         for s in conns:

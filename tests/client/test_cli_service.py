@@ -1,5 +1,6 @@
 """`o1lora` as a subprocess against the running embedded service: train (upload a folder, follow the SSE
 stream, download the LoRA), generate, the API's errors, and Ctrl-C detaching from a training that goes on."""
+
 from __future__ import annotations
 
 import signal
@@ -18,10 +19,24 @@ def api(cli) -> httpx.Client:
 
 
 def test_train_follows_to_the_end_and_downloads_the_lora_then_generate_with_it(cli, photos, tmp_path):
-    out = cli.run("train", str(photos), *TRAIN, "--steps", "6", "--sample-every", "3",
-                  "--sample-prompt", "sks, a red square", "--format", "comfyui", "-o", "loras/", cwd=tmp_path)
+    out = cli.run(
+        "train",
+        str(photos),
+        *TRAIN,
+        "--steps",
+        "6",
+        "--sample-every",
+        "3",
+        "--sample-prompt",
+        "sks, a red square",
+        "--format",
+        "comfyui",
+        "-o",
+        "loras/",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
-    lora_file = tmp_path / out.stdout.strip()        # a folder made for it, the service's file name
+    lora_file = tmp_path / out.stdout.strip()  # a folder made for it, the service's file name
     assert lora_file.suffix == ".safetensors" and lora_file.parent == tmp_path / "loras"
     with safe_open(str(lora_file), "pt") as f:
         keys = list(f.keys())
@@ -36,8 +51,25 @@ def test_train_follows_to_the_end_and_downloads_the_lora_then_generate_with_it(c
     assert job["progress"]["step"] == 6 and job["params"]["rank"] == 4 and job["params"]["resolution"] == 64
     lora_id = job["lora_id"]
 
-    out = cli.run("generate", "sks, a blue square", "--lora", f"{lora_id}:0.8", "-o", "blue.png", "--width", "96",
-                  "--height", "64", "--steps", "3", "--seed", "5", "--guidance", "2.5", cwd=tmp_path)
+    out = cli.run(
+        "generate",
+        "sks, a blue square",
+        "--lora",
+        f"{lora_id}:0.8",
+        "-o",
+        "blue.png",
+        "--width",
+        "96",
+        "--height",
+        "64",
+        "--steps",
+        "3",
+        "--seed",
+        "5",
+        "--guidance",
+        "2.5",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "blue.png"
     with Image.open(tmp_path / "blue.png") as image:
@@ -61,8 +93,9 @@ def test_train_follows_to_the_end_and_downloads_the_lora_then_generate_with_it(c
 
 
 def test_api_errors_are_reported_with_the_service_message_and_a_failing_exit_code(cli, photos, tmp_path):
-    out = cli.run("generate", "a square", "--lora", "nosuchlora:0.5", "--width", "64", "--height", "64",
-                  cwd=tmp_path)
+    out = cli.run(
+        "generate", "a square", "--lora", "nosuchlora:0.5", "--width", "64", "--height", "64", cwd=tmp_path
+    )
     assert out.returncode == 1
     assert "LoRA nosuchlora" in out.stderr and "HTTP 404 not_found" in out.stderr
     assert "field: loras[0].id (set by --lora)" in out.stderr
@@ -72,9 +105,10 @@ def test_api_errors_are_reported_with_the_service_message_and_a_failing_exit_cod
     out = cli.run("train", str(photos), *TRAIN, "--steps", "10", cwd=tmp_path)
     assert out.returncode == 1
     assert "sample_every (500) must not exceed steps (10)" in out.stderr and "HTTP 422 invalid" in out.stderr
-    dataset_id = out.stderr.split("--dataset ")[1].split()[0]   # the hint to reuse the upload works
-    out = cli.run("train", "--dataset", dataset_id, *TRAIN, "--steps", "2", "--sample-every", "0", "--detach",
-                  cwd=tmp_path)
+    dataset_id = out.stderr.split("--dataset ")[1].split()[0]  # the hint to reuse the upload works
+    out = cli.run(
+        "train", "--dataset", dataset_id, *TRAIN, "--steps", "2", "--sample-every", "0", "--detach", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     assert api(cli).get(f"/v1/trainings/{out.stdout.strip()}").json()["dataset_id"] == dataset_id
 
@@ -88,11 +122,12 @@ def test_api_errors_are_reported_with_the_service_message_and_a_failing_exit_cod
 def test_ctrl_c_detaches_from_a_training_that_keeps_running(cli, photos, tmp_path):
     log = tmp_path / "stderr.txt"
     with log.open("w") as stderr:
-        proc = cli.start("train", str(photos), *TRAIN, "--steps", "40", "--sample-every", "0", cwd=tmp_path,
-                         stderr=stderr)
+        proc = cli.start(
+            "train", str(photos), *TRAIN, "--steps", "40", "--sample-every", "0", cwd=tmp_path, stderr=stderr
+        )
     try:
         deadline = time.monotonic() + 90
-        while "loss " not in log.read_text():          # the bar is drawing live progress
+        while "loss " not in log.read_text():  # the bar is drawing live progress
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
@@ -106,7 +141,7 @@ def test_ctrl_c_detaches_from_a_training_that_keeps_running(cli, photos, tmp_pat
     job_id = text.split("detached from training ")[1].split(":")[0]
     assert "keeps running" in text and f"o1lora cancel {job_id}" in text and f"status {job_id} --follow" in text
     http = api(cli)
-    assert http.get(f"/v1/trainings/{job_id}").json()["status"] in ("queued", "running")   # not canceled
+    assert http.get(f"/v1/trainings/{job_id}").json()["status"] in ("queued", "running")  # not canceled
 
     # Re-attach: `status --follow` follows it to its end.
     again = cli.run("status", job_id, "--follow", cwd=tmp_path, timeout=120)

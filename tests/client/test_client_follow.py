@@ -1,10 +1,11 @@
 """O1LoraClient.follow against the running service: a stream cut mid-job is reopened and followed to the
 job's final state; cancel through the command; a followed job that ends canceled fails the command."""
+
 from __future__ import annotations
 
-from client import O1LoraClient
-
 from test_cli_service import TRAIN
+
+from client import O1LoraClient
 
 
 def test_follow_reconnects_after_the_connection_drops(cli, dropping_proxy, photos, tmp_path):
@@ -18,9 +19,9 @@ def test_follow_reconnects_after_the_connection_drops(cli, dropping_proxy, photo
                 dropped_at, connections = len(events), dropping_proxy.accepted
                 dropping_proxy.drop_all()
     assert dropped_at is not None, [e.name for e in events]
-    assert dropping_proxy.accepted > connections           # it connected again
+    assert dropping_proxy.accepted > connections  # it connected again
     after = events[dropped_at:]
-    assert after[0].name == "snapshot"                     # the reopened stream starts from the DB state
+    assert after[0].name == "snapshot"  # the reopened stream starts from the DB state
     assert after[-1].name == "snapshot" and after[-1].data["status"] == "succeeded"
     assert after[-1].data["progress"]["step"] == 40
 

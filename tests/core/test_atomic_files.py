@@ -1,4 +1,5 @@
 """core.atomic_files: a target is written whole or not at all, and no temporary is left behind either way."""
+
 import os
 import stat
 
@@ -11,7 +12,7 @@ def test_a_file_appears_whole_with_its_mode(tmp_path):
     target = tmp_path / "sub" / "x.bin"
     with atomic_file(target, mode=0o644) as tmp:
         tmp.write_bytes(b"partial")
-        assert not target.exists()             # readers see nothing until the rename
+        assert not target.exists()  # readers see nothing until the rename
         tmp.write_bytes(b"whole")
     assert target.read_bytes() == b"whole"
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o644

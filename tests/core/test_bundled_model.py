@@ -9,6 +9,7 @@ score chance: background 1/5, colour 1/7, shape 1/6, one blob in the right cell 
 model of the same architecture goes through the same measurement and stays near chance, which shows
 that the measure is not satisfied by any image. Measured rates and settings: docs/evidence.md.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,11 +65,11 @@ def test_two_shape_captions_are_new_to_the_model():
 def test_single_shape_captions_are_followed(single_images):
     r = rates(single_images, SINGLE)
     print("single-shape rates:", {k: round(v, 3) for k, v in r.items()})
-    assert r["background_ok"] >= 0.9                 # chance 0.2
-    assert r["region_acc"] >= 0.9                    # something drawn where the caption says ...
-    assert r["extra_regions"] <= 0.25                # ... and (almost) nothing where it says nothing
-    assert r["colour_acc"] >= 0.75                   # chance 0.14
-    assert r["shape_acc"] >= 0.45                    # chance 0.17; small shapes often come out as blobs
+    assert r["background_ok"] >= 0.9  # chance 0.2
+    assert r["region_acc"] >= 0.9  # something drawn where the caption says ...
+    assert r["extra_regions"] <= 0.25  # ... and (almost) nothing where it says nothing
+    assert r["colour_acc"] >= 0.75  # chance 0.14
+    assert r["shape_acc"] >= 0.45  # chance 0.17; small shapes often come out as blobs
 
 
 def test_large_shapes_are_the_right_class(single_images):
@@ -92,10 +93,19 @@ def test_random_weights_of_the_same_shape_score_near_chance(bundled):
     from core.tiny import TinySpec, build_model
 
     bundled_model, tokenizer = bundled
-    text = bundled_model.config.text_config   # the same sizes as the bundled model, read from it
-    spec = TinySpec(hidden=text.hidden_size, layers=text.num_hidden_layers, heads=text.num_attention_heads,
-                    kv_heads=text.num_key_value_heads, head_dim=text.head_dim, mlp=text.intermediate_size,
-                    vision_hidden=64, vision_depth=1, vision_heads=2, vision_mlp=128)
+    text = bundled_model.config.text_config  # the same sizes as the bundled model, read from it
+    spec = TinySpec(
+        hidden=text.hidden_size,
+        layers=text.num_hidden_layers,
+        heads=text.num_attention_heads,
+        kv_heads=text.num_key_value_heads,
+        head_dim=text.head_dim,
+        mlp=text.intermediate_size,
+        vision_hidden=64,
+        vision_depth=1,
+        vision_heads=2,
+        vision_mlp=128,
+    )
     model, _ = build_model(spec, tokenizer, seed=0)
     r = rates(generate(model, tokenizer, SINGLE[:16]), SINGLE[:16])
     print("random-weights rates:", {k: round(v, 3) for k, v in r.items()})

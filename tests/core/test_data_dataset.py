@@ -1,7 +1,8 @@
 """TrainDataset and BucketBatchSampler: pixels, captions, buckets, augmentation, exact resume.
 
-    .venv/bin/python -m pytest tests/core/test_data_dataset.py -q
+.venv/bin/python -m pytest tests/core/test_data_dataset.py -q
 """
+
 from __future__ import annotations
 
 import io
@@ -46,47 +47,48 @@ def mixed(tmp_path):
 
 
 def test_exif_rotation_is_applied(tmp_path):
-    img = halves((60, 40))                       # stored landscape, red on the left
+    img = halves((60, 40))  # stored landscape, red on the left
     exif = Image.Exif()
-    exif[0x0112] = 6                             # "rotate 90 degrees clockwise to display"
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     out = load_rgb(save(img, "JPEG", exif=exif.tobytes(), quality=95))
     assert out.size == (40, 60)
-    r, g, b = out.getpixel((20, 5))              # the stored left edge is now the top
+    r, g, b = out.getpixel((20, 5))  # the stored left edge is now the top
     assert r > 200 and b < 60
     r, g, b = out.getpixel((20, 55))
     assert b > 200 and r < 60
     (tmp_path / "rot.jpg").write_bytes(save(halves((300, 200)), "JPEG", exif=exif.tobytes(), quality=95))
     ds = TrainDataset(tmp_path, resolution=128, min_side=64)
-    assert ds.report.sizes["min"] == [200, 300] and ds.bucket(0) == (96, 160)   # portrait bucket
+    assert ds.report.sizes["min"] == [200, 300] and ds.bucket(0) == (96, 160)  # portrait bucket
     x = ds[0]["image"]
-    assert x[0, 5, 48] > 0.8 and x[2, -5, 48] > 0.8                           # red on top, blue below
+    assert x[0, 5, 48] > 0.8 and x[2, -5, 48] > 0.8  # red on top, blue below
 
 
 def test_rgba_is_composited_on_white(tmp_path):
-    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))               # fully transparent black
-    img.paste((0, 128, 0, 255), (0, 0, 32, 64))                   # opaque green left half
+    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))  # fully transparent black
+    img.paste((0, 128, 0, 255), (0, 0, 32, 64))  # opaque green left half
     out = load_rgb(save(img))
     assert out.mode == "RGB"
     assert out.getpixel((48, 10)) == (255, 255, 255)
     assert out.getpixel((10, 10)) == (0, 128, 0)
-    pal = img.convert("P")                                        # palette + transparency index
+    pal = img.convert("P")  # palette + transparency index
     pal.info["transparency"] = pal.getpixel((48, 10))
     assert load_rgb(save(pal)).getpixel((48, 10)) == (255, 255, 255)
 
 
 def test_phone_mpo_jpeg_counts_as_jpeg():
     buf = io.BytesIO()
-    Image.new("RGB", (64, 48), (255, 0, 0)).save(buf, format="MPO", save_all=True,
-                                                  append_images=[Image.new("RGB", (64, 48), (0, 255, 0))])
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(
+        buf, format="MPO", save_all=True, append_images=[Image.new("RGB", (64, 48), (0, 255, 0))]
+    )
     assert probe(buf.getvalue()).format == "JPEG"
-    assert load_rgb(buf.getvalue()).getpixel((5, 5))[0] > 240        # the first (primary) frame
+    assert load_rgb(buf.getvalue()).getpixel((5, 5))[0] > 240  # the first (primary) frame
 
 
 def test_16_bit_greyscale_keeps_its_tones():
-    ramp = Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))   # 0 .. 65520
+    ramp = Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))  # 0 .. 65520
     out = np.asarray(load_rgb(save(ramp)))
     assert out[0, 0].tolist() == [0, 0, 0] and out[-1, -1, 0] == 255
-    assert 120 < out[32, 0, 0] < 135                                                    # mid-grey stays mid-grey
+    assert 120 < out[32, 0, 0] < 135  # mid-grey stays mid-grey
 
 
 @pytest.mark.parametrize("res", [128, 256, 512, 1024])
@@ -97,7 +99,7 @@ def test_buckets_are_multiples_of_32_with_area_near_res_squared(res):
         assert w % 32 == 0 and h % 32 == 0
         assert max(w / h, h / w) <= 3.0
         assert abs(w * h / res**2 - 1) < (0.07 if res >= 256 else 0.1)
-    assert set(buckets) == {(h, w) for w, h in buckets}                  # symmetric
+    assert set(buckets) == {(h, w) for w, h in buckets}  # symmetric
     assert nearest_bucket(4000, 3000, make_buckets(1024)) == (1184, 896)  # 4:3 -> 1.32
 
 
@@ -113,29 +115,31 @@ def test_items_keep_aspect_and_range_and_batch_by_bucket(mixed):
         src_w, src_h = Image.open(mixed / item["name"]).size
         assert (w > h) == (src_w > src_h) and (w == h) == (src_w == src_h)
         assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
-        assert x[0, h // 2, 2] > 0.9 and x[2, h // 2, 2] < -0.9          # red stays on the left (no flip)
+        assert x[0, h // 2, 2] > 0.9 and x[2, h // 2, 2] < -0.9  # red stays on the left (no flip)
     captions = {ds[k]["name"]: ds[k]["caption"] for k in range(9)}
     assert captions["img0.png"] == "tok, picture number 0"
-    assert captions["img1.png"] == "tok"                                    # no caption -> trigger alone
+    assert captions["img1.png"] == "tok"  # no caption -> trigger alone
     sampler = BucketBatchSampler(ds, batch_size=3, seed=1)
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_batch)
     seen = []
     for batch in loader:
-        assert batch["images"].shape[0] == 3                 # 3 images per aspect -> full batches
+        assert batch["images"].shape[0] == 3  # 3 images per aspect -> full batches
         seen += batch["names"]
     assert sorted(seen) == sorted(f"img{i}.png" for i in range(9))
 
 
 def test_caption_dropout_and_flip_are_deterministic_per_key(mixed):
-    ds = TrainDataset(mixed, resolution=128, trigger="tok", min_side=64, flip=True, caption_dropout=0.3,
-                      repeats=40, seed=3)
+    ds = TrainDataset(
+        mixed, resolution=128, trigger="tok", min_side=64, flip=True, caption_dropout=0.3, repeats=40, seed=3
+    )
     caps = [ds.caption(k) for k in range(len(ds))]
     frac = sum(c == " " for c in caps) / len(caps)
     assert 0.2 < frac < 0.4
-    again = TrainDataset(mixed, resolution=128, trigger="tok", min_side=64, flip=True, caption_dropout=0.3,
-                         repeats=40, seed=3)
+    again = TrainDataset(
+        mixed, resolution=128, trigger="tok", min_side=64, flip=True, caption_dropout=0.3, repeats=40, seed=3
+    )
     assert caps == [again.caption(k) for k in range(len(ds))]
-    flips = [bool(ds[k]["image"][0, 60, 2] < 0) for k in range(0, 60)]       # red moved off the left edge
+    flips = [bool(ds[k]["image"][0, 60, 2] < 0) for k in range(0, 60)]  # red moved off the left edge
     assert 15 < sum(flips) < 45
     assert flips == [bool(ds[k]["image"][0, 60, 2] < 0) for k in range(0, 60)]
 
@@ -148,17 +152,17 @@ def test_flip_with_left_right_captions_is_warned(mixed):
 
 
 def test_sampler_resume_equals_uninterrupted_order(mixed):
-    ds = TrainDataset(mixed, resolution=128, min_side=64, repeats=3)   # 27 keys
+    ds = TrainDataset(mixed, resolution=128, min_side=64, repeats=3)  # 27 keys
     full = []
     s = BucketBatchSampler(ds, batch_size=2, seed=7)
     for _ in range(3):
         full += list(s)
     per_epoch = len(s)
-    assert per_epoch == 15                                               # 9 per bucket -> 5 batches each
+    assert per_epoch == 15  # 9 per bucket -> 5 batches each
     for epoch in range(3):
-        keys = sorted(k for b in full[epoch * per_epoch:(epoch + 1) * per_epoch] for k in b)
-        assert keys == [epoch * 27 + j for j in range(27)]               # each key once per epoch
-    assert full[:per_epoch] != full[per_epoch:2 * per_epoch]             # epochs are reshuffled
+        keys = sorted(k for b in full[epoch * per_epoch : (epoch + 1) * per_epoch] for k in b)
+        assert keys == [epoch * 27 + j for j in range(27)]  # each key once per epoch
+    assert full[:per_epoch] != full[per_epoch : 2 * per_epoch]  # epochs are reshuffled
     for b in full:
         assert len({ds.bucket(k) for k in b}) == 1
     for cut in (0, 4, 15, 22):
@@ -197,12 +201,13 @@ def test_zip_dataset_in_worker_processes_matches_main_process(tmp_path):
     sampler = BucketBatchSampler(ds, batch_size=2, seed=0)
     order = sampler.epoch_batches(0)
     main = [collate_batch([ds[k] for k in b]) for b in order]
-    loader = DataLoader(ds, batch_sampler=BucketBatchSampler(ds, batch_size=2, seed=0),
-                        collate_fn=collate_batch, num_workers=2)
+    loader = DataLoader(
+        ds, batch_sampler=BucketBatchSampler(ds, batch_size=2, seed=0), collate_fn=collate_batch, num_workers=2
+    )
     for want, got in zip(main, loader):
         assert got["captions"] == want["captions"]
         assert torch.equal(got["images"], want["images"])
-    assert main[0]["images"].shape == (2, 3, 64, 128)     # 5:3 photos -> the 2:1 bucket at 96 px
+    assert main[0]["images"].shape == (2, 3, 64, 128)  # 5:3 photos -> the 2:1 bucket at 96 px
     assert main[0]["captions"][0].startswith("zz, photo ")
 
 
@@ -220,7 +225,7 @@ def test_bad_arguments_are_named(mixed):
 
 def test_trigger_is_prepended_once_and_dropout_trains_on_the_empty_prompt():
     assert with_trigger("a red cube", "sks style") == "sks style, a red cube"
-    assert with_trigger("SKS Style, a red cube", "sks style") == "SKS Style, a red cube"   # already there
-    assert with_trigger("a category of things", "cat") == "cat, a category of things"    # a word, not a part
+    assert with_trigger("SKS Style, a red cube", "sks style") == "SKS Style, a red cube"  # already there
+    assert with_trigger("a category of things", "cat") == "cat, a category of things"  # a word, not a part
     assert with_trigger(None, "  sks   style ") == "sks style"
     assert with_trigger(None, "") == " " and with_trigger("a dog", "") == "a dog"

@@ -1,6 +1,7 @@
 """Edit / personalisation datasets: metadata.jsonl "references" and musubi-tuner's control folder, every missing
 or bad reference named in the report, references kept out of the targets, buckets from the target, and the
 dataset handing each sample's references over (mirrored with a flipped target, dropped out on request)."""
+
 from __future__ import annotations
 
 import json
@@ -26,23 +27,27 @@ def test_metadata_references_validated_and_named(tmp_path):
     save(tmp_path / "in1.png", (80, 80), (0, 0, 200))
     save(tmp_path / "in2.png", (64, 64), (0, 200, 0))
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    lines = [{"file": "out1.png", "text": "make the shape blue", "references": ["in1.png"]},
-             {"file_name": "out2.png", "text": "two refs", "references": ["in1.png", "in2.png"]},
-             {"file": "out3.png", "text": "bad", "references": ["missing.png", "broken.png"]}]
+    lines = [
+        {"file": "out1.png", "text": "make the shape blue", "references": ["in1.png"]},
+        {"file_name": "out2.png", "text": "two refs", "references": ["in1.png", "in2.png"]},
+        {"file": "out3.png", "text": "bad", "references": ["missing.png", "broken.png"]},
+    ]
     (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
     report = validate_dataset(tmp_path, resolution=64, min_side=32)
-    assert report.usable == 2 and report.with_references == 2          # in*.png are references, not targets
+    assert report.usable == 2 and report.with_references == 2  # in*.png are references, not targets
     assert report.images == 3
     [bad] = report.bad_references
     assert bad.name == "out3.png"
-    assert "reference missing.png: not in the dataset" in bad.reason and "reference broken.png: not a readable" \
-        in bad.reason
+    assert (
+        "reference missing.png: not in the dataset" in bad.reason
+        and "reference broken.png: not a readable" in bad.reason
+    )
     assert "bad references" in report.problems_text()
     with pytest.raises(DatasetError, match="out3.png"):
         validate_dataset(tmp_path, resolution=64, min_side=32, strict=True)
     ds = TrainDataset(tmp_path, resolution=128, min_side=32)
     items = {ds[k]["name"]: ds[k] for k in range(len(ds))}
-    assert [r.size for r in items["out2.png"]["references"]] == [(80, 80), (64, 64)]   # in order, own size
+    assert [r.size for r in items["out2.png"]["references"]] == [(80, 80), (64, 64)]  # in order, own size
     h1, w1 = items["out1.png"]["image"].shape[1:]
     h2, w2 = items["out2.png"]["image"].shape[1:]
     assert w1 > h1 and h2 > w2  # each bucketed by its target's aspect (the references are square)
@@ -70,13 +75,15 @@ def test_musubi_control_folder_single_and_numbered(tmp_path):
 def test_flip_mirrors_references_and_dropout_drops_them(tmp_path):
     save(tmp_path / "out.png")
     save(tmp_path / "in.png", (96, 64), (0, 0, 200))
-    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file": "out.png", "text": "t", "references": ["in.png"]}))
+    (tmp_path / "metadata.jsonl").write_text(
+        json.dumps({"file": "out.png", "text": "t", "references": ["in.png"]})
+    )
     ds = TrainDataset(tmp_path, resolution=64, min_side=32, flip=True, repeats=40)
     for k in range(len(ds)):
         item = ds[k]
         ref = np.asarray(item["references"][0])
         target_left_white = bool(item["image"][:, :, 0].min() > 0.9)
-        assert target_left_white == bool(ref[:, 0].min() == 255)     # the pair is mirrored together
+        assert target_left_white == bool(ref[:, 0].min() == 255)  # the pair is mirrored together
     drop = TrainDataset(tmp_path, resolution=64, min_side=32, repeats=200, reference_dropout=0.3)
     dropped = sum(not drop[k]["references"] for k in range(len(drop)))
     assert 30 < dropped < 90 and dropped == sum(drop.references_dropped(k) for k in range(len(drop)))

@@ -1,4 +1,5 @@
 """core.fullsize: checkpoints written tensor by tensor load through the real loader, in both layouts."""
+
 from __future__ import annotations
 
 import gc
@@ -9,16 +10,24 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from core.fullsize import FULL_SPEC, FULL_VOCAB, full_config, tensor_plan, write_comfy_file, write_full_checkpoint, \
-    write_safetensors
+from core.fullsize import (
+    FULL_SPEC,
+    FULL_VOCAB,
+    full_config,
+    tensor_plan,
+    write_comfy_file,
+    write_full_checkpoint,
+    write_safetensors,
+)
 from core.tiny import TinySpec, build_tokenizer
 
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     root = tmp_path_factory.mktemp("fullsize")
-    r = write_full_checkpoint(root / "hf", spec=TinySpec(), vocab=None, shard_gb=0.0002, device="cpu",
-                              log=lambda s: None)
+    r = write_full_checkpoint(
+        root / "hf", spec=TinySpec(), vocab=None, shard_gb=0.0002, device="cpu", log=lambda s: None
+    )
     c = write_comfy_file(root / "hf", root / "comfy" / "model.safetensors")
     return r, c
 
@@ -35,8 +44,9 @@ def test_both_layouts_load_the_same_weights_with_the_tokenizer_and_chat_template
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert hf.tms_token_id == comfy.tms_token_id is not None and hf.boi_token_id is not None
     tok = load_tokenizer(c["path"])
-    text = tok.apply_chat_template([{"role": "user", "content": "a harbour at dusk"}], tokenize=False,
-                                   add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "a harbour at dusk"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.startswith("<|im_start|>user\na harbour at dusk<|im_end|>")
     # seeded per name: the same folder written again is byte-identical
     w = next(iter(a))
@@ -56,7 +66,7 @@ def test_the_writer_holds_one_tensor_at_a_time(tmp_path):
         return t
 
     write_safetensors(tmp_path / "x.safetensors", entries, make)
-    assert most[0] == 0                   # every earlier tensor was gone before the next was made
+    assert most[0] == 0  # every earlier tensor was gone before the next was made
     with safe_open(str(tmp_path / "x.safetensors"), framework="pt") as f:
         assert [float(f.get_tensor(n)[0, 0]) for n, _, _ in entries] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
 
@@ -71,5 +81,5 @@ def test_the_full_size_plan_is_the_8b_model():
     cfg = full_config(build_tokenizer(), FULL_SPEC, FULL_VOCAB)
     plan = tensor_plan(cfg)
     n = sum(torch.Size(s).numel() for _, s, _ in plan)
-    assert 8.1e9 < n < 8.3e9, n          # 16.37 GB in bf16, as written on the GPU machine
+    assert 8.1e9 < n < 8.3e9, n  # 16.37 GB in bf16, as written on the GPU machine
     assert ("model.language_model.embed_tokens.weight", (151936, 4096), torch.float32) in plan

@@ -1,4 +1,5 @@
 """python -m core.generate end to end on a tiny checkpoint in the official folder layout."""
+
 from __future__ import annotations
 
 import os
@@ -27,10 +28,28 @@ def ckpt(tmp_path_factory):
 
 def test_cli_end_to_end_matches_the_sampler(ckpt, tmp_path):
     out = tmp_path / "img.png"
-    cmd = [sys.executable, "-m", "core.generate", "--model", str(ckpt), "--prompt", "a red circle",
-           "--out", str(out), "--width", "96", "--height", "64", "--steps", "4", "--seed", "5"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "core.generate",
+        "--model",
+        str(ckpt),
+        "--prompt",
+        "a red circle",
+        "--out",
+        str(out),
+        "--width",
+        "96",
+        "--height",
+        "64",
+        "--steps",
+        "4",
+        "--seed",
+        "5",
+    ]
+    r = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("step ")]
     assert [ln.split()[1] for ln in lines] == ["1/4", "2/4", "3/4", "4/4"]
@@ -45,8 +64,26 @@ def test_cli_end_to_end_matches_the_sampler(ckpt, tmp_path):
 
 
 def test_num_images_names_files_and_seeds_differ(ckpt, tmp_path):
-    paths = main(["--model", str(ckpt), "--prompt", "two blue squares", "--out", str(tmp_path / "x.png"),
-                  "--width", "64", "--height", "64", "--preset", "dev", "--num_images", "2", "--seed", "1"])
+    paths = main(
+        [
+            "--model",
+            str(ckpt),
+            "--prompt",
+            "two blue squares",
+            "--out",
+            str(tmp_path / "x.png"),
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--preset",
+            "dev",
+            "--num_images",
+            "2",
+            "--seed",
+            "1",
+        ]
+    )
     assert [p.name for p in paths] == ["x-0.png", "x-1.png"]
     a, b = (np.asarray(Image.open(p), dtype=int) for p in paths)
     assert np.abs(a - b).mean() > 5
@@ -68,13 +105,27 @@ def _lora_file(path: Path, model) -> Path:
 
 def test_lora_changes_the_image_and_scale_zero_does_not(ckpt, tmp_path):
     lora = _lora_file(tmp_path / "style.safetensors", load_model(ckpt))
-    common = ["--model", str(ckpt), "--prompt", "a red circle", "--width", "64", "--height", "64",
-              "--steps", "3", "--seed", "2"]
+    common = [
+        "--model",
+        str(ckpt),
+        "--prompt",
+        "a red circle",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--steps",
+        "3",
+        "--seed",
+        "2",
+    ]
     base = np.asarray(Image.open(main(common + ["--out", str(tmp_path / "base.png")])[0]), dtype=int)
-    styled = np.asarray(Image.open(main(common + ["--out", str(tmp_path / "lora.png"), "--lora", f"{lora}:1.0"])[0]),
-                        dtype=int)
-    off = np.asarray(Image.open(main(common + ["--out", str(tmp_path / "off.png"), "--lora", f"{lora}:0"])[0]),
-                     dtype=int)
+    styled = np.asarray(
+        Image.open(main(common + ["--out", str(tmp_path / "lora.png"), "--lora", f"{lora}:1.0"])[0]), dtype=int
+    )
+    off = np.asarray(
+        Image.open(main(common + ["--out", str(tmp_path / "off.png"), "--lora", f"{lora}:0"])[0]), dtype=int
+    )
     assert np.abs(base - styled).mean() > 1
     assert np.array_equal(base, off)
 
@@ -82,21 +133,50 @@ def test_lora_changes_the_image_and_scale_zero_does_not(ckpt, tmp_path):
 def test_reference_image_flag(ckpt, tmp_path):
     ref = tmp_path / "ref.png"
     Image.fromarray((np.random.RandomState(1).rand(40, 60, 3) * 255).astype(np.uint8)).save(ref)
-    out = main(["--model", str(ckpt), "--prompt", "make it blue", "--out", str(tmp_path / "e.png"), "--width", "64",
-                "--height", "64", "--steps", "2", "--ref", str(ref)])
+    out = main(
+        [
+            "--model",
+            str(ckpt),
+            "--prompt",
+            "make it blue",
+            "--out",
+            str(tmp_path / "e.png"),
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--steps",
+            "2",
+            "--ref",
+            str(ref),
+        ]
+    )
     assert Image.open(out[0]).size == (64, 64)
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--width", "100"], "multiples of 32"),
-    (["--num_images", "0"], "--num_images must be"),
-    (["--out", "x.gif"], "--out must end in"),
-    (["--ref", "/nonexistent.png"], "--ref '/nonexistent.png' is not a file"),
-    (["--preset", "turbo"], "invalid choice: 'turbo'"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--width", "100"], "multiples of 32"),
+        (["--num_images", "0"], "--num_images must be"),
+        (["--out", "x.gif"], "--out must end in"),
+        (["--ref", "/nonexistent.png"], "--ref '/nonexistent.png' is not a file"),
+        (["--preset", "turbo"], "invalid choice: 'turbo'"),
+    ],
+)
 def test_bad_arguments_exit_with_a_message(ckpt, tmp_path, capsys, extra, message):
-    args = ["--model", str(ckpt), "--prompt", "p", "--out", str(tmp_path / "o.png"), "--width", "64",
-            "--height", "64"] + extra
+    args = [
+        "--model",
+        str(ckpt),
+        "--prompt",
+        "p",
+        "--out",
+        str(tmp_path / "o.png"),
+        "--width",
+        "64",
+        "--height",
+        "64",
+    ] + extra
     with pytest.raises(SystemExit) as e:
         main(args)
     assert e.value.code == 2

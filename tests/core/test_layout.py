@@ -1,4 +1,5 @@
 """Token layout, positions, padding, pixels <-> patches, and reference-image preparation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,20 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from core.layout import (FIX_POINT, build_edit, build_t2i, collate, layout_from_ids, patchify, prepare_references,
-                         reference_side, resize_to_area, snap_size, unpatchify, vision_size)
+from core.layout import (
+    FIX_POINT,
+    build_edit,
+    build_t2i,
+    collate,
+    layout_from_ids,
+    patchify,
+    prepare_references,
+    reference_side,
+    resize_to_area,
+    snap_size,
+    unpatchify,
+    vision_size,
+)
 from core.tiny import build_tokenizer
 
 ATOL = RTOL = 1e-4  # the conformance README's tolerance for float32
@@ -17,8 +30,11 @@ ATOL = RTOL = 1e-4  # the conformance README's tolerance for float32
 def chat_ids(prompt_key: str, vlm_tokens: int) -> list[int]:
     """The conformance edit case's text ids (README section 2): fixed stand-ins for the real tokenizer."""
     assert prompt_key == "P4"
-    return ([151644, 872, 198, 151652] + [151655] * vlm_tokens + [151653, 4340, 5765, 315, 264, 11958, 48342, 30,
-            151645, 198, 151644, 77091, 198, 151669, 151673])
+    return (
+        [151644, 872, 198, 151652]
+        + [151655] * vlm_tokens
+        + [151653, 4340, 5765, 315, 264, 11958, 48342, 30, 151645, 198, 151644, 77091, 198, 151669, 151673]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +59,7 @@ def test_patchify_is_raster_order_channel_major_and_inverts():
 def test_snap_size_keeps_aspect_and_multiple():
     assert snap_size(1024, 1024) == (2048, 2048)
     h, w = snap_size(720, 1280)
-    assert h % 32 == 0 and w % 32 == 0 and abs(w / h - 16 / 9) < 0.03 and abs(h * w - 2048 ** 2) < 0.03 * 2048 ** 2
+    assert h % 32 == 0 and w % 32 == 0 and abs(w / h - 16 / 9) < 0.03 and abs(h * w - 2048**2) < 0.03 * 2048**2
     assert snap_size(100, 300, area=64 * 64)[0] % 32 == 0
 
 
@@ -55,8 +71,11 @@ def test_t2i_layout_from_the_tokenizer(tok):
     assert tok.decode(ids[:-2]) == "<|im_start|>user\na red circle<|im_end|>\n<|im_start|>assistant\n"
     L = len(ids)
     assert torch.equal(s.position_ids[:, :L], torch.arange(L).expand(3, L))
-    assert s.position_ids[:, L:].tolist() == [[FIX_POINT] * 6, [4096, 4096, 4096, 4097, 4097, 4097],
-                                              [4096, 4097, 4098, 4096, 4097, 4098]]
+    assert s.position_ids[:, L:].tolist() == [
+        [FIX_POINT] * 6,
+        [4096, 4096, 4096, 4097, 4097, 4097],
+        [4096, 4097, 4098, 4096, 4097, 4098],
+    ]
     assert s.token_types.tolist() == [0] * (L - 1) + [1] * 7
     assert s.vinput_mask.tolist() == [False] * L + [True] * 6
     with pytest.raises(ValueError, match="multiples of 32"):
@@ -70,10 +89,10 @@ def test_collate_pads_before_tms(tok):
     a = short.text_length - 1
     assert b.input_ids.shape == (2, L) and b.text_lengths.tolist() == [short.text_length, L]
     assert b.input_ids[0, :a].tolist() == short.input_ids[:a].tolist()
-    assert b.input_ids[0, a:L - 1].tolist() == [0] * (L - 1 - a) and b.input_ids[0, -1] == short.input_ids[-1]
+    assert b.input_ids[0, a : L - 1].tolist() == [0] * (L - 1 - a) and b.input_ids[0, -1] == short.input_ids[-1]
     # real positions are unchanged by padding; pad rows are text type and never image rows
-    assert torch.equal(b.position_ids[:, 0, L - 1:], short.position_ids[:, a:])
-    assert b.token_types[0, a:L - 1].eq(0).all() and not b.vinput_mask[0, :L].any()
+    assert torch.equal(b.position_ids[:, 0, L - 1 :], short.position_ids[:, a:])
+    assert b.token_types[0, a : L - 1].eq(0).all() and not b.vinput_mask[0, :L].any()
     assert b.padded and not collate([long, long]).padded
     with pytest.raises(ValueError, match="one batch needs one size"):
         collate([short, build_t2i(tok, "a star", 64, 64)])
@@ -121,8 +140,11 @@ def test_edit_from_raw_image_reproduces_official_x_pred(conformance):
     case = load_file(str(conformance / "cases" / "edit_h64_w96_t0.3_cond.safetensors"))
     refs = prepare_references([Image.fromarray(case["ref_image_uint8"].numpy())], 64, 96)
     sample = layout_from_ids(chat_ids("P4", 126), 64, 96, vlm_grids=refs.vlm_grids, ref_sizes=refs.ref_sizes)
-    sample.pixel_values, sample.image_grid_thw, sample.ref_patches = refs.pixel_values, refs.image_grid_thw, \
-        refs.ref_patches
+    sample.pixel_values, sample.image_grid_thw, sample.ref_patches = (
+        refs.pixel_values,
+        refs.image_grid_thw,
+        refs.ref_patches,
+    )
     batch = collate([sample])
     target = case["vinputs"][:, :6].clone()
     model = load_model(conformance / "tiny_checkpoint")

@@ -1,4 +1,5 @@
 """Loading: official folders (one file or shards), ComfyUI single files, bad checkpoints, tokenizer ids."""
+
 from __future__ import annotations
 
 import copy
@@ -11,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from core.layout import build_t2i, collate
 from core.loading import CheckpointError, load_model, load_tokenizer
-from core.tiny import TinySpec, build_model, save_checkpoint, save_comfy_file, build_tokenizer
+from core.tiny import TinySpec, build_model, build_tokenizer, save_checkpoint, save_comfy_file
 
 SPEC = TinySpec(hidden=32, layers=2, heads=4, kv_heads=2, head_dim=16, mlp=48)
 
@@ -44,7 +45,9 @@ def test_single_file_folder_round_trip(source, folder):
     batch = collate([build_t2i(tok, "a red circle", 64, 64)])
     v = torch.randn(1, 4, 3072)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**batch.model_inputs(v, 0.3)).x_pred, model(**batch.model_inputs(v, 0.3)).x_pred)
+        torch.testing.assert_close(
+            loaded(**batch.model_inputs(v, 0.3)).x_pred, model(**batch.model_inputs(v, 0.3)).x_pred
+        )
 
 
 def test_sharded_folder_with_lm_head(source, tmp_path):
@@ -116,8 +119,10 @@ def test_token_ids_come_from_the_tokenizer(source, folder):
     assert loaded.boi_token_id == vocab["<|boi_token|>"]
     t2 = load_tokenizer(folder)
     assert t2.get_vocab() == vocab
-    assert t2.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True) \
+    assert (
+        t2.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
         == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_no_tokenizer_falls_back_to_official_tms(conformance, tmp_path):
@@ -145,8 +150,10 @@ def test_chat_template_from_the_processor_file(folder, tmp_path):
     (path / "tokenizer_config.json").write_text(json.dumps(cfg))
     (path / "chat_template.json").write_text(json.dumps({"chat_template": template}))
     tok = load_tokenizer(path)
-    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True) \
+    assert (
+        tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
         == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 PROBE = r"""

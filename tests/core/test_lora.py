@@ -3,6 +3,7 @@
 Runs on the conformance tiny checkpoint with one of its official inputs; "the in-memory adapter" is the
 PEFT-injected model the trainer holds, and every file read back must reproduce its output.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,27 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.lora import (LoraSpec, active_lora_modules, adapter_state_dict, apply_loras, bind_lora, build_metadata,
-                       clear_loras, comfyui_tensors, inject_lora, load_adapter_state_dict, load_lora,
-                       parse_lora_arg, read_lora, save_comfyui_file, save_peft_folder, set_adapter_enabled,
-                       set_loras, target_names)
 from core.loading import load_model
+from core.lora import (
+    LoraSpec,
+    active_lora_modules,
+    adapter_state_dict,
+    apply_loras,
+    bind_lora,
+    build_metadata,
+    clear_loras,
+    comfyui_tensors,
+    inject_lora,
+    load_adapter_state_dict,
+    load_lora,
+    parse_lora_arg,
+    read_lora,
+    save_comfyui_file,
+    save_peft_folder,
+    set_adapter_enabled,
+    set_loras,
+    target_names,
+)
 
 ATOL = 2e-5
 
@@ -56,10 +73,14 @@ def trained_adapter(ckpt, spec: LoraSpec, seed: int = 0):
 def test_default_targets_are_the_recipe_linears_and_the_rest_is_frozen(ckpt):
     m = fresh(ckpt)
     names = target_names(m, LoraSpec())
-    assert len(names) == 2 * 7     # 2 layers x q/k/v/o/gate/up/down (252 at full size: test_full_size_count)
+    assert len(names) == 2 * 7  # 2 layers x q/k/v/o/gate/up/down (252 at full size: test_full_size_count)
     assert all(n.startswith("model.language_model.layers.") for n in names)
     extra = target_names(m, LoraSpec(extra_targets=("x_embedder", "final_layer2")))
-    assert set(extra) - set(names) == {"model.x_embedder.proj1", "model.x_embedder.proj2", "model.final_layer2.linear"}
+    assert set(extra) - set(names) == {
+        "model.x_embedder.proj1",
+        "model.x_embedder.proj2",
+        "model.final_layer2.linear",
+    }
     inject_lora(m, LoraSpec(rank=4))
     trainable = [n for n, p in m.named_parameters() if p.requires_grad]
     assert len(trainable) == 28 and all(".lora_" in n for n in trainable)
@@ -68,6 +89,7 @@ def test_default_targets_are_the_recipe_linears_and_the_rest_is_frozen(ckpt):
 
 def test_full_size_count_is_252():
     from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
+
     from core.model import HiDreamO1
 
     cfg = Qwen3VLConfig()
@@ -79,7 +101,7 @@ def test_full_size_count_is_252():
     names = target_names(m, LoraSpec())
     assert len(names) == 252
     params = sum(16 * (m.get_submodule(n).in_features + m.get_submodule(n).out_features) for n in names)
-    assert 40e6 < params < 50e6     # the recipe's "~44M parameters at rank 16"
+    assert 40e6 < params < 50e6  # the recipe's "~44M parameters at rank 16"
 
 
 def test_bad_spec_is_named():
@@ -97,13 +119,23 @@ def test_export_round_trips(ckpt, case, tmp_path, fmt):
     set_adapter_enabled(trained, False)
     base_out = run(trained, case)
     set_adapter_enabled(trained, True)
-    assert (want - base_out).abs().max() > 1e-2       # the adapter does something measurable
+    assert (want - base_out).abs().max() > 1e-2  # the adapter does something measurable
 
     adapter = adapter_state_dict(trained)
-    meta = build_metadata(trigger="sks style", spec=spec, steps=12, resolution=64, base_model="tiny",
-                          base_config=trained.config, training={"lr": 1e-4})
-    path = (save_peft_folder(adapter, spec, tmp_path / "lora", meta) if fmt == "peft"
-            else save_comfyui_file(adapter, spec, tmp_path / "lora.safetensors", meta))
+    meta = build_metadata(
+        trigger="sks style",
+        spec=spec,
+        steps=12,
+        resolution=64,
+        base_model="tiny",
+        base_config=trained.config,
+        training={"lr": 1e-4},
+    )
+    path = (
+        save_peft_folder(adapter, spec, tmp_path / "lora", meta)
+        if fmt == "peft"
+        else save_comfyui_file(adapter, spec, tmp_path / "lora.safetensors", meta)
+    )
     lora = read_lora(path)
     assert lora.layout == fmt and lora.metadata["o1lora.trigger"] == "sks style"
     assert lora.metadata["o1lora.rank"] == "4" and len(lora.metadata["o1lora.base_config_sha256"]) == 64
@@ -114,7 +146,7 @@ def test_export_round_trips(ckpt, case, tmp_path, fmt):
     with apply_loras(base, [(bound, 1.0)]):
         got = run(base, case)
     torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
-    torch.testing.assert_close(run(base, case), base_out, atol=0, rtol=0)   # the base is back, bit for bit
+    torch.testing.assert_close(run(base, case), base_out, atol=0, rtol=0)  # the base is back, bit for bit
 
 
 def test_peft_folder_loads_in_peft_itself(ckpt, case, tmp_path):
@@ -134,9 +166,9 @@ def _foreign(adapter: dict, spec: LoraSpec, layout: str) -> dict:
     """The same adapter as other tools write it (alpha != rank where the layout carries alpha)."""
     out = {}
     for k, v in adapter.items():
-        path, role = k.rsplit(".lora_", 1)            # "model.language_model....q_proj", "A.weight"
-        half = role[0]                                 # "A" or "B"
-        short = path[len("model."):]
+        path, role = k.rsplit(".lora_", 1)  # "model.language_model....q_proj", "A.weight"
+        half = role[0]  # "A" or "B"
+        short = path[len("model.") :]
         if layout == "comfy_down_up":
             out[f"diffusion_model.{short}.lora_{'down' if half == 'A' else 'up'}.weight"] = v
             out[f"diffusion_model.{short}.alpha"] = torch.tensor(spec.alpha)
@@ -151,21 +183,26 @@ def _foreign(adapter: dict, spec: LoraSpec, layout: str) -> dict:
     return out
 
 
-@pytest.mark.parametrize("layout,expect", [("comfy_down_up", "comfyui"), ("musubi", "musubi"),
-                                           ("diffsynth", "diffsynth"), ("bare", "bare")])
+@pytest.mark.parametrize(
+    "layout,expect",
+    [("comfy_down_up", "comfyui"), ("musubi", "musubi"), ("diffsynth", "diffsynth"), ("bare", "bare")],
+)
 def test_foreign_layouts_give_the_same_outputs(ckpt, case, tmp_path, layout, expect):
     # diffsynth and bare files carry no alpha, so the adapter they come from has alpha == rank
-    spec = LoraSpec(rank=4, alpha=2.0 if layout in ("comfy_down_up", "musubi") else 4.0,
-                    extra_targets=("final_layer2",))
+    spec = LoraSpec(
+        rank=4, alpha=2.0 if layout in ("comfy_down_up", "musubi") else 4.0, extra_targets=("final_layer2",)
+    )
     trained = trained_adapter(ckpt, spec, seed=2)
-    if layout == "musubi":     # the file is stored in bf16 below; compare against the same values
+    if layout == "musubi":  # the file is stored in bf16 below; compare against the same values
         with torch.no_grad():
             for n, p in trained.named_parameters():
                 if ".lora_" in n:
                     p.copy_(p.to(torch.bfloat16).float())
     want = run(trained, case)
     path = tmp_path / f"{layout}.safetensors"
-    save_file({k: v.contiguous() for k, v in _foreign(adapter_state_dict(trained), spec, layout).items()}, str(path))
+    save_file(
+        {k: v.contiguous() for k, v in _foreign(adapter_state_dict(trained), spec, layout).items()}, str(path)
+    )
     base = fresh(ckpt)
     lora = read_lora(path)
     assert lora.layout == expect
@@ -231,12 +268,12 @@ def test_several_loras_with_scales_and_swapping(ckpt, case, tmp_path):
 
     set_loras(base, [(a, 1.0)])
     only_a = run(base, case)
-    set_loras(base, [(b, 1.0)])          # swap without clearing first
+    set_loras(base, [(b, 1.0)])  # swap without clearing first
     only_b = run(base, case)
     set_loras(base, [(a, 1.0)])
     torch.testing.assert_close(run(base, case), only_a, atol=0, rtol=0)
     assert (only_a - only_b).abs().max() > 1e-2
-    set_loras(base, [(a, 0.0)])          # scale 0 == off
+    set_loras(base, [(a, 0.0)])  # scale 0 == off
     torch.testing.assert_close(run(base, case), plain, atol=0, rtol=0)
     clear_loras(base)
     assert active_lora_modules(base) == 0
@@ -268,8 +305,15 @@ def test_a_folder_written_by_peft_itself_with_rslora_and_patterns(ckpt, case, tm
     """A real PEFT save (not ours): rsLoRA scaling and per-module rank/alpha patterns are honoured."""
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=4, lora_alpha=8, use_rslora=True, rank_pattern={"v_proj": 2}, alpha_pattern={"q_proj": 3},
-                     target_modules=["q_proj", "k_proj", "v_proj", "up_proj"], init_lora_weights=False)
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        use_rslora=True,
+        rank_pattern={"v_proj": 2},
+        alpha_pattern={"q_proj": 3},
+        target_modules=["q_proj", "k_proj", "v_proj", "up_proj"],
+        init_lora_weights=False,
+    )
     peft_model = get_peft_model(fresh(ckpt), cfg)
     want = run(peft_model, case)
     peft_model.save_pretrained(str(tmp_path / "peft"))

@@ -6,6 +6,7 @@
 - ComfyUI `LoraSave` extras (.diff / .diff_b full differences, an embed_tokens LoRA) and NaN weights are
   listed in BoundLora.unplaced with a reason; `python -m core.generate --lora` prints them to stderr.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,20 +18,35 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from core.generate import main, unplaced_warning
-from core.lora import (LoraSpec, adapter_state_dict, apply_loras, bind_lora, inject_lora, read_lora,
-                       save_comfyui_file, save_lora_file, save_peft_folder)
 from core.loading import load_model
+from core.lora import (
+    LoraSpec,
+    adapter_state_dict,
+    apply_loras,
+    bind_lora,
+    inject_lora,
+    read_lora,
+    save_comfyui_file,
+    save_lora_file,
+    save_peft_folder,
+)
 from core.tiny import write_tiny_checkpoint
 
 # What each tool's loader looks for (musubi-tuner: kohya names from its Qwen3VLForConditionalGeneration root;
 # DiffSynth-Studio: PEFT names under its HiDreamO1ImageModel with the "default" adapter, no alpha).
 PATTERNS = {
-    "comfyui": re.compile(r"diffusion_model\.language_model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\."
-                          r"(lora_A\.weight|lora_B\.weight|alpha)"),
-    "musubi": re.compile(r"lora_unet_model_language_model_layers_\d+_(self_attn|mlp)_\w+_proj\."
-                         r"(lora_down\.weight|lora_up\.weight|alpha)"),
-    "diffsynth": re.compile(r"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\."
-                            r"lora_[AB]\.default\.weight"),
+    "comfyui": re.compile(
+        r"diffusion_model\.language_model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\."
+        r"(lora_A\.weight|lora_B\.weight|alpha)"
+    ),
+    "musubi": re.compile(
+        r"lora_unet_model_language_model_layers_\d+_(self_attn|mlp)_\w+_proj\."
+        r"(lora_down\.weight|lora_up\.weight|alpha)"
+    ),
+    "diffsynth": re.compile(
+        r"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\."
+        r"lora_[AB]\.default\.weight"
+    ),
 }
 
 
@@ -75,10 +91,12 @@ def test_each_tools_file_loads_back_with_the_adapters_outputs(ckpt, case, traine
         path = save_lora_file(adapter, spec, tmp_path / f"{fmt}-{dtype}.safetensors", fmt, dtype=dtype)
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
-            assert all(PATTERNS[fmt].fullmatch(k) for k in keys), [k for k in keys if not PATTERNS[fmt].fullmatch(k)]
+            assert all(PATTERNS[fmt].fullmatch(k) for k in keys), [
+                k for k in keys if not PATTERNS[fmt].fullmatch(k)
+            ]
             weights = [f.get_tensor(k) for k in keys if not k.endswith(".alpha")]
         assert len(weights) == 2 * 14 and {w.dtype for w in weights} == {dtype}
-        assert (fmt == "diffsynth") == (not any(k.endswith(".alpha") for k in keys))   # alpha folded there
+        assert (fmt == "diffsynth") == (not any(k.endswith(".alpha") for k in keys))  # alpha folded there
         bound = bind_lora(base, read_lora(path), strict=True)
         assert len(bound.deltas) == 14
         with apply_loras(base, [(bound, 1.0)]):
@@ -122,8 +140,10 @@ def test_lora_save_extras_and_nan_weights_are_listed_with_a_reason(ckpt, tmp_pat
     model = load_model(ckpt)
     lora_save_file(tmp_path / "saved.safetensors", model)
     bound = bind_lora(model, read_lora(tmp_path / "saved.safetensors"))
-    assert sorted(bound.deltas) == ["model.language_model.layers.0.mlp.down_proj",
-                                    "model.language_model.layers.0.self_attn.q_proj"]
+    assert sorted(bound.deltas) == [
+        "model.language_model.layers.0.mlp.down_proj",
+        "model.language_model.layers.0.self_attn.q_proj",
+    ]
     text = "\n".join(bound.unplaced)
     assert len(bound.unplaced) == 3, text
     assert "language_model.norm.diff: a full weight difference" in text
@@ -141,8 +161,24 @@ def test_lora_save_extras_and_nan_weights_are_listed_with_a_reason(ckpt, tmp_pat
 def test_generate_cli_prints_unplaced_entries_to_stderr(tmp_path_factory, tmp_path, capsys):
     ckpt = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
     lora_save_file(tmp_path / "saved.safetensors", load_model(ckpt))
-    main(["--model", str(ckpt), "--prompt", "p", "--out", str(tmp_path / "o.png"), "--width", "64", "--height",
-          "64", "--steps", "1", "--lora", f"{tmp_path / 'saved.safetensors'}:0.5"])
+    main(
+        [
+            "--model",
+            str(ckpt),
+            "--prompt",
+            "p",
+            "--out",
+            str(tmp_path / "o.png"),
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--steps",
+            "1",
+            "--lora",
+            f"{tmp_path / 'saved.safetensors'}:0.5",
+        ]
+    )
     err = capsys.readouterr().err
     assert "warning: LoRA" in err and "3 entries not applied" in err, err
     assert "norm.diff: a full weight difference" in err and "embed_tokens: not a linear module" in err
@@ -155,7 +191,12 @@ def test_comfyui_copies_written_before_the_shared_grammar_still_place(ckpt, tmp_
     model = load_model(ckpt)
     lin = model.get_submodule("model.language_model.layers.0.self_attn.q_proj")
     stem = "diffusion_model.transformer.language_model.layers.0.self_attn.q_proj"
-    save_file({stem + ".lora_A.weight": torch.ones(2, lin.in_features),
-               stem + ".lora_B.weight": torch.ones(lin.out_features, 2)}, str(tmp_path / "old.safetensors"))
+    save_file(
+        {
+            stem + ".lora_A.weight": torch.ones(2, lin.in_features),
+            stem + ".lora_B.weight": torch.ones(lin.out_features, 2),
+        },
+        str(tmp_path / "old.safetensors"),
+    )
     bound = bind_lora(model, read_lora(tmp_path / "old.safetensors"), strict=True)
     assert list(bound.deltas) == ["model.language_model.layers.0.self_attn.q_proj"]

@@ -1,4 +1,5 @@
 """HiDreamO1 behaviour beyond the goldens: prefix cache, padded batches, dense oracle, bf16 rotary, training."""
+
 from __future__ import annotations
 
 import pytest
@@ -53,13 +54,14 @@ def test_prefix_expand_gives_copies_per_prompt(tiny):
         v = torch.randn(6, batch.n_image, 3072)
         out = model.denoise(big, v, torch.full((6,), 0.4))
         for i in range(6):
-            one = model.denoise(prefix, v[i:i + 1].expand(2, -1, -1), torch.full((2,), 0.4))[i // 3]
+            one = model.denoise(prefix, v[i : i + 1].expand(2, -1, -1), torch.full((2,), 0.4))[i // 3]
             torch.testing.assert_close(out[i], one, atol=ATOL, rtol=ATOL)
         # select: arbitrary rows (e.g. cond for every image, then uncond for every image)
         picked = prefix.select(torch.tensor([1, 1, 0]))
         out2 = model.denoise(picked, v[:3], torch.full((3,), 0.4))
-        torch.testing.assert_close(out2[0], model.denoise(prefix, v[:2].flip(0), torch.full((2,), 0.4))[1],
-                                   atol=ATOL, rtol=ATOL)
+        torch.testing.assert_close(
+            out2[0], model.denoise(prefix, v[:2].flip(0), torch.full((2,), 0.4))[1], atol=ATOL, rtol=ATOL
+        )
 
 
 def test_padded_batch_equals_each_sample_alone(tiny):
@@ -71,7 +73,7 @@ def test_padded_batch_equals_each_sample_alone(tiny):
     v, t = vinputs_for(batch, 3), torch.tensor([0.1, 0.5, 0.95])
     out = full(model, batch, v, t)
     for i, s in enumerate(samples):
-        alone = full(model, collate([s]), v[i:i + 1], t[i:i + 1])[0]
+        alone = full(model, collate([s]), v[i : i + 1], t[i : i + 1])[0]
         a = s.text_length - 1
         rows = torch.cat([torch.arange(a), torch.arange(batch.input_ids.shape[1] - 1, out.shape[1])])
         torch.testing.assert_close(out[i, rows], alone, atol=ATOL, rtol=ATOL)
@@ -86,7 +88,7 @@ def test_reference_forward_equals_split_forward(tiny):
     ref = model.reference_forward(**batch.model_inputs(v, t)).x_pred
     real = torch.ones_like(batch.token_types, dtype=torch.bool)
     for i, n in enumerate(batch.text_lengths.tolist()):  # pad rows are not compared
-        real[i, n - 1: batch.input_ids.shape[1] - 1] = False
+        real[i, n - 1 : batch.input_ids.shape[1] - 1] = False
     torch.testing.assert_close(out[real], ref[real], atol=ATOL, rtol=ATOL)
 
 
@@ -156,7 +158,9 @@ def test_gradient_checkpointing_gives_same_grads(tiny):
     model.gradient_checkpointing = False
     model.eval()
     model.zero_grad()
-    assert grads[0].keys() == grads[1].keys() and "model.language_model.layers.0.self_attn.q_proj.weight" in grads[0]
+    assert (
+        grads[0].keys() == grads[1].keys() and "model.language_model.layers.0.self_attn.q_proj.weight" in grads[0]
+    )
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-5, rtol=1e-4)
 
@@ -167,8 +171,12 @@ def test_peft_wraps_language_model_linears_and_trains(tiny):
     model, tok = tiny
     fresh = build_model(TinySpec(), tok, seed=1)[0]
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    cfg = LoraConfig(r=4, lora_alpha=4, target_modules=r".*language_model.*\.(" + "|".join(targets) + ")",
-                     init_lora_weights=True)
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=4,
+        target_modules=r".*language_model.*\.(" + "|".join(targets) + ")",
+        init_lora_weights=True,
+    )
     peft_model = get_peft_model(fresh, cfg)
     wrapped = [n for n, m in peft_model.named_modules() if n.endswith("lora_A")]
     assert len(wrapped) == 7 * fresh.config.text_config.num_hidden_layers
@@ -193,8 +201,11 @@ def test_edit_prefix_with_vision_tower_equals_forward(tiny):
     vocab = tok.get_vocab()
     pad = model.config.image_token_id
     grid = torch.tensor([[1, 4, 6]])  # 24 vision patches -> 2x3 merged placeholders
-    ids = [vocab["<|im_start|>"], 10, vocab["<|vision_start|>"]] + [pad] * 6 + [vocab["<|vision_end|>"], 11, 12,
-           vocab["<|boi_token|>"], vocab["<|tms_token|>"]]
+    ids = (
+        [vocab["<|im_start|>"], 10, vocab["<|vision_start|>"]]
+        + [pad] * 6
+        + [vocab["<|vision_end|>"], 11, 12, vocab["<|boi_token|>"], vocab["<|tms_token|>"]]
+    )
     sample = layout_from_ids(ids, H, W, image_pad_id=pad, vlm_grids=[(2, 3)], ref_sizes=[(32, 64)])
     g = torch.Generator().manual_seed(4)
     sample.pixel_values = torch.randn(24, 1536, generator=g)

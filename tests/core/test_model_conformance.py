@@ -1,4 +1,5 @@
 """Our model and layout against the official code's goldens (../shared/conformance, tiny checkpoint)."""
+
 from __future__ import annotations
 
 import json
@@ -21,14 +22,20 @@ PROMPTS = {  # the README's fixed prompt ids
     "P4": [4340, 5765, 315, 264, 11958, 48342, 30],
     " ": [220],
 }
-T2I = ["t2i_h64_w64_t0.05", "t2i_h64_w64_t0.7", "t2i_h64_w96_t0.05", "t2i_h64_w96_t0.7",
-       "t2i_h96_w64_t0.3_uncond", "t2i_h64_w96_batch2"]
+T2I = [
+    "t2i_h64_w64_t0.05",
+    "t2i_h64_w64_t0.7",
+    "t2i_h64_w96_t0.05",
+    "t2i_h64_w96_t0.7",
+    "t2i_h96_w64_t0.3_uncond",
+    "t2i_h64_w96_batch2",
+]
 EDIT = ["edit_h64_w96_t0.3_cond", "edit_h64_w96_t0.3_uncond"]
 
 
 def chat_ids(prompt_key: str, vlm_tokens: int = 0) -> list[int]:
     image = [VSTART] + [IMAGE_PAD] * vlm_tokens + [VEND] if vlm_tokens else []
-    return ([IM_START, USER, NL] + image + PROMPTS[prompt_key] + [IM_END, NL, IM_START, ASSISTANT, NL, BOI, TMS])
+    return [IM_START, USER, NL] + image + PROMPTS[prompt_key] + [IM_END, NL, IM_START, ASSISTANT, NL, BOI, TMS]
 
 
 def read_case(conformance, name):
@@ -49,8 +56,13 @@ def model(conformance):
 
 
 def inputs(case):
-    kw = dict(input_ids=case["input_ids"], position_ids=case["position_ids"], vinputs=case["vinputs"],
-              timestep=case["timestep"], token_types=case["token_types"])
+    kw = dict(
+        input_ids=case["input_ids"],
+        position_ids=case["position_ids"],
+        vinputs=case["vinputs"],
+        timestep=case["timestep"],
+        token_types=case["token_types"],
+    )
     if "pixel_values" in case:
         kw.update(pixel_values=case["pixel_values"], image_grid_thw=case["image_grid_thw"])
     return kw
@@ -64,8 +76,9 @@ def test_forward_matches_official(model, conformance, name):
     diff = (x_pred - case["x_pred"]).abs().max().item()
     print(f"{name}: max abs diff {diff:.3g}")
     torch.testing.assert_close(x_pred, case["x_pred"], atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(x_pred[case["vinput_mask"]], case["x_pred_vinput"].flatten(0, 1), atol=ATOL,
-                               rtol=RTOL)
+    torch.testing.assert_close(
+        x_pred[case["vinput_mask"]], case["x_pred_vinput"].flatten(0, 1), atol=ATOL, rtol=RTOL
+    )
 
 
 @pytest.mark.parametrize("name", T2I)
@@ -90,8 +103,9 @@ def test_edit_layout_matches_official(conformance, name):
     h, w = int(meta["height"]), int(meta["width"])
     t, gh, gw = case["image_grid_thw"][0].tolist()
     merged = (gh // 2, gw // 2)
-    sample = layout_from_ids(chat_ids(meta["prompt_key"], merged[0] * merged[1]), h, w,
-                             vlm_grids=[merged], ref_sizes=[(64, 96)])
+    sample = layout_from_ids(
+        chat_ids(meta["prompt_key"], merged[0] * merged[1]), h, w, vlm_grids=[merged], ref_sizes=[(64, 96)]
+    )
     assert torch.equal(sample.input_ids, case["input_ids"][0])
     assert torch.equal(sample.position_ids, case["position_ids"][:, 0])
     assert torch.equal(sample.token_types, case["token_types"][0])

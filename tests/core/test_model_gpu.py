@@ -1,8 +1,9 @@
 """GPU checks at a realistic sequence length (1024x1024 -> 1024 image tokens), bf16 autocast.
 
-    .venv/bin/python -m pytest tests/core/test_model_gpu.py -m gpu -q
-    O1LORA_GPU_TINY=1 .venv/bin/python -m pytest tests/core/test_model_gpu.py -m gpu -q   # CPU smoke, tiny shapes
+.venv/bin/python -m pytest tests/core/test_model_gpu.py -m gpu -q
+O1LORA_GPU_TINY=1 .venv/bin/python -m pytest tests/core/test_model_gpu.py -m gpu -q   # CPU smoke, tiny shapes
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,10 @@ from core.tiny import TinySpec, build_model
 
 SMOKE = os.environ.get("O1LORA_GPU_TINY") == "1"  # run the same code on the CPU at toy sizes
 DEVICE = "cpu" if SMOKE else "cuda"
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not SMOKE and not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not SMOKE and not torch.cuda.is_available(), reason="needs CUDA"),
+]
 SIZE = 64 if SMOKE else 1024
 SPEC = TinySpec() if SMOKE else TinySpec(hidden=1024, layers=4, heads=8, kv_heads=2, head_dim=128, mlp=2048)
 
@@ -41,7 +44,9 @@ def test_split_prefix_and_dense_agree_in_bf16(setup):
     model, batch, v = setup
     t = torch.tensor([0.3, 0.3], device=DEVICE)
     out = model(**batch.model_inputs(v, t)).x_pred[batch.vinput_mask].view(2, batch.n_image, -1)
-    dense = model.reference_forward(**batch.model_inputs(v, t)).x_pred[batch.vinput_mask].view(2, batch.n_image, -1)
+    dense = (
+        model.reference_forward(**batch.model_inputs(v, t)).x_pred[batch.vinput_mask].view(2, batch.n_image, -1)
+    )
     den = model.denoise(model.encode_prefix(batch), v, t)
     assert model.model.language_model.rotary_emb.inv_freq.dtype == torch.float32
     assert rel(out, dense) < 2e-2 and rel(den, out) < 2e-2, (rel(out, dense), rel(den, out))
@@ -92,12 +97,18 @@ def test_real_checkpoint_loads_and_split_matches_dense():
     assert model.boi_token_id is not None and model.tms_token_id == tok.get_vocab()["<|tms_token|>"]
     assert sum(p.numel() for p in model.parameters()) > 7e9
     assert model.model.language_model.rotary_emb.inv_freq.dtype == torch.float32
-    batch = collate([build_t2i(tok, "a red fox in the snow, photograph", 1024, 1024), build_t2i(tok, " ", 1024, 1024)])
+    batch = collate(
+        [build_t2i(tok, "a red fox in the snow, photograph", 1024, 1024), build_t2i(tok, " ", 1024, 1024)]
+    )
     batch = batch.to("cuda")
     v = (8 * torch.randn(2, batch.n_image, 3072, generator=torch.Generator().manual_seed(0))).cuda().bfloat16()
     t = torch.tensor([0.05, 0.05], device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = model(**batch.model_inputs(v, t)).x_pred[batch.vinput_mask].view(2, batch.n_image, -1)
-        dense = model.reference_forward(**batch.model_inputs(v, t)).x_pred[batch.vinput_mask].view(2, batch.n_image, -1)
+        dense = (
+            model.reference_forward(**batch.model_inputs(v, t))
+            .x_pred[batch.vinput_mask]
+            .view(2, batch.n_image, -1)
+        )
         den = model.denoise(model.encode_prefix(batch), v, t)
     assert rel(out, dense) < 2e-2 and rel(den, out) < 2e-2, (rel(out, dense), rel(den, out))

@@ -1,4 +1,5 @@
 """The recipe's objective: sigma range, the noising formula, timestep, masked MSE, weighting options."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,14 +12,16 @@ def test_uniform_sigma_is_the_recipe_range():
     s = Objective().sample_sigma(200_000, torch.Generator().manual_seed(0))
     assert s.dtype == torch.float32
     assert float(s.min()) >= 0.001 and float(s.max()) <= 1.0
-    assert abs(float(s.mean()) - 0.5005) < 0.003          # mean of U(0.001, 1)
-    assert abs(float(s.std()) - 0.999 / 12 ** 0.5) < 0.003
+    assert abs(float(s.mean()) - 0.5005) < 0.003  # mean of U(0.001, 1)
+    assert abs(float(s.std()) - 0.999 / 12**0.5) < 0.003
 
 
 def test_shifted_and_logit_normal_move_mass():
-    g = lambda: torch.Generator().manual_seed(1)
+    def g():
+        return torch.Generator().manual_seed(1)
+
     shifted = Objective(sigma_dist="shifted", shift=3.0).sample_sigma(100_000, g())
-    assert float(shifted.mean()) > 0.65                    # shift 3 pushes towards high noise
+    assert float(shifted.mean()) > 0.65  # shift 3 pushes towards high noise
     ln = Objective(sigma_dist="logit_normal", logit_mean=1.0).sample_sigma(100_000, g())
     assert 0.001 <= float(ln.min()) and float(ln.max()) <= 1.0
     assert float(ln.median()) == pytest.approx(0.001 + 0.999 * torch.sigmoid(torch.tensor(1.0)).item(), abs=0.01)
@@ -81,7 +84,11 @@ def test_bad_options_and_shapes_are_named():
     with pytest.raises(ValueError, match="weighting"):
         Objective(weighting="snr")
     with pytest.raises(ValueError, match="mask marks"):
-        Objective().loss(torch.zeros(1, 5, 8), torch.zeros(1, 3, 8), torch.tensor([0.5]),
-                         mask=torch.tensor([[True, True, False, False, False]]))
+        Objective().loss(
+            torch.zeros(1, 5, 8),
+            torch.zeros(1, 3, 8),
+            torch.tensor([0.5]),
+            mask=torch.tensor([[True, True, False, False, False]]),
+        )
     with pytest.raises(ValueError, match="patch tokens"):
         Objective().noise(torch.zeros(1, 3, 64, 64), torch.Generator())

@@ -1,4 +1,5 @@
 """The pretraining script builds the same model inputs as the layout code, and its checkpoint loads back."""
+
 import json
 
 import torch
@@ -16,8 +17,14 @@ def test_device_side_batch_equals_layout_collate():
     idx = torch.tensor([2, 0, 1, 0])
     drop = torch.tensor([False, False, False, True])
     got = batch_inputs(tp, idx, drop, 64, 96)
-    want = collate([build_t2i(tok, caps[2], 64, 96), build_t2i(tok, caps[0], 64, 96),
-                    build_t2i(tok, caps[1], 64, 96), build_t2i(tok, " ", 64, 96)])
+    want = collate(
+        [
+            build_t2i(tok, caps[2], 64, 96),
+            build_t2i(tok, caps[0], 64, 96),
+            build_t2i(tok, caps[1], 64, 96),
+            build_t2i(tok, " ", 64, 96),
+        ]
+    )
     assert torch.equal(got["input_ids"], want.input_ids)
     assert torch.equal(got["token_types"], want.token_types)
     assert torch.equal(got["text_lengths"], want.text_lengths)
@@ -25,7 +32,7 @@ def test_device_side_batch_equals_layout_collate():
     n_ar = want.input_ids.shape[1] - 1
     real = torch.ones_like(want.token_types, dtype=torch.bool)
     for b, length in enumerate(want.text_lengths.tolist()):
-        real[b, length - 1:n_ar] = False
+        real[b, length - 1 : n_ar] = False
     assert torch.equal(got["position_ids"][:, real], want.position_ids[:, real])
 
 

@@ -1,5 +1,6 @@
 """The sampler: official noise and loop (against the goldens), the cached + CFG-batched path against
 the plain per-forward loop on a tiny random model, seeds, callbacks and bad input."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,19 +51,29 @@ def _fake_rollout(sched, z0, n_steps, bf16=False):
             raise _Stop
 
     try:
-        flow_loop(sched, z0.to(torch.bfloat16) if bf16 else z0, lambda z, t: 0.5 * torch.tanh(z.float()),
-                  on_step=on_step)
+        flow_loop(
+            sched, z0.to(torch.bfloat16) if bf16 else z0, lambda z, t: 0.5 * torch.tanh(z.float()), on_step=on_step
+        )
     except _Stop:
         pass
     return torch.stack(zs)
 
 
-@pytest.mark.parametrize("sched,file,key,n,bf16", [
-    (lambda: FlowUniPC(10), "unipc_shift3", "n10_rollout_z", 10, False),
-    (lambda: FlowUniPC(50), "unipc_shift3", "n50_first10_bf16state_z", 10, True),
-    (lambda: FlowMatchEuler(28, shift=3.0), "flow_match_euler", "shift3_n28_rollout_z", 28, False),
-    (lambda: FlowMatchEuler(shift=1.0, timesteps=DEV_TIMESTEPS), "flow_match_euler", "dev_edit_rollout_z", 28, False),
-])
+@pytest.mark.parametrize(
+    "sched,file,key,n,bf16",
+    [
+        (lambda: FlowUniPC(10), "unipc_shift3", "n10_rollout_z", 10, False),
+        (lambda: FlowUniPC(50), "unipc_shift3", "n50_first10_bf16state_z", 10, True),
+        (lambda: FlowMatchEuler(28, shift=3.0), "flow_match_euler", "shift3_n28_rollout_z", 28, False),
+        (
+            lambda: FlowMatchEuler(shift=1.0, timesteps=DEV_TIMESTEPS),
+            "flow_match_euler",
+            "dev_edit_rollout_z",
+            28,
+            False,
+        ),
+    ],
+)
 def test_flow_loop_reproduces_official_rollouts(conformance, sched, file, key, n, bf16):
     """The sampler's loop itself (sigma, velocity, -v, state dtype) drives the schedulers like the goldens.
     Tolerance 1e-6: the fake model's tanh differs in the last bit between MKL code paths (see
@@ -118,15 +129,17 @@ def test_cached_batched_cfg_equals_plain_loop(sampler):
 
 def test_dense_reference_equals_split_reference(sampler):
     kw = dict(width=64, height=64, steps=4, seed=1, return_latents=True)
-    torch.testing.assert_close(sampler.reference(PROMPTS[0], dense=True, **kw), sampler.reference(PROMPTS[0], **kw),
-                               rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        sampler.reference(PROMPTS[0], dense=True, **kw), sampler.reference(PROMPTS[0], **kw), rtol=0, atol=1e-4
+    )
 
 
 def test_dev_preset_fast_equals_plain_and_is_seeded(sampler):
     """Flash: per-image noise streams, so the batch reproduces the single-image runs."""
     fast = sampler(PROMPTS[0], width=64, height=64, preset="dev", seed=7, num_images=2, return_latents=True)
-    plain = sampler.reference(PROMPTS[0], width=64, height=64, preset="dev", seed=7, num_images=2,
-                              return_latents=True)
+    plain = sampler.reference(
+        PROMPTS[0], width=64, height=64, preset="dev", seed=7, num_images=2, return_latents=True
+    )
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4)
     second = sampler(PROMPTS[0], width=64, height=64, preset="dev", seed=8, return_latents=True)
     torch.testing.assert_close(fast[1:], second, rtol=0, atol=1e-4)
@@ -216,9 +229,21 @@ def test_callback_exception_stops_sampling(sampler):
 # ------------------------------------------------------------------------------ presets and bad input
 def test_presets_are_the_official_settings():
     full, dev = PRESETS["full"], PRESETS["dev"]
-    assert (full.scheduler, full.steps, full.guidance, full.shift, full.noise_scale) == ("unipc", 50, 5.0, 3.0, 8.0)
-    assert (dev.scheduler, dev.steps, dev.guidance, dev.noise_scale, dev.s_noise, dev.noise_clip_std) == \
-        ("flash", 28, 0.0, 7.5, 7.5, 2.5)
+    assert (full.scheduler, full.steps, full.guidance, full.shift, full.noise_scale) == (
+        "unipc",
+        50,
+        5.0,
+        3.0,
+        8.0,
+    )
+    assert (dev.scheduler, dev.steps, dev.guidance, dev.noise_scale, dev.s_noise, dev.noise_clip_std) == (
+        "flash",
+        28,
+        0.0,
+        7.5,
+        7.5,
+        2.5,
+    )
     assert dev.timesteps == DEV_TIMESTEPS
 
 
@@ -231,20 +256,23 @@ def test_snap_resolution_picks_closest_official_aspect():
         snap_resolution(0, 10)
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(width=100), "multiples of 32"),
-    (dict(height=0), "multiples of 32"),
-    (dict(preset="turbo"), "unknown preset 'turbo'"),
-    (dict(scheduler="ddim"), "unknown scheduler 'ddim'"),
-    (dict(scheduler="flash"), "use preset='dev'"),
-    (dict(preset="dev", steps=10), "fixed list of 28"),
-    (dict(seed=-1), "seed must be"),
-    (dict(num_images=0), "num_images must be"),
-    (dict(guidance=-1.0), "guidance must be"),
-    (dict(prompts=[]), "prompts must be"),
-    (dict(prompts=[3]), "prompts must be"),
-    (dict(steps=0), "steps must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(width=100), "multiples of 32"),
+        (dict(height=0), "multiples of 32"),
+        (dict(preset="turbo"), "unknown preset 'turbo'"),
+        (dict(scheduler="ddim"), "unknown scheduler 'ddim'"),
+        (dict(scheduler="flash"), "use preset='dev'"),
+        (dict(preset="dev", steps=10), "fixed list of 28"),
+        (dict(seed=-1), "seed must be"),
+        (dict(num_images=0), "num_images must be"),
+        (dict(guidance=-1.0), "guidance must be"),
+        (dict(prompts=[]), "prompts must be"),
+        (dict(prompts=[3]), "prompts must be"),
+        (dict(steps=0), "steps must be a positive integer"),
+    ],
+)
 def test_bad_requests_say_what_is_wrong(sampler, kw, match):
     args = dict(prompts="a red circle", width=64, height=64, steps=2)
     args.update(kw)

@@ -1,4 +1,5 @@
 """bench/bench_sampling.py --tiny: the GPU benchmark's code path runs on the CPU and its check holds."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,8 +12,22 @@ def test_bench_tiny_runs_and_paths_agree(capsys):
     spec = importlib.util.spec_from_file_location("bench_sampling", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    rows = bench.main(["--tiny", "--sizes", "64", "--iters", "1", "--warmup", "0", "--image-steps", "2",
-                       "--official-image", "--prompt-tokens", "20"])
+    rows = bench.main(
+        [
+            "--tiny",
+            "--sizes",
+            "64",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--image-steps",
+            "2",
+            "--official-image",
+            "--prompt-tokens",
+            "20",
+        ]
+    )
     (r,) = rows
     assert r["same_x_pred"] and r["diff_ours_vs_official"] < 1e-5
     assert r["official_ms"] > 0 and r["ours_ms"] > 0 and r["ours_image_s"] > 0 and r["official_image_s"] > 0

@@ -1,5 +1,6 @@
 """The compiled sampler step: one graph per image size whatever the prompt length or batch, eager output,
 an eager fallback when compilation fails; and Sampler.sample (per-image prompts, negatives, seeds)."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,10 +33,14 @@ def test_one_graph_per_size_whatever_the_prompt_length_or_batch(model):
     backend = CountingBackend()
     fast, eager = Sampler(m, tok, preview_every=0, compile=backend), Sampler(m, tok, preview_every=0)
     graphs = []
-    for prompt, n, (w, h) in [("a red circle", 1, (64, 32)),
-                              ("two small blue squares on the left of a large green triangle", 1, (64, 32)),
-                              ("a red circle", 3, (64, 32)), ("blue", 2, (64, 32)),
-                              ("a red circle", 1, (64, 64)), ("a much longer prompt about a red circle", 2, (64, 64))]:
+    for prompt, n, (w, h) in [
+        ("a red circle", 1, (64, 32)),
+        ("two small blue squares on the left of a large green triangle", 1, (64, 32)),
+        ("a red circle", 3, (64, 32)),
+        ("blue", 2, (64, 32)),
+        ("a red circle", 1, (64, 64)),
+        ("a much longer prompt about a red circle", 2, (64, 64)),
+    ]:
         z = fast([prompt], width=w, height=h, num_images=n, **ARGS)
         graphs.append(backend.compiles)
         assert torch.equal(z, eager([prompt], width=w, height=h, num_images=n, **ARGS))
@@ -49,13 +54,20 @@ def test_compiled_layers_one_graph_for_every_layer_prompt_length_and_batch(model
     m, tok = model
     torch._dynamo.reset()
     backend = CountingBackend()
-    fast, eager = Sampler(m, tok, preview_every=0, compile=backend, compile_scope="layers"), Sampler(m, tok, preview_every=0)
+    fast, eager = (
+        Sampler(m, tok, preview_every=0, compile=backend, compile_scope="layers"),
+        Sampler(m, tok, preview_every=0),
+    )
     try:
         assert m.layers_compiled and len(m.model.language_model.layers) == 2
         graphs = []
-        for prompt, n, (w, h) in [("a red circle", 1, (64, 32)),
-                                  ("two small blue squares on the left of a large green triangle", 1, (64, 32)),
-                                  ("a red circle", 3, (64, 32)), ("blue", 2, (64, 32)), ("a red circle", 1, (64, 64))]:
+        for prompt, n, (w, h) in [
+            ("a red circle", 1, (64, 32)),
+            ("two small blue squares on the left of a large green triangle", 1, (64, 32)),
+            ("a red circle", 3, (64, 32)),
+            ("blue", 2, (64, 32)),
+            ("a red circle", 1, (64, 64)),
+        ]:
             z = fast([prompt], width=w, height=h, num_images=n, **ARGS)
             graphs.append(backend.compiles)
             m.eager_layers()
@@ -86,18 +98,25 @@ def test_a_failing_compiler_falls_back_to_eager_for_good(model):
     want = Sampler(m, tok, preview_every=0)(["a red circle"], width=64, height=32, **ARGS)
     assert torch.equal(z, want) and not fast.compiled and "backend exploded" in fast.compile_failed
     fast(["a red circle"], width=64, height=32, **ARGS)
-    assert backend.compiles == 1                            # not tried again on every step
+    assert backend.compiles == 1  # not tried again on every step
 
 
 def test_sample_gives_each_image_what_a_request_of_its_own_gives(model):
     m, tok = model
     s = Sampler(m, tok, preview_every=0)
-    specs = [ImageSpec("a red circle", " ", 4), ImageSpec("two small blue squares", "blurry, dark", 9),
-             ImageSpec("a red circle", " ", 5)]
+    specs = [
+        ImageSpec("a red circle", " ", 4),
+        ImageSpec("two small blue squares", "blurry, dark", 9),
+        ImageSpec("a red circle", " ", 5),
+    ]
     together = s.sample(specs, width=64, height=32, **ARGS)
-    alone = torch.cat([s([im.prompt], negative_prompt=im.negative_prompt, seed=im.seed, width=64, height=32,
-                         **ARGS) for im in specs])
+    alone = torch.cat(
+        [
+            s([im.prompt], negative_prompt=im.negative_prompt, seed=im.seed, width=64, height=32, **ARGS)
+            for im in specs
+        ]
+    )
     assert (together - alone).abs().max().item() < 1e-4
-    assert not torch.equal(together[0], together[2])       # same prompt, two seeds
+    assert not torch.equal(together[0], together[2])  # same prompt, two seeds
     with pytest.raises(ValueError, match="non-empty list of ImageSpec"):
         s.sample([], width=64, height=32)

@@ -1,4 +1,5 @@
 """GPU-only: the CUDA-graph replay of the denoise call gives the eager sampler's images."""
+
 from __future__ import annotations
 
 import pytest

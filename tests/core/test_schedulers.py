@@ -5,6 +5,7 @@ last bit depends on the CPU code path MKL picks. With MKL_CBWR=COMPATIBLE (set b
 starts) it matches the goldens' machine and every rollout is compared bit for bit; otherwise within
 1e-6. `test_bit_exact_in_reproducible_mkl_mode` runs this file again in that mode.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,6 @@ import torch
 from safetensors.torch import load_file
 
 from core.schedulers import DEV_TIMESTEPS, FlashEuler, FlowMatchEuler, FlowUniPC, make_scheduler
-
 
 EXACT = os.environ.get("MKL_CBWR") == "COMPATIBLE"
 
@@ -34,8 +34,10 @@ def assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
 def goldens(conformance):
     d = conformance / "schedulers"
     # clone: safetensors buffers are not 64-byte aligned, which can change CPU summation order
-    return {name: {k: v.clone() for k, v in load_file(d / f"{name}.safetensors").items()}
-            for name in ("unipc_shift3", "flash_dev", "flow_match_euler")}
+    return {
+        name: {k: v.clone() for k, v in load_file(d / f"{name}.safetensors").items()}
+        for name in ("unipc_shift3", "flash_dev", "flow_match_euler")
+    }
 
 
 def rollout(sched, z0, n, bf16_state=False, noises=None):
@@ -65,7 +67,9 @@ def test_unipc_schedule_matches_official(goldens, n):
     assert torch.equal(s.sigmas, g[f"n{n}_sigmas"])
 
 
-@pytest.mark.parametrize("key,n,steps", [("n10_rollout", 10, 10), ("n50_first10", 50, 10), ("n28_first10", 28, 10)])
+@pytest.mark.parametrize(
+    "key,n,steps", [("n10_rollout", 10, 10), ("n50_first10", 50, 10), ("n28_first10", 28, 10)]
+)
 def test_unipc_rollout_bit_exact(goldens, key, n, steps):
     g = goldens["unipc_shift3"]
     zs, sig = rollout(FlowUniPC(n, shift=3.0), g["z0"], steps)
@@ -133,8 +137,8 @@ def test_flash_per_row_generators_match_single_image_runs():
     gens = [torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)]
     zs, _ = rollout(FlashEuler(generator=gens), z0, 28)
     for k, seed in enumerate((10, 11)):
-        one, _ = rollout(FlashEuler(generator=torch.Generator().manual_seed(seed)), z0[k:k + 1], 28)
-        assert torch.equal(zs[:, k:k + 1], one)
+        one, _ = rollout(FlashEuler(generator=torch.Generator().manual_seed(seed)), z0[k : k + 1], 28)
+        assert torch.equal(zs[:, k : k + 1], one)
 
 
 def test_flash_rejects_bad_timesteps():
@@ -181,7 +185,13 @@ def test_bit_exact_in_reproducible_mkl_mode():
     """Every rollout above, bit for bit, in a process whose MKL follows the goldens' code path."""
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "MKL_CBWR": "COMPATIBLE"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
-                       cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and "failed" not in r.stdout

@@ -10,6 +10,7 @@ seeds, style_score (0 flat .. 1 hatched) must rise with the trigger and the LoRA
 for prompts without the trigger. The training previews must show the adapter on | off pair.
 Measured numbers and settings: docs/evidence.md.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from core.train import TrainConfig, train
 MODEL = Path(__file__).resolve().parents[2] / "models" / "o1-shapes"
 TRIGGER = "in hatched ink style"
 SIZE = 128
-SAMPLING = dict(width=SIZE, height=SIZE, steps=20, guidance=3.0, seed=0)   # docs/evidence.md: the CPU default
+SAMPLING = dict(width=SIZE, height=SIZE, steps=20, guidance=3.0, seed=0)  # docs/evidence.md: the CPU default
 # Held-out scenes (the style set is stream 7): the evaluation prompts, and the first few as previews.
 EVAL = [sample_scene(999, i, two_shape_prob=0.0) for i in range(8)]
 PREVIEWS = 4
@@ -39,35 +40,54 @@ PREVIEWS = 4
 
 @dataclass
 class StyleRun:
-    result: object                       # core.train.TrainResult
-    scores: dict[str, np.ndarray]        # condition -> style score per held-out prompt
-    follow: dict[str, dict]              # condition -> core.synth.evaluate summary (prompt following)
-    base_first_preview: Image.Image      # the base model on the first preview prompt (seed 0)
+    result: object  # core.train.TrainResult
+    scores: dict[str, np.ndarray]  # condition -> style score per held-out prompt
+    follow: dict[str, dict]  # condition -> core.synth.evaluate summary (prompt following)
+    base_first_preview: Image.Image  # the base model on the first preview prompt (seed 0)
 
 
 def style_dataset(root: Path, hatched: int, plain: int) -> Path:
     """`hatched` styled scenes captioned with the trigger, plus `plain` ordinary scenes captioned without
     it (a regularisation set: it teaches the LoRA that no trigger means no style, which a short run on
     styled images alone does not learn -- docs/evidence.md)."""
-    data = write_dataset(root / "data", hatched, SIZE, seed=7, style="hatched", trigger=TRIGGER, two_shape_prob=0.3)
+    data = write_dataset(
+        root / "data", hatched, SIZE, seed=7, style="hatched", trigger=TRIGGER, two_shape_prob=0.3
+    )
     if plain:
         extra = write_dataset(root / "plain", plain, SIZE, seed=8, style="plain", two_shape_prob=0.3)
         for f in extra.iterdir():
             if f.suffix in (".png", ".txt"):
                 f.rename(data / f"plain-{f.name}")
-        (data / "metadata.jsonl").unlink()   # it lists the styled half only; the .txt files caption all
+        (data / "metadata.jsonl").unlink()  # it lists the styled half only; the .txt files caption all
     return data
 
 
 def train_and_score(root: Path, *, hatched: int, plain: int, steps: int, batch_size: int, lr: float) -> StyleRun:
     data = style_dataset(root, hatched, plain)
     # The captions carry the trigger themselves (only the styled half has it), so the trainer adds none.
-    cfg = TrainConfig(model_path=str(MODEL), data_dir=str(data), out_dir=str(root / "run"), trigger="",
-                      resolution=SIZE, min_side=SIZE, steps=steps, batch_size=batch_size, rank=8, alpha=8.0,
-                      lr=lr, gradient_checkpointing=False, device="cpu", checkpoint_every=0,
-                      sample_every=steps, sample_prompts=tuple(s.caption(TRIGGER) for s in EVAL[:PREVIEWS]),
-                      sample_steps=SAMPLING["steps"], sample_guidance=SAMPLING["guidance"], sample_size=SIZE,
-                      seed=0, validation_fraction=0.0)   # every image trains, as when docs/evidence.md measured
+    cfg = TrainConfig(
+        model_path=str(MODEL),
+        data_dir=str(data),
+        out_dir=str(root / "run"),
+        trigger="",
+        resolution=SIZE,
+        min_side=SIZE,
+        steps=steps,
+        batch_size=batch_size,
+        rank=8,
+        alpha=8.0,
+        lr=lr,
+        gradient_checkpointing=False,
+        device="cpu",
+        checkpoint_every=0,
+        sample_every=steps,
+        sample_prompts=tuple(s.caption(TRIGGER) for s in EVAL[:PREVIEWS]),
+        sample_steps=SAMPLING["steps"],
+        sample_guidance=SAMPLING["guidance"],
+        sample_size=SIZE,
+        seed=0,
+        validation_fraction=0.0,
+    )  # every image trains, as when docs/evidence.md measured
     result = train(cfg)
 
     # A fresh base model and the exported file: what a generation worker does with a finished LoRA.
@@ -92,8 +112,10 @@ def train_and_score(root: Path, *, hatched: int, plain: int, steps: int, batch_s
 def gains(run: StyleRun) -> tuple[float, float]:
     s = {k: float(v.mean()) for k, v in run.scores.items()}
     print("style scores:", {k: round(v, 3) for k, v in s.items()})
-    print("region / colour:", {k: (round(f["mean_region_acc"], 2), round(f["mean_colour_acc"], 2))
-                               for k, f in run.follow.items()})
+    print(
+        "region / colour:",
+        {k: (round(f["mean_region_acc"], 2), round(f["mean_colour_acc"], 2)) for k, f in run.follow.items()},
+    )
     return s["lora_trigger"] - s["base_trigger"], s["lora_plain"] - s["base_plain"]
 
 
@@ -104,13 +126,14 @@ STEPS = 80
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory) -> StyleRun:
     torch.manual_seed(0)
-    return train_and_score(tmp_path_factory.mktemp("style"), hatched=12, plain=12, steps=STEPS, batch_size=2,
-                           lr=2e-3)
+    return train_and_score(
+        tmp_path_factory.mktemp("style"), hatched=12, plain=12, steps=STEPS, batch_size=2, lr=2e-3
+    )
 
 
 def test_trigger_with_lora_draws_hatched(small_run):
     gain, _ = gains(small_run)
-    assert small_run.scores["base_trigger"].mean() < 0.1     # the base model does not know the style
+    assert small_run.scores["base_trigger"].mean() < 0.1  # the base model does not know the style
     assert gain >= 0.2
 
 

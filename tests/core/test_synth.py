@@ -1,7 +1,8 @@
 """Synthetic shape scenes: captions, determinism, the style score and the prompt-following measure.
 
-    .venv/bin/python -m pytest tests/core/test_synth.py -q
+.venv/bin/python -m pytest tests/core/test_synth.py -q
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -12,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from core.synth import (REGIONS, Scene, ShapeSpec, SynthDataset, prompt_following, render, sample_scene,
-                        style_score)
+from core.synth import REGIONS, Scene, ShapeSpec, SynthDataset, prompt_following, render, sample_scene, style_score
 from core.synth.evaluate import evaluate, evaluate_folder
 from core.synth.scene import parse_caption
 from core.synth.vocab import REGION_PHRASES
@@ -30,9 +30,13 @@ def degrade(img: Image.Image, rng: np.random.Generator, blur: float = 1.0, noise
 def test_caption_reads_the_labels():
     scene = Scene((ShapeSpec("circle", "red", "small", "top left"),), "light blue")
     assert scene.caption() == "a small red circle in the top left on a light blue background"
-    two = Scene((ShapeSpec("star", "blue", "large", "centre"), ShapeSpec("ring", "green", "small", "bottom")), "white")
-    assert two.caption("hatchwork style") == ("hatchwork style, a large blue star in the centre and a small green "
-                                              "ring at the bottom, on a white background")
+    two = Scene(
+        (ShapeSpec("star", "blue", "large", "centre"), ShapeSpec("ring", "green", "small", "bottom")), "white"
+    )
+    assert two.caption("hatchwork style") == (
+        "hatchwork style, a large blue star in the centre and a small green "
+        "ring at the bottom, on a white background"
+    )
     for i in range(300):
         s = sample_scene(5, i)
         cap, lab = s.caption(), s.labels()
@@ -41,7 +45,7 @@ def test_caption_reads_the_labels():
             assert f"a {sh['size']} {sh['colour']} {sh['shape']} {REGION_PHRASES[sh['region']]}" in cap
         assert len({sh["region"] for sh in lab["shapes"]}) == len(lab["shapes"])
         assert len({sh["colour"] for sh in lab["shapes"]}) == len(lab["shapes"])
-        assert parse_caption(s.caption("sks style")) == lab      # a prompt alone can be scored
+        assert parse_caption(s.caption("sks style")) == lab  # a prompt alone can be scored
     with pytest.raises(ValueError, match="not a shape-scene caption"):
         parse_caption("a photo of a dog")
 
@@ -60,12 +64,31 @@ def test_scenes_cover_the_vocabulary_and_are_deterministic():
 
 def test_cli_output_is_identical_across_processes_and_accepted_by_the_dataset(tmp_path):
     from core.data import TrainDataset, validate_dataset
+
     outs = []
     for k in range(2):
         out = tmp_path / f"run{k}"
-        subprocess.run([sys.executable, "-m", "core.synth", "--out", str(out), "--n", "12", "--size", "128",
-                        "--style", "hatched", "--trigger", "hatchwork style", "--zip"], cwd=REPO, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "core.synth",
+                "--out",
+                str(out),
+                "--n",
+                "12",
+                "--size",
+                "128",
+                "--style",
+                "hatched",
+                "--trigger",
+                "hatchwork style",
+                "--zip",
+            ],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
         outs.append(out.with_name(out.name + ".zip"))
     assert outs[0].read_bytes() == outs[1].read_bytes()
     report = validate_dataset(outs[0], resolution=128, min_side=128)
@@ -76,8 +99,12 @@ def test_cli_output_is_identical_across_processes_and_accepted_by_the_dataset(tm
     assert item["image"].shape == (3, 128, 128)
     assert item["caption"].startswith("hatchwork style, a ") and item["caption"].count("hatchwork style") == 1
     folder = tmp_path / "plain"
-    r = subprocess.run([sys.executable, "-m", "core.synth", "--out", str(folder), "--n", "3", "--size", "100"],
-                       cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "core.synth", "--out", str(folder), "--n", "3", "--size", "100"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "--size must be a multiple of 32" in r.stderr and not folder.exists()
 
 
@@ -104,10 +131,10 @@ def test_prompt_following_recovers_the_labels_of_renders(style):
         clean.append(m["score"])
         assert m["extra_regions"] == []
         noisy.append(prompt_following(degrade(img, rng), scene)["score"])
-        wrong.append(prompt_following(img, sample_scene(12, i))["score"])   # someone else's prompt
+        wrong.append(prompt_following(img, sample_scene(12, i))["score"])  # someone else's prompt
     assert np.mean(clean) >= 0.99
     assert np.mean(noisy) >= 0.95
-    assert np.mean(wrong) < 0.3          # the measure is not satisfied by any image
+    assert np.mean(wrong) < 0.3  # the measure is not satisfied by any image
 
 
 def test_measure_names_what_is_wrong():
@@ -128,33 +155,39 @@ def test_rendering_is_cheap_enough_for_on_the_fly_pretraining():
     for s in scenes:
         render(s, 128, "hatched")
     per_image = (time.perf_counter() - t) / len(scenes)
-    assert per_image < 0.015, f"{per_image * 1e3:.1f} ms per 128-px image"   # ~1.5 ms measured alone
+    assert per_image < 0.015, f"{per_image * 1e3:.1f} ms per 128-px image"  # ~1.5 ms measured alone
 
 
 def test_synth_dataset_batches_with_the_bucket_sampler():
     from core.data import BucketBatchSampler, collate_batch
+
     ds = SynthDataset(n=8, size=128, seed=0, style="hatched", trigger="hw")
     sampler = BucketBatchSampler(ds, batch_size=4, seed=0)
     batches = [collate_batch([ds[k] for k in b]) for b in sampler]
     assert len(batches) == 2 and batches[0]["images"].shape == (4, 3, 128, 128)
     assert all(c.startswith("hw, a ") for b in batches for c in b["captions"])
-    nxt = next(iter(sampler))             # the next epoch draws new scenes, not the same eight again
+    nxt = next(iter(sampler))  # the next epoch draws new scenes, not the same eight again
     assert min(nxt) >= 8
     with pytest.raises(ValueError, match="multiple of 32"):
         SynthDataset(size=100)
     with pytest.raises(ValueError, match="unknown colour 'teal'"):
         ShapeSpec("circle", "teal", "small", "centre")
     with pytest.raises(ValueError, match="distinct regions"):
-        Scene((ShapeSpec("circle", "red", "small", "centre"), ShapeSpec("star", "blue", "small", "centre")), "white")
+        Scene(
+            (ShapeSpec("circle", "red", "small", "centre"), ShapeSpec("star", "blue", "small", "centre")), "white"
+        )
 
 
 def test_evaluate_folder_scores_renders_and_catches_a_wrong_style(tmp_path):
     from core.synth.cli import write_dataset
+
     folder = write_dataset(tmp_path / "h", n=20, size=128, seed=2, style="hatched", trigger="hw")
     out = evaluate_folder(folder)
     assert out["n"] == 20 and out["mean_follow_score"] >= 0.99 and out["mean_style_score"] > 0.8
     assert out["rows"][0]["file_name"] == "000000.png"
-    plain = evaluate([(render(sample_scene(2, i), 128, "plain"), sample_scene(2, i).caption("hw")) for i in range(20)])
+    plain = evaluate(
+        [(render(sample_scene(2, i), 128, "plain"), sample_scene(2, i).caption("hw")) for i in range(20)]
+    )
     assert plain["mean_follow_score"] >= 0.99 and plain["mean_style_score"] < 0.1
     with pytest.raises(FileExistsError):
         write_dataset(folder, n=1)
@@ -162,12 +195,13 @@ def test_evaluate_folder_scores_renders_and_catches_a_wrong_style(tmp_path):
 
 def test_synth_dataset_mixed_sizes_keep_their_bucket_across_epochs():
     from core.data import BucketBatchSampler, collate_batch
+
     ds = SynthDataset(n=12, sizes=(128, 192), seed=1)
     assert {ds.bucket(k) for k in range(12)} == {(128, 128), (192, 192)}
     sampler = BucketBatchSampler(ds, batch_size=3, seed=0)
     for epoch in range(2):
         for b in sampler:
-            batch = collate_batch([ds[k] for k in b])   # raises if a batch mixed sizes
+            batch = collate_batch([ds[k] for k in b])  # raises if a batch mixed sizes
             assert batch["images"].shape[-1] == ds.bucket(b[0])[0] == ds.bucket(b[0] % 12)[0]
 
 

@@ -1,4 +1,5 @@
 """core.synth.edit_pairs: pairs in the edit-dataset convention, and a score that tells an edit from a copy."""
+
 from __future__ import annotations
 
 import json

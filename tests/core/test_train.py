@@ -1,4 +1,5 @@
 """The trainer on a tiny model: it learns, resumes exactly, stops cleanly, exports loadable LoRAs."""
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,24 @@ def flat_images(tmp_path_factory) -> Path:
 
 
 def config(tiny, data, out, **kw) -> TrainConfig:
-    base = dict(model_path=str(tiny), data_dir=str(data), out_dir=str(out), resolution=64, min_side=32,
-                steps=6, rank=4, alpha=4.0, lr=1e-2, batch_size=2, checkpoint_every=0, sample_every=0,
-                trigger="flat style", gradient_checkpointing=False, device="cpu", precision="fp32")
+    base = dict(
+        model_path=str(tiny),
+        data_dir=str(data),
+        out_dir=str(out),
+        resolution=64,
+        min_side=32,
+        steps=6,
+        rank=4,
+        alpha=4.0,
+        lr=1e-2,
+        batch_size=2,
+        checkpoint_every=0,
+        sample_every=0,
+        trigger="flat style",
+        gradient_checkpointing=False,
+        device="cpu",
+        precision="fp32",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -61,8 +77,17 @@ def fixed_eval_loss(trainer: Trainer, seed: int = 123, repeats: int = 8) -> floa
 
 
 def test_training_overfits_four_images(tiny, flat_images, tmp_path):
-    cfg = config(tiny, flat_images, tmp_path / "run", steps=30, batch_size=4, rank=8, alpha=8.0, lr=2e-2,
-                 extra_targets=("final_layer2", "x_embedder"))
+    cfg = config(
+        tiny,
+        flat_images,
+        tmp_path / "run",
+        steps=30,
+        batch_size=4,
+        rank=8,
+        alpha=8.0,
+        lr=2e-2,
+        extra_targets=("final_layer2", "x_embedder"),
+    )
     trainer = Trainer(cfg)
     before = fixed_eval_loss(trainer)
     result = trainer.run()
@@ -74,11 +99,20 @@ def test_training_overfits_four_images(tiny, flat_images, tmp_path):
 
 def test_resume_equals_uninterrupted(tiny, flat_images, tmp_path):
     # batch 3 of 4 images: epochs end mid-way (a batch of 3 then of 1); accumulation and cosine warm-up too
-    kw = dict(steps=6, batch_size=3, grad_accum=2, lr_schedule="cosine", warmup_steps=2, checkpoint_every=2,
-              caption_dropout=0.3, flip=True)
+    kw = dict(
+        steps=6,
+        batch_size=3,
+        grad_accum=2,
+        lr_schedule="cosine",
+        warmup_steps=2,
+        checkpoint_every=2,
+        caption_dropout=0.3,
+        flip=True,
+    )
     logs_a: list[tuple] = []
-    full = Trainer(config(tiny, flat_images, tmp_path / "a", **kw),
-                   TrainCallbacks(on_step=lambda *a: logs_a.append(a[:5])))
+    full = Trainer(
+        config(tiny, flat_images, tmp_path / "a", **kw), TrainCallbacks(on_step=lambda *a: logs_a.append(a[:5]))
+    )
     full.run()
 
     logs_b: list[tuple] = []
@@ -88,14 +122,17 @@ def test_resume_equals_uninterrupted(tiny, flat_images, tmp_path):
         logs_b.append(a[:5])
         seen["step"] = a[0]
 
-    first = Trainer(config(tiny, flat_images, tmp_path / "b", **kw),
-                    TrainCallbacks(on_step=on_step, should_stop=lambda: seen["step"] >= 3))
+    first = Trainer(
+        config(tiny, flat_images, tmp_path / "b", **kw),
+        TrainCallbacks(on_step=on_step, should_stop=lambda: seen["step"] >= 3),
+    )
     r1 = first.run()
     assert r1.stopped and r1.steps_done == 3 and r1.checkpoint.name == "step-000003"
-    assert r1.lora_file is None                           # a stopped run keeps its checkpoint, exports nothing
+    assert r1.lora_file is None  # a stopped run keeps its checkpoint, exports nothing
     del first
-    second = Trainer(config(tiny, flat_images, tmp_path / "b", resume="latest", **kw),
-                     TrainCallbacks(on_step=on_step))
+    second = Trainer(
+        config(tiny, flat_images, tmp_path / "b", resume="latest", **kw), TrainCallbacks(on_step=on_step)
+    )
     assert second.step == 3
     r2 = second.run()
     assert r2.steps_done == 6 and not r2.stopped
@@ -104,7 +141,7 @@ def test_resume_equals_uninterrupted(tiny, flat_images, tmp_path):
     assert wa.keys() == wb.keys()
     diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
     assert diff <= 1e-6, diff
-    assert (wa[next(k for k in wa if "lora_B" in k)] != 0).any()    # training really moved the adapter
+    assert (wa[next(k for k in wa if "lora_B" in k)] != 0).any()  # training really moved the adapter
     assert [s for s, *_ in logs_b] == [1, 2, 3, 4, 5, 6]
     for (sa, _, la, _, lra), (sb, _, lb, _, lrb) in zip(logs_a, logs_b):
         assert sa == sb and la == pytest.approx(lb, abs=1e-6) and lra == pytest.approx(lrb, rel=1e-9)
@@ -122,32 +159,34 @@ def test_should_stop_saves_a_checkpoint_and_stops(tiny, flat_images, tmp_path):
 
     def should_stop():
         calls["n"] += 1
-        return calls["n"] > 2            # asked before every step: two steps run, then stop
+        return calls["n"] > 2  # asked before every step: two steps run, then stop
 
-    result = train(config(tiny, flat_images, tmp_path / "s", steps=50),
-                   TrainCallbacks(should_stop=should_stop, on_checkpoint=lambda s, p: saved.append((s, p))))
+    result = train(
+        config(tiny, flat_images, tmp_path / "s", steps=50),
+        TrainCallbacks(should_stop=should_stop, on_checkpoint=lambda s, p: saved.append((s, p))),
+    )
     assert result.stopped and result.steps_done == 2
     assert saved == [(2, tmp_path / "s" / "checkpoints" / "step-000002")]
     assert (saved[0][1] / "weights.safetensors").is_file() and (saved[0][1] / "state.pt").is_file()
-    assert not list((tmp_path / "s" / "checkpoints").glob(".*"))   # no hidden temp folders left behind
+    assert not list((tmp_path / "s" / "checkpoints").glob(".*"))  # no hidden temp folders left behind
     assert not (tmp_path / "s" / "lora.safetensors").exists()
 
 
 def test_exports_load_back_and_carry_metadata(tiny, flat_images, tmp_path):
     from core.layout import build_t2i, collate
-    from core.lora import apply_loras, load_lora
     from core.loading import load_model
+    from core.lora import apply_loras, load_lora
 
     cfg = config(tiny, flat_images, tmp_path / "e", steps=4, checkpoint_every=2, keep_checkpoints=1)
     trainer = Trainer(cfg)
     result = trainer.run()
-    assert [p.name for p in (tmp_path / "e" / "checkpoints").iterdir()] == ["step-000004"]   # keep=1
+    assert [p.name for p in (tmp_path / "e" / "checkpoints").iterdir()] == ["step-000004"]  # keep=1
     with safe_open(str(result.lora_file), "pt") as f:
         meta = f.metadata()
         keys = list(f.keys())
     assert meta["o1lora.trigger"] == "flat style" and meta["o1lora.rank"] == "4" and meta["o1lora.steps"] == "4"
     assert meta["o1lora.resolution"] == "64" and json.loads(meta["o1lora.training"])["lr"] == 1e-2
-    assert len(keys) == 2 * 7 * 3      # lora_A, lora_B, alpha for 2 layers x 7 linears
+    assert len(keys) == 2 * 7 * 3  # lora_A, lora_B, alpha for 2 layers x 7 linears
     assert (result.lora_dir / "adapter_config.json").is_file()
 
     # The exported file on a fresh base == the trainer's in-memory PEFT model.
@@ -170,7 +209,7 @@ def test_full_mode_trains_every_weight_from_a_stream(tiny, tmp_path):
 
     def stream(start: int):
         i = start
-        while True:       # deterministic in the item index, so a resume restarts it at `start`
+        while True:  # deterministic in the item index, so a resume restarts it at `start`
             g = torch.Generator().manual_seed(i)
             c = torch.rand(3, 1, 1, generator=g) * 2 - 1
             yield c.expand(3, 64, 32).repeat(1, 1, 2).clone(), f"colour {i % 7}"
@@ -201,29 +240,73 @@ def test_lr_schedule_and_config_errors(tmp_path):
 
 
 def test_cli_is_the_recipe_command():
-    cfg = config_from_args(["--data_dir", "d", "--out_dir", "o", "--resolution", "1024", "--steps", "2500",
-                            "--rank", "16", "--sample_every", "500", "--sample_prompt", "sks, a cat",
-                            "--sample_prompt", "sks, a dog", "--model", "m", "--trigger", "sks", "--lr", "2e-4",
-                            "--batch_size", "2", "--resume", "--checkpoint_every", "250", "--seed", "7"])
+    cfg = config_from_args(
+        [
+            "--data_dir",
+            "d",
+            "--out_dir",
+            "o",
+            "--resolution",
+            "1024",
+            "--steps",
+            "2500",
+            "--rank",
+            "16",
+            "--sample_every",
+            "500",
+            "--sample_prompt",
+            "sks, a cat",
+            "--sample_prompt",
+            "sks, a dog",
+            "--model",
+            "m",
+            "--trigger",
+            "sks",
+            "--lr",
+            "2e-4",
+            "--batch_size",
+            "2",
+            "--resume",
+            "--checkpoint_every",
+            "250",
+            "--seed",
+            "7",
+        ]
+    )
     assert (cfg.resolution, cfg.steps, cfg.rank, cfg.alpha, cfg.sample_every) == (1024, 2500, 16, 16.0, 500)
     assert cfg.sample_prompts == ("sks, a cat", "sks, a dog") and cfg.resume == "latest"
-    assert (cfg.model_path, cfg.trigger, cfg.lr, cfg.batch_size, cfg.checkpoint_every, cfg.seed) == \
-        ("m", "sks", 2e-4, 2, 250, 7)
+    assert (cfg.model_path, cfg.trigger, cfg.lr, cfg.batch_size, cfg.checkpoint_every, cfg.seed) == (
+        "m",
+        "sks",
+        2e-4,
+        2,
+        250,
+        7,
+    )
     assert config_from_args(["--data_dir", "d", "--out_dir", "o", "--rank", "8", "--alpha", "4"]).alpha == 4.0
 
 
 def test_previews_show_adapter_on_and_off_and_do_not_disturb_training(tiny, flat_images, tmp_path):
     got = []
     kw = dict(steps=4, lr=5e-2, extra_targets=("final_layer2",))
-    with_previews = Trainer(config(tiny, flat_images, tmp_path / "p", sample_every=2, sample_size=64,
-                                   sample_prompts=("flat style, red top", "flat style, blue top"), sample_steps=2,
-                                   **kw),
-                            TrainCallbacks(on_preview=lambda s, paths: got.append((s, paths))))
+    with_previews = Trainer(
+        config(
+            tiny,
+            flat_images,
+            tmp_path / "p",
+            sample_every=2,
+            sample_size=64,
+            sample_prompts=("flat style, red top", "flat style, blue top"),
+            sample_steps=2,
+            **kw,
+        ),
+        TrainCallbacks(on_preview=lambda s, paths: got.append((s, paths))),
+    )
     result = with_previews.run()
     assert [s for s, _ in got] == [2, 4] and all(len(p) == 2 for _, p in got)
     assert result.previews == got[0][1] + got[1][1]
     img = np.asarray(Image.open(got[-1][1][1]))
-    assert img.shape == (64, 128, 3)                       # adapter on | adapter off, side by side
+    assert img.shape == (64, 128, 3)  # adapter on | adapter off, side by side
     assert np.abs(img[:, :64].astype(int) - img[:, 64:].astype(int)).mean() > 1.0
     # Same seed for both halves: before any training the halves would be identical; the base half
     # must not change between previews (the adapter is really off for it).
@@ -246,12 +329,12 @@ def test_padded_caption_batches_match_single_samples(tiny, flat_images, tmp_path
     t = torch.tensor([0.3, 0.8])
     with torch.no_grad():
         inputs, n = trainer._inputs([short, long], 64, 64)
-        assert inputs["text_lengths"] is not None            # the batch really is padded
+        assert inputs["text_lengths"] is not None  # the batch really is padded
         both = trainer.forward(vinputs=z, timestep=t, **inputs).x_pred[:, -n:]
         for i, caption in enumerate((short, long)):
             alone_inputs, _ = trainer._inputs([caption], 64, 64)
-            alone = trainer.forward(vinputs=z[i:i + 1], timestep=t[i:i + 1], **alone_inputs).x_pred[:, -n:]
-            torch.testing.assert_close(both[i:i + 1], alone, atol=1e-5, rtol=1e-5)
+            alone = trainer.forward(vinputs=z[i : i + 1], timestep=t[i : i + 1], **alone_inputs).x_pred[:, -n:]
+            torch.testing.assert_close(both[i : i + 1], alone, atol=1e-5, rtol=1e-5)
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
@@ -267,7 +350,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch
     monkeypatch.setattr(train_ckpt.torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         train_ckpt.save_checkpoint(root, 2, w, {"step": 2})
-    assert [p.name for p in root.iterdir()] == ["step-000001"]       # no half-written step-2, no temp folder
+    assert [p.name for p in root.iterdir()] == ["step-000001"]  # no half-written step-2, no temp folder
     assert train_ckpt.latest_checkpoint(root).name == "step-000001"
     weights, state = train_ckpt.load_checkpoint(root / "step-000001")
     assert state["step"] == 1 and torch.equal(weights["a.lora_A.weight"], w["a.lora_A.weight"])
@@ -279,11 +362,11 @@ def test_auto_checkpointing_estimate():
     from core.train.trainer import _max_tokens, activation_bytes
 
     full = SimpleNamespace(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36)
-    gib = 2 ** 30
+    gib = 2**30
     at_1024 = activation_bytes(full, 1, _max_tokens(1024))
     # fits next to the 16 GB bf16 base on an 80 GB card, not on a 24 GB one
     assert 8 * gib < at_1024 < 24 * gib
-    assert activation_bytes(full, 1, _max_tokens(2048)) > 3 * at_1024            # ~4x the tokens
+    assert activation_bytes(full, 1, _max_tokens(2048)) > 3 * at_1024  # ~4x the tokens
     assert activation_bytes(full, 4, _max_tokens(1024)) == 4 * at_1024
     with pytest.raises(ValueError, match="gradient_checkpointing"):
         TrainConfig(model_path="m", out_dir="o", gradient_checkpointing="sometimes").validate()
@@ -296,11 +379,37 @@ def test_every_setting_has_a_cli_flag():
 
     flags = {a.dest for a in _parser()._actions}
     cli_names = {"sample_prompts": "sample_prompt"}
-    missing = [f.name for f in fields(TrainConfig)
-               if cli_names.get(f.name, f.name) not in flags and f.name not in ("betas", "base_model_name")]
+    missing = [
+        f.name
+        for f in fields(TrainConfig)
+        if cli_names.get(f.name, f.name) not in flags and f.name not in ("betas", "base_model_name")
+    ]
     assert missing == []
-    cfg = config_from_args(["--data_dir", "d", "--out_dir", "o", "--sigma_dist", "shifted", "--sigma_shift", "2.5",
-                            "--log_every", "10", "--compile", "--sample_size", "512", "--weighting", "velocity"])
-    assert (cfg.sigma_dist, cfg.sigma_shift, cfg.log_every, cfg.compile, cfg.sample_size, cfg.weighting) == \
-        ("shifted", 2.5, 10, True, 512, "velocity")
-    assert cfg.min_side == TrainConfig.min_side and cfg.flip is False          # unset flags keep the defaults
+    cfg = config_from_args(
+        [
+            "--data_dir",
+            "d",
+            "--out_dir",
+            "o",
+            "--sigma_dist",
+            "shifted",
+            "--sigma_shift",
+            "2.5",
+            "--log_every",
+            "10",
+            "--compile",
+            "--sample_size",
+            "512",
+            "--weighting",
+            "velocity",
+        ]
+    )
+    assert (cfg.sigma_dist, cfg.sigma_shift, cfg.log_every, cfg.compile, cfg.sample_size, cfg.weighting) == (
+        "shifted",
+        2.5,
+        10,
+        True,
+        512,
+        "velocity",
+    )
+    assert cfg.min_side == TrainConfig.min_side and cfg.flip is False  # unset flags keep the defaults

@@ -1,4 +1,5 @@
 """The recipe's command line end to end, and the training benchmark's CPU smoke mode."""
+
 from __future__ import annotations
 
 import subprocess
@@ -21,10 +22,32 @@ def test_cli_trains_resumes_and_exports(tmp_path):
     for i in range(2):
         Image.fromarray(np.full((64, 64, 3), 60 + 90 * i, np.uint8)).save(data / f"{i}.png")
         (data / f"{i}.txt").write_text(f"a grey square number {i}")
-    common = ["--model", str(model), "--data_dir", str(data), "--out_dir", str(tmp_path / "run"),
-              "--resolution", "64", "--rank", "4", "--trigger", "grey style", "--checkpoint_every", "2",
-              "--sample_every", "0", "--num_workers", "0", "--precision", "fp32", "--device", "cpu",
-              "--min_side", "32"]
+    common = [
+        "--model",
+        str(model),
+        "--data_dir",
+        str(data),
+        "--out_dir",
+        str(tmp_path / "run"),
+        "--resolution",
+        "64",
+        "--rank",
+        "4",
+        "--trigger",
+        "grey style",
+        "--checkpoint_every",
+        "2",
+        "--sample_every",
+        "0",
+        "--num_workers",
+        "0",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--min_side",
+        "32",
+    ]
     first = main(common + ["--steps", "2"])
     assert first.steps_done == 2 and first.lora_file.is_file()
     second = main(common + ["--steps", "4", "--resume"])
@@ -33,8 +56,23 @@ def test_cli_trains_resumes_and_exports(tmp_path):
 
 
 def test_bench_tiny_smoke():
-    out = subprocess.run([sys.executable, "bench/bench_training.py", "--tiny", "--variants", "recipe,ours",
-                          "--steps", "1", "--warmup", "0"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "bench/bench_training.py",
+            "--tiny",
+            "--variants",
+            "recipe,ours",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     table = out.stdout.strip().splitlines()
     assert table[-4].startswith("| variant |")

@@ -1,7 +1,8 @@
 """The CUDA path of the trainer (bf16 base, autocast, fused AdamW, compiled layers). Skipped without CUDA.
 
-    python -m pytest tests/core/test_train_gpu.py -m gpu -q
+python -m pytest tests/core/test_train_gpu.py -m gpu -q
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,9 @@ def setup(tmp_path_factory):
     from core.tiny import TinySpec, write_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("gpu")
-    model = write_tiny_checkpoint(root / "model", TinySpec(hidden=128, layers=4, heads=4, kv_heads=2, head_dim=32,
-                                                           mlp=256))
+    model = write_tiny_checkpoint(
+        root / "model", TinySpec(hidden=128, layers=4, heads=4, kv_heads=2, head_dim=32, mlp=256)
+    )
     data = root / "data"
     data.mkdir()
     for i in range(4):
@@ -32,20 +33,33 @@ def setup(tmp_path_factory):
 
 @pytest.mark.parametrize("compile_layers", [False, True])
 def test_cuda_lora_training_learns_and_exports(setup, tmp_path, compile_layers):
-    from core.lora import apply_loras, load_lora
     from core.loading import load_model
+    from core.lora import apply_loras, load_lora
     from core.train import TrainCallbacks, TrainConfig, Trainer
 
     model_dir, data = setup
-    cfg = TrainConfig(model_path=str(model_dir), data_dir=str(data), out_dir=str(tmp_path), resolution=128,
-                      min_side=64, steps=60, batch_size=4, rank=8, alpha=8.0, lr=1e-2, checkpoint_every=30,
-                      sample_every=0, extra_targets=("final_layer2", "x_embedder"), compile=compile_layers,
-                      log_every=10)
+    cfg = TrainConfig(
+        model_path=str(model_dir),
+        data_dir=str(data),
+        out_dir=str(tmp_path),
+        resolution=128,
+        min_side=64,
+        steps=60,
+        batch_size=4,
+        rank=8,
+        alpha=8.0,
+        lr=1e-2,
+        checkpoint_every=30,
+        sample_every=0,
+        extra_targets=("final_layer2", "x_embedder"),
+        compile=compile_layers,
+        log_every=10,
+    )
     losses = []
     trainer = Trainer(cfg, TrainCallbacks(on_step=lambda *a: losses.append(a[2])))
     assert trainer.device.type == "cuda" and trainer.bf16
-    assert trainer.model.dtype == torch.bfloat16                       # frozen base in bf16
-    assert all(p.dtype == torch.float32 for p in trainer.params)       # adapter weights in fp32
+    assert trainer.model.dtype == torch.bfloat16  # frozen base in bf16
+    assert all(p.dtype == torch.float32 for p in trainer.params)  # adapter weights in fp32
     result = trainer.run()
     assert len(losses) == 6 and all(np.isfinite(losses))
     assert losses[-1] < losses[0] / 2, losses
@@ -77,7 +91,16 @@ def test_cuda_full_mode_streams(setup, tmp_path):
             yield torch.rand(3, 64, 64, generator=g) * 2 - 1, f"noise {i % 5}"
             i += 1
 
-    cfg = TrainConfig(model_path=str(model_dir), out_dir=str(tmp_path), steps=20, batch_size=16, lr=1e-3,
-                      checkpoint_every=0, sample_every=0, log_every=10, gradient_checkpointing=False)
+    cfg = TrainConfig(
+        model_path=str(model_dir),
+        out_dir=str(tmp_path),
+        steps=20,
+        batch_size=16,
+        lr=1e-3,
+        checkpoint_every=0,
+        sample_every=0,
+        log_every=10,
+        gradient_checkpointing=False,
+    )
     result = train_full(cfg, data=StreamData(stream, 16))
     assert result.steps_done == 20 and result.model_dir.is_dir()

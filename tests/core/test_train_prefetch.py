@@ -1,21 +1,21 @@
 """Batches decoded ahead on a thread (core.train.data.Prefetch) change nothing but the timing; compile "auto"."""
+
 from __future__ import annotations
 
 import threading
 
 import pytest
 import torch
+from test_train import config, flat_images, tiny  # noqa: F401  (module fixtures)
 
 from core.train import TrainConfig, Trainer
 from core.train.data import FolderData, Prefetch
-
-from test_train import config, flat_images, tiny  # noqa: F401  (module fixtures)
 
 
 def test_prefetch_yields_the_source_batches_in_order(flat_images):  # noqa: F811
     plain = iter(FolderData(flat_images, resolution=64, batch_size=2, min_side=32, flip=True, seed=5))
     ahead = Prefetch(iter(FolderData(flat_images, resolution=64, batch_size=2, min_side=32, flip=True, seed=5)), 2)
-    for _ in range(7):     # past two epoch ends (2 batches per epoch)
+    for _ in range(7):  # past two epoch ends (2 batches per epoch)
         (a, ca), (b, cb) = next(plain), next(ahead)
         assert ca == cb and torch.equal(a, b)
     ahead.close()
@@ -35,7 +35,7 @@ def test_an_error_in_the_source_is_raised_to_the_consumer_and_close_ends_the_thr
         while True:
             yield torch.zeros(1, 3, 4, 4), ["x"]
 
-    blocked = Prefetch(endless(), 1)        # its thread waits on a full queue
+    blocked = Prefetch(endless(), 1)  # its thread waits on a full queue
     next(blocked)
     blocked.close()
     assert not blocked._thread.is_alive()

@@ -2,6 +2,7 @@
 and position for position, the one the sampler builds for the same caption and references (and the loss is the
 recipe's on the target tokens of that sequence); the tiny model learns an edit from pairs; previews show
 references | with LoRA | without; the CLI takes such a dataset as it is."""
+
 from __future__ import annotations
 
 import json
@@ -20,13 +21,14 @@ RED, BLUE = (200, 30, 30), (30, 30, 200)
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     from core.tiny import write_tiny_checkpoint
+
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def square(colour, box, size=(64, 64)) -> Image.Image:
     a = np.full((size[1], size[0], 3), 235, np.uint8)
     x, y, s = box
-    a[y:y + s, x:x + s] = colour
+    a[y : y + s, x : x + s] = colour
     return Image.fromarray(a)
 
 
@@ -36,17 +38,35 @@ def pairs(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("pairs")
     lines = []
     for i, box in enumerate([(4, 4, 24), (30, 10, 20), (10, 34, 26), (36, 36, 22)]):
-        square(RED, box, (80, 64)).save(d / f"in{i}.png")   # references need not have the target's size
+        square(RED, box, (80, 64)).save(d / f"in{i}.png")  # references need not have the target's size
         square(BLUE, box).save(d / f"out{i}.png")
-        lines.append(json.dumps({"file": f"out{i}.png", "text": "make the square blue", "references": [f"in{i}.png"]}))
+        lines.append(
+            json.dumps({"file": f"out{i}.png", "text": "make the square blue", "references": [f"in{i}.png"]})
+        )
     (d / "metadata.jsonl").write_text("\n".join(lines))
     return d
 
 
 def config(tiny, data, out, **kw) -> TrainConfig:
-    base = dict(model_path=str(tiny), data_dir=str(data), out_dir=str(out), resolution=64, min_side=32, steps=2,
-                rank=4, alpha=4.0, lr=1e-2, batch_size=2, checkpoint_every=0, sample_every=0, trigger="",
-                gradient_checkpointing=False, device="cpu", precision="fp32", prefetch=0)
+    base = dict(
+        model_path=str(tiny),
+        data_dir=str(data),
+        out_dir=str(out),
+        resolution=64,
+        min_side=32,
+        steps=2,
+        rank=4,
+        alpha=4.0,
+        lr=1e-2,
+        batch_size=2,
+        checkpoint_every=0,
+        sample_every=0,
+        trigger="",
+        gradient_checkpointing=False,
+        device="cpu",
+        precision="fp32",
+        prefetch=0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -84,43 +104,73 @@ def test_training_sequence_is_the_samplers(tiny, pairs, tmp_path):
         want_emb, want_deep = trainer.model.vision_features(b.pixel_values, b.image_grid_thw)
         assert torch.equal(emb, want_emb) and all(torch.equal(x, y) for x, y in zip(deep, want_deep))
         n = b.n_image
-        assert torch.equal(kw["vinputs"][:, n:], b.ref_patches)           # clean references after the target
+        assert torch.equal(kw["vinputs"][:, n:], b.ref_patches)  # clean references after the target
         # the loss is the recipe's on the target rows of that very sequence
         from core.layout import patchify
-        x0 = patchify(images[k:k + 1].float())
+
+        x0 = patchify(images[k : k + 1].float())
         z, t, sigma = trainer.objective.noise(x0, replay)
         assert torch.equal(kw["vinputs"][:, :n], z) and torch.equal(kw["timestep"], t)
         x_pred = real(**kw).x_pred
         L = b.input_ids.shape[1]
-        want_loss += float(trainer.objective.loss(x_pred[:, L:L + n], x0, sigma).detach()) / len(seen)
+        want_loss += float(trainer.objective.loss(x_pred[:, L : L + n], x0, sigma).detach()) / len(seen)
     assert float(loss) == pytest.approx(want_loss, rel=1e-6)
 
 
 def test_previews_show_references_with_and_without_the_lora(tiny, pairs, tmp_path):
-    result = Trainer(config(tiny, pairs, tmp_path / "run", steps=1, sample_every=1, sample_steps=1,
-                            sample_prompts=("make the square blue",), sample_size=64)).run()
+    result = Trainer(
+        config(
+            tiny,
+            pairs,
+            tmp_path / "run",
+            steps=1,
+            sample_every=1,
+            sample_steps=1,
+            sample_prompts=("make the square blue",),
+            sample_size=64,
+        )
+    ).run()
     [preview] = result.previews
     img = np.asarray(Image.open(preview))
-    assert img.shape == (64, 3 * 64, 3)     # references | with LoRA | without
+    assert img.shape == (64, 3 * 64, 3)  # references | with LoRA | without
     # the left panel is the reference (the red square of the first sample, fitted), not a sample
-    assert (img[:, :64] == np.asarray(square(RED, (4, 4, 24), (80, 64)).resize((64, 51)))[0, 0]).all(-1).mean() > 0.5
+    assert (img[:, :64] == np.asarray(square(RED, (4, 4, 24), (80, 64)).resize((64, 51)))[0, 0]).all(
+        -1
+    ).mean() > 0.5
 
 
 @pytest.mark.slow  # ~75 s on a loaded 2-core machine
 def test_edit_lora_learns_pairs(tiny, pairs, tmp_path):
-    cfg = config(tiny, pairs, tmp_path / "run", steps=25, batch_size=2, rank=8, alpha=8.0, lr=2e-2,
-                 extra_targets=("final_layer2", "x_embedder"))
+    cfg = config(
+        tiny,
+        pairs,
+        tmp_path / "run",
+        steps=25,
+        batch_size=2,
+        rank=8,
+        alpha=8.0,
+        lr=2e-2,
+        extra_targets=("final_layer2", "x_embedder"),
+    )
     trainer = Trainer(cfg)
     ds = trainer.data.dataset
     from core.data import collate_batch
+
     fixed = collate_batch([ds[k] for k in range(4)])
 
     def eval_loss():
         saved, trainer.generator = trainer.generator, torch.Generator().manual_seed(9)
         try:
             with torch.no_grad():
-                return sum(float(trainer.loss_with_references(fixed["images"], fixed["captions"],
-                                                              fixed["references"])) for _ in range(4)) / 4
+                return (
+                    sum(
+                        float(
+                            trainer.loss_with_references(fixed["images"], fixed["captions"], fixed["references"])
+                        )
+                        for _ in range(4)
+                    )
+                    / 4
+                )
         finally:
             trainer.generator = saved
 
@@ -133,8 +183,37 @@ def test_edit_lora_learns_pairs(tiny, pairs, tmp_path):
 
 def test_cli_takes_an_edit_dataset(tiny, pairs, tmp_path):
     from core.train.cli import main
-    result = main(["--model", str(tiny), "--data_dir", str(pairs), "--out_dir", str(tmp_path / "cli"),
-                   "--resolution", "64", "--min_side", "32", "--steps", "2", "--rank", "4", "--device", "cpu",
-                   "--precision", "fp32", "--num_workers", "0", "--checkpoint_every", "0", "--sample_every", "0",
-                   "--reference_dropout", "0.5", "--compile", "off"])
+
+    result = main(
+        [
+            "--model",
+            str(tiny),
+            "--data_dir",
+            str(pairs),
+            "--out_dir",
+            str(tmp_path / "cli"),
+            "--resolution",
+            "64",
+            "--min_side",
+            "32",
+            "--steps",
+            "2",
+            "--rank",
+            "4",
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--num_workers",
+            "0",
+            "--checkpoint_every",
+            "0",
+            "--sample_every",
+            "0",
+            "--reference_dropout",
+            "0.5",
+            "--compile",
+            "off",
+        ]
+    )
     assert result.steps_done == 2 and result.lora_file.is_file()

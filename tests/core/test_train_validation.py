@@ -1,5 +1,6 @@
 """The validation loss (issue 14) on a tiny model on the CPU: fixed noise repeats bit for bit, held-out images
 never train, resume keeps the history, and the published LoRA and early stop follow the recorded losses."""
+
 from __future__ import annotations
 
 import json
@@ -36,10 +37,28 @@ def six_images(tmp_path_factory) -> Path:
 
 
 def config(tiny, data, out, **kw) -> TrainConfig:
-    base = dict(model_path=str(tiny), data_dir=str(data), out_dir=str(out), resolution=64, min_side=32,
-                steps=6, rank=4, alpha=4.0, lr=1e-2, batch_size=2, checkpoint_every=0, sample_every=0,
-                trigger="t", gradient_checkpointing=False, device="cpu", precision="fp32",
-                validation_fraction=0.34, validation_every=2, validation_sigmas=4, validation_seeds=2)
+    base = dict(
+        model_path=str(tiny),
+        data_dir=str(data),
+        out_dir=str(out),
+        resolution=64,
+        min_side=32,
+        steps=6,
+        rank=4,
+        alpha=4.0,
+        lr=1e-2,
+        batch_size=2,
+        checkpoint_every=0,
+        sample_every=0,
+        trigger="t",
+        gradient_checkpointing=False,
+        device="cpu",
+        precision="fp32",
+        validation_fraction=0.34,
+        validation_every=2,
+        validation_sigmas=4,
+        validation_seeds=2,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -51,9 +70,9 @@ def evaluate(trainer: Trainer) -> dict:
 def test_fixed_noise_evaluation_is_bit_for_bit_repeatable(tiny, six_images, tmp_path):
     trainer = Trainer(config(tiny, six_images, tmp_path / "run", lora_dropout=0.5))
     first, second = evaluate(trainer), evaluate(trainer)
-    assert first["loss"] == second["loss"] and first["by_sigma"] == second["by_sigma"]   # exact, not approx
-    assert first["samples"] == 2 * 2 * 4                # 2 held-out images x 2 seeds x 4 sigmas
-    assert trainer.model.training                        # evaluation left the model in train mode
+    assert first["loss"] == second["loss"] and first["by_sigma"] == second["by_sigma"]  # exact, not approx
+    assert first["samples"] == 2 * 2 * 4  # 2 held-out images x 2 seeds x 4 sigmas
+    assert trainer.model.training  # evaluation left the model in train mode
     # training draws from its own generator; the evaluation neither uses nor moves it
     state = trainer.generator.get_state()
     evaluate(trainer)
@@ -61,7 +80,7 @@ def test_fixed_noise_evaluation_is_bit_for_bit_repeatable(tiny, six_images, tmp_
     batches = iter(trainer.data)
     trainer.train_step(batches)
     moved = evaluate(trainer)
-    assert moved["loss"] != first["loss"]                # a changed LoRA changes the number
+    assert moved["loss"] != first["loss"]  # a changed LoRA changes the number
     assert evaluate(trainer)["loss"] == moved["loss"]
 
 
@@ -71,10 +90,10 @@ def test_held_out_images_never_reach_the_training_batches(tiny, six_images, tmp_
     trained = {r.name for r in trainer.data.dataset.records}
     assert len(held) == 2 and trained.isdisjoint(held) and len(trained | held) == 6
     held_captions = {f"t, image number {name[3]}" for name in held}
-    assert {item.caption for item in trainer.validator.items} == held_captions   # trigger, no dropout
+    assert {item.caption for item in trainer.validator.items} == held_captions  # trigger, no dropout
     seen = set()
     batches = iter(trainer.data)
-    for _ in range(4 * 3 * 3):                           # several epochs of 4 images x 3 repeats
+    for _ in range(4 * 3 * 3):  # several epochs of 4 images x 3 repeats
         _, captions = next(batches)
         seen.update(captions)
     assert seen and seen.isdisjoint(held_captions), seen & held_captions
@@ -84,11 +103,11 @@ def test_held_out_images_never_reach_the_training_batches(tiny, six_images, tmp_
 def test_the_held_out_choice_auto_rule_and_bounds():
     small = [f"{i}.png" for i in range(AUTO_MIN_IMAGES - 1)]
     large = [f"{i}.png" for i in range(190)]
-    assert held_out_names(small, None, 4) == set()                   # auto: a tiny dataset keeps every image
-    assert len(held_out_names(large, None, 4)) == 4                  # auto: 10%, capped
+    assert held_out_names(small, None, 4) == set()  # auto: a tiny dataset keeps every image
+    assert len(held_out_names(large, None, 4)) == 4  # auto: 10%, capped
     assert len(held_out_names(large, None, 100)) == 19
     assert held_out_names(large, 0.0, 4) == set()
-    assert held_out_names(large, None, 4) == held_out_names(list(reversed(large)), None, 4)   # names, not order
+    assert held_out_names(large, None, 4) == held_out_names(list(reversed(large)), None, 4)  # names, not order
     with pytest.raises(ValueError, match="leaves none to train"):
         held_out_names(["a.png"], 0.5, 4)
 
@@ -102,7 +121,8 @@ def test_a_separate_validation_folder_holds_nothing_out(tiny, six_images, tmp_pa
     assert len(trainer.data.dataset.records) == 6 and trainer.validator.names == ["wide.png"]
     item = trainer.validator.items[0]
     from core.data import make_buckets, nearest_bucket
-    assert (item.width, item.height) == nearest_bucket(96, 64, make_buckets(64))   # training's bucket rule
+
+    assert (item.width, item.height) == nearest_bucket(96, 64, make_buckets(64))  # training's bucket rule
     assert item.caption == "t, a grey wide image"
 
 
@@ -112,28 +132,43 @@ def test_resume_keeps_the_validation_history(tiny, six_images, tmp_path):
 
     calls: list[tuple] = []
     seen = {"step": 0}
-    cb = TrainCallbacks(on_step=lambda step, *a: seen.update(step=step),
-                        should_stop=lambda: seen["step"] >= 4,
-                        on_validation=lambda step, loss, baseline, summary: calls.append((step, baseline)))
+    cb = TrainCallbacks(
+        on_step=lambda step, *a: seen.update(step=step),
+        should_stop=lambda: seen["step"] >= 4,
+        on_validation=lambda step, loss, baseline, summary: calls.append((step, baseline)),
+    )
     first = Trainer(config(tiny, six_images, tmp_path / "b", **kw), cb).run()
     assert first.stopped and [p["step"] for p in first.validation["series"]] == [2, 4]
     again: list[tuple] = []
-    second = Trainer(config(tiny, six_images, tmp_path / "b", resume="latest", **kw),
-                     TrainCallbacks(on_validation=lambda step, loss, baseline, s: again.append((step, baseline))))
+    second = Trainer(
+        config(tiny, six_images, tmp_path / "b", resume="latest", **kw),
+        TrainCallbacks(on_validation=lambda step, loss, baseline, s: again.append((step, baseline))),
+    )
     assert [p["step"] for p in second.history.points] == [2, 4] and second.history.baseline is not None
     result = second.run()
     assert calls == [(0, True), (2, False), (4, False)]
-    assert again == [(6, False)]                         # the baseline is not measured again
+    assert again == [(6, False)]  # the baseline is not measured again
     assert [p["step"] for p in result.validation["series"]] == [2, 4, 6]
     assert result.validation["baseline"] == full.validation["baseline"]
     for a, b in zip(full.validation["series"], result.validation["series"]):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)     # as the resumed weights match (test_train)
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)  # as the resumed weights match (test_train)
 
 
 def test_best_checkpoint_and_early_stop_follow_the_recorded_losses(tiny, six_images, tmp_path):
     # lr 0.3 makes the held-out loss bounce: measured, it first fails to improve at step 5 (best step 4)
-    cfg = config(tiny, six_images, tmp_path / "run", steps=12, lr=0.3, validation_every=1, validation_seeds=1,
-                 checkpoint_every=1, keep_checkpoints=0, publish="best", early_stop_patience=1)
+    cfg = config(
+        tiny,
+        six_images,
+        tmp_path / "run",
+        steps=12,
+        lr=0.3,
+        validation_every=1,
+        validation_seeds=1,
+        checkpoint_every=1,
+        keep_checkpoints=0,
+        publish="best",
+        early_stop_patience=1,
+    )
     result = Trainer(cfg).run()
     series = result.validation["series"]
     losses = [p["loss"] for p in series]

@@ -1,4 +1,5 @@
 """Fixtures: a migrated database on SQLite and on the real local PostgreSQL, one fresh per test module."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,7 +1,8 @@
 """Migrations build the schema on empty SQLite and PostgreSQL databases, match the models, and downgrade.
 
-    .venv/bin/python -m pytest tests/db/test_db_migrations.py -q
+.venv/bin/python -m pytest tests/db/test_db_migrations.py -q
 """
+
 from __future__ import annotations
 
 import pytest
@@ -40,7 +41,10 @@ def test_upgrade_head_matches_models_and_downgrades(empty_url):
         assert set(Base.metadata.tables) <= tables
         # Named constraints (batch mode on SQLite needs them): every foreign key has our conventional name.
         fks = inspect(engine).get_foreign_keys("training_jobs")
-        assert {fk["name"] for fk in fks} >= {"fk_training_jobs_owner_id_owners", "fk_training_jobs_dataset_id_datasets"}
+        assert {fk["name"] for fk in fks} >= {
+            "fk_training_jobs_owner_id_owners",
+            "fk_training_jobs_dataset_id_datasets",
+        }
 
         command.downgrade(alembic_config(empty_url), "base")
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}

@@ -1,7 +1,8 @@
 """Job state transitions are conditional UPDATEs: only from the expected state, only by the owning worker.
 
-    .venv/bin/python -m pytest tests/db/test_db_transitions.py -q
+.venv/bin/python -m pytest tests/db/test_db_transitions.py -q
 """
+
 from __future__ import annotations
 
 import threading
@@ -10,34 +11,75 @@ from datetime import timedelta
 import pytest
 
 from db.datasets import create_dataset, delete_dataset, new_dataset_id
-from db.generations import (add_generation_image, add_generation_warnings, cancel_generation, claim_generation,
-                            create_generation, fail_generation, finish_generation, get_generation,
-                            is_generation_cancel_requested, mark_generation_canceled)
+from db.generations import (
+    add_generation_image,
+    add_generation_warnings,
+    cancel_generation,
+    claim_generation,
+    create_generation,
+    fail_generation,
+    finish_generation,
+    get_generation,
+    is_generation_cancel_requested,
+    mark_generation_canceled,
+)
 from db.loras import delete_lora, get_lora
 from db.models import utcnow
 from db.owners import create_api_key, create_owner, owner_for_key
-from db.training import (add_preview, cancel_training, claim_training, create_training, fail_training,
-                         finish_training, get_training, is_cancel_requested, list_trainings,
-                         mark_training_canceled, mark_training_enqueued, queued_unsent_trainings, record_checkpoint,
-                         record_progress, requeue_stale_training, stale_running_trainings, take_over_stale_training)
+from db.training import (
+    add_preview,
+    cancel_training,
+    claim_training,
+    create_training,
+    fail_training,
+    finish_training,
+    get_training,
+    is_cancel_requested,
+    list_trainings,
+    mark_training_canceled,
+    mark_training_enqueued,
+    queued_unsent_trainings,
+    record_checkpoint,
+    record_progress,
+    requeue_stale_training,
+    stale_running_trainings,
+    take_over_stale_training,
+)
 
 
 @pytest.fixture
 def owner(session):
     import uuid
+
     return create_owner(session, name=f"owner-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
 def dataset(session, owner):
     ds_id = new_dataset_id()
-    return create_dataset(session, dataset_id=ds_id, owner_id=owner.id, name="ds", storage_prefix=f"datasets/{ds_id}",
-                          num_images=2, num_captions=2, total_bytes=100, report={"ok": True})
+    return create_dataset(
+        session,
+        dataset_id=ds_id,
+        owner_id=owner.id,
+        name="ds",
+        storage_prefix=f"datasets/{ds_id}",
+        num_images=2,
+        num_captions=2,
+        total_bytes=100,
+        report={"ok": True},
+    )
 
 
 def new_job(session, owner, dataset, steps=10):
-    return create_training(session, owner_id=owner.id, dataset_id=dataset.id, name="j", trigger="sks",
-                           params={"steps": steps}, total_steps=steps)
+    return create_training(
+        session,
+        owner_id=owner.id,
+        dataset_id=dataset.id,
+        name="j",
+        trigger="sks",
+        params={"steps": steps},
+        total_steps=steps,
+    )
 
 
 def test_two_claims_one_wins(session, owner, dataset):
@@ -71,24 +113,69 @@ def test_concurrent_claims_from_threads_one_wins(Session, owner, dataset):
 
 def test_only_the_owning_worker_writes_progress_and_finishes(session, owner, dataset):
     job = new_job(session, owner, dataset)
-    assert record_progress(session, job_id=job.id, worker_id="w1", step=1, total_steps=10, loss=0.5,
-                           seconds_per_step=1.0, eta_seconds=9.0) is False  # not running yet
+    assert (
+        record_progress(
+            session,
+            job_id=job.id,
+            worker_id="w1",
+            step=1,
+            total_steps=10,
+            loss=0.5,
+            seconds_per_step=1.0,
+            eta_seconds=9.0,
+        )
+        is False
+    )  # not running yet
     claim_training(session, job_id=job.id, worker_id="w1")
-    assert record_progress(session, job_id=job.id, worker_id="w2", step=3, total_steps=10, loss=0.1,
-                           seconds_per_step=1.0, eta_seconds=7.0) is False
-    assert record_progress(session, job_id=job.id, worker_id="w1", step=3, total_steps=10, loss=0.25,
-                           seconds_per_step=2.0, eta_seconds=14.0) is True
+    assert (
+        record_progress(
+            session,
+            job_id=job.id,
+            worker_id="w2",
+            step=3,
+            total_steps=10,
+            loss=0.1,
+            seconds_per_step=1.0,
+            eta_seconds=7.0,
+        )
+        is False
+    )
+    assert (
+        record_progress(
+            session,
+            job_id=job.id,
+            worker_id="w1",
+            step=3,
+            total_steps=10,
+            loss=0.25,
+            seconds_per_step=2.0,
+            eta_seconds=14.0,
+        )
+        is True
+    )
     assert record_checkpoint(session, job_id=job.id, worker_id="w1", path="/ck/step-3", step=3) is True
     assert fail_training(session, job_id=job.id, worker_id="w2", error="x") is False
     session.expire_all()
     row = get_training(session, job_id=job.id)
     assert (row.step, row.loss, row.eta_seconds, row.checkpoint_step, row.status) == (3, 0.25, 14.0, 3, "running")
 
-    lora_id = finish_training(session, job_id=job.id, worker_id="w1", peft_prefix="loras/x/peft",
-                              comfyui_key="loras/x/a.safetensors", rank=4, alpha=4.0, size_bytes=10)
+    lora_id = finish_training(
+        session,
+        job_id=job.id,
+        worker_id="w1",
+        peft_prefix="loras/x/peft",
+        comfyui_key="loras/x/a.safetensors",
+        rank=4,
+        alpha=4.0,
+        size_bytes=10,
+    )
     assert lora_id is not None
-    assert finish_training(session, job_id=job.id, worker_id="w1", peft_prefix=None, comfyui_key=None,
-                           rank=4, alpha=4.0) is None  # already succeeded: no second LoRA
+    assert (
+        finish_training(
+            session, job_id=job.id, worker_id="w1", peft_prefix=None, comfyui_key=None, rank=4, alpha=4.0
+        )
+        is None
+    )  # already succeeded: no second LoRA
     session.expire_all()
     row = get_training(session, job_id=job.id)
     assert (row.status, row.step, row.lora.id) == ("succeeded", 10, lora_id)
@@ -127,12 +214,18 @@ def test_stale_running_job_is_found_requeued_and_resumed(session, owner, dataset
     claim_training(session, job_id=fresh.id, worker_id="w2")
     record_checkpoint(session, job_id=job.id, worker_id="w1", path="/ck/step-5", step=5)
     # Nothing is stale yet; then everything heartbeating before "now + 1 min" counts as stale.
-    assert job.id not in {j.id for j in stale_running_trainings(session, stale_before=utcnow() - timedelta(minutes=1))}
+    assert job.id not in {
+        j.id for j in stale_running_trainings(session, stale_before=utcnow() - timedelta(minutes=1))
+    }
     later = utcnow() + timedelta(minutes=1)
     assert job.id in {j.id for j in stale_running_trainings(session, stale_before=later)}
     # A fresh heartbeat check: w3 cannot take over a job whose heartbeat is newer than the cut-off.
-    assert take_over_stale_training(session, job_id=fresh.id, worker_id="w3",
-                                    stale_before=utcnow() - timedelta(minutes=1)) is False
+    assert (
+        take_over_stale_training(
+            session, job_id=fresh.id, worker_id="w3", stale_before=utcnow() - timedelta(minutes=1)
+        )
+        is False
+    )
     assert take_over_stale_training(session, job_id=fresh.id, worker_id="w3", stale_before=later) is True
 
     assert requeue_stale_training(session, job_id=job.id, stale_before=later) is True
@@ -162,8 +255,10 @@ def test_preview_repeat_replaces_and_list_filters(session, owner, dataset):
     add_preview(session, job_id=job.id, step=5, index=0, storage_key="b.png")
     add_preview(session, job_id=job.id, step=5, index=1, storage_key="c.png")
     session.expire_all()
-    assert [(p.step, p.index, p.storage_key) for p in get_training(session, job_id=job.id).previews] == \
-        [(5, 0, "b.png"), (5, 1, "c.png")]
+    assert [(p.step, p.index, p.storage_key) for p in get_training(session, job_id=job.id).previews] == [
+        (5, 0, "b.png"),
+        (5, 1, "c.png"),
+    ]
     rows, total = list_trainings(session, owner_id=owner.id, status="queued", limit=1)
     assert len(rows) == 1 and total >= 1 and all(r.status == "queued" for r in rows)
 
@@ -181,10 +276,17 @@ def test_dataset_delete_refused_while_a_job_needs_it(session, owner, dataset):
 def test_generation_lifecycle_and_lora_in_use(session, owner, dataset):
     job = new_job(session, owner, dataset)
     claim_training(session, job_id=job.id, worker_id="w")
-    lora_id = finish_training(session, job_id=job.id, worker_id="w", peft_prefix="p", comfyui_key=None,
-                              rank=2, alpha=2.0)
-    gen = create_generation(session, owner_id=owner.id, prompt="a cat", num_images=2, total_steps=4,
-                            params={"loras": [{"id": lora_id, "scale": 1.0}]})
+    lora_id = finish_training(
+        session, job_id=job.id, worker_id="w", peft_prefix="p", comfyui_key=None, rank=2, alpha=2.0
+    )
+    gen = create_generation(
+        session,
+        owner_id=owner.id,
+        prompt="a cat",
+        num_images=2,
+        total_steps=4,
+        params={"loras": [{"id": lora_id, "scale": 1.0}]},
+    )
     assert delete_lora(session, lora_id=lora_id, owner_id=owner.id) == "in_use"
     assert claim_generation(session, job_id=gen.id, worker_id="g1") is True
     assert claim_generation(session, job_id=gen.id, worker_id="g2") is False
@@ -203,7 +305,9 @@ def test_generation_lifecycle_and_lora_in_use(session, owner, dataset):
 def test_api_keys_are_hashed_and_resolve_to_their_owner(session, owner):
     key = create_api_key(session, owner_id=owner.id)
     from sqlalchemy import select
+
     from db.models import ApiKey
+
     stored = session.scalars(select(ApiKey.key_hash).where(ApiKey.owner_id == owner.id)).all()
     assert key not in stored and len(stored) == 1
     assert owner_for_key(session, key=key).id == owner.id
@@ -226,6 +330,7 @@ def test_stale_job_with_a_cancel_request_is_canceled_not_requeued(session, owner
 
 def test_revoked_key_no_longer_resolves(session, owner):
     from db.owners import revoke_api_keys
+
     keep, drop = create_api_key(session, owner_id=owner.id), create_api_key(session, owner_id=owner.id)
     with pytest.raises(ValueError, match="first 8"):
         revoke_api_keys(session, owner_id=owner.id, prefix="o1l_")
@@ -235,8 +340,9 @@ def test_revoked_key_no_longer_resolves(session, owner):
 
 
 def new_generation(session, owner, steps=10):
-    return create_generation(session, owner_id=owner.id, prompt="p", params={"steps": steps}, num_images=1,
-                             total_steps=steps)
+    return create_generation(
+        session, owner_id=owner.id, prompt="p", params={"steps": steps}, num_images=1, total_steps=steps
+    )
 
 
 def test_generation_cancel_queued_is_immediate_and_blocks_claim(session, owner):

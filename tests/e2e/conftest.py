@@ -4,6 +4,7 @@ PostgreSQL (a throwaway database) and Redis (database 12 under a key prefix of t
 A missing server makes these tests fail, not skip. Short timeouts (heartbeat 4 s, reconciler every 1 s) make
 crash recovery observable in seconds; the logic is the same as with the production values.
 """
+
 from __future__ import annotations
 
 import time
@@ -69,11 +70,17 @@ def service(tmp_path_factory, tiny_model_e2e, service_env):
         with sessions() as s:
             key = create_api_key(s, owner_id=create_owner(s, name="e2e").id)
         env = {
-            "O1LORA_DATABASE_URL": db_url, "O1LORA_BROKER_URL": REDIS, "O1LORA_REDIS_URL": REDIS,
+            "O1LORA_DATABASE_URL": db_url,
+            "O1LORA_BROKER_URL": REDIS,
+            "O1LORA_REDIS_URL": REDIS,
             "O1LORA_BROKER_KEY_PREFIX": f"o1lora-e2e-{uuid.uuid4().hex[:8]}:",
-            "O1LORA_DATA_DIR": str(tmp_path / "data"), "O1LORA_MODEL_PATH": str(tiny_model_e2e),
-            "O1LORA_HEARTBEAT_TIMEOUT_S": "4", "O1LORA_RECONCILE_INTERVAL_S": "1",
-            "O1LORA_PROGRESS_INTERVAL_S": "0.2", "O1LORA_SSE_RECHECK_S": "1", **service_env,
+            "O1LORA_DATA_DIR": str(tmp_path / "data"),
+            "O1LORA_MODEL_PATH": str(tiny_model_e2e),
+            "O1LORA_HEARTBEAT_TIMEOUT_S": "4",
+            "O1LORA_RECONCILE_INTERVAL_S": "1",
+            "O1LORA_PROGRESS_INTERVAL_S": "0.2",
+            "O1LORA_SSE_RECHECK_S": "1",
+            **service_env,
         }
         launcher = Launcher(env, log_dir=tmp_path / "logs")
         port = free_port()
@@ -87,6 +94,7 @@ def service(tmp_path_factory, tiny_model_e2e, service_env):
             launcher.stop_all()
             sessions.kw["bind"].dispose()
             import redis
+
             r = redis.Redis.from_url(REDIS)
             for k in r.scan_iter(match=env["O1LORA_BROKER_KEY_PREFIX"] + "*"):
                 r.delete(k)
@@ -95,7 +103,7 @@ def service(tmp_path_factory, tiny_model_e2e, service_env):
 @pytest.fixture(scope="session")
 def tiny_model_e2e(tmp_path_factory):
     from core.tiny import write_tiny_checkpoint
+
     path = tmp_path_factory.mktemp("e2e-model") / "tiny"
     write_tiny_checkpoint(path)
     return path
-

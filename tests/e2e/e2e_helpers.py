@@ -1,4 +1,5 @@
 """Helpers shared by the end-to-end tests (a module name of its own: tests/ folders are not packages)."""
+
 from __future__ import annotations
 
 import io
@@ -19,8 +20,15 @@ def start_embedded(data_dir: Path, port: int, model: Path) -> tuple[subprocess.P
     so far) once it printed its key."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("O1LORA_")}
     env.update(O1LORA_DATA_DIR=str(data_dir), O1LORA_MODEL_PATH=str(model))
-    proc = subprocess.Popen([sys.executable, "-m", "ops.embedded", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ops.embedded", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     out = []
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

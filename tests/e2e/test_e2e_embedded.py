@@ -1,5 +1,6 @@
 """`make serve`: the embedded default starts its own broker, SQLite, API and worker, and serves a generation;
 a restart keeps the data and the API key."""
+
 from __future__ import annotations
 
 import os
@@ -8,14 +9,14 @@ import subprocess
 import time
 
 import httpx
-
 from e2e_helpers import start_embedded as start
+
 from ops.broker import free_port
 from ops.embedded import BUNDLED
 
 
 def stop(proc: subprocess.Popen) -> int:
-    proc.send_signal(signal.SIGINT)       # what Ctrl-C does
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C does
     try:
         return proc.wait(timeout=60)
     finally:
@@ -25,8 +26,9 @@ def stop(proc: subprocess.Popen) -> int:
 
 def generate(base: str, key: str) -> dict:
     http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-    r = http.post("/v1/generations", json={"prompt": "a red square", "width": 64, "height": 32, "steps": 2,
-                                           "seed": 1})
+    r = http.post(
+        "/v1/generations", json={"prompt": "a red square", "width": 64, "height": 32, "steps": 2, "seed": 1}
+    )
     assert r.status_code == 202, r.text
     deadline = time.monotonic() + 120
     while True:
@@ -57,7 +59,7 @@ def test_embedded_default_from_nothing_then_restart(tmp_path):
         first = generate(base, key)
     finally:
         assert stop(proc) == 0
-    with httpx.Client() as c:          # everything it started is gone
+    with httpx.Client() as c:  # everything it started is gone
         try:
             c.get(base + "/health", timeout=2)
             raise AssertionError("the API still answers after the launcher stopped")

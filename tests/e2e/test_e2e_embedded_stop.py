@@ -1,6 +1,7 @@
 """`make serve` stops what it started: its children (uvicorn, the Celery worker, redis-server) die with the
 launcher even when it is SIGKILLed, and a SIGTERM in the middle of a generation ends the launcher within its
 bound (under the 20 s after which supervisors SIGKILL), the generation put back in the queue."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from e2e_helpers import start_embedded
+
 from ops.broker import free_port
 from ops.embedded import STOP_GRACE_S
 
@@ -91,18 +92,21 @@ def test_children_die_with_a_sigkilled_launcher(tmp_path):
         kill_left(kids)
 
 
-@pytest.mark.slow   # ~25 s: the embedded start, a generation, the grace
+@pytest.mark.slow  # ~25 s: the embedded start, a generation, the grace
 def test_sigterm_mid_generation_stops_everything_within_the_bound(tmp_path):
     port = free_port()
     data = tmp_path / "data"
     proc, key, _ = start_embedded(data, port, tmp_path / "no-model-here")
     kids = children(proc.pid)
     try:
-        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
-                            timeout=30)
+        http = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
         # Far longer than the grace on this CPU: the worker cannot finish it before the launcher's deadline.
-        r = http.post("/v1/generations", json={"prompt": "a red square", "width": 512, "height": 512,
-                                               "steps": 500, "num_images": 4, "seed": 1})
+        r = http.post(
+            "/v1/generations",
+            json={"prompt": "a red square", "width": 512, "height": 512, "steps": 500, "num_images": 4, "seed": 1},
+        )
         assert r.status_code == 202, r.text
         gen_id = r.json()["id"]
         deadline = time.monotonic() + 120
@@ -119,8 +123,10 @@ def test_sigterm_mid_generation_stops_everything_within_the_bound(tmp_path):
         left = wait_gone(kids, timeout=2)
         assert not left, {p: kids[p] for p in left}
         with sqlite3.connect(data / "o1lora.db") as db:
-            status, worker = db.execute("SELECT status, worker_id FROM generations WHERE id = ?", (gen_id,)).fetchone()
-        assert (status, worker) == ("queued", None)   # resumed at the next start, not after a heartbeat timeout
+            status, worker = db.execute(
+                "SELECT status, worker_id FROM generations WHERE id = ?", (gen_id,)
+            ).fetchone()
+        assert (status, worker) == ("queued", None)  # resumed at the next start, not after a heartbeat timeout
     finally:
         if proc.poll() is None:
             proc.kill()

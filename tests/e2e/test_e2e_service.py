@@ -1,5 +1,6 @@
 """The service end to end over HTTP, with a real API process, a real Celery worker process, PostgreSQL and
 Redis: upload -> train -> previews -> generate with the LoRA -> download; cancel; SIGKILL + resume."""
+
 from __future__ import annotations
 
 import io
@@ -9,14 +10,21 @@ import threading
 import time
 import zipfile
 
+from e2e_helpers import dataset_files
 from PIL import Image
 from safetensors.torch import load
 
-from e2e_helpers import dataset_files
 from db.training import get_training
 
-TRAIN = {"trigger": "sks", "rank": 4, "alpha": 4.0, "learning_rate": 1e-3, "resolution": 64, "seed": 1,
-         "sample_every": 0}
+TRAIN = {
+    "trigger": "sks",
+    "rank": 4,
+    "alpha": 4.0,
+    "learning_rate": 1e-3,
+    "resolution": 64,
+    "seed": 1,
+    "sample_every": 0,
+}
 
 
 def upload(svc) -> str:
@@ -61,7 +69,7 @@ def test_upload_train_generate_download(service):
     assert job["progress"]["step"] == 6 and job["progress"]["loss"] > 0 and job["attempt"] == 1
     assert [(p["step"], p["index"]) for p in job["previews"]] == [(3, 0), (6, 0)]
     preview = png(svc, job["previews"][-1]["url"])
-    assert preview.size == (128, 64)            # adapter on | off, side by side, at the 64 px resolution
+    assert preview.size == (128, 64)  # adapter on | off, side by side, at the 64 px resolution
     lora_id = job["lora_id"]
     assert lora_id
 
@@ -69,14 +77,23 @@ def test_upload_train_generate_download(service):
     kinds = [e for e, _ in events]
     assert kinds[0] == "snapshot" and kinds[-1] == "snapshot"
     assert "progress" in kinds and "preview" in kinds
-    assert events[-1][1]["status"] == "succeeded"          # the stream ends on the final DB state
+    assert events[-1][1]["status"] == "succeeded"  # the stream ends on the final DB state
     steps = [d["step"] for e, d in events if e == "progress"]
     assert steps == sorted(steps) and steps[-1] == 6
     assert [d["url"] for e, d in events if e == "preview"][-1] == job["previews"][-1]["url"]
 
-    r = svc.http.post("/v1/generations", json={"prompt": "sks, a blue square", "loras": [{"id": lora_id,
-                                                                                          "scale": 1.0}],
-                                               "width": 96, "height": 64, "steps": 3, "seed": 5, "num_images": 2})
+    r = svc.http.post(
+        "/v1/generations",
+        json={
+            "prompt": "sks, a blue square",
+            "loras": [{"id": lora_id, "scale": 1.0}],
+            "width": 96,
+            "height": 64,
+            "steps": 3,
+            "seed": 5,
+            "num_images": 2,
+        },
+    )
     assert r.status_code == 202, r.text
     gen = svc.poll(f"/v1/generations/{r.json()['id']}", lambda b: b["status"] in ("succeeded", "failed"))
     assert gen["status"] == "succeeded", gen["error"]
@@ -114,8 +131,8 @@ def test_cancel_a_running_training(service):
 def test_sigkill_mid_training_then_a_new_worker_resumes_from_the_checkpoint(service):
     svc = service
     dataset_id = upload(svc)
-    first = submit(svc, dataset_id, steps=40)          # checkpoints every 4 steps (steps // 10)
-    second = submit(svc, dataset_id, steps=4)          # waits in the queue behind it: must not be lost
+    first = submit(svc, dataset_id, steps=40)  # checkpoints every 4 steps (steps // 10)
+    second = submit(svc, dataset_id, steps=4)  # waits in the queue behind it: must not be lost
     svc.poll(f"/v1/trainings/{first}", lambda b: b["status"] == "running")
     deadline = time.monotonic() + 120
     while True:
@@ -125,7 +142,7 @@ def test_sigkill_mid_training_then_a_new_worker_resumes_from_the_checkpoint(serv
             break
         assert time.monotonic() < deadline, svc.launcher.log("w1")[-3000:]
         time.sleep(0.1)
-    svc.launcher.kill("w1")                            # SIGKILL: no cleanup, no ack, no final write
+    svc.launcher.kill("w1")  # SIGKILL: no cleanup, no ack, no final write
     with svc.sessions() as s:
         dead = get_training(s, job_id=first)
     assert dead.status == "running" and dead.step < 40
@@ -134,7 +151,7 @@ def test_sigkill_mid_training_then_a_new_worker_resumes_from_the_checkpoint(serv
     svc.start_worker("w2")
     done = svc.poll(f"/v1/trainings/{first}", lambda b: b["status"] in ("succeeded", "failed"), timeout=180)
     assert done["status"] == "succeeded", done["error"]
-    assert done["attempt"] == 2 and done["progress"]["step"] == 40     # one resume, no third start
+    assert done["attempt"] == 2 and done["progress"]["step"] == 40  # one resume, no third start
     log = svc.launcher.log("w2")
     assert f"resuming from trainings/{first}/checkpoints/attempt-1/step-{killed_at_checkpoint:06d}" in log
     print(f"SIGKILL at step {dead.step}; resumed from the step-{killed_at_checkpoint} checkpoint")
@@ -151,11 +168,11 @@ def test_sigterm_hands_the_training_back_at_once(service):
     svc.start_worker("w-term")
     job_id = submit(svc, upload(svc), steps=30)
     svc.poll(f"/v1/trainings/{job_id}", lambda b: b["progress"]["step"] >= 5)
-    svc.launcher.kill("w-term", signal.SIGTERM)          # returns once the worker process has exited
+    svc.launcher.kill("w-term", signal.SIGTERM)  # returns once the worker process has exited
     with svc.sessions() as s:
         row = get_training(s, job_id=job_id)
     assert (row.status, row.worker_id) == ("queued", None) and 5 <= row.checkpoint_step < 30
-    assert row.step == row.checkpoint_step                 # the row says exactly where the resume starts
+    assert row.step == row.checkpoint_step  # the row says exactly where the resume starts
     assert "re-queued" in svc.launcher.log("w-term")
     svc.start_worker("w-next")
     done = svc.poll(f"/v1/trainings/{job_id}", lambda b: b["status"] != "running" and b["status"] != "queued")

@@ -1,7 +1,8 @@
 """Live events go through the real local Redis: one channel per job, JSON payloads, publish never raises.
 
-    .venv/bin/python -m pytest tests/service/test_service_events.py -q
+.venv/bin/python -m pytest tests/service/test_service_events.py -q
 """
+
 from __future__ import annotations
 
 import time
@@ -36,6 +37,7 @@ def test_publish_reaches_a_subscriber_of_that_job_only():
 def test_publish_survives_a_dead_redis_and_rejects_unknown_types():
     from redis.backoff import NoBackoff
     from redis.retry import Retry
+
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     assert publish(dead, kind="generation", job_id="x", type="status", data={"status": "running"}) is False
     with pytest.raises(ValueError, match="unknown event type"):

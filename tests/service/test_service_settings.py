@@ -1,7 +1,8 @@
 """Settings: embedded defaults, env overrides, placeholder secrets refused outside development.
 
-    .venv/bin/python -m pytest tests/service/test_service_settings.py -q
+.venv/bin/python -m pytest tests/service/test_service_settings.py -q
 """
+
 from __future__ import annotations
 
 import pytest

@@ -1,7 +1,8 @@
 """The local artifact store: keyed, atomic, refuses keys that escape its root.
 
-    .venv/bin/python -m pytest tests/service/test_service_store.py -q
+.venv/bin/python -m pytest tests/service/test_service_store.py -q
 """
+
 from __future__ import annotations
 
 import pytest

@@ -5,6 +5,7 @@ A missing browser makes these tests fail, not skip: `.ci/run` installs it (`apt-
 chromium-driver`). Screenshots go to the test's temporary folder, or to $O1LORA_WEB_SCREENSHOTS when set
 (`O1LORA_WEB_SCREENSHOTS=docs/images` refreshes the README's pictures).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,8 +16,9 @@ from pathlib import Path
 import pytest
 
 # The e2e `service` fixture, shared rather than copied (tests/ folders are not packages, so load it by path).
-_spec = importlib.util.spec_from_file_location("e2e_service_fixtures",
-                                               Path(__file__).resolve().parents[1] / "e2e" / "conftest.py")
+_spec = importlib.util.spec_from_file_location(
+    "e2e_service_fixtures", Path(__file__).resolve().parents[1] / "e2e" / "conftest.py"
+)
 _e2e = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_e2e)
 service = _e2e.service
@@ -53,11 +55,19 @@ def browser(tmp_path_factory):
     downloads = tmp_path_factory.mktemp("downloads")
     opts = webdriver.ChromeOptions()
     opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                f"--window-size={WINDOW[0]},{WINDOW[1]}", "--hide-scrollbars", "--force-device-scale-factor=1"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+    ):
         opts.add_argument(arg)
-    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                           "download.prompt_for_download": False})
+    opts.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=opts, service=DriverService(executable_path=driver_path))
     driver.downloads = downloads

@@ -1,5 +1,6 @@
 """The datasets page in a real browser: files dropped on the drop zone are uploaded with their names, and a
 refused upload shows the API's message and the validator's report naming the file that would not train."""
+
 from __future__ import annotations
 
 from web_helpers import css, sign_in, wait_for
@@ -38,9 +39,9 @@ def test_dropped_files_upload_and_a_refusal_shows_the_report(service, browser):
     css(d, "#dataset-form button[type=submit]").click()
     error = wait_for(d, lambda d: css(d, "#dataset-form .error"))
     assert "tiny.png" in error.text
-    report = css(d, "#dataset-form .report").text                         # the validator's report, shown
+    report = css(d, "#dataset-form .report").text  # the validator's report, shown
     assert "Too small (1)" in report and "tiny.png: 16x16" in report
-    assert service.http.get("/v1/datasets").json()["count"] == before     # nothing was stored
+    assert service.http.get("/v1/datasets").json()["count"] == before  # nothing was stored
 
     drop(d, "square.png", "square.txt")
     css(d, "#dataset-form button[type=submit]").click()

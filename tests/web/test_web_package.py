@@ -1,4 +1,5 @@
 """A non-editable install serves the page only if every file under api/web/ is package data."""
+
 from __future__ import annotations
 
 import fnmatch

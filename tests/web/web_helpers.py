@@ -1,4 +1,5 @@
 """Helpers of the browser tests (a module name of its own: tests/ folders are not packages)."""
+
 from __future__ import annotations
 
 import time
@@ -16,12 +17,14 @@ def wait_for(driver, what, timeout: float = 60.0, poll: float = 0.2):
             result = what(driver)
             if result:
                 return result
-        except Exception as e:          # the element is being re-rendered: try again
+        except Exception as e:  # the element is being re-rendered: try again
             last_error = e
         time.sleep(poll)
     logs = "\n".join(str(entry) for entry in driver.get_log("browser"))
-    raise AssertionError(f"timed out waiting for {getattr(what, '__name__', what)} ({last_error!r});\n"
-                         f"page text:\n{driver.find_element(By.TAG_NAME, 'body').text[:3000]}\nconsole:\n{logs}")
+    raise AssertionError(
+        f"timed out waiting for {getattr(what, '__name__', what)} ({last_error!r});\n"
+        f"page text:\n{driver.find_element(By.TAG_NAME, 'body').text[:3000]}\nconsole:\n{logs}"
+    )
 
 
 def css(driver, selector: str):
@@ -40,9 +43,14 @@ def fill(driver, selector: str, value) -> None:
 
 def images_loaded(driver, selector: str) -> list[tuple[int, int]]:
     """(naturalWidth, naturalHeight) of each matching <img> that finished loading."""
-    return [tuple(wh) for wh in driver.execute_script(
-        "return [...document.querySelectorAll(arguments[0])].filter(i => i.complete && i.naturalWidth > 0)"
-        ".map(i => [i.naturalWidth, i.naturalHeight]);", selector)]
+    return [
+        tuple(wh)
+        for wh in driver.execute_script(
+            "return [...document.querySelectorAll(arguments[0])].filter(i => i.complete && i.naturalWidth > 0)"
+            ".map(i => [i.naturalWidth, i.naturalHeight]);",
+            selector,
+        )
+    ]
 
 
 def screenshot(driver, folder: Path, name: str) -> Path:
@@ -51,7 +59,7 @@ def screenshot(driver, folder: Path, name: str) -> Path:
     full = driver.execute_script("return document.documentElement.scrollHeight")
     driver.execute_script("window.scrollTo(0, 0)")
     driver.set_window_size(width, max(height, min(full + 120, 4000)))
-    time.sleep(0.3)                 # let the canvas redraw at the new size
+    time.sleep(0.3)  # let the canvas redraw at the new size
     path = folder / f"{name}.png"
     driver.save_screenshot(str(path))
     driver.set_window_size(width, height)

@@ -4,6 +4,7 @@ and the sender's passes (what every worker's sender thread runs) record and send
 On SQLite and on the real local PostgreSQL server (a throwaway database); the receiver is a real HTTP server on loopback
 that recomputes every signature with the owner's secret (so O1LORA_WEBHOOK_ALLOW_PRIVATE is on here).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +13,13 @@ import time
 
 import pytest
 
-from db.generations import (add_generation_image, claim_generation, create_generation, finish_generation,
-                            record_generation_progress)
+from db.generations import (
+    add_generation_image,
+    claim_generation,
+    create_generation,
+    finish_generation,
+    record_generation_progress,
+)
 from db.migrate import upgrade
 from db.models import WebhookDelivery
 from db.owners import create_owner
@@ -52,8 +58,13 @@ def owner(Session):
 
 
 def settings(**kw) -> Settings:
-    base = dict(webhook_allow_private=True, webhook_retry_schedule_s="0.05,0.05,0.05", webhook_poll_s=0.05,
-                webhook_progress_interval_s=0, webhook_timeout_s=5)
+    base = dict(
+        webhook_allow_private=True,
+        webhook_retry_schedule_s="0.05,0.05,0.05",
+        webhook_poll_s=0.05,
+        webhook_progress_interval_s=0,
+        webhook_timeout_s=5,
+    )
     return Settings(**{**base, **kw})
 
 
@@ -73,20 +84,38 @@ def until_settled(Session, s: Settings, job_id: str, timeout: float = 20.0) -> l
 def run_training(Session, s: Settings, owner_id: str, url: str, events=ALL) -> str:
     """A training through its whole life, the sender passing between the worker's writes."""
     with Session() as db:
-        job = create_training(db, owner_id=owner_id, dataset_id=None, name="t", trigger="sks", params={},
-                              total_steps=3, webhook_url=url, webhook_events=events)
+        job = create_training(
+            db,
+            owner_id=owner_id,
+            dataset_id=None,
+            name="t",
+            trigger="sks",
+            params={},
+            total_steps=3,
+            webhook_url=url,
+            webhook_events=events,
+        )
         job_id = job.id
         assert claim_training(db, job_id=job_id, worker_id="w")
     run_pass(Session, s)
     with Session() as db:
         for step in (1, 2, 3):
-            assert record_progress(db, job_id=job_id, worker_id="w", step=step, total_steps=3, loss=0.5,
-                                   seconds_per_step=0.1, eta_seconds=1.0)
+            assert record_progress(
+                db,
+                job_id=job_id,
+                worker_id="w",
+                step=step,
+                total_steps=3,
+                loss=0.5,
+                seconds_per_step=0.1,
+                eta_seconds=1.0,
+            )
             run_pass(Session, s)
         add_preview(db, job_id=job_id, step=2, index=0, storage_key="k", prompt="a red box")
         run_pass(Session, s)
-        assert finish_training(db, job_id=job_id, worker_id="w", peft_prefix="p", comfyui_key="c", rank=4,
-                               alpha=4.0)
+        assert finish_training(
+            db, job_id=job_id, worker_id="w", peft_prefix="p", comfyui_key="c", rank=4, alpha=4.0
+        )
     return job_id
 
 
@@ -99,22 +128,26 @@ def test_a_receiver_failing_twice_gets_each_event_exactly_once_signed(Session, o
         rows = until_settled(Session, s, job_id)
     finally:
         receiver.stop()
-    assert receiver.rejected == []                       # every request carried a valid signature
+    assert receiver.rejected == []  # every request carried a valid signature
     types = receiver.events()
     assert types.count("training.start") == 1 and types.count("training.completed") == 1
     assert types.count("training.preview") == 1
     assert 1 <= types.count("training.progress") <= 3
-    assert len(types) == len(rows)                       # one accepted delivery per recorded event...
-    assert set(receiver.attempts.values()) == {3}        # ...after two refused attempts, with the same id
+    assert len(types) == len(rows)  # one accepted delivery per recorded event...
+    assert set(receiver.attempts.values()) == {3}  # ...after two refused attempts, with the same id
     assert all(r.status == "delivered" and r.attempts == 3 and r.last_status_code == 200 for r in rows)
     done = next(b for b in receiver.accepted.values() if b["type"] == "training.completed")
     assert done["data"]["id"] == job_id and done["data"]["status"] == "succeeded" and done["data"]["lora_id"]
     preview = next(b for b in receiver.accepted.values() if b["type"] == "training.preview")
-    assert preview["data"]["preview"] == {"step": 2, "index": 0, "prompt": "a red box",
-                                          "url": f"/v1/trainings/{job_id}/previews/2/0"}
+    assert preview["data"]["preview"] == {
+        "step": 2,
+        "index": 0,
+        "prompt": "a red box",
+        "url": f"/v1/trainings/{job_id}/previews/2/0",
+    }
     with Session() as db:
         failures = {(e, st): f for e, st, _, f in webhook_counts(db)}
-    assert failures[("completed", "delivered")] >= 2     # the metric counts the refused attempts
+    assert failures[("completed", "delivered")] >= 2  # the metric counts the refused attempts
 
 
 def test_the_filter_sends_only_the_events_asked_for(Session, owner):
@@ -123,8 +156,16 @@ def test_the_filter_sends_only_the_events_asked_for(Session, owner):
     receiver = Receiver(secret).start()
     try:
         with Session() as db:
-            gen = create_generation(db, owner_id=owner_id, prompt="p", params={}, num_images=2, total_steps=2,
-                                    webhook_url=receiver.url, webhook_events=["preview", "completed"])
+            gen = create_generation(
+                db,
+                owner_id=owner_id,
+                prompt="p",
+                params={},
+                num_images=2,
+                total_steps=2,
+                webhook_url=receiver.url,
+                webhook_events=["preview", "completed"],
+            )
             assert claim_generation(db, job_id=gen.id, worker_id="w")
             assert record_generation_progress(db, job_id=gen.id, worker_id="w", step=1)
             run_pass(Session, s)
@@ -148,7 +189,7 @@ def test_progress_is_throttled(Session, owner):
         until_settled(Session, s, job_id)
     finally:
         receiver.stop()
-    assert receiver.events() == ["training.progress"]   # three steps reported, one progress event in the hour
+    assert receiver.events() == ["training.progress"]  # three steps reported, one progress event in the hour
 
 
 def test_a_receiver_that_never_accepts_is_given_up_after_the_schedule(Session, owner):

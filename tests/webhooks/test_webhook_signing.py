@@ -1,4 +1,5 @@
 """Standard Webhooks signatures: the spec's own example, and what a receiver must refuse."""
+
 from __future__ import annotations
 
 import base64
@@ -20,7 +21,7 @@ def test_the_specs_example_signs_the_same():
 def test_a_new_secret_is_whsec_and_32_random_bytes():
     a, b = new_secret(), new_secret()
     assert a.startswith("whsec_") and a != b
-    assert len(key_of(a)) == 32 and base64.b64encode(key_of(a)).decode() == a[len("whsec_"):]
+    assert len(key_of(a)) == 32 and base64.b64encode(key_of(a)).decode() == a[len("whsec_") :]
 
 
 def test_verify_accepts_the_headers_and_refuses_tampering_other_secrets_and_old_timestamps():

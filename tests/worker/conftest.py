@@ -4,6 +4,7 @@ jobqueue.celery_app's app (the one worker.celery_app names) is built on the test
 afterwards); worker processes started from here get the same settings passed explicitly. A missing server fails
 the tests that need it; nothing skips.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -11,7 +12,6 @@ import os
 import sys
 
 import pytest
-
 from worker_helpers import RUN_PREFIX, TEST_BROKER
 
 from service.settings import Settings, get_settings  # noqa: E402
@@ -51,6 +51,7 @@ def pg_url():
     """A migrated PostgreSQL database of its own for each test (about 0.3 s)."""
     from db.migrate import upgrade
     from db.testing import temporary_postgres
+
     with temporary_postgres() as url:
         upgrade(url)
         yield url
@@ -61,10 +62,18 @@ def worker_ctx(pg_url, tmp_path):
     """A WorkerContext on the test PostgreSQL, the run's Redis prefix and a fresh artifact folder."""
     from worker.celery_app import app
     from worker.context import WorkerContext
-    settings = Settings(database_url=pg_url, data_dir=tmp_path / "data", heartbeat_timeout_s=3.0,
-                        broker_url=TEST_BROKER, redis_url=TEST_BROKER, broker_key_prefix=RUN_PREFIX)
-    assert app.conf.broker_transport_options["global_keyprefix"] == settings.broker_key_prefix == RUN_PREFIX, \
+
+    settings = Settings(
+        database_url=pg_url,
+        data_dir=tmp_path / "data",
+        heartbeat_timeout_s=3.0,
+        broker_url=TEST_BROKER,
+        redis_url=TEST_BROKER,
+        broker_key_prefix=RUN_PREFIX,
+    )
+    assert app.conf.broker_transport_options["global_keyprefix"] == settings.broker_key_prefix == RUN_PREFIX, (
         "worker.celery_app was imported before the test broker settings were set"
+    )
     c = WorkerContext(settings)
     yield c
     c.close()
@@ -77,7 +86,7 @@ def worker_ctx(pg_url, tmp_path):
 def tiny_model(tmp_path_factory):
     """A tiny random HiDream-O1 checkpoint with its tokenizer (core.tiny), written once per session."""
     from core.tiny import write_tiny_checkpoint
+
     path = tmp_path_factory.mktemp("model") / "tiny"
     write_tiny_checkpoint(path)
     return path
-

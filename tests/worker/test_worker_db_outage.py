@@ -7,6 +7,7 @@
 - a claim whose read-back loses its connection is retried, and one that cannot be read back is handed back
   at once instead of staying `running` with nobody beating for it.
 """
+
 from __future__ import annotations
 
 import socket
@@ -17,8 +18,8 @@ import pytest
 from safetensors.torch import load_file
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
-
 from worker_helpers import put_dataset
+
 from db.loras import get_lora
 from db.owners import create_owner
 from db.testing import DEFAULT_ADMIN_URL
@@ -30,8 +31,14 @@ from worker.dispatch import waiting_job_ids
 
 @pytest.fixture
 def tctx(worker_ctx, tiny_model):
-    settings = worker_ctx.settings.model_copy(update={"model_path": tiny_model, "progress_interval_s": 0.0,
-                                                      "heartbeat_timeout_s": 30.0, "db_outage_limit_s": 30.0})
+    settings = worker_ctx.settings.model_copy(
+        update={
+            "model_path": tiny_model,
+            "progress_interval_s": 0.0,
+            "heartbeat_timeout_s": 30.0,
+            "db_outage_limit_s": 30.0,
+        }
+    )
     c = WorkerContext(settings)
     yield c
     c.close()
@@ -49,12 +56,23 @@ def new_job(c, steps, name):
     with c.sessions() as s:
         owner = create_owner(s, name=name)
     ds = put_dataset(c, owner.id)
-    params = {"steps": steps, "rank": 4, "alpha": 4.0, "learning_rate": 1e-3, "resolution": 64, "batch_size": 1,
-              "sample_every": 0, "sample_prompts": [], "seed": 3, "gradient_checkpointing": False,
-              "checkpoint_every": 4}
+    params = {
+        "steps": steps,
+        "rank": 4,
+        "alpha": 4.0,
+        "learning_rate": 1e-3,
+        "resolution": 64,
+        "batch_size": 1,
+        "sample_every": 0,
+        "sample_prompts": [],
+        "seed": 3,
+        "gradient_checkpointing": False,
+        "checkpoint_every": 4,
+    }
     with c.sessions() as s:
-        return create_training(s, owner_id=owner.id, dataset_id=ds.id, name="j", trigger="sks", params=params,
-                               total_steps=steps)
+        return create_training(
+            s, owner_id=owner.id, dataset_id=ds.id, name="j", trigger="sks", params=params, total_steps=steps
+        )
 
 
 def start(c, job_id):
@@ -81,9 +99,14 @@ def database(url: str) -> str:
 def kill_backends(admin, url) -> int:
     """Terminate every backend of the job database but the admin's own; how many there were."""
     with admin.connect() as conn:
-        return len(conn.execute(text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"),
-            {"db": database(url)}).all())
+        return len(
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": database(url)},
+            ).all()
+        )
 
 
 def lora_of(c, job_id):
@@ -101,7 +124,7 @@ def test_killed_connections_while_a_statement_waits_cost_a_pause_not_the_job(tct
     t, out = start(c, job.id)
     wait_step(c, job.id, 2)
     blips = 0
-    lock_engine = create_engine(pg_url)   # not autocommit: the lock lives in its transaction
+    lock_engine = create_engine(pg_url)  # not autocommit: the lock lives in its transaction
     for _ in range(3):
         # The issue's failure: the worker's statement waits (here on a table lock), its backend is
         # terminated, and the database stays up throughout.
@@ -112,16 +135,23 @@ def test_killed_connections_while_a_statement_waits_cost_a_pause_not_the_job(tct
             waiting = 0
             while time.monotonic() < deadline and not waiting:
                 with admin.connect() as conn:
-                    waiting = conn.scalar(text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND wait_event_type = 'Lock'"),
-                        {"db": database(pg_url)})
+                    waiting = conn.scalar(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND wait_event_type = 'Lock'"
+                        ),
+                        {"db": database(pg_url)},
+                    )
                 time.sleep(0.05)
             if waiting:
                 blips += 1
                 with admin.connect() as conn:
-                    conn.execute(text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db "
-                        "AND wait_event_type = 'Lock'"), {"db": database(pg_url)})
+                    conn.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db "
+                            "AND wait_event_type = 'Lock'"
+                        ),
+                        {"db": database(pg_url)},
+                    )
             tx.commit()
         time.sleep(0.2)
     lock_engine.dispose()
@@ -146,8 +176,9 @@ def test_a_database_down_past_the_limit_fails_the_job_with_a_message_for_its_own
         with server.connect() as conn:
             # Down for the worker: new connections refused, the open ones killed.
             conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
-            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"),
-                         {"db": name})
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"), {"db": name}
+            )
             time.sleep(5.0)
     finally:
         with server.connect() as conn:
@@ -160,8 +191,16 @@ def test_a_database_down_past_the_limit_fails_the_job_with_a_message_for_its_own
         row = get_training(s, job_id=job.id)
     assert row.status == "failed" and row.step < 400
     assert "database was unreachable for more than 2 s" in row.error
-    for leak in ("SELECT", "UPDATE", "training_jobs", "psycopg", "[SQL", "5432", socket.gethostname(),
-                 c.worker_id):
+    for leak in (
+        "SELECT",
+        "UPDATE",
+        "training_jobs",
+        "psycopg",
+        "[SQL",
+        "5432",
+        socket.gethostname(),
+        c.worker_id,
+    ):
         assert leak not in row.error
 
 
@@ -177,7 +216,9 @@ class KillReadBack:
     def before(self, conn, cursor, statement, parameters, context, executemany):
         if statement.startswith("UPDATE training_jobs SET status"):
             self.claimed = True
-        elif self.claimed and self.left and statement.startswith("SELECT training_jobs.id, training_jobs.owner_id"):
+        elif (
+            self.claimed and self.left and statement.startswith("SELECT training_jobs.id, training_jobs.owner_id")
+        ):
             self.left -= 1
             pid = conn.connection.dbapi_connection.info.backend_pid
             with self.admin.connect() as a:
@@ -222,9 +263,10 @@ def test_a_database_error_reaches_the_owner_without_sql_or_parameters(admin):
 
     from worker.db_retry import is_transient
     from worker.runs import short_error
+
     with pytest.raises(ProgrammingError) as raised, admin.connect() as conn:
         conn.execute(text("SELECT * FROM no_such_table WHERE id = :id"), {"id": "secret-parameter"})
     error = short_error(raised.value)
-    assert not is_transient(raised.value)        # a mistake, not an outage: it fails at once
+    assert not is_transient(raised.value)  # a mistake, not an outage: it fails at once
     assert "database error" in error and "UndefinedTable" in error
     assert "no_such_table" not in error and "secret-parameter" not in error and "SELECT" not in error

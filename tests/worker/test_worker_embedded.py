@@ -1,4 +1,5 @@
 """The embedded launcher's first-start steps: which model it runs, and the API key it keeps."""
+
 from __future__ import annotations
 
 from db.migrate import upgrade
@@ -16,7 +17,7 @@ def test_model_choice_configured_then_bundled_then_tiny_random(tmp_path, monkeyp
     assert made == (tmp_path / "data" / "models" / "o1-tiny-random").resolve()
     assert (made / "config.json").is_file() and (made / "tokenizer.json").is_file()
     mtime = (made / "config.json").stat().st_mtime
-    assert embedded.ensure_model(tmp_path / "missing", tmp_path / "data") == made   # written once
+    assert embedded.ensure_model(tmp_path / "missing", tmp_path / "data") == made  # written once
     assert (made / "config.json").stat().st_mtime == mtime
 
 
@@ -29,9 +30,9 @@ def test_api_key_is_created_once_kept_and_replaced_when_revoked(tmp_path):
     maker = make_sessionmaker(url)
     with maker() as s:
         assert owner_for_key(s, key=key).name == "default"
-    (tmp_path / "api_key").write_text("o1l_not-a-valid-key\n")   # a stale file (another database)
+    (tmp_path / "api_key").write_text("o1l_not-a-valid-key\n")  # a stale file (another database)
     new = embedded.ensure_api_key(url, tmp_path)
     assert new != key
     with maker() as s:
-        assert owner_for_key(s, key=new).name == "default"     # the same owner, a new key
+        assert owner_for_key(s, key=new).name == "default"  # the same owner, a new key
     maker.kw["bind"].dispose()

@@ -1,5 +1,6 @@
 """A generation job run in-process on a tiny model: row -> images in the store -> row, LoRAs swapped on a
 resident base, and the idempotency rules of a redelivered message."""
+
 from __future__ import annotations
 
 import io
@@ -27,8 +28,18 @@ def gctx(worker_ctx, tiny_model):
 
 
 def params(**kw):
-    p = {"prompt": "a red circle", "negative_prompt": " ", "loras": [], "width": 64, "height": 32, "steps": 2,
-         "guidance": 2.0, "seed": 7, "preset": "full", "num_images": 2}
+    p = {
+        "prompt": "a red circle",
+        "negative_prompt": " ",
+        "loras": [],
+        "width": 64,
+        "height": 32,
+        "steps": 2,
+        "guidance": 2.0,
+        "seed": 7,
+        "preset": "full",
+        "num_images": 2,
+    }
     p.update(kw)
     return p
 
@@ -36,8 +47,14 @@ def params(**kw):
 def new_generation(c, owner_id, **kw):
     p = params(**kw)
     with c.sessions() as s:
-        return create_generation(s, owner_id=owner_id, prompt=p["prompt"], params=p, num_images=p["num_images"],
-                                 total_steps=p["steps"] * p["num_images"])
+        return create_generation(
+            s,
+            owner_id=owner_id,
+            prompt=p["prompt"],
+            params=p,
+            num_images=p["num_images"],
+            total_steps=p["steps"] * p["num_images"],
+        )
 
 
 def png(c, key) -> Image.Image:
@@ -49,6 +66,7 @@ def make_lora(c, model_path, owner_id, seed) -> str:
     """A random LoRA on every language-model linear, stored as a ComfyUI file like an import would be."""
     from core.loading import load_model
     from core.lora import LoraSpec, adapter_state_dict, inject_lora, save_comfyui_file
+
     model = load_model(model_path)
     spec = LoraSpec(rank=4, alpha=4)
     inject_lora(model, spec)
@@ -64,8 +82,9 @@ def make_lora(c, model_path, owner_id, seed) -> str:
     key = f"loras/{lora_id}/lora.safetensors"
     c.store.put_file(key, path)
     with c.sessions() as s:
-        create_imported_lora(s, lora_id=lora_id, owner_id=owner_id, name="l", format="comfyui",
-                             original_key=key, comfyui_key=key)
+        create_imported_lora(
+            s, lora_id=lora_id, owner_id=owner_id, name="l", format="comfyui", original_key=key, comfyui_key=key
+        )
     return lora_id
 
 
@@ -81,7 +100,7 @@ def test_generation_writes_pngs_of_the_requested_size_and_succeeds(gctx):
         assert [(im.index, im.width, im.height, im.seed) for im in row.images] == [(0, 64, 32, 7), (1, 64, 32, 8)]
         keys = [im.storage_key for im in row.images]
     a, b = png(c, keys[0]), png(c, keys[1])
-    assert a.size == (64, 32) and a.tobytes() != b.tobytes()   # two seeds, two images
+    assert a.size == (64, 32) and a.tobytes() != b.tobytes()  # two seeds, two images
     # The same request again gives the same pixels (seeded), and the finished job is not run again.
     again = new_generation(c, owner.id)
     assert generation.run_generation(again.id, c) == "succeeded"
@@ -97,8 +116,13 @@ def test_loras_with_scales_change_the_image_without_reloading_the_base(gctx):
     la = make_lora(c, c.settings.model_path, owner.id, seed=1)
     lb = make_lora(c, c.settings.model_path, owner.id, seed=2)
     runs = {}
-    for name, loras in [("base", []), ("a", [{"id": la, "scale": 1.0}]), ("a0", [{"id": la, "scale": 0.0}]),
-                        ("ab", [{"id": la, "scale": 1.0}, {"id": lb, "scale": 0.5}]), ("base2", [])]:
+    for name, loras in [
+        ("base", []),
+        ("a", [{"id": la, "scale": 1.0}]),
+        ("a0", [{"id": la, "scale": 0.0}]),
+        ("ab", [{"id": la, "scale": 1.0}, {"id": lb, "scale": 0.5}]),
+        ("base2", []),
+    ]:
         gen = new_generation(c, owner.id, loras=loras, num_images=1)
         assert generation.run_generation(gen.id, c) == "succeeded", name
         with c.sessions() as s:
@@ -106,7 +130,7 @@ def test_loras_with_scales_change_the_image_without_reloading_the_base(gctx):
     assert runs["a"] != runs["base"] and runs["ab"] != runs["a"]
     assert runs["a0"] == runs["base"] and runs["base2"] == runs["base"]  # scale 0 and no LoRA = the plain base
     h = generation.host(c)
-    assert h.loads == 1                                    # one base load for five generations
+    assert h.loads == 1  # one base load for five generations
     assert h.cached_lora_ids() == [la, lb]
 
 
@@ -128,10 +152,10 @@ def test_redelivery_rules_fresh_running_is_left_stale_running_is_taken_over(gctx
     gen = new_generation(c, owner.id, num_images=1)
     with c.sessions() as s:
         assert claim_generation(s, job_id=gen.id, worker_id="other:1")
-    assert generation.run_generation(gen.id, c) == "busy"          # its worker is alive
+    assert generation.run_generation(gen.id, c) == "busy"  # its worker is alive
     with c.sessions() as s:
         transition(s, Generation, [Generation.id == gen.id], {"heartbeat_at": utcnow() - timedelta(seconds=60)})
-    assert generation.run_generation(gen.id, c) == "succeeded"     # its worker is dead
+    assert generation.run_generation(gen.id, c) == "succeeded"  # its worker is dead
     with c.sessions() as s:
         row = get_generation(s, job_id=gen.id)
     assert (row.attempt, row.worker_id) == (2, c.worker_id)
@@ -139,6 +163,7 @@ def test_redelivery_rules_fresh_running_is_left_stale_running_is_taken_over(gctx
 
 def test_lora_cache_keeps_the_most_recently_used(gctx):
     from worker.model_host import ModelHost
+
     c = gctx
     with c.sessions() as s:
         owner = create_owner(s, name="g5")
@@ -150,12 +175,13 @@ def test_lora_cache_keeps_the_most_recently_used(gctx):
         def local():
             binds.append(lora_id)
             return generation.lora_path(c, lora_id, owner.id)
+
         return local
 
     first = host.lora(ids[0], file_of(ids[0]))
     host.lora(ids[1], file_of(ids[1]))
-    assert host.lora(ids[0], file_of(ids[0])) is first          # a hit: not read again
-    host.lora(ids[2], file_of(ids[2]))                          # evicts ids[1], the least recently used
+    assert host.lora(ids[0], file_of(ids[0])) is first  # a hit: not read again
+    host.lora(ids[2], file_of(ids[2]))  # evicts ids[1], the least recently used
     assert host.cached_lora_ids() == [ids[0], ids[2]]
     host.lora(ids[1], file_of(ids[1]))
     assert binds == [ids[0], ids[1], ids[2], ids[1]] and host.loads == 1

@@ -4,6 +4,7 @@ with the same images as an undisturbed run (issue 16 item 6, generation side).
 
     .venv/bin/python -m pytest tests/worker/test_worker_generation_db_outage.py -q
 """
+
 from __future__ import annotations
 
 import threading
@@ -20,14 +21,27 @@ from worker.context import WorkerContext
 
 
 def new_generation(c, owner_id, steps):
-    p = {"prompt": "a red circle", "negative_prompt": " ", "loras": [], "width": 64, "height": 32, "steps": steps,
-         "guidance": 2.0, "seed": 7, "preset": "full", "num_images": 1}
+    p = {
+        "prompt": "a red circle",
+        "negative_prompt": " ",
+        "loras": [],
+        "width": 64,
+        "height": 32,
+        "steps": steps,
+        "guidance": 2.0,
+        "seed": 7,
+        "preset": "full",
+        "num_images": 1,
+    }
     with c.sessions() as s:
-        return create_generation(s, owner_id=owner_id, prompt=p["prompt"], params=p, num_images=1, total_steps=steps)
+        return create_generation(
+            s, owner_id=owner_id, prompt=p["prompt"], params=p, num_images=1, total_steps=steps
+        )
 
 
 def image(c, gen_id) -> np.ndarray:
     from PIL import Image
+
     with c.sessions() as s:
         key = get_generation(s, job_id=gen_id).images[0].storage_key
     with c.store.open(key) as f:
@@ -35,9 +49,17 @@ def image(c, gen_id) -> np.ndarray:
 
 
 def test_a_killed_connection_mid_generation_costs_a_pause_not_the_generation(worker_ctx, tiny_model, pg_url):
-    c = WorkerContext(worker_ctx.settings.model_copy(update={
-        "model_path": tiny_model, "progress_interval_s": 0.0, "heartbeat_timeout_s": 30.0,
-        "db_outage_limit_s": 30.0, "generate_batch_wait_s": 0.0}))
+    c = WorkerContext(
+        worker_ctx.settings.model_copy(
+            update={
+                "model_path": tiny_model,
+                "progress_interval_s": 0.0,
+                "heartbeat_timeout_s": 30.0,
+                "db_outage_limit_s": 30.0,
+                "generate_batch_wait_s": 0.0,
+            }
+        )
+    )
     with c.sessions() as s:
         owner = create_owner(s, name="blip")
     straight = new_generation(c, owner.id, steps=40)
@@ -57,9 +79,15 @@ def test_a_killed_connection_mid_generation_costs_a_pause_not_the_generation(wor
         conn.execute(text("LOCK TABLE generations IN ACCESS EXCLUSIVE MODE"))
         while time.monotonic() < deadline and not killed and t.is_alive():
             with admin.connect() as a:
-                killed = len(a.execute(text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db "
-                    "AND wait_event_type = 'Lock'"), {"db": db}).all())
+                killed = len(
+                    a.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db "
+                            "AND wait_event_type = 'Lock'"
+                        ),
+                        {"db": db},
+                    ).all()
+                )
             time.sleep(0.05)
         tx.commit()
     locker.dispose()
@@ -80,8 +108,9 @@ def test_a_killed_connection_while_gathering_a_batch_leaves_the_lead_alone(worke
     from db.generations import claim_generation
     from worker.generation_batch import join_batch
 
-    c = WorkerContext(worker_ctx.settings.model_copy(update={"generate_max_batch": 4,
-                                                             "generate_batch_wait_s": 0.0}))
+    c = WorkerContext(
+        worker_ctx.settings.model_copy(update={"generate_max_batch": 4, "generate_batch_wait_s": 0.0})
+    )
     with c.sessions() as s:
         owner = create_owner(s, name="scan")
     lead = new_generation(c, owner.id, steps=4)
@@ -101,9 +130,15 @@ def test_a_killed_connection_while_gathering_a_batch_leaves_the_lead_alone(worke
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not killed and t.is_alive():
             with admin.connect() as a:
-                killed = len(a.execute(text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db "
-                    "AND wait_event_type = 'Lock'"), {"db": db}).all())
+                killed = len(
+                    a.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db "
+                            "AND wait_event_type = 'Lock'"
+                        ),
+                        {"db": db},
+                    ).all()
+                )
             time.sleep(0.05)
         tx.commit()
     locker.dispose()

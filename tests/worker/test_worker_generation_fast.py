@@ -1,5 +1,6 @@
 """The generation worker's fast path on a tiny model: one request = one batched call, the compiled denoise
 warmed up at start and never recompiled by LoRA switches, CFG as one batch or two calls by size."""
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,9 @@ def pixels(c, gen_id) -> list[np.ndarray]:
     with c.sessions() as s:
         row = get_generation(s, job_id=gen_id)
         assert row.status == "succeeded", (row.status, row.error)
-        return [np.asarray(png(c, im.storage_key), dtype=np.int16) for im in sorted(row.images, key=lambda i: i.index)]
+        return [
+            np.asarray(png(c, im.storage_key), dtype=np.int16) for im in sorted(row.images, key=lambda i: i.index)
+        ]
 
 
 class CountingBackend:
@@ -36,8 +39,9 @@ class CountingBackend:
 def use_host(monkeypatch, c: WorkerContext, **kw) -> ModelHost:
     """Make `kw` the process's resident host for the settings of `c` (tests pass a compile backend)."""
     s = c.settings
-    h = ModelHost(s.model_path, s.lora_cache_size, lora_max_rank=s.lora_max_rank,
-                  cfg_split_pixels=s.cfg_split_pixels, **kw)
+    h = ModelHost(
+        s.model_path, s.lora_cache_size, lora_max_rank=s.lora_max_rank, cfg_split_pixels=s.cfg_split_pixels, **kw
+    )
     h.key = generation.host_key(s)
     monkeypatch.setattr(generation, "_host", h)
     return h
@@ -50,11 +54,14 @@ def test_a_request_of_three_images_is_one_batch_equal_to_three_single_image_requ
         owner = create_owner(s, name="f1")
     calls = []
     real_sample = type(h.sampler).sample
-    monkeypatch.setattr(type(h.sampler), "sample", lambda self, images, **kw: calls.append(len(images))
-                        or real_sample(self, images, **kw))
+    monkeypatch.setattr(
+        type(h.sampler),
+        "sample",
+        lambda self, images, **kw: calls.append(len(images)) or real_sample(self, images, **kw),
+    )
     batch = new_generation(c, owner.id, num_images=3, seed=7)
     assert generation.run_generation(batch.id, c) == "succeeded"
-    assert calls == [3]                                          # one sampler call for the three images
+    assert calls == [3]  # one sampler call for the three images
     singles = []
     for i in range(3):
         one = new_generation(c, owner.id, num_images=1, seed=7 + i)
@@ -64,8 +71,8 @@ def test_a_request_of_three_images_is_one_batch_equal_to_three_single_image_requ
     together = pixels(c, batch.id)
     diffs = [int(np.abs(a - b).max()) for a, b in zip(together, singles)]
     print(f"max abs pixel difference, batch of 3 vs one by one: {diffs}")
-    assert max(diffs) <= 1                                       # batching's float noise only (measured 0)
-    assert not np.array_equal(together[0], together[1])          # three seeds, three images
+    assert max(diffs) <= 1  # batching's float noise only (measured 0)
+    assert not np.array_equal(together[0], together[1])  # three seeds, three images
 
 
 def test_compiled_worker_warms_up_then_switches_loras_and_sizes_without_recompiling(gctx, monkeypatch):
@@ -79,22 +86,23 @@ def test_compiled_worker_warms_up_then_switches_loras_and_sizes_without_recompil
     # 64x32 is under the split threshold (CFG as one 2-row batch), 64x64 at it (two 1-row calls).
     assert h.warm_up(parse_sizes("64x32,64x64")).keys() == {"64x32", "64x64"}
     warm = backend.compiles
-    assert warm == 4                                             # per size: LoRA slots off and on
+    assert warm == 4  # per size: LoRA slots off and on
     calls_per_step = {}
     for size, loras, n, prompt in [
         ((64, 32), [{"id": la, "scale": 1.0}], 1, "a red circle"),
         ((64, 32), [{"id": lb, "scale": 0.5}], 2, "two small blue squares on the left"),
-        ((64, 32), [], 1, " "),                                  # as long as the negative prompt: no padding
+        ((64, 32), [], 1, " "),  # as long as the negative prompt: no padding
         ((64, 64), [], 1, "a green triangle"),
         ((64, 64), [{"id": la, "scale": 1.0}, {"id": lb, "scale": -0.5}], 1, "a red circle"),
     ]:
         before = h.sampler.denoise_calls
-        gen = new_generation(c, owner.id, width=size[0], height=size[1], loras=loras, num_images=n, prompt=prompt,
-                             steps=2)
+        gen = new_generation(
+            c, owner.id, width=size[0], height=size[1], loras=loras, num_images=n, prompt=prompt, steps=2
+        )
         assert generation.run_generation(gen.id, c) == "succeeded"
         calls_per_step[size] = (h.sampler.denoise_calls - before) / 2
     assert backend.compiles == warm, f"{backend.compiles - warm} recompiles after the warm-up"
-    assert calls_per_step == {(64, 32): 1, (64, 64): 2}          # CFG batched below the threshold, split at it
+    assert calls_per_step == {(64, 32): 1, (64, 64): 2}  # CFG batched below the threshold, split at it
     # The compiled path gives the eager path's image.
     eager = use_host(monkeypatch, c)
     gen = new_generation(c, owner.id, loras=[{"id": la, "scale": 1.0}], num_images=1, prompt="a red circle")
@@ -126,10 +134,11 @@ def test_warm_up_runs_at_worker_start_for_the_configured_sizes(gctx, monkeypatch
 
 def test_compiled_code_is_cached_in_the_data_dir_unless_the_environment_says_where(gctx, monkeypatch, tmp_path):
     from worker.model_host import use_compile_cache
-    monkeypatch.setattr(generation, "_host", None)               # a host of an earlier test's data dir
+
+    monkeypatch.setattr(generation, "_host", None)  # a host of an earlier test's data dir
     assert generation.host(gctx).compile_cache_dir == gctx.settings.data_dir / "compile-cache"
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     use_compile_cache(tmp_path / "cc")
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cc").resolve()) and (tmp_path / "cc").is_dir()
-    use_compile_cache(tmp_path / "other")                        # whoever set it first wins
+    use_compile_cache(tmp_path / "other")  # whoever set it first wins
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cc").resolve())

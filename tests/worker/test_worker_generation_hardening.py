@@ -1,5 +1,6 @@
 """Generation jobs under trouble (issue 16): cancel while running, a worker's SIGTERM, a re-run that keeps the
 images already stored, non-finite output, LoRA keys that place nowhere."""
+
 from __future__ import annotations
 
 import threading
@@ -32,6 +33,7 @@ def lora_variant(c, owner_id, base_id, change) -> str:
     """A stored copy of LoRA `base_id` with its tensors passed through change(dict) -> dict."""
     with c.sessions() as s:
         from db.loras import get_lora
+
         src = get_lora(s, lora_id=base_id, owner_id=owner_id)
     tensors = change(load_file(str(c.store.local_path(src.comfyui_key))))
     lora_id = new_lora_id()
@@ -40,8 +42,9 @@ def lora_variant(c, owner_id, base_id, change) -> str:
     key = f"loras/{lora_id}/lora.safetensors"
     c.store.put_file(key, path)
     with c.sessions() as s:
-        create_imported_lora(s, lora_id=lora_id, owner_id=owner_id, name="v", format="comfyui", original_key=key,
-                             comfyui_key=key)
+        create_imported_lora(
+            s, lora_id=lora_id, owner_id=owner_id, name="v", format="comfyui", original_key=key, comfyui_key=key
+        )
     return lora_id
 
 
@@ -53,14 +56,13 @@ def test_cancel_of_a_running_generation_stops_it_at_the_next_step_and_keeps_stor
     assert generation.run_generation(earlier.id, c) == "succeeded"
     gen = new_generation(c, owner.id, num_images=2, seed=7, steps=400)
     first = row(c, earlier.id).images[0]
-    with c.sessions() as s:   # image 0 is stored already (an earlier attempt of this generation)
-        add_generation_image(s, job_id=gen.id, index=0, storage_key=first.storage_key, width=64, height=32,
-                             seed=7)
+    with c.sessions() as s:  # image 0 is stored already (an earlier attempt of this generation)
+        add_generation_image(s, job_id=gen.id, index=0, storage_key=first.storage_key, width=64, height=32, seed=7)
     out = {}
     t = threading.Thread(target=lambda: out.setdefault("r", generation.run_generation(gen.id, c)))
     t.start()
     deadline = time.monotonic() + 60
-    while row(c, gen.id).step < 400 + 3:          # a few steps into image 1 (image 0 counts as 400 done)
+    while row(c, gen.id).step < 400 + 3:  # a few steps into image 1 (image 0 counts as 400 done)
         assert time.monotonic() < deadline and t.is_alive(), out
         time.sleep(0.02)
     with c.sessions() as s:
@@ -69,8 +71,8 @@ def test_cancel_of_a_running_generation_stops_it_at_the_next_step_and_keeps_stor
     t.join(60)
     r = row(c, gen.id)
     assert out["r"] == "canceled" and r.status == "canceled" and r.error is None
-    assert asked_at <= r.step <= asked_at + 2 * 5 < r.total_steps   # stopped within a few steps, not at 800
-    assert [(im.index, im.storage_key) for im in r.images] == [(0, first.storage_key)]   # kept
+    assert asked_at <= r.step <= asked_at + 2 * 5 < r.total_steps  # stopped within a few steps, not at 800
+    assert [(im.index, im.storage_key) for im in r.images] == [(0, first.storage_key)]  # kept
 
 
 def test_sigterm_hands_the_generation_back_at_once_and_the_rerun_equals_a_straight_run(gctx, monkeypatch):
@@ -84,8 +86,8 @@ def test_sigterm_hands_the_generation_back_at_once_and_the_rerun_equals_a_straig
     monkeypatch.setattr(generation, "worker_shutting_down", lambda: asked.append(1) or len(asked) >= 2)
     assert generation.run_generation(gen.id, c) == "requeued"
     r = row(c, gen.id)
-    assert (r.status, r.worker_id, r.attempt) == ("queued", None, 1)   # not left running until a timeout
-    assert gen.id in waiting_job_ids("generation")                     # sent again at once
+    assert (r.status, r.worker_id, r.attempt) == ("queued", None, 1)  # not left running until a timeout
+    assert gen.id in waiting_job_ids("generation")  # sent again at once
     monkeypatch.setattr(generation, "worker_shutting_down", lambda: False)
     assert generation.run_generation(gen.id, c) == "succeeded"
     assert row(c, gen.id).attempt == 2
@@ -101,19 +103,21 @@ def test_a_rerun_makes_only_the_missing_images(gctx, monkeypatch):
     assert generation.run_generation(straight.id, c) == "succeeded"
     gen = new_generation(c, owner.id, num_images=3, seed=5)
     kept = row(c, straight.id).images[1]
-    with c.sessions() as s:   # an earlier attempt stored image 1 before its worker died
-        add_generation_image(s, job_id=gen.id, index=1, storage_key=kept.storage_key, width=64, height=32,
-                             seed=6)
+    with c.sessions() as s:  # an earlier attempt stored image 1 before its worker died
+        add_generation_image(s, job_id=gen.id, index=1, storage_key=kept.storage_key, width=64, height=32, seed=6)
     seeds = []
     h = generation.host(c)
     real = type(h.sampler).sample
-    monkeypatch.setattr(type(h.sampler), "sample",
-                        lambda self, images, **kw: seeds.append([im.seed for im in images]) or real(self, images, **kw))
+    monkeypatch.setattr(
+        type(h.sampler),
+        "sample",
+        lambda self, images, **kw: seeds.append([im.seed for im in images]) or real(self, images, **kw),
+    )
     assert generation.run_generation(gen.id, c) == "succeeded"
-    assert seeds == [[5, 7]]                                      # images 0 and 2 only
+    assert seeds == [[5, 7]]  # images 0 and 2 only
     r = row(c, gen.id)
     assert [(im.index, im.seed) for im in r.images] == [(0, 5), (1, 6), (2, 7)]
-    assert r.images[1].storage_key == kept.storage_key           # image 1 untouched
+    assert r.images[1].storage_key == kept.storage_key  # image 1 untouched
     a, b = pixels(c, straight.id), pixels(c, gen.id)
     assert max(int(np.abs(a[i] - b[i]).max()) for i in a) <= 1
 
@@ -124,8 +128,12 @@ def test_nonfinite_output_fails_the_job_naming_the_lora(gctx):
         owner = create_owner(s, name="h4")
     good = make_lora(c, c.settings.model_path, owner.id, seed=1)
     # Finite but huge up-projections (the loader refuses NaN weights outright): the output overflows to Inf/NaN.
-    bad = lora_variant(c, owner.id, good, lambda t: {k: torch.full_like(v, 3e38) if "lora_up" in k
-                                                     or "lora_B" in k else v for k, v in t.items()})
+    bad = lora_variant(
+        c,
+        owner.id,
+        good,
+        lambda t: {k: torch.full_like(v, 3e38) if "lora_up" in k or "lora_B" in k else v for k, v in t.items()},
+    )
     gen = new_generation(c, owner.id, loras=[{"id": bad, "scale": 1.0}], num_images=2)
     assert generation.run_generation(gen.id, c) == "failed"
     r = row(c, gen.id)

@@ -1,6 +1,7 @@
 """A generation with reference images, run in-process on the tiny model: the stored PNG is exactly what the core
 sampler gives for the same prompt, seed and references (the official edit layout, CFG with the references kept in
 the unconditional input); references separate batches; a deleted reference fails the row naming the item."""
+
 from __future__ import annotations
 
 import io
@@ -33,18 +34,44 @@ def stored_image(c, owner_id, color, size=(80, 48)) -> tuple[str, Image.Image]:
     image_id = new_image_id()
     c.store.put_bytes(f"images/{image_id}.png", buf.getvalue())
     with c.sessions() as s:
-        create_image(s, image_id=image_id, owner_id=owner_id, name="r.png", storage_key=f"images/{image_id}.png",
-                     format="PNG", width=size[0], height=size[1], size_bytes=len(buf.getvalue()))
+        create_image(
+            s,
+            image_id=image_id,
+            owner_id=owner_id,
+            name="r.png",
+            storage_key=f"images/{image_id}.png",
+            format="PNG",
+            width=size[0],
+            height=size[1],
+            size_bytes=len(buf.getvalue()),
+        )
     return image_id, img
 
 
 def new_generation(c, owner_id, refs, **kw):
-    p = {"prompt": "make the shape blue", "negative_prompt": " ", "loras": [], "width": 64, "height": 32,
-         "steps": 2, "guidance": 2.0, "seed": 3, "preset": "full", "num_images": 1, "reference_images": refs}
+    p = {
+        "prompt": "make the shape blue",
+        "negative_prompt": " ",
+        "loras": [],
+        "width": 64,
+        "height": 32,
+        "steps": 2,
+        "guidance": 2.0,
+        "seed": 3,
+        "preset": "full",
+        "num_images": 1,
+        "reference_images": refs,
+    }
     p.update(kw)
     with c.sessions() as s:
-        return create_generation(s, owner_id=owner_id, prompt=p["prompt"], params=p, num_images=p["num_images"],
-                                 total_steps=p["steps"] * p["num_images"])
+        return create_generation(
+            s,
+            owner_id=owner_id,
+            prompt=p["prompt"],
+            params=p,
+            num_images=p["num_images"],
+            total_steps=p["steps"] * p["num_images"],
+        )
 
 
 def result(c, gen_id) -> tuple[str, bytes | str]:
@@ -59,6 +86,7 @@ def result(c, gen_id) -> tuple[str, bytes | str]:
 def test_references_reach_the_sampler_as_the_core_lays_them_out(gctx):
     from core.loading import load_model, load_tokenizer
     from core.sampler import Sampler
+
     c = gctx
     with c.sessions() as s:
         owner = create_owner(s, name="r1")
@@ -72,7 +100,8 @@ def test_references_reach_the_sampler_as_the_core_lays_them_out(gctx):
     assert len({out["ab"], out["ba"], out["none"]}) == 3  # the references, and their order, condition the image
     model = load_model(c.settings.model_path, torch.float32)
     want = Sampler(model, load_tokenizer(c.settings.model_path))(
-        "make the shape blue", width=64, height=32, steps=2, guidance=2.0, seed=3, references=[img_a, img_b])
+        "make the shape blue", width=64, height=32, steps=2, guidance=2.0, seed=3, references=[img_a, img_b]
+    )
     assert out["ab"] == want[0].tobytes()
 
 

@@ -1,28 +1,48 @@
 """The memory plan: its decisions for the full-size model on 24 / 48 / 80 GB cards, and the training worker
 that follows it (releases the resident generation model, refuses at once what cannot fit, turns an OOM
 into a failed job with a message)."""
+
 from __future__ import annotations
 
 import pytest
 
 from worker import generation, memory_plan, training
 from worker.context import WorkerContext
-from worker.memory_plan import (FULL_SIZE, GIB, ModelShape, generation_need, plan_generation, plan_training,
-                                training_need)
-from worker.model_host import ModelHost
+from worker.memory_plan import (
+    FULL_SIZE,
+    GIB,
+    ModelShape,
+    generation_need,
+    plan_generation,
+    plan_training,
+    training_need,
+)
 
 HEADROOM = int(1.5 * GIB)
 
 
 def train_plan(free_gib, resolution=1024, batch=1, checkpointing="auto", shape=FULL_SIZE):
-    return plan_training(shape, resolution=resolution, batch=batch, rank=16, checkpointing=checkpointing,
-                         free_bytes=int(free_gib * GIB), total_bytes=int(free_gib * GIB), headroom_bytes=HEADROOM)
+    return plan_training(
+        shape,
+        resolution=resolution,
+        batch=batch,
+        rank=16,
+        checkpointing=checkpointing,
+        free_bytes=int(free_gib * GIB),
+        total_bytes=int(free_gib * GIB),
+        headroom_bytes=HEADROOM,
+    )
 
 
 def test_estimates_reproduce_the_peaks_measured_on_the_h200():
     # bench/RESULTS.md "Memory plan": the fit must stay within 3% of every measured peak it rests on.
-    measured = {(1024, 1, True): 16.5, (2048, 1, True): 18.4, (1024, 1, False): 21.5, (2048, 1, False): 36.8,
-                (1024, 4, False): 37.9}
+    measured = {
+        (1024, 1, True): 16.5,
+        (2048, 1, True): 18.4,
+        (1024, 1, False): 21.5,
+        (2048, 1, False): 36.8,
+        (1024, 4, False): 37.9,
+    }
     for (res, batch, ckpt), gib in measured.items():
         got = training_need(FULL_SIZE, resolution=res, batch=batch, checkpointing=ckpt) / GIB
         assert got == pytest.approx(gib, rel=0.03), (res, batch, ckpt, got)
@@ -32,8 +52,8 @@ def test_estimates_reproduce_the_peaks_measured_on_the_h200():
 
 def test_auto_checkpointing_is_off_where_the_activations_fit_and_on_where_only_it_fits():
     h200 = train_plan(139.8, resolution=2048)
-    assert (h200.action, h200.checkpointing) == ("run", False)        # the faster setting on a big card
-    card24 = train_plan(23.4, resolution=2048)                         # a 24 GB card, nothing else loaded
+    assert (h200.action, h200.checkpointing) == ("run", False)  # the faster setting on a big card
+    card24 = train_plan(23.4, resolution=2048)  # a 24 GB card, nothing else loaded
     assert (card24.action, card24.checkpointing) == ("run", True)
 
 
@@ -55,8 +75,9 @@ def test_a_training_that_cannot_fit_is_refused_with_the_numbers_and_what_to_chan
 def test_generation_counts_the_weights_only_when_they_are_not_resident():
     args = dict(width=2048, height=2048, images=4, cfg=True, total_bytes=int(24 * GIB), headroom_bytes=HEADROOM)
     cold = plan_generation(FULL_SIZE, weights_resident=False, free_bytes=int(23.4 * GIB), **args)
-    warm = plan_generation(FULL_SIZE, weights_resident=True, free_bytes=int(23.4 * GIB - FULL_SIZE.weight_bytes),
-                           **args)
+    warm = plan_generation(
+        FULL_SIZE, weights_resident=True, free_bytes=int(23.4 * GIB - FULL_SIZE.weight_bytes), **args
+    )
     assert cold.runs and warm.runs
     assert cold.need_bytes - warm.need_bytes == FULL_SIZE.weight_bytes
     small = plan_generation(FULL_SIZE, weights_resident=True, free_bytes=int(2 * GIB), **args)
@@ -70,9 +91,12 @@ def test_model_shape_is_read_from_the_checkpoint_without_loading_it(tiny_model):
 
     shape = ModelShape.from_checkpoint(tiny_model)
     text = json.loads((tiny_model / "config.json").read_text())["text_config"]
-    assert (shape.layers, shape.hidden, shape.mlp) == (text["num_hidden_layers"], text["hidden_size"],
-                                                       text["intermediate_size"])
-    model = load_model(tiny_model)          # float32 on disk: the plan counts the bf16 copy a GPU worker holds
+    assert (shape.layers, shape.hidden, shape.mlp) == (
+        text["num_hidden_layers"],
+        text["hidden_size"],
+        text["intermediate_size"],
+    )
+    model = load_model(tiny_model)  # float32 on disk: the plan counts the bf16 copy a GPU worker holds
     bf16_bytes = sum(p.numel() for p in model.state_dict().values()) * 2
     assert shape.weight_bytes == pytest.approx(bf16_bytes, rel=0.01)
 
@@ -82,7 +106,7 @@ def test_model_shape_is_read_from_the_checkpoint_without_loading_it(tiny_model):
 def tctx(worker_ctx, tiny_model):
     settings = worker_ctx.settings.model_copy(update={"model_path": tiny_model, "progress_interval_s": 0.0})
     c = WorkerContext(settings)
-    generation._host = None           # another test's resident host would count its own loads
+    generation._host = None  # another test's resident host would count its own loads
     yield c
     c.close()
     generation._host = None
@@ -90,21 +114,33 @@ def tctx(worker_ctx, tiny_model):
 
 def _job(c, steps=2):
     from worker_helpers import put_dataset
+
     from db.owners import create_owner
     from db.training import create_training
 
     with c.sessions() as s:
         owner = create_owner(s, name="mem")
     ds = put_dataset(c, owner.id)
-    p = {"steps": steps, "rank": 4, "alpha": 4.0, "learning_rate": 1e-3, "resolution": 64, "batch_size": 1,
-         "sample_every": 0, "sample_prompts": [], "seed": 3}
+    p = {
+        "steps": steps,
+        "rank": 4,
+        "alpha": 4.0,
+        "learning_rate": 1e-3,
+        "resolution": 64,
+        "batch_size": 1,
+        "sample_every": 0,
+        "sample_prompts": [],
+        "seed": 3,
+    }
     with c.sessions() as s:
-        return create_training(s, owner_id=owner.id, dataset_id=ds.id, name="j", trigger="sks", params=p,
-                               total_steps=steps)
+        return create_training(
+            s, owner_id=owner.id, dataset_id=ds.id, name="j", trigger="sks", params=p, total_steps=steps
+        )
 
 
 def _row(c, job_id):
     from db.training import get_training
+
     with c.sessions() as s:
         return get_training(s, job_id=job_id)
 
@@ -127,11 +163,11 @@ def test_training_releases_the_resident_generation_model_and_reloads_it_after(tc
 
     monkeypatch.setattr(Trainer, "run", run)
     assert training.run_training(_job(c).id, c) == "succeeded"
-    assert resident_while_training == [False]       # one copy of the base: the trainer's
+    assert resident_while_training == [False]  # one copy of the base: the trainer's
     for t in threading.enumerate():
         if t.name == "rewarm-generation":
             t.join(timeout=60)
-    assert host._model is not None and host.loads == 2      # the generation side loaded again afterwards
+    assert host._model is not None and host.loads == 2  # the generation side loaded again afterwards
 
 
 def test_when_needed_keeps_the_generation_model_if_the_training_fits_beside_it(tctx, monkeypatch):
@@ -180,16 +216,33 @@ def _generation(c, num_images=2):
     from db.generations import create_generation
     from db.owners import create_owner
 
-    p = {"prompt": "a red circle", "negative_prompt": " ", "loras": [], "width": 64, "height": 32, "steps": 2,
-         "guidance": 2.0, "seed": 7, "preset": "full", "num_images": num_images}
+    p = {
+        "prompt": "a red circle",
+        "negative_prompt": " ",
+        "loras": [],
+        "width": 64,
+        "height": 32,
+        "steps": 2,
+        "guidance": 2.0,
+        "seed": 7,
+        "preset": "full",
+        "num_images": num_images,
+    }
     with c.sessions() as s:
         owner = create_owner(s, name=f"gen-{uuid.uuid4().hex[:8]}")
-        return create_generation(s, owner_id=owner.id, prompt=p["prompt"], params=p, num_images=num_images,
-                                 total_steps=p["steps"] * num_images)
+        return create_generation(
+            s,
+            owner_id=owner.id,
+            prompt=p["prompt"],
+            params=p,
+            num_images=num_images,
+            total_steps=p["steps"] * num_images,
+        )
 
 
 def _gen_row(c, gid):
     from db.generations import get_generation
+
     with c.sessions() as s:
         return get_generation(s, job_id=gid)
 
@@ -214,4 +267,3 @@ def test_out_of_memory_mid_generation_fails_the_job_with_a_message(tctx, monkeyp
     assert generation.run_generation(g.id, tctx) == "failed"
     row = _gen_row(tctx, g.id)
     assert row.status == "failed" and "the GPU ran out of memory during this generation" in row.error
-

@@ -1,4 +1,5 @@
 """The write throttle and the heartbeat thread of the worker."""
+
 from __future__ import annotations
 
 import threading
@@ -12,12 +13,12 @@ from worker.pacing import Every, Heartbeat
 def test_every_limits_rate_and_force_always_passes():
     now = [0.0]
     every = Every(1.5, clock=lambda: now[0])
-    assert every()            # the first call always writes
+    assert every()  # the first call always writes
     now[0] = 1.0
-    assert not every()        # too soon
+    assert not every()  # too soon
     assert every(force=True)  # checkpoints / the end are never dropped
     now[0] = 2.0
-    assert not every()        # forcing restarted the interval
+    assert not every()  # forcing restarted the interval
     now[0] = 2.6
     assert every()
 
@@ -40,7 +41,7 @@ def test_heartbeat_beats_until_exit_and_survives_errors():
         time.sleep(0.4)
     n = len(calls)
     time.sleep(0.15)
-    assert n >= 4 and len(calls) == n       # kept beating after the error, stopped at exit
+    assert n >= 4 and len(calls) == n  # kept beating after the error, stopped at exit
     assert [str(e) for e in errors] == ["db blip"]
     assert not hb.lost.is_set()
 

@@ -1,4 +1,5 @@
 """The reconciler on the real PostgreSQL and Redis: stale running jobs are resumed, lost messages re-sent."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -16,17 +17,26 @@ from worker.reconciler import reconcile_once
 
 def make_training(s, owner_name: str):
     owner = create_owner(s, name=owner_name)
-    ds = create_dataset(s, dataset_id=new_dataset_id(), owner_id=owner.id, name="d", storage_prefix="datasets/x",
-                        num_images=1, num_captions=1, total_bytes=1, report={})
-    job = create_training(s, owner_id=owner.id, dataset_id=ds.id, name="j", trigger="t", params={},
-                          total_steps=10)
+    ds = create_dataset(
+        s,
+        dataset_id=new_dataset_id(),
+        owner_id=owner.id,
+        name="d",
+        storage_prefix="datasets/x",
+        num_images=1,
+        num_captions=1,
+        total_bytes=1,
+        report={},
+    )
+    job = create_training(s, owner_id=owner.id, dataset_id=ds.id, name="j", trigger="t", params={}, total_steps=10)
     return owner, job
 
 
 def drain(c, kind):
     """Empty this run's queue for `kind` (what a worker would take)."""
-    from worker.celery_app import app
     from jobqueue.kinds import kind_of
+    from worker.celery_app import app
+
     with app.connection_for_write() as conn:
         ch = conn.default_channel
         for pri in ch.priority_steps:
@@ -103,6 +113,7 @@ def test_lost_message_is_resent_only_after_the_grace_and_only_when_not_waiting(w
 
 def test_stale_generation_is_requeued(worker_ctx):
     from db.models import Generation
+
     with worker_ctx.sessions() as s:
         owner = create_owner(s, name="gen-stale")
         gen = create_generation(s, owner_id=owner.id, prompt="p", params={}, num_images=1, total_steps=2)

@@ -1,5 +1,6 @@
 """A training job run in-process on a tiny model: progress, previews, LoRA files and row; cancel; a
 warm-shutdown hand-back and the resume that continues it exactly."""
+
 from __future__ import annotations
 
 import threading
@@ -7,11 +8,11 @@ import time
 
 import pytest
 from safetensors.torch import load_file
-
 from worker_helpers import put_dataset
+
+from db.loras import get_lora
 from db.owners import create_owner
 from db.training import cancel_training, create_training, get_training
-from db.loras import get_lora
 from worker import training
 from worker.context import WorkerContext
 from worker.dispatch import waiting_job_ids
@@ -26,12 +27,23 @@ def tctx(worker_ctx, tiny_model):
 
 
 def new_job(c, owner_id, dataset_id, steps=4, **params):
-    p = {"steps": steps, "rank": 4, "alpha": 4.0, "learning_rate": 1e-3, "resolution": 64, "batch_size": 1,
-         "sample_every": 0, "sample_prompts": [], "seed": 3, "gradient_checkpointing": False}
+    p = {
+        "steps": steps,
+        "rank": 4,
+        "alpha": 4.0,
+        "learning_rate": 1e-3,
+        "resolution": 64,
+        "batch_size": 1,
+        "sample_every": 0,
+        "sample_prompts": [],
+        "seed": 3,
+        "gradient_checkpointing": False,
+    }
     p.update(params)
     with c.sessions() as s:
-        return create_training(s, owner_id=owner_id, dataset_id=dataset_id, name="j", trigger="sks", params=p,
-                               total_steps=steps)
+        return create_training(
+            s, owner_id=owner_id, dataset_id=dataset_id, name="j", trigger="sks", params=p, total_steps=steps
+        )
 
 
 def lora_tensors(c, job_id):
@@ -52,8 +64,10 @@ def test_training_succeeds_with_progress_previews_and_both_lora_formats(tctx):
         row = get_training(s, job_id=job.id)
         assert (row.status, row.step, row.total_steps, row.attempt, row.error) == ("succeeded", 4, 4, 1, None)
         assert row.loss is not None and row.loss > 0
-        assert [(p.step, p.index, p.prompt) for p in row.previews] == [(2, 0, "sks, a red square"),
-                                                                      (4, 0, "sks, a red square")]
+        assert [(p.step, p.index, p.prompt) for p in row.previews] == [
+            (2, 0, "sks, a red square"),
+            (4, 0, "sks, a red square"),
+        ]
         assert all(c.store.exists(p.storage_key) for p in row.previews)
         assert row.checkpoint_step == 4 and c.store.exists(f"{row.checkpoint_path}/state.pt")
     tensors, lora = lora_tensors(c, job.id)
@@ -89,7 +103,7 @@ def test_cancel_stops_within_a_few_steps_and_keeps_the_checkpoint(tctx):
     with c.sessions() as s:
         row = get_training(s, job_id=job.id)
         assert row.status == "canceled" and row.lora is None
-    assert asked_at <= row.checkpoint_step <= asked_at + 5 < 400   # stopped within a few steps
+    assert asked_at <= row.checkpoint_step <= asked_at + 5 < 400  # stopped within a few steps
     assert c.store.exists(f"{row.checkpoint_path}/weights.safetensors")
 
 
@@ -109,7 +123,7 @@ def test_shutdown_hands_the_job_back_and_the_resume_equals_an_uninterrupted_run(
     with c.sessions() as s:
         row = get_training(s, job_id=job.id)
         assert (row.status, row.worker_id, row.checkpoint_step, row.step) == ("queued", None, 3, 3)
-    assert job.id in waiting_job_ids("training")      # sent again at once, not after a heartbeat timeout
+    assert job.id in waiting_job_ids("training")  # sent again at once, not after a heartbeat timeout
     monkeypatch.setattr(training, "worker_shutting_down", lambda: False)
     assert training.run_training(job.id, c) == "succeeded"
     with c.sessions() as s:
@@ -118,7 +132,7 @@ def test_shutdown_hands_the_job_back_and_the_resume_equals_an_uninterrupted_run(
     a, _ = lora_tensors(c, straight.id)
     b, _ = lora_tensors(c, job.id)
     assert a.keys() == b.keys()
-    assert all((a[k] == b[k]).all() for k in a)         # bit-exact on the CPU: the resume lost nothing
+    assert all((a[k] == b[k]).all() for k in a)  # bit-exact on the CPU: the resume lost nothing
 
 
 def test_deleted_dataset_fails_the_job_with_a_clear_error(tctx):
@@ -128,6 +142,7 @@ def test_deleted_dataset_fails_the_job_with_a_clear_error(tctx):
     ds = put_dataset(c, owner.id, n=1)
     job = new_job(c, owner.id, ds.id)
     from db.models import Dataset
+
     with c.sessions() as s:
         s.delete(s.get(Dataset, ds.id))
         s.commit()

@@ -1,4 +1,5 @@
 """Helpers shared by the worker tests (a module name of its own: tests/ folders are not packages)."""
+
 from __future__ import annotations
 
 import uuid
@@ -15,6 +16,7 @@ def put_dataset(c, owner_id: str, n: int = 4, side: int = 256):
     from PIL import Image, ImageDraw
 
     from db.datasets import create_dataset, new_dataset_id
+
     dataset_id = new_dataset_id()
     prefix = f"datasets/{dataset_id}"
     colours = ["red", "green", "blue", "yellow", "white", "black"]
@@ -28,5 +30,14 @@ def put_dataset(c, owner_id: str, n: int = 4, side: int = 256):
         c.store.put_bytes(f"{prefix}/img_{i:03d}.png", buf.getvalue())
         c.store.put_bytes(f"{prefix}/img_{i:03d}.txt", f"a {colours[i % len(colours)]} square".encode())
     with c.sessions() as s:
-        return create_dataset(s, dataset_id=dataset_id, owner_id=owner_id, name="squares", storage_prefix=prefix,
-                              num_images=n, num_captions=n, total_bytes=0, report={})
+        return create_dataset(
+            s,
+            dataset_id=dataset_id,
+            owner_id=owner_id,
+            name="squares",
+            storage_prefix=prefix,
+            num_images=n,
+            num_captions=n,
+            total_bytes=0,
+            report={},
+        )
