@@ -48,6 +48,34 @@ def image(c, gen_id) -> np.ndarray:
         return np.asarray(Image.open(f).convert("RGB"), dtype=np.int16)
 
 
+def kill_lock_waiters(pg_url: str, worker: threading.Thread, within_s: float = 60) -> int:
+    """Hold an exclusive lock on the generations table and terminate the first backends that wait on it (the
+    database itself stays up): a connection the worker loses mid-query. Starts `worker` once the lock is held
+    if it has not started yet; returns how many backends were terminated."""
+    db = make_url(pg_url).database
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    locker = create_engine(pg_url)
+    killed = 0
+    with locker.connect() as conn:
+        tx = conn.begin()
+        conn.execute(text("LOCK TABLE generations IN ACCESS EXCLUSIVE MODE"))
+        if worker.ident is None:
+            worker.start()
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline and not killed and worker.is_alive():
+            with admin.connect() as a:
+                query = text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db "
+                    "AND wait_event_type = 'Lock'"
+                )
+                killed = len(a.execute(query, {"db": db}).all())
+            time.sleep(0.05)
+        tx.commit()
+    locker.dispose()
+    admin.dispose()
+    return killed
+
+
 def test_a_killed_connection_mid_generation_costs_a_pause_not_the_generation(worker_ctx, tiny_model, pg_url):
     c = WorkerContext(
         worker_ctx.settings.model_copy(
@@ -69,29 +97,7 @@ def test_a_killed_connection_mid_generation_costs_a_pause_not_the_generation(wor
     out: dict = {}
     t = threading.Thread(target=lambda: out.setdefault("r", generation.run_generation(gen.id, c)), daemon=True)
     t.start()
-    db = make_url(pg_url).database
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    locker = create_engine(pg_url)
-    killed = 0
-    deadline = time.monotonic() + 60
-    with locker.connect() as conn:
-        tx = conn.begin()
-        conn.execute(text("LOCK TABLE generations IN ACCESS EXCLUSIVE MODE"))
-        while time.monotonic() < deadline and not killed and t.is_alive():
-            with admin.connect() as a:
-                killed = len(
-                    a.execute(
-                        text(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db "
-                            "AND wait_event_type = 'Lock'"
-                        ),
-                        {"db": db},
-                    ).all()
-                )
-            time.sleep(0.05)
-        tx.commit()
-    locker.dispose()
-    admin.dispose()
+    killed = kill_lock_waiters(pg_url, t)
     t.join(120)
     assert killed >= 1, "the generation never waited on the lock"
     assert out.get("r") == "succeeded"
@@ -119,30 +125,7 @@ def test_a_killed_connection_while_gathering_a_batch_leaves_the_lead_alone(worke
         lead = get_generation(s, job_id=lead.id)
     out: dict = {}
     t = threading.Thread(target=lambda: out.setdefault("r", join_batch(c, lead)), daemon=True)
-    db = make_url(pg_url).database
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    locker = create_engine(pg_url)
-    killed = 0
-    with locker.connect() as conn:
-        tx = conn.begin()
-        conn.execute(text("LOCK TABLE generations IN ACCESS EXCLUSIVE MODE"))
-        t.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not killed and t.is_alive():
-            with admin.connect() as a:
-                killed = len(
-                    a.execute(
-                        text(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db "
-                            "AND wait_event_type = 'Lock'"
-                        ),
-                        {"db": db},
-                    ).all()
-                )
-            time.sleep(0.05)
-        tx.commit()
-    locker.dispose()
-    admin.dispose()
+    killed = kill_lock_waiters(pg_url, t)
     t.join(60)
     assert killed >= 1, "the batch scan never waited on the lock"
     assert out.get("r") == []
