@@ -76,7 +76,7 @@ class TrainConfig:
     validation_fraction: float | None = None  # share of the images held out; None: auto (10% from 20 images up)
     validation_dir: str | None = None  # a separate validation folder or .zip (nothing is held out then)
     validation_max_images: int = 4  # at most this many images held out and evaluated
-    validation_every: int = 250  # steps between validation losses (0: never)
+    validation_every: int = 500  # steps between validation losses (0: never); with previews and checkpoints
     validation_sigmas: int = 8  # fixed noise levels, evenly spread over (0, 1]
     validation_seeds: int = 2  # noise draws per image and level, the same at every evaluation
     publish: str = "last"  # LoRA published at the end: "last" step or "best" validation loss

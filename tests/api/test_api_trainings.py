@@ -61,7 +61,7 @@ def test_submit_queues_the_row_and_sends_the_message_by_name(client, alice, data
         "validation_dataset_id": None,
         "validation_fraction": None,
         "validation_max_images": 4,
-        "validation_every": 250,
+        "validation_every": 500,
         "validation_sigmas": 8,
         "validation_seeds": 2,
         "publish": "last",
