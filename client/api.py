@@ -117,6 +117,12 @@ class O1LoraClient:
             if temporary:
                 archive.unlink(missing_ok=True)
 
+    def upload_image(self, path: str | Path) -> dict[str, Any]:
+        """Upload one reference image (POST /v1/images); the answer carries its id."""
+        path = Path(path)
+        with path.open("rb") as f:
+            return self._json("POST", "/v1/images", files=[("file", (path.name, f, "application/octet-stream"))])
+
     # ---- jobs -----------------------------------------------------------------------------------------------
 
     def create_training(self, dataset_id: str, trigger: str, **fields: Any) -> dict[str, Any]:

@@ -44,6 +44,13 @@ TRAIN_FIELDS: list[tuple[str, str, Any, str]] = [
     ("--lr-schedule", "lr_schedule", str, "constant or cosine"),
     ("--warmup-steps", "warmup_steps", int, "learning-rate warm-up steps (default 0)"),
     ("--grad-accum", "grad_accum", int, "micro-batches per step (default 1)"),
+    ("--validation-fraction", "validation_fraction", float, "share of the dataset held out for validation"),
+    ("--validation-dataset", "validation_dataset_id", str, "validate on this uploaded dataset instead"),
+    ("--validation-every", "validation_every", int, "steps between validation losses (default 500; 0 = never)"),
+    ("--publish", "publish", str, "which weights become the LoRA: last (default) or best (lowest validation)"),
+    ("--early-stop-patience", "early_stop_patience", int, "stop after K validations without a new best"),
+    ("--reference-dropout", "reference_dropout", float, "edit datasets: share of steps trained without refs"),
+    ("--webhook-url", "webhook_url", str, "URL that receives signed job events (Standard Webhooks)"),
 ]
 GENERATE_FIELDS: list[tuple[str, str, Any, str]] = [
     ("--width", "width", int, "pixels, multiple of 32 (default 1024)"),
@@ -54,6 +61,7 @@ GENERATE_FIELDS: list[tuple[str, str, Any, str]] = [
     ("--negative", "negative_prompt", str, "negative prompt"),
     ("--preset", "preset", str, "full or dev"),
     ("--num-images", "num_images", int, "images to generate (default 1)"),
+    ("--webhook-url", "webhook_url", str, "URL that receives signed job events (Standard Webhooks)"),
 ]
 # An API field named in an error, as the flag that sets it (the service speaks in body fields).
 FLAG_OF = {field: flag for flag, field, _, _ in TRAIN_FIELDS + GENERATE_FIELDS} | {
@@ -64,6 +72,7 @@ FLAG_OF = {field: flag for flag, field, _, _ in TRAIN_FIELDS + GENERATE_FIELDS} 
     "prompt": "PROMPT",
     "files": "the dataset",
     "dataset_id": "--dataset",
+    "reference_images": "--ref",
 }
 
 
@@ -167,7 +176,13 @@ def cmd_train(client: O1LoraClient, a: argparse.Namespace) -> int:
 
 
 def cmd_generate(client: O1LoraClient, a: argparse.Namespace) -> int:
-    gen = client.generate(a.prompt, loras=[parse_lora(s) for s in a.lora], **picked(a, GENERATE_FIELDS))
+    fields = picked(a, GENERATE_FIELDS)
+    if a.ref:
+        # a path is uploaded (POST /v1/images) first; anything else is taken as the id of an uploaded image
+        fields["reference_images"] = [
+            client.upload_image(ref)["id"] if Path(ref).is_file() else ref for ref in a.ref
+        ]
+    gen = client.generate(a.prompt, loras=[parse_lora(s) for s in a.lora], **fields)
     say(f"generation {gen['id']} {gen['status']} (seed {gen['params']['seed']})")
     if a.detach:
         print(gen["id"])
@@ -342,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         default="out.png",
         help="image path (more images: <stem>-<k>.png) or a folder (default out.png)",
+    )
+    p.add_argument(
+        "--ref",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="reference image (editing / personalisation): a file to upload or an image id (repeatable, up to 10)",
     )
     p.add_argument("--detach", action="store_true", help="print the generation id and return at once")
     add_fields(p, GENERATE_FIELDS)
