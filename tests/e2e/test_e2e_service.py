@@ -122,8 +122,10 @@ def test_cancel_a_running_training(service):
     assert job["status"] == "canceled" and job["lora_id"] is None
     with svc.sessions() as s:
         row = get_training(s, job_id=job_id)
-    # Stopped within a few steps of the request (progress is written every 0.2 s, the flag read as often).
-    assert asked_at <= row.checkpoint_step <= asked_at + 20 < 3000
+    # Stopped soon after the request: the flag is polled off the training thread every progress interval
+    # (0.2 s here), and this tiny model runs up to ~100 steps/s on the CPU, so "soon" is a fraction of a
+    # second, i.e. tens of steps (33 seen once on a busy machine); far from the 3000 it would otherwise run.
+    assert asked_at <= row.checkpoint_step <= asked_at + 80 < 3000
     print(f"cancel asked at step {asked_at}; stopped at step {row.checkpoint_step}")
     assert (svc.store_root / row.checkpoint_path / "weights.safetensors").is_file()
 
