@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from train_helpers import tiny_train_config
 
 from core.train import TrainCallbacks, TrainConfig, Trainer, config_from_args, lr_factor, train
 
@@ -39,26 +40,7 @@ def flat_images(tmp_path_factory) -> Path:
 
 
 def config(tiny, data, out, **kw) -> TrainConfig:
-    base = dict(
-        model_path=str(tiny),
-        data_dir=str(data),
-        out_dir=str(out),
-        resolution=64,
-        min_side=32,
-        steps=6,
-        rank=4,
-        alpha=4.0,
-        lr=1e-2,
-        batch_size=2,
-        checkpoint_every=0,
-        sample_every=0,
-        trigger="flat style",
-        gradient_checkpointing=False,
-        device="cpu",
-        precision="fp32",
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(tiny, data, out, **kw)
 
 
 def fixed_eval_loss(trainer: Trainer, seed: int = 123, repeats: int = 8) -> float:

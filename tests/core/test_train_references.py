@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from train_helpers import tiny_train_config
 
 from core.train import TrainConfig, Trainer
 
@@ -48,27 +49,7 @@ def pairs(tmp_path_factory) -> Path:
 
 
 def config(tiny, data, out, **kw) -> TrainConfig:
-    base = dict(
-        model_path=str(tiny),
-        data_dir=str(data),
-        out_dir=str(out),
-        resolution=64,
-        min_side=32,
-        steps=2,
-        rank=4,
-        alpha=4.0,
-        lr=1e-2,
-        batch_size=2,
-        checkpoint_every=0,
-        sample_every=0,
-        trigger="",
-        gradient_checkpointing=False,
-        device="cpu",
-        precision="fp32",
-        prefetch=0,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(tiny, data, out, **{"steps": 2, "trigger": "", "prefetch": 0, **kw})
 
 
 def test_training_sequence_is_the_samplers(tiny, pairs, tmp_path):

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
+from train_helpers import tiny_train_config
 
 from core.data.holdout import AUTO_MIN_IMAGES, held_out_names
 from core.train import TrainCallbacks, TrainConfig, Trainer
@@ -37,30 +38,8 @@ def six_images(tmp_path_factory) -> Path:
 
 
 def config(tiny, data, out, **kw) -> TrainConfig:
-    base = dict(
-        model_path=str(tiny),
-        data_dir=str(data),
-        out_dir=str(out),
-        resolution=64,
-        min_side=32,
-        steps=6,
-        rank=4,
-        alpha=4.0,
-        lr=1e-2,
-        batch_size=2,
-        checkpoint_every=0,
-        sample_every=0,
-        trigger="t",
-        gradient_checkpointing=False,
-        device="cpu",
-        precision="fp32",
-        validation_fraction=0.34,
-        validation_every=2,
-        validation_sigmas=4,
-        validation_seeds=2,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    validation = dict(validation_fraction=0.34, validation_every=2, validation_sigmas=4, validation_seeds=2)
+    return tiny_train_config(tiny, data, out, **{"trigger": "t", **validation, **kw})
 
 
 def evaluate(trainer: Trainer) -> dict:
