@@ -108,12 +108,17 @@ def follow(client: O1LoraClient, kind: str, job: dict[str, Any]) -> dict[str, An
         ) from None
     finally:
         bar.close()
-    if final["status"] != "succeeded":
-        why = f": {final['error']}" if final.get("error") else ""
-        raise ClientError(f"{kind} {final['id']} {final['status']}{why}")
+    refuse_unless_succeeded(kind, final)
     for warning in final.get("warnings") or []:
         say(f"warning: {warning}")
     return final
+
+
+def refuse_unless_succeeded(kind: str, final: dict[str, Any]) -> None:
+    """A followed job that failed or was canceled ends the command with exit 1 and says why on stderr."""
+    if final["status"] != "succeeded":
+        why = f": {final['error']}" if final.get("error") else ""
+        raise ClientError(f"{kind} {final['id']} {final['status']}{why}")
 
 
 def save_images(client: O1LoraClient, gen: dict[str, Any], output: Path) -> list[Path]:
@@ -198,7 +203,9 @@ def cmd_status(client: O1LoraClient, a: argparse.Namespace) -> int:
     if a.follow:
         if kind not in JOB_KINDS:
             raise UsageError(f"{a.id} is a {kind}: only trainings and generations run and can be followed")
-        if body["status"] not in ("succeeded", "failed", "canceled"):
+        if body["status"] in ("failed", "canceled"):  # it ended before we looked: same answer as following it
+            refuse_unless_succeeded(kind, body)
+        elif body["status"] != "succeeded":
             body = follow(client, kind, body)
     if a.json:
         print(json.dumps(body, indent=2))
