@@ -124,8 +124,9 @@ def test_cancel_a_running_training(service):
         row = get_training(s, job_id=job_id)
     # Stopped soon after the request: the flag is polled off the training thread every progress interval
     # (0.2 s here), and this tiny model runs up to ~100 steps/s on the CPU, so "soon" is a fraction of a
-    # second, i.e. tens of steps (33 seen once on a busy machine); far from the 3000 it would otherwise run.
-    assert asked_at <= row.checkpoint_step <= asked_at + 80 < 3000
+    # second, i.e. tens of steps (33 seen once on a busy machine). The bound leaves room for a starved CI
+    # machine and still tells "stopped" from "ran on to the 3000".
+    assert asked_at <= row.checkpoint_step <= asked_at + 300 < 3000
     print(f"cancel asked at step {asked_at}; stopped at step {row.checkpoint_step}")
     assert (svc.store_root / row.checkpoint_path / "weights.safetensors").is_file()
 
@@ -133,7 +134,8 @@ def test_cancel_a_running_training(service):
 def test_sigkill_mid_training_then_a_new_worker_resumes_from_the_checkpoint(service):
     svc = service
     dataset_id = upload(svc)
-    first = submit(svc, dataset_id, steps=40)  # checkpoints every 4 steps (steps // 10)
+    # Checkpoints every 4 steps, and long enough that it cannot finish between the poll and the SIGKILL.
+    first = submit(svc, dataset_id, steps=120, checkpoint_every=4)
     second = submit(svc, dataset_id, steps=4)  # waits in the queue behind it: must not be lost
     svc.poll(f"/v1/trainings/{first}", lambda b: b["status"] == "running")
     deadline = time.monotonic() + 120
@@ -147,13 +149,13 @@ def test_sigkill_mid_training_then_a_new_worker_resumes_from_the_checkpoint(serv
     svc.launcher.kill("w1")  # SIGKILL: no cleanup, no ack, no final write
     with svc.sessions() as s:
         dead = get_training(s, job_id=first)
-    assert dead.status == "running" and dead.step < 40
+    assert dead.status == "running" and dead.step < 120
     killed_at_checkpoint = dead.checkpoint_step
 
     svc.start_worker("w2")
     done = svc.poll(f"/v1/trainings/{first}", lambda b: b["status"] in ("succeeded", "failed"), timeout=180)
     assert done["status"] == "succeeded", done["error"]
-    assert done["attempt"] == 2 and done["progress"]["step"] == 40  # one resume, no third start
+    assert done["attempt"] == 2 and done["progress"]["step"] == 120  # one resume, no third start
     log = svc.launcher.log("w2")
     assert f"resuming from trainings/{first}/checkpoints/attempt-1/step-{killed_at_checkpoint:06d}" in log
     print(f"SIGKILL at step {dead.step}; resumed from the step-{killed_at_checkpoint} checkpoint")
@@ -168,14 +170,14 @@ def test_sigterm_hands_the_training_back_at_once(service):
     for name in [n for n, p in svc.launcher.procs.items() if n.startswith("w") and p.poll() is None]:
         svc.launcher.stop(name)
     svc.start_worker("w-term")
-    job_id = submit(svc, upload(svc), steps=30)
+    job_id = submit(svc, upload(svc), steps=100)  # long enough not to end before the SIGTERM lands
     svc.poll(f"/v1/trainings/{job_id}", lambda b: b["progress"]["step"] >= 5)
     svc.launcher.kill("w-term", signal.SIGTERM)  # returns once the worker process has exited
     with svc.sessions() as s:
         row = get_training(s, job_id=job_id)
-    assert (row.status, row.worker_id) == ("queued", None) and 5 <= row.checkpoint_step < 30
+    assert (row.status, row.worker_id) == ("queued", None) and 5 <= row.checkpoint_step < 100
     assert row.step == row.checkpoint_step  # the row says exactly where the resume starts
     assert "re-queued" in svc.launcher.log("w-term")
     svc.start_worker("w-next")
-    done = svc.poll(f"/v1/trainings/{job_id}", lambda b: b["status"] != "running" and b["status"] != "queued")
-    assert (done["status"], done["attempt"], done["progress"]["step"]) == ("succeeded", 2, 30)
+    done = svc.poll(f"/v1/trainings/{job_id}", lambda b: b["status"] not in ("running", "queued"), timeout=300)
+    assert (done["status"], done["attempt"], done["progress"]["step"]) == ("succeeded", 2, 100)

@@ -80,7 +80,9 @@ def test_two_compatible_queued_generations_are_one_sampler_call_with_the_images_
 
 
 def test_the_batch_is_bounded_and_waits_a_bounded_time_for_more(gctx):
-    c = settings(gctx, generate_max_batch=3, generate_batch_wait_s=0.4)
+    # The window is long next to a DB insert on a loaded CI machine, so "returned when full" and "waited the
+    # window out" cannot be confused.
+    c = settings(gctx, generate_max_batch=3, generate_batch_wait_s=3.0)
     with c.sessions() as s:
         owner = create_owner(s, name="b2")
     lead = new_generation(c, owner.id, num_images=1)
@@ -96,10 +98,10 @@ def test_the_batch_is_bounded_and_waits_a_bounded_time_for_more(gctx):
     joined = join_batch(c, lead)  # 1 + 2 images = the max: returns at once
     took = time.monotonic() - t0
     t.join()
-    assert [g.id for g in joined] == [late["g"].id] and 0.1 <= took < 0.4
+    assert [g.id for g in joined] == [late["g"].id] and 0.1 <= took < 2.5
     assert row(c, big.id).status == "queued" and row(c, late["g"].id).status == "running"
     t0 = time.monotonic()
-    assert join_batch(c, lead) == [] and 0.4 <= time.monotonic() - t0 < 1.5  # nothing more: waits, then goes
+    assert join_batch(c, lead) == [] and 3.0 <= time.monotonic() - t0 < 6.0  # nothing more: waits, then goes
 
 
 def test_a_canceled_row_of_a_batch_ends_canceled_while_the_other_succeeds(gctx):
