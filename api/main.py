@@ -18,7 +18,7 @@ from api.errors import install_error_handlers, register_server_roots
 from api.limits import BodySizeLimit
 from api.metrics import install_metrics
 from api.openapi import install_openapi
-from api.routes import datasets, generations, health, images, loras, trainings, webhooks
+from api.routes import datasets, generations, health, images, loras, training_presets, trainings, webhooks
 from api.web_page import install_web_page
 from db.session import make_sessionmaker
 from jobqueue.enqueue import Enqueuer
@@ -47,7 +47,7 @@ def create_app(
     app.state.redis = redis.Redis.from_url(
         settings.resolved_redis_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
     )
-    for module in (health, datasets, images, trainings, loras, generations, webhooks):
+    for module in (health, datasets, images, trainings, training_presets, loras, generations, webhooks):
         app.include_router(module.router)
     install_metrics(app, app.state.sessions, settings)
     install_web_page(app)  # the page at `/`: static files, a client of the routes above like any other

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from core.presets import PRESETS
 from core.train.config import TrainConfig  # torch-free: the trainer's defaults are the request's
+from core.train.presets import TRAINING_PRESETS, apply_preset
 from webhooks.derive import EVENTS as WEBHOOK_EVENTS
 from webhooks.urls import WebhookUrlError, check_syntax
 
@@ -153,6 +154,11 @@ class TrainingCreate(WebhookRequest):
     name: str | None = Field(
         None, description="name of the job and of its LoRA; default: the trigger", max_length=200
     )
+    preset: Literal[tuple(TRAINING_PRESETS)] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="a named recipe (GET /v1/training-presets) for every field this request leaves out; "
+        "fields given here win over it",
+    )
     steps: int = Field(TrainConfig.steps, ge=1, le=200_000, description="optimizer steps")
     rank: int = Field(TrainConfig.rank, ge=1, le=512, description="LoRA rank r")
     alpha: float = Field(
@@ -255,6 +261,15 @@ class TrainingCreate(WebhookRequest):
         description="end training when the validation loss has not improved for this many evaluations; 0 = never",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        # Before the fields are checked, so a preset's values meet the same checks as typed ones. An unknown
+        # name is left for the `preset` field to refuse (422 naming the choices).
+        if isinstance(data, dict) and data.get("preset") in TRAINING_PRESETS:
+            return apply_preset(data["preset"], data)
+        return data
+
     @field_validator("sample_prompts")
     @classmethod
     def _prompts(cls, v: list[str]) -> list[str]:
@@ -289,6 +304,12 @@ class TrainingCreate(WebhookRequest):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+class TrainingPresetPublic(BaseModel):
+    label: str = Field(description="a short name for a button")
+    summary: str = Field(description="what the recipe is for")
+    values: dict[str, Any] = Field(description="the training fields it sets; the others keep their defaults")
 
 
 class TrainingProgress(BaseModel):

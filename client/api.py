@@ -134,6 +134,10 @@ class O1LoraClient:
         body = {"prompt": prompt, "loras": [{"id": i, "scale": s} for i, s in loras], **fields}
         return self._json("POST", "/v1/generations", json=body)
 
+    def training_presets(self) -> dict[str, Any]:
+        """The service's named training recipes: name -> label, summary, the fields it sets."""
+        return self._json("GET", "/v1/training-presets")
+
     def get(self, kind: str, item_id: str) -> dict[str, Any]:
         return self._json("GET", f"{COLLECTIONS[kind]}/{item_id}")
 

@@ -23,6 +23,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DETACHED = 1, 2, 3, 130
 # Training flags -> TrainingCreate fields. Only flags given are sent: the service fills in its defaults.
 TRAIN_FIELDS: list[tuple[str, str, Any, str]] = [
     ("--name", "name", str, "name of the job and of its LoRA (default: the trigger)"),
+    ("--preset", "preset", str, "a named recipe of the service (o1lora presets lists them); flags given win"),
     ("--steps", "steps", int, "optimizer steps (service default 2500)"),
     ("--rank", "rank", int, "LoRA rank (default 16)"),
     ("--alpha", "alpha", float, "LoRA alpha (default 16)"),
@@ -143,13 +144,22 @@ def cmd_train(client: O1LoraClient, a: argparse.Namespace) -> int:
         fields["sample_prompts"] = a.sample_prompt
     if a.flip:
         fields["flip"] = True
+    preset = None
+    if a.preset:  # checked before anything is uploaded
+        presets = client.training_presets()
+        if a.preset not in presets:
+            raise UsageError(f"--preset {a.preset!r}: the service has {', '.join(presets)}")
+        preset = presets[a.preset]
     dataset_id = a.dataset
     if dataset_id is None:
         source = Path(a.source)
         if not source.exists():
             raise UsageError(f"{source} does not exist")
+        resolution = fields.get("resolution")
+        if resolution is None and preset:  # the upload is checked at the size the preset trains at
+            resolution = preset["values"].get("resolution")
         say(f"uploading {source} ...")
-        ds = client.upload_dataset(source, name=a.dataset_name, resolution=fields.get("resolution"))
+        ds = client.upload_dataset(source, name=a.dataset_name, resolution=resolution)
         dataset_id = ds["id"]
         say(f"dataset {dataset_id}: {ds['num_images']} images, {ds['num_captions']} captioned")
         for warning in ds["report"].get("warnings") or []:
@@ -223,6 +233,17 @@ def cmd_cancel(client: O1LoraClient, a: argparse.Namespace) -> int:
         print(f"{kind} {a.id}: cancel requested; it stops at its next step")
     else:
         print(f"{kind} {a.id}: {out['status']}")
+    return 0
+
+
+def cmd_presets(client: O1LoraClient, a: argparse.Namespace) -> int:
+    presets = client.training_presets()
+    if a.json:
+        print(json.dumps(presets, indent=2))
+        return 0
+    for name, p in presets.items():
+        values = ", ".join(f"{k} {v}" for k, v in p["values"].items()) or "the service's defaults"
+        print(f"{name:<10} {p['label']}: {p['summary']}\n{'':<10} {values}")
     return 0
 
 
@@ -387,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--kind", choices=list(JOB_KINDS), help="what the id is (default: looked up)")
     p.set_defaults(run=cmd_cancel)
+
+    p = sub.add_parser("presets", help="the service's training presets (for train --preset)")
+    p.add_argument("--json", action="store_true", help="print the service's JSON")
+    p.set_defaults(run=cmd_presets)
 
     p = sub.add_parser("list", help="list your trainings, generations, LoRAs or datasets")
     p.add_argument(

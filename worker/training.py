@@ -60,7 +60,7 @@ def checkpoint_every(params: dict, steps: int) -> int:
 _released_when_needed = threading.Event()
 
 # Request keys that describe the job (the row, or datasets the worker fetches), not the trainer's knobs.
-JOB_KEYS = ("dataset_id", "name", "validation_dataset_id")
+JOB_KEYS = ("dataset_id", "name", "validation_dataset_id", "preset")  # preset: already applied by the API
 
 
 def train_config(

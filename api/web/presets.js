@@ -1,25 +1,4 @@
-// Training presets of the form. The API has no preset field for trainings, so a preset only fills the form:
-// every field is reset to the API's default (read from the OpenAPI document), then the preset's values are put
-// on top. What is sent is always what the person sees (and may still change).
-export const TRAINING_PRESETS = {
-  quick: {
-    label: "Quick",
-    summary: "a first look at the style",
-    values: { steps: 500, rank: 8, alpha: 8, learning_rate: 2e-4, resolution: 512, batch_size: 1,
-              sample_every: 100, lr_schedule: "constant", warmup_steps: 0 },
-  },
-  standard: {
-    label: "Standard",
-    summary: "the service's defaults",
-    values: {},
-  },
-  high: {
-    label: "High quality",
-    summary: "more capacity, longer, cosine decay",
-    values: { steps: 5000, rank: 32, alpha: 32, learning_rate: 1e-4, resolution: 1024, batch_size: 1,
-              sample_every: 500, lr_schedule: "cosine", warmup_steps: 200 },
-  },
-};
+// Presets of the generate form. (Training presets are the service's: GET /v1/training-presets.)
 
 // Output sizes of the generate form (width x height, multiples of 32).
 export const SIZE_PRESETS = [

@@ -4,12 +4,12 @@ import { api, blobUrl } from "./api.js";
 import { follow } from "./sse.js";
 import { LossChart } from "./loss_chart.js";
 import { downloadButtons } from "./loras.js";
-import { TRAINING_PRESETS } from "./presets.js";
 import { control, readValues, requestSchema, setValue } from "./schema.js";
 import { authImage, badge, clear, duration, el, errorBox, progressBar, when } from "./ui.js";
 
 const MAIN_FIELDS = ["steps", "rank", "alpha", "learning_rate", "resolution", "batch_size", "sample_every", "seed"];
 const TEXT_FIELDS = ["trigger", "name", "sample_prompts"];
+const NOT_FIELDS = ["dataset_id", "preset"];  // the dataset has its own select; a preset is the buttons
 const ACTIVE = new Set(["queued", "running"]);
 // The API keeps only the latest loss; the curve is what this tab saw, kept while the tab lives.
 const curves = new Map();
@@ -18,14 +18,17 @@ async function trainingForm(selectedDataset, onSubmitted) {
   const schema = await requestSchema("/v1/trainings");
   const props = schema.properties;
   const datasets = (await api("/v1/datasets?limit=100")).data;
+  // The service's own recipes (core/train/presets.py): the same ones `o1lora train --preset` and the API take.
+  const presets = await api("/v1/training-presets");
+  let chosenPreset = "standard";
   const status = el("div");
   const datasetSelect = el("select", { id: "f-dataset_id", name: "dataset_id", required: true },
     datasets.length ? null : el("option", { value: "" }, "upload a dataset first"),
     datasets.map((d) => el("option", { value: d.id, selected: d.id === selectedDataset },
       `${d.name} (${d.num_images} images)`)));
-  const other = Object.keys(props).filter((n) => n !== "dataset_id" && !MAIN_FIELDS.includes(n) && !TEXT_FIELDS.includes(n));
+  const other = Object.keys(props).filter((n) => !NOT_FIELDS.includes(n) && !MAIN_FIELDS.includes(n) && !TEXT_FIELDS.includes(n));
   const presetNote = el("span", { class: "muted", id: "preset-note" });
-  const presetButtons = Object.entries(TRAINING_PRESETS).map(([key, p]) =>
+  const presetButtons = Object.entries(presets).map(([key, p]) =>
     el("button", { type: "button", class: "preset", dataset: { preset: key }, onclick: () => applyPreset(key) },
       el("strong", {}, p.label), el("small", {}, p.summary)));
 
@@ -43,13 +46,14 @@ async function trainingForm(selectedDataset, onSubmitted) {
 
   function applyPreset(key) {
     for (const [name, prop] of Object.entries(props)) {
-      if (name === "dataset_id" || TEXT_FIELDS.includes(name)) continue;
-      const v = name in TRAINING_PRESETS[key].values ? TRAINING_PRESETS[key].values[name] : prop.default;
+      if (NOT_FIELDS.includes(name) || TEXT_FIELDS.includes(name)) continue;
+      const v = name in presets[key].values ? presets[key].values[name] : prop.default;
       setValue(form.elements[name], v);
     }
+    chosenPreset = key;
     for (const b of presetButtons) b.classList.toggle("active", b.dataset.preset === key);
     const v = readValues(form, props);
-    presetNote.textContent = `${TRAINING_PRESETS[key].label}: ${v.resolution} px, rank ${v.rank}, ${v.steps} steps, `
+    presetNote.textContent = `${presets[key].label}: ${v.resolution} px, rank ${v.rank}, ${v.steps} steps, `
       + `learning rate ${v.learning_rate}` + " — change any field below.";
   }
   applyPreset("standard");
@@ -58,7 +62,8 @@ async function trainingForm(selectedDataset, onSubmitted) {
 
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
-    const body = { dataset_id: datasetSelect.value, ...readValues(form, props) };
+    // every field is sent as shown; the preset's name goes along so the job records where its values came from
+    const body = { dataset_id: datasetSelect.value, preset: chosenPreset, ...readValues(form, props) };
     clear(status);
     form.querySelectorAll(".invalid").forEach((n) => n.classList.remove("invalid"));
     try {

@@ -13,7 +13,7 @@ from core.presets import PRESETS
 from core.train import REQUEST_NAMES, TrainConfig
 
 # Request fields that describe the job, not the run (the worker reads them from the row).
-JOB_FIELDS = {"dataset_id", "name", "validation_dataset_id", "webhook_url", "webhook_events_filter"}
+JOB_FIELDS = {"dataset_id", "name", "validation_dataset_id", "webhook_url", "webhook_events_filter", "preset"}
 # Request fields whose API default differs from TrainConfig's on purpose.
 API_DEFAULTS = {"checkpoint_every": None}  # None: the worker picks about 10 per run (worker.training)
 # TrainConfig fields a request does not set, and who does instead. Adding a TrainConfig field fails

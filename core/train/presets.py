@@ -1,0 +1,78 @@
+"""Named training recipes: a starting point for a training request, in the request's own field names.
+
+One table for every front end: the HTTP API applies a preset to the fields a request leaves out (and lists the
+table at GET /v1/training-presets), the web page's preset buttons and the `o1lora train --preset` flag read it
+from there. "standard" is the recipe's defaults (TrainConfig) and sets nothing.
+
+Imports no torch (the API imports it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainingPreset:
+    label: str  # what a button says
+    summary: str  # one line: what it is for
+    values: dict[str, Any] = field(default_factory=dict)  # request field -> value; the rest keep their defaults
+
+
+TRAINING_PRESETS: dict[str, TrainingPreset] = {
+    "quick": TrainingPreset(
+        "Quick",
+        "a first look at the style: half resolution, a fifth of the steps",
+        {
+            "steps": 500,
+            "rank": 8,
+            "alpha": 8.0,
+            "learning_rate": 2e-4,
+            "resolution": 512,
+            "batch_size": 1,
+            "sample_every": 100,
+            "lr_schedule": "constant",
+            "warmup_steps": 0,
+        },
+    ),
+    "standard": TrainingPreset("Standard", "the published recipe: 1024 px, rank 16, 2,500 steps at 1e-4"),
+    "high": TrainingPreset(
+        "High quality",
+        "more capacity, longer, cosine decay",
+        {
+            "steps": 5000,
+            "rank": 32,
+            "alpha": 32.0,
+            "learning_rate": 1e-4,
+            "resolution": 1024,
+            "batch_size": 1,
+            "sample_every": 500,
+            "lr_schedule": "cosine",
+            "warmup_steps": 200,
+        },
+    ),
+    # The bundled 15M model (models/o1-shapes) draws at 64-256 px and learns a style in minutes on a CPU at a
+    # learning rate that would wreck an 8B model; near the style evidence's runs in docs/evidence.md (80-150
+    # steps, batch 2-4, lr 1.5e-3 to 2e-3, rank 8).
+    "bundled": TrainingPreset(
+        "Bundled model",
+        "for the small bundled o1-shapes model on a CPU: 128 px, rank 8, 160 steps at 2e-3",
+        {
+            "steps": 160,
+            "rank": 8,
+            "alpha": 8.0,
+            "learning_rate": 2e-3,
+            "resolution": 128,
+            "batch_size": 2,
+            "sample_every": 40,
+            "lr_schedule": "constant",
+            "warmup_steps": 0,
+        },
+    ),
+}
+
+
+def apply_preset(name: str, request: dict[str, Any]) -> dict[str, Any]:
+    """`request` with the preset's value for every field it leaves out: what a person writes wins."""
+    return {**TRAINING_PRESETS[name].values, **request}
