@@ -260,6 +260,13 @@ class _ObjectReader(io.RawIOBase):
         self._pos = base + offset
         return self._pos
 
+    def readall(self) -> bytes:
+        # RawIOBase's would go in 8 KiB reads; f.read() of a whole object goes in 1 MiB ones.
+        pieces = []
+        while piece := self.read(CHUNK):
+            pieces.append(piece)
+        return b"".join(pieces)
+
     def readinto(self, buffer) -> int:
         want = min(len(buffer), self._size - self._pos)
         if want <= 0:
