@@ -173,8 +173,11 @@ class S3Store(ArtifactStore):
 
     def delete_prefix(self, prefix: str) -> None:
         objects = self._objects(prefix)
-        # Manifests first: from the first delete on, no reader takes the folder for whole.
-        objects.sort(key=lambda o: not o["Key"].endswith("/" + MANIFEST))
+        # Manifests first, on their own (one DeleteObjects call has no order): from then on no reader takes the
+        # folder for whole.
+        for o in [o for o in objects if o["Key"].endswith("/" + MANIFEST)]:
+            self.client.delete_object(Bucket=self.bucket, Key=o["Key"])
+        objects = [o for o in objects if not o["Key"].endswith("/" + MANIFEST)]
         for i in range(0, len(objects), 1000):  # S3's most per DeleteObjects call
             batch = [{"Key": o["Key"]} for o in objects[i : i + 1000]]
             r = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
