@@ -20,9 +20,10 @@ COPY pyproject.toml README.md ./
 RUN mkdir -p api core db worker && pip install '.[flower]' && pip uninstall -y o1lora
 
 COPY . .
+# /cache: where compose mounts the workers' store cache volume (a new volume takes this folder's owner).
 RUN pip install --no-deps -e . \
     && useradd --create-home --uid 1000 o1lora \
-    && mkdir -p /data && chown o1lora /data
+    && mkdir -p /data /cache && chown o1lora /data /cache
 USER o1lora
 
 ENV O1LORA_DATA_DIR=/data

@@ -23,7 +23,8 @@ from api.web_page import install_web_page
 from db.session import make_sessionmaker
 from jobqueue.enqueue import Enqueuer
 from service.settings import Settings, get_settings
-from service.store import ArtifactStore, LocalStore
+from service.store import ArtifactStore
+from service.stores import make_store
 
 JSON_BODY_LIMIT = 1 << 20  # every non-upload request: a job spec is a few kB
 
@@ -41,7 +42,7 @@ def create_app(
     app = FastAPI(title="o1lora", version="0.1.0", description=DESCRIPTION)
     app.state.settings = settings
     app.state.sessions = make_sessionmaker(settings.resolved_database_url)
-    app.state.store = store or LocalStore(settings.resolved_artifact_dir)
+    app.state.store = store or make_store(settings)
     app.state.enqueuer = enqueuer or Enqueuer()
     # For the few events the API itself publishes (a queued job canceled); short timeouts, best effort.
     app.state.redis = redis.Redis.from_url(

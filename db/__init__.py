@@ -61,7 +61,7 @@ Datasets / LoRAs (db/datasets.py, db/loras.py): create_*, get_*, list_*, delete_
     Lora.peft_prefix (PEFT folder in the store), Lora.comfyui_key (one safetensors), Lora.original_key (import).
 
 Beside the database, in service/ (not db/: they hold no rows):
-Artifact store (service/store.py):  store = LocalStore(settings.resolved_artifact_dir)
+Artifact store (service/store.py; service/stores.py):  store = make_store(settings)  (local folder or S3 bucket)
     put_bytes(key, data), put_file(key, path), put_stream(key, chunks), put_dir(prefix, dir) -> keys,
     open(key) -> BinaryIO, exists(key), size(key), list(prefix), delete_prefix(prefix),
     local_path(key) -> Path | None, fetch_dir(prefix, dest) -> Path (a local folder with those files)

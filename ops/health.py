@@ -1,8 +1,8 @@
-"""Liveness check for a worker container: can this process reach the broker and the database?
+"""Liveness check for a worker container: can this process reach the broker, the database and the store?
 
-    python -m ops.health        # exit 0 when both answer, 1 (with the reason on stderr) otherwise
+    python -m ops.health        # exit 0 when all answer, 1 (with the reasons on stderr) otherwise
 
-`celery inspect ping` only shows that the worker's event loop runs; this asks the two services a worker cannot
+`celery inspect ping` only shows that the worker's event loop runs; this asks the three services a worker cannot
 work without, from the worker's own container and settings.
 """
 
@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from db.session import make_engine
 from service.settings import Settings, get_settings
+from service.stores import make_store
 
 
 def check(s: Settings | None = None) -> list[str]:
@@ -33,6 +34,11 @@ def check(s: Settings | None = None) -> list[str]:
         problems.append(f"database: {e}")
     finally:
         engine.dispose()
+    try:
+        if s.store_location is not None:  # a local folder is there or made at the first write
+            make_store(s).check()
+    except Exception as e:
+        problems.append(f"store: {type(e).__name__}: {e}")
     return problems
 
 

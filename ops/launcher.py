@@ -56,7 +56,7 @@ class Launcher:
         self.procs: dict[str, subprocess.Popen] = {}
         self._logs: list[IO] = []
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         out: IO | None = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ class Launcher:
             self._logs.append(out)
         proc = subprocess.Popen(
             args,
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=self.cwd,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -96,7 +96,10 @@ class Launcher:
             ],
         )
 
-    def start_worker(self, name: str = "worker", queues: str = "train,generate") -> subprocess.Popen:
+    def start_worker(
+        self, name: str = "worker", queues: str = "train,generate", env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        """`env`: O1LORA_* values of this worker only (its own data folder: a worker on another machine)."""
         return self._spawn(
             name,
             [
@@ -114,6 +117,7 @@ class Launcher:
                 "INFO",
                 *WORKER_FLAGS,
             ],
+            env,
         )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:

@@ -9,6 +9,7 @@ Torch-free and FastAPI-free on purpose: the worker imports it too.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -21,7 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLED_MODEL = REPO / "models" / "o1-shapes"  # the small pretrained model shipped with the project
 
 # Passwords that ship in examples; a deployment that still uses one is refused outside development.
-PLACEHOLDER_SECRETS = frozenset({"changethis", "change-me", "changeme", "secret", "password", "postgres"})
+PLACEHOLDER_SECRETS = frozenset(
+    {"changethis", "change-me", "changeme", "secret", "password", "postgres", "minioadmin"}
+)
+# S3 bucket names: 3-63 lower-case letters, digits, dots and hyphens, starting and ending with a letter or digit.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 class Settings(BaseSettings):
@@ -34,6 +39,30 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="root of everything the service writes locally")
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at <data_dir>/o1lora.db")
     artifact_dir: Path | None = Field(None, description="local artifact store root; default <data_dir>/artifacts")
+    # The shared store of a deployment whose machines share no filesystem (service/s3_store.py). Empty: the local
+    # folder above. Credentials left empty fall back to boto3's own chain (AWS_* variables, an instance role).
+    store_url: str = Field(
+        "", description="s3://bucket/prefix: keep every artifact in that bucket; empty = the local artifact_dir"
+    )
+    s3_endpoint_url: str = Field("", description="S3-compatible endpoint (MinIO, Ceph...); empty = AWS")
+    s3_region: str = Field("", description="S3 region; empty = boto3's default (us-east-1 without one)")
+    s3_access_key_id: str = Field("", description="S3 access key; empty = boto3's credential chain")
+    s3_secret_access_key: str = Field("", description="S3 secret key; empty = boto3's credential chain")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="auto = path-style with a custom endpoint (what MinIO needs), virtual-hosted on AWS"
+    )
+    s3_multipart_mib: int = Field(
+        64, ge=5, description="files larger than this go up in parts of this size (S3's minimum part is 5 MiB)"
+    )
+    store_cache_dir: Path | None = Field(
+        None, description="a worker's local copies of what it reads from an S3 store; default <data_dir>/cache"
+    )
+    store_cache_max_gib: float = Field(
+        50.0,
+        ge=0,
+        description="that cache (copies of LoRAs, datasets and checkpoints, keyed by content) is trimmed to "
+        "this size, least recently used first; 0 = no bound",
+    )
     broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker")
     redis_url: str = Field("", description="Redis for live job events (pub/sub); empty means broker_url")
     broker_visibility_timeout_s: float = Field(
@@ -172,8 +201,31 @@ class Settings(BaseSettings):
         return (self.artifact_dir or self.data_dir / "artifacts").resolve()
 
     @property
+    def resolved_store_cache_dir(self) -> Path:
+        return (self.store_cache_dir or self.data_dir / "cache").resolve()
+
+    @property
     def resolved_redis_url(self) -> str:
         return self.redis_url or self.broker_url
+
+    @property
+    def store_location(self) -> tuple[str, str] | None:
+        """(bucket, key prefix) of an ``s3://`` store_url; None for the local store."""
+        if not self.store_url:
+            return None
+        parts = urlsplit(self.store_url)
+        bucket, prefix = parts.netloc, parts.path.strip("/")
+        if parts.scheme != "s3" or not _BUCKET.match(bucket) or parts.query or parts.fragment or "//" in prefix:
+            raise ValueError(
+                f"O1LORA_STORE_URL must read s3://bucket or s3://bucket/prefix (got {self.store_url!r}); "
+                "leave it empty for the local artifact folder"
+            )
+        return bucket, prefix
+
+    @model_validator(mode="after")
+    def _store_url_reads(self) -> "Settings":
+        self.store_location  # a bad URL fails at start, naming the variable, not at the first upload
+        return self
 
     @model_validator(mode="after")
     def _retry_schedule_reads(self) -> "Settings":
@@ -191,6 +243,11 @@ class Settings(BaseSettings):
                     f"O1LORA_{name.upper()} uses the placeholder password {password!r}; "
                     "set a real one (placeholders are only allowed with O1LORA_ENV=development)"
                 )
+        if self.s3_secret_access_key.lower() in PLACEHOLDER_SECRETS:
+            raise ValueError(
+                "O1LORA_S3_SECRET_ACCESS_KEY is a placeholder; set a real one "
+                "(placeholders are only allowed with O1LORA_ENV=development)"
+            )
         return self
 
 

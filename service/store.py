@@ -2,9 +2,11 @@
 
 Keys are relative '/'-separated paths such as ``datasets/<id>/img_001.png`` or ``loras/<id>/lora.safetensors``.
 ``LocalStore`` keeps them under one folder and writes atomically (temp file in the same folder + rename), so a
-reader never sees half a file. A shared store (S3, NFS with another layout...) implements ``ArtifactStore``.
+reader never sees half a file. ``S3Store`` (service/s3_store.py) keeps them in an S3-compatible bucket, for
+machines that share no filesystem; ``make_store(settings)`` (service/stores.py) picks one from
+``O1LORA_STORE_URL``. Workers read a remote store through their local cache (service/store_cache.py).
 
-    store = LocalStore(settings.resolved_artifact_dir)
+    store = make_store(settings)        # LocalStore(settings.resolved_artifact_dir) unless O1LORA_STORE_URL is set
     store.put_bytes("generations/abc/0.png", png)
     with store.open("generations/abc/0.png") as f: ...
 """
@@ -37,6 +39,10 @@ def check_key(key: str) -> str:
 
 class ArtifactStore(ABC):
     """What api and worker need from a store. Every write is all-or-nothing."""
+
+    # True when keys are files on this machine: local_path and fetch_dir hand them out without a copy, and a
+    # worker needs no cache of its own.
+    is_local = False
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None: ...
@@ -92,8 +98,22 @@ class ArtifactStore(ABC):
                 shutil.copyfileobj(src, dst)
         return Path(dest)
 
+    def content_id(self, key: str) -> str:
+        """A name of the key's content (the same bytes, the same name): what a cache of copies is keyed by.
+        FileNotFoundError when the key does not exist. Remote stores only."""
+        raise NotImplementedError(f"{type(self).__name__} is local: read local_path instead")
+
+    def dir_content_id(self, prefix: str) -> str:
+        """content_id of the whole folder under ``prefix``. Remote stores only."""
+        raise NotImplementedError(f"{type(self).__name__} is local: read fetch_dir instead")
+
+    def check(self) -> None:
+        """Raise when the store cannot be reached or written (health checks)."""
+
 
 class LocalStore(ArtifactStore):
+    is_local = True
+
     def __init__(self, root: Path | str):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -167,3 +187,10 @@ class LocalStore(ArtifactStore):
     def fetch_dir(self, prefix: str, dest: Path) -> Path:
         # Already local: hand out the folder itself rather than copying a dataset or a checkpoint.
         return self._path(prefix)
+
+    def check(self) -> None:
+        if not os.access(self.root, os.W_OK):
+            raise OSError(f"the artifact folder {self.root} is not writable")
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"

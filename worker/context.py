@@ -16,7 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import make_sessionmaker
 from service.settings import Settings, get_settings
-from service.store import ArtifactStore, LocalStore
+from service.store import ArtifactStore
+from service.store_cache import StoreCache
+from service.stores import make_store
 
 
 @dataclass
@@ -31,7 +33,18 @@ class WorkerContext:
 
     @cached_property
     def store(self) -> ArtifactStore:
-        return LocalStore(self.settings.resolved_artifact_dir)
+        return make_store(self.settings)
+
+    @cached_property
+    def store_cache(self) -> StoreCache:
+        """Local copies of what jobs read from a remote store (nothing is copied from a local one)."""
+        s = self.settings
+        return StoreCache(
+            self.store,
+            s.resolved_store_cache_dir,
+            max_bytes=int(s.store_cache_max_gib * 2**30),
+            keep_s=s.train_time_limit_s,  # a training reads its dataset for as long as it may run
+        )
 
     @cached_property
     def redis(self) -> redis.Redis:

@@ -10,7 +10,6 @@ A task's delivery may be a duplicate, a redelivery or a late one; `take` decides
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -183,24 +182,13 @@ def publish(c: WorkerContext, kind: Kind, job_id: str, type: str, data: dict[str
 
 
 def local_file(c: WorkerContext, key: str) -> Path:
-    """A local path holding a stored file: the store's own when it is local, else a cached download."""
-    path = c.store.local_path(key)
-    if path is not None:
-        return path
-    dest = c.settings.data_dir.resolve() / "cache" / key
-    if not dest.is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
-        with c.store.open(key) as src, open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        tmp.replace(dest)
-    return dest
+    """A local path holding a stored file: the store's own when it is local, else this machine's cached copy."""
+    return c.store_cache.file(key)
 
 
 def local_dir(c: WorkerContext, prefix: str) -> Path:
     """A local folder holding every stored file under `prefix` (the store's own when it is local)."""
-    dest = c.settings.data_dir.resolve() / "cache" / prefix
-    return c.store.fetch_dir(prefix, dest)
+    return c.store_cache.folder(prefix)
 
 
 def short_error(e: BaseException) -> str:

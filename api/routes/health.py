@@ -1,4 +1,5 @@
-"""/health (the process answers) and /ready (the database and the broker answer). No key needed."""
+"""/health (the process answers) and /ready (the database, the broker and the artifact store answer). No key
+needed."""
 
 from __future__ import annotations
 
@@ -21,8 +22,12 @@ def health():
     "/ready", response_model=Ready, responses={503: {"model": Ready, "description": "a dependency is down"}}
 )
 def ready(request: Request):
-    """Readiness: the database answers a query and the broker answers a ping."""
-    checks = {"database": _check(lambda: _db(request)), "broker": _check(lambda: _broker(request))}
+    """Readiness: the database answers a query, the broker a ping and the artifact store a check."""
+    checks = {
+        "database": _check(lambda: _db(request)),
+        "broker": _check(lambda: _broker(request)),
+        "store": _check(request.app.state.store.check),
+    }
     ok = all(v == "ok" for v in checks.values())
     body = Ready(status="ready" if ok else "not ready", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)

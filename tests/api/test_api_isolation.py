@@ -105,4 +105,7 @@ def test_no_or_bad_key_is_401(client, alices, method, path, header):
 def test_health_and_ready_need_no_key(client):
     assert client.get("/health").json() == {"status": "ok"}
     r = client.get("/ready")
-    assert r.status_code == 200 and r.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+    assert r.status_code == 200 and r.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "broker": "ok", "store": "ok"},
+    }

@@ -27,8 +27,8 @@ class Service:
         self.launcher, self.base_url, self.sessions, self.store_root = launcher, base_url, sessions, store_root
         self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
-    def start_worker(self, name: str) -> None:
-        self.launcher.start_worker(name)
+    def start_worker(self, name: str, queues: str = "train,generate", env: dict[str, str] | None = None) -> None:
+        self.launcher.start_worker(name, queues, env)
         deadline = time.monotonic() + 60
         while "ready." not in self.launcher.log(name):
             if self.launcher.procs[name].poll() is not None or time.monotonic() > deadline:
@@ -55,7 +55,13 @@ def service_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, tiny_model_e2e, service_env):
+def first_worker_env() -> dict[str, str]:
+    """O1LORA_* values of the first worker only (a module that runs workers as separate machines overrides it)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, tiny_model_e2e, service_env, first_worker_env):
     """One service per test module (starting one costs ~10 s of the 2 cores); tests that kill workers
     leave a live one behind."""
     tmp_path = tmp_path_factory.mktemp("service")
@@ -88,7 +94,7 @@ def service(tmp_path_factory, tiny_model_e2e, service_env):
             api = launcher.start_api(port=port)
             wait_http(f"http://127.0.0.1:{port}/health", timeout=60, proc=api)
             svc = Service(launcher, f"http://127.0.0.1:{port}", key, sessions, tmp_path / "data" / "artifacts")
-            svc.start_worker("w1")
+            svc.start_worker("w1", env=first_worker_env)
             yield svc
         finally:
             launcher.stop_all()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
+
+from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -15,7 +18,17 @@ def compose() -> dict:
 
 def test_services_and_their_commands():
     services = compose()["services"]
-    assert set(services) == {"postgres", "redis", "api", "worker-train", "worker-generate", "flower"}
+    assert set(services) == {
+        "postgres",
+        "redis",
+        "minio",
+        "minio-bucket",
+        "api",
+        "worker-train",
+        "worker-generate",
+        "flower",
+        "worker-remote",
+    }
     api_cmd = " ".join(services["api"]["command"])
     assert api_cmd.index("alembic upgrade head") < api_cmd.index(
         "uvicorn --factory api.main:create_app"
@@ -26,35 +39,110 @@ def test_services_and_their_commands():
         assert cmd[cmd.index("-Q") + 1] == queue
 
 
-def test_workers_reserve_a_gpu_and_share_the_artifacts_with_the_api():
+def test_workers_reserve_a_gpu_and_share_the_minio_bucket_with_the_api():
     services = compose()["services"]
-    for name in ("worker-train", "worker-generate"):
+    for name in ("worker-train", "worker-generate", "worker-remote"):
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert "deploy" not in services["api"]
-    mounts = {name: services[name]["volumes"] for name in ("api", "worker-train", "worker-generate")}
-    for vols in mounts.values():
-        assert "artifacts:/artifacts" in [v.split("#")[0].strip() for v in vols]
-    assert "artifacts" in compose()["volumes"]
     for name in ("api", "worker-train", "worker-generate"):
         env = services[name]["environment"]
-        assert env["O1LORA_ARTIFACT_DIR"] == "/artifacts"
+        assert env["O1LORA_STORE_URL"] == "s3://${O1LORA_S3_BUCKET:-o1lora}"
+        assert env["O1LORA_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["O1LORA_S3_SECRET_ACCESS_KEY"].startswith("${MINIO_ROOT_PASSWORD:?")  # MinIO's own key
         assert env["O1LORA_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["O1LORA_BROKER_URL"] == "redis://redis:6379/0"
+        assert "O1LORA_ARTIFACT_DIR" not in env  # no shared folder any more
+        assert services[name]["depends_on"]["minio-bucket"] == {"condition": "service_completed_successfully"}
+    for name in ("worker-train", "worker-generate", "worker-remote"):
+        assert "worker-cache:/cache" in [v.split("#")[0].strip() for v in services[name]["volumes"]]
+        assert services[name]["environment"]["O1LORA_STORE_CACHE_DIR"] == "/cache"
+    assert {"miniodata", "worker-cache"} <= set(compose()["volumes"]) and "artifacts" not in compose()["volumes"]
+
+
+def test_minio_is_the_store_and_its_bucket_is_made_before_the_services_start():
+    services = compose()["services"]
+    minio, bucket = services["minio"], services["minio-bucket"]
+    assert minio["command"][:2] == ["server", "/data"] and "miniodata:/data" in minio["volumes"]
+    assert minio["environment"]["MINIO_ROOT_PASSWORD"].startswith("${MINIO_ROOT_PASSWORD:?")
+    assert bucket["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    script = bucket["entrypoint"][-1]
+    assert "mc mb --ignore-existing" in script and "$$O1LORA_S3_BUCKET" in script  # the bucket the URL names
+    assert bucket["environment"]["O1LORA_S3_BUCKET"] == "${O1LORA_S3_BUCKET:-o1lora}"
+    # PostgreSQL, Redis and S3 reach other machines only on the address the operator names (default: none).
+    for name, port in (("postgres", 5432), ("redis", 6379), ("minio", 9000)):
+        assert f"${{O1LORA_PUBLISH_ADDR:-127.0.0.1}}:{port}:{port}" in [
+            p.split("#")[0].strip() for p in services[name]["ports"]
+        ]
+
+
+def test_the_remote_worker_profile_needs_only_the_addresses_of_db_redis_and_the_bucket():
+    remote = compose()["services"]["worker-remote"]
+    assert remote["profiles"] == ["remote-worker"]  # `docker compose up` alone does not start it
+    assert "depends_on" not in remote  # nothing of this host: it runs on another machine
+    assert remote["env_file"] == ".env" and set(remote["environment"]) == {
+        "O1LORA_ENV",
+        "O1LORA_DATA_DIR",
+        "O1LORA_STORE_CACHE_DIR",
+        "O1LORA_MODEL_PATH",
+    }  # the addresses come from that machine's .env, which .env.example shows
+    cmd = remote["command"]
+    assert cmd[:4] == ["celery", "-A", "worker.celery_app", "worker"]
+    assert cmd[cmd.index("-Q") + 1] == "${O1LORA_WORKER_QUEUES:-train,generate}"
+    example = (REPO / ".env.example").read_text()
+    for name in (
+        "O1LORA_DATABASE_URL",
+        "O1LORA_BROKER_URL",
+        "O1LORA_STORE_URL",
+        "O1LORA_S3_ENDPOINT_URL",
+        "O1LORA_S3_ACCESS_KEY_ID",
+        "O1LORA_S3_SECRET_ACCESS_KEY",
+    ):
+        assert f"# {name}=" in example, name
+
+
+# O1LORA_* names that only docker compose reads (substitutions in docker-compose.yml), not the service.
+COMPOSE_ONLY = {
+    "O1LORA_MODELS_DIR",
+    "O1LORA_MODEL_NAME",
+    "O1LORA_PORT",
+    "O1LORA_FLOWER_PORT",
+    "O1LORA_S3_BUCKET",
+    "O1LORA_PUBLISH_ADDR",
+    "O1LORA_WORKER_QUEUES",
+    "O1LORA_MINIO_CONSOLE_PORT",
+}
+
+
+def test_every_o1lora_name_in_compose_and_env_example_is_a_setting_or_a_compose_variable():
+    """A misspelt O1LORA_ name would be ignored silently (Settings ignores unknown names): none may be."""
+    settings = {f"O1LORA_{name.upper()}" for name in Settings.model_fields}
+    text = (REPO / "docker-compose.yml").read_text()
+    substituted = set(re.findall(r"\$\{(O1LORA_\w+)", text))
+    assert substituted <= COMPOSE_ONLY | settings
+    for name, svc in compose()["services"].items():
+        for var in svc.get("environment", {}):
+            if var.startswith("O1LORA_") and name != "minio-bucket":
+                assert var in settings, f"{name}: {var} is not a setting"
+    example = set(re.findall(r"^#? ?(O1LORA_\w+)=", (REPO / ".env.example").read_text(), re.M))
+    assert example <= settings | COMPOSE_ONLY, example - settings - COMPOSE_ONLY
+    assert COMPOSE_ONLY - {"O1LORA_MINIO_CONSOLE_PORT"} <= substituted | example
 
 
 def test_every_service_has_a_healthcheck_and_waits_for_what_it_needs():
     services = compose()["services"]
     for name, svc in services.items():
-        assert svc["healthcheck"]["test"], name
+        if name != "minio-bucket":  # a one-shot: the others wait for it to have exited with 0
+            assert svc["healthcheck"]["test"], name
     for name in ("worker-train", "worker-generate"):
         deps = services[name]["depends_on"]
         assert {k: v["condition"] for k, v in deps.items()} == {
             "postgres": "service_healthy",
             "redis": "service_healthy",
+            "minio-bucket": "service_completed_successfully",
             "api": "service_healthy",
         }
-    assert set(services["api"]["depends_on"]) == {"postgres", "redis"}
+    assert set(services["api"]["depends_on"]) == {"postgres", "redis", "minio-bucket"}
 
 
 def test_worker_healthcheck_module_and_env_example_exist():
