@@ -8,8 +8,8 @@ the tiny model, with the per-rank facts the tests compare written to JSON files.
 run: one training; OUT/ranks/<rank>.json holds this rank's loss and captions per step (the rank's own, before
 any averaging), and --kill_at K SIGKILLs rank 0 once step K is reported (a crash: no checkpoint, no clean exit).
 compare: the same short trainings with grad_sync "overlap" (DDP) and "after" (one all-reduce after backward),
-for grad_accum 1 (DDP's static graph) and 2 (no_sync), in one process group; rank 0 writes the adapters to
-OUT/<grad_sync>-<grad_accum>.safetensors.
+for grad_accum 1 (DDP's static graph), 2 (no_sync) and 1 with compiled layers + gradient checkpointing, in one
+process group; rank 0 writes the adapters to OUT/<grad_sync>-<case>.safetensors.
 """
 
 from __future__ import annotations
@@ -86,16 +86,23 @@ def compare(a) -> None:
 
     from core.lora import adapter_state_dict
 
-    for accum in (1, 2):
+    # 1: DDP's static graph; 2: no_sync on the first micro-batch (no static graph); compiled: the decoder layers
+    # compiled, with gradient checkpointing traced inside them, under the static graph
+    cases = {
+        "1": dict(grad_accum=1),
+        "2": dict(grad_accum=2),
+        "compiled": dict(grad_accum=1, compile=True, gradient_checkpointing=True),
+    }
+    for case, kw in cases.items():
         for sync in ("overlap", "after"):
-            out = Path(a.out) / f"{sync}-{accum}"
-            cfg = config(a.model, a.data, out, steps=4, grad_accum=accum, grad_sync=sync, checkpoint_every=0)
+            out = Path(a.out) / f"{sync}-{case}"
+            cfg = config(a.model, a.data, out, steps=4, grad_sync=sync, checkpoint_every=0, **kw)
             trainer = Trainer(cfg)
-            assert trainer.grad_sync == sync
+            assert trainer.grad_sync == sync and trainer.compiled == kw.get("compile", False)
             trainer.run()
             if trainer.dist.main:
                 weights = {k: v.detach().contiguous() for k, v in adapter_state_dict(trainer.model).items()}
-                save_file(weights, str(Path(a.out) / f"{sync}-{accum}.safetensors"))
+                save_file(weights, str(Path(a.out) / f"{sync}-{case}.safetensors"))
 
 
 def main() -> None:

@@ -100,6 +100,8 @@ def test_a_killed_two_process_job_resumes_on_one_process_from_its_checkpoint(rct
         os.killpg(worker.pid, signal.SIGKILL)  # the worker, torchrun and both ranks at once
         worker.wait()
         log.close()
+    with c.sessions() as s:  # it may have recorded a newer checkpoint (and dropped that one) before the kill
+        row = get_training(s, job_id=job.id)
     killed_at = row.checkpoint_step
     state = torch.load(c.store.local_path(f"{row.checkpoint_path}/state.pt"), weights_only=False)
     assert state["world_size"] == 2
