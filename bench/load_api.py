@@ -187,10 +187,12 @@ async def measure(base: str, key: str, a, api: ProcStat, counts) -> dict:
 
         async def create():
             r = await http.post(
-                "/v1/trainings", json={"dataset_id": dataset, "trigger": "load test", "steps": 100}
+                "/v1/trainings", json={"dataset_id": dataset, "trigger": "load test", "steps": 1000}
             )
             if r.status_code == 202:
                 ids.append(r.json()["id"])
+            elif "first_error" not in out:
+                out["first_error"] = r.text[:500]
             return r.status_code
 
         cpu0 = api.cpu_s()
@@ -198,7 +200,7 @@ async def measure(base: str, key: str, a, api: ProcStat, counts) -> dict:
         out["create"]["api_cpu_s"] = api.cpu_s() - cpu0
         print(f"create: {out['create']['ok_per_s']:.1f}/s", flush=True)
         if not ids:
-            raise RuntimeError(f"no job was created: {out['create']['statuses']}")
+            raise RuntimeError(f"no job was created: {out['create']['statuses']}: {out.get('first_error')}")
 
         cpu0 = api.cpu_s()
         out["poll"] = await loop_clients(
