@@ -53,10 +53,10 @@ def close_quietly(session: Session) -> None:
 # scope="function": the session (and its pooled connection) is closed when the endpoint returns. With the
 # default scope it stayed open until the response had been sent in full and its background tasks had run: an
 # open SSE stream held a connection for its whole life while its snapshots needed a second one from the same
-# pool, and a job submit held one while its after-response enqueue waited for a second. With more concurrent
-# requests than the pool's 15 connections, every one of them waited out the pool timeout (30 s, then 503):
-# 8 concurrent submits or 40 open streams stalled the API (bench/load_api.py; docs/scaling.md). Endpoints
-# return public models built before they return (nothing reads the ORM rows after).
+# pool, and a job submit held one while its after-response enqueue waited for a second. With more such
+# requests than the pool's 15 connections, each waited out the pool timeout (30 s, then 503): 8 concurrent
+# submits or 40 open streams stalled the API (bench/load_api.py; docs/scaling.md; get_owner has the other half).
+# Endpoints return public models built before they return (nothing reads the ORM rows after).
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
@@ -81,6 +81,11 @@ def get_owner(
             headers={"WWW-Authenticate": "Bearer"},
         )
     owner = owner_for_key(session, key=key.strip())
+    # End the read here: FastAPI runs this dependency and the endpoint as two calls on its thread pool, and a
+    # connection held between them (no thread of the request running) starved the pool once all 40 threads
+    # waited for a connection: 32 concurrent submits stalled 30 s. The endpoint takes one when it first reads,
+    # on its own thread. The owner stays readable (its attributes are loaded; endpoints use owner.id).
+    session.close()
     if owner is None:
         raise ApiError(
             status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"}

@@ -320,12 +320,13 @@ def main(argv=None) -> dict:
             )
             res["measured_s"] = time.monotonic() - t0
         finally:
+            log_tail = launcher.log("api")[-4000:] if "api" in launcher.procs else ""
             launcher.stop_all()
             sessions.kw["bind"].dispose()
             r = redis.Redis.from_url(REDIS)
             for k in r.scan_iter(match=prefix + "*"):
                 r.delete(k)
-    res.update(machine=machine, args={k: v for k, v in vars(a).items() if k != "json"})
+    res.update(machine=machine, args={k: v for k, v in vars(a).items() if k != "json"}, api_log_tail=log_tail)
     print_table(res, machine)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

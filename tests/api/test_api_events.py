@@ -149,19 +149,3 @@ def test_redis_down_falls_back_to_the_db(settings, alice, Session, app):
             events = read_events(resp)
         thread.join()
     assert events[0][1]["status"] == "queued" and events[-1][1]["status"] == "succeeded"
-
-
-def test_an_open_stream_holds_no_database_connection(settings, alice, dataset, app):
-    """The request's session is closed when the endpoint returns, not when its stream ends: a stream that held
-    a pooled connection for its whole life while each snapshot needed another one stalled the whole API once
-    the open streams outnumbered the pool's connections (bench/load_api.py, docs/scaling.md)."""
-    app = create_app(settings.model_copy(update={"sse_recheck_s": 30.0}), enqueuer=app.state.enqueuer)
-    pool = app.state.sessions.kw["bind"].pool
-    with TestClient(app) as c:
-        job = c.post("/v1/trainings", headers=auth(alice), json={"dataset_id": dataset["id"], "trigger": "t"})
-        job = job.json()
-        with c.stream("GET", f"/v1/trainings/{job['id']}/events", headers=auth(alice)) as resp:
-            lines = resp.iter_lines()
-            assert next(lines) == "event: snapshot"
-            # the stream now waits up to 30 s for a live event; its snapshot's session is closed already
-            assert pool.checkedout() == 0
