@@ -1,5 +1,6 @@
 """What one API process, one PostgreSQL and one Redis carry: jobs created per second, status polls per second and
-concurrent SSE streams, over loopback, in a bounded run (about 60 s after start-up).
+concurrent SSE streams, over loopback, in a bounded run (about 80 s after start-up; the 1000-stream phase waits
+for its streams to connect).
 
     nice python bench/load_api.py                      # PostgreSQL 127.0.0.1:5432 (trust), Redis 127.0.0.1:6379
     nice python bench/load_api.py --json runs/load.json --create-s 15 --poll-s 15 --streams 100,400,1000
@@ -97,8 +98,11 @@ async def loop_clients(n: int, seconds: float, call) -> dict:
     }
 
 
-async def hold_streams(base: str, key: str, ids: list[str], n: int, hold_s: float, http: httpx.AsyncClient):
-    """n SSE streams open at once for hold_s seconds, 8 pollers meanwhile."""
+async def hold_streams(
+    base: str, key: str, ids: list[str], n: int, hold_s: float, http: httpx.AsyncClient, api: ProcStat, counts
+):
+    """n SSE streams open at once for hold_s seconds, 8 pollers meanwhile; the API's CPU share, PostgreSQL
+    connections and Redis clients while they are all open."""
     first: list[float] = []
     events = {"n": 0}
     failures: dict[str, int] = {}
@@ -130,11 +134,19 @@ async def hold_streams(base: str, key: str, ids: list[str], n: int, hold_s: floa
         until = time.monotonic() + hold_s
         tasks = [asyncio.create_task(stream(ids[i % len(ids)], until)) for i in range(n)]
         await asyncio.sleep(min(2.0, hold_s / 3))  # let them connect, then poll beside them
+        cpu0, t0, c0 = api.cpu_s(), time.monotonic(), counts()
         polls = await loop_clients(
             8,
             max(1.0, until - time.monotonic() - 0.5),
             lambda: _status(http.get(f"/v1/trainings/{random.choice(ids)}")),
         )
+        c1, seconds = counts(), time.monotonic() - t0
+        during = {
+            "api_cpu_share": (api.cpu_s() - cpu0) / seconds,
+            "pg_cpu_share": pg_cpu_between(c0, c1) / seconds,
+            "pg_connections": c1["pg_connections"],
+            "redis_clients": c1["redis_clients"],
+        }
         # a stream ends at its next line after `until` (a keepalive every sse_recheck_s at the latest)
         done, pending = await asyncio.wait(tasks, timeout=15)
         for t in pending:
@@ -147,6 +159,7 @@ async def hold_streams(base: str, key: str, ids: list[str], n: int, hold_s: floa
         "events": events["n"],
         "failures": failures,
         "polls_meanwhile": polls,
+        **during,
     }
 
 
@@ -195,27 +208,26 @@ async def measure(base: str, key: str, a, api: ProcStat, counts) -> dict:
                 out["first_error"] = r.text[:500]
             return r.status_code
 
-        cpu0 = api.cpu_s()
+        cpu0, pg0 = api.cpu_s(), counts()
         out["create"] = await loop_clients(a.concurrency, a.create_s, create)
         out["create"]["api_cpu_s"] = api.cpu_s() - cpu0
+        out["create"]["pg_cpu_s"] = pg_cpu_between(pg0, counts())
         print(f"create: {out['create']['ok_per_s']:.1f}/s", flush=True)
         if not ids:
             raise RuntimeError(f"no job was created: {out['create']['statuses']}: {out.get('first_error')}")
 
-        cpu0 = api.cpu_s()
+        cpu0, pg0 = api.cpu_s(), counts()
         out["poll"] = await loop_clients(
             a.concurrency, a.poll_s, lambda: _status(http.get(f"/v1/trainings/{random.choice(ids)}"))
         )
         out["poll"]["api_cpu_s"] = api.cpu_s() - cpu0
+        out["poll"]["pg_cpu_s"] = pg_cpu_between(pg0, counts())
         print(f"poll: {out['poll']['ok_per_s']:.1f}/s", flush=True)
 
         out["sse"] = []
         for n in a.streams:
-            cpu0 = api.cpu_s()
-            row = await hold_streams(base, key, ids, n, a.hold_s, http)
-            row["api_cpu_s"] = api.cpu_s() - cpu0
+            row = await hold_streams(base, key, ids, n, a.hold_s, http, api, counts)
             row["api_rss_mib"] = api.rss_mib()
-            row.update(counts())
             out["sse"].append(row)
             print(f"sse {n}: {row['got_first_event']} streams got their snapshot", flush=True)
             await asyncio.sleep(1)
@@ -235,34 +247,60 @@ def counts_of(db_url: str, redis_url: str):
 
     def counts() -> dict:
         with engine.connect() as c:
-            pg = c.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = :n"), {"n": name}).scalar()
-        return {"pg_connections": int(pg), "redis_clients": int(r.info("clients")["connected_clients"])}
+            pids = c.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"),
+                {"n": name},
+            ).scalars()
+            pids = list(pids)
+        return {
+            "pg_connections": len(pids),
+            "pg_backend_cpu_s": {p: _cpu_or_zero(p) for p in pids},  # PostgreSQL on this machine: one process each
+            "redis_clients": int(r.info("clients")["connected_clients"]),
+        }
 
     return counts
+
+
+def _cpu_or_zero(pid: int) -> float:
+    try:
+        return ProcStat(pid).cpu_s()
+    except OSError:  # another machine's PostgreSQL, or a backend that just ended
+        return 0.0
+
+
+def pg_cpu_between(before: dict, after: dict) -> float:
+    """CPU seconds the run's PostgreSQL backends used between two counts() (backends that came and went between
+    them are missed: the API's pool keeps its connections)."""
+    a, b = before["pg_backend_cpu_s"], after["pg_backend_cpu_s"]
+    return sum(v - a.get(p, 0.0) for p, v in b.items())
 
 
 def print_table(res: dict, machine: str) -> None:
     c, p = res["create"], res["poll"]
     print(f"\nmachine: {machine}")
-    print("| phase | clients | ok/s | p50 ms | p99 ms | errors | API CPU s per 1000 ok |")
-    print("|---|---:|---:|---:|---:|---|---:|")
+    print(
+        "| phase | clients | ok/s | p50 ms | p99 ms | errors | API CPU ms per request | PostgreSQL CPU ms per request |"
+    )
+    print("|---|---:|---:|---:|---:|---|---:|---:|")
     for name, row in (("create training", c), ("status poll", p)):
         errors = {k: v for k, v in row["statuses"].items() if not k.startswith("2")}
+        n = max(1, row["requests"])
         print(
             f"| {name} | {row['clients']} | {row['ok_per_s']:.1f} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | "
-            f"{errors or '-'} | {1000 * row['api_cpu_s'] / max(1, row['ok']):.2f} |"
+            f"{errors or '-'} | {1000 * row['api_cpu_s'] / n:.1f} | {1000 * row['pg_cpu_s'] / n:.2f} |"
         )
     print(
         "\n| SSE streams | got snapshot | first event p50 / p99 ms | polls/s beside them | poll p99 ms | "
-        "API CPU % | API RSS MiB | PG conns | Redis clients | failures |"
+        "API CPU % | PostgreSQL CPU % | API RSS MiB | PG conns | Redis clients | failures |"
     )
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for row in res["sse"]:
         pm = row["polls_meanwhile"]
-        cpu = 100 * row["api_cpu_s"] / max(1e-9, pm["seconds"] + 2)
+        cpu = 100 * row["api_cpu_share"]
         print(
             f"| {row['streams']} | {row['got_first_event']} | {row['first_event_p50_ms']:.0f} / "
             f"{row['first_event_p99_ms']:.0f} | {pm['ok_per_s']:.1f} | {pm['p99_ms']:.0f} | {cpu:.0f} | "
+            f"{100 * row['pg_cpu_share']:.0f} | "
             f"{row['api_rss_mib']:.0f} | {row['pg_connections']} | {row['redis_clients']} | "
             f"{row['failures'] or '-'} |"
         )
@@ -271,8 +309,8 @@ def print_table(res: dict, machine: str) -> None:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--create-s", type=float, default=15)
-    ap.add_argument("--poll-s", type=float, default=15)
+    ap.add_argument("--create-s", type=float, default=10)
+    ap.add_argument("--poll-s", type=float, default=10)
     ap.add_argument("--streams", default="100,300,1000", help="SSE stream counts, one phase each")
     ap.add_argument("--hold-s", type=float, default=8)
     ap.add_argument("--sse-recheck-s", type=float, default=5.0, help="the API's O1LORA_SSE_RECHECK_S")
