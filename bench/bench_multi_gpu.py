@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 
-def train_over_http(model: Path, out: Path, processes: int, steps: int, port: int) -> dict:
+def train_over_http(model: Path, out: Path, processes: int, steps: int, port: int, side: int = 1024) -> dict:
     """A fresh embedded service with `processes` training processes; one training over HTTP; its s/step."""
     import shutil
 
@@ -48,14 +48,14 @@ def train_over_http(model: Path, out: Path, processes: int, steps: int, port: in
     t0 = time.perf_counter()
     svc.start()
     try:
-        z = dataset_zip(32, 1024)
+        z = dataset_zip(32, side)
         d = svc.ok(svc.http.post("/v1/datasets", files={"files": ("ds.zip", z, "application/zip")}))
         body = {
             "dataset_id": d["id"],
             "trigger": "sks style",
             "steps": steps,
             "rank": 16,
-            "resolution": 1024,
+            "resolution": side,
             "batch_size": 1,
             "sample_every": 0,
             "validation_every": 0,
@@ -96,6 +96,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--train-steps", type=int, default=60, help="service trainings")
     ap.add_argument("--until", type=float, default=None, help="unix time by which to be done")
     ap.add_argument("--port", type=int, default=8766)
+    ap.add_argument("--resolution", type=int, default=1024, help="a CPU smoke run of the script: 64")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +108,7 @@ def main(argv=None) -> dict:
 
     from bench_train_paths import print_table, run_cli, write_dataset
 
-    data = write_dataset(Path("/tmp/o1lora-train-paths") / "data-1024")
+    data = write_dataset(Path("/tmp/o1lora-train-paths") / f"data-{a.resolution}", side=a.resolution)
     rows = []
     for name in [n.strip() for n in a.paths.split(",") if n.strip()]:
         if left() < 100:
@@ -115,7 +116,8 @@ def main(argv=None) -> dict:
             continue
         print(f"== {name}", flush=True)
         try:
-            r = run_cli(name, a.model, data, Path("/tmp/o1lora-train-paths"), a.steps, min(200, left() - 10))
+            work = Path("/tmp/o1lora-train-paths")
+            r = run_cli(name, a.model, data, work, a.steps, min(200, left() - 10), a.resolution)
         except Exception as e:  # a timeout or a crash of one path: the others still run
             r = {"error": repr(e)[:300], "wall_s": 0}
         print(f"   {r}", flush=True)
@@ -128,7 +130,9 @@ def main(argv=None) -> dict:
             continue
         print(f"== service, {processes} training process(es)", flush=True)
         try:
-            R["service"][processes] = train_over_http(Path(a.model), out, processes, a.train_steps, a.port)
+            R["service"][processes] = train_over_http(
+                Path(a.model), out, processes, a.train_steps, a.port, a.resolution
+            )
         except Exception as e:
             R["service"][processes] = {"error": repr(e)[:500]}
         print(f"   {R['service'][processes]}", flush=True)
