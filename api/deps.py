@@ -39,9 +39,9 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 def close_quietly(session: Session) -> None:
-    """Close a session whose connection the database may have dropped. This runs after the response went out, so
-    a failed rollback of a dead connection (SQLAlchemy has already invalidated it; the pool replaces it) must not
-    raise: it would break a response that was already answered in full."""
+    """Close a session whose connection the database may have dropped. A failed rollback of a dead connection
+    (SQLAlchemy has already invalidated it; the pool replaces it) must not raise: the request's work is done,
+    and after a stream (job_events' own sessions) the response was already answered in full."""
     try:
         session.close()
     except DBAPIError as e:
@@ -50,7 +50,14 @@ def close_quietly(session: Session) -> None:
         log.info("closed a session whose database connection was gone: %s", str(e).splitlines()[0])
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session (and its pooled connection) is closed when the endpoint returns. With the
+# default scope it stayed open until the response had been sent in full and its background tasks had run: an
+# open SSE stream held a connection for its whole life while its snapshots needed a second one from the same
+# pool, and a job submit held one while its after-response enqueue waited for a second. With more such
+# requests than the pool's 15 connections, each waited out the pool timeout (30 s, then 503): 8 concurrent
+# submits or 40 open streams stalled the API (bench/load_api.py; docs/scaling.md; get_owner has the other half).
+# Endpoints return public models built before they return (nothing reads the ORM rows after).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 # Declares the bearer scheme in OpenAPI (so /docs can authorise); the checks and the 401s are get_owner's own.
@@ -74,6 +81,11 @@ def get_owner(
             headers={"WWW-Authenticate": "Bearer"},
         )
     owner = owner_for_key(session, key=key.strip())
+    # End the read here: FastAPI runs this dependency and the endpoint as two calls on its thread pool, and a
+    # connection held between them (no thread of the request running) starved the pool once all 40 threads
+    # waited for a connection: 32 concurrent submits stalled 30 s. The endpoint takes one when it first reads,
+    # on its own thread. The owner stays readable (its attributes are loaded; endpoints use owner.id).
+    session.close()
     if owner is None:
         raise ApiError(
             status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"}

@@ -15,6 +15,11 @@ median seconds/step of the logged windows after the first (which holds the compi
   cli-auto     the CLI's defaults end to end (checkpointing auto: off when the activations fit)
   cli-inline   checkpointing on, num_workers 0, log every step: the service worker's settings
   ddp2         torchrun --nproc_per_node 2 -m core.train, as `cli` (images/s = 2 / s/step)
+  ddp2-auto    torchrun, 2 GPUs, as `cli-auto` (issue 12's measure: >= 1.85x its images/s)
+  ddp2-after   ddp2-auto with --grad_sync after (one all-reduce after backward: what the overlap saves)
+  cli-svc      the service worker's trainer settings (num_workers 0, a report every step), checkpointing auto
+  ddp2-svc     cli-svc on 2 GPUs under torchrun (what O1LORA_TRAIN_PROCESSES=2 runs, without the service)
+The "vs 1 GPU" column divides a ddp2 path's images/s by its one-GPU twin's (ONE_GPU).
 """
 
 from __future__ import annotations
@@ -48,7 +53,12 @@ PATHS = {
     "cli-auto": ["--log_every", "10"],
     "cli-inline": ["--gradient_checkpointing", "on", "--log_every", "1", "--num_workers", "0"],
     "ddp2": ["--gradient_checkpointing", "on", "--log_every", "10"],
+    "ddp2-auto": ["--log_every", "10"],
+    "ddp2-after": ["--log_every", "10", "--grad_sync", "after"],
+    "cli-svc": ["--log_every", "1", "--num_workers", "0"],
+    "ddp2-svc": ["--log_every", "1", "--num_workers", "0"],
 }
+ONE_GPU = {"ddp2": "cli", "ddp2-auto": "cli-auto", "ddp2-after": "cli-auto", "ddp2-svc": "cli-svc"}
 BENCH_VARIANTS = {"bench": "ours", "bench-nockpt": "ours-nockpt", "bench-varied": "ours-varied"}
 CAPTION = (
     "a quiet harbour town at dusk painted in loose watercolour washes, small boats resting on calm water "
@@ -99,7 +109,7 @@ def run_cli(
         *CLI_COMMON,
         *PATHS[name],
     ]
-    if name == "ddp2":
+    if name.startswith("ddp2"):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     else:
         cmd = [sys.executable, *args]
@@ -116,7 +126,7 @@ def run_cli(
     if sec is None:
         print(text[-3000:], flush=True)
         return {"error": "no seconds/step line", "wall_s": wall}
-    return {"sec": sec, "wall_s": wall, "images_per_step": 2 if name == "ddp2" else 1}
+    return {"sec": sec, "wall_s": wall, "images_per_step": 2 if name.startswith("ddp2") else 1}
 
 
 def run_bench(steps: int, timeout: float, variant: str = "ours") -> dict:
@@ -167,7 +177,7 @@ def main(argv=None) -> list[tuple[str, dict]]:
 
 def print_table(rows) -> None:
     base = next((r["sec"] for n, r in rows if n.startswith("bench") and "sec" in r), None)
-    one = next((r["sec"] for n, r in rows if n == "cli" and "sec" in r), None)
+    sec = {n: r["sec"] for n, r in rows if "sec" in r}
     print("\n| path | s/step | images/s | vs bench s/step | vs 1 GPU images/s | process wall s |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in rows:
@@ -176,7 +186,8 @@ def print_table(rows) -> None:
             continue
         ips = r["images_per_step"] / r["sec"]
         vs = f"{r['sec'] / base:.3f}x" if base else "-"
-        scale = f"{ips * one:.2f}x" if one and name == "ddp2" else "-"
+        one = sec.get(ONE_GPU.get(name, ""))  # seconds per image on one GPU (batch 1)
+        scale = f"{ips * one:.2f}x" if one else "-"
         print(f"| {name} | {r['sec']:.3f} | {ips:.2f} | {vs} | {scale} | {r['wall_s']:.0f} |")
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
 from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface
 from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
@@ -168,6 +169,14 @@ AttentionInterface.register(ATTN_NAME, split_attention)
 @dataclass
 class HiDreamOutput:
     x_pred: torch.Tensor  # [B, S, 3072] (forward) or [B, N(+M), 3072] (denoise)
+
+
+# A pytree node, so that torch utilities that walk a module's outputs see the tensor inside: DDP's static graph
+# hooks the end of backward through the output tensors, and with an opaque output it never averaged the
+# gradients (tests/core/test_train_dist.py compares it with a plain all-reduce).
+pytree.register_pytree_node(
+    HiDreamOutput, lambda out: ([out.x_pred], None), lambda values, _: HiDreamOutput(*values)
+)
 
 
 @dataclass

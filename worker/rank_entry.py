@@ -9,6 +9,7 @@ TrainingRun with NO_HEARTBEAT and report nothing.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -21,8 +22,23 @@ from worker.context import WorkerContext
 from worker.stop_signals import is_main_rank, terminate_requested
 
 
+def die_with_torchrun() -> None:
+    """SIGKILL this rank when its parent, torchrun, dies. torchrun starts every rank in a session of its own and
+    ends them itself when stopped (a SIGTERM passes on); but a torchrun killed outright (SIGKILL of the worker's
+    process group) left its ranks running: rank 0 beating for the job as the dead worker (no other worker could
+    take it over) and hung in a collective with a rank that had died (seen in the test of a killed job)."""
+    parent = os.getppid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() != parent:  # torchrun died before the prctl: nobody would signal us
+        os._exit(1)
+
+
 def main(argv: list[str]) -> int:
     job_id, owner = argv
+    die_with_torchrun()
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s rank" + os.environ.get("RANK", "0") + " %(levelname)s %(name)s: %(message)s",

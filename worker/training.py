@@ -372,8 +372,9 @@ class TrainingRun:
             raise JobLost()
         self.db.check()  # a background write that found the job taken over raises JobLost here
         self.last.update(step=step, total_steps=total, loss=smoothed, seconds_per_step=sec, eta_seconds=eta)
-        # Throttled, but never skipped at a checkpoint or the end: the row then matches what a resume sees.
-        if step == total or step % self.cfg.checkpoint_every == 0:
+        # Throttled, but never skipped at a checkpoint, the end or a stop: the row then matches what a resume
+        # sees (the trainer reports a step one step late and saves a stop's checkpoint after that report).
+        if step == total or step % self.cfg.checkpoint_every == 0 or self.stop_reason:
             self.db.wait()
             self._write_progress()
         elif self.write_due():

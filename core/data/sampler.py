@@ -11,6 +11,10 @@ batches shuffled. Keys are e * len(ds) + j, so the dataset re-draws flips and ca
 Why state_after(n) rather than "where the sampler is": a DataLoader with workers pulls batches ahead of
 the training loop, so only the trainer knows how many were really used.
 With world_size > 1 (DDP) each rank takes every world_size-th batch of the same epoch order.
+
+A resume on another number of ranks keeps the data position: a state also says how many batches of its
+epoch's shared order all ranks together have used ("consumed"), and the new ranks deal the rest of that epoch
+among themselves from there (this epoch's deal then starts at `start`); the epochs after it are dealt as usual.
 """
 from __future__ import annotations
 
@@ -33,13 +37,16 @@ class BucketBatchSampler(Sampler[list[int]]):
             groups.setdefault(tuple(dataset.bucket(j)), []).append(j)
         self.groups = [groups[b] for b in sorted(groups)]
         self.epoch, self.position = 0, 0
-        self._per_epoch = len(self.epoch_batches(0))   # the same for every epoch: only the order changes
+        self.start = 0  # where in the current epoch's shared order this run's deal began (0 unless resumed)
+        self._base = (0, 0, 0, 0)  # (epoch, start, position, batches done) that state_after counts from
+        self._shared = len(self._epoch_order(0))  # batches per epoch over all ranks
+        self._per_epoch = self._shared // world_size  # the same for every epoch: only the order changes
         if self._per_epoch == 0:
             raise ValueError(f"no full batch of {batch_size} in any bucket (sizes {[len(g) for g in self.groups]}, "
                              f"world_size {world_size}); lower batch_size or set drop_last=False")
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """This rank's batches of `epoch`, in order, as dataset keys."""
+    def _epoch_order(self, epoch: int) -> list[list[int]]:
+        """Every batch of `epoch`, in the order all ranks share, as dataset keys."""
         rng = np.random.default_rng([self.seed, epoch])
         batches = []
         for keys in self.groups:
@@ -51,11 +58,17 @@ class BucketBatchSampler(Sampler[list[int]]):
                     batches.append([epoch * self.n + j for j in b])
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        if self.world_size > 1:
-            # Same count on every rank, or DDP's collectives hang on the rank that runs out first.
-            usable = len(batches) - len(batches) % self.world_size
-            batches = batches[self.rank:usable:self.world_size]
         return batches
+
+    def _count(self, start: int) -> int:
+        """Batches per rank in an epoch dealt from `start`: the same on every rank, or DDP's collectives hang
+        on the rank that runs out first (the few left over are skipped)."""
+        return (self._shared - start) // self.world_size
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> list[list[int]]:
+        """This rank's batches of `epoch`, in order, as dataset keys: every world_size-th from `start` on."""
+        batches = self._epoch_order(epoch)
+        return [batches[start + self.rank + k * self.world_size] for k in range(self._count(start))]
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
@@ -63,29 +76,53 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def __iter__(self):
         # Runs the rest of the current epoch, then moves on: the next iter() starts the next epoch.
-        batches = self.epoch_batches(self.epoch)
+        batches = self.epoch_batches(self.epoch, self.start)
         while self.position < len(batches):
             b = batches[self.position]
             self.position += 1
             yield b
-        self.epoch, self.position = self.epoch + 1, 0
+        self.epoch, self.start, self.position = self.epoch + 1, 0, 0
 
-    def _state(self, epoch: int, position: int) -> dict:
-        return {"epoch": epoch, "position": position, "seed": self.seed, "batch_size": self.batch_size,
-                "num_keys": self.n, "batches_per_epoch": len(self)}
+    def _state(self, epoch: int, position: int, start: int = 0, batches: int | None = None) -> dict:
+        state = {"epoch": epoch, "position": position, "start": start, "world_size": self.world_size,
+                 "consumed": start + position * self.world_size, "seed": self.seed, "batch_size": self.batch_size,
+                 "num_keys": self.n, "batches_per_epoch": len(self), "shared_batches_per_epoch": self._shared}
+        if batches is not None:
+            state["batches"] = batches
+        return state
 
     def state_dict(self) -> dict:
         """Where the sampler itself is (exact when the loader has no workers prefetching ahead)."""
-        return self._state(self.epoch, self.position)
+        return self._state(self.epoch, self.position, self.start)
 
     def state_after(self, batches_done: int) -> dict:
-        """The state after `batches_done` batches since epoch 0 position 0 (what a trainer saves)."""
-        per = len(self)
-        return self._state(batches_done // per, batches_done % per)
+        """The state after this rank used `batches_done` batches in all (what a trainer saves; the count goes on
+        across resumes)."""
+        epoch, start, position, done = self._base
+        n = batches_done - done
+        if n < 0:
+            raise ValueError(f"state_after({batches_done}): this sampler was resumed at {done} batches")
+        left = self._count(start) - position  # in the epoch the count starts in
+        if n < left:
+            return self._state(epoch, position + n, start, batches_done)
+        n -= left
+        return self._state(epoch + 1 + n // self._per_epoch, n % self._per_epoch, 0, batches_done)
 
     def load_state_dict(self, state: dict) -> None:
-        for k in ("seed", "batch_size", "num_keys", "batches_per_epoch"):
-            if k in state and state[k] != self._state(0, 0)[k]:
+        world = int(state.get("world_size", self.world_size))
+        now = self._state(0, 0)
+        same_world = world == self.world_size
+        # per-rank batches per epoch depend on the number of ranks; the shared count does not
+        keys = ("seed", "batch_size", "num_keys", "shared_batches_per_epoch") + (("batches_per_epoch",) if same_world else ())
+        for k in keys:
+            if k in state and state[k] != now[k]:
                 raise ValueError(f"cannot resume: the sampler's {k} was {state[k]}, now "
-                                 f"{self._state(0, 0)[k]} (dataset or batch size changed since the checkpoint)")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+                                 f"{now[k]} (dataset or batch size changed since the checkpoint)")
+        epoch, position, start = int(state["epoch"]), int(state["position"]), int(state.get("start", 0))
+        if not same_world:  # re-deal the rest of this epoch's shared order among this run's ranks
+            start, position = start + position * world, 0
+        if position >= self._count(start):  # nothing of this epoch left for this many ranks
+            epoch, start, position = epoch + 1, 0, 0
+        self.epoch, self.start, self.position = epoch, start, position
+        # a state without "batches" comes from a run that never changed its number of ranks: count from zero
+        self._base = (epoch, start, position, int(state["batches"])) if "batches" in state else (0, 0, 0, 0)

@@ -23,6 +23,7 @@ _CHOICES = {
     "weighting": ("none", "velocity"),
     "precision": ("auto", "bf16", "fp32"),
     "publish": ("last", "best"),
+    "grad_sync": ("auto", "overlap", "after"),
 }
 
 

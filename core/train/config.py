@@ -57,8 +57,11 @@ class TrainConfig:
     # the estimated activations would not fit in free GPU memory
     compile: bool | str = "auto"  # torch.compile the decoder layers (one shared compiled call,
     # gradient checkpointing traced inside it); "auto": on CUDA
-    log_every: int = 1  # host sync + on_step every K steps (raise for fast full runs)
+    log_every: int = 1  # on_step every K steps (read one step late: no step waits for the GPU)
     prefetch: int = 2  # batches decoded ahead by a background thread (0: inline)
+    grad_sync: str = "auto"  # several GPUs: "overlap" (all-reduce during backward) | "after" | "auto"
+    # "after": one all-reduce after backward; "auto": overlap, or after for reference-image samples in batches
+    # > 1 (one forward per sample: DDP allows one per backward). See core/train/distributed.py.
     seed: int = 0  # LoRA init, sigma/eps stream, data order
     # -- checkpoints and previews
     checkpoint_every: int = 500  # steps between checkpoints (0: only at the end / on stop)
@@ -89,6 +92,8 @@ class TrainConfig:
                 problems.append(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if self.compile not in (True, False, "auto"):
             problems.append(f"compile must be true, false or 'auto', got {self.compile!r}")
+        if self.grad_sync not in ("auto", "overlap", "after"):
+            problems.append(f"grad_sync must be 'auto', 'overlap' or 'after', got {self.grad_sync!r}")
         if not isinstance(self.prefetch, int) or self.prefetch < 0:
             problems.append(f"prefetch must be an integer >= 0, got {self.prefetch!r}")
         if self.gradient_checkpointing not in (True, False, "auto"):

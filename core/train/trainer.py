@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import time
 from dataclasses import replace
@@ -50,6 +51,8 @@ from core.train.checkpoint import (
 from core.train.config import TrainConfig
 from core.train.hooks import TrainCallbacks, TrainResult
 from core.train.validation_history import ValidationHistory
+
+log = logging.getLogger(__name__)
 
 LOSS_EMA_BETA = 0.9  # smoothing of the reported loss (kept in checkpoints as the uncorrected EMA and its count)
 
@@ -145,17 +148,6 @@ class Trainer:
         self.model.validate_inputs = not on_cuda
         self.model.train()
         self.forward = self.model  # what loss() calls; benchmarks swap in the dense-mask path
-        if self.dist.active:
-            from torch.nn.parallel import DistributedDataParallel
-
-            # The base is frozen and its buffers (rotary frequencies) are constants: no per-forward buffer
-            # broadcast. Gradients live in DDP's buckets (no copy in and out of them).
-            self.forward = DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if on_cuda else None,
-                broadcast_buffers=False,
-                gradient_as_bucket_view=True,
-            )
 
         self.optimizer = torch.optim.AdamW(
             self.params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=on_cuda
@@ -165,14 +157,16 @@ class Trainer:
         # rank 0 draws exactly what a single-process run draws; other ranks get streams of their own
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
         data = self._data(data, on_cuda)
-        with_refs = getattr(getattr(data, "dataset", None), "has_references", False)
-        if self.dist.active and cfg.batch_size > 1 and with_refs:
-            # each sample with references is its own forward; DDP's gradient hooks allow one forward per backward
-            raise ValueError(
-                "training on samples with reference images across several GPUs needs batch_size 1 "
-                "(use grad_accum for a larger effective batch)"
-            )
         self.data = data
+        self.grad_sync = self._grad_sync()
+        if self.grad_sync == "overlap":
+            self.forward = distributed.wrap_ddp(
+                self.model,
+                self.params,
+                self.dist,
+                self.device,
+                static_graph=distributed.static_graph_ok(cfg.grad_accum, not self._with_references),
+            )
         self._layouts: dict[tuple, tuple[dict, int]] = {}
         self.step = 0
         self._ema = (0.0, 0)  # (uncorrected EMA of logged losses, count); see smoothed
@@ -242,6 +236,25 @@ class Trainer:
         if self.dist.active:
             data.shard(self.dist.rank, self.dist.world)
         return data
+
+    @property
+    def _with_references(self) -> bool:
+        return bool(getattr(getattr(self.data, "dataset", None), "has_references", False))
+
+    def _grad_sync(self) -> str | None:
+        """How several ranks average gradients (core.train.distributed): "overlap", "after", or None alone."""
+        if not self.dist.active:
+            return None
+        # each sample with references is its own forward; DDP's hooks allow one forward per backward
+        many_forwards = self._with_references and self.cfg.batch_size > 1
+        if self.cfg.grad_sync == "overlap" and many_forwards:
+            raise ValueError(
+                "grad_sync 'overlap' (DDP) needs one forward per backward, and samples with reference images "
+                "run one each: use batch_size 1 (grad_accum for a larger batch) or grad_sync 'after' / 'auto'"
+            )
+        if self.cfg.grad_sync == "auto":
+            return "after" if many_forwards else "overlap"
+        return self.cfg.grad_sync
 
     def _want_checkpointing(self) -> bool:
         choice = self.cfg.gradient_checkpointing
@@ -326,10 +339,18 @@ class Trainer:
                 + ", ".join(f"{k} {old[k]!r} -> {getattr(self.cfg, k)!r}" for k in changed)
             )
         world = state.get("world_size", 1)
-        if world != self.dist.world:
-            raise ValueError(
-                f"cannot resume from {path}: it was written by {world} processes, this run has "
-                f"{self.dist.world} (each rank's data share and noise stream would change)"
+        if world != self.dist.world and self.dist.main:
+            # The data order continues where the ranks were (the sampler re-deals the rest of the epoch), ranks
+            # that existed keep their noise streams, new ones start their own; a step now trains
+            # batch_size x grad_accum x this many ranks images.
+            log.warning(
+                "resuming %s, written by %d process(es), on %d: the data position is kept; images per step "
+                "change from %d to %d",
+                path,
+                world,
+                self.dist.world,
+                world * self.cfg.batch_size * self.cfg.grad_accum,
+                self.dist.world * self.cfg.batch_size * self.cfg.grad_accum,
             )
         if self.cfg.full:
             missing, unexpected = self.model.load_state_dict(weights, strict=False)
@@ -341,8 +362,12 @@ class Trainer:
             load_adapter_state_dict(self.model, weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_states(self.generator, state["rng"][self.dist.rank])
-        self.data.load_state_dict(state["data"])
+        if self.dist.rank < len(state["rng"]):
+            set_rng_states(self.generator, state["rng"][self.dist.rank])
+        # For a data source that re-deals on another number of ranks (FolderData): how many wrote it, and the
+        # batches each had used (older checkpoints lack both in their data state).
+        batches = int(state["step"]) * self.cfg.grad_accum
+        self.data.load_state_dict({"world_size": world, "batches": batches, **state["data"]})
         self.step = int(state["step"])
         self._ema = tuple(state["ema"])
         self.history = ValidationHistory.from_dict(state.get("validation"), patience=self.cfg.early_stop_patience)
@@ -378,7 +403,12 @@ class Trainer:
             token_types=batch.token_types,
             text_lengths=batch.text_lengths if batch.padded else None,
         )
-        inputs = {k: (v.to(self.device, non_blocking=True) if v is not None else None) for k, v in inputs.items()}
+        # through pinned memory: a copy from pageable memory waits for the GPU (a host sync per new caption)
+        pin = self.device.type == "cuda"
+        inputs = {
+            k: ((v.pin_memory() if pin else v).to(self.device, non_blocking=True) if v is not None else None)
+            for k, v in inputs.items()
+        }
         if len(self._layouts) >= 4096:  # generated captions rarely repeat: keep the cache bounded
             self._layouts.clear()
         self._layouts[key] = (inputs, n)
@@ -431,7 +461,7 @@ class Trainer:
             images, captions, *refs = next(batches)  # refs: [references per sample] from edit datasets
             # DDP all-reduces gradients in backward; only the last micro-batch of a step needs to
             sync = contextlib.nullcontext()
-            if self.dist.active and i < cfg.grad_accum - 1:
+            if self.grad_sync == "overlap" and i < cfg.grad_accum - 1:
                 sync = self.forward.no_sync()
             with sync:
                 if refs and any(refs[0]):
@@ -440,6 +470,8 @@ class Trainer:
                     loss = self.loss(images, captions) / cfg.grad_accum
                 loss.backward()
             total += loss.detach()
+        if self.grad_sync == "after":
+            distributed.average_gradients(self.params, self.dist)
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
         self.optimizer.step()
@@ -463,62 +495,61 @@ class Trainer:
 
     def _loop(self, batches) -> TrainResult:
         cfg, cb = self.cfg, self.cb
-        stopped, last_loss = False, None
+        from core.train.readout import StepReports
+
+        # Logged values reach the host one step late (core.train.readout): no step waits for the GPU.
+        reports = StepReports(self.device)
+        self._stop_agreed, self._last_loss = False, None
+        stopped = False
         window_loss = torch.zeros((), device=self.device)
         window_steps, t_window = 0, time.perf_counter()
         if self._validating and self.history.baseline is None:
             self._validate(baseline=True)
         self.early_stopped = self._validating and self.history.should_stop  # a resumed run that had stopped
         while self.step < cfg.steps and not self.early_stopped:
-            stop = bool(cb.should_stop and cb.should_stop())
-            # With several ranks the decision is a collective and a host sync: agree on it at log steps only
-            # (a stop then lands at most log_every - 1 steps later); one process decides every step.
-            if self.dist.active and self.step % cfg.log_every:
-                stop = False
-            elif distributed.broadcast_flag(stop, self.dist, self.device):
+            # One process asks every step (no GPU involved). Several ranks agree through the logged steps'
+            # collective (logged_values): rank 0 asks at each logged step, and every rank reads the answer one
+            # step later, so a stop lands at most log_every steps after it was asked for.
+            if self._stop_agreed or (not self.dist.active and cb.should_stop and cb.should_stop()):
                 stopped = True
                 break
             window_loss += self.train_step(batches)
             window_steps += 1
-
+            self._deliver(reports.take(before_step=self.step))  # the previous logged step: done by now
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                # the one host sync of the window (and, with several ranks, their mean)
-                last_loss = float(distributed.mean_over_ranks(window_loss, self.dist)) / window_steps
-                now = time.perf_counter()
-                sec = (now - t_window) / window_steps
-                self._smooth(last_loss)
-                if cb.on_step:
-                    cb.on_step(
-                        self.step,
-                        cfg.steps,
-                        last_loss,
-                        self.smoothed,
-                        self.scheduler.get_last_lr()[0],
-                        sec,
-                        sec * (cfg.steps - self.step),
-                    )
-                window_loss.zero_()
+                ask = self.dist.active and bool(cb.should_stop and cb.should_stop())
+                values = distributed.logged_values(window_loss / window_steps, ask, self.dist)
+                sec = (time.perf_counter() - t_window) / window_steps  # the host runs at the GPU's pace
+                reports.push(self.step, values, lr=self.scheduler.get_last_lr()[0], sec=sec)
+                window_loss = torch.zeros((), device=self.device)
                 window_steps, t_window = 0, time.perf_counter()
             t_side = time.perf_counter()
+            validate = self._validating and (self.step % cfg.validation_every == 0 or self.step == cfg.steps)
+            checkpoint = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+            preview = cfg.sample_every and cfg.sample_prompts and self.step % cfg.sample_every == 0
+            if validate or checkpoint or preview:
+                # these wait for the GPU anyway; callers see a step's on_step before its checkpoint
+                self._deliver(reports.take())
             # validation before the checkpoint, so that the checkpoint holds this step's loss
-            if self._validating and (self.step % cfg.validation_every == 0 or self.step == cfg.steps):
+            if validate:
                 self._validate()
                 self.early_stopped = distributed.broadcast_flag(self.history.should_stop, self.dist, self.device)
                 if self.early_stopped:
                     break
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            if checkpoint:
                 self.save_checkpoint()
-            if cfg.sample_every and cfg.sample_prompts and self.step % cfg.sample_every == 0:
+            if preview:
                 if self.dist.main:
                     self._preview()
                 distributed.barrier(self.dist)
             t_window += time.perf_counter() - t_side  # seconds/step measures training, not previews
+        self._deliver(reports.take())
         if self._ckpt_step != self.step:
             self.save_checkpoint()  # a stop, or a run whose end is not on the checkpoint grid
         result = TrainResult(
             self.step,
             stopped,
-            last_loss,
+            self._last_loss,
             self.smoothed,
             self.last_checkpoint,
             previews=list(self.previews),
@@ -529,6 +560,18 @@ class Trainer:
             self._export(result)
         distributed.barrier(self.dist)
         return result
+
+    def _deliver(self, reports: list) -> None:
+        """Logged steps' values, now on the host: the smoothed loss, on_step, and the ranks' stop agreement."""
+        for step, (loss, stop), extra in reports:
+            self._last_loss = loss
+            self._smooth(loss)
+            self._stop_agreed = self._stop_agreed or (self.dist.active and stop > 0)
+            if self.cb.on_step:
+                sec = extra["sec"]
+                self.cb.on_step(
+                    step, self.cfg.steps, loss, self.smoothed, extra["lr"], sec, sec * (self.cfg.steps - step)
+                )
 
     @property
     def _validating(self) -> bool:

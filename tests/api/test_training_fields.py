@@ -44,6 +44,7 @@ NOT_IN_REQUEST = {
     "compile",
     "log_every",
     "prefetch",
+    "grad_sync",
     "sample_guidance",
     "sample_preset",
     "sample_seed",  # the machine's and the worker's business

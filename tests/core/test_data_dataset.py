@@ -191,6 +191,51 @@ def test_sampler_ranks_split_each_epoch(mixed):
     assert not {k for x in a for k in x} & {k for x in b for k in x}
 
 
+def _take(sampler, n: int) -> list:
+    """The next n batches of a sampler, across epoch ends (as the trainer's loader loop pulls them)."""
+    got = []
+    while len(got) < n:
+        for b in sampler:
+            got.append(b)
+            if len(got) == n:
+                break
+    return got
+
+
+def test_sampler_resume_on_another_number_of_ranks_keeps_the_data_position(mixed):
+    """2 ranks -> 1 -> 2: the batches used are the shared epoch order without a batch repeated or skipped,
+    except the few an epoch dealt to 2 ranks leaves over (an odd count), as an uninterrupted 2-rank run does."""
+    ds = TrainDataset(mixed, resolution=128, min_side=64, repeats=3)  # 27 keys, 15 batches of 2 per epoch
+    one = BucketBatchSampler(ds, batch_size=2, seed=7)
+    shared = [one._epoch_order(e) for e in range(4)]
+    assert len(shared[0]) == 15
+
+    two = [BucketBatchSampler(ds, batch_size=2, seed=7, rank=r, world_size=2) for r in range(2)]
+    first = [_take(s, 5) for s in two]  # 5 steps on 2 ranks: shared batches 0..9 of epoch 0
+    assert first[0] == shared[0][0:10:2] and first[1] == shared[0][1:10:2]
+    state = two[0].state_after(5)
+    assert (state["epoch"], state["consumed"], state["world_size"]) == (0, 10, 2)
+
+    alone = BucketBatchSampler(ds, batch_size=2, seed=7)
+    alone.load_state_dict(state)
+    second = _take(alone, 9)  # the 5 left of epoch 0 (all of them: one rank skips none), then 4 of epoch 1
+    assert second == shared[0][10:15] + shared[1][0:4]
+    state = alone.state_after(5 + 9)  # the trainer's count goes on across the resume
+    assert (state["epoch"], state["consumed"], state["world_size"]) == (1, 4, 1)
+
+    again = [BucketBatchSampler(ds, batch_size=2, seed=7, rank=r, world_size=2) for r in range(2)]
+    for s in again:
+        s.load_state_dict(state)
+    third = [_take(s, 6) for s in again]  # 11 left in epoch 1: 5 each (one skipped), then 1 each of epoch 2
+    assert third[0] == shared[1][4:14:2] + [shared[2][0]]
+    assert third[1] == shared[1][5:14:2] + [shared[2][1]]
+    # the saved state after those goes on from the same place, whichever rank writes it
+    end = again[0].state_after(14 + 6)
+    assert end == again[1].state_after(14 + 6) and (end["epoch"], end["consumed"]) == (2, 2)
+    with pytest.raises(ValueError, match="shared_batches_per_epoch was 15, now 12"):
+        BucketBatchSampler(ds, batch_size=2, seed=7, drop_last=True).load_state_dict(state)
+
+
 def test_zip_dataset_in_worker_processes_matches_main_process(tmp_path):
     z = tmp_path / "ds.zip"
     with zipfile.ZipFile(z, "w") as zf:

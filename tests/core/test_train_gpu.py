@@ -104,3 +104,39 @@ def test_cuda_full_mode_streams(setup, tmp_path):
     )
     result = train_full(cfg, data=StreamData(stream, 16))
     assert result.steps_done == 20 and result.model_dir.is_dir()
+
+
+def test_cuda_steps_never_wait_for_the_gpu(setup, tmp_path):
+    """After warm-up, a step (data, layouts, forward, backward, clip, AdamW) and its report with log_every 1
+    make no synchronising CUDA call: torch's sync debug mode raises on any (an .item(), a pageable copy...)."""
+    from core.train import TrainCallbacks, TrainConfig, Trainer
+
+    model_dir, data = setup
+    cfg = TrainConfig(
+        model_path=str(model_dir),
+        data_dir=str(data),
+        out_dir=str(tmp_path),
+        resolution=128,
+        min_side=64,
+        steps=12,
+        batch_size=2,
+        rank=8,
+        checkpoint_every=0,
+        sample_every=0,
+        log_every=1,
+        compile=False,
+    )
+    losses = []
+    trainer = Trainer(cfg, TrainCallbacks(on_step=lambda *a: losses.append(a[2])))
+    step = trainer.train_step
+
+    def strict_step(batches):
+        torch.cuda.set_sync_debug_mode("error" if trainer.step >= 4 else "default")  # warm-up first
+        try:
+            return step(batches)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    trainer.train_step = strict_step
+    trainer.run()
+    assert len(losses) == 12 and all(np.isfinite(losses))
