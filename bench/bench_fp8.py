@@ -351,7 +351,8 @@ class Run:
 
         if self.cuda:
             total = torch.cuda.get_device_properties(self.device).total_memory
-            torch.cuda.set_per_process_memory_fraction(cap_gib * GIB / total, self.device)
+            # (an index: torch refuses a bare "cuda" device here, which cost the 2026-12-01 run its cap phase)
+            torch.cuda.set_per_process_memory_fraction(cap_gib * GIB / total, torch.cuda.current_device())
         before, error = len(self.results["rows"]), None
         try:
             model, _ = self.build("fp8", offload)
@@ -389,7 +390,7 @@ class Run:
             error = str(e).splitlines()[0][:160]
         finally:
             if self.cuda:
-                torch.cuda.set_per_process_memory_fraction(1.0, self.device)
+                torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
         self.record(
             phase="cap", cap_gib=cap_gib, offload=offload, fits=len(self.results["rows"]) > before, error=error
         )

@@ -58,7 +58,7 @@ def default_base_precision(device) -> str:
     """The card's default: fp8 where fp8 matmuls exist (faster and half the weights), or on a GPU too small for
     the bf16 base; bf16 otherwise (on CPUs: the bundled model keeps its float32 compute, nothing changes)."""
     device = torch.device(device)
-    if device.type != "cuda":
+    if device.type != "cuda" or not torch.cuda.is_available():
         return "bf16"
     if fp8_matmul_supported(device):
         return "fp8"
@@ -240,10 +240,9 @@ def replace_with_fp8(model: nn.Module, compute_dtype: torch.dtype, device, matmu
 
 
 @torch.no_grad()
-def convert_to_fp8(model: nn.Module, matmul: str = "auto") -> int:
+def convert_to_fp8(model: nn.Module, matmul: str = "auto") -> nn.Module:
     """Convert a built model's target linears in place, one at a time (each full-precision weight is dropped as
-    its fp8 copy is made); returns how many. The compute dtype is each weight's own dtype."""
-    n = 0
+    its fp8 copy is made); returns the model. The compute dtype is each weight's own dtype."""
     for name in [n for n, m in model.named_modules() if fp8_target(n, m)]:
         parent, _, leaf = name.rpartition(".")
         old = model.get_submodule(name)
@@ -256,8 +255,7 @@ def convert_to_fp8(model: nn.Module, matmul: str = "auto") -> int:
             new.bias = nn.Parameter(old.bias.detach().clone(), requires_grad=False)
         setattr(model.get_submodule(parent), leaf, new)
         del old, w
-        n += 1
-    return n
+    return model
 
 
 def fp8_linears(model: nn.Module) -> dict[str, Fp8Linear]:

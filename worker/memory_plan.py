@@ -11,6 +11,8 @@ estimates are linear fits of peaks measured on an H200 with the full-size model 
     training   = weights (bf16, or fp8: core/fp8.py) + 16 B per LoRA parameter (fp32 weight, grad, 2 AdamW moments)
                  + tokens x batch x (0.63 MiB with checkpointing | 5.1 MiB without)      [36 x 4096 model]
     generation = weights (bf16) + tokens x rows x 0.15 MiB    (rows = 2 x images with CFG, 1 without)
+    fp8 base   = weights 8.78 GiB at full size (the decoder linears in float8); training with checkpointing
+                 2.96 MiB per token (the compiled fp8 layer, measured once at 1024^2: 12.56 GiB)
 
 tokens = (side / 32)^2 image patches + ~100 text tokens. Measured at 1024^2 / 2048^2: training 16.5 / 18.4
 GiB with checkpointing, 21.5 / 36.8 GiB without, batch 4 at 1024^2 without 37.9 GiB; generation 15.6 /
@@ -34,6 +36,10 @@ MIB = 2**20
 # The full-size text tower the coefficients were measured on.
 _REF_LAYERS, _REF_HIDDEN = 36, 4096
 TRAIN_PER_TOKEN = {True: 0.63 * MIB, False: 5.1 * MIB}  # by gradient checkpointing
+# fp8 base, compiled layers, checkpointing: 12.56 GiB at 1024^2 on the H200 (bench/RESULTS.md, issue 15), 2.5 GiB
+# more than eager fp8 (10.0): the compiled fp8 layer keeps ~2.3 MiB per token more through the forward. One
+# measured point; without checkpointing the fp8 path was not measured and bf16's coefficient is used.
+TRAIN_PER_TOKEN_FP8 = {True: 2.96 * MIB, False: 5.1 * MIB}
 GEN_PER_TOKEN_ROW = 0.15 * MIB
 TEXT_TOKENS = 100  # a long prompt in the chat template
 
@@ -118,7 +124,8 @@ def training_need(
     checkpointing: bool = True,
     base_precision: str = "bf16",
 ) -> int:
-    act = TRAIN_PER_TOKEN[bool(checkpointing)] * shape.scale * tokens(resolution, resolution) * batch
+    per_token = (TRAIN_PER_TOKEN_FP8 if base_precision == "fp8" else TRAIN_PER_TOKEN)[bool(checkpointing)]
+    act = per_token * shape.scale * tokens(resolution, resolution) * batch
     return int(shape.base_bytes(base_precision) + 16 * shape.lora_params(rank) + act)
 
 
