@@ -191,7 +191,8 @@ class Fp8Linear(nn.Linear):
         dtype = _compute_dtype(x, self.compute_dtype)
         x = x.to(dtype)
         bias = None if self.bias is None else self.bias.to(dtype)
-        if self.scaled_mm:
+        # CUDA's row-scaled fp8 matmul writes bf16 only: a float32 computation there goes weight-only
+        if self.scaled_mm and (dtype == torch.bfloat16 or not x.is_cuda):
             x2d = x.reshape(-1, self.in_features)
             if torch.is_grad_enabled() and x.requires_grad:
                 out = _Fp8Matmul.apply(x2d, self.weight, self.weight_scale, dtype)
