@@ -215,6 +215,12 @@ class TrainingCreate(WebhookRequest):
         multiple_of=32,
         description="preview side in pixels, multiple of 32; default: resolution",
     )
+    base_precision: Literal["auto", "bf16", "fp8"] = Field(
+        TrainConfig.base_precision,
+        description="precision of the frozen base model's linears while training: fp8 (float8 weights: half "
+        "the memory, faster on GPUs with fp8 matmuls), bf16, or auto (the worker's GPU decides: fp8 on "
+        "compute capability 8.9+ or under 20 GiB, else bf16). A LoRA trained on either works on both",
+    )
     # Validation (issue 14): a loss on images that never train, at fixed noise, every validation_every steps.
     validation_dataset_id: str | None = Field(
         None,

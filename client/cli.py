@@ -51,6 +51,7 @@ TRAIN_FIELDS: list[tuple[str, str, Any, str]] = [
     ("--publish", "publish", str, "which weights become the LoRA: last (default) or best (lowest validation)"),
     ("--early-stop-patience", "early_stop_patience", int, "stop after K validations without a new best"),
     ("--reference-dropout", "reference_dropout", float, "edit datasets: share of steps trained without refs"),
+    ("--base-precision", "base_precision", str, "the frozen base: auto (the worker's GPU decides), bf16 or fp8"),
     ("--webhook-url", "webhook_url", str, "URL that receives signed job events (Standard Webhooks)"),
 ]
 GENERATE_FIELDS: list[tuple[str, str, Any, str]] = [

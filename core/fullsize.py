@@ -104,6 +104,47 @@ def random_tensor(
     return t.mul_(std).add_(mean).to(dtype)
 
 
+def random_model(
+    config,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cuda",
+    base_precision: str = "bf16",
+    fp8_matmul: str = "auto",
+    seed: int = 0,
+    offload_blocks: int = 0,
+):
+    """A HiDreamO1 with random_tensor's weights, built the way core.loading builds a checkpoint's: on the meta
+    device, then one tensor at a time drawn on `device` and placed (fp8: quantised as it is placed), so the
+    peak is the model at its final size plus one tensor. Same seed and name: the same weights as the
+    checkpoint write_full_checkpoint writes (benchmarks skip the disk). offload_blocks: as load_model's (those
+    layers' weights go to host memory as they are placed, and a core.offload.BlockOffload is installed)."""
+    from core.fp8 import replace_with_fp8
+    from core.loading import _place, _to_device_leftovers, _to_host
+    from core.model import HiDreamO1
+    from core.offload import BlockOffload, offloaded_layers
+
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = HiDreamO1(config)
+    entries = [(k, tuple(v.shape), v.dtype) for k, v in model.state_dict().items()]
+    if base_precision == "fp8":
+        replace_with_fp8(model, dtype, device, fp8_matmul)
+    n_layers = config.text_config.num_hidden_layers
+    host = tuple(f"model.language_model.layers.{i}." for i in offloaded_layers(n_layers, offload_blocks))
+    for name, shape, dt in entries:
+        t = random_tensor(name, shape, dtype if dt.is_floating_point else dt, seed, device)
+        _place(model, name, t)
+        del t
+        if host and name.startswith(host):
+            _to_host(model, name)
+    model.reset_rotary()
+    _to_device_leftovers(model, device)
+    if host:
+        BlockOffload(model, offload_blocks, device)
+    return model.eval()
+
+
 def write_safetensors(
     path: Path,
     entries: list[tuple[str, tuple[int, ...], torch.dtype]],

@@ -4,6 +4,7 @@
     python -m core.generate --model DIR --prompt "..." --preset dev --seed 7 --num_images 4 --out fox.png
     python -m core.generate --model DIR --prompt "..." --lora style.safetensors:0.8 --out styled.png
     python -m core.generate --model DIR --prompt "make it night" --ref photo.jpg --out night.png
+    python -m core.generate --model DIR --prompt "..." --base_precision fp8 --offload_blocks 8 --out fox.png
 
 --model is the checkpoint folder (or a ComfyUI single file, with --tokenizer/config beside it). With
 --num_images N > 1 the files are <out stem>-<k><suffix>. Progress goes to stderr: step/total and s/step.
@@ -71,6 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
+    ap.add_argument(
+        "--base_precision",
+        choices=("auto", "bf16", "fp8"),
+        default="auto",
+        help="the base's decoder linears: bf16 (in --dtype), fp8 (float8 weights, half the memory; fp8 matmuls "
+        "on CUDA cards of compute capability 8.9+), auto: fp8 on those cards or under 20 GiB, else bf16",
+    )
+    ap.add_argument(
+        "--offload_blocks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep N decoder layers in host memory and stream each to the GPU ahead of its turn (less GPU "
+        "memory, slower steps)",
+    )
+    ap.add_argument("--compile", action="store_true", help="torch.compile the decoder layers (CUDA)")
     return ap
 
 
@@ -108,6 +125,8 @@ def check_args(ap: argparse.ArgumentParser, args) -> None:
         )
     if args.num_images < 1:
         ap.error(f"--num_images must be >= 1, got {args.num_images}")
+    if args.offload_blocks < 0:
+        ap.error(f"--offload_blocks must be >= 0, got {args.offload_blocks}")
     if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         ap.error(f"--out must end in .png, .jpg or .webp, got {args.out!r}")
     if not Path(args.model).exists():
@@ -121,15 +140,28 @@ def main(argv=None) -> list[Path]:
     ap = build_parser()
     args = ap.parse_args(argv)
     check_args(ap, args)
+    from core.fp8 import resolve_base_precision
     from core.loading import load_model, load_tokenizer
     from core.sampler import Sampler
 
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    precision = resolve_base_precision(args.base_precision, device)
     t = time.perf_counter()
     tokenizer = load_tokenizer(args.tokenizer or args.model)
-    model = load_model(args.model, dtype=dtype, device=device, tokenizer=tokenizer)
-    print(f"loaded {args.model} ({dtype}, {device}) in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    model = load_model(
+        args.model,
+        dtype=dtype,
+        device=device,
+        tokenizer=tokenizer,
+        base_precision=precision,
+        offload_blocks=args.offload_blocks,
+    )
+    print(
+        f"loaded {args.model} ({dtype}, base {precision}, {args.offload_blocks} layers offloaded, {device}) "
+        f"in {time.perf_counter() - t:.1f} s",
+        file=sys.stderr,
+    )
     if args.lora:
         from core.lora import load_lora, parse_lora_arg, set_loras
 
@@ -146,7 +178,8 @@ def main(argv=None) -> list[Path]:
 
     progress = Progress()
     progress.start()
-    images = Sampler(model, tokenizer, preview_every=0)(
+    sampler = Sampler(model, tokenizer, preview_every=0, compile=args.compile, compile_scope="layers")
+    images = sampler(
         args.prompt,
         negative_prompt=args.negative_prompt,
         width=args.width,

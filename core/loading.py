@@ -9,6 +9,10 @@ Accepted layouts:
   comes from `config=` or from a config.json in the file's folder.
 
 The model is built on the meta device and every tensor is read, cast and moved into place one at a time.
+With base_precision="fp8" (core.fp8) the decoder linears are swapped for empty fp8 ones before any weight is
+read, and each weight is quantised as it arrives: a full-precision copy of the model never exists, on the GPU
+or anywhere (the peak is the fp8 model so far plus one tensor). With offload_blocks=N the frozen weights of N
+decoder layers (core.offload picks which) are put in host memory as they arrive, and core.offload streams them.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from safetensors import safe_open
 from torch import nn
 from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
 
+from core.fp8 import Fp8Linear, replace_with_fp8, resolve_base_precision
 from core.layout import BOI_TOKEN, TMS_TOKEN, token_id
 from core.model import DEFAULT_TMS_TOKEN_ID, HiDreamO1
+from core.offload import BlockOffload, offloaded_layers
 
 IGNORED_KEYS = {"lm_head.weight"}  # the generation forward never uses the LM head
 COMFY_PREFIX = "diffusion_model."
@@ -89,6 +95,14 @@ def _our_name(key: str, prefix: str) -> str | None:
 def _place(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     module_path, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_path)
+    if isinstance(module, Fp8Linear) and leaf == "weight":
+        if tuple(tensor.shape) != (module.out_features, module.in_features):
+            raise CheckpointError(
+                f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape "
+                f"{(module.out_features, module.in_features)} (config.json does not match the weights?)"
+            )
+        module.load_weight(tensor)  # quantised here; the full-precision tensor is dropped by the caller
+        return
     if leaf in module._parameters:
         old = module._parameters[leaf]
         if tuple(old.shape) != tuple(tensor.shape):
@@ -106,11 +120,23 @@ def _place(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
         module._buffers[leaf] = tensor
 
 
-def load_model(path, dtype=torch.float32, device="cpu", config=None, tokenizer=None) -> HiDreamO1:
+def load_model(
+    path,
+    dtype=torch.float32,
+    device="cpu",
+    config=None,
+    tokenizer=None,
+    base_precision: str = "bf16",
+    offload_blocks: int = 0,
+    fp8_matmul: str = "auto",
+) -> HiDreamO1:
     """Build HiDreamO1 on meta and stream the checkpoint into it; returns it in eval mode.
 
     tms/boi ids come from `tokenizer` or from a tokenizer found in the checkpoint folder; without one,
-    tms falls back to 151673 and boi stays None.
+    tms falls back to 151673 and boi stays None. base_precision: "bf16" (the weights in `dtype`), "fp8" (the
+    decoder linears in float8, computing in `dtype`; fp8_matmul as core.fp8.scaled_mm_for) or "auto" (the
+    card's choice, core.fp8.default_base_precision). offload_blocks: decoder layers whose frozen weights are
+    kept in host memory and streamed to the device by a core.offload.BlockOffload installed here.
     """
     path = Path(path)
     files, prefix, folder = _checkpoint_files(path)
@@ -119,6 +145,9 @@ def load_model(path, dtype=torch.float32, device="cpu", config=None, tokenizer=N
         model = HiDreamO1(cfg)
     expected = dict(model.state_dict().items())  # persistent params + buffers, all on meta
     device = torch.device(device)
+    if resolve_base_precision(base_precision, device) == "fp8":
+        replace_with_fp8(model, dtype, device, fp8_matmul)  # empty fp8 linears, still on meta
+    host_layers = {f"model.language_model.layers.{i}." for i in offloaded_layers(_n_layers(cfg), offload_blocks)}
 
     # Check names first (headers only): a bad checkpoint fails before any weight is read.
     plan, unknown = [], []
@@ -152,8 +181,13 @@ def load_model(path, dtype=torch.float32, device="cpu", config=None, tokenizer=N
                 if t.is_floating_point():
                     t = t.to(dtype)
                 _place(model, name, t.to(device))  # one tensor at a time, cast on the way
+                del t
+                if host_layers and name.startswith(tuple(host_layers)):
+                    _to_host(model, name)
     model.reset_rotary()
     _to_device_leftovers(model, device)
+    if host_layers:
+        BlockOffload(model, offload_blocks, device)
     model.eval()
     tok = tokenizer
     if tok is None and has_tokenizer(folder):
@@ -161,6 +195,19 @@ def load_model(path, dtype=torch.float32, device="cpu", config=None, tokenizer=N
     if tok is not None:
         set_token_ids(model, tok)
     return model
+
+
+def _n_layers(cfg: Qwen3VLConfig) -> int:
+    return cfg.text_config.num_hidden_layers
+
+
+def _to_host(model: nn.Module, name: str) -> None:
+    """Move the parameter just placed (an offloaded layer's) to host memory; buffers stay on the device."""
+    module_path, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_path)
+    p = module._parameters.get(leaf)
+    if p is not None and p.device.type != "cpu":
+        module._parameters[leaf] = nn.Parameter(p.data.to("cpu"), requires_grad=p.requires_grad)
 
 
 def _to_device_leftovers(model: nn.Module, device: torch.device) -> None:

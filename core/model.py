@@ -361,7 +361,9 @@ class HiDreamO1(nn.Module):
         if plan.mode == "denoise" and layer_fn is not run_layer and not torch.compiler.is_compiling():
             _mark_step_dynamic(hidden, position_embeddings, plan)
         for i, layer in enumerate(lm.layers):
-            hidden = layer_fn(layer, hidden, position_embeddings, plan.for_layer(i), ckpt)
+            # an offloaded layer (core.offload) runs eagerly: its weights are swapped in and out of slot memory
+            fn = run_layer if getattr(layer, "_o1_offloaded", False) else layer_fn
+            hidden = fn(layer, hidden, position_embeddings, plan.for_layer(i), ckpt)
             if deepstack is not None and i < len(deepstack):
                 # DeepStack: add the vision tower's intermediate features at the image-pad positions
                 mask = deepstack_mask

@@ -132,6 +132,10 @@ class Sampler:
         self.compile_failed: str | None = None  # why the compiled step was given up, if it was
         if compile_scope not in ("denoise", "layers"):
             raise ValueError(f"compile_scope must be 'denoise' or 'layers', got {compile_scope!r}")
+        if compile and compile_scope == "denoise" and getattr(model, "_o1_block_offload", None) is not None:
+            # a whole-step graph would trace the offload's copies and stream waits: compile the resident
+            # layers only (core.offload runs the offloaded ones eagerly)
+            compile_scope = "layers"
         self.compile_scope = compile_scope
         if compile:
             backend = "inductor" if compile is True else compile

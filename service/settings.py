@@ -115,6 +115,14 @@ class Settings(BaseSettings):
     generate_compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile the denoise step: auto = on with CUDA, off on the CPU"
     )
+    generate_base_precision: Literal["auto", "bf16", "fp8"] = Field(
+        "auto",
+        description="the generation worker's resident base: fp8 = float8 decoder linears (half the memory; fp8 "
+        "matmuls on CUDA compute capability 8.9+), bf16, or auto = fp8 on those cards or under 20 GiB, else bf16",
+    )
+    generate_offload_blocks: int = Field(
+        0, ge=0, description="decoder layers the generation worker keeps in host memory and streams to the GPU"
+    )
     warmup_sizes: str = Field(
         "auto",
         description="WxH list compiled at generation-worker start, e.g. 1024x1024,2048x2048; "

@@ -45,7 +45,15 @@ _host: ModelHost | None = None
 
 def host_key(s) -> tuple:
     """The settings a resident host is built from (a change builds a new one)."""
-    return (s.model_path, s.lora_cache_size, s.generate_compile, s.lora_max_rank, s.cfg_split_pixels)
+    return (
+        s.model_path,
+        s.lora_cache_size,
+        s.generate_compile,
+        s.lora_max_rank,
+        s.cfg_split_pixels,
+        s.generate_base_precision,
+        s.generate_offload_blocks,
+    )
 
 
 def host(c: WorkerContext) -> ModelHost:
@@ -61,6 +69,8 @@ def host(c: WorkerContext) -> ModelHost:
             lora_max_rank=s.lora_max_rank,
             cfg_split_pixels=s.cfg_split_pixels,
             compile_cache_dir=s.data_dir / "compile-cache",
+            base_precision=s.generate_base_precision,
+            offload_blocks=s.generate_offload_blocks,
         )
         _host.key = key
     return _host

@@ -1,6 +1,6 @@
 """The memory plan: will a job fit on this worker's GPU, with which settings, or what to tell the owner.
 
-    python -m worker.memory_plan [MODEL_PATH]     # the table for 24 / 48 / 80 / 141 GB cards (README's)
+    python -m worker.memory_plan [MODEL_PATH] [--fp8]   # the table for 16 / 24 / 48 / 80 / 141 GB cards (README's)
 
 A job is checked before any weight is loaded: a training that cannot fit fails at once with a message
 naming the numbers, one that fits only with gradient checkpointing gets it turned on, and one that fits as
@@ -8,9 +8,11 @@ asked runs as asked ("auto" checkpointing becomes off when the activations fit: 
 estimates are linear fits of peaks measured on an H200 with the full-size model (bench/RESULTS.md,
 "Memory plan"); for another model size they scale with its weights and with layers x hidden:
 
-    training   = weights (bf16) + 16 B per LoRA parameter (fp32 weight, grad, 2 AdamW moments)
+    training   = weights (bf16, or fp8: core/fp8.py) + 16 B per LoRA parameter (fp32 weight, grad, 2 AdamW moments)
                  + tokens x batch x (0.63 MiB with checkpointing | 5.1 MiB without)      [36 x 4096 model]
     generation = weights (bf16) + tokens x rows x 0.15 MiB    (rows = 2 x images with CFG, 1 without)
+    fp8 base   = weights 8.78 GiB at full size (the decoder linears in float8); training with checkpointing
+                 2.96 MiB per token (the compiled fp8 layer, measured once at 1024^2: 12.56 GiB)
 
 tokens = (side / 32)^2 image patches + ~100 text tokens. Measured at 1024^2 / 2048^2: training 16.5 / 18.4
 GiB with checkpointing, 21.5 / 36.8 GiB without, batch 4 at 1024^2 without 37.9 GiB; generation 15.6 /
@@ -34,6 +36,10 @@ MIB = 2**20
 # The full-size text tower the coefficients were measured on.
 _REF_LAYERS, _REF_HIDDEN = 36, 4096
 TRAIN_PER_TOKEN = {True: 0.63 * MIB, False: 5.1 * MIB}  # by gradient checkpointing
+# fp8 base, compiled layers, checkpointing: 12.56 GiB at 1024^2 on the H200 (bench/RESULTS.md, issue 15), 2.5 GiB
+# more than eager fp8 (10.0): the compiled fp8 layer keeps ~2.3 MiB per token more through the forward. One
+# measured point; without checkpointing the fp8 path was not measured and bf16's coefficient is used.
+TRAIN_PER_TOKEN_FP8 = {True: 2.96 * MIB, False: 5.1 * MIB}
 GEN_PER_TOKEN_ROW = 0.15 * MIB
 TEXT_TOKENS = 100  # a long prompt in the chat template
 
@@ -78,6 +84,21 @@ class ModelShape:
         """Activation size per token relative to the model the coefficients were measured on."""
         return self.layers * self.hidden / (_REF_LAYERS * _REF_HIDDEN)
 
+    @property
+    def linear_params(self) -> int:
+        """Parameters of the 7 decoder linears of every layer: what an fp8 base (core/fp8.py) holds in float8."""
+        h, q, kv, m = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.mlp
+        return (h * q + 2 * h * kv + q * h + 3 * h * m) * self.layers
+
+    def base_bytes(self, base_precision: str = "bf16") -> int:
+        """The resident base: bf16, or with its decoder linears in fp8 (1 byte each, + a float32 scale per
+        output channel: 5.6 MB at full size). Full size: 15.25 GiB bf16, 8.78 GiB fp8."""
+        if base_precision != "fp8":
+            return self.weight_bytes
+        h, q, kv, m = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.mlp
+        scales = 4 * (q + 2 * kv + h + 2 * m + h) * self.layers
+        return self.weight_bytes - self.linear_params + scales
+
     def lora_params(self, rank: int) -> int:
         """Parameters of a LoRA on the 7 linears of every layer (q, k, v, o, gate, up, down)."""
         h, q, kv, m = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.mlp
@@ -95,10 +116,17 @@ def tokens(width: int, height: int) -> int:
 
 
 def training_need(
-    shape: ModelShape, *, resolution: int, batch: int = 1, rank: int = 16, checkpointing: bool = True
+    shape: ModelShape,
+    *,
+    resolution: int,
+    batch: int = 1,
+    rank: int = 16,
+    checkpointing: bool = True,
+    base_precision: str = "bf16",
 ) -> int:
-    act = TRAIN_PER_TOKEN[bool(checkpointing)] * shape.scale * tokens(resolution, resolution) * batch
-    return int(shape.weight_bytes + 16 * shape.lora_params(rank) + act)
+    per_token = (TRAIN_PER_TOKEN_FP8 if base_precision == "fp8" else TRAIN_PER_TOKEN)[bool(checkpointing)]
+    act = per_token * shape.scale * tokens(resolution, resolution) * batch
+    return int(shape.base_bytes(base_precision) + 16 * shape.lora_params(rank) + act)
 
 
 def generation_need(
@@ -109,10 +137,11 @@ def generation_need(
     images: int = 1,
     cfg: bool = True,
     weights_resident: bool = False,
+    base_precision: str = "bf16",
 ) -> int:
     rows = images * (2 if cfg else 1)
     act = GEN_PER_TOKEN_ROW * shape.scale * tokens(width, height) * rows
-    return int(act + (0 if weights_resident else shape.weight_bytes))
+    return int(act + (0 if weights_resident else shape.base_bytes(base_precision)))
 
 
 @dataclass(frozen=True)
@@ -147,11 +176,14 @@ def plan_training(
     free_bytes: int,
     total_bytes: int,
     headroom_bytes: int,
+    base_precision: str = "bf16",
 ) -> Plan:
     """Run as asked, turn checkpointing on to fit, or refuse (message for the owner)."""
     usable = free_bytes - headroom_bytes
     need = {
-        c: training_need(shape, resolution=resolution, batch=batch, rank=rank, checkpointing=c)
+        c: training_need(
+            shape, resolution=resolution, batch=batch, rank=rank, checkpointing=c, base_precision=base_precision
+        )
         for c in (False, True)
     }
     what = f"training at {resolution} px, batch {batch}, rank {rank}"
@@ -191,9 +223,16 @@ def plan_generation(
     free_bytes: int,
     total_bytes: int,
     headroom_bytes: int,
+    base_precision: str = "bf16",
 ) -> Plan:
     need = generation_need(
-        shape, width=width, height=height, images=images, cfg=cfg, weights_resident=weights_resident
+        shape,
+        width=width,
+        height=height,
+        images=images,
+        cfg=cfg,
+        weights_resident=weights_resident,
+        base_precision=base_precision,
     )
     if need <= free_bytes - headroom_bytes:
         return Plan("run", need, free_bytes)
@@ -253,10 +292,11 @@ def out_of_memory_message(kind: str, error: BaseException) -> str:
     )
 
 
-def card_table(shape: ModelShape = FULL_SIZE, headroom_gib: float = 1.5) -> str:
+def card_table(shape: ModelShape = FULL_SIZE, headroom_gib: float = 1.5, base_precision: str = "bf16") -> str:
     """What fits where: the README's table (a card's GiB less ~0.6 GiB of CUDA context; "24 GB" cards have
-    23.99 GiB)."""
-    cards = [("24 GB", 23.4), ("48 GB", 47.4), ("80 GB", 79.4), ("141 GB (H200)", 139.8)]
+    23.99 GiB). fp8: the decoder linears in float8 (core/fp8.py); the activation terms are bf16's (the fp8
+    path's per-token cost was not fitted separately)."""
+    cards = [("16 GB", 15.4), ("24 GB", 23.4), ("48 GB", 47.4), ("80 GB", 79.4), ("141 GB (H200)", 139.8)]
     rows = ["| job | " + " | ".join(c for c, _ in cards) + " |", "|---|" + "---|" * len(cards)]
 
     def cell(p: Plan) -> str:
@@ -275,6 +315,7 @@ def card_table(shape: ModelShape = FULL_SIZE, headroom_gib: float = 1.5) -> str:
                 free_bytes=int(free * GIB),
                 total_bytes=int(free * GIB),
                 headroom_bytes=int(headroom_gib * GIB),
+                base_precision=base_precision,
             )
             for _, free in cards
         ]
@@ -291,12 +332,15 @@ def card_table(shape: ModelShape = FULL_SIZE, headroom_gib: float = 1.5) -> str:
                 free_bytes=int(free * GIB),
                 total_bytes=int(free * GIB),
                 headroom_bytes=int(headroom_gib * GIB),
+                base_precision=base_precision,
             )
             for _, free in cards
         ]
         rows.append(f"| generation {side}^2 x{n}, CFG | " + " | ".join(cell(p) for p in plans) + " |")
     both = [
-        training_need(shape, resolution=1024, checkpointing=True) + shape.weight_bytes + int(headroom_gib * GIB)
+        training_need(shape, resolution=1024, checkpointing=True, base_precision=base_precision)
+        + shape.base_bytes(base_precision)
+        + int(headroom_gib * GIB)
         <= free * GIB
         for _, free in cards
     ]
@@ -309,5 +353,6 @@ def card_table(shape: ModelShape = FULL_SIZE, headroom_gib: float = 1.5) -> str:
 
 
 if __name__ == "__main__":
-    shape = ModelShape.from_checkpoint(sys.argv[1]) if len(sys.argv) > 1 else FULL_SIZE
-    print(card_table(shape))
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    shape = ModelShape.from_checkpoint(args[0]) if args else FULL_SIZE
+    print(card_table(shape, base_precision="fp8" if "--fp8" in sys.argv else "bf16"))

@@ -66,8 +66,12 @@ class ModelHost:
         cfg_split_pixels: int | None = None,
         compile_scope: str = "layers",
         compile_cache_dir: Path | None = None,
+        base_precision: str = "auto",
+        offload_blocks: int = 0,
     ):
         self.model_path = Path(model_path)
+        # a property of the resident base, not of a request: one base serves every request (see worker/README.md)
+        self.base_precision, self.offload_blocks = base_precision, offload_blocks
         self.compile_scope = compile_scope  # core.sampler.Sampler's: "layers" or "denoise" (the whole step)
         self.compile_cache_dir = compile_cache_dir
         self.capacity = lora_capacity
@@ -82,13 +86,24 @@ class ModelHost:
     def model(self):
         with self._load_lock:
             if self._model is None:
+                from core.fp8 import resolve_base_precision
                 from core.loading import load_model, load_tokenizer
                 from core.lora import install_lora_slots
 
                 device, dtype = pick_device()
-                log.info("loading base model %s on %s", self.model_path, device)
+                precision = resolve_base_precision(self.base_precision, device)
+                log.info("loading base model %s on %s (base %s)", self.model_path, device, precision)
                 self._tokenizer = load_tokenizer(self.model_path)
-                model = load_model(self.model_path, dtype=dtype, device=device, tokenizer=self._tokenizer)
+                # offloaded layers' weights go to host memory as they are read (core.offload); the LoRA slots
+                # installed next stay on the device
+                model = load_model(
+                    self.model_path,
+                    dtype=dtype,
+                    device=device,
+                    tokenizer=self._tokenizer,
+                    base_precision=precision,
+                    offload_blocks=self.offload_blocks,
+                )
                 if self.lora_max_rank > 0:
                     n = install_lora_slots(model, self.lora_max_rank)
                     log.info("LoRA slots of %d ranks on %d linears", self.lora_max_rank, n)

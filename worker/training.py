@@ -191,8 +191,11 @@ def fit_to_gpu(c: WorkerContext, job: TrainingJob, cfg):
     mem = memory_plan.gpu_memory() if c.settings.memory_plan == "enforce" and not cfg.full else None
     if mem is None:
         return cfg
+    from core.fp8 import resolve_base_precision
+
     shape = ModelShape.from_checkpoint(cfg.model_path)
     headroom = int(c.settings.gpu_memory_headroom_gib * GIB)
+    precision = resolve_base_precision(cfg.base_precision, "cuda")  # what the trainer will resolve it to
 
     def plan(free: int, total: int):
         return plan_training(
@@ -204,6 +207,7 @@ def fit_to_gpu(c: WorkerContext, job: TrainingJob, cfg):
             free_bytes=free,
             total_bytes=total,
             headroom_bytes=headroom,
+            base_precision=precision,
         )
 
     p = plan(*mem)

@@ -177,7 +177,8 @@ def bind_lora(
             continue
         factor = (m.alpha if m.alpha is not None else r) / r
         w = lin.weight
-        dt, dev = dtype or w.dtype, device or w.device
+        # an fp8 linear (core.fp8) adds its LoRA delta in its compute dtype, never in float8
+        dt, dev = dtype or getattr(lin, "compute_dtype", w.dtype), device or w.device
         deltas[target] = (
             down.to(device=dev, dtype=dt).contiguous(),
             (up.float() * factor).to(device=dev, dtype=dt).contiguous(),

@@ -61,7 +61,8 @@ def _slot_hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tenso
 
 def install_lora_slots(model: nn.Module, capacity: int) -> int:
     """Give every targeted linear zeroed slots of `capacity` ranks (idempotent for the same capacity);
-    returns how many linears carry slots. Buffers take the linear's weight dtype and device."""
+    returns how many linears carry slots. Buffers take the linear's weight dtype (an fp8 linear's compute dtype)
+    and device; install them before any block offload (core.offload), which moves offloaded weights away."""
     if capacity < 1:
         raise ValueError(f"LoRA slot capacity must be >= 1 rank, got {capacity}")
     have = lora_slots(model)
@@ -73,13 +74,12 @@ def install_lora_slots(model: nn.Module, capacity: int) -> int:
     slots, switch = {}, SlotSwitch()
     for path, m in model.named_modules():
         if isinstance(m, nn.Linear) and rx.fullmatch(path):
-            w = m.weight
+            # an fp8 linear (core.fp8) computes in its compute_dtype: the LoRA delta stays in that dtype
+            dtype, dev = getattr(m, "compute_dtype", m.weight.dtype), m.weight.device
             m.register_buffer(
-                DOWN, torch.zeros(capacity, m.in_features, dtype=w.dtype, device=w.device), persistent=False
+                DOWN, torch.zeros(capacity, m.in_features, dtype=dtype, device=dev), persistent=False
             )
-            m.register_buffer(
-                UP, torch.zeros(m.out_features, capacity, dtype=w.dtype, device=w.device), persistent=False
-            )
+            m.register_buffer(UP, torch.zeros(m.out_features, capacity, dtype=dtype, device=dev), persistent=False)
             setattr(m, SWITCH, switch)
             m._o1lora_slot_handle = m.register_forward_hook(_slot_hook)
             slots[path] = m

@@ -22,6 +22,7 @@ _CHOICES = {
     "sigma_dist": ("uniform", "shifted", "logit_normal"),
     "weighting": ("none", "velocity"),
     "precision": ("auto", "bf16", "fp32"),
+    "base_precision": ("auto", "bf16", "fp8"),
     "publish": ("last", "best"),
     "grad_sync": ("auto", "overlap", "after"),
 }

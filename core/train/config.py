@@ -12,6 +12,7 @@ from typing import Any, Mapping
 # A training request (the HTTP API's TrainingCreate, a training job's params) names every TrainConfig field it
 # sets by the field's own name, except these.
 REQUEST_NAMES = {"learning_rate": "lr"}
+BASE_PRECISIONS = ("auto", "bf16", "fp8")  # core.fp8.PRECISIONS (this module imports no torch)
 
 
 @dataclass
@@ -53,6 +54,11 @@ class TrainConfig:
     # -- speed / precision
     device: str = "auto"  # "auto" = cuda when available, else cpu
     precision: str = "auto"  # "auto" = bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
+    base_precision: str = "auto"  # the frozen base's linears: "bf16" (as precision says), "fp8" (float8
+    # weights, core/fp8.py; fp8 matmuls on CUDA 8.9+) or "auto" (fp8 on cards of compute capability 8.9+ or
+    # under 20 GiB, bf16 elsewhere: CPUs keep their float32 base)
+    offload_blocks: int = 0  # decoder layers whose weights stay in host memory and are streamed to the GPU
+    # one layer ahead (core/offload.py): less GPU memory, slower steps; needs gradient checkpointing
     gradient_checkpointing: bool | str = "auto"  # recompute activations in backward; "auto": on only when
     # the estimated activations would not fit in free GPU memory
     compile: bool | str = "auto"  # torch.compile the decoder layers (one shared compiled call,
@@ -108,6 +114,7 @@ class TrainConfig:
             problems.append(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             problems.append(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+        problems += self._base_problems()
         for name in ("warmup_steps", "checkpoint_every", "sample_every", "keep_checkpoints", "num_workers"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -118,6 +125,20 @@ class TrainConfig:
             problems.append(f"sample_size must be a multiple of 32, got {self.sample_size}")
         if problems:
             raise ValueError("bad training config: " + "; ".join(problems))
+
+    def _base_problems(self) -> list[str]:
+        problems = []
+        if self.base_precision not in BASE_PRECISIONS:
+            problems.append(f"base_precision must be 'auto', 'bf16' or 'fp8', got {self.base_precision!r}")
+        elif self.full and self.base_precision == "fp8":
+            problems.append("base_precision 'fp8' freezes the base: it cannot train every weight (full)")
+        if not isinstance(self.offload_blocks, int) or self.offload_blocks < 0:
+            problems.append(f"offload_blocks must be an integer >= 0, got {self.offload_blocks!r}")
+        elif self.offload_blocks and self.full:
+            problems.append("offload_blocks streams frozen weights: it cannot train every weight (full)")
+        elif self.offload_blocks and self.gradient_checkpointing is False:
+            problems.append("offload_blocks needs gradient checkpointing (leave it 'auto' or turn it on)")
+        return problems
 
     def _validation_problems(self) -> list[str]:
         problems = []

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from core.fp8 import resolve_base_precision
 from core.lora import (
     LoraSpec,
     adapter_state_dict,
@@ -112,15 +113,28 @@ class Trainer:
         # LoRA: the frozen base lives in bf16 (no per-step weight casts); full: float32 master weights.
         base_dtype = torch.bfloat16 if (self.bf16 and not cfg.full) else torch.float32
 
+        # the frozen base's linears in float8 or not (core/fp8.py); a full run trains them, so never fp8
+        self.base_precision = "bf16" if cfg.full else resolve_base_precision(cfg.base_precision, self.device)
+
         torch.manual_seed(cfg.seed)  # LoRA A init (PEFT draws it from the global generator)
         if model is None:
             from core.loading import load_model, load_tokenizer
 
-            model = load_model(cfg.model_path, dtype=base_dtype, device=self.device)
+            # fp8: each linear is quantised as it is read (the bf16 model never exists on the GPU); offloaded
+            # layers' weights go to host memory as they are read
+            model = load_model(
+                cfg.model_path,
+                dtype=base_dtype,
+                device=self.device,
+                base_precision=self.base_precision,
+                offload_blocks=cfg.offload_blocks,
+            )
             tokenizer = tokenizer or load_tokenizer(cfg.model_path)
         elif tokenizer is None:
             raise ValueError("pass the tokenizer together with a prebuilt model")
-        self.model, self.tokenizer = model.to(self.device), tokenizer
+        else:
+            model = _prebuilt(model, self.base_precision, cfg.offload_blocks, self.device)
+        self.model, self.tokenizer = model, tokenizer
         if cfg.full:
             # The vision tower only serves reference images; text-to-image training never reaches it.
             for name, p in self.model.named_parameters():
@@ -260,6 +274,8 @@ class Trainer:
         choice = self.cfg.gradient_checkpointing
         if choice != "auto":
             return bool(choice)
+        if self.cfg.offload_blocks:
+            return True  # core.offload needs it (validate() refuses offload with checkpointing off)
         if self.device.type != "cuda":
             return False  # CPU runs are small models; host memory is not the limit there
         free, _ = torch.cuda.mem_get_info(self.device)
@@ -686,7 +702,7 @@ class Trainer:
                 resolution=cfg.resolution,
                 base_model=cfg.base_model_name or Path(cfg.model_path).name,
                 base_config=self.model.config,
-                training=_training_settings(cfg),
+                training={**_training_settings(cfg), "base_precision": self.base_precision},
             )
             if self._validating:
                 point = next((p for p in self.history.points if p["step"] == step), None)
@@ -720,6 +736,22 @@ def activation_bytes(text_config, batch: int, tokens: int, rank: int = 16) -> in
     h, m = text_config.hidden_size, text_config.intermediate_size
     per_token = 2 * (12 * h + 4 * m + 7 * rank) + 4 * 2 * h
     return int(1.5 * per_token * tokens * batch * text_config.num_hidden_layers)
+
+
+def _prebuilt(model, base_precision: str, offload_blocks: int, device: torch.device):
+    """A model passed in (benchmarks, tests) brought to the run's base precision and offload, on the device."""
+    from core.fp8 import base_precision_of, convert_to_fp8
+    from core.offload import BlockOffload, block_offload
+
+    model = model.to(device)
+    have = base_precision_of(model)
+    if base_precision == "fp8" and have != "fp8":
+        convert_to_fp8(model)
+    elif base_precision == "bf16" and have == "fp8":
+        raise ValueError("the model passed in has an fp8 base and the run asks for base_precision 'bf16'")
+    if offload_blocks and block_offload(model) is None:
+        BlockOffload(model, offload_blocks, device)
+    return model
 
 
 def _set_peft_input_casting(model, enabled: bool) -> None:

@@ -67,6 +67,7 @@ def test_submit_queues_the_row_and_sends_the_message_by_name(client, alice, data
         "validation_seeds": 2,
         "publish": "last",
         "early_stop_patience": 0,
+        "base_precision": "auto",
     }
     assert job["progress"] == {
         "step": 0,
@@ -112,6 +113,8 @@ def test_submit_queues_the_row_and_sends_the_message_by_name(client, alice, data
         ({"validation_every": 0, "publish": "best"}, "publish"),
         ({"validation_every": 0, "early_stop_patience": 3}, "early_stop_patience"),
         ({"validation_sigmas": 0}, "validation_sigmas"),
+        ({"base_precision": "fp16"}, "base_precision"),
+        ({"base_precision": 8}, "base_precision"),
     ],
 )
 def test_invalid_values_are_422_naming_the_field(client, alice, dataset, fields, field, key_prefix):
@@ -120,6 +123,24 @@ def test_invalid_values_are_422_naming_the_field(client, alice, dataset, fields,
     assert r.status_code == 422, r.text
     assert field in r.text
     assert len(queued_messages(key_prefix, "train")) == before
+
+
+def test_base_precision_is_accepted_and_reaches_the_trainers_config(client, alice, dataset):
+    from core.train import TrainConfig
+    from worker.training import JOB_KEYS
+
+    r = submit(client, alice, dataset, base_precision="fp8")
+    assert r.status_code == 202, r.text
+    params = r.json()["params"]
+    assert params["base_precision"] == "fp8"
+    cfg = TrainConfig.from_request(
+        params, not_training=JOB_KEYS, model_path="m", out_dir="o", checkpoint_every=100
+    )
+    assert cfg.base_precision == "fp8"
+    cfg.validate()
+    bad = submit(client, alice, dataset, base_precision="fp16")
+    detail = bad.json()["error"]["message"]
+    assert bad.status_code == 422 and "base_precision" in detail and "'auto', 'bf16' or 'fp8'" in detail, detail
 
 
 def test_missing_dataset_is_404_naming_the_field(client, alice):

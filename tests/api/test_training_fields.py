@@ -42,6 +42,7 @@ NOT_IN_REQUEST = {
     "precision",
     "gradient_checkpointing",
     "compile",
+    "offload_blocks",  # the worker's GPU memory business, like gradient_checkpointing
     "log_every",
     "prefetch",
     "grad_sync",

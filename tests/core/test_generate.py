@@ -162,6 +162,8 @@ def test_reference_image_flag(ckpt, tmp_path):
         (["--out", "x.gif"], "--out must end in"),
         (["--ref", "/nonexistent.png"], "--ref '/nonexistent.png' is not a file"),
         (["--preset", "turbo"], "invalid choice: 'turbo'"),
+        (["--base_precision", "fp16"], "invalid choice: 'fp16'"),
+        (["--offload_blocks", "-1"], "--offload_blocks must be >= 0"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(ckpt, tmp_path, capsys, extra, message):
@@ -181,6 +183,21 @@ def test_bad_arguments_exit_with_a_message(ckpt, tmp_path, capsys, extra, messag
         main(args)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_fp8_base_and_offload_flags(ckpt, tmp_path, capsys):
+    """--base_precision fp8 loads an fp8 base, --offload_blocks streams layers; the offloaded image equals the
+    resident one exactly (the same arithmetic), the fp8 one is close to the bf16 (here float32) base's."""
+    common = ["--model", str(ckpt), "--prompt", "a red circle", "--width", "64", "--height", "64", "--steps", "3"]
+    plain, fp8, fp8_off = (tmp_path / f"{n}.png" for n in ("plain", "fp8", "fp8_off"))
+    main(common + ["--out", str(plain)])
+    assert "base bf16, 0 layers offloaded" in capsys.readouterr().err  # the CPU default: nothing changes
+    main(common + ["--out", str(fp8), "--base_precision", "fp8"])
+    main(common + ["--out", str(fp8_off), "--base_precision", "fp8", "--offload_blocks", "1"])
+    assert "base fp8, 1 layers offloaded" in capsys.readouterr().err
+    a, b, c = (np.asarray(Image.open(p), dtype=int) for p in (plain, fp8, fp8_off))
+    assert np.array_equal(b, c)
+    assert np.abs(a - b).mean() < 8  # 0-255 levels; measured ~1 on this random tiny model
 
 
 def test_missing_model_folder(tmp_path, capsys):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +54,37 @@ def test_cli_trains_resumes_and_exports(tmp_path):
     second = main(common + ["--steps", "4", "--resume"])
     assert second.steps_done == 4
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+
+
+def test_base_precision_and_offload_flags_reach_the_config(capsys):
+    from core.train import config_from_args
+
+    base = ["--data_dir", "d", "--out_dir", "o"]
+    cfg = config_from_args(base + ["--base_precision", "fp8", "--offload_blocks", "4"])
+    assert (cfg.base_precision, cfg.offload_blocks) == ("fp8", 4)
+    cfg.validate()
+    default = config_from_args(base)
+    assert (default.base_precision, default.offload_blocks) == ("auto", 0)  # auto: bf16 on a CPU
+    with pytest.raises(SystemExit):
+        config_from_args(base + ["--base_precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(base_precision="fp16"), "base_precision must be 'auto', 'bf16' or 'fp8', got 'fp16'"),
+        (dict(full=True, base_precision="fp8"), "base_precision 'fp8' freezes the base"),
+        (dict(offload_blocks=-1), "offload_blocks must be an integer >= 0"),
+        (dict(offload_blocks=2, gradient_checkpointing=False), "offload_blocks needs gradient checkpointing"),
+        (dict(offload_blocks=2, full=True), "offload_blocks streams frozen weights"),
+    ],
+)
+def test_the_config_names_what_cannot_work(kw, message):
+    from core.train import TrainConfig
+
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(model_path="m", out_dir="o", data_dir="d", **kw).validate()
 
 
 def test_bench_tiny_smoke():

@@ -50,6 +50,25 @@ def test_estimates_reproduce_the_peaks_measured_on_the_h200():
     assert generation_need(FULL_SIZE, width=2048, height=2048) / GIB == pytest.approx(16.48, rel=0.03)
 
 
+def test_fp8_estimates_reproduce_the_h200_run_of_issue_15():
+    # bench/RESULTS.md "fp8 base": weights 8.82 GiB, generation 1024^2 9.33, training 1024^2 compiled + ckpt 12.56
+    assert FULL_SIZE.base_bytes("fp8") / GIB == pytest.approx(8.82, rel=0.01)
+    assert generation_need(FULL_SIZE, width=1024, height=1024, base_precision="fp8") / GIB == pytest.approx(
+        9.33, rel=0.03
+    )
+    got = training_need(FULL_SIZE, resolution=1024, checkpointing=True, base_precision="fp8") / GIB
+    assert got == pytest.approx(12.56, rel=0.03)
+
+
+def test_an_fp8_base_fits_a_16_gb_card_where_bf16_does_not():
+    kw = dict(resolution=1024, batch=1, rank=16, checkpointing="auto", headroom_bytes=HEADROOM)
+    free = int(15.4 * GIB)
+    bf16 = plan_training(FULL_SIZE, free_bytes=free, total_bytes=free, **kw)
+    fp8 = plan_training(FULL_SIZE, free_bytes=free, total_bytes=free, base_precision="fp8", **kw)
+    assert bf16.action == "refuse" and "16.6 GiB" in bf16.message
+    assert (fp8.action, fp8.checkpointing) == ("run", True)
+
+
 def test_auto_checkpointing_is_off_where_the_activations_fit_and_on_where_only_it_fits():
     h200 = train_plan(139.8, resolution=2048)
     assert (h200.action, h200.checkpointing) == ("run", False)  # the faster setting on a big card

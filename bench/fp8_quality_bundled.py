@@ -1,0 +1,186 @@
+"""What an fp8 base costs in quality, measured on the bundled model on the CPU (issue 15).
+
+    python bench/fp8_quality_bundled.py --parts xpred,scores,lora --out /tmp/fp8q      # ~30 min on 2 cores
+
+Bases compared (models/o1-shapes, the same weights; core/fp8.py):
+  fp32         the reference: the checkpoint's bf16 weights computed in float32 (what the CPU default runs)
+  bf16         weights and compute in bf16 (what a GPU ran before issue 15)
+  fp8-w        fp8 weight-only: e4m3 weights per output channel, dequantised to bf16 before each matmul
+               (what a GPU without fp8 matmuls runs)
+  fp8          fp8 weights and per-token fp8 activations through torch._scaled_mm, float32 accumulation,
+               bf16 out: the arithmetic the H200 runs (the CPU build of torch has a _scaled_mm too)
+
+Parts:
+  xpred   x_pred relative error against fp32, ||x - x_fp32|| / ||x_fp32||, over the 48 single-shape eval scenes
+          (stream 999) at 128 px, rendered and noised at sigma 0.9 / 0.5 / 0.1 (fixed noise)
+  scores  bench/eval_bundled.py's prompt-following measures and the mean style score, 48 single-shape and 16
+          two-shape prompts, 20 steps, CFG 3, seed 0: the same seeds for every base
+  lora    a hatched-style LoRA (tests/core/test_style_lora.py's small run: 12 + 12 images, 80 steps) trained on
+          the fp32 base and on an fp8 base (weight-only, float32 compute: the CPU trainer), each scored with its
+          trigger on the bf16 and the fp8 base (style score on 8 held-out prompts): does a LoRA move across?
+The JSON of each part is printed and written to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.layout import build_t2i, collate, patchify  # noqa: E402
+from core.loading import load_model, load_tokenizer  # noqa: E402
+from core.sampler import Sampler  # noqa: E402
+from core.synth import render, sample_scene, style_score  # noqa: E402
+from core.synth.evaluate import evaluate  # noqa: E402
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "o1-shapes"
+BASES = {
+    "fp32": dict(dtype=torch.float32),
+    "bf16": dict(dtype=torch.bfloat16),
+    "fp8-w": dict(dtype=torch.bfloat16, base_precision="fp8", fp8_matmul="weight_only"),
+    "fp8": dict(dtype=torch.bfloat16, base_precision="fp8", fp8_matmul="scaled"),
+}
+SAMPLING = dict(width=128, height=128, steps=20, guidance=3.0, seed=0, preset="full")
+
+
+def load(name: str, tok):
+    return load_model(MODEL, device="cpu", tokenizer=tok, **BASES[name])
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@torch.no_grad()
+def xpred_errors(tok, names) -> dict:
+    scenes = [sample_scene(999, i, two_shape_prob=0.0) for i in range(48)]
+    batch = collate([build_t2i(tok, s.caption(), 128, 128) for s in scenes])
+    x0 = torch.cat([patchify(_image(render(s, 128))) for s in scenes])
+    g = torch.Generator().manual_seed(0)
+    eps = torch.randn(x0.shape, generator=g)
+    out, ref = {}, {}
+    for name in names:
+        model = load(name, tok)
+        dtype = BASES[name]["dtype"]
+        errs = {}
+        for sigma in (0.9, 0.5, 0.1):
+            z = (1 - sigma) * x0 + sigma * eps
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                x = model(**batch.model_inputs(z.to(dtype), 1 - sigma)).x_pred[:, -x0.shape[1] :].float()
+            if name == "fp32":
+                ref[sigma] = x
+            errs[str(sigma)] = round(rel(x, ref[sigma]), 5)
+        errs["mean"] = round(sum(errs.values()) / 3, 5)
+        out[name] = errs
+        print(name, errs, flush=True)
+    return out
+
+
+def _image(img) -> torch.Tensor:
+    import numpy as np
+
+    a = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0)
+    return a.permute(2, 0, 1)[None]
+
+
+def scores(tok, names) -> dict:
+    single = [sample_scene(999, i, two_shape_prob=0.0) for i in range(48)]
+    double = [sample_scene(1999, i, two_shape_prob=1.0) for i in range(16)]
+    out = {}
+    for name in names:
+        sampler = Sampler(load(name, tok), tok, preview_every=0)
+        t0 = time.time()
+        row = {}
+        for label, scenes in (("single", single), ("double", double)):
+            images = sampler([s.caption() for s in scenes], **SAMPLING)
+            ev = evaluate(list(zip(images, [s.labels() for s in scenes])))
+            ev.pop("rows")
+            row[label] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in ev.items()}
+        row["seconds"] = round(time.time() - t0, 1)
+        out[name] = row
+        print(name, json.dumps(row), flush=True)
+    return out
+
+
+def lora_both_ways(tok, out_dir: Path) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "core"))
+    from test_style_lora import EVAL, TRIGGER, style_dataset
+
+    from core.lora import apply_loras, load_lora
+    from core.train import TrainConfig, train
+
+    data = style_dataset(out_dir / "style", hatched=12, plain=12)
+    files = {}
+    for trained_on in ("fp32", "fp8"):
+        torch.manual_seed(0)
+        cfg = TrainConfig(
+            model_path=str(MODEL),
+            data_dir=str(data),
+            out_dir=str(out_dir / f"run-{trained_on}"),
+            trigger="",
+            resolution=128,
+            min_side=128,
+            steps=80,
+            batch_size=2,
+            rank=8,
+            alpha=8.0,
+            lr=2e-3,
+            gradient_checkpointing=False,
+            device="cpu",
+            checkpoint_every=0,
+            sample_every=0,
+            seed=0,
+            validation_fraction=0.0,
+            base_precision="bf16" if trained_on == "fp32" else "fp8",
+        )
+        t0 = time.time()
+        files[trained_on] = train(cfg).lora_file
+        print(f"trained on {trained_on}: {time.time() - t0:.0f} s", flush=True)
+    prompts = [s.caption(TRIGGER) for s in EVAL]
+    out = {}
+    for base in ("bf16", "fp8"):
+        model = load(base, tok)
+        sampler = Sampler(model, tok, preview_every=0)
+        no_lora = sampler(prompts, **SAMPLING)
+        out[f"{base} base, no LoRA"] = round(sum(map(style_score, no_lora)) / len(no_lora), 4)
+        for trained_on, file in files.items():
+            with apply_loras(model, [(load_lora(model, file), 1.0)]):
+                images = sampler(prompts, **SAMPLING)
+            out[f"{base} base, LoRA trained on {trained_on}"] = round(
+                sum(map(style_score, images)) / len(images), 4
+            )
+        print(base, out, flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="xpred,scores,lora")
+    ap.add_argument("--bases", default=",".join(BASES))
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(MODEL)
+    names = a.bases.split(",")
+    parts = a.parts.split(",")
+    result = {}
+    if "xpred" in parts:
+        result["xpred_rel_error_vs_fp32"] = xpred_errors(tok, ["fp32", *[n for n in names if n != "fp32"]])
+    if "scores" in parts:
+        result["scores"] = scores(tok, names)
+    if "lora" in parts:
+        result["lora_style_score"] = lora_both_ways(tok, out)
+    (out / "fp8_quality.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
