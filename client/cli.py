@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from client.api import COLLECTIONS, JOB_KINDS, O1LoraClient
+from client.api import COLLECTIONS, JOB_KINDS, TERMINAL, O1LoraClient
 from client.errors import ApiError, ClientError, Unreachable
 from client.progress import bar_for
 
@@ -214,10 +214,9 @@ def cmd_status(client: O1LoraClient, a: argparse.Namespace) -> int:
     if a.follow:
         if kind not in JOB_KINDS:
             raise UsageError(f"{a.id} is a {kind}: only trainings and generations run and can be followed")
-        if body["status"] in ("failed", "canceled"):  # it ended before we looked: same answer as following it
-            refuse_unless_succeeded(kind, body)
-        elif body["status"] != "succeeded":
+        if body["status"] not in TERMINAL:
             body = follow(client, kind, body)
+        refuse_unless_succeeded(kind, body)  # also a job that ended before we looked: the same answer
     if a.json:
         print(json.dumps(body, indent=2))
     else:
