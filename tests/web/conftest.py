@@ -23,6 +23,7 @@ _e2e = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_e2e)
 service = _e2e.service
 service_env = _e2e.service_env  # what `service` asks for (extra environment of the service processes)
+first_worker_env = _e2e.first_worker_env  # what `service` asks for (extra environment of the first worker)
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 WINDOW = (1280, 900)
