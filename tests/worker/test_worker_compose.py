@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from service.settings import Settings
@@ -51,7 +52,8 @@ def test_workers_reserve_a_gpu_and_share_the_minio_bucket_with_the_api():
         assert env["O1LORA_S3_ENDPOINT_URL"] == "http://minio:9000"
         assert env["O1LORA_S3_SECRET_ACCESS_KEY"].startswith("${MINIO_ROOT_PASSWORD:?")  # MinIO's own key
         assert env["O1LORA_DATABASE_URL"].startswith("postgresql+psycopg://")
-        assert env["O1LORA_BROKER_URL"] == "redis://redis:6379/0"
+        for url in ("O1LORA_BROKER_URL", "O1LORA_REDIS_URL"):  # Redis asks for a password
+            assert env[url] == "redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}@redis:6379/0"
         assert "O1LORA_ARTIFACT_DIR" not in env  # no shared folder any more
         assert services[name]["depends_on"]["minio-bucket"] == {"condition": "service_completed_successfully"}
     for name in ("worker-train", "worker-generate", "worker-remote"):
@@ -181,3 +183,56 @@ def test_flower_is_optional_and_password_protected():
     command = " ".join(flower["command"])
     assert "celery -A worker.celery_app flower" in command and "--basic-auth" in command
     assert any("[flower]" in ln for ln in (REPO / "Dockerfile").read_text().splitlines() if "pip install" in ln)
+
+
+def _compose_shell(text: str) -> str:
+    """A compose string as the container's shell gets it ($$ is compose's escape for a literal $)."""
+    return text.replace("$$", "$")
+
+
+def test_compose_redis_asks_for_its_password_and_the_health_check_gives_it(tmp_path):
+    """compose's own Redis command and health check, run against a real redis-server on a spare port: a
+    client without the password is refused, the check passes with it and fails with a wrong one, and the
+    password is not on the server's command line (other users of the host can read that)."""
+    import os
+    import shutil
+    import subprocess
+    import time
+
+    import redis
+
+    from ops.broker import free_port
+
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (.ci/run starts one; the tests need the binary)")
+    svc = compose()["services"]["redis"]
+    assert svc["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    port, password = free_port(), "Xk9-long_secret"
+    script = _compose_shell(svc["command"][2]).replace(
+        "--appendonly yes", f"--port {port} --save '' --dir {tmp_path}"
+    )
+    env = {**os.environ, "REDIS_PASSWORD": password}
+    server = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                redis.Redis(port=port, password=password).ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "compose's redis command did not start a server"
+                time.sleep(0.1)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        check = _compose_shell(svc["healthcheck"]["test"][1]).replace("redis-cli", f"redis-cli -p {port}")
+        assert subprocess.run(["sh", "-c", check], env=env).returncode == 0
+        wrong = {**env, "REDIS_PASSWORD": "wrong"}
+        assert subprocess.run(["sh", "-c", check], env=wrong, stderr=subprocess.DEVNULL).returncode != 0
+        for proc in Path("/proc").glob("[0-9]*"):  # the shell and the server it started, and anything else
+            try:
+                assert password.encode() not in (proc / "cmdline").read_bytes(), proc
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                pass  # a process that ended meanwhile
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
