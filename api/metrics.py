@@ -3,13 +3,13 @@
 The API, the workers and the webhook senders are separate processes; counting in any one of them would show
 only its own share. The rows hold every job's times, every delivery's attempts and every worker's beat, so
 one scrape of any API replica reports the whole service. Histograms are rebuilt from the rows of jobs that
-ran (they only grow while rows are kept, as Prometheus expects of a histogram).
+ran (they only grow while rows are kept, as Prometheus expects of a histogram), counted by the database: a
+scrape reads one row per label set, whatever the number of jobs.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Iterable
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -18,9 +18,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from api.errors import error_responses
 from db.models import utcnow
 from db.stats import (
+    Histogram,
     generation_seconds_per_image,
-    job_times,
     jobs_by_status,
+    queue_wait,
+    run_time,
     training_seconds_per_step,
     webhook_counts,
 )
@@ -33,11 +35,11 @@ STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 IMAGE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
 
-def observe(family: HistogramMetricFamily, labels: list[str], values: Iterable[float], bounds: tuple) -> None:
-    """Add one labelled histogram, built from all its observations, to ``family`` (cumulative buckets)."""
-    values = list(values)
-    buckets = [(str(float(b)), sum(v <= b for v in values)) for b in bounds] + [("+Inf", len(values))]
-    family.add_metric(labels, buckets, sum_value=sum(values))
+def observe(family: HistogramMetricFamily, labels: list[str], hist: Histogram | None, bounds: tuple) -> None:
+    """Add one labelled histogram, counted by the database (db.stats.histograms), to ``family``."""
+    at_most, count, total = (hist.at_most, hist.count, hist.total) if hist else ((0,) * len(bounds), 0, 0.0)
+    buckets = [(str(float(b)), n) for b, n in zip(bounds, at_most)] + [("+Inf", count)]
+    family.add_metric(labels, buckets, sum_value=total)
 
 
 class DatabaseCollector:
@@ -67,14 +69,10 @@ class DatabaseCollector:
             counts = jobs_by_status(s, kind=name)
             for status in STATUSES:
                 jobs.add_metric([name, kind.queue, status], counts.get(status, 0))
-            waits, runs = [], {status: [] for status in ("succeeded", "failed", "canceled")}
-            for status, created, started, finished in job_times(s, kind=name):
-                waits.append(max((started - created).total_seconds(), 0.0))
-                if finished is not None and status in runs:
-                    runs[status].append(max((finished - started).total_seconds(), 0.0))
-            observe(wait, [name, kind.queue], waits, DURATION_BUCKETS)
-            for status, values in runs.items():
-                observe(run, [name, kind.queue, status], values, DURATION_BUCKETS)
+            observe(wait, [name, kind.queue], queue_wait(s, kind=name, bounds=DURATION_BUCKETS), DURATION_BUCKETS)
+            runs = run_time(s, kind=name, bounds=DURATION_BUCKETS)
+            for status in ("succeeded", "failed", "canceled"):
+                observe(run, [name, kind.queue, status], runs.get(status), DURATION_BUCKETS)
         yield from (jobs, wait, run)
 
     def _speeds(self, s):
@@ -83,11 +81,11 @@ class DatabaseCollector:
             "wall time per optimizer step of succeeded trainings (the last rate each reported)",
             labels=[],
         )
-        observe(step, [], training_seconds_per_step(s), STEP_BUCKETS)
+        observe(step, [], training_seconds_per_step(s, bounds=STEP_BUCKETS), STEP_BUCKETS)
         image = HistogramMetricFamily(
             "o1lora_generation_seconds_per_image", "run time per image of succeeded generations", labels=[]
         )
-        observe(image, [], generation_seconds_per_image(s), IMAGE_BUCKETS)
+        observe(image, [], generation_seconds_per_image(s, bounds=IMAGE_BUCKETS), IMAGE_BUCKETS)
         yield from (step, image)
 
     def _webhooks(self, s):
