@@ -193,7 +193,8 @@ class TrainingCreate(WebhookRequest):
         TrainConfig.repeats, ge=1, le=1000, description="times each image is seen per epoch (small datasets)"
     )
     flip: bool = Field(
-        TrainConfig.flip, description="random horizontal flips (leave off for text or asymmetric subjects)"
+        TrainConfig.flip,
+        description="random horizontal flips (leave off for text or asymmetric subjects); an image whose caption says left or right is never flipped",
     )
     caption_dropout: float = Field(
         TrainConfig.caption_dropout, ge=0, le=1, description="fraction of captions dropped (keeps CFG working)"

@@ -62,11 +62,13 @@ class TrainDataset(Dataset):
         self.resolution, self.trigger, self.repeats = resolution, trigger, repeats
         self.flip, self.caption_dropout, self.seed = flip, caption_dropout, seed
         self.max_pixels = max_pixels
+        # A mirrored image contradicts "on the left", and rewriting the words is unsafe ("all right", "right
+        # away"): an image whose caption names a side is never flipped. The trainer shows the report's warnings.
         sided = [r.name for r in records if r.caption and _SIDES.search(r.caption)]
+        self._unflippable = frozenset(sided)
         if flip and sided:
-            # A mirrored image contradicts "on the left"; the trainer shows report warnings to the user.
             self.report.warnings.append(f"flip is on but {len(sided)} caption(s) say left or right "
-                                        f"(e.g. {sided[0]}); those captions are wrong on flipped samples")
+                                        f"(e.g. {sided[0]}); those images are not flipped")
         self.cache = cache
         self._cache: dict[int, bytes] = {}   # record index -> fitted RGB bytes (cache=True)
 
@@ -96,7 +98,7 @@ class TrainDataset(Dataset):
         rng = np.random.default_rng([self.seed, int(key)])
         drop = bool(rng.random() < self.caption_dropout)
         flip = bool(rng.random() < 0.5) and self.flip
-        return drop, flip
+        return drop, flip and self.records[key % len(self.records)].name not in self._unflippable
 
     @property
     def has_references(self) -> bool:

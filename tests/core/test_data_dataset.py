@@ -144,11 +144,19 @@ def test_caption_dropout_and_flip_are_deterministic_per_key(mixed):
     assert flips == [bool(ds[k]["image"][0, 60, 2] < 0) for k in range(0, 60)]
 
 
-def test_flip_with_left_right_captions_is_warned(mixed):
-    (mixed / "img0.txt").write_text("a dog on the left")
+def test_images_whose_captions_name_a_side_are_never_flipped(mixed):
+    (mixed / "img0.txt").write_text("a dog on the Left")
     assert not TrainDataset(mixed, resolution=128, min_side=64).report.warnings[-1].startswith("flip")
-    warning = TrainDataset(mixed, resolution=128, min_side=64, flip=True).report.warnings[-1]
+    ds = TrainDataset(mixed, resolution=128, min_side=64, flip=True, repeats=40, seed=3)
+    warning = ds.report.warnings[-1]
     assert warning.startswith("flip is on but 1 caption(s) say left or right (e.g. img0.png)")
+    assert warning.endswith("those images are not flipped")
+    keys = range(len(ds))
+    flipped = {ds.records[k % len(ds.records)].name for k in keys if ds._draws(k)[1]}
+    assert "img0.png" not in flipped and len(flipped) == len(ds.records) - 1  # every other image still flips
+    img0 = next(k for k in keys if ds[k]["name"] == "img0.png")
+    plain = TrainDataset(mixed, resolution=128, min_side=64)
+    assert torch.equal(ds[img0]["image"], plain[img0 % len(plain)]["image"])  # as it is, every epoch
 
 
 def test_sampler_resume_equals_uninterrupted_order(mixed):
