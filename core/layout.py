@@ -319,10 +319,11 @@ class References:
 def resize_to_area(img: Image.Image, side: int, multiple: int = PATCH) -> Image.Image:
     """Resize to at most side*side pixels, each side a multiple of `multiple`, keeping the aspect ratio by
     scaling to cover and center-cropping (the official resize_pilimage behaviour)."""
+    original = img.size
     while min(img.size) >= 2 * side:  # cheap box halving first for large images (halved_size counts these)
         img = img.resize((img.width // 2, img.height // 2), resample=Image.BOX)
     w, h = img.size
-    tw, th = area_size(w, h, side, multiple)
+    tw, th = area_size(w, h, side, multiple, original=original)
     if w / tw < h / th:  # width is the tighter side: match it, crop height
         nh = round(h / (w / tw))
         img = img.resize((tw, nh), resample=Image.BICUBIC)

@@ -49,9 +49,10 @@ def halved_size(w: int, h: int, side: int) -> tuple[int, int]:
     return w, h
 
 
-def area_size(w: int, h: int, side: int, multiple: int = PATCH) -> tuple[int, int]:
-    """(width, height) a w x h image (already halved) is resized and cropped to: at most side*side pixels,
-    each side a multiple of `multiple` (the official resize_pilimage choice among round / floor)."""
+def area_size(w: int, h: int, side: int, multiple: int = PATCH, *, original: tuple[int, int] | None = None):
+    """(width, height) a w x h image (already halved from `original`) is resized and cropped to: at most
+    side*side pixels, each side a multiple of `multiple` (the official resize_pilimage choice among round /
+    floor)."""
     limit = side * side
     s = math.sqrt(limit / (w * h))
     options = [
@@ -62,7 +63,8 @@ def area_size(w: int, h: int, side: int, multiple: int = PATCH) -> tuple[int, in
     options.sort(key=lambda wh: wh[0] * wh[1], reverse=True)
     tw, th = next((o for o in options if o[0] * o[1] <= limit), options[-1])
     if tw <= 0 or th <= 0:
-        raise ValueError(f"reference image {w}x{h} is too small/thin for a {side} px area at {multiple} px")
+        ow, oh = original or (w, h)
+        raise ValueError(f"reference image {ow}x{oh} is too small/thin for a {side} px area at {multiple} px")
     return tw, th
 
 
@@ -122,7 +124,7 @@ def reference_tokens(sizes: list[tuple[int, int]], height: int, width: int) -> l
     out = []
     for i, (w, h) in enumerate(sizes):
         try:
-            tw, th = area_size(*halved_size(int(w), int(h), side), side)
+            tw, th = area_size(*halved_size(int(w), int(h), side), side, original=(w, h))
             vw, vh = vision_bounds(*condition_size(cond, tw, th))
         except ValueError as e:
             raise ValueError(f"reference {i}: {e}") from None

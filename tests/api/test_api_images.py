@@ -127,5 +127,5 @@ def test_a_reference_that_cannot_shrink_to_the_target_is_422_naming_it(client, a
     r = client.post("/v1/generations", headers=auth(alice), json=body)
     assert r.status_code == 422, r.text
     error = r.json()["error"]
-    assert error["field"] == "reference_images[0]" and "too small" in error["message"]
+    assert error["field"] == "reference_images[0]" and "image 64x48 is too small" in error["message"]
     assert "fewer reference images" in error["message"]
