@@ -174,8 +174,8 @@ class Trainer:
         data = self._data(data, on_cuda)
         self.data = data
         # an edit dataset: the frozen vision tower's features per sample (and flip), computed once (vision_cache)
-        visual_frozen = not any(p.requires_grad for p in self.model.model.visual.parameters())
-        self.vision_cache = VisionCache(self.device) if self._with_references and visual_frozen else None
+        frozen = self._with_references and not any(p.requires_grad for p in self.model.model.visual.parameters())
+        self.vision_cache = VisionCache(self.device) if frozen else None
         self.grad_sync = self._grad_sync()
         if self.grad_sync == "overlap":
             self.forward = distributed.wrap_ddp(
