@@ -13,21 +13,30 @@ reference grid starts one past the largest position before it (official get_rope
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
 
-PATCH = 32
+# the sizes of the official resizing, torch-free so that the API can price references (core.reference_sizes)
+from core.reference_sizes import (
+    PATCH,
+    VISION_MERGE,
+    VISION_PATCH,
+    VISION_TEMPORAL,
+    area_size,
+    condition_side,
+    condition_size,
+    reference_side,
+    vision_bounds,
+    vision_size,  # noqa: F401  (re-exported: callers import it from here)
+)
+
 FIX_POINT = 4096  # where the generated image's grid is anchored on all three M-RoPE axes
 TMS_TOKEN, BOI_TOKEN = "<|tms_token|>", "<|boi_token|>"
 IMAGE_PAD, VISION_START, VISION_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
 DEFAULT_TMS_ID = 151673
-CONDITION_SIZE = 384  # side of the (square-area) image the vision tower sees per reference, for K <= 4
-VISION_PATCH, VISION_TEMPORAL, VISION_MERGE = 16, 2, 2  # Qwen3-VL vision tower
-VISION_MIN_PIXELS, VISION_MAX_PIXELS = 65536, 16777216  # the Qwen3-VL image processor's bounds
 
 
 # ----------------------------------------------------------------------------- data
@@ -307,42 +316,14 @@ class References:
     resized: list[Image.Image] = field(default_factory=list)  # the references at their patch size
 
 
-def reference_side(k: int, height: int, width: int) -> int:
-    """Side of the square area each raw reference is resized to: smaller as references multiply."""
-    side = max(height, width)
-    if k <= 1:
-        return side
-    if k == 2:
-        return side * 48 // 64
-    if k <= 4:
-        return side // 2
-    if k <= 8:
-        return side * 24 // 64
-    return side // 4
-
-
-def condition_side(k: int) -> int:
-    """Side of the area the vision tower sees per reference."""
-    return CONDITION_SIZE if k <= 4 else CONDITION_SIZE * 48 // 64 if k <= 8 else CONDITION_SIZE // 2
-
-
 def resize_to_area(img: Image.Image, side: int, multiple: int = PATCH) -> Image.Image:
     """Resize to at most side*side pixels, each side a multiple of `multiple`, keeping the aspect ratio by
     scaling to cover and center-cropping (the official resize_pilimage behaviour)."""
-    while min(img.size) >= 2 * side:  # cheap box halving first for large images
+    original = img.size
+    while min(img.size) >= 2 * side:  # cheap box halving first for large images (halved_size counts these)
         img = img.resize((img.width // 2, img.height // 2), resample=Image.BOX)
     w, h = img.size
-    limit = side * side
-    s = math.sqrt(limit / (w * h))
-    options = [
-        (fw(w * s) // multiple * multiple, fh(h * s) // multiple * multiple)
-        for fw in (round, math.floor)
-        for fh in (round, math.floor)
-    ]
-    options.sort(key=lambda wh: wh[0] * wh[1], reverse=True)
-    tw, th = next((o for o in options if o[0] * o[1] <= limit), options[-1])
-    if tw <= 0 or th <= 0:
-        raise ValueError(f"reference image {w}x{h} is too small/thin for a {side} px area at {multiple} px")
+    tw, th = area_size(w, h, side, multiple, original=original)
     if w / tw < h / th:  # width is the tighter side: match it, crop height
         nh = round(h / (w / tw))
         img = img.resize((tw, nh), resample=Image.BICUBIC)
@@ -352,28 +333,6 @@ def resize_to_area(img: Image.Image, side: int, multiple: int = PATCH) -> Image.
     img = img.resize((nw, th), resample=Image.BICUBIC)
     left = (nw - tw) // 2
     return img.crop((left, 0, left + tw, th))
-
-
-def vision_size(side: int, ratio: float, multiple: int = VISION_PATCH * VISION_MERGE) -> tuple[int, int]:
-    """(width, height) of ~side*side pixels at aspect `ratio` = w/h, floored to `multiple`."""
-    w = math.sqrt(side * side * ratio)
-    h = w / ratio
-    return int(w / multiple) * multiple, int(h / multiple) * multiple
-
-
-def _vision_bounds(w: int, h: int, factor: int = VISION_PATCH * VISION_MERGE) -> tuple[int, int]:
-    """The image processor's own size rule: round to `factor`, then scale into [min, max] pixels."""
-    hb, wb = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
-    if hb * wb > VISION_MAX_PIXELS:
-        beta = math.sqrt(h * w / VISION_MAX_PIXELS)
-        hb, wb = (
-            max(factor, math.floor(h / beta / factor) * factor),
-            max(factor, math.floor(w / beta / factor) * factor),
-        )
-    elif hb * wb < VISION_MIN_PIXELS:
-        beta = math.sqrt(VISION_MIN_PIXELS / (h * w))
-        hb, wb = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
-    return wb, hb
 
 
 def to_unit_range(img) -> torch.Tensor:
@@ -389,7 +348,7 @@ def vision_rows(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
     Rows are grouped by 2x2 merge block; each row is (channel, temporal copy, y, x); the one frame is
     duplicated in time. Values are rounded to bfloat16, as the official pipeline passes them.
     """
-    w, h = _vision_bounds(img.width, img.height)
+    w, h = vision_bounds(img.width, img.height)
     if (w, h) != img.size:
         img = img.resize((w, h), resample=Image.BICUBIC)
     # normalise as the processor does: rescale in float64, then float32 (x - 0.5) / 0.5
@@ -416,12 +375,12 @@ def prepare_references(images, height: int, width: int, condition: int | None = 
             img = Image.fromarray(np.asarray(img, dtype=np.uint8))
         try:
             r = resize_to_area(img.convert("RGB"), side)
+            vw, vh = condition_size(cond, r.width, r.height)
         except ValueError as e:
             raise ValueError(f"reference {i}: {e}") from None
         resized.append(r)
         sizes.append((r.height, r.width))
         patches.append(patchify(to_unit_range(r)[None])[0].to(torch.bfloat16).float())
-        vw, vh = vision_size(cond, r.width / r.height)
         rows, grid = vision_rows(r.resize((vw, vh), resample=Image.LANCZOS))
         pix.append(rows)
         thw.append(grid)

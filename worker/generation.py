@@ -294,6 +294,7 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
             width=width,
             height=height,
             cfg=p.get("guidance") is None or float(p["guidance"]) > 1,
+            reference_sizes=[im.size for im in references or ()],
         )
         write = Every(c.settings.progress_interval_s)
 

@@ -14,7 +14,11 @@ estimates are linear fits of peaks measured on an H200 with the full-size model 
     fp8 base   = weights 8.78 GiB at full size (the decoder linears in float8); training with checkpointing
                  2.96 MiB per token (the compiled fp8 layer, measured once at 1024^2: 12.56 GiB)
 
-tokens = (side / 32)^2 image patches + ~100 text tokens. Measured at 1024^2 / 2048^2: training 16.5 / 18.4
+tokens = (side / 32)^2 image patches + ~100 text tokens + the reference images' tokens (core.reference_sizes:
+each reference's vision-tower placeholders in the prompt and its raw 32 px patches after the target; the
+vision tower's own activations are transient and small beside the decoder's and are not counted). A
+training on an edit dataset counts its largest reference set (core.data.reference_need), for every sample
+of the batch. Measured at 1024^2 / 2048^2: training 16.5 / 18.4
 GiB with checkpointing, 21.5 / 36.8 GiB without, batch 4 at 1024^2 without 37.9 GiB; generation 15.6 /
 16.5 GiB (weights 15.25 GiB). A headroom (O1LORA_GPU_MEMORY_HEADROOM_GIB, default 1.5) is kept free for
 the allocator's fragmentation and CUDA workspaces.
@@ -111,8 +115,8 @@ FULL_SIZE = ModelShape(
 )
 
 
-def tokens(width: int, height: int) -> int:
-    return (width // 32) * (height // 32) + TEXT_TOKENS
+def tokens(width: int, height: int, reference_tokens: int = 0) -> int:
+    return (width // 32) * (height // 32) + TEXT_TOKENS + reference_tokens
 
 
 def training_need(
@@ -123,9 +127,11 @@ def training_need(
     rank: int = 16,
     checkpointing: bool = True,
     base_precision: str = "bf16",
+    reference_tokens: int = 0,
 ) -> int:
+    """reference_tokens: what the references of the dataset's largest reference set add to one sample."""
     per_token = (TRAIN_PER_TOKEN_FP8 if base_precision == "fp8" else TRAIN_PER_TOKEN)[bool(checkpointing)]
-    act = per_token * shape.scale * tokens(resolution, resolution) * batch
+    act = per_token * shape.scale * tokens(resolution, resolution, reference_tokens) * batch
     return int(shape.base_bytes(base_precision) + 16 * shape.lora_params(rank) + act)
 
 
@@ -138,9 +144,11 @@ def generation_need(
     cfg: bool = True,
     weights_resident: bool = False,
     base_precision: str = "bf16",
+    reference_tokens: int = 0,
 ) -> int:
+    """reference_tokens: what the request's references add to each row (CFG's unconditional row keeps them)."""
     rows = images * (2 if cfg else 1)
-    act = GEN_PER_TOKEN_ROW * shape.scale * tokens(width, height) * rows
+    act = GEN_PER_TOKEN_ROW * shape.scale * tokens(width, height, reference_tokens) * rows
     return int(act + (0 if weights_resident else shape.base_bytes(base_precision)))
 
 
@@ -177,16 +185,27 @@ def plan_training(
     total_bytes: int,
     headroom_bytes: int,
     base_precision: str = "bf16",
+    reference_tokens: int = 0,
+    reference_count: int = 0,
 ) -> Plan:
-    """Run as asked, turn checkpointing on to fit, or refuse (message for the owner)."""
+    """Run as asked, turn checkpointing on to fit, or refuse (message for the owner). reference_tokens /
+    reference_count: the dataset's largest reference set (tokens it adds to a sample, images in it)."""
     usable = free_bytes - headroom_bytes
     need = {
         c: training_need(
-            shape, resolution=resolution, batch=batch, rank=rank, checkpointing=c, base_precision=base_precision
+            shape,
+            resolution=resolution,
+            batch=batch,
+            rank=rank,
+            checkpointing=c,
+            base_precision=base_precision,
+            reference_tokens=reference_tokens,
         )
         for c in (False, True)
     }
     what = f"training at {resolution} px, batch {batch}, rank {rank}"
+    if reference_tokens:
+        what += f" with up to {reference_count} reference image(s) per sample ({reference_tokens} more tokens)"
     if checkpointing in (False, "auto") and need[False] <= usable:
         return Plan("run", need[False], free_bytes, checkpointing=False)
     if need[True] <= usable:
@@ -208,7 +227,8 @@ def plan_training(
         message=f"not enough GPU memory: {what} needs about {_gib(need[True])} even with gradient "
         f"checkpointing (plus {_gib(headroom_bytes)} headroom); this worker's GPU has "
         f"{_gib(free_bytes)} free of {_gib(total_bytes)}. Lower the resolution or the batch "
-        f"size, or run it on a worker with a larger GPU.",
+        f"size{', use fewer or smaller reference images' if reference_tokens else ''}, or run it on a worker "
+        f"with a larger GPU.",
     )
 
 
@@ -224,6 +244,7 @@ def plan_generation(
     total_bytes: int,
     headroom_bytes: int,
     base_precision: str = "bf16",
+    reference_tokens: int = 0,
 ) -> Plan:
     need = generation_need(
         shape,
@@ -233,17 +254,19 @@ def plan_generation(
         cfg=cfg,
         weights_resident=weights_resident,
         base_precision=base_precision,
+        reference_tokens=reference_tokens,
     )
     if need <= free_bytes - headroom_bytes:
         return Plan("run", need, free_bytes)
+    refs = f" with reference images adding {reference_tokens} tokens each" if reference_tokens else ""
     return Plan(
         "refuse",
         need,
         free_bytes,
-        message=f"not enough GPU memory: {images} image(s) of {width}x{height} need about {_gib(need)}"
+        message=f"not enough GPU memory: {images} image(s) of {width}x{height}{refs} need about {_gib(need)}"
         f"{' more' if weights_resident else ''} (plus {_gib(headroom_bytes)} headroom); this "
         f"worker's GPU has {_gib(free_bytes)} free of {_gib(total_bytes)}. Ask for fewer images "
-        f"per request or a smaller size.",
+        f"per request{', fewer or smaller reference images' if reference_tokens else ''} or a smaller size.",
     )
 
 
@@ -259,11 +282,23 @@ def gpu_memory() -> tuple[int, int] | None:
     return torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
 
 
-def check_generation(settings, *, model_path, images: int, width: int, height: int, cfg: bool) -> None:
-    """MemoryPlanError when a batch of `images` cannot fit beside the resident base (called with it loaded)."""
+def check_generation(
+    settings,
+    *,
+    model_path,
+    images: int,
+    width: int,
+    height: int,
+    cfg: bool,
+    reference_sizes: list[tuple[int, int]] = (),
+) -> None:
+    """MemoryPlanError when a batch of `images` cannot fit beside the resident base (called with it loaded).
+    reference_sizes: (width, height) of the request's reference images, as decoded."""
     mem = gpu_memory() if settings.memory_plan == "enforce" else None
     if mem is None:
         return
+    from core.reference_sizes import total_reference_tokens
+
     plan_generation(
         ModelShape.from_checkpoint(model_path),
         width=width,
@@ -274,6 +309,7 @@ def check_generation(settings, *, model_path, images: int, width: int, height: i
         free_bytes=mem[0],
         total_bytes=mem[1],
         headroom_bytes=int(settings.gpu_memory_headroom_gib * GIB),
+        reference_tokens=total_reference_tokens(list(reference_sizes), height, width),
     ).raise_if_refused()
 
 

@@ -191,11 +191,14 @@ def fit_to_gpu(c: WorkerContext, job: TrainingJob, cfg):
     mem = memory_plan.gpu_memory() if c.settings.memory_plan == "enforce" and not cfg.full else None
     if mem is None:
         return cfg
+    from core.data.reference_need import largest_reference_set
     from core.fp8 import resolve_base_precision
 
     shape = ModelShape.from_checkpoint(cfg.model_path)
     headroom = int(c.settings.gpu_memory_headroom_gib * GIB)
     precision = resolve_base_precision(cfg.base_precision, "cuda")  # what the trainer will resolve it to
+    # an edit dataset: every sample of a batch may be the one with the most reference tokens (headers only)
+    refs = largest_reference_set(cfg.data_dir, cfg.resolution) if cfg.data_dir else None
 
     def plan(free: int, total: int):
         return plan_training(
@@ -208,6 +211,8 @@ def fit_to_gpu(c: WorkerContext, job: TrainingJob, cfg):
             total_bytes=total,
             headroom_bytes=headroom,
             base_precision=precision,
+            reference_tokens=refs.tokens if refs else 0,
+            reference_count=refs.count if refs else 0,
         )
 
     p = plan(*mem)

@@ -22,7 +22,7 @@ from api.deps import (
 )
 from api.errors import error_responses, scrub
 from api.files import send_artifact
-from api.quota import check_active_limit, check_generation_cost
+from api.quota import check_active_limit, check_generation_cost, reference_token_count
 from api.schemas import (
     WEBHOOK_FIELDS,
     CancelPublic,
@@ -92,7 +92,9 @@ def submit_generation(
     to the model as the official layout has it, and CFG's unconditional input keeps the references. An id
     that is not one of your images is a 404 naming the item (`reference_images[i]`).
 
-    Refused with 422 when width x height x steps x num_images is over the service's bound, and with 429
+    Refused with 422 when width x height x steps x num_images is over the service's bound (each token the
+    reference images add to the sequence counts as 32 x 32 pixels: their vision-tower copy in the prompt and their
+    raw patches after the target), or when a reference cannot be resized for this size, and with 429
     (Retry-After) while you already have the most queued + running generations the service allows."""
     check_generation_cost(
         width=body.width, height=body.height, steps=body.steps, num_images=body.num_images, settings=settings
@@ -101,9 +103,21 @@ def submit_generation(
         if get_lora(session, lora_id=ref.id, owner_id=owner.id) is None:
             raise not_found("LoRA", ref.id, field=f"loras[{i}].id")
     check_webhook_url(body, settings)
+    sizes = []
     for i, image_id in enumerate(body.reference_images):
-        if get_image(session, image_id=image_id, owner_id=owner.id) is None:
+        image = get_image(session, image_id=image_id, owner_id=owner.id)
+        if image is None:
             raise not_found("image", image_id, field=f"reference_images[{i}]")
+        sizes.append((image.width, image.height))  # as decoded (EXIF orientation applied), kept at upload
+    if sizes:  # the references lengthen every step's sequence: priced by the tokens they add
+        check_generation_cost(
+            width=body.width,
+            height=body.height,
+            steps=body.steps,
+            num_images=body.num_images,
+            reference_tokens=reference_token_count(sizes, width=body.width, height=body.height),
+            settings=settings,
+        )
     check_active_limit(
         session,
         Generation,

@@ -1,7 +1,9 @@
-// Generate: prompt, size presets, LoRAs with scales; live progress over the SSE stream; a gallery of results.
+// Generate: prompt, size presets, LoRAs with scales, reference images; live progress over the SSE stream; a
+// gallery of results.
 import { api, blobUrl } from "./api.js";
 import { follow } from "./sse.js";
 import { SIZE_PRESETS } from "./presets.js";
+import { referencePicker, referenceStrip } from "./references.js";
 import { control, readValues, requestSchema } from "./schema.js";
 import { authImage, badge, clear, el, errorBox, progressBar, when } from "./ui.js";
 
@@ -43,7 +45,7 @@ function jobCard(gen, { live = false } = {}) {
         e.target.disabled = true;
         try { Object.assign(gen, await api(`/v1/generations/${gen.id}/cancel`, { method: "POST" })); show(); }
         catch (err) { head.append(errorBox(err)); }
-      } }, "Cancel") : null));
+      } }, "Cancel") : null), referenceStrip(gen.params.reference_images));
     if (ACTIVE.has(gen.status)) {
       const done = gen.images.length, p = gen.progress;
       const frac = (done + (p.total_steps ? p.step / p.total_steps : 0)) / n;
@@ -91,7 +93,7 @@ export async function render(root, _rest, params) {
   const schema = await requestSchema("/v1/generations");
   const props = schema.properties;
   const loras = (await api("/v1/loras?limit=100")).data;
-  const status = el("div");
+  const status = el("div", { id: "generate-status" });
   const current = el("div", { id: "current" });
   const gallery = el("div", { class: "gallery", id: "gallery" });
   const stops = [];
@@ -101,6 +103,7 @@ export async function render(root, _rest, params) {
     sizeButtons.forEach((b) => b.classList.toggle("active", b === e.currentTarget));
   } }, s.label));
 
+  const refs = referencePicker(props.reference_images);
   const form = el("form", { class: "card", id: "generate-form", novalidate: true },
     el("h2", {}, "Generate"),
     control("prompt", props.prompt, true), control("negative_prompt", props.negative_prompt, false),
@@ -108,6 +111,7 @@ export async function render(root, _rest, params) {
     el("div", { class: "grid2" }, width, height),
     el("div", { class: "field" }, el("label", {}, "LoRAs"), loraPicker(loras, params.get("lora"), props.loras.items.properties.scale),
       el("small", { class: "help" }, `${props.loras.description}; scale: ${props.loras.items.properties.scale.description}`)),
+    refs.node,
     el("details", {}, el("summary", {}, "Sampling options"),
       el("div", { class: "grid3" }, OPTION_FIELDS.map((n) => control(n, props[n], false)))),
     el("div", { class: "actions" }, el("button", { type: "submit", class: "primary" }, "Generate")), status);
@@ -115,8 +119,9 @@ export async function render(root, _rest, params) {
 
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
-    const fields = Object.fromEntries(Object.entries(props).filter(([n]) => n !== "loras"));
+    const fields = Object.fromEntries(Object.entries(props).filter(([n]) => n !== "loras" && n !== "reference_images"));
     const body = readValues(form, fields);
+    body.reference_images = refs.ids();
     body.loras = [...form.querySelectorAll(".lora-choice")].filter((c) => c.querySelector(".use").checked)
       .map((c) => ({ id: c.querySelector(".use").dataset.id, scale: Number(c.querySelector(".scale").value) }));
     clear(status);
@@ -126,7 +131,7 @@ export async function render(root, _rest, params) {
       stops.push(stop);
       current.prepend(card);
       gallery.querySelector("#gallery-empty")?.remove();
-    } catch (err) { clear(status, errorBox(err)); }
+    } catch (err) { refs.mark(err); clear(status, errorBox(err)); }
   });
 
   clear(root, form, el("section", { class: "card" }, el("h2", {}, "Results"), current, gallery));

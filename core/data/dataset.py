@@ -4,9 +4,10 @@
                       caption_dropout=0.05, min_side=256, seed=0)
     ds.report                       # the DatasetReport of the validation it ran (raises DatasetError if unusable)
     item = ds[k]                    # {"image": float32 (3, H, W) in [-1, 1], "caption": str, "name": str,
-                                    #  "references": [PIL RGB, ...] (edit / personalisation samples; else [])}
+                                    #  "references": [PIL RGB, ...] (edit / personalisation samples; else []),
+                                    #  "reference_key": (name, flipped) with references, else None}
     batch = collate_batch([ds[k] for k in keys])   # {"images": (B, 3, H, W), "captions": [...], "names": [...],
-                                                   #  "references": [[PIL, ...] per item]}
+                                                   #  "references": [[PIL, ...] per item], "reference_keys": [...]}
 
 References are handed over as decoded RGB images at their own size: the official resizing depends on the
 target's size and on how many references there are, so core.layout.prepare_references does it, as at inference.
@@ -146,8 +147,11 @@ class TrainDataset(Dataset):
         if flip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         x = to_tensor(img)
-        return {"image": x, "caption": self.caption(key), "name": self.records[rec_idx].name,
-                "references": self.references(key, flip)}
+        refs = self.references(key, flip)
+        name = self.records[rec_idx].name
+        # what the references' prepared inputs depend on besides the target's size: the sample and its flip
+        return {"image": x, "caption": self.caption(key), "name": name, "references": refs,
+                "reference_key": (name, flip) if refs else None}
 
 
 def collate_batch(items: list[dict]) -> dict:
@@ -158,4 +162,5 @@ def collate_batch(items: list[dict]) -> dict:
     return {"images": torch.stack([it["image"] for it in items]),
             "captions": [it["caption"] for it in items],
             "names": [it["name"] for it in items],
-            "references": [it.get("references", []) for it in items]}
+            "references": [it.get("references", []) for it in items],
+            "reference_keys": [it.get("reference_key") for it in items]}

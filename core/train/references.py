@@ -2,6 +2,7 @@
 
     batch = reference_layout(tokenizer, "make the shape blue", [ref_pil], height, width)
     vision = frozen_vision(model, batch)                 # the vision tower, no autograd: it is not trained
+                                                         # (the trainer caches it per sample: vision_cache)
     x_pred = model(**batch.model_inputs(batch.vinputs(z_t), t) | {"vision": vision}).x_pred
     target = target_slice(batch)                          # x_pred[:, target] is what the loss sees
 
@@ -37,7 +38,8 @@ def target_slice(batch: Batch) -> slice:
 @torch.no_grad()
 def frozen_vision(model, batch: Batch):
     """The vision tower's (embeds, deepstack) for a batch's references, or None; computed without autograd
-    (the tower is frozen: LoRA targets the language model), once per sample and step."""
+    (the tower is frozen: LoRA targets the language model). The trainer keeps them per sample and flip
+    (core.train.vision_cache), so the tower runs once per sample, not per step."""
     if batch.pixel_values is None:
         return None
     return model.vision_features(batch.pixel_values, batch.image_grid_thw)

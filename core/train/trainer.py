@@ -52,6 +52,7 @@ from core.train.checkpoint import (
 from core.train.config import TrainConfig
 from core.train.hooks import TrainCallbacks, TrainResult
 from core.train.validation_history import ValidationHistory
+from core.train.vision_cache import VisionCache
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,9 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
         data = self._data(data, on_cuda)
         self.data = data
+        # an edit dataset: the frozen vision tower's features per sample (and flip), computed once (vision_cache)
+        frozen = self._with_references and not any(p.requires_grad for p in self.model.model.visual.parameters())
+        self.vision_cache = VisionCache(self.device) if frozen else None
         self.grad_sync = self._grad_sync()
         if self.grad_sync == "overlap":
             self.forward = distributed.wrap_ddp(
@@ -444,24 +448,29 @@ class Trainer:
         return self.objective.loss(x_pred[:, -n:], x0, sigma)
 
     def loss_with_references(
-        self, images: torch.Tensor, captions: list[str], references: list[list]
+        self, images: torch.Tensor, captions: list[str], references: list[list], keys: list | None = None
     ) -> torch.Tensor:
         """The recipe's loss for a micro-batch of edit / personalisation samples: each sample laid out as the
         sampler lays out a request with its references (core.train.references), the loss on its target tokens
         only. Samples run one forward each (their reference counts and shapes differ), the mean is the
-        batch's; a sample whose references were dropped out trains as text-to-image."""
+        batch's; a sample whose references were dropped out trains as text-to-image. keys: each sample's
+        (name, flipped) from the dataset; with them the vision tower runs once per key (self.vision_cache)."""
         from core.layout import patchify
         from core.train.references import frozen_vision, reference_layout, target_slice
 
         images = images.to(self.device, non_blocking=True)
         h, w = images.shape[-2:]
         total = torch.zeros((), device=self.device)
-        for image, caption, refs in zip(images, captions, references):
+        keys = keys or [None] * len(captions)
+        for image, caption, refs, key in zip(images, captions, references, keys):
             x0 = patchify(image[None].float())
             batch = reference_layout(self.tokenizer, caption, refs, h, w).to(self.device)
             z, t, sigma = self.objective.noise(x0, self.generator)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                vision = frozen_vision(self.model, batch)
+                if key is None or not refs or self.vision_cache is None:
+                    vision = frozen_vision(self.model, batch)
+                else:
+                    vision = self.vision_cache.get((*key, h, w), lambda: frozen_vision(self.model, batch))
                 inputs = batch.model_inputs(batch.vinputs(z), t)
                 inputs.update(pixel_values=None, image_grid_thw=None, vision=vision)
                 x_pred = self.forward(**inputs).x_pred
@@ -474,14 +483,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for i in range(cfg.grad_accum):
-            images, captions, *refs = next(batches)  # refs: [references per sample] from edit datasets
+            # edit datasets add [references per sample] and [their keys: (name, flipped) or None]
+            images, captions, *refs = next(batches)
             # DDP all-reduces gradients in backward; only the last micro-batch of a step needs to
             sync = contextlib.nullcontext()
             if self.grad_sync == "overlap" and i < cfg.grad_accum - 1:
                 sync = self.forward.no_sync()
             with sync:
                 if refs and any(refs[0]):
-                    loss = self.loss_with_references(images, captions, refs[0]) / cfg.grad_accum
+                    keys = refs[1] if len(refs) > 1 else None
+                    loss = self.loss_with_references(images, captions, refs[0], keys) / cfg.grad_accum
                 else:
                     loss = self.loss(images, captions) / cfg.grad_accum
                 loss.backward()

@@ -90,3 +90,42 @@ def test_bad_reference_lists_name_the_item(client, alice):
     assert r.status_code == 422 and r.json()["error"]["field"] == "reference_images[1]", r.text
     r = client.post("/v1/generations", headers=auth(alice), json={"prompt": "p", "reference_images": ok})
     assert r.status_code == 422 and r.json()["error"]["field"] == "reference_images", r.text
+
+
+def test_references_are_priced_by_the_tokens_they_add(client, alice, Session, settings):
+    """A request at exactly the cost bound fits without references and is refused with one (422 saying that the
+    references' tokens are what tipped it, and by how much); nothing is written."""
+    from api_helpers import db_counts
+
+    from core.reference_sizes import total_reference_tokens
+
+    side = 2048
+    steps = settings.max_generation_cost // (side * side)  # the bound exactly: it fits as it is
+    body = {"prompt": "p", "width": side, "height": side, "steps": steps}
+    assert client.post("/v1/generations", headers=auth(alice), json=body).status_code == 202
+    ref = upload(client, alice, png(80, 48)).json()
+    before = db_counts(Session)
+    r = client.post("/v1/generations", headers=auth(alice), json={**body, "reference_images": [ref["id"]]})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    tokens = total_reference_tokens([(80, 48)], side, side)
+    assert tokens > (side // 32) ** 2  # the raw copy at the target's area, plus the vision-tower copy
+    assert error["code"] == "over_cost_bound" and error["field"] == "reference_images"
+    assert f"the reference images add {tokens} tokens" in error["message"]
+    assert str((side * side + 1024 * tokens) * steps) in error["message"]
+    assert str(settings.max_generation_cost) in error["message"]
+    assert db_counts(Session) == before
+    # the same reference on a smaller request is fine: it is the sum that is bounded
+    small = {**body, "width": 512, "height": 512, "reference_images": [ref["id"]]}
+    assert client.post("/v1/generations", headers=auth(alice), json=small).status_code == 202
+
+
+def test_a_reference_that_cannot_shrink_to_the_target_is_422_naming_it(client, alice):
+    """Ten references share a 64 px target: each raw copy gets a 16 px area, under one 32 px patch."""
+    ids = [upload(client, alice, png(64, 48)).json()["id"] for _ in range(10)]
+    body = {"prompt": "p", "width": 64, "height": 64, "steps": 2, "reference_images": ids}
+    r = client.post("/v1/generations", headers=auth(alice), json=body)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["field"] == "reference_images[0]" and "image 64x48 is too small" in error["message"]
+    assert "fewer reference images" in error["message"]

@@ -66,10 +66,10 @@ def test_training_sequence_is_the_samplers(tiny, pairs, tmp_path):
 
     trainer.forward = recording
     batch = next(iter(trainer.data))
-    images, captions, refs = batch
+    images, captions, refs, keys = batch
     g = torch.Generator().manual_seed(5)
     trainer.generator = g
-    loss = trainer.loss_with_references(images, captions, refs)
+    loss = trainer.loss_with_references(images, captions, refs, keys)
     assert len(seen) == 2 and all(len(r) == 1 for r in refs)
 
     sampler = Sampler(trainer.model, trainer.tokenizer)

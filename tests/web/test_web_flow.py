@@ -36,6 +36,7 @@ def test_served_page_leaves_the_api_alone(service):
         "ui.js",
         "loss_chart.js",
         "presets.js",
+        "references.js",
         "style.css",
     ):
         assert "http://" not in http.get(f"/web/{name}").text and "https://" not in http.get(f"/web/{name}").text
