@@ -75,7 +75,8 @@ class TrainDataset(Dataset):
 
     def subset(self, names: set[str], *, keep: bool, plain: bool = False) -> "TrainDataset":
         """The same dataset restricted to the records named (keep=True) or to all the others (keep=False).
-        plain=True: one pass, no flips, no caption dropout (a validation set sees each image as it is)."""
+        plain=True: one pass, no flips, no caption or reference dropout (a validation set sees each image as it
+        is)."""
         import copy
 
         out = copy.copy(self)
@@ -84,7 +85,7 @@ class TrainDataset(Dataset):
             raise ValueError("no image left in the dataset after holding images out for validation")
         out._cache = {}                       # keyed by record index, which changed
         if plain:
-            out.repeats, out.flip, out.caption_dropout = 1, False, 0.0
+            out.repeats, out.flip, out.caption_dropout, out.reference_dropout = 1, False, 0.0, 0.0
         return out
 
     def __len__(self) -> int:

@@ -612,7 +612,7 @@ class Trainer:
             if off:
                 set_adapter_enabled(self.model, False)
             try:
-                point = self.validator.evaluate(self.model, self._inputs, bf16=self.bf16)
+                point = self.validator.evaluate(self.model, self._inputs, bf16=self.bf16, tokenizer=self.tokenizer)
             finally:
                 if off:
                     set_adapter_enabled(self.model, True)

@@ -7,18 +7,21 @@ never by the training run), so two evaluations differ only because the weights c
 an unchanged LoRA gives the same loss bit for bit.
 
     val = FixedNoiseValidation(dataset, objective, n_sigmas=8, n_seeds=2, device=device)
-    point = val.evaluate(model, inputs_for, bf16=False)    # {"loss", "by_sigma", "seconds", "samples"}
+    point = val.evaluate(model, inputs_for, bf16=False, tokenizer=tok)   # {"loss", "by_sigma", "seconds", ...}
 
 `dataset` is a core.data.TrainDataset of the validation images seen plainly (TrainDataset.subset(plain=True):
 same validation rules, trigger and aspect buckets as training, no flips or caption dropout). `inputs_for` is
 the trainer's cached layout builder: (captions, height, width) -> (model inputs, number of image tokens).
+An image with references (an edit / personalisation set) is laid out as training lays it out
+(core.train.references: the vision-tower copy in the prompt, the clean raw patches after the target, the loss
+on the target's tokens), one forward per sigma, the vision tower once per image; that needs `tokenizer`.
 Cost: images x seeds x sigmas forward passes without gradients, batched up to ~32k tokens per call.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -40,6 +43,7 @@ class _Item:
     caption: str
     height: int
     width: int
+    references: list = field(default_factory=list)  # PIL images, as the dataset gives them (no dropout, no flip)
 
 
 class FixedNoiseValidation:
@@ -69,7 +73,7 @@ class FixedNoiseValidation:
                 for s in range(n_seeds)
             ]
             h, w = item["image"].shape[-2:]
-            self.items.append(_Item(x0, eps, item["caption"], int(h), int(w)))
+            self.items.append(_Item(x0, eps, item["caption"], int(h), int(w), list(item.get("references") or [])))
         self.names = [r.name for r in dataset.records]
 
     @property
@@ -77,8 +81,10 @@ class FixedNoiseValidation:
         """Forward samples per evaluation."""
         return len(self.items) * len(self.items[0].eps) * len(self.sigmas) if self.items else 0
 
-    def evaluate(self, model, inputs_for, *, bf16: bool) -> dict:
+    def evaluate(self, model, inputs_for, *, bf16: bool, tokenizer=None) -> dict:
         """The mean loss over images x seeds x sigmas (and per sigma), in eval mode without gradients."""
+        if tokenizer is None and any(item.references for item in self.items):
+            raise ValueError("validation images with references need the tokenizer to be laid out")
         start = time.perf_counter()
         was_training = model.training
         model.eval()  # no LoRA dropout: the same weights give the same loss
@@ -86,7 +92,10 @@ class FixedNoiseValidation:
         try:
             with torch.no_grad():
                 for item in self.items:
-                    self._one_image(model, inputs_for, item, bf16, totals)
+                    if item.references:
+                        self._one_edit(model, tokenizer, item, bf16, totals)
+                    else:
+                        self._one_image(model, inputs_for, item, bf16, totals)
         finally:
             model.train(was_training)
         per_sigma = [t / (len(self.items) * len(self.items[0].eps)) for t in totals]
@@ -114,6 +123,27 @@ class FixedNoiseValidation:
                 losses = self.objective.per_sample(x_pred[:, -n:], x0_b, sigma).double().cpu().tolist()
                 for j, value in enumerate(losses):
                     totals[lo + j] += value
+
+    def _one_edit(self, model, tokenizer, item: _Item, bf16: bool, totals: list[float]) -> None:
+        """An image with references, laid out as the trainer lays it out; the vision tower runs once for all
+        its seeds and sigmas."""
+        from core.train.references import frozen_vision, reference_layout, target_slice
+
+        batch = reference_layout(tokenizer, item.caption, item.references, item.height, item.width).to(self.device)
+        x0 = item.x0.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            vision = frozen_vision(model, batch)
+        target = target_slice(batch)
+        for eps in item.eps:
+            eps = eps.to(self.device)
+            for j in range(len(self.sigmas)):
+                sigma = self.sigmas[j : j + 1].to(self.device)
+                z = self.objective.mix(x0, eps, sigma)
+                inputs = batch.model_inputs(batch.vinputs(z), 1.0 - sigma)
+                inputs.update(pixel_values=None, image_grid_thw=None, vision=vision)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    x_pred = model(**inputs).x_pred
+                totals[j] += float(self.objective.per_sample(x_pred[:, target], x0, sigma).double().sum())
 
 
 def validation_set(cfg, train_dataset=None):

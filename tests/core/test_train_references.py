@@ -95,7 +95,7 @@ def test_training_sequence_is_the_samplers(tiny, pairs, tmp_path):
         x_pred = real(**kw).x_pred
         L = b.input_ids.shape[1]
         want_loss += float(trainer.objective.loss(x_pred[:, L : L + n], x0, sigma).detach()) / len(seen)
-    assert float(loss) == pytest.approx(want_loss, rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(want_loss, rel=1e-6)
 
 
 def test_previews_show_references_with_and_without_the_lora(tiny, pairs, tmp_path):
@@ -198,3 +198,40 @@ def test_cli_takes_an_edit_dataset(tiny, pairs, tmp_path):
         ]
     )
     assert result.steps_done == 2 and result.lora_file.is_file()
+
+
+def test_validation_lays_out_references_as_training_does(tiny, pairs, tmp_path):
+    """On an edit set the held-out loss sees each image with its references, in the sampler's (and the
+    training step's) sequence, the vision tower once per image; without them the loss would measure a
+    text-to-image task the LoRA is not trained for."""
+    from core.layout import collate
+    from core.sampler import Sampler
+
+    trainer = Trainer(
+        config(tiny, pairs, tmp_path / "run", validation_fraction=0.25, validation_sigmas=3, validation_seeds=2)
+    )
+    val = trainer.validator
+    [item] = val.items
+    assert len(item.references) == 1  # held out with its reference, never dropped
+    seen, towers = [], []
+    hook = trainer.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
+    tower = trainer.model.vision_features
+    trainer.model.vision_features = lambda *a: towers.append(1) or tower(*a)
+    try:
+        point = val.evaluate(trainer.model, trainer._inputs, bf16=False, tokenizer=trainer.tokenizer)
+    finally:
+        hook.remove()
+        del trainer.model.vision_features
+    assert len(seen) == 3 * 2 and len(towers) == 1  # sigmas x seeds forwards, one vision-tower run
+    sampler = Sampler(trainer.model, trainer.tokenizer)
+    req = sampler._request(item.caption, " ", 64, 64, 2, None, 0, "full", None, None, 1, False, item.references)
+    b = collate([sampler._layout(req, item.caption)])
+    for kw in seen:
+        for name in ("input_ids", "position_ids", "token_types"):
+            assert torch.equal(kw[name], getattr(b, name)), name
+        assert torch.equal(kw["vinputs"][:, b.n_image :], b.ref_patches)  # clean reference after the target
+    # the references matter: the same image and noise without them give another loss
+    item.references = []
+    without = val.evaluate(trainer.model, trainer._inputs, bf16=False, tokenizer=trainer.tokenizer)
+    assert abs(point["loss"] - without["loss"]) > 1e-6
+    assert point["samples"] == without["samples"] == 6
