@@ -2,8 +2,9 @@
 
 Both give (images [B, 3, H, W] in [-1, 1], captions [B]) forever and can be resumed exactly: the trainer
 saves `state_after(batches_done)` in each checkpoint and hands it back to `load_state_dict` on resume.
-A folder of edit / personalisation samples gives (images, captions, references [B] lists of PIL images,
-reference keys [B]: (sample name, flipped) or None, what the trainer caches the vision tower's features by).
+A folder of edit / personalisation samples gives (images, captions, references [B]: each sample's reference
+images prepared for the batch's size (core.layout.References, [] when it has none), reference keys [B]:
+(sample name, flipped) or None, what the trainer caches the vision tower's features by).
 
     FolderData(cfg)                         # core.data: validation, aspect buckets, resumable bucket sampler
     StreamData(make_stream, batch_size)     # make_stream(start) -> iterator of (image [3, H, W], caption),
@@ -77,6 +78,7 @@ class FolderData:
         from torch.utils.data import DataLoader
 
         from core.data import collate_batch
+        from core.train.references import prepared_references
 
         loader = DataLoader(
             self.dataset,
@@ -89,7 +91,9 @@ class FolderData:
         while True:  # each pass over the loader is one epoch; the sampler moves on to the next by itself
             for batch in loader:
                 if self.dataset.has_references:
-                    yield batch["images"], batch["captions"], batch["references"], batch["reference_keys"]
+                    h, w = batch["images"].shape[-2:]
+                    refs = prepared_references(batch["references"], h, w)  # here: on Prefetch's thread
+                    yield batch["images"], batch["captions"], refs, batch["reference_keys"]
                 else:
                     yield batch["images"], batch["captions"]
 

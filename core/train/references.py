@@ -18,15 +18,26 @@ from __future__ import annotations
 
 import torch
 
-from core.layout import Batch, build_edit, build_t2i, collate, prepare_references
+from core.layout import Batch, References, build_edit, build_t2i, collate, prepare_references
 
 
-def reference_layout(tokenizer, caption: str, references: list, height: int, width: int) -> Batch:
-    """One sample's Batch (B = 1): the edit layout with `references` (PIL images), text-to-image without."""
+def reference_layout(tokenizer, caption: str, references, height: int, width: int) -> Batch:
+    """One sample's Batch (B = 1): the edit layout with `references`, text-to-image without. `references`:
+    PIL images, or what prepare_references made of them for this height x width (training batches come so:
+    prepared_references runs on the data thread, off the training step)."""
     if not references:
         return collate([build_t2i(tokenizer, caption, height, width)])
-    refs = prepare_references(list(references), height, width)
+    refs = (
+        references if isinstance(references, References) else prepare_references(list(references), height, width)
+    )
     return collate([build_edit(tokenizer, caption, height, width, refs)])
+
+
+def prepared_references(references: list[list], height: int, width: int) -> list:
+    """Each sample's reference images resized and split into both of their inputs (prepare_references) for
+    a height x width target; [] for a sample without (or with dropped) references. The official resizing is
+    LANCZOS on the CPU: tens of ms for a 1024^2 reference, so the data thread does it ahead of the step."""
+    return [prepare_references(list(refs), height, width) if refs else [] for refs in references]
 
 
 def target_slice(batch: Batch) -> slice:

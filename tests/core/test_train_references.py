@@ -70,13 +70,16 @@ def test_training_sequence_is_the_samplers(tiny, pairs, tmp_path):
     g = torch.Generator().manual_seed(5)
     trainer.generator = g
     loss = trainer.loss_with_references(images, captions, refs, keys)
-    assert len(seen) == 2 and all(len(r) == 1 for r in refs)
+    assert len(seen) == 2 and all(len(r.ref_sizes) == 1 for r in refs)  # prepared by the data thread
+    # the sampler gets the reference files themselves (the pairs are unflipped: key (target name, False))
+    originals = [[Image.open(pairs / name.replace("out", "in"))] for name, flipped in keys]
+    assert not any(flipped for _, flipped in keys)
 
     sampler = Sampler(trainer.model, trainer.tokenizer)
     replay = torch.Generator().manual_seed(5)
     want_loss = 0.0
     for k, kw in enumerate(seen):
-        req = sampler._request(captions[k], " ", 64, 64, 2, None, 0, "full", None, None, 1, False, refs[k])
+        req = sampler._request(captions[k], " ", 64, 64, 2, None, 0, "full", None, None, 1, False, originals[k])
         b = collate([sampler._layout(req, captions[k])])
         assert captions[k].startswith("sks edit")
         for name in ("input_ids", "position_ids", "token_types"):
