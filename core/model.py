@@ -330,12 +330,15 @@ class HiDreamO1(nn.Module):
                 vision if vision is not None else self.vision_features(pixel_values, image_grid_thw)
             )
             pad_mask = input_ids == self.config.image_token_id
-            n = int(pad_mask.sum())
-            if n != embeds.shape[0]:
-                raise ValueError(
-                    f"input_ids hold {n} <|image_pad|> tokens but the vision tower gave "
-                    f"{embeds.shape[0]} features (check image_grid_thw / the layout)"
-                )
+            if input_ids.device.type == "cpu":
+                n = int(pad_mask.sum())
+                if n != embeds.shape[0]:
+                    raise ValueError(
+                        f"input_ids hold {n} <|image_pad|> tokens but the vision tower gave "
+                        f"{embeds.shape[0]} features (check image_grid_thw / the layout)"
+                    )
+            else:  # the same check without waiting for the GPU (int() of a device tensor would, every step)
+                torch._assert_async(pad_mask.sum() == embeds.shape[0], "<|image_pad|> tokens != vision features")
             emb = emb.masked_scatter(pad_mask[..., None], embeds.to(emb.dtype))
         return emb, pad_mask, deepstack
 
