@@ -19,7 +19,7 @@ def test_the_list_is_the_core_table(client, alice):
     body = r.json()
     assert list(body) == list(TRAINING_PRESETS)
     for name, p in TRAINING_PRESETS.items():
-        assert body[name] == {"label": p.label, "summary": p.summary, "values": p.values}
+        assert body[name] == {"label": p.label, "summary": p.summary, "values": p.values, "default": False}
     assert body["standard"]["values"] == {}  # the recipe's defaults, nothing over them
 
 
