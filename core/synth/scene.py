@@ -39,6 +39,9 @@ class ShapeSpec:
         return f"a {self.size} {self.colour} {self.shape} {REGION_PHRASES[self.region]}"
 
 
+TRIGGER_AT = ("start", "end")  # where Scene.caption puts a trigger phrase
+
+
 @dataclass(frozen=True)
 class Scene:
     shapes: tuple[ShapeSpec, ...]
@@ -51,11 +54,18 @@ class Scene:
         if not regions or len(set(regions)) != len(regions):
             raise ValueError(f"a scene needs one or more shapes in distinct regions, got {regions}")
 
-    def caption(self, trigger: str = "") -> str:
+    def caption(self, trigger: str = "", at: str = "start") -> str:
+        """The scene in prose, with `trigger` in front (at="start", the usual LoRA convention) or after it
+        (at="end": the bundled model reads a scene sentence by token position, so a phrase in front of it
+        moves the shapes until a LoRA relearns placement; one after it leaves the sentence as pretrained)."""
+        if at not in TRIGGER_AT:
+            raise ValueError(f"at must be one of {TRIGGER_AT}, got {at!r}")
         text = " and ".join(s.phrase() for s in self.shapes)
         text += ("," if len(self.shapes) > 1 else "") + f" on a {self.background} background"
         trigger = " ".join(trigger.split())
-        return f"{trigger}, {text}" if trigger else text
+        if not trigger:
+            return text
+        return f"{trigger}, {text}" if at == "start" else f"{text}, {trigger}"
 
     def labels(self) -> dict:
         return {

@@ -68,8 +68,8 @@ def test_on_the_bundled_model_a_request_without_preset_gets_the_bundled_one(make
     assert r.json()["progress"]["total_steps"] == BUNDLED["steps"]
 
     # what a person writes wins over the default preset, field by field
-    params = submit(client, alice, dataset, rank=4, steps=300, sample_every=0).json()["params"]
-    assert (params["rank"], params["steps"], params["sample_every"]) == (4, 300, 0)
+    params = submit(client, alice, dataset, rank=4, steps=50, sample_every=0).json()["params"]
+    assert (params["rank"], params["steps"], params["sample_every"]) == (4, 50, 0)
     assert (params["resolution"], params["learning_rate"]) == (BUNDLED["resolution"], BUNDLED["learning_rate"])
 
     # another preset named, or null for none: the default does not apply
@@ -82,10 +82,10 @@ def test_on_the_bundled_model_a_request_without_preset_gets_the_bundled_one(make
 def test_a_typed_value_that_clashes_with_the_default_preset_is_a_clear_422(make_client, alice, dataset):
     client = make_client(model_path=BUNDLED_MODEL, training_preset="auto")
     before = client.get("/v1/trainings", headers=auth(alice)).json()["count"]
-    r = submit(client, alice, dataset, sample_every=500)  # the preset trains 160 steps
+    r = submit(client, alice, dataset, sample_every=400)  # the preset trains 300 steps
     assert r.status_code == 422
     msg = r.json()["error"]["message"]
-    assert "sample_every (500) must not exceed steps (160)" in msg and "default preset 'bundled'" in msg
+    assert "sample_every (400) must not exceed steps (300)" in msg and "default preset 'bundled'" in msg
     assert client.get("/v1/trainings", headers=auth(alice)).json()["count"] == before  # nothing queued
 
 

@@ -10,7 +10,7 @@ def test_presets_are_listed_and_a_preset_trains_with_the_flags_given_on_top(cli,
     assert listed.returncode == 0, listed.stderr
     names = [line.split()[0] for line in listed.stdout.splitlines() if line and not line[0].isspace()]
     assert names == list(api(cli).get("/v1/training-presets").json())
-    assert "bundled" in names and "rank 8" in listed.stdout
+    assert "bundled" in names and "rank 16" in listed.stdout
 
     out = cli.run(
         "train", str(photos), "--trigger", "sks", "--preset", "bundled", "--steps", "2", "--sample-every", "0",
@@ -20,7 +20,7 @@ def test_presets_are_listed_and_a_preset_trains_with_the_flags_given_on_top(cli,
     params = api(cli).get(f"/v1/trainings/{out.stdout.strip()}").json()["params"]
     assert params["preset"] == "bundled"
     assert (params["steps"], params["sample_every"]) == (2, 0)  # the flags
-    assert (params["rank"], params["resolution"], params["learning_rate"]) == (8, 128, 2e-3)  # the preset
+    assert (params["rank"], params["resolution"], params["learning_rate"]) == (16, 128, 4e-3)  # the preset
 
     datasets = api(cli).get("/v1/datasets").json()["count"]
     bad = cli.run("train", str(photos), "--trigger", "sks", "--preset", "nope", cwd=tmp_path)
@@ -47,7 +47,7 @@ def test_on_the_bundled_model_presets_marks_the_default_and_train_without_preset
     params = job["params"]
     assert params["preset"] == "bundled"
     assert (params["steps"], params["sample_every"]) == (2, 0)  # the flags
-    assert (params["rank"], params["resolution"], params["learning_rate"]) == (8, 128, 2e-3)  # the default preset
+    assert (params["rank"], params["resolution"], params["learning_rate"]) == (16, 128, 4e-3)  # the default preset
     # the upload was checked at the size the default preset trains at
     dataset = api(bundled_cli).get(f"/v1/datasets/{params['dataset_id']}").json()
     assert dataset["report"]["resolution"] == 128, dataset["report"]
