@@ -110,17 +110,18 @@ def seconds(job: dict) -> float:
     return (end - start).total_seconds()
 
 
-def generate_all(http: httpx.Client, requests: list[dict]) -> list[Image.Image]:
-    """Submit every generation first (the worker batches compatible ones), then collect them in order."""
-    ids = []
-    for body in requests:
-        r = http.post("/v1/generations", json=body)
-        if r.status_code != 202:
-            raise RuntimeError(f"generation refused: {r.text}")
-        ids.append(r.json()["id"])
-    images = []
-    for gid in ids:
-        done = wait_done(http, f"/v1/generations/{gid}", "generation", timeout=1800, quiet=True)
+def generate_all(http: httpx.Client, requests: list[dict], window: int = 8) -> list[Image.Image]:
+    """Keep `window` generations queued (the worker batches compatible ones; an owner may have 10 active), and
+    collect the images in the order of `requests`."""
+    ids: list[str] = []
+    images: list[Image.Image] = []
+    while len(images) < len(requests):
+        while len(ids) < len(requests) and len(ids) - len(images) < window:
+            r = http.post("/v1/generations", json=requests[len(ids)])
+            if r.status_code != 202:
+                raise RuntimeError(f"generation refused: {r.text}")
+            ids.append(r.json()["id"])
+        done = wait_done(http, f"/v1/generations/{ids[len(images)]}", "generation", timeout=1800, quiet=True)
         png = http.get(done["images"][0]["url"]).raise_for_status().content
         images.append(Image.open(io.BytesIO(png)).convert("RGB"))
     return images

@@ -105,11 +105,12 @@ _SHAPE_RE = re.compile(
     rf"\ba ({_alternatives(SIZES)}) ({_alternatives(COLOURS)}) ({_alternatives(SHAPES)}) "
     rf"({_alternatives(_PHRASE_TO_REGION)})(?= and |,? on a )"
 )
-_BACKGROUND_RE = re.compile(rf",? on a ({_alternatives(BACKGROUNDS)}) background\s*$")
+_BACKGROUND_RE = re.compile(rf",? on a ({_alternatives(BACKGROUNDS)}) background\s*(?:,[^,]*)?$")  # trigger after
 
 
 def parse_caption(caption: str) -> dict:
-    """Labels back from a caption of this grammar (any trigger prefix), so a prompt alone can be scored."""
+    """Labels back from a caption of this grammar (a trigger before it or, after a comma, behind it), so a prompt
+    alone can be scored."""
     bg = _BACKGROUND_RE.search(caption)
     shapes = [
         {"shape": m[3], "colour": m[2], "size": m[1], "region": _PHRASE_TO_REGION[m[4]]}
