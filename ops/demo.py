@@ -1,6 +1,6 @@
 """`make demo`: the service on its embedded default learns a style over HTTP and shows, with scores, what it does.
 
-    python -m ops.demo                      # runs/demo/grid.png + scores.json; ~10 min on 2 busy CPU cores
+    python -m ops.demo                      # runs/demo/grid.png + scores.json; ~14 min on 2 busy CPU cores
     python -m ops.demo --steps 4 --images 4 --prompts 2 --gen-steps 2 --out /tmp/demo   # a smoke run
 
 It starts `python -m ops.embedded` (own Redis, SQLite, API, one worker) on the bundled model, writes a
