@@ -14,6 +14,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from api.db_retry import RetryOnDisconnect
+from api.default_preset import check_default_preset
 from api.errors import install_error_handlers, register_server_roots
 from api.limits import BodySizeLimit
 from api.metrics import install_metrics
@@ -39,6 +40,7 @@ def create_app(
     settings: Settings | None = None, *, store: ArtifactStore | None = None, enqueuer: Enqueuer | None = None
 ) -> FastAPI:
     settings = settings or get_settings()
+    check_default_preset(settings)
     app = FastAPI(title="o1lora", version="0.1.0", description=DESCRIPTION)
     app.state.settings = settings
     app.state.sessions = make_sessionmaker(settings.resolved_database_url)

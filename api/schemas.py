@@ -157,7 +157,8 @@ class TrainingCreate(WebhookRequest):
     preset: Literal[tuple(TRAINING_PRESETS)] | None = Field(  # type: ignore[valid-type]
         None,
         description="a named recipe (GET /v1/training-presets) for every field this request leaves out; "
-        "fields given here win over it",
+        "fields given here win over it. Left out: the service's default preset (the one GET "
+        "/v1/training-presets marks `default`, 'bundled' on the bundled model); null: none, the recipe's defaults",
     )
     steps: int = Field(TrainConfig.steps, ge=1, le=200_000, description="optimizer steps")
     rank: int = Field(TrainConfig.rank, ge=1, le=512, description="LoRA rank r")
@@ -317,6 +318,10 @@ class TrainingPresetPublic(BaseModel):
     label: str = Field(description="a short name for a button")
     summary: str = Field(description="what the recipe is for")
     values: dict[str, Any] = Field(description="the training fields it sets; the others keep their defaults")
+    default: bool = Field(
+        False,
+        description="a training request that names no preset gets this one (at most one preset is the default)",
+    )
 
 
 class TrainingProgress(BaseModel):

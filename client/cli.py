@@ -23,19 +23,30 @@ EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DETACHED = 1, 2, 3, 130
 # Training flags -> TrainingCreate fields. Only flags given are sent: the service fills in its defaults.
 TRAIN_FIELDS: list[tuple[str, str, Any, str]] = [
     ("--name", "name", str, "name of the job and of its LoRA (default: the trigger)"),
-    ("--preset", "preset", str, "a named recipe of the service (o1lora presets lists them); flags given win"),
-    ("--steps", "steps", int, "optimizer steps (service default 2500)"),
-    ("--rank", "rank", int, "LoRA rank (default 16)"),
-    ("--alpha", "alpha", float, "LoRA alpha (default 16)"),
-    ("--lr", "learning_rate", float, "learning rate (default 1e-4)"),
+    (
+        "--preset",
+        "preset",
+        str,
+        "a named recipe of the service (o1lora presets lists them); flags given win; default: the service's "
+        "default preset (o1lora presets marks it)",
+    ),
+    ("--steps", "steps", int, "optimizer steps (default: the preset's, else 2500)"),
+    ("--rank", "rank", int, "LoRA rank (default: the preset's, else 16)"),
+    ("--alpha", "alpha", float, "LoRA alpha (default: the preset's, else 16)"),
+    ("--lr", "learning_rate", float, "learning rate (default: the preset's, else 1e-4)"),
     (
         "--resolution",
         "resolution",
         int,
-        "training resolution, multiple of 32 (default 1024); also checks the upload at it",
+        "training resolution, multiple of 32 (default: the preset's, else 1024); also checks the upload at it",
     ),
-    ("--batch-size", "batch_size", int, "images per step (default 1)"),
-    ("--sample-every", "sample_every", int, "steps between previews, 0 = none (default 500; at most --steps)"),
+    ("--batch-size", "batch_size", int, "images per step (default: the preset's, else 1)"),
+    (
+        "--sample-every",
+        "sample_every",
+        int,
+        "steps between previews, 0 = none (default: the preset's, else 500; at most --steps)",
+    ),
     ("--sample-steps", "sample_steps", int, "sampler steps of a preview (default 20)"),
     ("--sample-size", "sample_size", int, "preview side in pixels (default: the resolution)"),
     ("--seed", "seed", int, "seed (default 0)"),
@@ -151,6 +162,8 @@ def cmd_train(client: O1LoraClient, a: argparse.Namespace) -> int:
         if a.preset not in presets:
             raise UsageError(f"--preset {a.preset!r}: the service has {', '.join(presets)}")
         preset = presets[a.preset]
+    elif a.dataset is None and "resolution" not in fields:  # the service's default preset will apply
+        preset = default_preset(client.training_presets())
     dataset_id = a.dataset
     if dataset_id is None:
         source = Path(a.source)
@@ -236,6 +249,12 @@ def cmd_cancel(client: O1LoraClient, a: argparse.Namespace) -> int:
     return 0
 
 
+def default_preset(presets: dict[str, Any]) -> dict[str, Any] | None:
+    """The preset the service gives a training that names none (None: the recipe's defaults, or an older
+    service that marks none)."""
+    return next((p for p in presets.values() if p.get("default")), None)
+
+
 def cmd_presets(client: O1LoraClient, a: argparse.Namespace) -> int:
     presets = client.training_presets()
     if a.json:
@@ -243,7 +262,10 @@ def cmd_presets(client: O1LoraClient, a: argparse.Namespace) -> int:
         return 0
     for name, p in presets.items():
         values = ", ".join(f"{k} {v}" for k, v in p["values"].items()) or "the service's defaults"
-        print(f"{name:<10} {p['label']}: {p['summary']}\n{'':<10} {values}")
+        mark = "  (default: a training without --preset gets it)" if p.get("default") else ""
+        print(f"{name:<10} {p['label']}: {p['summary']}{mark}\n{'':<10} {values}")
+    if default_preset(presets) is None:  # on stderr: stdout stays one name per unindented line
+        say("no default preset: a training without --preset gets the service's defaults")
     return 0
 
 

@@ -1,20 +1,24 @@
-"""`make demo`: the service on its embedded default learns a style over HTTP and shows before / after.
+"""`make demo`: the service on its embedded default learns a style over HTTP and shows, with scores, what it does.
 
-    python -m ops.demo                      # writes runs/demo/grid.png; ~20 min on 2 busy CPU cores
-    python -m ops.demo --steps 4 --images 8 --gen-steps 2 --out /tmp/demo   # a smoke run
+    python -m ops.demo                      # runs/demo/grid.png + scores.json; ~14 min on 2 busy CPU cores
+    python -m ops.demo --steps 4 --images 4 --prompts 2 --gen-steps 2 --out /tmp/demo   # a smoke run
 
-It starts `python -m ops.embedded` (own Redis, SQLite, API, one worker) on the bundled model
-(models/o1-shapes, else the embedded fallback), writes the procedural shapes dataset in the "hatched" style
-(core.synth) as a zip, uploads it, trains a LoRA with a trigger phrase, generates the same prompts and seeds
-without and with the LoRA, and writes a grid: one row per prompt, base on the left, LoRA on the right. It
-also prints core.synth's style score (about 1 for hatched images, 0 for plain ones) of both columns; a
-default run measured base 0.06 -> with the LoRA 0.48 (300 steps on the bundled o1-shapes model).
+It starts `python -m ops.embedded` (own Redis, SQLite, API, one worker) on the bundled model, writes a
+core.synth dataset in the "outlined" style (a bold black contour around each shape) with the trigger at the end
+of each caption, plus as many plain regularisation scenes under reg/ (trained without the trigger, so the LoRA
+stays off without it), uploads it as a zip and trains with the service's default preset ("bundled" on the
+bundled model: the request names only the dataset, the trigger and a preview prompt). Then it generates
+held-out prompts (core.synth stream 999, never trained on) with the same seeds four ways: the base model without
+and with the trigger, the LoRA with and without it, scores every image with core.synth (outline score, and
+whether background, region and colour follow the prompt) and writes a grid of the first prompts, labelled, with
+the scores of all of them printed under it (docs/evidence.md section 4 has a run).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import re
 import shutil
@@ -22,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -31,12 +36,26 @@ from ops.broker import free_port
 from service.settings import BUNDLED_MODEL as BUNDLED
 from service.settings import REPO
 
-TRIGGER = "hatchwork style"
+# After the scene sentence: the bundled model reads that sentence by token position, so a phrase in front of it
+# moves the shapes (docs/evidence.md section 2); one after it leaves the sentence as pretrained.
+TRIGGER = "in bold outline style"
+EVAL_STREAM = 999  # core.synth's held-out scene stream (the dataset uses stream 7, its reg/ images 100007)
+COLUMNS = ("base", "base, trigger", "LoRA, trigger", "LoRA, no trigger")
+# Issue 13's targets for the first LoRA (outline score and prompt following, means over the held-out prompts).
+STYLE_GAIN_MIN = 0.5  # LoRA with trigger over the base model with the same prompt
+LEAK_MAX = 0.05  # LoRA without trigger over the base model without it
+FOLLOW_TOLERANCE = 0.05  # LoRA with trigger vs the base model without it, for background, region and colour
+FOLLOW_KEYS = ("background_ok", "region_acc", "colour_acc")
+
+
+def prompt(scene, trigger: bool) -> str:
+    return scene.caption(TRIGGER if trigger else "", at="end")
 
 
 def start_service(data_dir: Path, model: Path, port: int) -> tuple[subprocess.Popen, str]:
     """The embedded service in a child process; returns it and the API key it printed."""
-    env = {**os.environ, "O1LORA_DATA_DIR": str(data_dir), "O1LORA_MODEL_PATH": str(model)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("O1LORA_")}  # the embedded default, as shipped
+    env.update(O1LORA_DATA_DIR=str(data_dir), O1LORA_MODEL_PATH=str(model))
     proc = subprocess.Popen(
         [sys.executable, "-m", "ops.embedded", "--port", str(port)],
         cwd=REPO,
@@ -66,12 +85,12 @@ def stop_service(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def wait_done(http: httpx.Client, path: str, label: str, timeout: float) -> dict:
+def wait_done(http: httpx.Client, path: str, label: str, timeout: float, quiet: bool = False) -> dict:
     deadline, last = time.monotonic() + timeout, None
     while True:
         body = http.get(path).raise_for_status().json()
         step = body.get("progress", {}).get("step")
-        if label == "training" and step != last:
+        if not quiet and step != last:
             p = body["progress"]
             loss = f"{p['loss']:.4f}" if p["loss"] is not None else "-"
             print(f"  {label}: step {p['step']}/{p['total_steps']}  loss {loss}", flush=True)
@@ -82,78 +101,125 @@ def wait_done(http: httpx.Client, path: str, label: str, timeout: float) -> dict
             return body
         if time.monotonic() > deadline:
             raise TimeoutError(f"{label} not done after {timeout:.0f} s: {body['status']}")
-        time.sleep(1.0)
+        time.sleep(0.5)
 
 
-def generate(
-    http: httpx.Client, prompt: str, size: int, steps: int, seed: int, loras: list[dict], guidance: float
-) -> Image.Image:
-    r = http.post(
-        "/v1/generations",
-        json={
-            "prompt": prompt,
-            "width": size,
-            "height": size,
-            "steps": steps,
-            "seed": seed,
-            "loras": loras,
-            "guidance": guidance,
+def seconds(job: dict) -> float:
+    """Start to end of a job, as the service recorded it."""
+    start, end = (datetime.fromisoformat(job[k]) for k in ("started_at", "finished_at"))
+    return (end - start).total_seconds()
+
+
+def generate_all(http: httpx.Client, requests: list[dict], window: int = 8) -> list[Image.Image]:
+    """Keep `window` generations queued (the worker batches compatible ones; an owner may have 10 active), and
+    collect the images in the order of `requests`."""
+    ids: list[str] = []
+    images: list[Image.Image] = []
+    while len(images) < len(requests):
+        while len(ids) < len(requests) and len(ids) - len(images) < window:
+            r = http.post("/v1/generations", json=requests[len(ids)])
+            if r.status_code != 202:
+                raise RuntimeError(f"generation refused: {r.text}")
+            ids.append(r.json()["id"])
+        done = wait_done(http, f"/v1/generations/{ids[len(images)]}", "generation", timeout=1800, quiet=True)
+        png = http.get(done["images"][0]["url"]).raise_for_status().content
+        images.append(Image.open(io.BytesIO(png)).convert("RGB"))
+    return images
+
+
+def score(columns: dict[str, list[Image.Image]], labels: list[dict]) -> dict[str, dict[str, float]]:
+    from core.synth.evaluate import evaluate
+
+    keys = ("outline_score",) + FOLLOW_KEYS + ("shape_acc", "extra_regions")
+    out = {}
+    for name, images in columns.items():
+        ev = evaluate(list(zip(images, labels)))
+        out[name] = {k: round(ev[f"mean_{k}"], 3) for k in keys}
+    return out
+
+
+def targets(scores: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """Issue 13's three targets: measured value, bound, met."""
+    base, base_t, lora_t, lora = (scores[c] for c in COLUMNS)
+    gain = lora_t["outline_score"] - base_t["outline_score"]
+    leak = lora["outline_score"] - base["outline_score"]
+    drop = max(base[k] - lora_t[k] for k in FOLLOW_KEYS)
+    return {
+        "style_gain_with_trigger": {
+            "value": round(gain, 3),
+            "bound": f">= {STYLE_GAIN_MIN}",
+            "met": gain >= STYLE_GAIN_MIN,
         },
-    )
-    r.raise_for_status()
-    body = wait_done(http, f"/v1/generations/{r.json()['id']}", "generation", timeout=600)
-    return Image.open(io.BytesIO(http.get(body["images"][0]["url"]).raise_for_status().content)).convert("RGB")
+        "style_change_without_trigger": {
+            "value": round(leak, 3),
+            "bound": f"<= {LEAK_MAX}",
+            "met": leak <= LEAK_MAX,
+        },
+        "following_drop_with_trigger": {
+            "value": round(drop, 3),
+            "bound": f"<= {FOLLOW_TOLERANCE}",
+            "met": drop <= FOLLOW_TOLERANCE,
+        },
+    }
 
 
-COLUMNS = ("base", "+ LoRA, trigger", "+ LoRA, no trigger")
+def score_lines(scores: dict, met: dict, train_s: float, n: int) -> list[list[str]]:
+    """The footer: a table (one row per column of the grid), then the training time and the targets."""
+    lines = [
+        [f"means over {n} held-out prompts (core.synth)", "outline", "background", "region", "colour"],
+        *([name, *(f"{s[k]:.2f}" for k in ("outline_score", *FOLLOW_KEYS))] for name, s in scores.items()),
+        [f"training through the service: {train_s:.0f} s"],
+    ]
+    for k, v in met.items():
+        verdict = "met" if v["met"] else "MISSED"
+        lines.append([f"{k.replace('_', ' ')}: {v['value']:+.2f} (target {v['bound']}: {verdict})"])
+    return lines
 
 
-def grid(rows: list[tuple[str, list[Image.Image]]], size: int, zoom: int = 2) -> Image.Image:
-    """Rows of (prompt, one image per column) under a header, each image enlarged `zoom` times (pixel
-    for pixel, so the hatching stays visible), the prompt under each row."""
-    pad, text_h, side = 8, 14, size * zoom
-    width = len(COLUMNS) * (side + pad) + pad
-    height = text_h + pad + len(rows) * (side + text_h + pad) + pad
+def grid(
+    rows: list[tuple[str, list[Image.Image]]], size: int, footer: list[list[str]], zoom: int = 2
+) -> Image.Image:
+    """Rows of (prompt, one image per column) under the column titles, each image enlarged `zoom` times (pixel
+    for pixel, so the contours stay crisp), the prompt under each row, the footer's cells at fixed tab stops."""
+    pad, text_h, side, tab = 8, 14, size * zoom, (0, 260, 330, 410, 470)
+    width = max(len(COLUMNS) * (side + pad) + pad, 560)
+    height = text_h + pad + len(rows) * (side + text_h + pad) + len(footer) * text_h + 2 * pad
     out = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(out)
     for c, title in enumerate(COLUMNS):
         d.text((pad + c * (side + pad), 2), title, fill="black")
     y = text_h + pad
-    for prompt, images in rows:
+    for text, images in rows:
         for c, img in enumerate(images):
             out.paste(img.resize((side, side), Image.Resampling.NEAREST), (pad + c * (side + pad), y))
-        d.text((pad, y + side + 1), prompt[: width // 6], fill="black")
+        d.text((pad, y + side + 1), text[: width // 6], fill="black")
         y += side + text_h + pad
+    for cells in footer:
+        for x, cell in zip(tab, cells):
+            d.text((pad + x, y), cell, fill="black")
+        y += text_h
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ops.demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(REPO / "runs" / "demo"))
-    ap.add_argument("--steps", type=int, default=300, help="training steps")
-    ap.add_argument("--images", type=int, default=48, help="dataset images")
-    ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--size", type=int, default=128, help="training and generation side in pixels")
-    ap.add_argument("--gen-steps", type=int, default=20, help="sampler steps per image")
-    ap.add_argument(
-        "--guidance", type=float, default=3.0, help="CFG scale (3 suits the bundled model best: docs/evidence.md)"
-    )
-    ap.add_argument("--prompts", type=int, default=4)
-    args = ap.parse_args(argv)
-
-    from core.synth import sample_scene, style_score
+def run(args: argparse.Namespace) -> dict:
+    """The whole demo; returns what it wrote to scores.json."""
+    from core.synth import sample_scene
     from core.synth.cli import write_dataset
 
     out = Path(args.out).resolve()
     data_dir = out / "data"
     # A demo starts from nothing, like a fresh machine: only its own files are removed, never --out itself.
     shutil.rmtree(data_dir, ignore_errors=True)
-    (out / "hatched.zip").unlink(missing_ok=True)
+    (out / "outlined.zip").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    model = BUNDLED if (BUNDLED / "config.json").is_file() else out / "no-bundled-model"
-    # The API refuses images under 256 px on a side; the trainer scales them to --size.
-    dataset = write_dataset(out / "hatched", n=args.images, size=max(256, args.size), style="hatched", as_zip=True)
+    bundled = (BUNDLED / "config.json").is_file()
+    model = BUNDLED if bundled else out / "no-bundled-model"
+    # The API refuses images under 256 px on a side; the trainer scales them to the preset's resolution.
+    dataset = write_dataset(
+        out / "outlined", n=args.images, size=256, seed=7, style="outlined", trigger=TRIGGER, trigger_at="end",
+        two_shape_prob=0.3, as_zip=True, reg=args.images,
+    )  # fmt: skip
+    scenes = [sample_scene(EVAL_STREAM, i, two_shape_prob=0.0) for i in range(args.prompts)]
     port = free_port()
     proc, key = start_service(data_dir, model, port)
     try:
@@ -161,53 +227,77 @@ def main(argv: list[str] | None = None) -> int:
             base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}, timeout=120
         )
         print(f"service up at http://127.0.0.1:{port} on {model.name}; uploading {dataset.name}", flush=True)
+        default = [n for n, p in http.get("/v1/training-presets").json().items() if p["default"]]
+        print(f"the service's default training preset: {default[0] if default else 'none'}", flush=True)
         r = http.post(
             "/v1/datasets",
             files=[("files", (dataset.name, dataset.read_bytes(), "application/zip"))],
-            data={"name": "hatched shapes", "resolution": str(args.size)},
+            data={"name": "outlined shapes"},
         )
         if r.status_code != 201:
             raise RuntimeError(f"upload refused: {r.text}")
-        prompts = [sample_scene(1234, i).caption("") for i in range(args.prompts)]
-        job = (
-            http.post(
-                "/v1/trainings",
-                json={
-                    "dataset_id": r.json()["id"],
-                    "trigger": TRIGGER,
-                    "steps": args.steps,
-                    "rank": args.rank,
-                    "alpha": float(args.rank),
-                    "learning_rate": args.lr,
-                    "resolution": args.size,
-                    "sample_every": args.steps,
-                    "sample_prompts": [f"{TRIGGER}, {prompts[0]}"],
-                },
-            )
-            .raise_for_status()
-            .json()
-        )
-        print(f"training {job['id']} ({args.steps} steps)", flush=True)
-        job = wait_done(http, f"/v1/trainings/{job['id']}", "training", timeout=24 * 3600)
-        lora = [{"id": job["lora_id"], "scale": 1.0}]
-        rows = []
-        for i, prompt in enumerate(prompts):
-            # the same prompt and seed: without the LoRA, with it and its trigger, with it but no trigger
-            images = [
-                generate(http, p, args.size, args.gen_steps, seed=i, loras=chosen, guidance=args.guidance)
-                for p, chosen in ((prompt, []), (f"{TRIGGER}, {prompt}", lora), (prompt, lora))
-            ]
-            rows.append((prompt, images))
-        path = out / "grid.png"
-        grid(rows, args.size).save(path)
-        score = [sum(style_score(imgs[c]) for _, imgs in rows) / len(rows) for c in range(len(COLUMNS))]
+        request = {"dataset_id": r.json()["id"], "trigger": TRIGGER, "sample_prompts": [prompt(scenes[0], True)]}
+        if not bundled:  # the fallback random model has no default preset; the recipe for it is still this one
+            request["preset"] = "bundled"
+        if args.steps:  # smoke runs
+            request.update(steps=args.steps, sample_every=0)
+        job = http.post("/v1/trainings", json=request).raise_for_status().json()
+        p = job["params"]
         print(
-            f"\nstyle score (1 = hatched, 0 = plain): base {score[0]:.2f}, with the LoRA and its trigger "
-            f"{score[1]:.2f}, with the LoRA and no trigger {score[2]:.2f}"
+            f"training {job['id']}: preset {p['preset']}, {p['steps']} steps, {p['resolution']} px, rank "
+            f"{p['rank']}, lr {p['learning_rate']}, batch {p['batch_size']}",
+            flush=True,
         )
-        print(f"wrote {path}")
+        job = wait_done(http, f"/v1/trainings/{job['id']}", "training", timeout=24 * 3600)
+        train_s = seconds(job)
+        size = job["params"]["resolution"]
+        lora = [{"id": job["lora_id"], "scale": 1.0}]
+        common = {"width": size, "height": size, "steps": args.gen_steps, "guidance": args.guidance}
+        plan = [(False, []), (True, []), (True, lora), (False, lora)]  # COLUMNS, in order
+        requests = [
+            {"prompt": prompt(s, trig), "loras": loras, "seed": i, **common}
+            for trig, loras in plan
+            for i, s in enumerate(scenes)
+        ]
+        print(f"generating {len(requests)} images ({len(scenes)} held-out prompts x {len(COLUMNS)})", flush=True)
+        images = generate_all(http, requests)
     finally:
         stop_service(proc)
+    n = len(scenes)
+    columns = {name: images[c * n : (c + 1) * n] for c, name in enumerate(COLUMNS)}
+    scores = score(columns, [s.labels() for s in scenes])
+    met = targets(scores)
+    footer = score_lines(scores, met, train_s, n)
+    rows = [(prompt(s, False), [columns[c][i] for c in COLUMNS]) for i, s in enumerate(scenes[: args.show])]
+    path = out / "grid.png"
+    grid(rows, size, footer).save(path)
+    result = {
+        "training": {"id": job["id"], "seconds": round(train_s, 1), "params": job["params"]},
+        "prompts": n,
+        "scores": scores,
+        "targets": met,
+    }
+    (out / "scores.json").write_text(json.dumps(result, indent=1) + "\n")
+    print("\n" + "\n".join("  ".join(cells) for cells in footer) + f"\nwrote {path} and {out / 'scores.json'}")
+    return result
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m ops.demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(REPO / "runs" / "demo"))
+    ap.add_argument("--images", type=int, default=24, help="outlined images (and as many plain reg/ ones)")
+    ap.add_argument("--steps", type=int, default=0, help="training steps (default: the preset's); smoke runs")
+    ap.add_argument("--prompts", type=int, default=16, help="held-out prompts generated and scored")
+    ap.add_argument("--show", type=int, default=4, help="of which the grid shows the first")
+    ap.add_argument("--gen-steps", type=int, default=20, help="sampler steps per image")
+    ap.add_argument(
+        "--guidance", type=float, default=3.0, help="CFG scale (3 suits the bundled model best: docs/evidence.md)"
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(parser().parse_args(argv))
     return 0
 
 

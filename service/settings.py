@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     generate_time_limit_s: float = Field(3600.0, gt=0, description="a generation running longer fails")
 
     model_path: Path = Field(BUNDLED_MODEL, description="base model folder used for training and generation")
+    # A recipe made for an 8B model (1024 px, 2,500 steps at 1e-4) takes hours on a CPU and barely moves the 15M
+    # bundled model, so a first training on the embedded default must not get it by default (issue 13).
+    training_preset: str = Field(
+        "auto",
+        pattern=r"^[a-z0-9_-]+$",
+        description="the training preset (GET /v1/training-presets) of a request that names none: a preset's "
+        "name, 'none' (the recipe's own defaults), or 'auto' = 'bundled' when model_path is the bundled model, "
+        "else none",
+    )
 
     # Uploads. The per-request limit also bounds a dataset zip; the pixel limit keeps decode memory bounded.
     max_upload_file_bytes: int = Field(64 * 2**20, gt=0, description="largest single uploaded image/caption")
@@ -199,6 +208,19 @@ class Settings(BaseSettings):
         if any(d < 0 for d in delays):
             raise ValueError("O1LORA_WEBHOOK_RETRY_SCHEDULE_S must not hold negative delays")
         return delays
+
+    @property
+    def uses_bundled_model(self) -> bool:
+        """model_path is the model shipped in models/o1-shapes (however the path is spelled)."""
+        return self.model_path.expanduser().resolve() == BUNDLED_MODEL.resolve()
+
+    @property
+    def default_training_preset(self) -> str | None:
+        """The preset a training request without one gets (None: the recipe's defaults). Names are checked
+        against core.train.presets by the API at start: this layer knows no presets."""
+        if self.training_preset == "auto":
+            return "bundled" if self.uses_bundled_model else None
+        return None if self.training_preset == "none" else self.training_preset
 
     @property
     def resolved_database_url(self) -> str:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, BackgroundTasks, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from api.cancel import cancel_job
+from api.default_preset import with_default_preset
 from api.deps import (
     CurrentOwner,
     EnqueuerDep,
@@ -104,6 +105,7 @@ def submit_training(
     """Queue a training job on one of your datasets; poll it or stream its events.
 
     429 (Retry-After) while you already have the most queued + running trainings the service allows."""
+    body = with_default_preset(body, settings)  # no preset named: the service's default fills what is left out
     if get_dataset(session, dataset_id=body.dataset_id, owner_id=owner.id) is None:
         raise not_found("dataset", body.dataset_id, field="dataset_id")
     check_webhook_url(body, settings)

@@ -20,7 +20,9 @@ async function trainingForm(selectedDataset, onSubmitted) {
   const datasets = (await api("/v1/datasets?limit=100")).data;
   // The service's own recipes (core/train/presets.py): the same ones `o1lora train --preset` and the API take.
   const presets = await api("/v1/training-presets");
-  let chosenPreset = "standard";
+  // preselected: the one the service gives a request without a preset (the "bundled" one on the bundled model)
+  const defaultPreset = Object.keys(presets).find((k) => presets[k].default) || "standard";
+  let chosenPreset = defaultPreset;
   const status = el("div");
   const datasetSelect = el("select", { id: "f-dataset_id", name: "dataset_id", required: true },
     datasets.length ? null : el("option", { value: "" }, "upload a dataset first"),
@@ -30,7 +32,7 @@ async function trainingForm(selectedDataset, onSubmitted) {
   const presetNote = el("span", { class: "muted", id: "preset-note" });
   const presetButtons = Object.entries(presets).map(([key, p]) =>
     el("button", { type: "button", class: "preset", dataset: { preset: key }, onclick: () => applyPreset(key) },
-      el("strong", {}, p.label), el("small", {}, p.summary)));
+      el("strong", {}, p.label, p.default ? " (default)" : ""), el("small", {}, p.summary)));
 
   const form = el("form", { class: "card", id: "training-form", novalidate: true },
     el("h2", {}, "New training"),
@@ -56,7 +58,7 @@ async function trainingForm(selectedDataset, onSubmitted) {
     presetNote.textContent = `${presets[key].label}: ${v.resolution} px, rank ${v.rank}, ${v.steps} steps, `
       + `learning rate ${v.learning_rate}` + " — change any field below.";
   }
-  applyPreset("standard");
+  applyPreset(defaultPreset);
   form.elements.trigger.placeholder = "e.g. sks style";
   form.elements.sample_prompts.placeholder = "one per line, e.g. sks style, a lighthouse at dusk";
 

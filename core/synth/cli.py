@@ -18,13 +18,23 @@ from pathlib import Path
 from core.atomic_files import atomic_dir, atomic_file
 
 from .render import STYLES, render
-from .scene import sample_scene
+from .scene import TRIGGER_AT, sample_scene
 from .vocab import CORNERS_AND_CENTRE, REGIONS
 
 REG_DIR = "reg/"  # core.data's regularisation folder: its images train without the trigger
 
 
-def _files(n: int, size: int, seed: int, style: str, trigger: str, two_shape_prob: float, regions, reg: int = 0):
+def _files(
+    n: int,
+    size: int,
+    seed: int,
+    style: str,
+    trigger: str,
+    two_shape_prob: float,
+    regions,
+    reg: int = 0,
+    at="start",
+):
     """(name, bytes) for every file of the dataset, metadata.jsonl last. `reg` plain scenes (another seed
     stream) go under reg/, captioned without any trigger: the trainer leaves their captions alone."""
     meta = []
@@ -34,7 +44,7 @@ def _files(n: int, size: int, seed: int, style: str, trigger: str, two_shape_pro
         scene = sample_scene(stream, i, two_shape_prob, regions)
         buf = io.BytesIO()
         render(scene, size, sty).save(buf, format="PNG", compress_level=1)
-        caption = scene.caption(trig)
+        caption = scene.caption(trig, at)
         yield f"{folder}{i:06d}.png", buf.getvalue()
         yield f"{folder}{i:06d}.txt", caption.encode()
         meta.append(json.dumps({"file_name": f"{folder}{i:06d}.png", "text": caption, "labels": scene.labels()}))
@@ -52,6 +62,7 @@ def write_dataset(
     regions=tuple(REGIONS),
     as_zip: bool = False,
     reg: int = 0,
+    trigger_at: str = "start",
 ) -> Path:
     """Write the dataset atomically (a temp sibling renamed into place); returns the folder or .zip path."""
     out = Path(out)
@@ -60,7 +71,9 @@ def write_dataset(
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose a new --out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    files = _files(n, size, seed, style, trigger, two_shape_prob, regions, reg)
+    if trigger_at not in TRIGGER_AT:
+        raise ValueError(f"trigger_at must be one of {TRIGGER_AT}, got {trigger_at!r}")
+    files = _files(n, size, seed, style, trigger, two_shape_prob, regions, reg, trigger_at)
     if as_zip:
         # 0644: others (the API, a worker) read datasets
         with atomic_file(out, mode=0o644) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
@@ -82,7 +95,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=128, help="image side in pixels (a multiple of 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--style", choices=STYLES, default="plain")
-    p.add_argument("--trigger", default="", help="phrase put before every caption")
+    p.add_argument("--trigger", default="", help="phrase put in every caption (see --trigger-at)")
+    p.add_argument(
+        "--trigger-at",
+        choices=TRIGGER_AT,
+        default="start",
+        help="where the trigger goes: start (the usual convention) or end (what the bundled model keeps placement "
+        "with: docs/evidence.md section 4)",
+    )
     p.add_argument("--two-shape-prob", type=float, default=0.5, help="chance that a scene has two shapes")
     p.add_argument("--corners-only", action="store_true", help="use 4 corners + centre instead of the 3x3 grid")
     p.add_argument("--zip", action="store_true", help="write one .zip instead of a folder")
@@ -105,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     if reg < 0:
         p.error("--reg must be >= 0")
     try:
-        path = write_dataset(a.out, a.n, a.size, a.seed, a.style, a.trigger, a.two_shape_prob, regions, a.zip, reg)
+        path = write_dataset(
+            a.out, a.n, a.size, a.seed, a.style, a.trigger, a.two_shape_prob, regions, a.zip, reg, a.trigger_at
+        )
     except FileExistsError as e:
         p.error(str(e))
     print(

@@ -1,4 +1,4 @@
-"""Score images of shape scenes (generated or rendered): style score and prompt following, with averages.
+"""Score images of shape scenes (generated or rendered): style scores (hatched, outlined) and prompt following.
 
     python -m core.synth.evaluate DIR [--per-image]   # DIR/metadata.jsonl: {"file_name", "text" and/or "labels"}
     summary = evaluate([(pil_image, caption_or_labels), ...])
@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .measure import prompt_following, style_score
+from .outline import outline_score
 from .scene import parse_caption
 from .speckle import speckle
 
@@ -37,6 +38,7 @@ def evaluate(pairs) -> dict:
         rows.append(
             {
                 "style_score": style_score(img),
+                "outline_score": outline_score(img),
                 "follow_score": m["score"],
                 "region_acc": m["region_acc"],
                 "colour_acc": m["colour_acc"],
@@ -52,6 +54,7 @@ def evaluate(pairs) -> dict:
         raise ValueError("nothing to evaluate: no images given")
     keys = (
         "style_score",
+        "outline_score",
         "follow_score",
         "region_acc",
         "colour_acc",

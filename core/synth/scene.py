@@ -39,6 +39,9 @@ class ShapeSpec:
         return f"a {self.size} {self.colour} {self.shape} {REGION_PHRASES[self.region]}"
 
 
+TRIGGER_AT = ("start", "end")  # where Scene.caption puts a trigger phrase
+
+
 @dataclass(frozen=True)
 class Scene:
     shapes: tuple[ShapeSpec, ...]
@@ -51,11 +54,18 @@ class Scene:
         if not regions or len(set(regions)) != len(regions):
             raise ValueError(f"a scene needs one or more shapes in distinct regions, got {regions}")
 
-    def caption(self, trigger: str = "") -> str:
+    def caption(self, trigger: str = "", at: str = "start") -> str:
+        """The scene in prose, with `trigger` in front (at="start", the usual LoRA convention) or after it
+        (at="end": the bundled model reads a scene sentence by token position, so a phrase in front of it
+        moves the shapes until a LoRA relearns placement; one after it leaves the sentence as pretrained)."""
+        if at not in TRIGGER_AT:
+            raise ValueError(f"at must be one of {TRIGGER_AT}, got {at!r}")
         text = " and ".join(s.phrase() for s in self.shapes)
         text += ("," if len(self.shapes) > 1 else "") + f" on a {self.background} background"
         trigger = " ".join(trigger.split())
-        return f"{trigger}, {text}" if trigger else text
+        if not trigger:
+            return text
+        return f"{trigger}, {text}" if at == "start" else f"{text}, {trigger}"
 
     def labels(self) -> dict:
         return {
@@ -95,11 +105,12 @@ _SHAPE_RE = re.compile(
     rf"\ba ({_alternatives(SIZES)}) ({_alternatives(COLOURS)}) ({_alternatives(SHAPES)}) "
     rf"({_alternatives(_PHRASE_TO_REGION)})(?= and |,? on a )"
 )
-_BACKGROUND_RE = re.compile(rf",? on a ({_alternatives(BACKGROUNDS)}) background\s*$")
+_BACKGROUND_RE = re.compile(rf",? on a ({_alternatives(BACKGROUNDS)}) background\s*(?:,[^,]*)?$")  # trigger after
 
 
 def parse_caption(caption: str) -> dict:
-    """Labels back from a caption of this grammar (any trigger prefix), so a prompt alone can be scored."""
+    """Labels back from a caption of this grammar (a trigger before it or, after a comma, behind it), so a prompt
+    alone can be scored."""
     bg = _BACKGROUND_RE.search(caption)
     shapes = [
         {"shape": m[3], "colour": m[2], "size": m[1], "region": _PHRASE_TO_REGION[m[4]]}

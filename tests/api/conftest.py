@@ -56,6 +56,9 @@ def settings(pg_url, tmp_path_factory):
         # own tests, on an app of their own (test_api_quota.py).
         max_active_generations=10_000,
         max_active_trainings=10_000,
+        # The default model path is the bundled model, whose default preset would fill every training request
+        # here; these tests check the recipe's own defaults, test_default_preset.py the default preset.
+        training_preset="none",
     )
 
 

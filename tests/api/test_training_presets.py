@@ -19,7 +19,7 @@ def test_the_list_is_the_core_table(client, alice):
     body = r.json()
     assert list(body) == list(TRAINING_PRESETS)
     for name, p in TRAINING_PRESETS.items():
-        assert body[name] == {"label": p.label, "summary": p.summary, "values": p.values}
+        assert body[name] == {"label": p.label, "summary": p.summary, "values": p.values, "default": False}
     assert body["standard"]["values"] == {}  # the recipe's defaults, nothing over them
 
 
@@ -44,7 +44,7 @@ def test_fields_given_win_over_the_preset(client, alice, dataset):
     assert r.status_code == 202, r.text
     params = r.json()["params"]
     assert (params["rank"], params["learning_rate"]) == (4, 1e-3)  # typed
-    assert (params["resolution"], params["steps"]) == (128, 160)  # the preset's
+    assert (params["resolution"], params["steps"]) == (128, 300)  # the preset's
     assert params["alpha"] == TRAINING_PRESETS["bundled"].values["alpha"]
 
 

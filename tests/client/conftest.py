@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,15 +49,12 @@ class Cli:
         )
 
 
-@pytest.fixture(scope="session")
-def cli(tmp_path_factory):
-    from core.tiny import write_tiny_checkpoint
+@contextmanager
+def embedded_cli(root: Path, model: Path):
     from ops.broker import free_port
 
-    root = tmp_path_factory.mktemp("cli-service")
-    write_tiny_checkpoint(root / "tiny")
     port = free_port()
-    proc, key, _ = start_embedded(root / "data", port, root / "tiny")
+    proc, key, _ = start_embedded(root / "data", port, model)
     try:
         yield Cli(f"http://127.0.0.1:{port}", key)
     finally:
@@ -66,6 +64,26 @@ def cli(tmp_path_factory):
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory):
+    from core.tiny import write_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("cli-service")
+    write_tiny_checkpoint(root / "tiny")
+    with embedded_cli(root, root / "tiny") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def bundled_cli(tmp_path_factory):
+    """The service on the bundled model, whose default training preset is "bundled" (the session's runs a tiny
+    model, which has none); ~15 s to start, so only the tests of that default ask for it."""
+    from service.settings import BUNDLED_MODEL
+
+    with embedded_cli(tmp_path_factory.mktemp("cli-bundled"), BUNDLED_MODEL) as c:
+        yield c
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -13,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from core.data import with_trigger
 from core.synth import REGIONS, Scene, ShapeSpec, SynthDataset, prompt_following, render, sample_scene, style_score
+from core.synth.cli import write_dataset
 from core.synth.evaluate import evaluate, evaluate_folder
 from core.synth.scene import parse_caption
 from core.synth.vocab import REGION_PHRASES
@@ -241,3 +244,19 @@ def test_reg_images_train_without_the_trigger(tmp_path):
     captions = {ds.records[k].name: ds.caption(k) for k in range(len(ds.records))}
     assert all(c.startswith("sks, ") for n, c in captions.items() if not n.startswith("reg/"))
     assert all("sks" not in c and c.startswith("a ") for n, c in captions.items() if n.startswith("reg/"))
+
+
+def test_a_trigger_can_go_after_the_scene_and_the_trainer_keeps_it_there(tmp_path):
+    """The bundled model reads the scene sentence by token position: `at="end"` leaves that sentence as pretrained,
+    and core.data's with_trigger does not prepend a trigger that a caption already holds."""
+    scene = Scene((ShapeSpec("circle", "red", "small", "top left"),), "light blue")
+    assert scene.caption("in bold outline style", at="end") == (
+        "a small red circle in the top left on a light blue background, in bold outline style"
+    )
+    with pytest.raises(ValueError, match="at must be one of"):
+        scene.caption("x", at="middle")
+    data = write_dataset(tmp_path / "d", 2, 128, style="outlined", trigger="outlined", trigger_at="end", reg=1)
+    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+    assert [r["text"].endswith(", outlined") for r in rows] == [True, True, False]  # reg/ has no trigger
+    assert with_trigger(rows[0]["text"], "outlined") == rows[0]["text"]
+    assert parse_caption(rows[0]["text"]) == rows[0]["labels"]

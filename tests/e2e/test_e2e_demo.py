@@ -1,6 +1,10 @@
-"""`make demo` in miniature (a few steps): the whole HTTP flow runs and writes the base / LoRA+trigger / LoRA grid."""
+"""`make demo`: the whole HTTP flow (embedded service on the bundled model, its default preset, an outlined-style
+dataset with reg/ images, training, generations base / LoRA with and without the trigger) and issue 13's targets
+for that first LoRA, measured by core.synth on held-out prompts."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from PIL import Image
@@ -9,26 +13,33 @@ from ops import demo
 
 
 @pytest.mark.slow
-def test_demo_smoke_run_writes_the_grid(tmp_path):
-    assert (
-        demo.main(
-            [
-                "--steps",
-                "2",
-                "--images",
-                "4",
-                "--gen-steps",
-                "2",
-                "--prompts",
-                "2",
-                "--size",
-                "64",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
+def test_demo_smoke_run_writes_the_labelled_grid_and_the_scores(tmp_path):
+    args = ["--steps", "2", "--images", "4", "--gen-steps", "2", "--prompts", "3", "--show", "2"]
+    assert demo.main([*args, "--out", str(tmp_path)]) == 0
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["training"]["params"]["preset"] == "bundled"  # the service's default on the bundled model
+    assert scores["prompts"] == 3 and list(scores["scores"]) == list(demo.COLUMNS)
     grid = Image.open(tmp_path / "grid.png")
-    side = 2 * 64  # images shown at twice their size
-    assert grid.size == (3 * (side + 8) + 8, 14 + 8 + 2 * (side + 14 + 8) + 8)  # 3 columns, 2 prompts
+    side = 2 * 128  # the preset's 128 px, shown at twice their size
+    assert grid.width >= 4 * (side + 8) + 8  # 4 columns
+    assert (
+        grid.height > 14 + 8 + 2 * (side + 14 + 8) + 4 * 14
+    )  # 2 rows, then the score lines (title + 4 + targets)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 13's style target is not reached on the current bundled model: measured here (2 shared CPU "
+    "cores, 237 s of training) outline +0.05 with the trigger (target +0.5), +0.04 without (<= 0.05 met), "
+    "prompt following unchanged (met); docs/evidence.md section 4. Strict: remove this mark when it passes",
+)
+def test_the_first_lora_learns_the_style_gated_by_its_trigger_without_breaking_the_prompt(tmp_path):
+    """Issue 13, part 3: the demo's defaults, through the service, on 16 held-out prompts (same seeds)."""
+    result = demo.run(demo.parser().parse_args(["--out", str(tmp_path)]))
+    print(json.dumps({k: result[k] for k in ("scores", "targets")}, indent=1), result["training"]["seconds"])
+    assert result["training"]["params"]["preset"] == "bundled"
+    assert result["training"]["seconds"] <= 300  # on this machine's 2 cores (docs/evidence.md section 4)
+    for name, target in result["targets"].items():
+        assert target["met"], (name, target, result["scores"])
