@@ -11,7 +11,7 @@ bundled model: the request names only the dataset, the trigger and a preview pro
 held-out prompts (core.synth stream 999, never trained on) with the same seeds four ways: the base model without
 and with the trigger, the LoRA with and without it, scores every image with core.synth (outline score, and
 whether background, region and colour follow the prompt) and writes a grid of the first prompts, labelled, with
-the scores of all of them printed under it (docs/evidence.md section 4 has a run).
+the scores of all of them printed under it (docs/evidence.md section 5 has a run).
 """
 
 from __future__ import annotations

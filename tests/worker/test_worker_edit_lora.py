@@ -30,19 +30,28 @@ from worker.context import WorkerContext
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "o1-shapes"
 COLOUR, TRIGGER, SIZE = "blue", "sks edit", 128
+PAIRS = 200  # 24 pairs let a LoRA memorise where their shapes were instead of reading the reference
+# The recipe of docs/evidence.md, section 3 (explored with bench/edit_lora_explore.py): rank 16 at 2e-3 with a
+# short warm-up and a cosine decay (rank 32 at a constant 3e-3 collapsed to one grey image for every input).
 TRAIN = dict(
-    steps=300, learning_rate=3e-3, batch_size=2, rank=8, alpha=8.0, resolution=SIZE, seed=0, sample_every=0
+    steps=600,
+    learning_rate=2e-3,
+    lr_schedule="cosine",
+    warmup_steps=20,
+    batch_size=2,
+    rank=16,
+    alpha=16.0,
+    resolution=SIZE,
+    seed=0,
+    sample_every=0,
 )
 SAMPLING = dict(width=SIZE, height=SIZE, steps=20, guidance=3.0, seed=0)
 
 
 @pytest.mark.slow
-# Measured 2026-12-01 (docs/evidence.md, section 3): colour 0.125 vs 0.0, kept 0 vs 0: at this budget the LoRA
-# has not learned the edit (it recolours 1 of 8 and draws shapes where the training targets often were).
-@pytest.mark.xfail(
-    reason="300 CPU steps do not teach the bundled model this edit yet (docs/evidence.md, 3)", strict=False
-)
-@pytest.mark.timeout(3600)  # ~15-20 min of a loaded 2-core machine: training 300 steps, then 16 generations
+# Measured 2026-12-01 (docs/evidence.md, 3): background_ok 1.0 vs the base's 0.25 (passes); colour_ok 0.125 vs 0,
+# kept 0 vs 0: the blue blob sits in the same place whatever the reference (the edit part xfails).
+@pytest.mark.timeout(3600)  # ~20 min of a loaded 2-core machine: training 600 steps, then 16 generations
 def test_edit_lora_trained_through_the_service_recolours_held_out_pairs(worker_ctx, tmp_path):
     from api.main import create_app
 
@@ -55,7 +64,7 @@ def test_edit_lora_trained_through_the_service_recolours_held_out_pairs(worker_c
         owner = create_owner(s, name="editor")
         headers = {"Authorization": f"Bearer {create_api_key(s, owner_id=owner.id)}"}
     with TestClient(create_app(c.settings, store=c.store)) as client:
-        pairs = write_edit_pairs(tmp_path / "pairs", edit_scenes(5, 24, COLOUR), COLOUR, SIZE)
+        pairs = write_edit_pairs(tmp_path / "pairs", edit_scenes(5, PAIRS, COLOUR), COLOUR, SIZE)
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as zf:
             for f in sorted(pairs.iterdir()):
@@ -67,7 +76,7 @@ def test_edit_lora_trained_through_the_service_recolours_held_out_pairs(worker_c
             files=[("files", ("pairs.zip", buf.getvalue(), "application/zip"))],
         )
         assert r.status_code == 201, r.text
-        assert (r.json()["report"]["usable"], r.json()["report"]["with_references"]) == (24, 24)
+        assert (r.json()["report"]["usable"], r.json()["report"]["with_references"]) == (PAIRS, PAIRS)
         r = client.post(
             "/v1/trainings", headers=headers, json={"dataset_id": r.json()["id"], "trigger": TRIGGER, **TRAIN}
         )
@@ -79,7 +88,7 @@ def test_edit_lora_trained_through_the_service_recolours_held_out_pairs(worker_c
         lora_id = job["lora_id"]
 
         held = edit_scenes(999, 8, COLOUR)
-        rows = {"base": [], "lora": []}
+        rows, images = {"base": [], "lora": []}, {"base": [], "lora": []}
         prompt = f"{TRIGGER}, {instruction(COLOUR)}"
         for scene in held:
             png = io.BytesIO()
@@ -97,13 +106,29 @@ def test_edit_lora_trained_through_the_service_recolours_held_out_pairs(worker_c
                 assert g.status_code == 202, g.text
                 assert generation.run_generation(g.json()["id"], c) == "succeeded"
                 got = client.get(f"/v1/generations/{g.json()['id']}/images/0", headers=headers)
-                rows[name].append(edit_score(Image.open(io.BytesIO(got.content)).convert("RGB"), scene, COLOUR))
-                print(name, rows[name][-1], flush=True)
+                img = Image.open(io.BytesIO(got.content)).convert("RGB")
+                images[name].append(img)
+                row = edit_score(img, scene, COLOUR)
+                row["background_ok"] = row["background"] == scene.background  # the reference's, kept
+                rows[name].append(row)
+                print(name, row, flush=True)
     summary = {
-        name: {k: float(np.mean([r[k] for r in v])) for k in ("colour_ok", "kept", "score")}
+        name: {k: float(np.mean([r[k] for r in v])) for k in ("colour_ok", "kept", "score", "background_ok")}
         for name, v in rows.items()
     }
     print("\nedit LoRA evidence:", json.dumps(summary))
+    grid = Image.new("RGB", (3 * SIZE, len(held) * SIZE))  # reference | base | LoRA per held-out pair
+    for i, scene in enumerate(held):
+        for j, img in enumerate((render(scene, SIZE), images["base"][i], images["lora"][i])):
+            grid.paste(img, (j * SIZE, i * SIZE))
+    grid.save(tmp_path / "edit_lora_grid.png")  # docs/images/edit_lora_grid.png is one such grid
+    print("grid:", tmp_path / "edit_lora_grid.png")
     c.close()
-    assert summary["lora"]["colour_ok"] >= summary["base"]["colour_ok"] + 0.25, summary
-    assert summary["lora"]["score"] > summary["base"]["score"], summary
+    # What this budget does teach (docs/evidence.md, 3): the output takes the reference's background, which the
+    # base model, derailed by the reference layout it never saw in pretraining, mostly gets wrong.
+    assert summary["lora"]["background_ok"] >= summary["base"]["background_ok"] + 0.5, summary
+    # What it does not teach yet: the shape, recoloured, where the reference has it. Reported, not hidden.
+    if summary["lora"]["colour_ok"] < summary["base"]["colour_ok"] + 0.25 or not (
+        summary["lora"]["kept"] > summary["base"]["kept"]
+    ):
+        pytest.xfail(f"the edit itself is not learned at 600 CPU steps (docs/evidence.md, 3): {summary}")
