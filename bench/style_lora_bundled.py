@@ -53,6 +53,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--schedule", default="constant", help="lr schedule (the bundled preset: cosine)")
+    ap.add_argument(
+        "--extra", default="", help="extra LoRA targets, comma-separated: x_embedder, final_layer2 (default none)"
+    )
     ap.add_argument("--lora", help="score this trained file instead of training one")
     ap.add_argument("--skip-base", action="store_true", help="score the LoRA only")
     a = ap.parse_args()
@@ -72,6 +76,8 @@ def main() -> None:
         rank=a.rank,
         alpha=float(a.rank),
         lr=a.lr,
+        lr_schedule=a.schedule,
+        extra_targets=tuple(filter(None, a.extra.split(","))),
         gradient_checkpointing=False,
         device="cpu",
         checkpoint_every=0,
