@@ -67,6 +67,6 @@ def create_app(
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
     app.add_middleware(RetryOnDisconnect)
     install_error_handlers(app)
-    install_openapi(app)
+    install_openapi(app, settings)
     register_server_roots(settings.data_dir, settings.resolved_artifact_dir)  # never named in an error
     return app

@@ -31,12 +31,16 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def install_openapi(app: FastAPI) -> None:
+def install_openapi(app: FastAPI, settings=None) -> None:
+    """`settings`: the service's own defaults (the generation size) go into the document."""
+    from api.default_size import document_default_size
+
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = complete(build())
+            spec = complete(build())
+            app.openapi_schema = document_default_size(spec, settings) if settings is not None else spec
         return app.openapi_schema
 
     app.openapi = openapi

@@ -434,6 +434,7 @@ class GenerationCreate(WebhookRequest):
         None, max_length=4000, description="what to avoid (used with CFG); default: the model's"
     )
     loras: list[LoraRef] = Field(default_factory=list, max_length=8, description="LoRAs to apply, with scales")
+    # Defaults: the service's (api.default_size: 128 on the bundled model, else 1024), written into OpenAPI.
     width: int = Field(1024, ge=32, le=4096, multiple_of=32, description="image width, multiple of 32")
     height: int = Field(1024, ge=32, le=4096, multiple_of=32, description="image height, multiple of 32")
     steps: int | None = Field(

@@ -66,8 +66,13 @@ TRAIN_FIELDS: list[tuple[str, str, Any, str]] = [
     ("--webhook-url", "webhook_url", str, "URL that receives signed job events (Standard Webhooks)"),
 ]
 GENERATE_FIELDS: list[tuple[str, str, Any, str]] = [
-    ("--width", "width", int, "pixels, multiple of 32 (default 1024)"),
-    ("--height", "height", int, "pixels, multiple of 32 (default 1024)"),
+    (
+        "--width",
+        "width",
+        int,
+        "pixels, multiple of 32 (default: the service's, 128 on the bundled model, else 1024)",
+    ),
+    ("--height", "height", int, "pixels, multiple of 32 (default: the service's, as --width)"),
     ("--steps", "steps", int, "sampling steps (default: the preset's, 50 full / 28 dev)"),
     ("--seed", "seed", int, "seed of image 0; image k uses seed + k (default: random, printed)"),
     ("--guidance", "guidance", float, "CFG scale (default: the preset's)"),

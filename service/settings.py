@@ -82,6 +82,14 @@ class Settings(BaseSettings):
         "name, 'none' (the recipe's own defaults), or 'auto' = 'bundled' when model_path is the bundled model, "
         "else none",
     )
+    # The 15M bundled model was trained at 64-256 px: a 1024 px request (the official size) is out of its range and
+    # ~60x the work on a CPU, so on the embedded default a generation that gives no size gets the model's own.
+    generation_size: str = Field(
+        "auto",
+        pattern=r"^(auto|\d+x\d+)$",
+        description="width x height of a generation request that gives neither: 'WxH' (multiples of 32), or "
+        "'auto' = 128x128 when model_path is the bundled model, else 1024x1024",
+    )
 
     # Uploads. The per-request limit also bounds a dataset zip; the pixel limit keeps decode memory bounded.
     max_upload_file_bytes: int = Field(64 * 2**20, gt=0, description="largest single uploaded image/caption")
@@ -221,6 +229,24 @@ class Settings(BaseSettings):
         if self.training_preset == "auto":
             return "bundled" if self.uses_bundled_model else None
         return None if self.training_preset == "none" else self.training_preset
+
+    @property
+    def default_generation_size(self) -> tuple[int, int]:
+        """(width, height) of a generation request that gives neither."""
+        if self.generation_size == "auto":
+            return (128, 128) if self.uses_bundled_model else (1024, 1024)
+        w, h = (int(v) for v in self.generation_size.split("x"))
+        return w, h
+
+    @model_validator(mode="after")
+    def _generation_size_reads(self) -> "Settings":
+        w, h = self.default_generation_size
+        if not (32 <= w <= 4096 and 32 <= h <= 4096 and w % 32 == 0 and h % 32 == 0):
+            raise ValueError(
+                f"O1LORA_GENERATION_SIZE={self.generation_size!r}: width and height must be multiples of 32 "
+                "from 32 to 4096"
+            )
+        return self
 
     @property
     def resolved_database_url(self) -> str:

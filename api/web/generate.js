@@ -98,7 +98,11 @@ export async function render(root, _rest, params) {
   const gallery = el("div", { class: "gallery", id: "gallery" });
   const stops = [];
   const width = control("width", props.width, false), height = control("height", props.height, false);
-  const sizeButtons = SIZE_PRESETS.map((s) => el("button", { type: "button", class: "chip", onclick: (e) => {
+  // the service's own default size first (128 px on the bundled model: OpenAPI carries it, api/default_size.py)
+  const serviceSize = { label: `Default ${props.width.default}×${props.height.default}`,
+                        width: props.width.default, height: props.height.default };
+  const sizes = [serviceSize, ...SIZE_PRESETS.filter((s) => s.width !== serviceSize.width || s.height !== serviceSize.height)];
+  const sizeButtons = sizes.map((s) => el("button", { type: "button", class: "chip", onclick: (e) => {
     form.elements.width.value = s.width; form.elements.height.value = s.height;
     sizeButtons.forEach((b) => b.classList.toggle("active", b === e.currentTarget));
   } }, s.label));
