@@ -38,7 +38,16 @@ function jobCard(gen, { live = false } = {}) {
   const card = el("article", { class: "gen", dataset: { id: gen.id } }, head, bar, images);
   const n = gen.params.num_images || 1;
 
+  let headFor = null;  // what the head was last built from
   function show() {
+    // rebuilt only when it changes: progress comes every step, and a Cancel button replaced between a person's
+    // mouse-down and mouse-up loses the click
+    const key = JSON.stringify([gen.status, gen.cancel_requested]);
+    if (key !== headFor) { headFor = key; showHead(); }
+    showBody();
+  }
+
+  function showHead() {
     clear(head, el("p", { class: "prompt" }, gen.prompt), el("div", { class: "muted small" }, badge(gen.status),
       ` ${gen.params.width}×${gen.params.height} · ${gen.params.steps} steps · seed ${gen.params.seed} · ${when(gen.created_at)}`,
       ACTIVE.has(gen.status) ? el("button", { class: "danger small", disabled: gen.cancel_requested, onclick: async (e) => {
@@ -46,6 +55,9 @@ function jobCard(gen, { live = false } = {}) {
         try { Object.assign(gen, await api(`/v1/generations/${gen.id}/cancel`, { method: "POST" })); show(); }
         catch (err) { head.append(errorBox(err)); }
       } }, "Cancel") : null), referenceStrip(gen.params.reference_images));
+  }
+
+  function showBody() {
     if (ACTIVE.has(gen.status)) {
       const done = gen.images.length, p = gen.progress;
       const frac = (done + (p.total_steps ? p.step / p.total_steps : 0)) / n;

@@ -114,9 +114,8 @@ async function detail(root, id) {
   chart.points = curves.get(id) || [];
   const record = (step, loss) => { chart.add(step, loss); curves.set(id, chart.points); };
 
-  function show() {
-    const p = job.progress;
-    chart.totalSteps = p.total_steps;
+  let headFor = null;  // what the head was last built from
+  function showHead() {
     clear(head, el("h2", {}, job.name, " ", badge(job.status)),
       ACTIVE.has(job.status) ? el("button", { class: "danger", id: "cancel", disabled: job.cancel_requested,
         onclick: async (e) => {
@@ -124,6 +123,15 @@ async function detail(root, id) {
           try { job = { ...job, ...(await api(`/v1/trainings/${id}/cancel`, { method: "POST" })) }; show(); }
           catch (err) { head.append(errorBox(err)); }
         } }, job.cancel_requested ? "Stopping…" : "Cancel") : null);
+  }
+
+  function show() {
+    const p = job.progress;
+    chart.totalSteps = p.total_steps;
+    // The head (title, badge, Cancel) is rebuilt only when it changes: progress events come every step, and a
+    // button replaced between a person's mouse-down and mouse-up loses the click.
+    const key = JSON.stringify([job.name, job.status, job.cancel_requested]);
+    if (key !== headFor) { headFor = key; showHead(); }
     clear(facts, [["Step", `${p.step} / ${p.total_steps}`], ["Loss", p.loss != null ? p.loss.toFixed(4) : "–"],
       ["Speed", p.seconds_per_step ? `${p.seconds_per_step.toFixed(2)} s/step` : "–"],
       ["ETA", job.status === "running" ? duration(p.eta_seconds) : "–"], ["Trigger", job.trigger],

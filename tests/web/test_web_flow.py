@@ -225,9 +225,13 @@ def test_cancel_a_running_training(service, browser, screenshots):
         timeout=60,
     )
     assert "ETA" in css(d, "#job .facts").text and css(d, "dd[data-fact=eta]").text != "–"
-    wait_for(d, lambda d: int(css(d, "#loss-chart").get_attribute("data-points")) >= 6, timeout=60)
+    # the very button a person aims at stays in the page while progress events come in (a button rebuilt
+    # between mouse-down and mouse-up would lose the click; here: StaleElementReferenceException)
+    cancel = css(d, "#cancel")
+    seen = int(css(d, "#loss-chart").get_attribute("data-points"))
+    wait_for(d, lambda d: int(css(d, "#loss-chart").get_attribute("data-points")) >= max(6, seen + 3), timeout=60)
     screenshot(d, screenshots, "web_training_live")
-    css(d, "#cancel").click()
+    cancel.click()
     wait_for(d, lambda d: css(d, "#job .badge").text == "canceled", timeout=60)
     job = service.http.get(f"/v1/trainings/{job_id}").json()
     assert job["status"] == "canceled" and 0 < job["progress"]["step"] < 5000
