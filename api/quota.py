@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
-from core.reference_sizes import total_reference_tokens
+from core.reference_sizes import ReferenceSizeError, total_reference_tokens
 from db.query import count_active
 from service.settings import Settings
 
@@ -44,12 +44,11 @@ def reference_token_count(sizes: list[tuple[int, int]], *, width: int, height: i
     the official resizing cannot shrink to this target."""
     try:
         return total_reference_tokens(sizes, height, width)
-    except ValueError as e:  # "reference i: ..." -> the request's field
-        index, _, why = str(e).partition(": ")
-        field = f"reference_images[{index.removeprefix('reference ')}]"
+    except ReferenceSizeError as e:  # reference i -> the request's field
+        field = f"reference_images[{e.index}]"
         raise ApiError(
             422,
-            f"{field}: {why}; use a larger width and height or fewer reference images",
+            f"{field}: {e.reason}; use a larger width and height or fewer reference images",
             code="bad_reference_image",
             field=field,
         ) from None

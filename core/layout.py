@@ -25,12 +25,12 @@ from core.reference_sizes import (
     VISION_MERGE,
     VISION_PATCH,
     VISION_TEMPORAL,
+    ReferenceSizeError,
     area_size,
     condition_side,
     condition_size,
     reference_side,
     vision_bounds,
-    vision_size,  # noqa: F401  (re-exported: callers import it from here)
 )
 
 FIX_POINT = 4096  # where the generated image's grid is anchored on all three M-RoPE axes
@@ -377,7 +377,7 @@ def prepare_references(images, height: int, width: int, condition: int | None = 
             r = resize_to_area(img.convert("RGB"), side)
             vw, vh = condition_size(cond, r.width, r.height)
         except ValueError as e:
-            raise ValueError(f"reference {i}: {e}") from None
+            raise ReferenceSizeError(i, str(e)) from None
         resized.append(r)
         sizes.append((r.height, r.width))
         patches.append(patchify(to_unit_range(r)[None])[0].to(torch.bfloat16).float())

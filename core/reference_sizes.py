@@ -102,6 +102,14 @@ def vision_bounds(w: int, h: int, factor: int = VISION_PATCH * VISION_MERGE) -> 
     return wb, hb
 
 
+class ReferenceSizeError(ValueError):
+    """A reference the official resizing cannot fit to the target: which one (0-based) and why."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"reference {index}: {reason}")
+        self.index, self.reason = index, reason
+
+
 @dataclass(frozen=True)
 class ReferenceTokens:
     """What one reference adds to a sequence."""
@@ -116,7 +124,7 @@ class ReferenceTokens:
 
 def reference_tokens(sizes: list[tuple[int, int]], height: int, width: int) -> list[ReferenceTokens]:
     """Token counts of references of (width, height) `sizes` (as decoded: EXIF orientation applied) for a
-    height x width target; ValueError naming the reference that cannot be resized."""
+    height x width target; ReferenceSizeError naming the reference that cannot be resized."""
     k = len(sizes)
     if not k:
         return []
@@ -127,7 +135,7 @@ def reference_tokens(sizes: list[tuple[int, int]], height: int, width: int) -> l
             tw, th = area_size(*halved_size(int(w), int(h), side), side, original=(w, h))
             vw, vh = vision_bounds(*condition_size(cond, tw, th))
         except ValueError as e:
-            raise ValueError(f"reference {i}: {e}") from None
+            raise ReferenceSizeError(i, str(e)) from None
         merged = (vh // VISION_PATCH // VISION_MERGE) * (vw // VISION_PATCH // VISION_MERGE)
         out.append(ReferenceTokens(vision=merged + VISION_MARKERS, patches=(th // PATCH) * (tw // PATCH)))
     return out

@@ -20,8 +20,8 @@ from core.layout import (
     resize_to_area,
     snap_size,
     unpatchify,
-    vision_size,
 )
+from core.reference_sizes import vision_size
 from core.tiny import build_tokenizer
 
 ATOL = RTOL = 1e-4  # the conformance README's tolerance for float32
