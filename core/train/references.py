@@ -3,7 +3,7 @@
     batch = reference_layout(tokenizer, "make the shape blue", [ref_pil], height, width)
     vision = frozen_vision(model, batch)                 # the vision tower, no autograd: it is not trained
                                                          # (the trainer caches it per sample: vision_cache)
-    x_pred = model(**batch.model_inputs(batch.vinputs(z_t), t) | {"vision": vision}).x_pred
+    x_pred = model(**edit_inputs(batch, z_t, t, vision)).x_pred
     target = target_slice(batch)                          # x_pred[:, target] is what the loss sees
 
 The layout comes from the functions the sampler uses for a request with references (core.layout:
@@ -38,6 +38,15 @@ def prepared_references(references: list[list], height: int, width: int) -> list
     a height x width target; [] for a sample without (or with dropped) references. The official resizing is
     LANCZOS on the CPU: tens of ms for a 1024^2 reference, so the data thread does it ahead of the step."""
     return [prepare_references(list(refs), height, width) if refs else [] for refs in references]
+
+
+def edit_inputs(batch: Batch, z_t: torch.Tensor, timestep, vision) -> dict:
+    """Model inputs of one laid-out sample: its target noised to `z_t` at `timestep`, the references' clean
+    patches after it, and the vision tower's features given (computed once per sample, so the pixels are not
+    passed again)."""
+    inputs = batch.model_inputs(batch.vinputs(z_t), timestep)
+    inputs.update(pixel_values=None, image_grid_thw=None, vision=vision)
+    return inputs
 
 
 def target_slice(batch: Batch) -> slice:

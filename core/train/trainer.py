@@ -456,7 +456,7 @@ class Trainer:
         batch's; a sample whose references were dropped out trains as text-to-image. keys: each sample's
         (name, flipped) from the dataset; with them the vision tower runs once per key (self.vision_cache)."""
         from core.layout import patchify
-        from core.train.references import frozen_vision, reference_layout, target_slice
+        from core.train.references import edit_inputs, frozen_vision, reference_layout, target_slice
 
         images = images.to(self.device, non_blocking=True)
         h, w = images.shape[-2:]
@@ -471,9 +471,7 @@ class Trainer:
                     vision = frozen_vision(self.model, batch)
                 else:
                     vision = self.vision_cache.get((*key, h, w), lambda: frozen_vision(self.model, batch))
-                inputs = batch.model_inputs(batch.vinputs(z), t)
-                inputs.update(pixel_values=None, image_grid_thw=None, vision=vision)
-                x_pred = self.forward(**inputs).x_pred
+                x_pred = self.forward(**edit_inputs(batch, z, t, vision)).x_pred
             total = total + self.objective.loss(x_pred[:, target_slice(batch)], x0, sigma)
         return total / len(captions)
 

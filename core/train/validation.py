@@ -127,7 +127,7 @@ class FixedNoiseValidation:
     def _one_edit(self, model, tokenizer, item: _Item, bf16: bool, totals: list[float]) -> None:
         """An image with references, laid out as the trainer lays it out; the vision tower runs once for all
         its seeds and sigmas."""
-        from core.train.references import frozen_vision, reference_layout, target_slice
+        from core.train.references import edit_inputs, frozen_vision, reference_layout, target_slice
 
         batch = reference_layout(tokenizer, item.caption, item.references, item.height, item.width).to(self.device)
         x0 = item.x0.to(self.device)
@@ -139,10 +139,8 @@ class FixedNoiseValidation:
             for j in range(len(self.sigmas)):
                 sigma = self.sigmas[j : j + 1].to(self.device)
                 z = self.objective.mix(x0, eps, sigma)
-                inputs = batch.model_inputs(batch.vinputs(z), 1.0 - sigma)
-                inputs.update(pixel_values=None, image_grid_thw=None, vision=vision)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                    x_pred = model(**inputs).x_pred
+                    x_pred = model(**edit_inputs(batch, z, 1.0 - sigma, vision)).x_pred
                 totals[j] += float(self.objective.per_sample(x_pred[:, target], x0, sigma).double().sum())
 
 
