@@ -73,6 +73,24 @@ def client(app):
         yield c
 
 
+@pytest.fixture(scope="module")
+def make_client(settings, key_prefix):
+    """make_client(**changes): a client of an app of its own whose settings differ from the session's by
+    `changes` (same database and Redis); closed at the end of the module."""
+    clients = []
+
+    def make(**changes):
+        app = create_app(
+            settings.model_copy(update=changes), enqueuer=Enqueuer(lambda: make_celery(REDIS_URL, key_prefix))
+        )
+        clients.append(TestClient(app).__enter__())
+        return clients[-1]
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
 @pytest.fixture(scope="session")
 def Session(app):
     return app.state.sessions

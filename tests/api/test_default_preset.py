@@ -7,32 +7,14 @@ Each case is an app of its own on the session's database and Redis (settings dif
 from __future__ import annotations
 
 import pytest
-from api_helpers import REDIS_URL, auth, make_celery
-from fastapi.testclient import TestClient
+from api_helpers import auth
 
 from api.main import create_app
 from core.train import TrainConfig
 from core.train.presets import TRAINING_PRESETS
-from jobqueue.enqueue import Enqueuer
 from service.settings import BUNDLED_MODEL, Settings
 
 BUNDLED = TRAINING_PRESETS["bundled"].values
-
-
-@pytest.fixture(scope="module")
-def make_client(settings, key_prefix, tmp_path_factory):
-    clients = []
-
-    def make(**changes):
-        app = create_app(
-            settings.model_copy(update=changes), enqueuer=Enqueuer(lambda: make_celery(REDIS_URL, key_prefix))
-        )
-        clients.append(TestClient(app).__enter__())
-        return clients[-1]
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
 
 
 def submit(client, owner, dataset, **fields):

@@ -5,29 +5,10 @@ page's form reads) carries the service's default; O1LORA_GENERATION_SIZE chooses
 from __future__ import annotations
 
 import pytest
-from api_helpers import REDIS_URL, auth, make_celery
-from fastapi.testclient import TestClient
+from api_helpers import auth
 from pydantic import ValidationError
 
-from api.main import create_app
-from jobqueue.enqueue import Enqueuer
 from service.settings import BUNDLED_MODEL, Settings
-
-
-@pytest.fixture(scope="module")
-def make_client(settings, key_prefix):
-    clients = []
-
-    def make(**changes):
-        app = create_app(
-            settings.model_copy(update=changes), enqueuer=Enqueuer(lambda: make_celery(REDIS_URL, key_prefix))
-        )
-        clients.append(TestClient(app).__enter__())
-        return clients[-1]
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
 
 
 def size_of(client, owner, **fields) -> tuple[int, int]:
