@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from api.default_size import document_default_size
 from api.errors import DESCRIPTIONS, RETRY_AFTER
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
@@ -33,8 +34,6 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
 
 def install_openapi(app: FastAPI, settings=None) -> None:
     """`settings`: the service's own defaults (the generation size) go into the document."""
-    from api.default_size import document_default_size
-
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
