@@ -10,6 +10,13 @@ of scenes per size in parallel (uint8, kept on the GPU) and then trains on rando
 host work per step. Captions are dropped to " " 10% of the time so classifier-free guidance works.
 Writes the checkpoint in the official folder layout (bf16, sharded to stay under 16 MB a file), the
 tokenizer, `pretrain_log.json` (loss curve, settings, timings).
+
+Every third step is an edit step (core.pretrain_edits: keep the picture, change the background, move the
+shape; one reference laid out as the sampler lays it out), so the model and its vision tower learn to read
+a reference image; `--edit_batch 0` pretrains text-to-image only. A run longer than one sitting (the GPU
+machine's 10-minute commands) is split: `--stop_after M` ends this process after M minutes and `--state F`
+keeps the weights, optimiser, EMA and schedule position in F, which the next process resumes from, with a
+fresh pool (`--pool_start`) so the second half sees new scenes. The schedule runs over `--minutes` in all.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import torch
 
 from core.layout import generation_positions, patchify, prompt_ids
 from core.objective import Objective
+from core.pretrain_edits import EditPool
+from core.synth.edit_pairs import pretraining_instructions
 from core.synth.render import render
 from core.synth.scene import sample_scene
 from core.synth.vocab import BACKGROUNDS, COLOURS, REGION_PHRASES, SHAPES, SIZES
@@ -45,7 +54,7 @@ EXTRA_WORDS = (
 def corpus(n_scenes: int = 4000) -> list[str]:
     words = list(EXTRA_WORDS) + list(SHAPES) + list(COLOURS) + list(BACKGROUNDS) + list(SIZES)
     words += list(REGION_PHRASES.values())
-    return words + [sample_scene(7, i).caption() for i in range(n_scenes)]
+    return words + pretraining_instructions() + [sample_scene(7, i).caption() for i in range(n_scenes)]
 
 
 def _render_chunk(args):
@@ -58,10 +67,11 @@ def _render_chunk(args):
     return np.stack(imgs), caps
 
 
-def render_pool(n: int, size: int, seed: int, workers: int) -> tuple[np.ndarray, list[str]]:
-    """n scenes of stream `seed` at `size` px, rendered in parallel: (uint8 [n, size, size, 3], captions)."""
+def render_pool(n: int, size: int, seed: int, workers: int, start: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Scenes start..start+n of stream `seed` at `size` px, rendered in parallel: (uint8 [n, size, size, 3],
+    captions)."""
     step = max(1, n // (workers * 8))
-    jobs = [(seed, a, min(n, a + step), size) for a in range(0, n, step)]
+    jobs = [(seed, a, min(start + n, a + step), size) for a in range(start, start + n, step)]
     if workers <= 1:
         parts = [_render_chunk(j) for j in jobs]
     else:
@@ -157,12 +167,18 @@ def main(argv=None) -> None:
     ap.add_argument("--kv_heads", type=int, default=2)
     ap.add_argument("--head_dim", type=int, default=64)
     ap.add_argument("--mlp", type=int, default=1024)
+    ap.add_argument("--edit_batch", type=int, default=512, help="batch of every third step (edits); 0: none")
+    ap.add_argument("--edit_pool", type=int, default=12000, help="edit pairs rendered (at the first size)")
+    ap.add_argument("--pool_start", type=int, default=0, help="first scene index of the pools (a resumed run)")
+    ap.add_argument("--state", help="resume from this file if it exists, and write the run's state to it")
+    ap.add_argument("--stop_after", type=float, help="minutes this process trains (default: the whole budget)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes for a CPU check of the whole script")
     args = ap.parse_args(argv)
     if args.smoke:
         args.sizes, args.batch, args.pool = "64,96", "4,2", "16,8"
+        args.edit_batch, args.edit_pool = min(args.edit_batch, 2), 4
         args.hidden, args.layers, args.heads, args.kv_heads, args.head_dim, args.mlp = 32, 2, 2, 1, 16, 64
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -176,8 +192,11 @@ def main(argv=None) -> None:
     workers = max(1, min(16, (mp.cpu_count() or 1) - 1))
     data = []
     for size, n, b in zip(sizes, pools, batches):
-        imgs, caps = render_pool(n, size, args.seed + size, workers)
+        imgs, caps = render_pool(n, size, args.seed + size, workers, args.pool_start)
         data.append((size, b, imgs, caps))
+    edits = None
+    if args.edit_batch:
+        edits = EditPool.render(args.seed + 7, args.pool_start, args.edit_pool, sizes[0], workers)
     tokenizer = build_tokenizer(corpus(), vocab_size=1024)
     spec = TinySpec(
         hidden=args.hidden,
@@ -195,16 +214,21 @@ def main(argv=None) -> None:
     init_for_training(model, args.layers)
     model.to(device).train()
     n_params = sum(p.numel() for p in model.parameters())
-    # The vision tower is not used by text-to-image; train everything else.
-    params = [p for n, p in model.named_parameters() if ".visual." not in n]
+    # The vision tower only sees edits: without them it is not trained.
+    params = [p for n, p in model.named_parameters() if edits is not None or ".visual." not in n]
 
     data = [
         (size, b, torch.from_numpy(imgs).to(device), TokenPool(tokenizer, caps, device))
         for size, b, imgs, caps in data
     ]
+    kinds = ["t2i"] * len(data)
+    if edits is not None:
+        data.append((edits.size, args.edit_batch, None, edits.to(device, tokenizer)))
+        kinds.append("edit")
     t_pool = time.time() - t_start
     print(
-        f"{n_params / 1e6:.2f}M parameters; pools {[len(d[2]) for d in data]} rendered in {t_pool:.0f}s",
+        f"{n_params / 1e6:.2f}M parameters; pools {[len(d[3]) if d[2] is None else len(d[2]) for d in data]} "
+        f"rendered in {t_pool:.0f}s",
         flush=True,
     )
 
@@ -212,43 +236,69 @@ def main(argv=None) -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01, fused=fused)
     ema = [p.detach().clone().float() for p in params]
     obj = Objective()
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    log, acc, acc_n, step = [], torch.zeros((), device=device), 0, 0
+    gen = torch.Generator(device=device).manual_seed(args.seed + args.pool_start)
+    log, step, before = [], 0, 0.0
+    state_file = Path(args.state) if args.state else None
+    if state_file is not None and state_file.exists():
+        state = torch.load(state_file, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        for e, v in zip(ema, state["ema"]):
+            e.copy_(v)
+        log, step, before = state["log"], state["step"], state["seconds"]
+        print(f"resumed at step {step}, {before:.0f}s into the schedule", flush=True)
+    acc, acc_n = torch.zeros(len(data), device=device), torch.zeros(len(data), device=device)
     budget = args.minutes * 60
+    mine = args.stop_after * 60 if args.stop_after else budget
     t0 = time.time()
     while True:
-        elapsed = time.time() - t0
-        if elapsed > budget:
+        elapsed = before + time.time() - t0
+        if elapsed > budget or time.time() - t0 > mine:
             break
-        size, bsz, imgs, tp = data[step % len(data)]
+        kind = step % len(data)
+        size, bsz, imgs, tp = data[kind]
         # warm-up, then cosine down to 10% over the time budget (steps are not known in advance)
         frac = min(1.0, elapsed / budget)
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = torch.randint(0, imgs.shape[0], (bsz,), device=device, generator=gen)
+        idx = torch.randint(0, len(tp) if imgs is None else imgs.shape[0], (bsz,), device=device, generator=gen)
         drop = torch.rand(bsz, device=device, generator=gen) < args.caption_dropout
-        x0 = patchify(imgs[idx].permute(0, 3, 1, 2).float() / 127.5 - 1.0)
-        z_t, t, sigma = obj.noise(x0, gen)
-        inputs = batch_inputs(tp, idx, drop, size, size)
+        if imgs is None:  # an edit step: the clean reference patches follow the noised target
+            inputs, x0, refs = tp.batch(idx, drop)
+            z_t, t, sigma = obj.noise(x0, gen)
+            vinputs, target = torch.cat([z_t, refs], dim=1), tp.target(inputs)
+        else:
+            x0 = patchify(imgs[idx].permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+            z_t, t, sigma = obj.noise(x0, gen)
+            inputs, vinputs = batch_inputs(tp, idx, drop, size, size), z_t
+            target = slice(-x0.shape[1], None)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            x_pred = model(vinputs=z_t, timestep=t, **inputs).x_pred[:, -x0.shape[1] :]
+            x_pred = model(vinputs=vinputs, timestep=t, **inputs).x_pred[:, target]
         loss = obj.loss(x_pred.float(), x0, sigma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1.0 - args.ema)
-        acc += loss.detach()
-        acc_n += 1
+        acc[kind] += loss.detach()
+        acc_n[kind] += 1
         step += 1
         if step % 200 == 0 or args.smoke:
-            mean = float(acc) / acc_n  # the only host sync: every 200 steps
-            log.append({"step": step, "seconds": round(time.time() - t0, 1), "loss": round(mean, 5), "lr": lr})
-            print(f"step {step} t={time.time() - t0:.0f}s loss {mean:.4f} lr {lr:.2e}", flush=True)
+            means = (acc / acc_n.clamp(min=1)).tolist()  # the only host sync: every 200 steps
+            seconds = before + time.time() - t0
+            entry = {"step": step, "seconds": round(seconds, 1), "lr": lr}
+            entry["loss"] = round(sum(m for m, k in zip(means, kinds) if k == "t2i") / kinds.count("t2i"), 5)
+            if "edit" in kinds:
+                entry["edit_loss"] = round(means[kinds.index("edit")], 5)
+            log.append(entry)
+            print(f"step {step} t={seconds:.0f}s " + " ".join(f"{k} {v}" for k, v in entry.items() if "loss" in k), flush=True)
             acc.zero_()
-            acc_n = 0
-    train_s = time.time() - t0
+            acc_n.zero_()
+    train_s = before + time.time() - t0
+    if state_file is not None:
+        state = dict(model=model.state_dict(), opt=opt.state_dict(), ema=ema, log=log, step=step, seconds=train_s)
+        torch.save(state, state_file)
 
     with torch.no_grad():
         for p, e in zip(params, ema):

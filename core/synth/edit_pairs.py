@@ -17,9 +17,12 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import random
+
 from .measure import prompt_following
 from .render import render
 from .scene import Scene, sample_scene
+from .vocab import BACKGROUNDS, REGIONS
 
 
 def instruction(colour: str) -> str:
@@ -39,6 +42,37 @@ def edit_scenes(seed: int, n: int, colour: str) -> list[Scene]:
 
 def recoloured(scene: Scene, colour: str) -> Scene:
     return replace(scene, shapes=tuple(replace(s, colour=colour) for s in scene.shapes))
+
+
+# The edits the bundled model is pretrained on, so that it reads a reference image (copy, recolour the
+# background, move the shape). Recolouring the shape is left out on purpose: it is the task an edit LoRA is
+# measured on, so the base must not already know it.
+PRETRAINING_EDITS = ("keep", "background", "move")
+
+
+def pretraining_instructions() -> list[str]:
+    """Every instruction pretraining_edit can give (the pretraining batch lays each one out once)."""
+    return (
+        ["keep the picture"]
+        + [f"change the background to {b}" for b in BACKGROUNDS]
+        + [f"move the shape to the {r}" for r in REGIONS]
+    )
+
+
+def pretraining_edit(seed: int, index: int) -> tuple[Scene, Scene, str]:
+    """Edit number `index` of stream `seed`: (reference scene, target scene, instruction), one of
+    PRETRAINING_EDITS: the same in any process."""
+    rng = random.Random(f"o1lora-edit:{seed}:{index}")
+    kind = rng.choice(PRETRAINING_EDITS)
+    scene = sample_scene(seed, index, two_shape_prob=0.0 if kind == "move" else 0.5)
+    if kind == "keep":
+        return scene, scene, "keep the picture"
+    if kind == "background":
+        bg = rng.choice([b for b in BACKGROUNDS if b != scene.background])
+        return scene, replace(scene, background=bg), f"change the background to {bg}"
+    [shape] = scene.shapes
+    region = rng.choice([r for r in REGIONS if r != shape.region])
+    return scene, replace(scene, shapes=(replace(shape, region=region),)), f"move the shape to the {region}"
 
 
 def write_edit_pairs(out: str | Path, scenes: list[Scene], colour: str, size: int = 128) -> Path:

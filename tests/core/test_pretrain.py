@@ -45,3 +45,23 @@ def test_smoke_run_writes_a_loadable_checkpoint(tmp_path):
     tok = load_tokenizer(out)
     assert model.tms_token_id == tok.convert_tokens_to_ids("<|tms_token|>")
     assert len(list(out.glob("model-*.safetensors"))) == 4
+
+
+def test_a_run_split_in_two_resumes_where_it_stopped(tmp_path):
+    state = tmp_path / "state.pt"
+    first, second = tmp_path / "a", tmp_path / "b"
+    main(["--out", str(first), "--minutes", "10", "--stop_after", "0.01", "--state", str(state), "--smoke"])
+    a = json.loads((first / "pretrain_log.json").read_text())
+    main(["--out", str(second), "--minutes", "10", "--stop_after", "0.01", "--state", str(state), "--smoke",
+          "--pool_start", "16"])
+    b = json.loads((second / "pretrain_log.json").read_text())
+    # the second process continues the first's step count, schedule clock and loss curve
+    assert b["steps"] > a["steps"] >= 1
+    assert b["loss_curve"][: len(a["loss_curve"])] == a["loss_curve"]
+    assert b["train_seconds"] > a["train_seconds"]
+    # edits were trained: the curve has an edit loss, and the vision tower moved away from its init
+    assert "edit_loss" in b["loss_curve"][-1]
+    fresh = load_model(first)
+    later = load_model(second)
+    name = next(n for n, _ in later.named_parameters() if ".visual." in n and n.endswith("weight"))
+    assert not torch.equal(dict(fresh.named_parameters())[name], dict(later.named_parameters())[name])
