@@ -237,7 +237,7 @@ def main(argv=None) -> None:
     ema = [p.detach().clone().float() for p in params]
     obj = Objective()
     gen = torch.Generator(device=device).manual_seed(args.seed + args.pool_start)
-    log, step, before = [], 0, 0.0
+    log, step, before, sittings = [], 0, 0.0, []
     state_file = Path(args.state) if args.state else None
     if state_file is not None and state_file.exists():
         state = torch.load(state_file, map_location=device, weights_only=False)
@@ -246,6 +246,7 @@ def main(argv=None) -> None:
         for e, v in zip(ema, state["ema"]):
             e.copy_(v)
         log, step, before = state["log"], state["step"], state["seconds"]
+        sittings = state.get("sittings", [])
         print(f"resumed at step {step}, {before:.0f}s into the schedule", flush=True)
     acc, acc_n = torch.zeros(len(data), device=device), torch.zeros(len(data), device=device)
     budget = args.minutes * 60
@@ -292,12 +293,19 @@ def main(argv=None) -> None:
             if "edit" in kinds:
                 entry["edit_loss"] = round(means[kinds.index("edit")], 5)
             log.append(entry)
-            print(f"step {step} t={seconds:.0f}s " + " ".join(f"{k} {v}" for k, v in entry.items() if "loss" in k), flush=True)
+            print(
+                f"step {step} t={seconds:.0f}s " + " ".join(f"{k} {v}" for k, v in entry.items() if "loss" in k),
+                flush=True,
+            )
             acc.zero_()
             acc_n.zero_()
     train_s = before + time.time() - t0
+    # what each process drew its pools from and how long it trained (held-out tests read the pool ranges)
+    keys = "minutes stop_after sizes batch pool edit_batch edit_pool pool_start lr seed".split()
+    sittings.append({**{k: getattr(args, k) for k in keys}, "steps_to": step, "seconds_to": round(train_s, 1)})
     if state_file is not None:
         state = dict(model=model.state_dict(), opt=opt.state_dict(), ema=ema, log=log, step=step, seconds=train_s)
+        state["sittings"] = sittings
         torch.save(state, state_file)
 
     with torch.no_grad():
@@ -316,6 +324,7 @@ def main(argv=None) -> None:
                 "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                 "torch": torch.__version__,
                 "settings": vars(args),
+                "sittings": sittings,
                 "loss_curve": log,
             },
             indent=1,

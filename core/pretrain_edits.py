@@ -125,7 +125,10 @@ class EditPool:
         template.pixel_values = template.image_grid_thw = template.ref_patches = None
         return EditPool(
             self.size,
-            *(torch.as_tensor(a).to(device) for a in (self.references, self.targets, self.vision, self.instruction)),
+            *(
+                torch.as_tensor(a).to(device)
+                for a in (self.references, self.targets, self.vision, self.instruction)
+            ),
             self.instructions,
             template.to(device),
         )

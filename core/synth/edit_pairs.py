@@ -14,10 +14,9 @@ the scene was kept: the same background, a shape in the same cell of the same cl
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import replace
 from pathlib import Path
-
-import random
 
 from .measure import prompt_following
 from .render import render

@@ -12,6 +12,7 @@ that the measure is not satisfied by any image. Measured rates and settings: doc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -53,11 +54,18 @@ def single_images(bundled):
 
 
 def test_two_shape_captions_are_new_to_the_model():
-    # Pretraining drew 80k scenes from stream 128 and 40k from stream 256 (MODEL_CARD.md). Single-shape
-    # captions are few (3,780) and all of them occur there, so for those only the scene instance (offsets,
-    # noise seed) is new; two-shape captions are millions, so the held-out ones are new sentences.
-    seen = {sample_scene(128, i).caption() for i in range(80_000)}
-    seen |= {sample_scene(256, i).caption() for i in range(40_000)}
+    # Pretraining drew its text-to-image pools from streams 128 and 256 (seed + size), a fresh index range in
+    # each sitting (pretrain_log.json). Single-shape captions are few (3,780) and all of them occur there, so
+    # for those only the scene instance (offsets, noise seed) is new; two-shape captions are millions, so the
+    # held-out ones are new sentences.
+    log = json.loads((MODEL / "pretrain_log.json").read_text())
+    seen = set()
+    for sitting in log["sittings"]:
+        start = sitting["pool_start"]
+        for size, n in zip(sitting["sizes"].split(","), sitting["pool"].split(",")):
+            stream = sitting["seed"] + int(size)
+            seen |= {sample_scene(stream, i).caption() for i in range(start, start + int(n))}
+    assert len(seen) > 100_000
     new = [s for s in DOUBLE if s.caption() not in seen]
     assert len(new) >= len(DOUBLE) - 1
 

@@ -50,10 +50,10 @@ def test_smoke_run_writes_a_loadable_checkpoint(tmp_path):
 def test_a_run_split_in_two_resumes_where_it_stopped(tmp_path):
     state = tmp_path / "state.pt"
     first, second = tmp_path / "a", tmp_path / "b"
-    main(["--out", str(first), "--minutes", "10", "--stop_after", "0.01", "--state", str(state), "--smoke"])
+    split = ["--minutes", "10", "--stop_after", "0.01", "--state", str(state), "--smoke"]
+    main(["--out", str(first), *split])
     a = json.loads((first / "pretrain_log.json").read_text())
-    main(["--out", str(second), "--minutes", "10", "--stop_after", "0.01", "--state", str(state), "--smoke",
-          "--pool_start", "16"])
+    main(["--out", str(second), *split, "--pool_start", "16"])
     b = json.loads((second / "pretrain_log.json").read_text())
     # the second process continues the first's step count, schedule clock and loss curve
     assert b["steps"] > a["steps"] >= 1
