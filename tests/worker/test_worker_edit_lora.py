@@ -49,8 +49,6 @@ SAMPLING = dict(width=SIZE, height=SIZE, steps=20, guidance=3.0, seed=0)
 
 
 @pytest.mark.slow
-# Measured 2026-12-01 (docs/evidence.md, 3): background_ok 1.0 vs the base's 0.25 (passes); colour_ok 0.125 vs 0,
-# kept 0 vs 0: the blue blob sits in the same place whatever the reference (the edit part xfails).
 @pytest.mark.timeout(3600)  # ~20 min of a loaded 2-core machine: training 600 steps, then 16 generations
 def test_edit_lora_trained_through_the_service_recolours_held_out_pairs(worker_ctx, tmp_path):
     from api.main import create_app
@@ -124,11 +122,9 @@ def test_edit_lora_trained_through_the_service_recolours_held_out_pairs(worker_c
     grid.save(tmp_path / "edit_lora_grid.png")  # docs/images/edit_lora_grid.png is one such grid
     print("grid:", tmp_path / "edit_lora_grid.png")
     c.close()
-    # What this budget does teach (docs/evidence.md, 3): the output takes the reference's background, which the
-    # base model, derailed by the reference layout it never saw in pretraining, mostly gets wrong.
+    # Measured 2026-12-01 on the repretrained bundled model (docs/evidence.md, 3): the LoRA recolours every held-out
+    # shape (colour_ok 1.0 vs the base's 0) and keeps the rest of the scene in 5 of 8 (the other 3: a small shape
+    # drawn as a blob of the wrong class); the base reads "blue" as the background's colour (background_ok 0).
+    assert summary["lora"]["colour_ok"] >= summary["base"]["colour_ok"] + 0.75, summary
+    assert summary["lora"]["kept"] >= summary["base"]["kept"] + 0.4, summary
     assert summary["lora"]["background_ok"] >= summary["base"]["background_ok"] + 0.5, summary
-    # What it does not teach yet: the shape, recoloured, where the reference has it. Reported, not hidden.
-    if summary["lora"]["colour_ok"] < summary["base"]["colour_ok"] + 0.25 or not (
-        summary["lora"]["kept"] > summary["base"]["kept"]
-    ):
-        pytest.xfail(f"the edit itself is not learned at 600 CPU steps (docs/evidence.md, 3): {summary}")
