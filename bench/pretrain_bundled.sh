@@ -10,7 +10,7 @@ part=$1 out=$2
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 state=/tmp/o1-shapes-state.pt
 common=(--out /tmp/m --batch 1024,320 --pool 100000,30000 --edit_batch 384 --edit_pool 12000 --lr 1.2e-3
-        --state "$state")
+        --state "$state")  # core.pretrain's defaults, spelled out: this is the recipe of the shipped model
 if [ "$part" = 1 ]; then
   python3 -m core.pretrain "${common[@]}" --minutes 14.1 --stop_after 6.8 2>&1 | tee "$out/log.txt"
 elif [ -f "$state" ]; then

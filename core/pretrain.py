@@ -1,6 +1,6 @@
 """Pretrain a small HiDream-O1-architecture model from scratch on procedural shape scenes (the bundled model).
 
-    python -m core.pretrain --out models/o1-shapes --minutes 7.5            # on one GPU (bf16 autocast)
+    python -m core.pretrain --out models/o1-shapes                         # on one GPU (bf16 autocast)
     python -m core.pretrain --out /tmp/smoke --minutes 0.2 --smoke          # CPU smoke run, tiny sizes
 
 Same architecture code path (core.model.HiDreamO1 on stock Qwen3-VL modules), same 32-px patches, layout
@@ -153,11 +153,11 @@ def init_for_training(model, n_layers: int) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--minutes", type=float, default=7.5, help="training wall-clock budget (after the pool)")
+    ap.add_argument("--minutes", type=float, default=14.1, help="training wall-clock budget (after the pool)")
     ap.add_argument("--sizes", default="128,256", help="square training sizes, alternated step by step")
-    ap.add_argument("--batch", default="256,96", help="batch size per size")
-    ap.add_argument("--pool", default="80000,40000", help="scenes rendered per size")
-    ap.add_argument("--lr", type=float, default=8e-4)
+    ap.add_argument("--batch", default="1024,320", help="batch size per size")
+    ap.add_argument("--pool", default="100000,30000", help="scenes rendered per size")
+    ap.add_argument("--lr", type=float, default=1.2e-3)
     ap.add_argument("--warmup", type=int, default=500)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--caption_dropout", type=float, default=0.1)
@@ -167,7 +167,7 @@ def main(argv=None) -> None:
     ap.add_argument("--kv_heads", type=int, default=2)
     ap.add_argument("--head_dim", type=int, default=64)
     ap.add_argument("--mlp", type=int, default=1024)
-    ap.add_argument("--edit_batch", type=int, default=512, help="batch of every third step (edits); 0: none")
+    ap.add_argument("--edit_batch", type=int, default=384, help="batch of every third step (edits); 0: none")
     ap.add_argument("--edit_pool", type=int, default=12000, help="edit pairs rendered (at the first size)")
     ap.add_argument("--pool_start", type=int, default=0, help="first scene index of the pools (a resumed run)")
     ap.add_argument("--state", help="resume from this file if it exists, and write the run's state to it")
