@@ -335,31 +335,52 @@ def resize_to_area(img: Image.Image, side: int, multiple: int = PATCH) -> Image.
     return img.crop((left, 0, left + tw, th))
 
 
-def to_unit_range(img) -> torch.Tensor:
-    """uint8 HWC (PIL or array) -> float32 CHW in [-1, 1], computed as the official transforms do."""
-    arr = torch.from_numpy(np.asarray(img.convert("RGB") if isinstance(img, Image.Image) else img).copy())
-    x = arr.permute(2, 0, 1).to(torch.float32).mul_(1 / 255)
+def unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., H, W, 3] -> float32 [..., 3, H, W] in [-1, 1], computed as the official transforms do."""
+    x = images.movedim(-1, -3).to(torch.float32).mul_(1 / 255)
     return x.sub(0.5).div_(0.5)
 
 
-def vision_rows(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-    """An RGB image -> (pixel_values [gh*gw, 3*2*16*16], grid_thw [1, 3]) for the Qwen3-VL vision tower.
+def to_unit_range(img) -> torch.Tensor:
+    """uint8 HWC (PIL or array) -> float32 CHW in [-1, 1] (unit_range of one image)."""
+    return unit_range(
+        torch.from_numpy(np.asarray(img.convert("RGB") if isinstance(img, Image.Image) else img).copy())
+    )
 
-    Rows are grouped by 2x2 merge block; each row is (channel, temporal copy, y, x); the one frame is
-    duplicated in time. Values are rounded to bfloat16, as the official pipeline passes them.
-    """
+
+def vision_bounded(img: Image.Image) -> Image.Image:
+    """The image resized (BICUBIC) to the image processor's size rule, where it differs."""
     w, h = vision_bounds(img.width, img.height)
-    if (w, h) != img.size:
-        img = img.resize((w, h), resample=Image.BICUBIC)
-    # normalise as the processor does: rescale in float64, then float32 (x - 0.5) / 0.5
-    arr = np.asarray(img.convert("RGB"), dtype=np.float64) * (1 / 255)
-    x = (torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1) - 0.5) / 0.5
+    return img if (w, h) == img.size else img.resize((w, h), resample=Image.BICUBIC)
+
+
+def vision_input(resized: Image.Image, condition: int) -> Image.Image:
+    """What the vision tower sees of one reference already resized for the target (resize_to_area): LANCZOS to
+    the condition area, then the processor's size rule. ValueError when the aspect is too extreme for it."""
+    vw, vh = condition_size(condition, resized.width, resized.height)
+    return vision_bounded(resized.resize((vw, vh), resample=Image.LANCZOS))
+
+
+def vision_pixel_rows(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, 3] (H, W within the processor's size rule) -> the vision tower's rows
+    [B * gh * gw, 3*2*16*16]: normalised as the processor does (rescale in float64, then float32
+    (x - 0.5) / 0.5), the one frame duplicated in time, rows grouped by 2x2 merge block, each row
+    (channel, temporal copy, y, x), rounded to bfloat16 as the official pipeline passes them."""
+    b, h, w, _ = images.shape
+    x = (images.double() * (1 / 255)).float().permute(0, 3, 1, 2)
+    x = (x - 0.5) / 0.5
     p, m, tp = VISION_PATCH, VISION_MERGE, VISION_TEMPORAL
     gh, gw = h // p, w // p
-    x = x[None].expand(tp, -1, -1, -1)  # [time, C, H, W]
-    x = x.reshape(tp, 3, gh // m, m, p, gw // m, m, p).permute(2, 5, 3, 6, 1, 0, 4, 7)
-    rows = x.reshape(gh * gw, 3 * tp * p * p)
-    return rows.to(torch.bfloat16).float(), torch.tensor([[1, gh, gw]])
+    x = x[:, None].expand(b, tp, 3, h, w)
+    x = x.reshape(b, tp, 3, gh // m, m, p, gw // m, m, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return x.reshape(b * gh * gw, 3 * tp * p * p).to(torch.bfloat16).float()
+
+
+def vision_rows(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """An RGB image -> (pixel_values [gh*gw, 3*2*16*16], grid_thw [1, 3]) for the Qwen3-VL vision tower."""
+    img = vision_bounded(img)
+    rows = vision_pixel_rows(torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy())[None])
+    return rows, torch.tensor([[1, img.height // VISION_PATCH, img.width // VISION_PATCH]])
 
 
 def prepare_references(images, height: int, width: int, condition: int | None = None) -> References:
@@ -375,13 +396,13 @@ def prepare_references(images, height: int, width: int, condition: int | None = 
             img = Image.fromarray(np.asarray(img, dtype=np.uint8))
         try:
             r = resize_to_area(img.convert("RGB"), side)
-            vw, vh = condition_size(cond, r.width, r.height)
+            seen = vision_input(r, cond)
         except ValueError as e:
             raise ReferenceSizeError(i, str(e)) from None
         resized.append(r)
         sizes.append((r.height, r.width))
         patches.append(patchify(to_unit_range(r)[None])[0].to(torch.bfloat16).float())
-        rows, grid = vision_rows(r.resize((vw, vh), resample=Image.LANCZOS))
+        rows, grid = vision_rows(seen)
         pix.append(rows)
         thw.append(grid)
         grids.append((int(grid[0, 1]) // VISION_MERGE, int(grid[0, 2]) // VISION_MERGE))

@@ -34,6 +34,7 @@ import torch
 
 from core.layout import generation_positions, patchify, prompt_ids
 from core.objective import Objective
+from core.parallel_ranges import map_ranges
 from core.pretrain_edits import EditPool
 from core.synth.edit_pairs import pretraining_instructions
 from core.synth.render import render
@@ -57,8 +58,7 @@ def corpus(n_scenes: int = 4000) -> list[str]:
     return words + pretraining_instructions() + [sample_scene(7, i).caption() for i in range(n_scenes)]
 
 
-def _render_chunk(args):
-    seed, start, stop, size = args
+def _render_chunk(start: int, stop: int, seed: int, size: int):
     imgs, caps = [], []
     for k in range(start, stop):
         scene = sample_scene(seed, k)
@@ -70,13 +70,7 @@ def _render_chunk(args):
 def render_pool(n: int, size: int, seed: int, workers: int, start: int = 0) -> tuple[np.ndarray, list[str]]:
     """Scenes start..start+n of stream `seed` at `size` px, rendered in parallel: (uint8 [n, size, size, 3],
     captions)."""
-    step = max(1, n // (workers * 8))
-    jobs = [(seed, a, min(start + n, a + step), size) for a in range(start, start + n, step)]
-    if workers <= 1:
-        parts = [_render_chunk(j) for j in jobs]
-    else:
-        with mp.get_context("fork").Pool(workers) as pool:
-            parts = pool.map(_render_chunk, jobs)
+    parts = map_ranges(_render_chunk, start, n, workers, seed, size)
     return np.concatenate([p[0] for p in parts]), [c for p in parts for c in p[1]]
 
 

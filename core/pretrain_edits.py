@@ -18,7 +18,6 @@ raw reference patches there (tests/core/test_pretrain_edits.py compares it with 
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,19 +26,19 @@ from PIL import Image
 
 from core.layout import (
     PATCH,
-    VISION_MERGE,
     VISION_PATCH,
-    VISION_TEMPORAL,
     build_edit,
     collate,
     condition_side,
-    condition_size,
     patchify,
     prepare_references,
     reference_side,
     resize_to_area,
-    vision_bounds,
+    unit_range,
+    vision_input,
+    vision_pixel_rows,
 )
+from core.parallel_ranges import map_ranges
 from core.synth.edit_pairs import pretraining_edit, pretraining_instructions
 from core.synth.render import render
 
@@ -48,38 +47,18 @@ EMPTY = " "  # the instruction a dropped caption becomes (the sampler's negative
 
 def vision_image(reference: Image.Image, height: int, width: int) -> np.ndarray:
     """The image the vision tower sees for one reference of a height x width target (uint8 HWC): the
-    official resizing of prepare_references, stopped before the rows are cut."""
+    official resizing of prepare_references, stopped before the rows are cut (vision_pixel_rows cuts them
+    on the device)."""
     r = resize_to_area(reference.convert("RGB"), reference_side(1, height, width))
-    vw, vh = condition_size(condition_side(1), r.width, r.height)
-    v = r.resize((vw, vh), resample=Image.LANCZOS)
-    w, h = vision_bounds(v.width, v.height)
-    if (w, h) != v.size:
-        v = v.resize((w, h), resample=Image.BICUBIC)
-    return np.asarray(v, dtype=np.uint8)
-
-
-def vision_pixel_rows(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, H, W, 3] -> the vision tower's rows [B * gh * gw, 1536], as core.layout.vision_rows cuts
-    each image (normalised in float64 then float32, the frame doubled in time, grouped by merge block,
-    bf16-rounded)."""
-    b, h, w, _ = images.shape
-    x = (images.double() * (1 / 255)).float().permute(0, 3, 1, 2)
-    x = (x - 0.5) / 0.5
-    p, m, tp = VISION_PATCH, VISION_MERGE, VISION_TEMPORAL
-    gh, gw = h // p, w // p
-    x = x[:, None].expand(b, tp, 3, h, w)
-    x = x.reshape(b, tp, 3, gh // m, m, p, gw // m, m, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    return x.reshape(b * gh * gw, 3 * tp * p * p).to(torch.bfloat16).float()
+    return np.asarray(vision_input(r, condition_side(1)), dtype=np.uint8)
 
 
 def unit_patches(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, H, W, 3] -> raw 32-px patches [B, N, 3072] in [-1, 1] (core.layout.to_unit_range)."""
-    x = images.permute(0, 3, 1, 2).float().mul_(1 / 255)
-    return patchify(x.sub(0.5).div_(0.5))
+    """uint8 [B, H, W, 3] -> raw 32-px patches [B, N, 3072] in [-1, 1]."""
+    return patchify(unit_range(images))
 
 
-def _render_chunk(args):
-    seed, start, stop, size, instructions = args
+def _render_chunk(start: int, stop: int, seed: int, size: int, instructions: list[str]):
     refs, tgts, vis, which = [], [], [], []
     for k in range(start, stop):
         ref_scene, tgt_scene, text = pretraining_edit(seed, k)
@@ -106,13 +85,7 @@ class EditPool:
     @classmethod
     def render(cls, seed: int, start: int, n: int, size: int, workers: int) -> "EditPool":
         instructions = [EMPTY] + pretraining_instructions()
-        step = max(1, n // (workers * 8))
-        jobs = [(seed, a, min(start + n, a + step), size, instructions) for a in range(start, start + n, step)]
-        if workers <= 1:
-            parts = [_render_chunk(j) for j in jobs]
-        else:
-            with mp.get_context("fork").Pool(workers) as pool:
-                parts = pool.map(_render_chunk, jobs)
+        parts = map_ranges(_render_chunk, start, n, workers, seed, size, instructions)
         cat = [np.concatenate([p[i] for p in parts]) for i in range(3)]
         which = np.array([w for p in parts for w in p[3]], dtype=np.int64)
         return cls(size, cat[0], cat[1], cat[2], which, instructions)
@@ -146,7 +119,8 @@ class EditPool:
         # keep the AR columns the longest row needs, then tms and the image part (drop the common padding)
         width, total = t.input_ids.shape[1], t.token_types.shape[1]
         a = int(lens.max()) - 1
-        cols = torch.cat([torch.arange(a), torch.arange(width - 1, total)]).to(idx.device)
+        dev = idx.device
+        cols = torch.cat([torch.arange(a, device=dev), torch.arange(width - 1, total, device=dev)])
         n_text = a + 1
         b = len(idx)
         grid = (self.vision.shape[1] // VISION_PATCH, self.vision.shape[2] // VISION_PATCH)
@@ -156,7 +130,7 @@ class EditPool:
             token_types=t.token_types[which][:, cols],
             text_lengths=lens,
             pixel_values=vision_pixel_rows(self.vision[idx]),
-            image_grid_thw=torch.tensor([[1, *grid]], device=idx.device).expand(b, 3),
+            image_grid_thw=torch.tensor([[1, *grid]], device=dev).expand(b, 3),
         )
         refs = unit_patches(self.references[idx]).to(torch.bfloat16).float()
         return inputs, unit_patches(self.targets[idx]), refs
