@@ -25,7 +25,7 @@ from core.loading import load_model, load_tokenizer
 from core.lora import apply_loras, load_lora
 from core.sampler import Sampler
 from core.synth import render
-from core.synth.edit_pairs import edit_scenes, edit_score, recoloured
+from core.synth.edit_pairs import edit_scenes, edit_score, recoloured, write_edit_pairs
 from core.train import TrainCallbacks, TrainConfig, train
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "o1-shapes"
@@ -51,16 +51,6 @@ def parse(argv=None):
     ap.add_argument("--guidance", type=float, nargs="+", default=[3.0])
     ap.add_argument("--eval_only", default="", help="score this LoRA file instead of training")
     return ap.parse_args(argv)
-
-
-def write_pairs(a, folder: Path, target_of) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for k, scene in enumerate(edit_scenes(5, a.pairs, "blue")):
-        render(scene, a.size).save(folder / f"in-{k}.png")
-        render(target_of(scene), a.size).save(folder / f"out-{k}.png")
-        lines.append(json.dumps({"file": f"out-{k}.png", "text": a.text, "references": [f"in-{k}.png"]}))
-    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
 
 
 def train_lora(a, data: Path, out: Path) -> Path:
@@ -106,7 +96,8 @@ def main(argv=None) -> None:
     def target_of(scene):
         return scene if a.task == "identity" else recoloured(scene, "blue")
 
-    write_pairs(a, out / "pairs", target_of)
+    scenes = edit_scenes(5, a.pairs, "blue")
+    write_edit_pairs(out / "pairs", scenes, "blue", a.size, target=target_of, text=a.text)
     lora_file = Path(a.eval_only) if a.eval_only else train_lora(a, out / "pairs", out)
 
     model, tok = load_model(MODEL, torch.float32, "cpu"), load_tokenizer(MODEL)

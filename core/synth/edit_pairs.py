@@ -74,16 +74,20 @@ def pretraining_edit(seed: int, index: int) -> tuple[Scene, Scene, str]:
     return scene, replace(scene, shapes=(replace(shape, region=region),)), f"move the shape to the {region}"
 
 
-def write_edit_pairs(out: str | Path, scenes: list[Scene], colour: str, size: int = 128) -> Path:
+def write_edit_pairs(
+    out: str | Path, scenes: list[Scene], colour: str, size: int = 128, *, target=None, text: str | None = None
+) -> Path:
+    """Each scene as a reference (in-k.png) and its target (out-k.png): the scene recoloured to `colour`, or
+    target(scene) when given; with the instruction `text` (default: instruction(colour))."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    target = target or (lambda scene: recoloured(scene, colour))
+    text = instruction(colour) if text is None else text
     lines = []
     for k, scene in enumerate(scenes):
         render(scene, size).save(out / f"in-{k}.png")
-        render(recoloured(scene, colour), size).save(out / f"out-{k}.png")
-        lines.append(
-            json.dumps({"file": f"out-{k}.png", "text": instruction(colour), "references": [f"in-{k}.png"]})
-        )
+        render(target(scene), size).save(out / f"out-{k}.png")
+        lines.append(json.dumps({"file": f"out-{k}.png", "text": text, "references": [f"in-{k}.png"]}))
     (out / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return out
 
