@@ -17,6 +17,10 @@ fewer layers make each compile variant affordable; `est_s_36` scales to 36 layer
   layers / layers-slots / layers-static-slots   compile_scope="layers" (one compiled decoder layer)
   layers-slots16     layers-slots with slot capacity 16
   layers-slots-off   layers with LoRA slots installed but no LoRA active (the slots switched off)
+  layers-merged      layers with the LoRA merged into the weights (core.lora.merge: the worker's default
+                     where the kept copy fits); eager-merged the same without compile
+
+--fp8 converts the decoder linears to fp8 first (core.fp8, the generation worker's default on Hopper/Ada).
 
 Per variant: the first call's seconds (compile), graphs compiled (dynamo's counter) after the first call,
 after a prompt of another length and after a LoRA switch (must not grow), the switch's seconds, the median
@@ -47,7 +51,9 @@ from core.lora import (  # noqa: E402
     BoundLora,
     LoraSpec,
     clear_loras,
+    install_lora_merging,
     install_lora_slots,
+    remove_lora_merging,
     remove_lora_slots,
     set_loras,
     target_names,  # noqa: E402
@@ -66,6 +72,8 @@ VARIANTS = [
     "layers-slots16",
     "denoise",
     "layers-slots-off",
+    "layers-merged",
+    "eager-merged",
 ]  # most telling first (--until may cut the rest)
 GUIDANCE = 5.0
 
@@ -116,8 +124,11 @@ def run_variant(name: str, model, tok, prompts: tuple[str, str], args, device) -
     compile_ = False if name.startswith("eager") else (args.backend or True)
     scope = "layers" if name.startswith("layers") else "denoise"
     capacity = 16 if name.endswith("slots16") else args.slot_rank
-    slots = "slots" in name
-    if slots:
+    merged = "merged" in name
+    slots = "slots" in name or merged  # "slots": the variants with a LoRA (merged ones hold it in the weights)
+    if merged:
+        install_lora_merging(model)
+    elif slots:
         install_lora_slots(model, capacity)
     static = Static() if "static" in name else None
     if static:
@@ -169,6 +180,7 @@ def run_variant(name: str, model, tok, prompts: tuple[str, str], args, device) -
         if static:
             static.__exit__()
         clear_loras(model)
+        remove_lora_merging(model)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -188,6 +200,7 @@ def main(argv=None):
     ap.add_argument("--backend", default=None, help="torch.compile backend (default inductor)")
     ap.add_argument("--compare", action="store_true", help="latents vs eager's and the bf16 noise floor")
     ap.add_argument("--until", type=float, default=0, help="unix time: start no variant after it")
+    ap.add_argument("--fp8", action="store_true", help="decoder linears in fp8 (core.fp8.convert_to_fp8)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
@@ -205,9 +218,13 @@ def main(argv=None):
     setattr(cfg, "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit", 64)
     t = time.perf_counter()
     model, tok = build_model(spec, device, dtype, vocab)
+    if args.fp8:
+        from core.fp8 import convert_to_fp8
+
+        convert_to_fp8(model, matmul="scaled")
     print(
         f"model: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, {args.layers} layers, "
-        f"{dtype}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, built in "
+        f"{dtype}{' + fp8 linears' if args.fp8 else ''}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, built in "
         f"{time.perf_counter() - t:.1f} s; torch {torch.__version__}",
         flush=True,
     )
@@ -232,7 +249,8 @@ def main(argv=None):
         z = r.pop("latents")
         if v in ("eager", "eager-slots"):
             eager_z[v] = z  # the reference of the variants with the same LoRA state (none / LoRA a in slots)
-        ref = eager_z.get("eager-slots" if "slots" in v and not v.endswith("-off") else "eager")
+        with_lora = ("slots" in v or "merged" in v) and not v.endswith("-off")
+        ref = eager_z.get("eager-slots" if with_lora else "eager")
         if ref is not None:
             r["rel_vs_eager"] = rel(z, ref)
         rows.append(r)
@@ -242,7 +260,7 @@ def main(argv=None):
     if args.json:
         Path(args.json).write_text(json.dumps({"floor": floor, "rows": rows}, indent=2))
     print(
-        f"\nfull width, {args.layers} layers, {args.size}^2, {args.steps} steps, CFG {GUIDANCE}, one image; "
+        f"\nfull width{' fp8' if args.fp8 else ''}, {args.layers} layers, {args.size}^2, {args.steps} steps, CFG {GUIDANCE}, one image; "
         f"noise floor {floor if floor is None else f'{floor:.2e}'}"
     )
     print(

@@ -16,7 +16,9 @@ only if the time left looks enough (a phase that is skipped says so):
   train-P   core.train.Trainer at 1024^2, batch 1, LoRA r16, gradient checkpointing on: eager steps, then the
             compiled decoder layers; s/step (median of timed steps), peak GiB over build + steps
   offload   the fp8 trainer / sampler with --offload_blocks layers streamed from pinned host memory
-  caps      fp8 training (and with offload) under torch.cuda.set_per_process_memory_fraction caps of 12 / 16 GiB
+  caps      fp8 training (and with offload) under torch.cuda.set_per_process_memory_fraction caps of 12 / 10 GiB
+  gen-caps  fp8 generation, compiled decoder layer, one 50-step CFG image under caps that mimic cards: 1024^2 in
+            12 GiB, 2048^2 in 16 GiB (s/image and peak; 2048^2 fp8 is issue 15's "<= 7 s")
 
 Every result is printed as it comes (a line starting with "RESULT") and written to OUT/bench_fp8.json; the
 markdown table is printed last.
@@ -396,6 +398,38 @@ class Run:
         )
 
 
+    @torch.no_grad()
+    def capped_generation(self, cap_gib: float, size: int) -> None:
+        """fp8 generation under a memory cap from the build on: compiled layer, a 2-step call, one timed image."""
+        from core.sampler import Sampler
+
+        if self.cuda:
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            torch.cuda.set_per_process_memory_fraction(cap_gib * GIB / total, torch.cuda.current_device())
+        size = 64 if self.tiny else size
+        kw = dict(width=size, height=size, guidance=5.0, seed=0, preset="full", return_latents=True)
+        error, s_image = None, None
+        try:
+            model, _ = self.build("fp8")
+            sampler = Sampler(model, self.tok, preview_every=0, compile=self.backend, compile_scope="layers")
+            sampler(PROMPT, steps=2, **kw)
+            self.sync()
+            t = time.perf_counter()
+            sampler(PROMPT, steps=self.gen_steps, **kw)
+            self.sync()
+            s_image = round(time.perf_counter() - t, 3)
+            del sampler, model
+        except torch.OutOfMemoryError as e:
+            error = str(e).splitlines()[0][:160]
+        finally:
+            if self.cuda:
+                torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
+        self.record(
+            phase="gen-cap", cap_gib=cap_gib, size=size, fits=error is None, s_per_image=s_image,
+            peak_gib=round(self.peak(), 2), error=error,
+        )
+
+
 def random_stream(resolution: int):
     """Random images and one fixed caption (bench/bench_training.py's stream)."""
 
@@ -434,6 +468,11 @@ def table(results: dict) -> str:
             )
         elif r["phase"] == "cap":
             lines.append(f"| cap {r['cap_gib']} GiB | fp8 | offload {r['offload']} | - | - | fits: {r['fits']} |")
+        elif r["phase"] == "gen-cap":
+            lines.append(
+                f"| gen cap {r['cap_gib']} GiB, {r['size']}^2 | fp8 | compiled | {r['s_per_image']} s/image | "
+                f"{r['peak_gib']} | fits: {r['fits']} |"
+            )
     for s in results["skipped"]:
         lines.append(f"| skipped | | | | | {s} |")
     for e in results["errors"]:
@@ -482,6 +521,10 @@ def main(argv=None) -> None:
         for cap_gib, offload in ((12.0, 0), (10.0, 0), (10.0, a.offload)):
             if run.fits(f"cap {cap_gib:g} GiB offload {offload}", 14):
                 run.guarded(f"cap {cap_gib:g}", run.capped_training, cap_gib, offload)
+    if "gen-caps" in phases:
+        for cap_gib, size in ((12.0, 1024), (16.0, 2048)):
+            if run.fits(f"gen cap {cap_gib:g} GiB {size}", 30 if size == 1024 else 45):
+                run.guarded(f"gen cap {cap_gib:g}", run.capped_generation, cap_gib, size)
     run.results["seconds"] = round(time.perf_counter() - T0, 1)
     run.save()
     print("\n" + table(run.results), flush=True)

@@ -293,6 +293,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--side", type=int, default=1024, help="the main image side (a CPU smoke run: 256)")
     ap.add_argument("--big", type=int, default=2048, help="the large image side")
     ap.add_argument("--gen-steps", type=int, default=50)
+    ap.add_argument(
+        "--base-precision",
+        default=None,
+        help="bf16|fp8 for the generation worker (O1LORA_GENERATE_BASE_PRECISION) and the training's base_precision",
+    )
     ap.add_argument("--read-and-load", help=argparse.SUPPRESS)  # the child process of that stage
     ap.add_argument("--eager-check", nargs=2, help=argparse.SUPPRESS)  # PNG SEED: child process
     a = ap.parse_args(argv)
@@ -353,6 +358,8 @@ def main(argv=None) -> dict:
     data = Path(a.data)
     shutil.rmtree(data, ignore_errors=True)
     env = dict(kv.split("=", 1) for kv in a.env)
+    if a.base_precision:
+        env.setdefault("O1LORA_GENERATE_BASE_PRECISION", a.base_precision)
     svc = Service(model, data, a.port, out_dir / "service.log", env)
     svc.side, svc.steps = a.side, a.gen_steps
     gpu = GpuMemory()
@@ -412,6 +419,7 @@ def main(argv=None) -> dict:
                 "batch_size": 1,
                 "sample_every": 0,
                 "checkpoint_every": max(1, a.train_steps // 2),
+                **({"base_precision": a.base_precision} if a.base_precision else {}),
             }
             t0 = time.perf_counter()
             job = svc.ok(svc.http.post("/v1/trainings", json=body))
@@ -482,7 +490,7 @@ def main(argv=None) -> dict:
             r = svc.http.post(f"/v1/generations/{g['id']}/cancel")
             if r.status_code >= 400:
                 svc.wait_generation(g["id"], g["t0"])
-                return {"cancel_http": r.status_code, "note": "no cancel route on this build"}
+                return {"cancel_http": r.status_code, "note": r.text[:160]}
             end = svc.wait_generation(g["id"], t0)
             return {
                 "cancel_http": r.status_code,
@@ -535,7 +543,7 @@ def main(argv=None) -> dict:
     R["log_lines"] = [
         ln
         for ln in (out_dir / "service.log").read_text(errors="replace").splitlines()
-        if re.search(r"warm|compil|load|releas|memory plan|Traceback|Error", ln)
+        if re.search(r"warm|compil|load|releas|memory plan|LoRA|Traceback|Error", ln)
     ][-40:]
     print("\n".join(R["log_lines"]))
     table = make_table(R)

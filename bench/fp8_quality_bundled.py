@@ -18,6 +18,9 @@ Parts:
   lora    a hatched-style LoRA (tests/core/test_style_lora.py's small run: 12 + 12 images, 80 steps) trained on
           the fp32 base and on an fp8 base (weight-only, float32 compute: the CPU trainer), each scored with its
           trigger on the bf16 and the fp8 base (style score on 8 held-out prompts): does a LoRA move across?
+  merge   that LoRA (trained on fp32) applied beside the linears (hooks: the slots' arithmetic) and merged into the
+          weights (core.lora.merge; an fp8 base re-quantised with the LoRA in it), on the bf16 and fp8 bases:
+          style score with the trigger on the 8 held-out prompts, and the images' difference merged vs hooks
 The JSON of each part is printed and written to --out.
 """
 
@@ -159,6 +162,65 @@ def lora_both_ways(tok, out_dir: Path) -> dict:
     return out
 
 
+def _train_style_lora(tok, out_dir: Path, base_precision: str) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "core"))
+    from test_style_lora import style_dataset
+
+    from core.train import TrainConfig, train
+
+    data = style_dataset(out_dir / "style", hatched=12, plain=12)
+    torch.manual_seed(0)
+    cfg = TrainConfig(
+        model_path=str(MODEL),
+        data_dir=str(data),
+        out_dir=str(out_dir / f"run-{base_precision}"),
+        trigger="",
+        resolution=128,
+        min_side=128,
+        steps=80,
+        batch_size=2,
+        rank=8,
+        alpha=8.0,
+        lr=2e-3,
+        gradient_checkpointing=False,
+        device="cpu",
+        checkpoint_every=0,
+        sample_every=0,
+        seed=0,
+        validation_fraction=0.0,
+        base_precision=base_precision,
+    )
+    return train(cfg).lora_file
+
+
+def merged_vs_hooks(tok, out_dir: Path) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "core"))
+    import numpy as np
+    from test_style_lora import EVAL, TRIGGER
+
+    from core.lora import install_lora_merging, load_lora, set_loras
+
+    file = _train_style_lora(tok, out_dir, "bf16")
+    prompts = [s.caption(TRIGGER) for s in EVAL]
+    out = {}
+    for base in ("bf16", "fp8"):
+        images = {}
+        for how in ("none", "hooks", "merged"):
+            model = load(base, tok)
+            if how == "merged":
+                install_lora_merging(model)
+            if how != "none":
+                set_loras(model, [(load_lora(model, file), 1.0)])
+            with torch.no_grad():
+                images[how] = Sampler(model, tok, preview_every=0)(prompts, **SAMPLING)
+            out[f"{base} base, {how}: style"] = round(sum(map(style_score, images[how])) / len(prompts), 4)
+        arr = {k: np.stack([np.asarray(i, dtype=np.float64) for i in v]) for k, v in images.items()}
+        out[f"{base} base: mean |merged - hooks| (0-255)"] = round(float(np.abs(arr["merged"] - arr["hooks"]).mean()), 3)
+        out[f"{base} base: mean |hooks - none| (0-255)"] = round(float(np.abs(arr["hooks"] - arr["none"]).mean()), 3)
+        print(base, out, flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="xpred,scores,lora")
@@ -178,6 +240,8 @@ def main() -> None:
         result["scores"] = scores(tok, names)
     if "lora" in parts:
         result["lora_style_score"] = lora_both_ways(tok, out)
+    if "merge" in parts:
+        result["merged_vs_hooks"] = merged_vs_hooks(tok, out)
     (out / "fp8_quality.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 

@@ -32,7 +32,7 @@ from db.generations import (
 from db.loras import get_lora
 from db.models import Generation, GenerationImage
 from worker.context import WorkerContext, ctx
-from worker.memory_plan import check_generation, out_of_memory_message
+from worker.memory_plan import check_generation, merge_reserve, out_of_memory_message
 from worker.model_host import ModelHost, parse_sizes
 from worker.pacing import Every, Heartbeat
 from worker.reference_images import load_references
@@ -53,6 +53,7 @@ def host_key(s) -> tuple:
         s.cfg_split_pixels,
         s.generate_base_precision,
         s.generate_offload_blocks,
+        s.lora_apply,
     )
 
 
@@ -71,6 +72,8 @@ def host(c: WorkerContext) -> ModelHost:
             compile_cache_dir=s.data_dir / "compile-cache",
             base_precision=s.generate_base_precision,
             offload_blocks=s.generate_offload_blocks,
+            lora_apply=s.lora_apply,
+            merge_reserve_bytes=merge_reserve(s, s.model_path),
         )
         _host.key = key
     return _host
@@ -254,7 +257,7 @@ def _fail(c: WorkerContext, r: Row, error: str) -> None:
 def _generate(c: WorkerContext, rows: list[Row]) -> None:
     import torch
 
-    from core.lora import apply_loras
+    from core.lora import set_loras
     from core.sampler import ImageSpec, to_pil
 
     lead = rows[0].gen
@@ -312,18 +315,20 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
             if not any(r.active for r in rows):
                 raise _AllStopped()
 
-        with apply_loras(model, loras):
-            z = h.sampler.sample(
-                specs,
-                width=width,
-                height=height,
-                steps=steps,
-                guidance=p.get("guidance"),
-                preset=p.get("preset", "full"),
-                callback=on_step,
-                references=references,
-                return_latents=True,
-            )
+        # The LoRAs stay set after the request: the next request with the same ones (merged into the weights, or
+        # in the slots) then costs nothing to set up; a request with others replaces them.
+        set_loras(model, loras)
+        z = h.sampler.sample(
+            specs,
+            width=width,
+            height=height,
+            steps=steps,
+            guidance=p.get("guidance"),
+            preset=p.get("preset", "full"),
+            callback=on_step,
+            references=references,
+            return_latents=True,
+        )
         finite = torch.isfinite(z.float()).flatten(1).all(1).tolist()  # the one host sync of the batch
         images = to_pil(torch.nan_to_num(z), height, width)  # non-finite images are dropped below
     for r in rows:  # a row with a non-finite image fails as a whole: none of its images is stored

@@ -30,10 +30,13 @@ when a worker asks.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+log = logging.getLogger(__name__)
 
 GIB = 2**30
 MIB = 2**20
@@ -102,6 +105,13 @@ class ModelShape:
         h, q, kv, m = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.mlp
         scales = 4 * (q + 2 * kv + h + 2 * m + h) * self.layers
         return self.weight_bytes - self.linear_params + scales
+
+    def merge_copy_bytes(self, base_precision: str = "bf16") -> int:
+        """What merging LoRAs keeps aside (core.lora.merge): the decoder linears once more, in the base's
+        precision. Full size: 12.9 GiB bf16, 6.47 GiB fp8 (the optional targets add under 0.1%)."""
+        if base_precision != "fp8":
+            return self.linear_params * 2
+        return self.base_bytes("fp8") - (self.weight_bytes - self.linear_params * 2)
 
     def lora_params(self, rank: int) -> int:
         """Parameters of a LoRA on the 7 linears of every layer (q, k, v, o, gate, up, down)."""
@@ -268,6 +278,76 @@ def plan_generation(
         f"worker's GPU has {_gib(free_bytes)} free of {_gib(total_bytes)}. Ask for fewer images "
         f"per request{', fewer or smaller reference images' if reference_tokens else ''} or a smaller size.",
     )
+
+
+def lora_merge_copy_bytes(model) -> int:
+    """What merging LoRAs into `model` keeps aside (core.lora.merge): a copy of every LoRA-targetable linear's
+    weight (and fp8 scale); ModelShape.merge_copy_bytes estimates it without a model."""
+    import re
+
+    from core.lora.slots import SLOT_PATTERN
+
+    rx, n = re.compile(SLOT_PATTERN), 0
+    for path, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if rx.fullmatch(path) and getattr(w, "ndim", 0) == 2:
+            n += w.numel() * w.element_size()
+            scale = getattr(m, "weight_scale", None)
+            n += 0 if scale is None else scale.numel() * scale.element_size()
+    return n
+
+
+def choose_lora_mode(
+    requested: str,
+    *,
+    lora_max_rank: int,
+    offload_blocks: int,
+    free_bytes: int | None,
+    copy_bytes: int,
+    reserve_bytes: int,
+) -> str:
+    """How a generation worker applies LoRAs: "merge" where the kept copy fits (free_bytes None = not a GPU:
+    always), leaving reserve_bytes free for the activations; else "slots", or "hooks" with lora_max_rank 0.
+    An explicit "merge" on a model with offloaded layers is a ValueError (their weights are streamed)."""
+    if requested not in ("auto", "merge", "slots"):
+        raise ValueError(f"O1LORA_LORA_APPLY must be auto, merge or slots; got {requested!r}")
+    fallback = "slots" if lora_max_rank > 0 else "hooks"
+    if requested == "slots":
+        return fallback
+    if offload_blocks:
+        if requested == "merge":
+            raise ValueError("O1LORA_LORA_APPLY=merge needs every layer on the GPU, but offload_blocks is set")
+        return fallback
+    if requested == "merge" or free_bytes is None or free_bytes - copy_bytes >= reserve_bytes:
+        return "merge"
+    log.info(
+        "LoRAs by %s: merging needs a %s copy, %s is free and %s is kept for activations",
+        fallback,
+        _gib(copy_bytes),
+        _gib(free_bytes),
+        _gib(reserve_bytes),
+    )
+    return fallback
+
+
+def merge_reserve(settings, model_path) -> int:
+    """GPU memory a generation worker keeps free beside a LoRA merge copy: the headroom and the activations of
+    its largest batch (O1LORA_GENERATE_MAX_BATCH images, CFG) at its largest warm-up size (1024^2 at least)."""
+    sizes = [(1024, 1024)]
+    text = settings.warmup_sizes.strip()
+    if text and text.lower() != "auto":
+        from worker.model_host import parse_sizes
+
+        sizes += parse_sizes(text)
+    w, h = max(sizes, key=lambda s: s[0] * s[1])
+    act = generation_need(
+        ModelShape.from_checkpoint(model_path),
+        width=w,
+        height=h,
+        images=settings.generate_max_batch,
+        weights_resident=True,
+    )
+    return act + int(settings.gpu_memory_headroom_gib * GIB)
 
 
 def gpu_memory() -> tuple[int, int] | None:

@@ -1,9 +1,11 @@
 """The generation worker's resident state: one base model loaded once, its sampler, and an LRU of LoRAs.
 
-LoRAs are applied through LoRA slots (core.lora.slots): every targeted linear carries fixed-capacity
-buffers that a switch fills in place, so switching LoRAs between generations costs a few small copies,
-never a reload of the 8B base nor a recompilation of the compiled denoise. Bound LoRAs are kept by id,
-least recently used first out once more than `capacity` are held.
+LoRAs are merged into the base weights where the GPU has room for a copy of them (core.lora.merge: the base is
+kept aside, so taking a LoRA out is an exact copy back; a LoRA then costs nothing per step), else applied
+through LoRA slots (core.lora.slots: fixed-capacity buffers beside every targeted linear, +15% per step while a
+LoRA is active). Either way a switch writes tensors in place: never a reload of the 8B base nor a
+recompilation of the compiled denoise (`O1LORA_LORA_APPLY`). Bound LoRAs are kept by id, least recently used
+first out once more than `capacity` are held.
 
 On CUDA the sampler's denoise step is compiled by default (`O1LORA_GENERATE_COMPILE`), and the sizes in
 `O1LORA_WARMUP_SIZES` are compiled at worker start (`warm_up`), so no user request pays a compilation.
@@ -68,6 +70,8 @@ class ModelHost:
         compile_cache_dir: Path | None = None,
         base_precision: str = "auto",
         offload_blocks: int = 0,
+        lora_apply: str = "auto",
+        merge_reserve_bytes: int = 0,
     ):
         self.model_path = Path(model_path)
         # a property of the resident base, not of a request: one base serves every request (see worker/README.md)
@@ -76,6 +80,9 @@ class ModelHost:
         self.compile_cache_dir = compile_cache_dir
         self.capacity = lora_capacity
         self.compile, self.lora_max_rank, self.cfg_split_pixels = compile, lora_max_rank, cfg_split_pixels
+        # "auto" | "merge" | "slots"; merge_reserve_bytes: GPU memory "auto" leaves free beside the kept copy
+        self.lora_apply, self.merge_reserve_bytes = lora_apply, merge_reserve_bytes
+        self.lora_mode = ""  # what the loaded model uses: "merge", "slots" or "hooks"
         self._model = self._tokenizer = self._sampler = None
         self._loras: OrderedDict[str, object] = OrderedDict()
         self._load_lock = threading.Lock()
@@ -88,7 +95,7 @@ class ModelHost:
             if self._model is None:
                 from core.fp8 import resolve_base_precision
                 from core.loading import load_model, load_tokenizer
-                from core.lora import install_lora_slots
+                from core.lora import install_lora_merging, install_lora_slots
 
                 device, dtype = pick_device()
                 precision = resolve_base_precision(self.base_precision, device)
@@ -104,12 +111,29 @@ class ModelHost:
                     base_precision=precision,
                     offload_blocks=self.offload_blocks,
                 )
-                if self.lora_max_rank > 0:
+                self.lora_mode = self._choose_lora_mode(model)
+                if self.lora_mode == "merge":
+                    n = install_lora_merging(model)
+                    log.info("LoRAs merged into the weights; the base of %d linears kept aside", n)
+                elif self.lora_mode == "slots":
                     n = install_lora_slots(model, self.lora_max_rank)
                     log.info("LoRA slots of %d ranks on %d linears", self.lora_max_rank, n)
                 self._model = model
                 self.loads += 1
             return self._model
+
+    def _choose_lora_mode(self, model) -> str:
+        from worker.memory_plan import choose_lora_mode, gpu_memory, lora_merge_copy_bytes
+
+        on_gpu = model.device.type == "cuda"
+        return choose_lora_mode(
+            self.lora_apply,
+            lora_max_rank=self.lora_max_rank,
+            offload_blocks=self.offload_blocks,
+            free_bytes=gpu_memory()[0] if on_gpu else None,
+            copy_bytes=lora_merge_copy_bytes(model),
+            reserve_bytes=self.merge_reserve_bytes,
+        )
 
     def release(self) -> bool:
         """Drop the base and the bound LoRAs (a training needs the GPU); the next model() loads it again.
@@ -178,7 +202,7 @@ class ModelHost:
         now: a 1-image request (CFG batched: one 2-row graph, which also serves any batch; CFG as two calls:
         the 1-row graph; there, several images in one call (a multi-image request or continuous batching)
         compile their graphs, two more, on first use), with the LoRA slots off (plain requests) and on
-        (any LoRA set). Returns seconds per size; the model is loaded first (its time is not counted)."""
+        (any LoRA set); merged LoRAs need no second variant. Returns seconds per size; the model is loaded first (its time is not counted)."""
         from core.lora import slots_forced_on
         from core.sampler import ImageSpec
 
@@ -187,7 +211,7 @@ class ModelHost:
             sampler = self.sampler
             for w, h in sizes:
                 t = time.perf_counter()
-                for force in (False, True):
+                for force in (False, True) if self.lora_mode == "slots" else (False,):
                     with slots_forced_on(self._model) if force else contextlib.nullcontext():
                         sampler.sample(
                             [ImageSpec(WARMUP_PROMPT, " ", 0)], width=w, height=h, steps=steps, return_latents=True

@@ -26,6 +26,7 @@ _LAZY = {
         "export",
     ),
     **dict.fromkeys(("BoundLora", "LoraFile", "bind_lora", "module_index", "read_lora"), "formats"),
+    **dict.fromkeys(("install_lora_merging", "lora_merging", "remove_lora_merging"), "merge"),
     **dict.fromkeys(
         ("install_lora_slots", "lora_slots", "remove_lora_slots", "slot_capacity", "slots_forced_on", "slots_on"),
         "slots",
@@ -99,7 +100,10 @@ __all__ = [
     "set_adapter_enabled",
     "set_loras",
     "target_names",
+    "install_lora_merging",
     "install_lora_slots",
+    "lora_merging",
+    "remove_lora_merging",
     "lora_slots",
     "remove_lora_slots",
     "slot_capacity",

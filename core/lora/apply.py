@@ -5,8 +5,8 @@
         images = sampler(...)
     set_loras(model, [(a, 0.8)]) ... clear_loras(model)     # the same, for callers that hold state
 
-Why forward hooks and not merged weights: merging then un-merging in bfloat16 drifts the base a little
-on every swap, and the generation worker swaps often (it keeps an LRU of bound LoRAs). A hook adds
+By default, forward hooks: merging then un-merging in bfloat16 without a kept copy drifts the base a little
+on every swap, and a copy costs as much memory as the weights. A hook adds
 up(down(x)) to a linear's output and is removed by dropping its handle, so the base weights are never
 written and state-dict keys stay the model's own. All LoRAs of one module are concatenated into one
 down/up pair, so N LoRAs cost two small matmuls per module, not 2N.
@@ -15,6 +15,10 @@ On a model with LoRA slots (core.lora.slots.install_lora_slots, what a compiled 
 calls write the deltas into the slots instead, so no hook is added or removed and torch.compile does not
 recompile; only what does not fit the slots (a module without one, more ranks than the capacity) falls
 back to a hook for that module, which is correct but makes the compiled step recompile.
+
+On a model with LoRA merging (core.lora.merge.install_lora_merging: the base weights kept aside, so merging
+is undone exactly) the same calls merge the deltas into the weights instead: no per-step cost at all, and a
+set_loras with the LoRAs and scales already merged does nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.lora.formats import BoundLora
+from core.lora.merge import lora_merging, merge_parts
 from core.lora.slots import ACTIVE_ATTR, fill_slots, lora_slots
 
 log = logging.getLogger(__name__)
@@ -57,6 +62,11 @@ def clear_loras(model: nn.Module) -> None:
     _remove_hooks(model)
     if getattr(model, ACTIVE_ATTR, None):
         fill_slots(model, {})
+    merging = lora_merging(model)
+    if merging is not None:
+        if merging.merged:
+            merge_parts(model, {})
+        merging.current = []
 
 
 def set_loras(model: nn.Module, loras: Sequence[tuple[BoundLora, float]]) -> None:
@@ -64,6 +74,9 @@ def set_loras(model: nn.Module, loras: Sequence[tuple[BoundLora, float]]) -> Non
     for item in loras:
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], BoundLora)):
             raise TypeError(f"set_loras wants (BoundLora, scale) pairs, got {item!r:.80}")
+    merging = lora_merging(model)
+    if merging is not None and merging.same_as_current(loras):
+        return  # already merged: a request with the previous request's LoRAs costs nothing
     modules = dict(model.named_modules())
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
     for lora, scale in loras:
@@ -73,7 +86,11 @@ def set_loras(model: nn.Module, loras: Sequence[tuple[BoundLora, float]]) -> Non
             if path not in modules:
                 raise ValueError(f"LoRA {lora.name!r} was bound to another model: {path} is not a module here")
             parts.setdefault(path, []).append((down, up, float(scale)))
-    if lora_slots(model):
+    if merging is not None:
+        merging.current = []  # until the merge is complete (a failure part-way leaves no false "current")
+        parts = merge_parts(model, parts)  # what remains cannot be merged (not a plain on-device linear)
+        merging.current = list(loras)
+    elif lora_slots(model):
         parts = fill_slots(model, parts)  # what remains did not fit a slot
         if parts:
             log.warning(
@@ -102,4 +119,6 @@ def apply_loras(model: nn.Module, loras: Sequence[tuple[BoundLora, float]]) -> I
 
 def active_lora_modules(model: nn.Module) -> int:
     """How many linears currently carry a LoRA (a hook or a filled slot; 0 means the plain base)."""
-    return len(getattr(model, _HANDLES_ATTR, [])) + len(getattr(model, ACTIVE_ATTR, ()))
+    merging = lora_merging(model)
+    merged = len(merging.merged) if merging is not None else 0
+    return len(getattr(model, _HANDLES_ATTR, [])) + len(getattr(model, ACTIVE_ATTR, ())) + merged

@@ -75,10 +75,11 @@ def test_a_request_of_three_images_is_one_batch_equal_to_three_single_image_requ
     assert not np.array_equal(together[0], together[1])  # three seeds, three images
 
 
-def test_compiled_worker_warms_up_then_switches_loras_and_sizes_without_recompiling(gctx, monkeypatch):
+@pytest.mark.parametrize("lora_apply", ["merge", "slots"])
+def test_compiled_worker_warms_up_then_switches_loras_and_sizes_without_recompiling(gctx, monkeypatch, lora_apply):
     c = WorkerContext(gctx.settings.model_copy(update={"cfg_split_pixels": 64 * 64, "lora_max_rank": 8}))
     backend = CountingBackend()
-    h = use_host(monkeypatch, c, compile=backend)
+    h = use_host(monkeypatch, c, compile=backend, lora_apply=lora_apply)
     with c.sessions() as s:
         owner = create_owner(s, name="f2")
     la = make_lora(c, c.settings.model_path, owner.id, seed=1)
@@ -86,7 +87,8 @@ def test_compiled_worker_warms_up_then_switches_loras_and_sizes_without_recompil
     # 64x32 is under the split threshold (CFG as one 2-row batch), 64x64 at it (two 1-row calls).
     assert h.warm_up(parse_sizes("64x32,64x64")).keys() == {"64x32", "64x64"}
     warm = backend.compiles
-    assert warm == 4  # per size: LoRA slots off and on
+    assert h.lora_mode == lora_apply
+    assert warm == {"merge": 2, "slots": 4}[lora_apply]  # per size: one graph; with slots, slots off and on
     calls_per_step = {}
     for size, loras, n, prompt in [
         ((64, 32), [{"id": la, "scale": 1.0}], 1, "a red circle"),
@@ -104,12 +106,12 @@ def test_compiled_worker_warms_up_then_switches_loras_and_sizes_without_recompil
     assert backend.compiles == warm, f"{backend.compiles - warm} recompiles after the warm-up"
     assert calls_per_step == {(64, 32): 1, (64, 64): 2}  # CFG batched below the threshold, split at it
     # The compiled path gives the eager path's image.
-    eager = use_host(monkeypatch, c)
+    eager = use_host(monkeypatch, c, lora_apply=lora_apply)
     gen = new_generation(c, owner.id, loras=[{"id": la, "scale": 1.0}], num_images=1, prompt="a red circle")
     assert generation.run_generation(gen.id, c) == "succeeded"
     assert eager.sampler.compiled is False
     first = pixels(c, gen.id)[0]
-    use_host(monkeypatch, c, compile=backend)
+    use_host(monkeypatch, c, compile=backend, lora_apply=lora_apply)
     gen = new_generation(c, owner.id, loras=[{"id": la, "scale": 1.0}], num_images=1, prompt="a red circle")
     assert generation.run_generation(gen.id, c) == "succeeded"
     assert int(np.abs(pixels(c, gen.id)[0] - first).max()) <= 1
@@ -142,3 +144,23 @@ def test_compiled_code_is_cached_in_the_data_dir_unless_the_environment_says_whe
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cc").resolve()) and (tmp_path / "cc").is_dir()
     use_compile_cache(tmp_path / "other")  # whoever set it first wins
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cc").resolve())
+
+
+def test_merged_loras_give_the_slots_image_and_a_plain_request_after_them_gives_the_base_image(gctx, monkeypatch):
+    c = gctx
+    with c.sessions() as s:
+        owner = create_owner(s, name="f5")
+    la = make_lora(c, c.settings.model_path, owner.id, seed=3)
+    images = {}
+    for mode in ("slots", "merge"):
+        h = use_host(monkeypatch, c, lora_apply=mode)
+        for name, loras in [("plain", []), ("lora", [{"id": la, "scale": 1.0}]), ("plain after", [])]:
+            gen = new_generation(c, owner.id, loras=loras, num_images=1, prompt="a red circle", seed=7)
+            assert generation.run_generation(gen.id, c) == "succeeded"
+            images[mode, name] = pixels(c, gen.id)[0]
+        assert h.lora_mode == mode
+    assert int(np.abs(images["merge", "lora"] - images["slots", "lora"]).max()) <= 1
+    assert int(np.abs(images["merge", "lora"] - images["merge", "plain"]).max()) > 20  # the LoRA shows
+    for mode in ("slots", "merge"):  # the LoRA is gone again, exactly
+        assert np.array_equal(images[mode, "plain after"], images[mode, "plain"])
+    assert np.array_equal(images["merge", "plain"], images["slots", "plain"])

@@ -12,7 +12,9 @@ from worker.memory_plan import (
     FULL_SIZE,
     GIB,
     ModelShape,
+    choose_lora_mode,
     generation_need,
+    lora_merge_copy_bytes,
     plan_generation,
     plan_training,
     training_need,
@@ -118,6 +120,57 @@ def test_model_shape_is_read_from_the_checkpoint_without_loading_it(tiny_model):
     model = load_model(tiny_model)  # float32 on disk: the plan counts the bf16 copy a GPU worker holds
     bf16_bytes = sum(p.numel() for p in model.state_dict().values()) * 2
     assert shape.weight_bytes == pytest.approx(bf16_bytes, rel=0.01)
+
+
+def merge_mode(card_gib, precision="bf16", **kw):
+    """The generation worker's LoRA mode on a card of card_gib with the full-size base loaded (1024^2, batch 4)."""
+    free = (card_gib - FULL_SIZE.base_bytes(precision) / GIB) * GIB
+    reserve = generation_need(FULL_SIZE, width=1024, height=1024, images=4, weights_resident=True) + HEADROOM
+    args = dict(lora_max_rank=64, offload_blocks=0, copy_bytes=FULL_SIZE.merge_copy_bytes(precision))
+    return choose_lora_mode("auto", free_bytes=int(free), reserve_bytes=reserve, **{**args, **kw})
+
+
+def test_loras_are_merged_where_the_kept_copy_fits_and_in_slots_elsewhere():
+    assert FULL_SIZE.merge_copy_bytes("bf16") / GIB == pytest.approx(12.94, abs=0.01)
+    assert FULL_SIZE.merge_copy_bytes("fp8") / GIB == pytest.approx(6.47, abs=0.01)
+    # bf16: 15.25 + 12.9 GiB + 2.8 GiB (4 images' activations, headroom) = 31 GiB: a 32 GB card merges, 28 not
+    assert [merge_mode(g) for g in (24, 28, 32, 80)] == ["slots", "slots", "merge", "merge"]
+    # fp8: 8.8 + 6.5 GiB: a 24 GB card merges, a 16 GB one cannot
+    assert [merge_mode(g, "fp8") for g in (16, 24)] == ["slots", "merge"]
+    assert merge_mode(24, lora_max_rank=0) == "hooks"  # slots turned off: forward hooks
+    assert merge_mode(80, offload_blocks=4) == "slots"  # offloaded weights are streamed: never merged
+    kw = dict(lora_max_rank=64, offload_blocks=0, free_bytes=None, copy_bytes=1, reserve_bytes=0)
+    assert choose_lora_mode("auto", **kw) == "merge"  # not a GPU: host memory
+    assert choose_lora_mode("slots", **kw) == "slots"
+    with pytest.raises(ValueError, match="offload_blocks is set"):
+        choose_lora_mode("merge", **{**kw, "offload_blocks": 2})
+    with pytest.raises(ValueError, match="auto, merge or slots"):
+        choose_lora_mode("fused", **kw)
+
+
+def test_the_merge_copy_estimate_is_what_merging_keeps(tiny_model):
+    import torch
+
+    from core.fp8 import convert_to_fp8
+    from core.loading import load_model
+    from core.lora import install_lora_merging, lora_merging
+
+    shape = ModelShape.from_checkpoint(tiny_model)
+    for precision in ("bf16", "fp8"):
+        model = load_model(tiny_model, dtype=torch.bfloat16)
+        if precision == "fp8":
+            convert_to_fp8(model, matmul="weight_only")
+        install_lora_merging(model)
+        kept = lora_merging(model).backup_bytes()
+        assert lora_merge_copy_bytes(model) == kept
+        # the estimate is the decoder linears' part; the optional targets (x_embedder, final_layer2: under 0.1% at
+        # full size, most of this tiny model's) are the rest
+        decoder = sum(
+            w.numel() * w.element_size() + (0 if sc is None else sc.numel() * 4)
+            for path, (w, sc) in lora_merging(model).base.items()
+            if ".layers." in path
+        )
+        assert decoder == shape.merge_copy_bytes(precision) and kept > decoder, (precision, kept, decoder)
 
 
 # --------------------------------------------------------------------------------- the training worker

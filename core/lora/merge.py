@@ -1,0 +1,156 @@
+"""LoRAs merged into the base weights, with the base kept aside so that taking them out is exact.
+
+    n = install_lora_merging(model)             # once: a copy of every targeted linear's weight is kept
+    set_loras(model, [(a, 1.0), (b, 0.5)])      # core.lora.apply merges: W = base + sum(scale * up @ down)
+    clear_loras(model)                          # every merged weight copied back from its kept base
+
+Why: a LoRA as extra matmuls beside each linear (hooks, or core.lora.slots) costs +15% per denoising step at
+full size on an H200 (bench/RESULTS.md: two skinny GEMMs per linear, 504 per step), whatever the rank. Merged,
+a LoRA costs nothing per step: the compiled step multiplies by the same weight tensors, only their values
+changed (written in place, so torch.compile sees the same inputs and never recompiles). A switch is one
+float32 merge per linear, milliseconds on a GPU. Merging used to be avoided here because merge then un-merge
+in bfloat16 drifts the base on every swap; keeping the base values makes un-merging a copy, bit-exact, and
+every merge starts from the kept base, never from a previous merge.
+
+The price is memory: the kept copy is as large as the targeted weights (12.9 GiB of a bf16 base at full size,
+6.5 GiB of an fp8 one). The generation worker merges only where its memory plan finds room for that copy
+(worker/model_host.py), else it uses the slots. A merged weight is the LoRA-ed weight rounded once to the
+base's dtype (for an fp8 linear: re-quantised with fresh per-channel scales), which is what a model saved
+with the LoRA fused in would hold. Offloaded layers (core.offload) cannot be merged: their weights live on
+the host and are streamed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from core.lora.slots import SLOT_PATTERN
+
+MERGE_ATTR = "_o1lora_merging"  # model attribute: its LoraMerging
+
+
+class LoraMerging:
+    """One model's kept base weights and what is merged into it now."""
+
+    def __init__(self, modules: dict[str, nn.Module], backup_device: torch.device | None):
+        self.modules = modules  # every module of the model by path
+        self.backup_device = backup_device
+        self.base: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}  # path -> (weight, fp8 scale)
+        self.merged: set[str] = set()
+        self.current: list[tuple[object, float]] = []  # the (BoundLora, scale) list merged now
+
+    @torch.no_grad()
+    def keep(self, path: str) -> None:
+        """Keep the base values of one linear (first time it is targeted)."""
+        if path in self.base:
+            return
+        m = self.modules[path]
+        dev = self.backup_device or m.weight.device
+        scale = getattr(m, "weight_scale", None)
+        self.base[path] = (
+            m.weight.detach().to(dev, copy=True),
+            None if scale is None else scale.detach().to(dev, copy=True),
+        )
+
+    @torch.no_grad()
+    def restore(self, path: str) -> None:
+        m, (w, scale) = self.modules[path], self.base[path]
+        m.weight.copy_(w)
+        if scale is not None:
+            m.weight_scale.copy_(scale)
+
+    @torch.no_grad()
+    def merge(self, path: str, pairs: list[tuple[torch.Tensor, torch.Tensor, float]]) -> None:
+        """The module's weight := its base + every (down, up, scale) delta, summed in float32, rounded once."""
+        from core.fp8 import dequantize_weight, quantize_weight
+
+        self.keep(path)
+        m, (w, scale) = self.modules[path], self.base[path]
+        dev = m.weight.device
+        # a new float32 tensor in both cases (w.float() of a float32 base would be the kept base itself)
+        full = dequantize_weight(w, scale, torch.float32) if scale is not None else w.to(torch.float32, copy=True)
+        full = full.to(dev)
+        for down, up, s in pairs:
+            full.addmm_(up.to(dev, torch.float32), down.to(dev, torch.float32), alpha=float(s))
+        if scale is not None:
+            q, new_scale = quantize_weight(full)
+            m.weight.copy_(q)
+            m.weight_scale.copy_(new_scale)
+        else:
+            m.weight.copy_(full)
+
+    def same_as_current(self, loras: Sequence[tuple[object, float]]) -> bool:
+        """The same LoRA objects with the same scales, in the same order: nothing to do."""
+        return len(loras) == len(self.current) and all(
+            a is b and float(x) == float(y) for (a, x), (b, y) in zip(loras, self.current)
+        )
+
+    def backup_bytes(self) -> int:
+        return sum(w.numel() * w.element_size() + (0 if s is None else s.numel() * 4) for w, s in self.base.values())
+
+
+def mergeable(module: nn.Module) -> bool:
+    """A linear whose weight is a real 2-D tensor of this process (not an offloaded placeholder)."""
+    w = getattr(module, "weight", None)
+    return isinstance(module, nn.Linear) and isinstance(w, torch.Tensor) and w.ndim == 2 and w.device.type != "meta"
+
+
+def install_lora_merging(model: nn.Module, backup_device: torch.device | str | None = None) -> int:
+    """Keep a copy of every LoRA-targetable linear (the recipe's targets and the optional ones), so that
+    set_loras merges into the weights from now on; returns how many linears are kept. backup_device: where the
+    copies live (default: beside each weight). Refused on a model with offloaded layers."""
+    if getattr(model, "_o1_block_offload", None) is not None:
+        raise ValueError("LoRA merging needs every weight on the device: this model has offloaded layers")
+    from core.lora.slots import lora_slots
+
+    if lora_slots(model):
+        raise ValueError("this model applies LoRAs through slots; remove them before installing merging")
+    have = lora_merging(model)
+    if have is not None:
+        return len(have.base)
+    modules = dict(model.named_modules())
+    merging = LoraMerging(modules, None if backup_device is None else torch.device(backup_device))
+    rx = re.compile(SLOT_PATTERN)
+    for path, m in modules.items():
+        if rx.fullmatch(path) and mergeable(m):
+            merging.keep(path)
+    setattr(model, MERGE_ATTR, merging)
+    return len(merging.base)
+
+
+def lora_merging(model: nn.Module) -> LoraMerging | None:
+    return getattr(model, MERGE_ATTR, None)
+
+
+def merge_parts(
+    model: nn.Module, parts: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]]
+) -> dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]]:
+    """Merge each module's deltas; restore modules merged before and not in `parts`. Returns the parts of
+    modules that cannot be merged (not a plain on-device linear), for the caller to apply by hooks."""
+    merging = lora_merging(model)
+    rest, done = {}, set()
+    for path, pairs in parts.items():
+        if not mergeable(merging.modules[path]):
+            rest[path] = pairs
+            continue
+        merging.merged.add(path)  # before the write: a failure part-way still gets this one restored later
+        merging.merge(path, pairs)
+        done.add(path)
+    for path in merging.merged - done:
+        merging.restore(path)
+    merging.merged = done
+    return rest
+
+
+def remove_lora_merging(model: nn.Module) -> None:
+    """Restore every merged weight and drop the kept copies (the memory comes back)."""
+    merging = lora_merging(model)
+    if merging is None:
+        return
+    for path in merging.merged:
+        merging.restore(path)
+    delattr(model, MERGE_ATTR)
