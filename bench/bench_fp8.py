@@ -397,7 +397,6 @@ class Run:
             phase="cap", cap_gib=cap_gib, offload=offload, fits=len(self.results["rows"]) > before, error=error
         )
 
-
     @torch.no_grad()
     def capped_generation(self, cap_gib: float, size: int) -> None:
         """fp8 generation under a memory cap from the build on: compiled layer, a 2-step call, one timed image."""
@@ -425,8 +424,13 @@ class Run:
             if self.cuda:
                 torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
         self.record(
-            phase="gen-cap", cap_gib=cap_gib, size=size, fits=error is None, s_per_image=s_image,
-            peak_gib=round(self.peak(), 2), error=error,
+            phase="gen-cap",
+            cap_gib=cap_gib,
+            size=size,
+            fits=error is None,
+            s_per_image=s_image,
+            peak_gib=round(self.peak(), 2),
+            error=error,
         )
 
 

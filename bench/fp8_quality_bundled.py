@@ -215,8 +215,12 @@ def merged_vs_hooks(tok, out_dir: Path) -> dict:
                 images[how] = Sampler(model, tok, preview_every=0)(prompts, **SAMPLING)
             out[f"{base} base, {how}: style"] = round(sum(map(style_score, images[how])) / len(prompts), 4)
         arr = {k: np.stack([np.asarray(i, dtype=np.float64) for i in v]) for k, v in images.items()}
-        out[f"{base} base: mean |merged - hooks| (0-255)"] = round(float(np.abs(arr["merged"] - arr["hooks"]).mean()), 3)
-        out[f"{base} base: mean |hooks - none| (0-255)"] = round(float(np.abs(arr["hooks"] - arr["none"]).mean()), 3)
+        out[f"{base} base: mean |merged - hooks| (0-255)"] = round(
+            float(np.abs(arr["merged"] - arr["hooks"]).mean()), 3
+        )
+        out[f"{base} base: mean |hooks - none| (0-255)"] = round(
+            float(np.abs(arr["hooks"] - arr["none"]).mean()), 3
+        )
         print(base, out, flush=True)
     return out
 

@@ -90,13 +90,17 @@ class LoraMerging:
         )
 
     def backup_bytes(self) -> int:
-        return sum(w.numel() * w.element_size() + (0 if s is None else s.numel() * 4) for w, s in self.base.values())
+        return sum(
+            w.numel() * w.element_size() + (0 if s is None else s.numel() * 4) for w, s in self.base.values()
+        )
 
 
 def mergeable(module: nn.Module) -> bool:
     """A linear whose weight is a real 2-D tensor of this process (not an offloaded placeholder)."""
     w = getattr(module, "weight", None)
-    return isinstance(module, nn.Linear) and isinstance(w, torch.Tensor) and w.ndim == 2 and w.device.type != "meta"
+    return (
+        isinstance(module, nn.Linear) and isinstance(w, torch.Tensor) and w.ndim == 2 and w.device.type != "meta"
+    )
 
 
 def install_lora_merging(model: nn.Module, backup_device: torch.device | str | None = None) -> int:

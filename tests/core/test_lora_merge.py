@@ -124,7 +124,9 @@ def test_fp8_linears_are_requantised_from_their_kept_base_and_restored_exactly()
     set_loras(model, [(lora, 1.0)])
     down, up = lora.deltas[path]
     want_q, want_s = quantize_weight(dequantize_weight(q0, s0, torch.float32) + up.float() @ down.float())
-    assert torch.equal(lin.weight.view(torch.uint8), want_q.view(torch.uint8)) and torch.equal(lin.weight_scale, want_s)
+    assert torch.equal(lin.weight.view(torch.uint8), want_q.view(torch.uint8)) and torch.equal(
+        lin.weight_scale, want_s
+    )
     clear_loras(model)
     assert torch.equal(lin.weight.view(torch.uint8), q0.view(torch.uint8)) and torch.equal(lin.weight_scale, s0)
 
