@@ -198,7 +198,7 @@ def read_and_load(model: Path) -> dict:
     return {"cache_dropped": dropped, "read_s": read, "read_gbps": size / read / 1e9, "load_warm_s": load}
 
 
-def eager_check(model: Path, png: Path, seed: int, side: int, steps: int) -> dict:
+def eager_check(model: Path, png: Path, seed: int, side: int, steps: int, base_precision: str = "bf16") -> dict:
     """The same request through core.sampler's eager path, in this process, against the service's PNG."""
     import numpy as np
     import torch
@@ -208,7 +208,10 @@ def eager_check(model: Path, png: Path, seed: int, side: int, steps: int) -> dic
     from core.sampler import Sampler
 
     tok = load_tokenizer(model)
-    m = load_model(model, dtype=torch.bfloat16, device="cuda", tokenizer=tok)
+    from core.fp8 import resolve_base_precision
+
+    precision = resolve_base_precision(base_precision, "cuda")  # the service's, "auto" included
+    m = load_model(model, dtype=torch.bfloat16, device="cuda", tokenizer=tok, base_precision=precision)
     with torch.no_grad():
         img = Sampler(m, tok, preview_every=0)(
             [PROMPT],
@@ -307,7 +310,14 @@ def main(argv=None) -> dict:
     if a.eager_check:
         print(
             json.dumps(
-                eager_check(Path(a.model), Path(a.eager_check[0]), int(a.eager_check[1]), a.side, a.gen_steps)
+                eager_check(
+                    Path(a.model),
+                    Path(a.eager_check[0]),
+                    int(a.eager_check[1]),
+                    a.side,
+                    a.gen_steps,
+                    a.base_precision or "auto",
+                )
             )
         )
         return {}
@@ -526,6 +536,8 @@ def main(argv=None) -> dict:
                             str(a.side),
                             "--gen-steps",
                             str(a.gen_steps),
+                            "--base-precision",
+                            a.base_precision or "auto",
                         ],
                         cwd=REPO,
                         capture_output=True,
