@@ -164,7 +164,11 @@ class Settings(BaseSettings):
         4, ge=1, description="most images of queued compatible generations sampled in one batched call"
     )
     generate_batch_wait_s: float = Field(
-        0.05, ge=0, description="how long a generation waits for compatible queued ones to batch with"
+        0.0,
+        ge=0,
+        description="how long a generation waits for compatible ones to arrive and batch with; 0 = it takes "
+        "those already queued (under load the queue fills while the GPU is busy; a wait would delay every lone "
+        "request, and batching gains little where one image already fills the GPU: 1.08x at 1024^2 on an H200)",
     )
     train_processes: int = Field(
         0,
