@@ -158,7 +158,8 @@ class Settings(BaseSettings):
         "auto",
         description="how the generation worker applies LoRAs: merge = into the weights, a kept copy of the base "
         "making it exact to undo (no cost per step; memory for that copy: 12.9 GiB bf16 / 6.5 GiB fp8 at full size), "
-        "slots = beside each linear (+15% per step while a LoRA is active), auto = merge where the GPU has room",
+        "slots = beside each linear (+14% per step in bf16 while a LoRA is active), auto = merge a bf16 base where "
+        "the GPU has room (an fp8 base: slots, re-quantising would blur the LoRA)",
     )
     generate_max_batch: int = Field(
         4, ge=1, description="most images of queued compatible generations sampled in one batched call"

@@ -305,10 +305,15 @@ def choose_lora_mode(
     free_bytes: int | None,
     copy_bytes: int,
     reserve_bytes: int,
+    base_precision: str = "bf16",
 ) -> str:
     """How a generation worker applies LoRAs: "merge" where the kept copy fits (free_bytes None = not a GPU:
     always), leaving reserve_bytes free for the activations; else "slots", or "hooks" with lora_max_rank 0.
-    An explicit "merge" on a model with offloaded layers is a ValueError (their weights are streamed)."""
+    An explicit "merge" on a model with offloaded layers is a ValueError (their weights are streamed).
+
+    "auto" never merges into an fp8 base: re-quantising the LoRA-ed weight to 3 mantissa bits blurs the LoRA
+    (bundled model, a style LoRA: style 0.181 merged vs 0.198 beside the linears, images 3.0 levels apart
+    where the LoRA itself moves them 9.1; in bf16 0.220 vs 0.220 and 0.6 levels; bench/RESULTS.md)."""
     if requested not in ("auto", "merge", "slots"):
         raise ValueError(f"O1LORA_LORA_APPLY must be auto, merge or slots; got {requested!r}")
     fallback = "slots" if lora_max_rank > 0 else "hooks"
@@ -318,7 +323,11 @@ def choose_lora_mode(
         if requested == "merge":
             raise ValueError("O1LORA_LORA_APPLY=merge needs every layer on the GPU, but offload_blocks is set")
         return fallback
-    if requested == "merge" or free_bytes is None or free_bytes - copy_bytes >= reserve_bytes:
+    if requested == "merge":
+        return "merge"
+    if base_precision == "fp8":
+        return fallback
+    if free_bytes is None or free_bytes - copy_bytes >= reserve_bytes:
         return "merge"
     log.info(
         "LoRAs by %s: merging needs a %s copy, %s is free and %s is kept for activations",

@@ -1,7 +1,7 @@
 """The generation worker's resident state: one base model loaded once, its sampler, and an LRU of LoRAs.
 
-LoRAs are merged into the base weights where the GPU has room for a copy of them (core.lora.merge: the base is
-kept aside, so taking a LoRA out is an exact copy back; a LoRA then costs nothing per step), else applied
+LoRAs are merged into a bf16 base's weights where the GPU has room for a copy of them (core.lora.merge: the base
+is kept aside, so taking a LoRA out is an exact copy back; a LoRA then costs nothing per step), else applied
 through LoRA slots (core.lora.slots: fixed-capacity buffers beside every targeted linear, +15% per step while a
 LoRA is active). Either way a switch writes tensors in place: never a reload of the 8B base nor a
 recompilation of the compiled denoise (`O1LORA_LORA_APPLY`). Bound LoRAs are kept by id, least recently used
@@ -123,6 +123,7 @@ class ModelHost:
             return self._model
 
     def _choose_lora_mode(self, model) -> str:
+        from core.fp8 import base_precision_of
         from worker.memory_plan import choose_lora_mode, gpu_memory, lora_merge_copy_bytes
 
         on_gpu = model.device.type == "cuda"
@@ -133,6 +134,7 @@ class ModelHost:
             free_bytes=gpu_memory()[0] if on_gpu else None,
             copy_bytes=lora_merge_copy_bytes(model),
             reserve_bytes=self.merge_reserve_bytes,
+            base_precision=base_precision_of(model),
         )
 
     def release(self) -> bool:
