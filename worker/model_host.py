@@ -2,7 +2,7 @@
 
 LoRAs are merged into a bf16 base's weights where the GPU has room for a copy of them (core.lora.merge: the base
 is kept aside, so taking a LoRA out is an exact copy back; a LoRA then costs nothing per step), else applied
-through LoRA slots (core.lora.slots: fixed-capacity buffers beside every targeted linear, +15% per step while a
+through LoRA slots (core.lora.slots: fixed-capacity buffers beside every targeted linear, +14% per step while a
 LoRA is active). Either way a switch writes tensors in place: never a reload of the 8B base nor a
 recompilation of the compiled denoise (`O1LORA_LORA_APPLY`). Bound LoRAs are kept by id, least recently used
 first out once more than `capacity` are held.
@@ -204,7 +204,8 @@ class ModelHost:
         now: a 1-image request (CFG batched: one 2-row graph, which also serves any batch; CFG as two calls:
         the 1-row graph; there, several images in one call (a multi-image request or continuous batching)
         compile their graphs, two more, on first use), with the LoRA slots off (plain requests) and on
-        (any LoRA set); merged LoRAs need no second variant. Returns seconds per size; the model is loaded first (its time is not counted)."""
+        (any LoRA set); merged LoRAs need no second variant. Returns seconds per size; the model is loaded first
+        (its time is not counted)."""
         from core.lora import slots_forced_on
         from core.sampler import ImageSpec
 
