@@ -1,6 +1,6 @@
-"""Train an "outlined" style LoRA on the bundled model with core.train and score it on held-out prompts.
+"""Train a style LoRA ("outlined" or "shaded") on the bundled model with core.train, score it on held-out prompts.
 
-    python bench/style_lora_bundled.py --out /tmp/run --steps 150 --batch 4 --lr 1e-3 --rank 16
+    python bench/style_lora_bundled.py --out /tmp/run --steps 150 --batch 4 --lr 1e-3 --rank 16 [--style shaded]
 
 The same data the bundled recipe uses (core.synth: styled scenes with the trigger, as many plain ones under
 reg/ without it); prints the outline score and prompt following of base and LoRA, with and without the
@@ -23,20 +23,23 @@ from core.synth import sample_scene
 from core.synth.cli import write_dataset
 from core.synth.evaluate import evaluate
 from core.synth.outline import outline_score
+from core.synth.shading import shading_score
 from core.train import TrainConfig, train
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "o1-shapes"
-TRIGGER = "in bold outline style"
+TRIGGERS = {"outlined": "in bold outline style", "shaded": "in shaded style"}
+TRIGGER = TRIGGERS["outlined"]
 EVAL = [sample_scene(999, i, two_shape_prob=0.0) for i in range(16)]
 
 
-def score(sampler, trig: bool, size: int) -> dict:
+def score(sampler, trig: bool, size: int, trigger: str = TRIGGER) -> dict:
     images = sampler(
-        [s.caption(TRIGGER if trig else "") for s in EVAL], width=size, height=size, steps=20, guidance=3.0, seed=0
+        [s.caption(trigger if trig else "") for s in EVAL], width=size, height=size, steps=20, guidance=3.0, seed=0
     )
     ev = evaluate(list(zip(images, [s.labels() for s in EVAL])))
     return {
         "outline": round(sum(map(outline_score, images)) / len(images), 3),
+        "shading": round(sum(map(shading_score, images)) / len(images), 3),
         **{
             k: round(ev[f"mean_{k}"], 3)
             for k in ("background_ok", "region_acc", "colour_acc", "shape_acc", "extra_regions", "speckle")
@@ -57,18 +60,19 @@ def main() -> None:
     ap.add_argument(
         "--extra", default="", help="extra LoRA targets, comma-separated: x_embedder, final_layer2 (default none)"
     )
+    ap.add_argument("--style", default="outlined", choices=sorted(TRIGGERS))
     ap.add_argument("--lora", help="score this trained file instead of training one")
     ap.add_argument("--skip-base", action="store_true", help="score the LoRA only")
     a = ap.parse_args()
     out = Path(a.out)
     if a.lora:
         return report(a, a.lora, None)
-    data = write_dataset(out / "data", a.images, 256, seed=7, style="outlined", two_shape_prob=0.3, reg=a.images)
+    data = write_dataset(out / "data", a.images, 256, seed=7, style=a.style, two_shape_prob=0.3, reg=a.images)
     cfg = TrainConfig(
         model_path=str(MODEL),
         data_dir=str(data),
         out_dir=str(out / "run"),
-        trigger=TRIGGER,
+        trigger=TRIGGERS[a.style],
         resolution=a.size,
         min_side=a.size,
         steps=a.steps,
@@ -95,12 +99,15 @@ def report(a, lora_file, train_s) -> None:
     rows = (
         {}
         if a.skip_base
-        else {"base": score(sampler, False, a.size), "base+trigger": score(sampler, True, a.size)}
+        else {
+            "base": score(sampler, False, a.size, TRIGGERS[a.style]),
+            "base+trigger": score(sampler, True, a.size, TRIGGERS[a.style]),
+        }
     )
     lora = load_lora(model, lora_file)
     with apply_loras(model, [(lora, 1.0)]):
-        rows["lora+trigger"] = score(sampler, True, a.size)
-        rows["lora"] = score(sampler, False, a.size)
+        rows["lora+trigger"] = score(sampler, True, a.size, TRIGGERS[a.style])
+        rows["lora"] = score(sampler, False, a.size, TRIGGERS[a.style])
     print(json.dumps({"args": vars(a), "train_seconds": train_s and round(train_s, 1), **rows}, indent=1))
 
 

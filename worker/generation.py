@@ -73,10 +73,16 @@ def host(c: WorkerContext) -> ModelHost:
             base_precision=s.generate_base_precision,
             offload_blocks=s.generate_offload_blocks,
             lora_apply=s.lora_apply,
-            merge_reserve_bytes=merge_reserve(s, s.model_path),
+            merge_reserve_bytes=merge_reserve(s, s.model_path, configured_sizes(s)),
         )
         _host.key = key
     return _host
+
+
+def configured_sizes(s) -> list[tuple[int, int]]:
+    """The sizes O1LORA_WARMUP_SIZES names ("auto" and "" name none)."""
+    text = s.warmup_sizes.strip()
+    return [] if text.lower() in ("", "auto") else parse_sizes(text)
 
 
 def warmup_sizes(c: WorkerContext, h: ModelHost) -> list[tuple[int, int]]:

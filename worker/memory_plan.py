@@ -339,16 +339,10 @@ def choose_lora_mode(
     return fallback
 
 
-def merge_reserve(settings, model_path) -> int:
+def merge_reserve(settings, model_path, warmup_sizes: list[tuple[int, int]]) -> int:
     """GPU memory a generation worker keeps free beside a LoRA merge copy: the headroom and the activations of
     its largest batch (O1LORA_GENERATE_MAX_BATCH images, CFG) at its largest warm-up size (1024^2 at least)."""
-    sizes = [(1024, 1024)]
-    text = settings.warmup_sizes.strip()
-    if text and text.lower() != "auto":
-        from worker.model_host import parse_sizes
-
-        sizes += parse_sizes(text)
-    w, h = max(sizes, key=lambda s: s[0] * s[1])
+    w, h = max([(1024, 1024), *warmup_sizes], key=lambda s: s[0] * s[1])
     act = generation_need(
         ModelShape.from_checkpoint(model_path),
         width=w,

@@ -1,7 +1,9 @@
 """Drawing scenes with PIL: "plain" (flat anti-aliased shapes), "hatched" (diagonal black hatching inside the
-shapes and thin black outlines) or "outlined" (the bundled LoRA style: a bold black contour around each shape,
-the colour inside it untouched), same palette, same layout. Hatching is finer than the bundled model's 32-px
-patches can draw at 128 px; a bold contour is not.
+shapes and thin black outlines), "outlined" (a bold black contour around each shape, the colour inside it
+untouched) or "shaded" (each shape lit from above: its colour fades to SHADE of its brightness at the bottom,
+the hue unchanged), same palette, same layout. Hatching is finer than the bundled model's 32-px patches can
+draw at 128 px; a bold contour is not, but it is a thin high-frequency detail, where shading changes every pixel
+of a shape smoothly.
 
     img = render(scene, size=128, style="hatched")   # PIL RGB, about 1 ms at 128 px
 
@@ -20,7 +22,8 @@ from PIL import Image, ImageChops, ImageDraw
 from .scene import Scene, ShapeSpec
 from .vocab import BACKGROUNDS, COLOURS, INK, REGIONS, SIZES
 
-STYLES = ("plain", "hatched", "outlined")
+STYLES = ("plain", "hatched", "outlined", "shaded")
+SHADE = 0.45  # "shaded": brightness at the bottom of a shape relative to its top
 OUTLINE = 0.22  # "outlined": the ink contour's width as a fraction of the radius (~4 px on a large shape at 128)
 MARGIN = 0.012  # gap kept between a shape and its cell's border, as a fraction of the side
 
@@ -103,6 +106,15 @@ def _contour(img: Image.Image, shape: str, cx: float, cy: float, r: float, width
         getattr(draw, kind)(xy, outline=INK, width=width)
 
 
+def _shaded_fill(colour: tuple[int, int, int], w: int, h: int, cy: float, r: float) -> Image.Image:
+    """The colour scaled from 1 at the shape's top (cy - r) to SHADE at its bottom (cy + r), row by row: a
+    multiple of the colour keeps its chromaticity, so its name (measure.dominant_colour) stays the same."""
+    t = np.clip((np.arange(h, dtype=np.float32) + 0.5 - (cy - r)) / (2 * r), 0.0, 1.0)
+    rows = 1.0 - (1.0 - SHADE) * t  # [h]
+    fill = rows[:, None, None] * np.asarray(colour, dtype=np.float32)[None, None, :]
+    return Image.fromarray(np.repeat(fill, w, axis=1).round().astype(np.uint8))
+
+
 def render(scene: Scene, size: int = 128, style: str = "plain", supersample: int = 2) -> Image.Image:
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; one of {STYLES}")
@@ -117,7 +129,10 @@ def render(scene: Scene, size: int = 128, style: str = "plain", supersample: int
         x1, y1 = min(side, int(cx + r) + 3), min(side, int(cy + r) + 3)
         box = (x0, y0, x1, y1)
         mask = shape_mask(spec.shape, (x1 - x0, y1 - y0), cx - x0, cy - y0, r)
-        img.paste(COLOURS[spec.colour], box, mask)
+        if style == "shaded":
+            img.paste(_shaded_fill(COLOURS[spec.colour], x1 - x0, y1 - y0, cy - y0, r), box, mask)
+        else:
+            img.paste(COLOURS[spec.colour], box, mask)
         if style == "outlined":
             _contour(img, spec.shape, cx, cy, r, max(2, round(OUTLINE * r)))
         if style == "hatched":

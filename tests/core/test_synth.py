@@ -233,6 +233,31 @@ def test_outlined_renders_keep_their_content():
         assert m["score"] == 1.0, (s, m)
 
 
+def test_shaded_style_scores_high_and_plain_darkened_or_outlined_shapes_do_not():
+    from core.synth.shading import shading_score
+
+    scenes = [sample_scene(5, i) for i in range(20)]
+    for size in (128, 256):
+        shaded = [shading_score(render(s, size, "shaded")) for s in scenes]
+        assert sum(shaded) / len(shaded) >= 0.9
+        assert max(shading_score(render(s, size, "plain")) for s in scenes) < 0.05
+        assert sum(shading_score(render(s, size, "outlined")) for s in scenes) / len(scenes) < 0.1
+    # Shapes merely darkened all over (a LoRA that learned "darker", not "lit from above") score ~0.
+    arr = np.asarray(render(scenes[3], 128)).astype(np.float32)
+    fg = np.linalg.norm(arr - arr[0, 0], axis=-1) > 60
+    arr[fg] *= 0.5
+    assert shading_score(Image.fromarray(arr.astype(np.uint8))) < 0.05
+
+
+def test_shaded_renders_keep_their_content_colour_names_included():
+    from core.synth import prompt_following
+
+    for i in range(30):
+        s = sample_scene(6, i, two_shape_prob=0.5)
+        m = prompt_following(render(s, 128, "shaded"), s)
+        assert m["score"] == 1.0, (s, m)
+
+
 def test_reg_images_train_without_the_trigger(tmp_path):
     from core.data import TrainDataset
     from core.synth.cli import write_dataset
