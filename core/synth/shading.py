@@ -4,8 +4,8 @@
 
 Read with plain numpy, like the other measures, one 3x3 cell at a time (a cell holds at most one shape): the
 shape's pixels are the chromatic foreground (measure.dominant_colour's rule, so speckle and greys do not count);
-their brightness (the largest channel, which a darker shade of the same colour scales) is compared between the
-top and the bottom third of the shape's height. A cell scores (1 - bottom / top) / (1 - RATIO_FULL), clipped to
+their brightness (the largest channel, which a darker shade of the same colour scales; its 75th percentile, so
+that anti-aliased edges do not count) is compared between the top and the bottom third of the shape's height. A cell scores (1 - bottom / top) / (1 - RATIO_FULL), clipped to
 0..1; the image's score is the mean over cells that hold something. A LoRA that merely darkens the shapes
 darkens top and bottom alike and scores ~0, so this measures the style and not "darker".
 """
@@ -36,7 +36,8 @@ def cell_shading(arr: np.ndarray, bg: np.ndarray) -> float | None:
     top, bottom = shape & (ys < top_end), shape & (ys >= bottom_start)
     if not top.any() or not bottom.any():
         return 0.0
-    ratio = float(np.median(mx[bottom]) / max(np.median(mx[top]), 1.0))
+    # the 75th percentile: the darker anti-aliased rim (a larger share of a narrow bottom, a star's legs) is ignored
+    ratio = float(np.percentile(mx[bottom], 75) / max(np.percentile(mx[top], 75), 1.0))
     return float(np.clip((1.0 - ratio) / (1.0 - RATIO_FULL), 0.0, 1.0))
 
 
