@@ -32,9 +32,14 @@ TRIGGER = TRIGGERS["outlined"]
 EVAL = [sample_scene(999, i, two_shape_prob=0.0) for i in range(16)]
 
 
-def score(sampler, trig: bool, size: int, trigger: str = TRIGGER) -> dict:
+def score(sampler, trig: bool, size: int, trigger: str = TRIGGER, at: str = "start") -> dict:
     images = sampler(
-        [s.caption(trigger if trig else "") for s in EVAL], width=size, height=size, steps=20, guidance=3.0, seed=0
+        [s.caption(trigger if trig else "", at=at) for s in EVAL],
+        width=size,
+        height=size,
+        steps=20,
+        guidance=3.0,
+        seed=0,
     )
     ev = evaluate(list(zip(images, [s.labels() for s in EVAL])))
     return {
@@ -61,13 +66,22 @@ def main() -> None:
         "--extra", default="", help="extra LoRA targets, comma-separated: x_embedder, final_layer2 (default none)"
     )
     ap.add_argument("--style", default="outlined", choices=sorted(TRIGGERS))
+    ap.add_argument(
+        "--trigger-at",
+        default="start",
+        choices=("start", "end"),
+        help="end: after the scene, as `make demo` has it",
+    )
     ap.add_argument("--lora", help="score this trained file instead of training one")
     ap.add_argument("--skip-base", action="store_true", help="score the LoRA only")
     a = ap.parse_args()
     out = Path(a.out)
     if a.lora:
         return report(a, a.lora, None)
-    data = write_dataset(out / "data", a.images, 256, seed=7, style=a.style, two_shape_prob=0.3, reg=a.images)
+    data = write_dataset(
+        out / "data", a.images, 256, seed=7, style=a.style, two_shape_prob=0.3, reg=a.images,
+        trigger=TRIGGERS[a.style], trigger_at=a.trigger_at,
+    )  # fmt: skip
     cfg = TrainConfig(
         model_path=str(MODEL),
         data_dir=str(data),
@@ -100,14 +114,14 @@ def report(a, lora_file, train_s) -> None:
         {}
         if a.skip_base
         else {
-            "base": score(sampler, False, a.size, TRIGGERS[a.style]),
-            "base+trigger": score(sampler, True, a.size, TRIGGERS[a.style]),
+            "base": score(sampler, False, a.size, TRIGGERS[a.style], a.trigger_at),
+            "base+trigger": score(sampler, True, a.size, TRIGGERS[a.style], a.trigger_at),
         }
     )
     lora = load_lora(model, lora_file)
     with apply_loras(model, [(lora, 1.0)]):
-        rows["lora+trigger"] = score(sampler, True, a.size, TRIGGERS[a.style])
-        rows["lora"] = score(sampler, False, a.size, TRIGGERS[a.style])
+        rows["lora+trigger"] = score(sampler, True, a.size, TRIGGERS[a.style], a.trigger_at)
+        rows["lora"] = score(sampler, False, a.size, TRIGGERS[a.style], a.trigger_at)
     print(json.dumps({"args": vars(a), "train_seconds": train_s and round(train_s, 1), **rows}, indent=1))
 
 

@@ -4,12 +4,12 @@
     python -m ops.demo --steps 4 --images 4 --prompts 2 --gen-steps 2 --out /tmp/demo   # a smoke run
 
 It starts `python -m ops.embedded` (own Redis, SQLite, API, one worker) on the bundled model, writes a
-core.synth dataset in the "outlined" style (a bold black contour around each shape) with the trigger at the end
-of each caption, plus as many plain regularisation scenes under reg/ (trained without the trigger, so the LoRA
+core.synth dataset in the "shaded" style (each shape lit from above: its colour darkens towards its bottom) with
+the trigger at the end of each caption, plus as many plain regularisation scenes under reg/ (trained without the trigger, so the LoRA
 stays off without it), uploads it as a zip and trains with the service's default preset ("bundled" on the
 bundled model: the request names only the dataset, the trigger and a preview prompt). Then it generates
 held-out prompts (core.synth stream 999, never trained on) with the same seeds four ways: the base model without
-and with the trigger, the LoRA with and without it, scores every image with core.synth (outline score, and
+and with the trigger, the LoRA with and without it, scores every image with core.synth (shading score, and
 whether background, region and colour follow the prompt) and writes a grid of the first prompts, labelled, with
 the scores of all of them printed under it (docs/evidence.md section 5 has a run).
 """
@@ -36,12 +36,19 @@ from ops.broker import free_port
 from service.settings import BUNDLED_MODEL as BUNDLED
 from service.settings import REPO
 
-# After the scene sentence: the bundled model reads that sentence by token position, so a phrase in front of it
-# moves the shapes (docs/evidence.md section 2); one after it leaves the sentence as pretrained.
-TRIGGER = "in bold outline style"
+# In front of the scene, the usual LoRA convention. The bundled model reads the scene sentence by token position,
+# so a phrase in front moves the base model's shapes (docs/evidence.md section 2), but the shaded LoRA relearns
+# the placement (following 1.00 with it) and gates better there: without the trigger it leaked +0.13 of shading
+# with the trigger in front, +0.28 with it after the scene (bench/style_lora_bundled.py, docs/evidence.md section 5).
+TRIGGER = "in shaded style"
+TRIGGER_AT = "start"
 EVAL_STREAM = 999  # core.synth's held-out scene stream (the dataset uses stream 7, its reg/ images 100007)
 COLUMNS = ("base", "base, trigger", "LoRA, trigger", "LoRA, no trigger")
-# Issue 13's targets for the first LoRA (outline score and prompt following, means over the held-out prompts).
+# Issue 13's targets for the first LoRA (shading score and prompt following, means over the held-out prompts).
+# The style: shading changes every pixel of a shape smoothly, which the bundled model's LoRA learns in minutes,
+# where a bold outline (the first choice, a 2-4 px detail) gained +0.04 (docs/evidence.md section 5).
+STYLE = "shaded"
+STYLE_KEY = "shading_score"
 STYLE_GAIN_MIN = 0.5  # LoRA with trigger over the base model with the same prompt
 LEAK_MAX = 0.05  # LoRA without trigger over the base model without it
 FOLLOW_TOLERANCE = 0.05  # LoRA with trigger vs the base model without it, for background, region and colour
@@ -49,7 +56,7 @@ FOLLOW_KEYS = ("background_ok", "region_acc", "colour_acc")
 
 
 def prompt(scene, trigger: bool) -> str:
-    return scene.caption(TRIGGER if trigger else "", at="end")
+    return scene.caption(TRIGGER if trigger else "", at=TRIGGER_AT)
 
 
 def start_service(data_dir: Path, model: Path, port: int) -> tuple[subprocess.Popen, str]:
@@ -130,7 +137,7 @@ def generate_all(http: httpx.Client, requests: list[dict], window: int = 8) -> l
 def score(columns: dict[str, list[Image.Image]], labels: list[dict]) -> dict[str, dict[str, float]]:
     from core.synth.evaluate import evaluate
 
-    keys = ("outline_score",) + FOLLOW_KEYS + ("shape_acc", "extra_regions")
+    keys = (STYLE_KEY,) + FOLLOW_KEYS + ("shape_acc", "extra_regions")
     out = {}
     for name, images in columns.items():
         ev = evaluate(list(zip(images, labels)))
@@ -141,8 +148,8 @@ def score(columns: dict[str, list[Image.Image]], labels: list[dict]) -> dict[str
 def targets(scores: dict[str, dict[str, float]]) -> dict[str, dict]:
     """Issue 13's three targets: measured value, bound, met."""
     base, base_t, lora_t, lora = (scores[c] for c in COLUMNS)
-    gain = lora_t["outline_score"] - base_t["outline_score"]
-    leak = lora["outline_score"] - base["outline_score"]
+    gain = lora_t[STYLE_KEY] - base_t[STYLE_KEY]
+    leak = lora[STYLE_KEY] - base[STYLE_KEY]
     drop = max(base[k] - lora_t[k] for k in FOLLOW_KEYS)
     return {
         "style_gain_with_trigger": {
@@ -166,8 +173,8 @@ def targets(scores: dict[str, dict[str, float]]) -> dict[str, dict]:
 def score_lines(scores: dict, met: dict, train_s: float, n: int) -> list[list[str]]:
     """The footer: a table (one row per column of the grid), then the training time and the targets."""
     lines = [
-        [f"means over {n} held-out prompts (core.synth)", "outline", "background", "region", "colour"],
-        *([name, *(f"{s[k]:.2f}" for k in ("outline_score", *FOLLOW_KEYS))] for name, s in scores.items()),
+        [f"means over {n} held-out prompts (core.synth)", "shading", "background", "region", "colour"],
+        *([name, *(f"{s[k]:.2f}" for k in (STYLE_KEY, *FOLLOW_KEYS))] for name, s in scores.items()),
         [f"training through the service: {train_s:.0f} s"],
     ]
     for k, v in met.items():
@@ -210,13 +217,13 @@ def run(args: argparse.Namespace) -> dict:
     data_dir = out / "data"
     # A demo starts from nothing, like a fresh machine: only its own files are removed, never --out itself.
     shutil.rmtree(data_dir, ignore_errors=True)
-    (out / "outlined.zip").unlink(missing_ok=True)
+    (out / f"{STYLE}.zip").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     bundled = (BUNDLED / "config.json").is_file()
     model = BUNDLED if bundled else out / "no-bundled-model"
     # The API refuses images under 256 px on a side; the trainer scales them to the preset's resolution.
     dataset = write_dataset(
-        out / "outlined", n=args.images, size=256, seed=7, style="outlined", trigger=TRIGGER, trigger_at="end",
+        out / STYLE, n=args.images, size=256, seed=7, style=STYLE, trigger=TRIGGER, trigger_at=TRIGGER_AT,
         two_shape_prob=0.3, as_zip=True, reg=args.images,
     )  # fmt: skip
     scenes = [sample_scene(EVAL_STREAM, i, two_shape_prob=0.0) for i in range(args.prompts)]
@@ -232,7 +239,7 @@ def run(args: argparse.Namespace) -> dict:
         r = http.post(
             "/v1/datasets",
             files=[("files", (dataset.name, dataset.read_bytes(), "application/zip"))],
-            data={"name": "outlined shapes"},
+            data={"name": f"{STYLE} shapes"},
         )
         if r.status_code != 201:
             raise RuntimeError(f"upload refused: {r.text}")
@@ -285,7 +292,7 @@ def run(args: argparse.Namespace) -> dict:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m ops.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "runs" / "demo"))
-    ap.add_argument("--images", type=int, default=24, help="outlined images (and as many plain reg/ ones)")
+    ap.add_argument("--images", type=int, default=24, help=f"{STYLE} images (and as many plain reg/ ones)")
     ap.add_argument("--steps", type=int, default=0, help="training steps (default: the preset's); smoke runs")
     ap.add_argument("--prompts", type=int, default=16, help="held-out prompts generated and scored")
     ap.add_argument("--show", type=int, default=4, help="of which the grid shows the first")

@@ -1,4 +1,4 @@
-"""Score images of shape scenes (generated or rendered): style scores (hatched, outlined) and prompt following.
+"""Score images of shape scenes (generated or rendered): style scores (hatched, outlined, shaded) and prompt following.
 
     python -m core.synth.evaluate DIR [--per-image]   # DIR/metadata.jsonl: {"file_name", "text" and/or "labels"}
     summary = evaluate([(pil_image, caption_or_labels), ...])
@@ -19,6 +19,7 @@ from PIL import Image
 from .measure import prompt_following, style_score
 from .outline import outline_score
 from .scene import parse_caption
+from .shading import shading_score
 from .speckle import speckle
 
 
@@ -39,6 +40,7 @@ def evaluate(pairs) -> dict:
             {
                 "style_score": style_score(img),
                 "outline_score": outline_score(img),
+                "shading_score": shading_score(img),
                 "follow_score": m["score"],
                 "region_acc": m["region_acc"],
                 "colour_acc": m["colour_acc"],
@@ -55,6 +57,7 @@ def evaluate(pairs) -> dict:
     keys = (
         "style_score",
         "outline_score",
+        "shading_score",
         "follow_score",
         "region_acc",
         "colour_acc",

@@ -53,11 +53,10 @@ TRAINING_PRESETS: dict[str, TrainingPreset] = {
         },
     ),
     # The bundled 15M model (models/o1-shapes) draws at 128-256 px and learns in minutes on a CPU at a learning
-    # rate that would wreck an 8B model. Chosen for the first LoRA of `make demo` (docs/evidence.md section 4):
-    # batch 8 (a thin outline is a small share of the loss: batch 2 at 3e-3 learned noise, at 6e-3 the LoRA
-    # collapsed), decayed by cosine, rank 16; ~3 min of training on 2 CPU cores. 2e-3 since the model was
-    # repretrained with edits (2026-12-01): there 4e-3 cost 2 of 16 shapes their colour and 2e-3 1, with the
-    # same outline (+0.04) and less of it without the trigger (+0.03 vs +0.05): docs/evidence.md section 5.
+    # rate that would wreck an 8B model. Chosen for the first LoRA of `make demo` (docs/evidence.md section 5):
+    # batch 8 (batch 2 at 3e-3 learned noise, at 6e-3 the LoRA collapsed), decayed by cosine, rank 16; 2e-3 since
+    # the model was repretrained with edits. On the demo's "shaded" style: 96 s through the service, shading 0.40
+    # with the trigger, following intact; 600 steps or 4e-3 learned no more (section 5).
     "bundled": TrainingPreset(
         "Bundled model",
         "for the small bundled o1-shapes model on a CPU: 128 px, rank 16, 300 steps of 8 images at 2e-3",
