@@ -551,15 +551,15 @@ def main(argv=None) -> dict:
         R["gpu_peak_mib_by_pid"] = gpu.peak
         R["gpu_process_names"] = gpu.names
         R["total_s"] = time.perf_counter() - t_start
+        # the worker's own seconds per generation task (claim -> images stored), in order: what the API adds is the rest
+        R["generate_task_s"] = [
+            round(float(x), 3)
+            for x in re.findall(
+                r"Task o1lora\.generate\[[^\]]+\] succeeded in ([0-9.]+)s",
+                (out_dir / "service.log").read_text(errors="replace"),
+            )
+        ]
         (out_dir / "service.json").write_text(json.dumps(R, indent=2, default=str))
-    # the worker's own seconds per generation task (claim -> images stored), in order: what the API adds is the rest
-    R["generate_task_s"] = [
-        round(float(x), 3)
-        for x in re.findall(
-            r"Task o1lora\.generate\[[^\]]+\] succeeded in ([0-9.]+)s",
-            (out_dir / "service.log").read_text(errors="replace"),
-        )
-    ]
     R["log_lines"] = [
         ln
         for ln in (out_dir / "service.log").read_text(errors="replace").splitlines()

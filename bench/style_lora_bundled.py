@@ -66,6 +66,8 @@ def main() -> None:
         "--extra", default="", help="extra LoRA targets, comma-separated: x_embedder, final_layer2 (default none)"
     )
     ap.add_argument("--style", default="outlined", choices=sorted(TRIGGERS))
+    ap.add_argument("--trigger", help="instead of the style's trigger phrase")
+    ap.add_argument("--reg", type=int, default=None, help="plain reg/ images (default: as many as --images)")
     ap.add_argument(
         "--trigger-at",
         default="start",
@@ -76,10 +78,12 @@ def main() -> None:
     ap.add_argument("--skip-base", action="store_true", help="score the LoRA only")
     a = ap.parse_args()
     out = Path(a.out)
+    if a.trigger:
+        TRIGGERS[a.style] = a.trigger
     if a.lora:
         return report(a, a.lora, None)
     data = write_dataset(
-        out / "data", a.images, 256, seed=7, style=a.style, two_shape_prob=0.3, reg=a.images,
+        out / "data", a.images, 256, seed=7, style=a.style, two_shape_prob=0.3, reg=a.images if a.reg is None else a.reg,
         trigger=TRIGGERS[a.style], trigger_at=a.trigger_at,
     )  # fmt: skip
     cfg = TrainConfig(
