@@ -5,9 +5,9 @@
 
 It starts `python -m ops.embedded` (own Redis, SQLite, API, one worker) on the bundled model, writes a
 core.synth dataset in the "shaded" style (each shape lit from above: its colour darkens towards its bottom) with
-the trigger at the end of each caption, plus as many plain regularisation scenes under reg/ (trained without the trigger, so the LoRA
-stays off without it), uploads it as a zip and trains with the service's default preset ("bundled" on the
-bundled model: the request names only the dataset, the trigger and a preview prompt). Then it generates
+the trigger in front of each caption, plus three times as many plain regularisation scenes under reg/ (trained
+without the trigger, so the LoRA stays off without it), uploads it as a zip and trains with the service's default
+preset ("bundled" on the bundled model: the request names only the dataset, the trigger and a preview prompt). Then it generates
 held-out prompts (core.synth stream 999, never trained on) with the same seeds four ways: the base model without
 and with the trigger, the LoRA with and without it, scores every image with core.synth (shading score, and
 whether background, region and colour follow the prompt) and writes a grid of the first prompts, labelled, with
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> dict:
     # The API refuses images under 256 px on a side; the trainer scales them to the preset's resolution.
     dataset = write_dataset(
         out / STYLE, n=args.images, size=256, seed=7, style=STYLE, trigger=TRIGGER, trigger_at=TRIGGER_AT,
-        two_shape_prob=0.3, as_zip=True, reg=args.images,
+        two_shape_prob=0.3, as_zip=True, reg=args.images * args.reg_ratio,
     )  # fmt: skip
     scenes = [sample_scene(EVAL_STREAM, i, two_shape_prob=0.0) for i in range(args.prompts)]
     port = free_port()
@@ -292,7 +292,12 @@ def run(args: argparse.Namespace) -> dict:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m ops.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "runs" / "demo"))
-    ap.add_argument("--images", type=int, default=24, help=f"{STYLE} images (and as many plain reg/ ones)")
+    ap.add_argument("--images", type=int, default=24, help=f"{STYLE} images")
+    # 3 plain images per styled one gate the trigger (without it +0.01 of shading, with 1 per styled one +0.14),
+    # at the cost of some style (0.28 instead of 0.40 with it): docs/evidence.md section 5
+    ap.add_argument(
+        "--reg-ratio", type=int, default=3, help="plain reg/ images (without the trigger) per styled image"
+    )
     ap.add_argument("--steps", type=int, default=0, help="training steps (default: the preset's); smoke runs")
     ap.add_argument("--prompts", type=int, default=16, help="held-out prompts generated and scored")
     ap.add_argument("--show", type=int, default=4, help="of which the grid shows the first")

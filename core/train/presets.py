@@ -55,8 +55,9 @@ TRAINING_PRESETS: dict[str, TrainingPreset] = {
     # The bundled 15M model (models/o1-shapes) draws at 128-256 px and learns in minutes on a CPU at a learning
     # rate that would wreck an 8B model. Chosen for the first LoRA of `make demo` (docs/evidence.md section 5):
     # batch 8 (batch 2 at 3e-3 learned noise, at 6e-3 the LoRA collapsed), decayed by cosine, rank 16; 2e-3 since
-    # the model was repretrained with edits. On the demo's "shaded" style: 96 s through the service, shading 0.40
-    # with the trigger, following intact; 600 steps or 4e-3 learned no more (section 5).
+    # the model was repretrained with edits. On the demo's "shaded" style (3 plain reg/ images per styled one): 97 s
+    # through the service, shading 0.07 -> 0.28 with the trigger, 0.08 without, following intact; 600 steps or
+    # 4e-3 learned no more (section 5).
     "bundled": TrainingPreset(
         "Bundled model",
         "for the small bundled o1-shapes model on a CPU: 128 px, rank 16, 300 steps of 8 images at 2e-3",
