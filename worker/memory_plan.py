@@ -468,6 +468,28 @@ def card_table(shape: ModelShape = FULL_SIZE, headroom_gib: float = 1.5, base_pr
         + " | ".join("yes" if b else "no: released first" for b in both)
         + " |"
     )
+    # O1LORA_LORA_APPLY=auto on a generation worker (1024^2, the default max batch of 4, CFG)
+    reserve = generation_need(shape, width=1024, height=1024, images=4, weights_resident=True) + int(
+        headroom_gib * GIB
+    )
+    modes = [
+        choose_lora_mode(
+            "auto",
+            lora_max_rank=64,
+            offload_blocks=0,
+            free_bytes=int((free * GIB) - shape.base_bytes(base_precision)),
+            copy_bytes=shape.merge_copy_bytes(base_precision),
+            reserve_bytes=reserve,
+            base_precision=base_precision,
+        )
+        for _, free in cards
+    ]
+    copy = _gib(shape.merge_copy_bytes(base_precision))
+    rows.append(
+        "| generation LoRAs (`O1LORA_LORA_APPLY=auto`) | "
+        + " | ".join(f"merged (+{copy})" if m == "merge" else "slots" for m in modes)
+        + " |"
+    )
     return "\n".join(rows)
 
 

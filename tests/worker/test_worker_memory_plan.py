@@ -153,6 +153,10 @@ def test_loras_are_merged_where_the_kept_copy_fits_and_in_slots_elsewhere():
         choose_lora_mode("merge", **{**kw, "offload_blocks": 2})
     with pytest.raises(ValueError, match="auto, merge or slots"):
         choose_lora_mode("fused", **kw)
+    # README's table says the same (python -m worker.memory_plan [--fp8])
+    row = memory_plan.card_table().splitlines()[-1]
+    assert row.endswith("| slots | slots | merged (+12.9 GiB) | merged (+12.9 GiB) | merged (+12.9 GiB) |"), row
+    assert memory_plan.card_table(base_precision="fp8").splitlines()[-1].count("| slots") == 5
 
 
 def test_the_merge_copy_estimate_is_what_merging_keeps(tiny_model):
