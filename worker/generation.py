@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from db.generations import (
@@ -340,10 +342,26 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
     for r in rows:  # a row with a non-finite image fails as a whole: none of its images is stored
         if r.active and not all(ok for ok, (o, _) in zip(finite, owners) if o is r):
             _fail(c, r, nonfinite_message(refs))
-    for image, (r, i) in zip(images, owners):
-        if r.active:
-            _store(c, r.gen, i, image, int(r.gen.params.get("seed") or 0) + i)
+    kept = [(image, r, i) for image, (r, i) in zip(images, owners) if r.active]
+    for png, (image, r, i) in zip(encode_pngs([image for image, _, _ in kept]), kept):
+        _store(c, r.gen, i, png, image.size, int(r.gen.params.get("seed") or 0) + i)
     _finish(c, rows)
+
+
+def encode_pngs(images: list) -> list[bytes]:
+    """PNG bytes of each image, encoded on parallel threads (Pillow's encoder releases the GIL: 4 images at 1024^2
+    in 0.20 s instead of 0.37 s on this 2-core build machine; the GPU waits for this after every batch). zlib's
+    fastest level: two thirds of level 6's time (0.09 vs 0.13 s per 1024^2 image) for files ~11% larger."""
+
+    def encode(image) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", compress_level=1)
+        return buf.getvalue()
+
+    if len(images) <= 1:
+        return [encode(im) for im in images]
+    with ThreadPoolExecutor(max_workers=min(len(images), os.cpu_count() or 1)) as pool:
+        return list(pool.map(encode, images))
 
 
 def nonfinite_message(lora_refs: list[dict]) -> str:
@@ -391,17 +409,13 @@ def _write_progress(c: WorkerContext, rows: list[Row]) -> None:
             publish(c, "generation", r.gen.id, "progress", {"step": r.progress, "total_steps": r.gen.total_steps})
 
 
-def _store(c: WorkerContext, gen: Generation, index: int, image, seed: int) -> None:
-    buf = io.BytesIO()
-    # zlib's fastest level: 1024^2 encodes in two thirds of level 6's time (0.09 vs 0.13 s on this build machine)
-    # for files ~11% larger; the user waits for this encode on every image.
-    image.save(buf, format="PNG", compress_level=1)
+def _store(c: WorkerContext, gen: Generation, index: int, png: bytes, size: tuple[int, int], seed: int) -> None:
     key = f"generations/{gen.id}/{index}.png"
-    c.store.put_bytes(key, buf.getvalue())
+    c.store.put_bytes(key, png)
     db_call(
         c,
         lambda s: add_generation_image(
-            s, job_id=gen.id, index=index, storage_key=key, width=image.width, height=image.height, seed=seed
+            s, job_id=gen.id, index=index, storage_key=key, width=size[0], height=size[1], seed=seed
         ),
         what=f"generation {gen.id}: image {index}",
     )

@@ -3,6 +3,7 @@ warmed up at start and never recompiled by LoRA switches, CFG as one batch or tw
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -164,3 +165,16 @@ def test_merged_loras_give_the_slots_image_and_a_plain_request_after_them_gives_
     for mode in ("slots", "merge"):  # the LoRA is gone again, exactly
         assert np.array_equal(images[mode, "plain after"], images[mode, "plain"])
     assert np.array_equal(images["merge", "plain"], images["slots", "plain"])
+
+
+def test_the_pngs_of_a_batch_are_encoded_in_parallel_in_order_and_lossless():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)) for _ in range(5)]
+    pngs = generation.encode_pngs(images)
+    assert len(pngs) == 5
+    for png_bytes, image in zip(pngs, images):
+        back = Image.open(io.BytesIO(png_bytes))
+        assert back.format == "PNG" and np.array_equal(np.asarray(back), np.asarray(image))
+    assert generation.encode_pngs(images[:1]) == pngs[:1] and generation.encode_pngs([]) == []
