@@ -47,6 +47,11 @@ TRAIN_PER_TOKEN = {True: 0.63 * MIB, False: 5.1 * MIB}  # by gradient checkpoint
 # more than eager fp8 (10.0): the compiled fp8 layer keeps ~2.3 MiB per token more through the forward. One
 # measured point; without checkpointing the fp8 path was not measured and bf16's coefficient is used.
 TRAIN_PER_TOKEN_FP8 = {True: 2.96 * MIB, False: 5.1 * MIB}
+# The same fp8 base with the layers eager (compile off): 10.00 GiB at 1024^2 with checkpointing on the H200, and
+# 8.21 GiB with 12 of the 36 layers offloaded (bench/RESULTS.md, issue 15 and its memory-cap runs): slower
+# (0.71 / 0.57 s a step vs 0.22 compiled), so the plan takes it only where the compiled layer does not fit.
+TRAIN_PER_TOKEN_FP8_EAGER_CKPT = 0.46 * MIB  # (10.00 - 8.82 weights - 0.69 LoRA and AdamW) / 1124 tokens
+OFFLOAD_STEPS = (6, 12, 18, 24)  # layers the plan tries to offload, fewest first (each costs speed)
 GEN_PER_TOKEN_ROW = 0.15 * MIB
 TEXT_TOKENS = 100  # a long prompt in the chat template
 
@@ -138,11 +143,22 @@ def training_need(
     checkpointing: bool = True,
     base_precision: str = "bf16",
     reference_tokens: int = 0,
+    eager: bool = False,
+    offload_blocks: int = 0,
 ) -> int:
-    """reference_tokens: what the references of the dataset's largest reference set add to one sample."""
+    """reference_tokens: what the references of the dataset's largest reference set add to one sample.
+    eager / offload_blocks (an fp8 base with checkpointing only: what the plan falls back to on small cards):
+    the layers not compiled; that many layers' frozen weights in host memory (two layers' worth stay on the
+    device as the slots they are streamed into, core/offload.py)."""
     per_token = (TRAIN_PER_TOKEN_FP8 if base_precision == "fp8" else TRAIN_PER_TOKEN)[bool(checkpointing)]
+    if base_precision == "fp8" and checkpointing and (eager or offload_blocks):
+        per_token = TRAIN_PER_TOKEN_FP8_EAGER_CKPT
     act = per_token * shape.scale * tokens(resolution, resolution, reference_tokens) * batch
-    return int(shape.base_bytes(base_precision) + 16 * shape.lora_params(rank) + act)
+    base = shape.base_bytes(base_precision)
+    if offload_blocks:
+        layer = shape.linear_params // shape.layers * (1 if base_precision == "fp8" else 2)
+        base -= (min(offload_blocks, shape.layers) - 2) * layer
+    return int(base + 16 * shape.lora_params(rank) + act)
 
 
 def generation_need(
@@ -169,6 +185,8 @@ class Plan:
     free_bytes: int
     checkpointing: bool | None = None  # training: the setting to run with
     message: str = ""
+    eager: bool = False  # training: compile off (an fp8 base whose compiled layer does not fit)
+    offload_blocks: int = 0  # training: layers to keep in host memory (core/offload.py)
 
     @property
     def runs(self) -> bool:
@@ -197,9 +215,12 @@ def plan_training(
     base_precision: str = "bf16",
     reference_tokens: int = 0,
     reference_count: int = 0,
+    small_card_fallbacks: bool = True,
 ) -> Plan:
     """Run as asked, turn checkpointing on to fit, or refuse (message for the owner). reference_tokens /
-    reference_count: the dataset's largest reference set (tokens it adds to a sample, images in it)."""
+    reference_count: the dataset's largest reference set (tokens it adds to a sample, images in it).
+    An fp8 base that does not fit compiled runs eager, then with layers offloaded, where that fits
+    (small_card_fallbacks: the caller may choose neither, e.g. when compile or offload was set explicitly)."""
     usable = free_bytes - headroom_bytes
     need = {
         c: training_need(
@@ -229,6 +250,40 @@ def plan_training(
                 f"{_gib(need[False])} of GPU memory and {_gib(free_bytes)} are free",
             )
         return Plan("run", need[True], free_bytes, checkpointing=True)
+    if base_precision == "fp8" and small_card_fallbacks:
+        common = dict(
+            resolution=resolution,
+            batch=batch,
+            rank=rank,
+            checkpointing=True,
+            base_precision="fp8",
+            reference_tokens=reference_tokens,
+        )
+        eager = training_need(shape, eager=True, **common)
+        if eager <= usable:
+            return Plan(
+                "adjust",
+                eager,
+                free_bytes,
+                checkpointing=True,
+                eager=True,
+                message=f"{what} runs its layers uncompiled (about 3x slower per step): compiled it needs about "
+                f"{_gib(need[True])} of GPU memory and {_gib(free_bytes)} are free",
+            )
+        for n in (k for k in OFFLOAD_STEPS if k < shape.layers):
+            need_n = training_need(shape, offload_blocks=n, **common)
+            if need_n <= usable:
+                return Plan(
+                    "adjust",
+                    need_n,
+                    free_bytes,
+                    checkpointing=True,
+                    eager=True,
+                    offload_blocks=n,
+                    message=f"{what} keeps {n} of the {shape.layers} layers in host memory and streams them to "
+                    f"the GPU, uncompiled (about 2.6x slower per step): otherwise it needs about {_gib(eager)} of "
+                    f"GPU memory and {_gib(free_bytes)} are free",
+                )
     return Plan(
         "refuse",
         need[True],
@@ -415,12 +470,23 @@ def card_table(shape: ModelShape = FULL_SIZE, headroom_gib: float = 1.5, base_pr
     """What fits where: the README's table (a card's GiB less ~0.6 GiB of CUDA context; "24 GB" cards have
     23.99 GiB). fp8: the decoder linears in float8 (core/fp8.py); the activation terms are bf16's (the fp8
     path's per-token cost was not fitted separately)."""
-    cards = [("16 GB", 15.4), ("24 GB", 23.4), ("48 GB", 47.4), ("80 GB", 79.4), ("141 GB (H200)", 139.8)]
+    cards = [
+        ("12 GB", 11.4),
+        ("16 GB", 15.4),
+        ("24 GB", 23.4),
+        ("48 GB", 47.4),
+        ("80 GB", 79.4),
+        ("141 GB (H200)", 139.8),
+    ]
     rows = ["| job | " + " | ".join(c for c, _ in cards) + " |", "|---|" + "---|" * len(cards)]
 
     def cell(p: Plan) -> str:
         if p.action == "refuse":
             return f"no ({_gib(p.need_bytes)})"
+        if p.offload_blocks:
+            return f"offload {p.offload_blocks}, eager ({_gib(p.need_bytes)})"
+        if p.eager:
+            return f"ckpt, eager ({_gib(p.need_bytes)})"
         return f"{'ckpt' if p.checkpointing else 'yes'} ({_gib(p.need_bytes)})"
 
     for res, batch in ((1024, 1), (2048, 1), (1024, 4)):

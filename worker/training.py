@@ -213,6 +213,8 @@ def fit_to_gpu(c: WorkerContext, job: TrainingJob, cfg):
             base_precision=precision,
             reference_tokens=refs.tokens if refs else 0,
             reference_count=refs.count if refs else 0,
+            # compile off / offload only where nobody chose them (the API sets neither; the CLI may)
+            small_card_fallbacks=cfg.compile == "auto" and not cfg.offload_blocks,
         )
 
     p = plan(*mem)
@@ -223,14 +225,19 @@ def fit_to_gpu(c: WorkerContext, job: TrainingJob, cfg):
     if p.message:
         log.warning("training %s: %s", job.id, p.message)
     log.info(
-        "training %s: memory plan %s, checkpointing %s, ~%.1f GiB of %.1f GiB free",
+        "training %s: memory plan %s, checkpointing %s, eager %s, offload %d, ~%.1f GiB of %.1f GiB free",
         job.id,
         p.action,
         p.checkpointing,
+        p.eager,
+        p.offload_blocks,
         p.need_bytes / GIB,
         p.free_bytes / GIB,
     )
-    return replace(cfg, gradient_checkpointing=p.checkpointing)
+    extra = {"compile": False} if p.eager else {}
+    if p.offload_blocks:
+        extra["offload_blocks"] = p.offload_blocks
+    return replace(cfg, gradient_checkpointing=p.checkpointing, **extra)
 
 
 class _NoHeartbeat:

@@ -4,6 +4,8 @@ into a failed job with a message)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from worker import generation, memory_plan, training
@@ -69,6 +71,48 @@ def test_an_fp8_base_fits_a_16_gb_card_where_bf16_does_not():
     fp8 = plan_training(FULL_SIZE, free_bytes=free, total_bytes=free, base_precision="fp8", **kw)
     assert bf16.action == "refuse" and "16.6 GiB" in bf16.message
     assert (fp8.action, fp8.checkpointing) == ("run", True)
+
+
+def test_fp8_eager_and_offload_estimates_reproduce_the_capped_h200_runs():
+    # bench/RESULTS.md, memory caps: fp8 1024^2 checkpointing eager 10.01 GiB; 12 layers offloaded 8.21 GiB
+    kw = dict(resolution=1024, checkpointing=True, base_precision="fp8")
+    assert training_need(FULL_SIZE, eager=True, **kw) / GIB == pytest.approx(10.01, rel=0.03)
+    assert training_need(FULL_SIZE, offload_blocks=12, **kw) / GIB == pytest.approx(8.21, rel=0.03)
+
+
+def test_an_fp8_training_on_a_12_gb_card_runs_eager_or_offloaded_instead_of_being_refused():
+    kw = dict(resolution=1024, batch=1, rank=16, checkpointing="auto", base_precision="fp8")
+
+    def plan(free_gib, headroom_gib=1.5, **more):
+        free = int(free_gib * GIB)
+        return plan_training(
+            FULL_SIZE, free_bytes=free, total_bytes=free, headroom_bytes=int(headroom_gib * GIB), **kw, **more
+        )
+
+    card16 = plan(15.4)  # compiled fits: nothing given up
+    assert (card16.action, card16.eager, card16.offload_blocks) == ("run", False, 0)
+    # 12 GB (~11.4 GiB usable): compiled needs 12.1 GiB, eager 10.0 GiB: with the 1.5 GiB headroom only offload fits
+    card12 = plan(11.4)
+    assert (card12.action, card12.checkpointing, card12.eager, card12.offload_blocks) == ("adjust", True, True, 6)
+    assert "6 of the 36 layers in host memory" in card12.message
+    roomy12 = plan(11.4, headroom_gib=0.5)  # a smaller headroom: eager without offload fits
+    assert (roomy12.action, roomy12.eager, roomy12.offload_blocks) == ("adjust", True, 0)
+    assert "uncompiled" in roomy12.message
+    # where compile or offload was chosen by hand, the plan does not override it: it refuses with the numbers
+    assert plan(11.4, small_card_fallbacks=False).action == "refuse"
+    assert plan(6.0).action == "refuse"  # not even 24 layers offloaded fit 4.5 GiB
+    # bf16 has no such fallbacks (its eager and compiled peaks are the same)
+    bf16 = plan_training(
+        FULL_SIZE,
+        resolution=1024,
+        batch=1,
+        rank=16,
+        checkpointing="auto",
+        free_bytes=int(11.4 * GIB),
+        total_bytes=int(11.4 * GIB),
+        headroom_bytes=HEADROOM,
+    )
+    assert bf16.action == "refuse"
 
 
 def test_auto_checkpointing_is_off_where_the_activations_fit_and_on_where_only_it_fits():
@@ -156,7 +200,7 @@ def test_loras_are_merged_where_the_kept_copy_fits_and_in_slots_elsewhere():
     # README's table says the same (python -m worker.memory_plan [--fp8])
     row = memory_plan.card_table().splitlines()[-1]
     assert row.endswith("| slots | slots | merged (+12.9 GiB) | merged (+12.9 GiB) | merged (+12.9 GiB) |"), row
-    assert memory_plan.card_table(base_precision="fp8").splitlines()[-1].count("| slots") == 5
+    assert memory_plan.card_table(base_precision="fp8").splitlines()[-1].count("| slots") == 6
 
 
 def test_the_merge_copy_estimate_is_what_merging_keeps(tiny_model):
@@ -350,3 +394,30 @@ def test_out_of_memory_mid_generation_fails_the_job_with_a_message(tctx, monkeyp
     assert generation.run_generation(g.id, tctx) == "failed"
     row = _gen_row(tctx, g.id)
     assert row.status == "failed" and "the GPU ran out of memory during this generation" in row.error
+
+
+def test_the_training_worker_runs_an_fp8_base_eager_where_only_that_fits(tctx, monkeypatch):
+    from core.train import TrainConfig
+
+    c = tctx
+    shape = ModelShape.from_checkpoint(c.settings.model_path)
+    common = dict(resolution=64, batch=1, rank=4, checkpointing=True, base_precision="fp8")
+    compiled, eager = training_need(shape, **common), training_need(shape, eager=True, **common)
+    assert eager < compiled
+    headroom = int(c.settings.gpu_memory_headroom_gib * GIB)
+    free = headroom + (eager + compiled) // 2  # eager fits, compiled does not
+    monkeypatch.setattr(memory_plan, "gpu_memory", lambda: (free, 12 * GIB))
+    cfg = TrainConfig(
+        model_path=str(c.settings.model_path),
+        out_dir=str(c.settings.data_dir / "fit"),
+        resolution=64,
+        batch_size=1,
+        rank=4,
+        base_precision="fp8",
+    )
+    job = _job(c)
+    fitted = training.fit_to_gpu(c, job, cfg)
+    assert (fitted.compile, fitted.gradient_checkpointing, fitted.offload_blocks) == (False, True, 0)
+    # compile chosen by hand (the CLI's --compile on): not overridden, refused with the numbers instead
+    with pytest.raises(memory_plan.MemoryPlanError, match="not enough GPU memory"):
+        training.fit_to_gpu(c, job, replace(cfg, compile=True))
