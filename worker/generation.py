@@ -89,10 +89,9 @@ def configured_sizes(s) -> list[tuple[int, int]]:
 
 def warmup_sizes(c: WorkerContext, h: ModelHost) -> list[tuple[int, int]]:
     """O1LORA_WARMUP_SIZES; "auto" = 1024x1024 when the denoise is compiled (CUDA by default), else none."""
-    text = c.settings.warmup_sizes.strip()
-    if text.lower() == "auto":
+    if c.settings.warmup_sizes.strip().lower() == "auto":
         return [(1024, 1024)] if h.compile_backend() else []
-    return parse_sizes(text)
+    return configured_sizes(c.settings)
 
 
 def warm_up(c: WorkerContext | None = None) -> dict[str, float]:

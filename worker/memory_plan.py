@@ -113,7 +113,8 @@ class ModelShape:
 
     def merge_copy_bytes(self, base_precision: str = "bf16") -> int:
         """What merging LoRAs keeps aside (core.lora.merge): the decoder linears once more, in the base's
-        precision. Full size: 12.9 GiB bf16, 6.47 GiB fp8 (the optional targets add under 0.1%)."""
+        precision. Full size: 12.9 GiB bf16, 6.47 GiB fp8 (the optional targets add under 0.1%); on a loaded model
+        core.lora.merge_copy_bytes counts it exactly."""
         if base_precision != "fp8":
             return self.linear_params * 2
         return self.base_bytes("fp8") - (self.weight_bytes - self.linear_params * 2)
@@ -333,23 +334,6 @@ def plan_generation(
         f"worker's GPU has {_gib(free_bytes)} free of {_gib(total_bytes)}. Ask for fewer images "
         f"per request{', fewer or smaller reference images' if reference_tokens else ''} or a smaller size.",
     )
-
-
-def lora_merge_copy_bytes(model) -> int:
-    """What merging LoRAs into `model` keeps aside (core.lora.merge): a copy of every LoRA-targetable linear's
-    weight (and fp8 scale); ModelShape.merge_copy_bytes estimates it without a model."""
-    import re
-
-    from core.lora.slots import SLOT_PATTERN
-
-    rx, n = re.compile(SLOT_PATTERN), 0
-    for path, m in model.named_modules():
-        w = getattr(m, "weight", None)
-        if rx.fullmatch(path) and getattr(w, "ndim", 0) == 2:
-            n += w.numel() * w.element_size()
-            scale = getattr(m, "weight_scale", None)
-            n += 0 if scale is None else scale.numel() * scale.element_size()
-    return n
 
 
 def choose_lora_mode(

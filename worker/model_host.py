@@ -124,7 +124,8 @@ class ModelHost:
 
     def _choose_lora_mode(self, model) -> str:
         from core.fp8 import base_precision_of
-        from worker.memory_plan import choose_lora_mode, gpu_memory, lora_merge_copy_bytes
+        from core.lora import merge_copy_bytes
+        from worker.memory_plan import choose_lora_mode, gpu_memory
 
         on_gpu = model.device.type == "cuda"
         return choose_lora_mode(
@@ -132,7 +133,7 @@ class ModelHost:
             lora_max_rank=self.lora_max_rank,
             offload_blocks=self.offload_blocks,
             free_bytes=gpu_memory()[0] if on_gpu else None,
-            copy_bytes=lora_merge_copy_bytes(model),
+            copy_bytes=merge_copy_bytes(model),
             reserve_bytes=self.merge_reserve_bytes,
             base_precision=base_precision_of(model),
         )

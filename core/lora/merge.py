@@ -23,7 +23,7 @@ the host and are streamed.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -90,9 +90,12 @@ class LoraMerging:
         )
 
     def backup_bytes(self) -> int:
-        return sum(
-            w.numel() * w.element_size() + (0 if s is None else s.numel() * 4) for w, s in self.base.values()
-        )
+        return sum(_bytes(w, scale) for w, scale in self.base.values())
+
+
+def _bytes(weight: torch.Tensor, scale: torch.Tensor | None) -> int:
+    """What keeping one linear's base costs: its weight and, for an fp8 linear, its scales."""
+    return weight.numel() * weight.element_size() + (0 if scale is None else scale.numel() * scale.element_size())
 
 
 def mergeable(module: nn.Module) -> bool:
@@ -101,6 +104,18 @@ def mergeable(module: nn.Module) -> bool:
     return (
         isinstance(module, nn.Linear) and isinstance(w, torch.Tensor) and w.ndim == 2 and w.device.type != "meta"
     )
+
+
+def kept_linears(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """The linears install_lora_merging keeps a copy of: every LoRA-targetable one (the recipe's targets and the
+    optional ones) that is mergeable."""
+    rx = re.compile(SLOT_PATTERN)
+    return ((path, m) for path, m in model.named_modules() if rx.fullmatch(path) and mergeable(m))
+
+
+def merge_copy_bytes(model: nn.Module) -> int:
+    """The memory install_lora_merging would keep aside on this model, before it does (a memory plan's input)."""
+    return sum(_bytes(m.weight, getattr(m, "weight_scale", None)) for _, m in kept_linears(model))
 
 
 def install_lora_merging(model: nn.Module, backup_device: torch.device | str | None = None) -> int:
@@ -116,12 +131,11 @@ def install_lora_merging(model: nn.Module, backup_device: torch.device | str | N
     have = lora_merging(model)
     if have is not None:
         return len(have.base)
-    modules = dict(model.named_modules())
-    merging = LoraMerging(modules, None if backup_device is None else torch.device(backup_device))
-    rx = re.compile(SLOT_PATTERN)
-    for path, m in modules.items():
-        if rx.fullmatch(path) and mergeable(m):
-            merging.keep(path)
+    merging = LoraMerging(
+        dict(model.named_modules()), None if backup_device is None else torch.device(backup_device)
+    )
+    for path, _ in kept_linears(model):
+        merging.keep(path)
     setattr(model, MERGE_ATTR, merging)
     return len(merging.base)
 

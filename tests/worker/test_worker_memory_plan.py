@@ -16,7 +16,6 @@ from worker.memory_plan import (
     ModelShape,
     choose_lora_mode,
     generation_need,
-    lora_merge_copy_bytes,
     plan_generation,
     plan_training,
     training_need,
@@ -208,7 +207,7 @@ def test_the_merge_copy_estimate_is_what_merging_keeps(tiny_model):
 
     from core.fp8 import convert_to_fp8
     from core.loading import load_model
-    from core.lora import install_lora_merging, lora_merging
+    from core.lora import install_lora_merging, lora_merging, merge_copy_bytes
 
     shape = ModelShape.from_checkpoint(tiny_model)
     for precision in ("bf16", "fp8"):
@@ -217,7 +216,7 @@ def test_the_merge_copy_estimate_is_what_merging_keeps(tiny_model):
             convert_to_fp8(model, matmul="weight_only")
         install_lora_merging(model)
         kept = lora_merging(model).backup_bytes()
-        assert lora_merge_copy_bytes(model) == kept
+        assert merge_copy_bytes(model) == kept
         # the estimate is the decoder linears' part; the optional targets (x_embedder, final_layer2: under 0.1% at
         # full size, most of this tiny model's) are the rest
         decoder = sum(
