@@ -128,6 +128,14 @@ class Run:
         self.sync()
         return model, time.perf_counter() - t
 
+    def cap_memory(self, cap_gib: float | None) -> None:
+        """Limit this process's GPU memory to cap_gib (a smaller card), or lift the limit (None); no-op on a CPU.
+        (The device needs an index: torch refuses a bare "cuda" here, which cost the 2026-12-01 run its caps.)"""
+        if self.cuda:
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            fraction = 1.0 if cap_gib is None else cap_gib * GIB / total
+            torch.cuda.set_per_process_memory_fraction(fraction, torch.cuda.current_device())
+
     def guarded(self, name: str, fn, *args) -> None:
         try:
             fn(*args)
@@ -351,12 +359,9 @@ class Run:
         from core.train.data import Prefetch, StreamData
         from core.train.trainer import TrainConfig, Trainer
 
-        if self.cuda:
-            total = torch.cuda.get_device_properties(self.device).total_memory
-            # (an index: torch refuses a bare "cuda" device here, which cost the 2026-12-01 run its cap phase)
-            torch.cuda.set_per_process_memory_fraction(cap_gib * GIB / total, torch.cuda.current_device())
         before, error = len(self.results["rows"]), None
         try:
+            self.cap_memory(cap_gib)
             model, _ = self.build("fp8", offload)
             with tempfile.TemporaryDirectory() as tmp:
                 cfg = TrainConfig(
@@ -391,8 +396,7 @@ class Run:
         except torch.OutOfMemoryError as e:
             error = str(e).splitlines()[0][:160]
         finally:
-            if self.cuda:
-                torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
+            self.cap_memory(None)
         self.record(
             phase="cap", cap_gib=cap_gib, offload=offload, fits=len(self.results["rows"]) > before, error=error
         )
@@ -402,13 +406,11 @@ class Run:
         """fp8 generation under a memory cap from the build on: compiled layer, a 2-step call, one timed image."""
         from core.sampler import Sampler
 
-        if self.cuda:
-            total = torch.cuda.get_device_properties(self.device).total_memory
-            torch.cuda.set_per_process_memory_fraction(cap_gib * GIB / total, torch.cuda.current_device())
         size = 64 if self.tiny else size
         kw = dict(width=size, height=size, guidance=5.0, seed=0, preset="full", return_latents=True)
         error, s_image = None, None
         try:
+            self.cap_memory(cap_gib)
             model, _ = self.build("fp8")
             sampler = Sampler(model, self.tok, preview_every=0, compile=self.backend, compile_scope="layers")
             sampler(PROMPT, steps=2, **kw)
@@ -421,8 +423,7 @@ class Run:
         except torch.OutOfMemoryError as e:
             error = str(e).splitlines()[0][:160]
         finally:
-            if self.cuda:
-                torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
+            self.cap_memory(None)
         self.record(
             phase="gen-cap",
             cap_gib=cap_gib,

@@ -116,34 +116,14 @@ def lora_both_ways(tok, out_dir: Path) -> dict:
     from test_style_lora import EVAL, TRIGGER, style_dataset
 
     from core.lora import apply_loras, load_lora
-    from core.train import TrainConfig, train
 
     data = style_dataset(out_dir / "style", hatched=12, plain=12)
     files = {}
     for trained_on in ("fp32", "fp8"):
-        torch.manual_seed(0)
-        cfg = TrainConfig(
-            model_path=str(MODEL),
-            data_dir=str(data),
-            out_dir=str(out_dir / f"run-{trained_on}"),
-            trigger="",
-            resolution=128,
-            min_side=128,
-            steps=80,
-            batch_size=2,
-            rank=8,
-            alpha=8.0,
-            lr=2e-3,
-            gradient_checkpointing=False,
-            device="cpu",
-            checkpoint_every=0,
-            sample_every=0,
-            seed=0,
-            validation_fraction=0.0,
-            base_precision="bf16" if trained_on == "fp32" else "fp8",
-        )
         t0 = time.time()
-        files[trained_on] = train(cfg).lora_file
+        files[trained_on] = _train_style_lora(
+            data, out_dir / f"run-{trained_on}", "bf16" if trained_on == "fp32" else "fp8"
+        )
         print(f"trained on {trained_on}: {time.time() - t0:.0f} s", flush=True)
     prompts = [s.caption(TRIGGER) for s in EVAL]
     out = {}
@@ -162,18 +142,15 @@ def lora_both_ways(tok, out_dir: Path) -> dict:
     return out
 
 
-def _train_style_lora(tok, out_dir: Path, base_precision: str) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "core"))
-    from test_style_lora import style_dataset
-
+def _train_style_lora(data: Path, run_dir: Path, base_precision: str) -> Path:
+    """tests/core/test_style_lora.py's small hatched run (80 steps of 2, rank 8) on `data`; the LoRA file."""
     from core.train import TrainConfig, train
 
-    data = style_dataset(out_dir / "style", hatched=12, plain=12)
     torch.manual_seed(0)
     cfg = TrainConfig(
         model_path=str(MODEL),
         data_dir=str(data),
-        out_dir=str(out_dir / f"run-{base_precision}"),
+        out_dir=str(run_dir),
         trigger="",
         resolution=128,
         min_side=128,
@@ -196,11 +173,11 @@ def _train_style_lora(tok, out_dir: Path, base_precision: str) -> Path:
 def merged_vs_hooks(tok, out_dir: Path) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "core"))
     import numpy as np
-    from test_style_lora import EVAL, TRIGGER
+    from test_style_lora import EVAL, TRIGGER, style_dataset
 
     from core.lora import install_lora_merging, load_lora, set_loras
 
-    file = _train_style_lora(tok, out_dir, "bf16")
+    file = _train_style_lora(style_dataset(out_dir / "style", hatched=12, plain=12), out_dir / "run-bf16", "bf16")
     prompts = [s.caption(TRIGGER) for s in EVAL]
     out = {}
     for base in ("bf16", "fp8"):
