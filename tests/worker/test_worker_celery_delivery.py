@@ -6,13 +6,12 @@ from __future__ import annotations
 import re
 import time
 
-from worker_helpers import RUN_PREFIX, put_dataset
+from worker_helpers import RUN_PREFIX, put_dataset, worker_env
 
 from db.owners import create_owner
 from db.training import create_training, get_training
 from jobqueue.enqueue import enqueue
 from ops.launcher import Launcher
-from worker.celery_app import app
 
 
 def outcomes_of(job_id: str, log: str) -> list[str]:
@@ -35,17 +34,14 @@ def test_long_job_outlives_the_visibility_timeout_without_redelivery(worker_ctx,
             total_steps=40,
             params={"rank": 4, "alpha": 4.0, "resolution": 64, "sample_every": 0},
         )
-    env = {
-        "O1LORA_DATABASE_URL": c.settings.resolved_database_url,
-        "O1LORA_BROKER_URL": app.conf.broker_url,
-        "O1LORA_BROKER_KEY_PREFIX": RUN_PREFIX,
-        "O1LORA_DATA_DIR": str(c.settings.data_dir),
-        "O1LORA_MODEL_PATH": str(tiny_model),
+    env = worker_env(
+        c,
+        tiny_model,
         # Redis would hand an unacked message to another consumer after 1 s.
-        "O1LORA_BROKER_VISIBILITY_TIMEOUT_S": "1",
-        "O1LORA_RECONCILE_INTERVAL_S": "0",
-        "O1LORA_HEARTBEAT_TIMEOUT_S": "60",
-    }
+        O1LORA_BROKER_VISIBILITY_TIMEOUT_S="1",
+        O1LORA_RECONCILE_INTERVAL_S="0",
+        O1LORA_HEARTBEAT_TIMEOUT_S="60",
+    )
     procs = Launcher(env, log_dir=tmp_path / "logs")
     try:
         procs.start_worker("w")

@@ -8,13 +8,12 @@ import time
 
 import pytest
 from test_worker_generation import new_generation
-from worker_helpers import RUN_PREFIX
+from worker_helpers import worker_env
 
 from db.generations import get_generation
 from db.owners import create_owner
 from jobqueue.enqueue import enqueue
 from ops.launcher import Launcher
-from worker.celery_app import app
 from worker.dispatch import waiting_job_ids
 
 
@@ -24,16 +23,13 @@ def test_sigterm_mid_generation_hands_it_back_at_once(worker_ctx, tiny_model, tm
     with c.sessions() as s:
         owner = create_owner(s, name="term")
     gen = new_generation(c, owner.id, num_images=1, steps=20000)  # minutes on the tiny model: never ends alone
-    env = {
-        "O1LORA_DATABASE_URL": c.settings.resolved_database_url,
-        "O1LORA_BROKER_URL": app.conf.broker_url,
-        "O1LORA_BROKER_KEY_PREFIX": RUN_PREFIX,
-        "O1LORA_DATA_DIR": str(c.settings.data_dir),
-        "O1LORA_MODEL_PATH": str(tiny_model),
-        "O1LORA_RECONCILE_INTERVAL_S": "0",
-        "O1LORA_HEARTBEAT_TIMEOUT_S": "600",
-        "O1LORA_PROGRESS_INTERVAL_S": "0.2",
-    }
+    env = worker_env(
+        c,
+        tiny_model,
+        O1LORA_RECONCILE_INTERVAL_S="0",
+        O1LORA_HEARTBEAT_TIMEOUT_S="600",
+        O1LORA_PROGRESS_INTERVAL_S="0.2",
+    )
     procs = Launcher(env, log_dir=tmp_path / "logs")
     try:
         procs.start_worker("w", queues="generate")
@@ -64,15 +60,12 @@ def test_sigterm_mid_generation_hands_it_back_at_once(worker_ctx, tiny_model, tm
 @pytest.mark.slow  # ~20 s: two worker processes
 def test_only_a_worker_of_the_generate_queue_warms_up(worker_ctx, tiny_model, tmp_path):
     c = worker_ctx
-    env = {
-        "O1LORA_DATABASE_URL": c.settings.resolved_database_url,
-        "O1LORA_BROKER_URL": app.conf.broker_url,
-        "O1LORA_BROKER_KEY_PREFIX": RUN_PREFIX,
-        "O1LORA_DATA_DIR": str(c.settings.data_dir),
-        "O1LORA_MODEL_PATH": str(tiny_model),
-        "O1LORA_RECONCILE_INTERVAL_S": "0",
-        "O1LORA_WARMUP_SIZES": "64x32",
-    }
+    env = worker_env(
+        c,
+        tiny_model,
+        O1LORA_RECONCILE_INTERVAL_S="0",
+        O1LORA_WARMUP_SIZES="64x32",
+    )
     procs = Launcher(env, log_dir=tmp_path / "logs")
     try:
         procs.start_worker("gen", queues="generate")

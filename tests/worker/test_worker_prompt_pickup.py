@@ -8,28 +8,24 @@ import statistics
 import time
 
 from test_worker_generation import new_generation
-from worker_helpers import RUN_PREFIX
+from worker_helpers import worker_env
 
 from db.generations import get_generation
 from db.owners import create_owner
 from jobqueue.enqueue import enqueue
 from ops.launcher import Launcher
-from worker.celery_app import app
 
 
 def test_a_job_sent_right_after_the_previous_one_ended_starts_at_once(worker_ctx, tiny_model, tmp_path):
     c = worker_ctx
     with c.sessions() as s:
         owner = create_owner(s, name="pickup")
-    env = {
-        "O1LORA_DATABASE_URL": c.settings.resolved_database_url,
-        "O1LORA_BROKER_URL": app.conf.broker_url,
-        "O1LORA_BROKER_KEY_PREFIX": RUN_PREFIX,
-        "O1LORA_DATA_DIR": str(c.settings.data_dir),
-        "O1LORA_MODEL_PATH": str(tiny_model),
-        "O1LORA_RECONCILE_INTERVAL_S": "0",
-        "O1LORA_WARMUP_SIZES": "",
-    }
+    env = worker_env(
+        c,
+        tiny_model,
+        O1LORA_RECONCILE_INTERVAL_S="0",
+        O1LORA_WARMUP_SIZES="",
+    )
     procs = Launcher(env, log_dir=tmp_path / "logs")
     waits = []
     try:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from worker_helpers import RUN_PREFIX, put_dataset
+from worker_helpers import put_dataset, worker_env
 
 from db.owners import create_owner
 from db.training import create_training, get_training
 from jobqueue.enqueue import enqueue
 from ops.launcher import Launcher
 from worker import training
-from worker.celery_app import app
 from worker.context import WorkerContext
 
 PARAMS = {
@@ -59,15 +58,12 @@ def test_a_handed_back_job_resumes_before_the_queued_ones(worker_ctx, tiny_model
     assert training.run_training(handed_back.id, c) == "requeued"
     c.close()
 
-    env = {
-        "O1LORA_DATABASE_URL": c.settings.resolved_database_url,
-        "O1LORA_BROKER_URL": app.conf.broker_url,
-        "O1LORA_BROKER_KEY_PREFIX": RUN_PREFIX,
-        "O1LORA_DATA_DIR": str(c.settings.data_dir),
-        "O1LORA_MODEL_PATH": str(tiny_model),
-        "O1LORA_RECONCILE_INTERVAL_S": "0",
-        "O1LORA_HEARTBEAT_TIMEOUT_S": "60",
-    }
+    env = worker_env(
+        c,
+        tiny_model,
+        O1LORA_RECONCILE_INTERVAL_S="0",
+        O1LORA_HEARTBEAT_TIMEOUT_S="60",
+    )
     procs = Launcher(env, log_dir=tmp_path / "logs")
     ids = [handed_back.id] + [j.id for j in waiting]
     try:

@@ -9,6 +9,21 @@ TEST_BROKER = "redis://127.0.0.1:6379/11"
 RUN_PREFIX = f"o1lora-test-{uuid.uuid4().hex[:8]}:"
 
 
+def worker_env(c, model_path, **settings: str) -> dict[str, str]:
+    """The O1LORA_* environment of a worker process (ops.launcher.Launcher) on this test run's database, broker,
+    key prefix and data folder, with `model_path`; `settings` adds or overrides O1LORA_* values."""
+    from worker.celery_app import app  # built on the test broker by conftest before any test runs
+
+    return {
+        "O1LORA_DATABASE_URL": c.settings.resolved_database_url,
+        "O1LORA_BROKER_URL": app.conf.broker_url,
+        "O1LORA_BROKER_KEY_PREFIX": RUN_PREFIX,
+        "O1LORA_DATA_DIR": str(c.settings.data_dir),
+        "O1LORA_MODEL_PATH": str(model_path),
+        **settings,
+    }
+
+
 def put_dataset(c, owner_id: str, n: int = 4, side: int = 256):
     """A small captioned dataset in the store (coloured squares on grey), and its row."""
     import io
