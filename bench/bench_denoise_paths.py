@@ -168,6 +168,13 @@ def run_variant(name: str, model, tok, prompts: tuple[str, str], args, device) -
             z = s.sample([ImageSpec(prompts[0], " ", 7)], steps=args.steps, **kw)
             sync(device)
             times.append(time.perf_counter() - t)
+        if args.profile:
+            try:
+                r["profile"] = profile_steps(
+                    lambda: s.sample([ImageSpec(prompts[0], " ", 7)], steps=3, **kw), device
+                )
+            except Exception:  # noqa: BLE001 - a profiler problem must not cost the timing
+                traceback.print_exc()
         r["s_image"] = statistics.median(times)
         r["ms_step"] = r["s_image"] / args.steps * 1e3
         r["est_s_36"] = r["s_image"] * 36 / args.layers
@@ -181,6 +188,47 @@ def run_variant(name: str, model, tok, prompts: tuple[str, str], args, device) -
             static.__exit__()
         clear_loras(model)
         remove_lora_merging(model)
+
+
+KERNEL_KINDS = [  # (kind, name fragments), first match wins; names are lower-cased
+    ("attention", ("flash", "fmha", "attention", "cudnn", "sdpa")),
+    ("gemm fp8", ("f8", "e4m3", "fp8", "scaled_mm")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas")),
+    ("fused (triton)", ("triton",)),
+    ("copy / cat", ("copy", "cat", "memcpy", "memset", "index", "gather", "scatter")),
+]
+
+
+def profile_steps(call, device) -> dict:
+    """GPU kernel time of one short sampling call by kind, and how busy the GPU was over its wall time (the
+    rest is launch / host time the GPU waited for)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if device.type != "cuda":
+        return {}
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        call()
+        sync(device)
+        wall = time.perf_counter() - t
+    kinds, top = {}, []
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        if not us or e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        name = e.key.lower()
+        kind = next((k for k, frags in KERNEL_KINDS if any(f in name for f in frags)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + us / 1e3
+        top.append((us / 1e3, e.count, e.key[:90]))
+    busy = sum(kinds.values())
+    top.sort(reverse=True)
+    return {
+        "wall_ms": wall * 1e3,
+        "busy_ms": busy,
+        "kinds_ms": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
+        "top": top[:12],
+    }
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -201,6 +249,7 @@ def main(argv=None):
     ap.add_argument("--compare", action="store_true", help="latents vs eager's and the bf16 noise floor")
     ap.add_argument("--until", type=float, default=0, help="unix time: start no variant after it")
     ap.add_argument("--fp8", action="store_true", help="decoder linears in fp8 (core.fp8.convert_to_fp8)")
+    ap.add_argument("--profile", action="store_true", help="kernel time by kind over a 3-step call (CUDA)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
@@ -259,6 +308,15 @@ def main(argv=None):
             torch.cuda.empty_cache()
     if args.json:
         Path(args.json).write_text(json.dumps({"floor": floor, "rows": rows}, indent=2))
+    for r in rows:
+        prof = r.get("profile")
+        if prof:
+            print(
+                f"\nprofile {r['variant']}: 3 steps, wall {prof['wall_ms']:.0f} ms, GPU busy {prof['busy_ms']:.0f} ms"
+            )
+            print("  " + ", ".join(f"{k} {v:.1f} ms" for k, v in prof["kinds_ms"].items()))
+            for ms, n, name in prof["top"]:
+                print(f"  {ms:8.2f} ms {n:5d}x {name}")
     print(
         f"\nfull width{' fp8' if args.fp8 else ''}, {args.layers} layers, {args.size}^2, {args.steps} steps, CFG {GUIDANCE}, one image; "
         f"noise floor {floor if floor is None else f'{floor:.2e}'}"

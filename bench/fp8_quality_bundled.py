@@ -19,7 +19,8 @@ Parts:
           the fp32 base and on an fp8 base (weight-only, float32 compute: the CPU trainer), each scored with its
           trigger on the bf16 and the fp8 base (style score on 8 held-out prompts): does a LoRA move across?
   merge   that LoRA (trained on fp32) applied beside the linears (hooks: the slots' arithmetic) and merged into the
-          weights (core.lora.merge; an fp8 base re-quantised with the LoRA in it), on the bf16 and fp8 bases:
+          weights (core.lora.merge; an fp8 base re-quantised with the LoRA in it, from its full-precision linears,
+          and "merged-fp8" from its fp8 values), on the bf16 and fp8 bases:
           style score with the trigger on the 8 held-out prompts, and the images' difference merged vs hooks
 The JSON of each part is printed and written to --out.
 """
@@ -170,21 +171,26 @@ def _train_style_lora(data: Path, run_dir: Path, base_precision: str) -> Path:
     return train(cfg).lora_file
 
 
-def merged_vs_hooks(tok, out_dir: Path) -> dict:
+def merged_vs_hooks(tok, out_dir: Path, bases=("bf16", "fp8")) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "core"))
     import numpy as np
     from test_style_lora import EVAL, TRIGGER, style_dataset
 
-    from core.lora import install_lora_merging, load_lora, set_loras
+    from core.loading import read_weights
+    from core.lora import full_weight_names, install_lora_merging, load_lora, set_loras
 
     file = _train_style_lora(style_dataset(out_dir / "style", hatched=12, plain=12), out_dir / "run-bf16", "bf16")
     prompts = [s.caption(TRIGGER) for s in EVAL]
     out = {}
-    for base in ("bf16", "fp8"):
+    for base in bases:
         images = {}
-        for how in ("none", "hooks", "merged"):
+        # an fp8 base merges from its full-precision linears (the worker's way), or, "merged-fp8", from its fp8 values
+        for how in ("none", "hooks", "merged") + (("merged-fp8",) if base == "fp8" else ()):
             model = load(base, tok)
             if how == "merged":
+                full = read_weights(MODEL, full_weight_names(model), BASES[base]["dtype"])
+                install_lora_merging(model, full_weights=full)
+            if how == "merged-fp8":
                 install_lora_merging(model)
             if how != "none":
                 set_loras(model, [(load_lora(model, file), 1.0)])
@@ -192,9 +198,10 @@ def merged_vs_hooks(tok, out_dir: Path) -> dict:
                 images[how] = Sampler(model, tok, preview_every=0)(prompts, **SAMPLING)
             out[f"{base} base, {how}: style"] = round(sum(map(style_score, images[how])) / len(prompts), 4)
         arr = {k: np.stack([np.asarray(i, dtype=np.float64) for i in v]) for k, v in images.items()}
-        out[f"{base} base: mean |merged - hooks| (0-255)"] = round(
-            float(np.abs(arr["merged"] - arr["hooks"]).mean()), 3
-        )
+        for how in [h for h in arr if h.startswith("merged")]:
+            out[f"{base} base: mean |{how} - hooks| (0-255)"] = round(
+                float(np.abs(arr[how] - arr["hooks"]).mean()), 3
+            )
         out[f"{base} base: mean |hooks - none| (0-255)"] = round(
             float(np.abs(arr["hooks"] - arr["none"]).mean()), 3
         )
@@ -222,7 +229,7 @@ def main() -> None:
     if "lora" in parts:
         result["lora_style_score"] = lora_both_ways(tok, out)
     if "merge" in parts:
-        result["merged_vs_hooks"] = merged_vs_hooks(tok, out)
+        result["merged_vs_hooks"] = merged_vs_hooks(tok, out, [b for b in ("bf16", "fp8") if b in names])
     (out / "fp8_quality.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 

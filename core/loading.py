@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors import safe_open
@@ -195,6 +196,30 @@ def load_model(
     if tok is not None:
         set_token_ids(model, tok)
     return model
+
+
+def read_weights(path, names, dtype, device="cpu") -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for each of `names` (our state-dict names), read from the checkpoint one at a time and cast
+    to `dtype` on `device` exactly as load_model casts them: e.g. an fp8 base's full-precision linears, which
+    LoRA merging rounds from (core.lora.merge). A name the checkpoint lacks is a CheckpointError, before any
+    tensor is read."""
+    files, prefix, _ = _checkpoint_files(Path(path))
+    wanted, where = set(names), []
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            where += [(file, key, _our_name(key, prefix)) for key in f.keys() if _our_name(key, prefix) in wanted]
+    missing = wanted - {name for _, _, name in where}
+    if missing:
+        raise CheckpointError(f"{path}: missing keys: {_head(sorted(missing))}")
+    device = torch.device(device)
+    read_on = "cpu"
+    if device.type == "cuda":
+        read_on = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+    for file in files:
+        with safe_open(str(file), framework="pt", device=read_on) as f:
+            for _, key, name in [w for w in where if w[0] == file]:
+                t = f.get_tensor(key)
+                yield name, (t.to(dtype) if t.is_floating_point() else t).to(device)
 
 
 def _n_layers(cfg: Qwen3VLConfig) -> int:

@@ -94,8 +94,8 @@ class ModelHost:
         with self._load_lock:
             if self._model is None:
                 from core.fp8 import resolve_base_precision
-                from core.loading import load_model, load_tokenizer
-                from core.lora import install_lora_merging, install_lora_slots
+                from core.loading import load_model, load_tokenizer, read_weights
+                from core.lora import full_weight_names, install_lora_merging, install_lora_slots
 
                 device, dtype = pick_device()
                 precision = resolve_base_precision(self.base_precision, device)
@@ -113,7 +113,9 @@ class ModelHost:
                 )
                 self.lora_mode = self._choose_lora_mode(model)
                 if self.lora_mode == "merge":
-                    n = install_lora_merging(model)
+                    # an fp8 base keeps its linears in full precision, read again: merges round from them
+                    full = read_weights(self.model_path, full_weight_names(model), dtype, device)
+                    n = install_lora_merging(model, full_weights=full)
                     log.info("LoRAs merged into the weights; the base of %d linears kept aside", n)
                 elif self.lora_mode == "slots":
                     n = install_lora_slots(model, self.lora_max_rank)
@@ -123,7 +125,6 @@ class ModelHost:
             return self._model
 
     def _choose_lora_mode(self, model) -> str:
-        from core.fp8 import base_precision_of
         from core.lora import merge_copy_bytes
         from worker.memory_plan import choose_lora_mode, gpu_memory
 
@@ -135,7 +136,6 @@ class ModelHost:
             free_bytes=gpu_memory()[0] if on_gpu else None,
             copy_bytes=merge_copy_bytes(model),
             reserve_bytes=self.merge_reserve_bytes,
-            base_precision=base_precision_of(model),
         )
 
     def release(self) -> bool:

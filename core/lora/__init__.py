@@ -26,7 +26,10 @@ _LAZY = {
         "export",
     ),
     **dict.fromkeys(("BoundLora", "LoraFile", "bind_lora", "module_index", "read_lora"), "formats"),
-    **dict.fromkeys(("install_lora_merging", "lora_merging", "merge_copy_bytes", "remove_lora_merging"), "merge"),
+    **dict.fromkeys(
+        ("full_weight_names", "install_lora_merging", "lora_merging", "merge_copy_bytes", "remove_lora_merging"),
+        "merge",
+    ),
     **dict.fromkeys(
         ("install_lora_slots", "lora_slots", "remove_lora_slots", "slot_capacity", "slots_forced_on", "slots_on"),
         "slots",
@@ -100,6 +103,7 @@ __all__ = [
     "set_adapter_enabled",
     "set_loras",
     "target_names",
+    "full_weight_names",
     "install_lora_merging",
     "install_lora_slots",
     "lora_merging",

@@ -49,3 +49,38 @@ def test_fp8_offloaded_worker_generates_with_a_lora_like_the_bf16_one(gctx, monk
     assert diff.mean() < 8  # 0-255 levels (a different but close image; identical would mean fp8 did nothing)
     assert diff.max() > 0
     assert lora_effect > 4 * diff.mean()  # the LoRA acts on the fp8 base, and far more than fp8 moves the image
+
+
+def test_an_fp8_worker_merges_loras_from_the_full_precision_linears_and_restores_its_base(gctx, monkeypatch):
+    """O1LORA_LORA_APPLY=merge on an fp8 base: the linears are kept in full precision (read again from the
+    checkpoint), the LoRA image is the slots' within fp8 rounding, and a plain request after it gives the plain
+    image exactly (un-merging re-quantises to the loaded weights)."""
+    from test_worker_generation_fast import use_host
+
+    from core.fp8 import fp8_linears
+    from core.lora import lora_merging
+
+    c = gctx
+    with c.sessions() as s:
+        owner = create_owner(s, name="fp8m")
+    lora = make_lora(c, c.settings.model_path, owner.id, seed=3)
+    images = {}
+    for mode in ("slots", "merge"):
+        h = use_host(monkeypatch, c, lora_apply=mode, base_precision="fp8")
+        for name, loras in [("plain", []), ("lora", [{"id": lora, "scale": 1.0}]), ("plain after", [])]:
+            gen = new_generation(c, owner.id, loras=loras, num_images=1, prompt="a red circle", seed=7)
+            assert generation.run_generation(gen.id, c) == "succeeded"
+            images[mode, name] = pixels(c, gen.id)[0]
+        model = h.model()
+        assert h.lora_mode == mode and fp8_linears(model)
+        if mode == "merge":
+            kept = lora_merging(model).base
+            fp8_kept = [w for p, (w, scale) in kept.items() if p in fp8_linears(model)]
+            assert fp8_kept and all(w.dtype == model.dtype for w in fp8_kept)  # full precision, not e4m3
+    lora_effect = np.abs(images["slots", "lora"] - images["slots", "plain"]).mean()
+    merged_vs_slots = np.abs(images["merge", "lora"] - images["slots", "lora"]).mean()
+    print(f"fp8 worker: LoRA effect {lora_effect:.2f} levels, merged vs slots {merged_vs_slots:.2f}")
+    assert lora_effect > 5 * merged_vs_slots
+    for mode in ("slots", "merge"):
+        assert np.array_equal(images[mode, "plain after"], images[mode, "plain"])
+    assert np.array_equal(images["merge", "plain"], images["slots", "plain"])
