@@ -29,6 +29,7 @@ The markdown table is printed last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import sys
@@ -73,6 +74,9 @@ VARIANTS = {
     "ours-b4": Variant("ours-b4", batch=4, checkpointing="auto"),
 }
 DEFAULT = "recipe,ours,ours-nockpt,ours-eager,ours-2048,ours-b4"
+
+
+SDPA_BACKENDS: list = []  # --sdpa
 
 
 def model_spec(tiny: bool):
@@ -179,17 +183,21 @@ def profile_step(step, on_cuda: bool, top: int = 8) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    float(step())  # the step before ends here: the profiled one starts with the GPU idle
     with profile(activities=acts) as prof:
+        t = time.perf_counter()
         float(step())
+        wall = time.perf_counter() - t
     key = "self_device_time_total" if on_cuda else "self_cpu_time_total"
     events = prof.key_averages()
-    kernels = sum(
-        e.count
-        for e in events
-        if on_cuda and getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA")
-    )
+    gpu = [e for e in events if on_cuda and str(getattr(e, "device_type", "")).endswith("CUDA")]
+    kernels = sum(e.count for e in gpu)
+    busy = sum(getattr(e, key, 0) for e in gpu) / 1e3
     table = events.table(sort_by=key, row_limit=top, max_name_column_width=60)
-    return f"   kernels launched in one step: {kernels if on_cuda else 'n/a (CPU)'}\n{table}"
+    return (
+        f"   one step: wall {wall * 1e3:.1f} ms, GPU kernels {busy:.1f} ms, "
+        f"{kernels if on_cuda else 'n/a (CPU)'} kernels\n{table}"
+    )
 
 
 def measure(v: Variant, spec, tokenizer, device, vocab, steps: int, warmup: int, profile: bool = False) -> dict:
@@ -212,6 +220,12 @@ def measure(v: Variant, spec, tokenizer, device, vocab, steps: int, warmup: int,
                 loss.item()  # the recipe logs every step: a host sync per step
             return loss
 
+        sdpa = contextlib.nullcontext()
+        if SDPA_BACKENDS:  # --sdpa: the attention backends allowed, in this order
+            from torch.nn.attention import sdpa_kernel
+
+            sdpa = sdpa_kernel(SDPA_BACKENDS, set_priority=True)
+        sdpa.__enter__()
         t0 = time.perf_counter()
         for _ in range(warmup):
             step()
@@ -228,6 +242,7 @@ def measure(v: Variant, spec, tokenizer, device, vocab, steps: int, warmup: int,
         peak = torch.cuda.max_memory_allocated() / 2**30 if on_cuda else float("nan")
         if profile:
             print(profile_step(step, on_cuda), flush=True)
+        sdpa.__exit__(None, None, None)
         n_tokens = (v.resolution // 32) ** 2
         batches.close()
     del trainer, model, batches
@@ -255,7 +270,22 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; tiny 1)")
     ap.add_argument("--no_compile", action="store_true", help="turn torch.compile off in every variant")
     ap.add_argument("--profile", action="store_true", help="after timing, profile one step per variant")
+    ap.add_argument(
+        "--sdpa",
+        default="",
+        help="SDPA backends allowed, in priority order, e.g. flash,efficient,math (default: torch's choice)",
+    )
     args = ap.parse_args(argv)
+    if args.sdpa:
+        from torch.nn.attention import SDPBackend
+
+        names = {
+            "flash": "FLASH_ATTENTION",
+            "efficient": "EFFICIENT_ATTENTION",
+            "math": "MATH",
+            "cudnn": "CUDNN_ATTENTION",
+        }
+        SDPA_BACKENDS[:] = [getattr(SDPBackend, names[b]) for b in args.sdpa.split(",")]
 
     from core.tiny import build_tokenizer
 

@@ -428,7 +428,8 @@ class Sampler:
             # Texts that happen to have one length would make a mask-free variant of the compiled step: a
             # compile in the middle of a request. An all-true key mask keeps the graph the warm-up built.
             prefix.ar_lengths = torch.full((len(texts),), prefix.n_ar, dtype=torch.long, device=device)
-        return prefix.select(torch.tensor(rows, device=device))
+        # CFG's two runs of rows (prompt, negative) attend to their own unpadded prompts: no key mask
+        return prefix.select(torch.tensor(rows, device=device)).grouped()
 
     # ------------------------------------------------------------------------------ the oracle
     @torch.no_grad()
@@ -508,12 +509,11 @@ def mark_prefix_dynamic(prefix) -> None:
     dim is marked too when above 1: every batch of 2+ rows shares one graph, a single row keeps its own
     (fully static) one."""
     batched = prefix.batch_size > 1
-    for k, v in prefix.kv.values():
-        for x in (k, v):
-            # maybe_: should a backend specialise the length after all, it recompiles per length, not fails
-            torch._dynamo.maybe_mark_dynamic(x, 2)
-            if batched:
-                torch._dynamo.maybe_mark_dynamic(x, 0)
+    for x in prefix.kv_tensors():
+        # maybe_: should a backend specialise the length after all, it recompiles per length, not fails
+        torch._dynamo.maybe_mark_dynamic(x, 2)
+        if x.shape[0] > 1:  # (a grouped prefix's runs of one row stay static, as a single-row batch does)
+            torch._dynamo.maybe_mark_dynamic(x, 0)
     if batched:
         torch._dynamo.maybe_mark_dynamic(prefix.gen_position_ids, 1)
         if prefix.ar_lengths is not None:

@@ -29,6 +29,7 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 WARMUP_PROMPT = "a photograph of a lighthouse on a rocky coast at dusk"  # any prompt: its length is dynamic
+WARMUP_OTHER_PROMPT = "a red circle"  # joined with the one above: prompts of two lengths, as continuous batching
 
 
 def pick_device() -> tuple[str, "object"]:
@@ -202,9 +203,11 @@ class ModelHost:
 
     def warm_up(self, sizes: list[tuple[int, int]], steps: int = 2) -> dict[str, float]:
         """Run a short sampling at each size so that every graph a request of that size needs is compiled
-        now: a 1-image request (CFG batched: one 2-row graph, which also serves any batch; CFG as two calls:
-        the 1-row graph; there, several images in one call (a multi-image request or continuous batching)
-        compile their graphs, two more, on first use), with the LoRA slots off (plain requests) and on
+        now. CFG batched, a batch is one of three kinds, each its own graph (core.model.PrefixCache.grouped):
+        one image (the prompt's row and the negative's, each over its own unpadded prompt), several images of
+        one prompt (runs of n rows), and requests of several prompts joined by continuous batching (padded,
+        masked); so the warm-up samples one image, two images, and two prompts. CFG as two calls: the same
+        calls compile its one-row and several-row graphs. All with the LoRA slots off (plain requests) and on
         (any LoRA set); merged LoRAs need no second variant. Returns seconds per size; the model is loaded first
         (its time is not counted)."""
         from core.lora import slots_forced_on
@@ -217,9 +220,9 @@ class ModelHost:
                 t = time.perf_counter()
                 for force in (False, True) if self.lora_mode == "slots" else (False,):
                     with slots_forced_on(self._model) if force else contextlib.nullcontext():
-                        sampler.sample(
-                            [ImageSpec(WARMUP_PROMPT, " ", 0)], width=w, height=h, steps=steps, return_latents=True
-                        )
+                        one = ImageSpec(WARMUP_PROMPT, " ", 0)
+                        for batch in ([one], [one, one], [one, ImageSpec(WARMUP_OTHER_PROMPT, " ", 0)]):
+                            sampler.sample(batch, width=w, height=h, steps=steps, return_latents=True)
                 _sync(self._model)
                 self.warmed[f"{w}x{h}"] = time.perf_counter() - t
                 log.info("warm-up %dx%d: %.1f s (compiled: %s)", w, h, self.warmed[f"{w}x{h}"], sampler.compiled)

@@ -223,3 +223,26 @@ def test_edit_prefix_with_vision_tower_equals_forward(tiny):
     torch.testing.assert_close(den, out[batch.vinput_mask].view(1, 8, -1), atol=ATOL, rtol=ATOL)
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=ATOL)
     assert (no_image - out)[batch.vinput_mask].abs().max() > 1e-3  # the vision tower matters
+
+
+def test_a_grouped_prefix_attends_without_a_mask_and_gives_the_masked_result(tiny):
+    """CFG rows (2 of the prompt, 2 of a shorter negative): grouped, each run of rows sees only its own real
+    prompt keys (no mask, no pads); the denoise equals the padded, masked one. Batches of one length or of more
+    than two runs stay masked."""
+    model, tok = tiny
+    prompt, negative = "a small green square in the bottom right", " "
+    batch = collate([build_t2i(tok, prompt, H, W), build_t2i(tok, negative, H, W)])
+    with torch.no_grad():
+        prefix = model.encode_prefix(batch).select(torch.tensor([0, 0, 1, 1]))
+        grouped = prefix.grouped()
+        lengths = [s.text_length - 1 for s in (build_t2i(tok, prompt, H, W), build_t2i(tok, negative, H, W))]
+        assert grouped.groups == (2, 2) and grouped.key_mask(5) is None and prefix.key_mask(5) is not None
+        assert [k.shape[2] for k, _ in grouped.kv[0]] == lengths  # the negative's keys are cut, not masked
+        v, t = torch.randn(4, batch.n_image, 3072), torch.tensor([0.2, 0.7, 0.2, 0.7])
+        torch.testing.assert_close(model.denoise(grouped, v, t), model.denoise(prefix, v, t), atol=ATOL, rtol=ATOL)
+        three = model.encode_prefix(
+            collate([build_t2i(tok, p, H, W) for p in ("a red circle", "two blue squares at the top", " ")])
+        )
+        assert three.grouped() is three  # three runs: masked
+        same = model.encode_prefix(batch).select(torch.tensor([0, 0]))
+        assert same.grouped() is same  # one length: nothing to cut
