@@ -7,8 +7,8 @@ import io
 import os
 
 import numpy as np
-import torch
 import pytest
+import torch
 from test_worker_generation import gctx, make_lora, new_generation, png  # noqa: F401 (fixtures)
 
 from db.generations import get_generation
