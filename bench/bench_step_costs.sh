@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # One device run: where a full-size step's time goes (issues 8 and 15).  bench/bench_step_costs.sh [OUT] [SECONDS]
-#   A: training 1024^2 without checkpointing: one caption unpadded / padded to the trainer's 32-token buckets,
-#      and captions of 12 lengths (padded): what the prompt buckets cost and what they save;
-#   B: attention kernels for a key-padding mask (bench_attention.py);
-#   C: the generation worker's compiled denoise, fp8 (plain, LoRA slots) then bf16 (LoRA merged), with a kernel
-#      profile of 3 steps each;
-#   D: `python -m core.train` with its defaults on a full-size checkpoint in the official layout.
+#   A: the generation worker's compiled denoise at 36 layers, fp8 (no LoRA, LoRA merged) with a kernel profile of
+#      3 steps, then bf16 (LoRA merged);
+#   B: training 1024^2 without checkpointing, one caption vs captions of 12 lengths, with a profiled step, under
+#      torch's SDPA choice and again with cuDNN attention left out (--sdpa flash,efficient,math);
+#   C: attention kernels for a key-padding mask (bench_attention.py).
 # GPU clocks and power are logged once a second (dmon.log) with each part's start time (parts.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,23 +16,23 @@ left() { echo $(( END - $(date +%s) )); }
 part() { echo "$(date +%T) $1" | tee -a "$OUT/parts.log"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader
 (nvidia-smi dmon -s pc -o T -d 1 > "$OUT/dmon.log" 2>&1 &)
-part A
-timeout $(( $(left) - 330 )) python3 bench/bench_training.py --variants ours-nockpt-nopad,ours-nockpt,ours-varied \
-  --warmup 14 --steps 10 2>&1 | tee "$OUT/train.log"
+part A-fp8
+timeout $(( $(left) - 380 )) python3 bench/bench_denoise_paths.py --layers 36 --reps 2 --profile --fp8 \
+  --variants layers,layers-merged 2>&1 | tee "$OUT/fp8.log"
+part A-bf16
+timeout $(( $(left) - 300 )) python3 bench/bench_denoise_paths.py --layers 36 --reps 2 --variants layers-merged \
+  2>&1 | tee "$OUT/bf16.log"
 part B
-timeout 90 python3 bench/bench_attention.py 2>&1 | tee "$OUT/attn.log"
-part C-fp8
-[ "$(left)" -gt 200 ] && timeout $(( $(left) - 150 )) python3 bench/bench_denoise_paths.py --layers 36 --reps 2 \
-  --profile --fp8 --variants layers,layers-slots 2>&1 | tee "$OUT/fp8.log"
-part C-bf16
-[ "$(left)" -gt 130 ] && timeout $(( $(left) - 100 )) python3 bench/bench_denoise_paths.py --layers 36 --reps 2 \
-  --profile --variants layers-merged 2>&1 | tee "$OUT/bf16.log"
-part D
-[ "$(left)" -gt 90 ] && python3 -m core.fullsize /tmp/o1-full > "$OUT/fullsize.log" 2>&1 && \
-  timeout $(( $(left) - 5 )) python3 bench/bench_train_paths.py --model /tmp/o1-full --paths cli-auto --steps 40 \
-  --timeout $(( $(left) - 10 )) 2>&1 | tee "$OUT/cli.log"
+timeout $(( $(left) - 160 )) python3 bench/bench_training.py --variants ours-nockpt,ours-varied --warmup 14 --steps 10 \
+  --profile 2>&1 | tee "$OUT/train.log"
+part B-nocudnn
+[ "$(left)" -gt 60 ] && timeout $(( $(left) - 30 )) python3 bench/bench_training.py --variants ours-nockpt,ours-varied \
+  --warmup 14 --steps 10 --sdpa flash,efficient,math 2>&1 | tee "$OUT/train_nocudnn.log"
+part C
+[ "$(left)" -gt 25 ] && timeout $(( $(left) - 5 )) python3 bench/bench_attention.py 2>&1 | tee "$OUT/attn.log"
 part end
-for f in train attn fp8 bf16 cli; do
-  [ -f "$OUT/$f.log" ] && { echo "== $f"; sed -n '/^| /,$p' "$OUT/$f.log" | grep -v '^{' | tail -25; }
+for f in fp8 bf16 train train_nocudnn attn; do
+  [ -f "$OUT/$f.log" ] && { echo "== $f"; sed -n '/^| /,$p' "$OUT/$f.log" | grep -v '^{' | tail -12; }
 done
-grep -h "^profile\|^  [a-z]" "$OUT/fp8.log" "$OUT/bf16.log" 2>/dev/null | head -40
+grep -h "^profile\|^  [a-z]" "$OUT/fp8.log" 2>/dev/null | head -6
+grep -h "one step:" "$OUT/train.log" 2>/dev/null
