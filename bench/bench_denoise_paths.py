@@ -134,7 +134,7 @@ def run_variant(name: str, model, tok, prompts: tuple[str, str], args, device) -
     if static:
         static.__enter__()
     try:
-        s = Sampler(model, tok, preview_every=0, compile=compile_, compile_scope=scope)
+        s = Sampler(model, tok, preview_every=0, compile=compile_, compile_scope=scope, cuda_graph=args.cuda_graph)
         size = args.size
         kw = dict(width=size, height=size, guidance=GUIDANCE, return_latents=True)
         with_lora = slots and not name.endswith("-off")
@@ -178,7 +178,7 @@ def run_variant(name: str, model, tok, prompts: tuple[str, str], args, device) -
         r["s_image"] = statistics.median(times)
         r["ms_step"] = r["s_image"] / args.steps * 1e3
         r["est_s_36"] = r["s_image"] * 36 / args.layers
-        r["compile_failed"] = s.compile_failed
+        r["compile_failed"] = s.compile_failed or s.graph_failed
         r["latents"] = z.float().cpu()
         if device.type == "cuda":
             r["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -249,6 +249,9 @@ def main(argv=None):
     ap.add_argument("--compare", action="store_true", help="latents vs eager's and the bf16 noise floor")
     ap.add_argument("--until", type=float, default=0, help="unix time: start no variant after it")
     ap.add_argument("--fp8", action="store_true", help="decoder linears in fp8 (core.fp8.convert_to_fp8)")
+    ap.add_argument(
+        "--cuda-graph", action="store_true", help="Sampler(cuda_graph=True): each request's step replayed"
+    )
     ap.add_argument("--profile", action="store_true", help="kernel time by kind over a 3-step call (CUDA)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)

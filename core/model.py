@@ -19,6 +19,7 @@ length of `input_ids` (AR tokens + tms). Pad keys are masked with a [B, 1, 1, S]
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -316,13 +317,23 @@ class HiDreamO1(nn.Module):
     def gradient_checkpointing_disable(self):
         self.gradient_checkpointing = False
 
-    def compile_layers(self, backend="inductor") -> None:
+    def compile_layers(self, backend="inductor", mode: str | None = None) -> None:
         """Regional torch.compile: one compiled function shared by every decoder layer (same code, the layer's
         weights as inputs), with gradient checkpointing traced inside it so that the backward's recompute runs
         compiled too (a checkpoint around a compiled module recomputes through saved-tensor hooks, which
         torch.compile does not trace). Sampling uses it too (Sampler(compile_scope="layers")): one layer's graph
         compiles in a fraction of the whole denoise's time, and a new shape recompiles only that small graph."""
-        self._layer_fn = torch.compile(run_layer, backend=backend)
+        self._layer_fn = torch.compile(run_layer, backend=backend, mode=mode)
+
+    @contextmanager
+    def layers_eager(self) -> Iterator[None]:
+        """The decoder layers run uncompiled inside this block; the compiled function (the same object, so nothing
+        recompiles) is back after it."""
+        fn, self._layer_fn = self._layer_fn, run_layer
+        try:
+            yield
+        finally:
+            self._layer_fn = fn
 
     def eager_layers(self) -> None:
         """Undo compile_layers (a failed compilation falls back to this)."""

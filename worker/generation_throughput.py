@@ -70,6 +70,7 @@ def main(argv=None) -> list[dict]:
         args.model,
         s.lora_cache_size,
         compile=s.generate_compile,
+        cuda_graphs=s.generate_cuda_graphs,
         lora_max_rank=s.lora_max_rank,
         cfg_split_pixels=s.cfg_split_pixels,
     )

@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="torch.compile the decoder layers; auto: on CUDA (a bare --compile means on)",
     )
+    ap.add_argument(
+        "--cuda_graphs",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="replay the compiled decoder layers as CUDA graphs; auto: one process on CUDA, no offload, no references",
+    )
     ap.add_argument("--num_workers", type=int, default=2, help="DataLoader workers decoding images")
     taken = {a.dest for a in ap._actions}
     notes = _field_comments()
@@ -102,6 +108,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     kw["extra_targets"] = tuple(a.extra_targets)
     kw["gradient_checkpointing"] = {"auto": "auto", "on": True, "off": False}[a.gradient_checkpointing]
     kw["compile"] = {"auto": "auto", "on": True, "off": False}[a.compile]
+    kw["cuda_graphs"] = {"auto": "auto", "on": True, "off": False}[a.cuda_graphs]
     return TrainConfig(**kw)
 
 

@@ -157,8 +157,6 @@ class Trainer:
             self.model.gradient_checkpointing_enable()
         # Compiled layers are what bench_training.py's "ours" measures; eager costs ~1.5x per step on an H200.
         self.compiled = cfg.compile is True or (cfg.compile == "auto" and on_cuda)
-        if self.compiled:
-            self.model.compile_layers()
         # layouts are built here on the CPU: the model's value checks would block on the GPU every step
         self.model.validate_inputs = not on_cuda
         self.model.train()
@@ -173,6 +171,9 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
         data = self._data(data, on_cuda)
         self.data = data
+        self.cuda_graphs = self._want_cuda_graphs(on_cuda)
+        if self.compiled:
+            self.model.compile_layers(mode="reduce-overhead" if self.cuda_graphs else None)
         # an edit dataset: the frozen vision tower's features per sample (and flip), computed once (vision_cache)
         frozen = self._with_references and not any(p.requires_grad for p in self.model.model.visual.parameters())
         self.vision_cache = VisionCache(self.device) if frozen else None
@@ -254,6 +255,21 @@ class Trainer:
         if self.dist.active:
             data.shard(self.dist.rank, self.dist.world)
         return data
+
+    def _want_cuda_graphs(self, on_cuda: bool) -> bool:
+        """Whether the compiled decoder layer replays CUDA graphs (torch.compile's "reduce-overhead": inductor's
+        cudagraph trees). A full-size step launches ~5,400 kernels; compiled without graphs the GPU was busy 75 of
+        a 186 ms step (fp8, 1024^2, H200) and the step ran 0.163 s, with graphs 0.076 s (0.085 s with
+        checkpointing: bench/RESULTS.md). "auto": on for a compiled CUDA run in one process on text-to-image data
+        with every layer resident; several processes (DDP's gradient hooks), offloaded layers (their weights
+        stream into shared slots) and reference images (one forward per sample, each of its own shape) keep the
+        plain compiled layer: not measured with graphs."""
+        cfg = self.cfg
+        if not self.compiled or cfg.cuda_graphs is False:
+            return False
+        if cfg.cuda_graphs is True:
+            return True
+        return on_cuda and not self.dist.active and not cfg.offload_blocks and not self._with_references
 
     @property
     def _with_references(self) -> bool:
@@ -478,6 +494,8 @@ class Trainer:
     def train_step(self, batches) -> torch.Tensor:
         """One optimizer step over grad_accum micro-batches from `batches`; returns the loss, not synced."""
         cfg = self.cfg
+        if self.cuda_graphs:  # a new iteration: the graphs may reuse the memory of the last step's outputs
+            torch.compiler.cudagraph_mark_step_begin()
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for i in range(cfg.grad_accum):
@@ -610,7 +628,10 @@ class Trainer:
             if off:
                 set_adapter_enabled(self.model, False)
             try:
-                point = self.validator.evaluate(self.model, self._inputs, bf16=self.bf16, tokenizer=self.tokenizer)
+                with self._side_calls():
+                    point = self.validator.evaluate(
+                        self.model, self._inputs, bf16=self.bf16, tokenizer=self.tokenizer
+                    )
             finally:
                 if off:
                     set_adapter_enabled(self.model, True)
@@ -649,11 +670,17 @@ class Trainer:
         raw, n = self._ema
         return raw / (1 - LOSS_EMA_BETA**n) if n else None
 
+    def _side_calls(self):
+        """Validation and previews: the layers uncompiled when the training step replays CUDA graphs, so that the
+        graphs serve the training shapes alone (a preview's denoise has shapes of its own); the same compiled
+        function comes back after, nothing recompiles."""
+        return self.model.layers_eager() if self.cuda_graphs else contextlib.nullcontext()
+
     def _preview(self) -> None:
         from core.train.preview import render_previews
 
         side = self.cfg.sample_size or self.cfg.resolution
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with self._side_calls(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             paths = render_previews(
                 self.model,
                 self.tokenizer,
