@@ -275,7 +275,7 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
     width, height = int(p["width"]), int(p["height"])
     deadline = time.monotonic() + c.settings.generate_time_limit_s
     h = host(c)
-    with h.lock:
+    with h.serving():  # before a warm-up's remaining calls
         model = h.model()
         refs = p.get("loras", [])
         loras = [

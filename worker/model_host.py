@@ -90,6 +90,7 @@ class ModelHost:
         self._loras: OrderedDict[str, object] = OrderedDict()
         self._load_lock = threading.Lock()
         self.lock = threading.RLock()
+        self._waiting, self._waiting_lock = 0, threading.Lock()  # requests waiting in serving()
         self.loads = 0  # how many times the base was loaded (tests check it stays 1 across LoRA swaps)
         self.warmed: dict[str, float] = {}  # "WxH" -> seconds its warm-up took (compile included)
 
@@ -140,6 +141,22 @@ class ModelHost:
             copy_bytes=merge_copy_bytes(model),
             reserve_bytes=self.merge_reserve_bytes,
         )
+
+    @contextlib.contextmanager
+    def serving(self):
+        """The host's lock, for a request: it goes before any warm-up call still to come (warm_up waits while a
+        request waits; a plain lock would let the warm-up thread take it back at once, call after call)."""
+        with self._waiting_lock:
+            self._waiting += 1
+        try:
+            self.lock.acquire()
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def release(self) -> bool:
         """Drop the base and the bound LoRAs (a training needs the GPU); the next model() loads it again.
@@ -226,18 +243,25 @@ class ModelHost:
         from core.sampler import ImageSpec
 
         self.model()
-        with self.lock:
-            sampler = self.sampler
-            for w, h in sizes:
-                t = time.perf_counter()
-                for force in (False, True) if self.lora_mode == "slots" else (False,):
-                    with slots_forced_on(self._model) if force else contextlib.nullcontext():
-                        one = ImageSpec(WARMUP_PROMPT, " ", 0)
-                        for batch in ([one], [one, one], [one, ImageSpec(WARMUP_OTHER_PROMPT, " ", 0)]):
-                            sampler.sample(batch, width=w, height=h, steps=steps, return_latents=True)
-                _sync(self._model)
-                self.warmed[f"{w}x{h}"] = time.perf_counter() - t
-                log.info("warm-up %dx%d: %.1f s (compiled: %s)", w, h, self.warmed[f"{w}x{h}"], sampler.compiled)
+        one = ImageSpec(WARMUP_PROMPT, " ", 0)
+        for w, h in sizes:
+            t = time.perf_counter()
+            for force in (False, True) if self.lora_mode == "slots" else (False,):
+                for batch in ([one], [one, one], [one, ImageSpec(WARMUP_OTHER_PROMPT, " ", 0)]):
+                    # the lock is taken per call: a request that arrives meanwhile waits for one warm-up call
+                    # (one graph's compile), not for all of them (on an H200 the second request of a cold worker
+                    # waited 15 s for the whole warm-up)
+                    while self._waiting:  # requests first
+                        time.sleep(0.005)
+                    with self.lock:
+                        if self._model is None:  # released meanwhile (a training has the GPU): stop here
+                            log.info("warm-up stopped: the model was released")
+                            return dict(self.warmed)
+                        with slots_forced_on(self._model) if force else contextlib.nullcontext():
+                            self.sampler.sample(batch, width=w, height=h, steps=steps, return_latents=True)
+                            _sync(self._model)
+            self.warmed[f"{w}x{h}"] = time.perf_counter() - t
+            log.info("warm-up %dx%d: %.1f s (compiled: %s)", w, h, self.warmed[f"{w}x{h}"], self.sampler.compiled)
         return dict(self.warmed)
 
 

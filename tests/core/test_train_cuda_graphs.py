@@ -3,8 +3,6 @@ previews then run the layers uncompiled without losing the compiled function (no
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from test_train import flat_images, tiny  # noqa: F401 (fixtures)

@@ -182,3 +182,34 @@ def test_the_pngs_of_a_batch_are_encoded_in_parallel_in_order_and_lossless():
         back = Image.open(io.BytesIO(png_bytes))
         assert back.format == "PNG" and np.array_equal(np.asarray(back), np.asarray(image))
     assert generation.encode_pngs(images[:1]) == pngs[:1] and generation.encode_pngs([]) == []
+
+
+def test_a_request_during_the_warm_up_waits_for_one_warm_up_call_not_for_all(gctx, monkeypatch):
+    """On an H200 the second request of a cold worker waited 15 s for the whole warm-up (three compiles). Now the
+    warm-up takes the host's lock per call and lets a waiting request go first."""
+    import threading
+    import time
+
+    h = use_host(monkeypatch, gctx)
+    h.model()
+    started = []
+    real = type(h.sampler).sample
+
+    def slow_sample(self, images, **kw):
+        started.append(time.perf_counter())
+        time.sleep(0.3)  # a compile
+        return real(self, images, **kw)
+
+    monkeypatch.setattr(type(h.sampler), "sample", slow_sample)
+    warm = threading.Thread(target=h.warm_up, args=([(64, 32)],))
+    warm.start()
+    while not started:
+        time.sleep(0.005)
+    t = time.perf_counter()
+    with h.serving():
+        waited, calls_before = time.perf_counter() - t, len(started)
+        time.sleep(0.1)  # the request runs; the warm-up does not start a call meanwhile
+        assert len(started) == calls_before
+    warm.join(timeout=30)
+    assert calls_before == 1 and waited < 0.45, (calls_before, waited)  # one call of 0.3 s, not three
+    assert len(started) == 3 and "64x32" in h.warmed  # the warm-up finished after the request
