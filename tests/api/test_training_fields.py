@@ -42,6 +42,7 @@ NOT_IN_REQUEST = {
     "precision",
     "gradient_checkpointing",
     "compile",
+    "cuda_graphs",  # like compile: the worker's GPU business
     "offload_blocks",  # the worker's GPU memory business, like gradient_checkpointing
     "log_every",
     "prefetch",
