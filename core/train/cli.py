@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
         "--cuda_graphs",
         choices=("auto", "on", "off"),
         default="auto",
-        help="replay the compiled decoder layers as CUDA graphs; auto: one process on CUDA, no offload, no references",
+        help="replay the compiled decoder layers as CUDA graphs; auto: one CUDA process, no offload, no references, "
+        "grad_accum 1",
     )
     ap.add_argument("--num_workers", type=int, default=2, help="DataLoader workers decoding images")
     taken = {a.dest for a in ap._actions}

@@ -64,7 +64,8 @@ class TrainConfig:
     compile: bool | str = "auto"  # torch.compile the decoder layers (one shared compiled call,
     # gradient checkpointing traced inside it); "auto": on CUDA
     cuda_graphs: bool | str = "auto"  # replay the compiled decoder layers as CUDA graphs (2.1x per step at
-    # 1024^2 on an H200); "auto": on for a compiled CUDA run in one process, no offload, no reference images
+    # 1024^2 on an H200); "auto": on for a compiled CUDA run in one process, no offload, no reference images,
+    # grad_accum 1
     log_every: int = 1  # on_step every K steps (read one step late: no step waits for the GPU)
     prefetch: int = 2  # batches decoded ahead by a background thread (0: inline)
     grad_sync: str = "auto"  # several GPUs: "overlap" (all-reduce during backward) | "after" | "auto"

@@ -261,15 +261,18 @@ class Trainer:
         cudagraph trees). A full-size step launches ~5,400 kernels; compiled without graphs the GPU was busy 75 of
         a 186 ms step (fp8, 1024^2, H200) and the step ran 0.163 s, with graphs 0.076 s (0.085 s with
         checkpointing: bench/RESULTS.md). "auto": on for a compiled CUDA run in one process on text-to-image data
-        with every layer resident; several processes (DDP's gradient hooks), offloaded layers (their weights
-        stream into shared slots) and reference images (one forward per sample, each of its own shape) keep the
-        plain compiled layer: not measured with graphs."""
+        with every layer resident and one micro-batch per step, as measured; several processes (DDP's gradient
+        hooks), offloaded layers (their weights stream into shared slots), reference images (one forward per
+        sample, each of its own shape) and gradient accumulation keep the plain compiled layer: not measured with
+        graphs."""
         cfg = self.cfg
         if not self.compiled or cfg.cuda_graphs is False:
             return False
         if cfg.cuda_graphs is True:
             return True
-        return on_cuda and not self.dist.active and not cfg.offload_blocks and not self._with_references
+        if not on_cuda or self.dist.active or cfg.offload_blocks or cfg.grad_accum > 1:
+            return False
+        return not self._with_references
 
     @property
     def _with_references(self) -> bool:

@@ -29,6 +29,8 @@ def test_cuda_graphs_auto_is_one_compiled_cuda_process_on_text_to_image_data(tin
     assert t._want_cuda_graphs(on_cuda=False) is False
     t.cfg = tiny_train_config(tiny, flat_images, tmp_path / "a", offload_blocks=1, gradient_checkpointing=True)
     assert t._want_cuda_graphs(on_cuda=True) is False  # offloaded layers stream their weights
+    t.cfg = tiny_train_config(tiny, flat_images, tmp_path / "a", grad_accum=2)
+    assert t._want_cuda_graphs(on_cuda=True) is False  # several micro-batches a step: not measured with graphs
     t.cfg = tiny_train_config(tiny, flat_images, tmp_path / "a", cuda_graphs=False)
     assert t._want_cuda_graphs(on_cuda=True) is False
     t.cfg = tiny_train_config(tiny, flat_images, tmp_path / "a", cuda_graphs=True)
