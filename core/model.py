@@ -215,6 +215,7 @@ class PrefixCache:
         """Each prompt repeated `copies` times (sample-major: p0,p0,..,p1,p1,..), sharing storage."""
         if copies == 1:
             return self
+        self._not_grouped("expand")
 
         def rep(x, dim):
             shape = list(x.shape)
@@ -227,6 +228,7 @@ class PrefixCache:
 
     def select(self, rows: torch.Tensor) -> "PrefixCache":
         """Row j of the result is row rows[j] of this prefix (e.g. [cond x k, uncond x k] for CFG)."""
+        self._not_grouped("select")
         rows = torch.as_tensor(rows, device=self.gen_position_ids.device)
         kv = {i: (k.index_select(0, rows), v.index_select(0, rows)) for i, (k, v) in self.kv.items()}
         lengths = None if self.ar_lengths is None else self.ar_lengths.index_select(0, rows)
@@ -254,6 +256,10 @@ class PrefixCache:
 
         kv = {i: [(cut(k, *r), cut(v, *r)) for r in runs] for i, (k, v) in self.kv.items()}
         return PrefixCache(kv, self.gen_position_ids, self.n_ar, None, tuple(r[1] for r in runs))
+
+    def _not_grouped(self, what: str) -> None:
+        if self.groups is not None:
+            raise ValueError(f"{what} a grouped prefix: select and expand rows first, then group them")
 
     def kv_tensors(self) -> Iterator[torch.Tensor]:
         """Every K and V tensor (of every group, when grouped)."""

@@ -243,6 +243,8 @@ def test_a_grouped_prefix_attends_without_a_mask_and_gives_the_masked_result(tin
         three = model.encode_prefix(
             collate([build_t2i(tok, p, H, W) for p in ("a red circle", "two blue squares at the top", " ")])
         )
+        with pytest.raises(ValueError, match="group them"):
+            grouped.select(torch.tensor([0]))
         assert three.grouped() is three  # three runs: masked
         same = model.encode_prefix(batch).select(torch.tensor([0, 0]))
         assert same.grouped() is same  # one length: nothing to cut
