@@ -197,3 +197,23 @@ def test_loading_holds_one_copy_in_host_ram(tmp_path):
     assert size > 30, size  # big enough to see
     print(f"bf16 model {size:.1f} MiB, peak private memory growth while loading {growth:.1f} MiB")
     assert growth < 1.5 * size, (size, growth)
+
+
+def test_read_weights_gives_named_tensors_from_every_layout_cast_as_loading_casts(source, folder, tmp_path):
+    """What an fp8 worker reads again to merge LoRAs from full precision (core.lora.merge): the same tensors as
+    load_model places, from shards or a ComfyUI file; a name the checkpoint lacks fails before any read."""
+    from core.loading import read_weights
+
+    model, tok = source
+    names = [
+        "model.language_model.layers.0.self_attn.q_proj.weight",
+        "model.language_model.layers.1.mlp.down_proj.weight",
+    ]
+    want = {n: model.state_dict()[n].to(torch.bfloat16) for n in names}
+    sharded = save_checkpoint(model, tmp_path / "sharded", tok, shards=3)
+    comfy = save_comfy_file(model, tmp_path / "comfy" / "o1.safetensors")
+    for path in (folder, sharded, comfy):
+        got = dict(read_weights(path, names, torch.bfloat16))
+        assert got.keys() == set(names) and all(torch.equal(got[n], want[n]) for n in names), path
+    with pytest.raises(CheckpointError, match="missing keys: model.nothing.weight"):
+        next(read_weights(folder, [*names, "model.nothing.weight"], torch.float32))
