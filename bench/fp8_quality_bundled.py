@@ -13,6 +13,7 @@ Bases compared (models/o1-shapes, the same weights; core/fp8.py):
 Parts:
   xpred   x_pred relative error against fp32, ||x - x_fp32|| / ||x_fp32||, over the 48 single-shape eval scenes
           (stream 999) at 128 px, rendered and noised at sigma 0.9 / 0.5 / 0.1 (fixed noise)
+  xpred-parts  the fp8 x_pred error (as a multiple of bf16's) with one kind of linear at a time weight-only
   scores  bench/eval_bundled.py's prompt-following measures and the mean style score, 48 single-shape and 16
           two-shape prompts, 20 steps, CFG 3, seed 0: the same seeds for every base
   lora    a hatched-style LoRA (tests/core/test_style_lora.py's small run: 12 + 12 images, 80 steps) trained on
@@ -83,6 +84,35 @@ def xpred_errors(tok, names) -> dict:
         errs["mean"] = round(sum(errs.values()) / 3, 5)
         out[name] = errs
         print(name, errs, flush=True)
+    return out
+
+
+@torch.no_grad()
+def xpred_parts(tok) -> dict:
+    """Which linears' fp8 activations cost the most: the fp8 base's x_pred error against float32 (sigma 0.5, 24
+    single-shape scenes) with one kind of linear at a time multiplying weight-only (its input not quantised),
+    then all of them; as multiples of bf16's error."""
+    from core.fp8 import fp8_linears
+
+    scenes = [sample_scene(999, i, two_shape_prob=0.0) for i in range(24)]
+    batch = collate([build_t2i(tok, s.caption(), 128, 128) for s in scenes])
+    x0 = torch.cat([patchify(_image(render(s, 128))) for s in scenes])
+    z = 0.5 * x0 + 0.5 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+
+    def x_pred(model, dtype):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            return model(**batch.model_inputs(z.to(dtype), 0.5)).x_pred[:, -x0.shape[1] :].float()
+
+    ref = x_pred(load("fp32", tok), torch.float32)
+    bf16 = rel(x_pred(load("bf16", tok), torch.bfloat16), ref)
+    model = load("fp8", tok)
+    linears = fp8_linears(model)
+    out = {"all scaled": round(rel(x_pred(model, torch.bfloat16), ref) / bf16, 2)}
+    for kind in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", ""):
+        for path, lin in linears.items():
+            lin.scaled_mm = not path.endswith(kind)  # "": every linear weight-only
+        out[f"{kind or 'all'} weight-only"] = round(rel(x_pred(model, torch.bfloat16), ref) / bf16, 2)
+        print(kind, out, flush=True)
     return out
 
 
@@ -224,6 +254,8 @@ def main() -> None:
     result = {}
     if "xpred" in parts:
         result["xpred_rel_error_vs_fp32"] = xpred_errors(tok, ["fp32", *[n for n in names if n != "fp32"]])
+    if "xpred-parts" in parts:
+        result["xpred_vs_bf16_by_linear"] = xpred_parts(tok)
     if "scores" in parts:
         result["scores"] = scores(tok, names)
     if "lora" in parts:
