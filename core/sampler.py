@@ -394,6 +394,10 @@ class Sampler:
         out = self._run(req, predict, callback, return_latents)
         if isinstance(denoise, GraphedCall):
             self.graph_failed = denoise.failed  # None when every step after the first replayed the graph
+            if denoise.failed is not None:
+                # a step that cannot be captured once cannot be later either: no capture attempt per request
+                log.warning("CUDA graph capture failed, steps run without graphs from now on: %s", denoise.failed)
+                self.cuda_graph = False
         return out
 
     def _step(self, prefix, vinputs, t):
