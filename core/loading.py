@@ -171,20 +171,11 @@ def load_model(
         shown = [m if prefix != COMFY_PREFIX else COMFY_PREFIX + m[len("model.") :] for m in missing]
         raise CheckpointError(f"{path}: missing keys: {_head(shown)}")
 
-    # CUDA: safetensors reads each tensor straight onto the GPU, so host RAM never holds the weights
-    read_on = "cpu"
-    if device.type == "cuda":
-        read_on = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
-    for file in files:
-        with safe_open(str(file), framework="pt", device=read_on) as f:
-            for _, key, name in [p for p in plan if p[0] == file]:
-                t = f.get_tensor(key)
-                if t.is_floating_point():
-                    t = t.to(dtype)
-                _place(model, name, t.to(device))  # one tensor at a time, cast on the way
-                del t
-                if host_layers and name.startswith(tuple(host_layers)):
-                    _to_host(model, name)
+    for name, t in _read(files, plan, dtype, device):
+        _place(model, name, t)  # one tensor at a time, cast on the way
+        del t  # before the next is read
+        if host_layers and name.startswith(tuple(host_layers)):
+            _to_host(model, name)
     model.reset_rotary()
     _to_device_leftovers(model, device)
     if host_layers:
@@ -211,15 +202,27 @@ def read_weights(path, names, dtype, device="cpu") -> Iterator[tuple[str, torch.
     missing = wanted - {name for _, _, name in where}
     if missing:
         raise CheckpointError(f"{path}: missing keys: {_head(sorted(missing))}")
-    device = torch.device(device)
+    yield from _read(files, where, dtype, torch.device(device))
+
+
+def _read(files: list[Path], plan: list[tuple[Path, str, str]], dtype, device: torch.device):
+    """(our name, tensor) for each planned (file, checkpoint key, our name), floating tensors cast to dtype, on
+    device; the generator keeps no reference to a tensor it has handed out. On CUDA safetensors reads each tensor
+    straight onto the GPU, so host RAM never holds the weights."""
     read_on = "cpu"
     if device.type == "cuda":
         read_on = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
     for file in files:
+        planned = [(key, name) for f, key, name in plan if f == file]
+        if not planned:  # (read_weights of nothing: a bf16 base has no fp8 linears to read again)
+            continue
         with safe_open(str(file), framework="pt", device=read_on) as f:
-            for _, key, name in [w for w in where if w[0] == file]:
-                t = f.get_tensor(key)
-                yield name, (t.to(dtype) if t.is_floating_point() else t).to(device)
+            for key, name in planned:
+                yield name, _cast(f.get_tensor(key), dtype).to(device)
+
+
+def _cast(t: torch.Tensor, dtype) -> torch.Tensor:
+    return t.to(dtype) if t.is_floating_point() else t
 
 
 def _n_layers(cfg: Qwen3VLConfig) -> int:

@@ -263,10 +263,7 @@ class PrefixCache:
 
     def kv_tensors(self) -> Iterator[torch.Tensor]:
         """Every K and V tensor (of every group, when grouped)."""
-        for kv in self.kv.values():
-            for k, v in kv if self.groups is not None else [kv]:
-                yield k
-                yield v
+        return kv_tensors(self.kv)
 
     @property
     def kv_length(self):
@@ -280,6 +277,14 @@ class PrefixCache:
         if self.ar_lengths is None:
             return None
         return _key_mask(self.ar_lengths, self.kv_length, n_gen)
+
+
+def kv_tensors(kv: dict) -> Iterator[torch.Tensor]:
+    """Every K and V tensor of a prefix's per-layer K/V: a (k, v) pair per layer, or a list of them (grouped)."""
+    for pairs in kv.values():
+        for k, v in pairs if isinstance(pairs, list) else [pairs]:
+            yield k
+            yield v
 
 
 def _key_mask(ar_lengths: torch.Tensor, n_ar: int, n_gen: int) -> torch.Tensor:
@@ -589,13 +594,12 @@ def _mark_step_dynamic(hidden, position_embeddings, plan) -> None:
     whole-step inputs). `maybe_`: a backend may still specialise; it then recompiles, never fails."""
     mark = torch._dynamo.maybe_mark_dynamic
     batched = hidden.shape[0] > 1
-    kvs = [t for kv in plan.kv.values() for pair in (kv if isinstance(kv, list) else [kv]) for t in pair]
     for x in (hidden, *position_embeddings, plan.key_mask):
         if x is not None and batched:
             mark(x, 0)
     if plan.key_mask is not None:
         mark(plan.key_mask, 3)
-    for x in kvs:
+    for x in kv_tensors(plan.kv):
         mark(x, 2)
         if x.shape[0] > 1:  # a grouped prefix's runs of one row stay static (as a single-row batch does)
             mark(x, 0)

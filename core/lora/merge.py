@@ -145,7 +145,7 @@ def merge_copy_bytes(model: nn.Module, full_precision: bool = True) -> int:
 
     def kept(m: nn.Module) -> int:
         if _is_fp8(m) and full_precision:
-            return m.weight.numel() * torch.empty((), dtype=m.compute_dtype).element_size()
+            return m.weight.numel() * m.compute_dtype.itemsize
         return _bytes(m.weight, getattr(m, "weight_scale", None))
 
     return sum(kept(m) for _, m in kept_linears(model))

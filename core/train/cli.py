@@ -107,9 +107,8 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     kw["alpha"] = float(a.alpha if a.alpha is not None else rank)
     kw["sample_prompts"] = tuple(a.sample_prompt)
     kw["extra_targets"] = tuple(a.extra_targets)
-    kw["gradient_checkpointing"] = {"auto": "auto", "on": True, "off": False}[a.gradient_checkpointing]
-    kw["compile"] = {"auto": "auto", "on": True, "off": False}[a.compile]
-    kw["cuda_graphs"] = {"auto": "auto", "on": True, "off": False}[a.cuda_graphs]
+    for name in ("gradient_checkpointing", "compile", "cuda_graphs"):  # auto | on | off -> "auto" | True | False
+        kw[name] = {"auto": "auto", "on": True, "off": False}[getattr(a, name)]
     return TrainConfig(**kw)
 
 

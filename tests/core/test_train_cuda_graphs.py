@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_lora_slots import CountingBackend
 from test_train import flat_images, tiny  # noqa: F401 (fixtures)
 from train_helpers import tiny_train_config
 
 from core.layout import build_t2i, collate
 from core.train import Trainer
-
-
-class CountingBackend:
-    def __init__(self):
-        self.compiles = 0
-
-    def __call__(self, gm, example_inputs):
-        self.compiles += 1
-        return gm.forward
 
 
 def test_cuda_graphs_auto_is_one_compiled_cuda_process_on_text_to_image_data(tiny, flat_images, tmp_path):  # noqa: F811

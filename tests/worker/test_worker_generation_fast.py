@@ -151,6 +151,19 @@ def test_compiled_code_is_cached_in_the_data_dir_unless_the_environment_says_whe
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cc").resolve())
 
 
+def plain_lora_plain(monkeypatch, c: WorkerContext, owner_id: str, lora_id: str, mode: str, **host_kw):
+    """A host applying LoRAs by `mode`, and its images of one request without the LoRA, one with it and one
+    without it again (same prompt and seed): {(mode, "plain" | "lora" | "plain after"): pixels}."""
+    h = use_host(monkeypatch, c, lora_apply=mode, **host_kw)
+    images = {}
+    for name, loras in [("plain", []), ("lora", [{"id": lora_id, "scale": 1.0}]), ("plain after", [])]:
+        gen = new_generation(c, owner_id, loras=loras, num_images=1, prompt="a red circle", seed=7)
+        assert generation.run_generation(gen.id, c) == "succeeded"
+        images[mode, name] = pixels(c, gen.id)[0]
+    assert h.lora_mode == mode
+    return h, images
+
+
 def test_merged_loras_give_the_slots_image_and_a_plain_request_after_them_gives_the_base_image(gctx, monkeypatch):
     c = gctx
     with c.sessions() as s:
@@ -158,12 +171,7 @@ def test_merged_loras_give_the_slots_image_and_a_plain_request_after_them_gives_
     la = make_lora(c, c.settings.model_path, owner.id, seed=3)
     images = {}
     for mode in ("slots", "merge"):
-        h = use_host(monkeypatch, c, lora_apply=mode)
-        for name, loras in [("plain", []), ("lora", [{"id": la, "scale": 1.0}]), ("plain after", [])]:
-            gen = new_generation(c, owner.id, loras=loras, num_images=1, prompt="a red circle", seed=7)
-            assert generation.run_generation(gen.id, c) == "succeeded"
-            images[mode, name] = pixels(c, gen.id)[0]
-        assert h.lora_mode == mode
+        images.update(plain_lora_plain(monkeypatch, c, owner.id, la, mode)[1])
     assert int(np.abs(images["merge", "lora"] - images["slots", "lora"]).max()) <= 1
     assert int(np.abs(images["merge", "lora"] - images["merge", "plain"]).max()) > 20  # the LoRA shows
     for mode in ("slots", "merge"):  # the LoRA is gone again, exactly

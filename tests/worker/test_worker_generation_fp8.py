@@ -55,7 +55,7 @@ def test_an_fp8_worker_merges_loras_from_the_full_precision_linears_and_restores
     """O1LORA_LORA_APPLY=merge on an fp8 base: the linears are kept in full precision (read again from the
     checkpoint), the LoRA image is the slots' within fp8 rounding, and a plain request after it gives the plain
     image exactly (un-merging re-quantises to the loaded weights)."""
-    from test_worker_generation_fast import use_host
+    from test_worker_generation_fast import plain_lora_plain
 
     from core.fp8 import fp8_linears
     from core.lora import lora_merging
@@ -66,13 +66,10 @@ def test_an_fp8_worker_merges_loras_from_the_full_precision_linears_and_restores
     lora = make_lora(c, c.settings.model_path, owner.id, seed=3)
     images = {}
     for mode in ("slots", "merge"):
-        h = use_host(monkeypatch, c, lora_apply=mode, base_precision="fp8")
-        for name, loras in [("plain", []), ("lora", [{"id": lora, "scale": 1.0}]), ("plain after", [])]:
-            gen = new_generation(c, owner.id, loras=loras, num_images=1, prompt="a red circle", seed=7)
-            assert generation.run_generation(gen.id, c) == "succeeded"
-            images[mode, name] = pixels(c, gen.id)[0]
+        h, by_mode = plain_lora_plain(monkeypatch, c, owner.id, lora, mode, base_precision="fp8")
+        images.update(by_mode)
         model = h.model()
-        assert h.lora_mode == mode and fp8_linears(model)
+        assert fp8_linears(model)
         if mode == "merge":
             kept = lora_merging(model).base
             fp8_kept = [w for p, (w, scale) in kept.items() if p in fp8_linears(model)]
