@@ -33,10 +33,12 @@ import numpy as np
 import torch
 
 from core.layout import generation_positions, patchify, prompt_ids
+from core.loading import load_model, load_tokenizer
 from core.objective import Objective
 from core.parallel_ranges import map_ranges
 from core.pretrain_edits import EditPool
 from core.synth.edit_pairs import pretraining_instructions
+from core.synth.fillers import with_filler
 from core.synth.render import render
 from core.synth.scene import sample_scene
 from core.synth.vocab import BACKGROUNDS, COLOURS, REGION_PHRASES, SHAPES, SIZES
@@ -58,19 +60,21 @@ def corpus(n_scenes: int = 4000) -> list[str]:
     return words + pretraining_instructions() + [sample_scene(7, i).caption() for i in range(n_scenes)]
 
 
-def _render_chunk(start: int, stop: int, seed: int, size: int):
+def _render_chunk(start: int, stop: int, seed: int, size: int, filler: float = 0.0):
     imgs, caps = [], []
     for k in range(start, stop):
         scene = sample_scene(seed, k)
         imgs.append(np.asarray(render(scene, size), dtype=np.uint8))
-        caps.append(scene.caption())
+        caps.append(with_filler(scene.caption(), seed, k, filler))
     return np.stack(imgs), caps
 
 
-def render_pool(n: int, size: int, seed: int, workers: int, start: int = 0) -> tuple[np.ndarray, list[str]]:
+def render_pool(
+    n: int, size: int, seed: int, workers: int, start: int = 0, filler: float = 0.0
+) -> tuple[np.ndarray, list[str]]:
     """Scenes start..start+n of stream `seed` at `size` px, rendered in parallel: (uint8 [n, size, size, 3],
-    captions)."""
-    parts = map_ranges(_render_chunk, start, n, workers, seed, size)
+    captions, a share `filler` of them with a phrase around the scene: core.synth.fillers)."""
+    parts = map_ranges(_render_chunk, start, n, workers, seed, size, filler)
     return np.concatenate([p[0] for p in parts]), [c for p in parts for c in p[1]]
 
 
@@ -144,6 +148,27 @@ def init_for_training(model, n_layers: int) -> None:
             p.normal_(0.0, std)
 
 
+def _fresh_model(args):
+    """A random model of the size flags, initialised for training from scratch, and a tokenizer built on the
+    shape world's words."""
+    tokenizer = build_tokenizer(corpus(), vocab_size=1024)
+    spec = TinySpec(
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        head_dim=args.head_dim,
+        mlp=args.mlp,
+        vision_hidden=64,
+        vision_depth=1,
+        vision_heads=2,
+        vision_mlp=128,
+    )
+    model, tokenizer = build_model(spec, tokenizer, seed=args.seed)
+    init_for_training(model, args.layers)
+    return model, tokenizer
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -167,6 +192,24 @@ def main(argv=None) -> None:
     ap.add_argument("--state", help="resume from this file if it exists, and write the run's state to it")
     ap.add_argument("--stop_after", type=float, help="minutes this process trains (default: the whole budget)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--init",
+        help="start from this checkpoint folder (its weights and tokenizer; the size flags "
+        "are ignored) instead of a random model: a continued pretraining",
+    )
+    ap.add_argument(
+        "--filler",
+        type=float,
+        default=0.0,
+        help="share of captions with a phrase that says nothing around the scene (core.synth.fillers)",
+    )
+    ap.add_argument("--lr_floor", type=float, default=0.1, help="the cosine ends at this fraction of --lr")
+    ap.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch.compile the decoder layers (auto: on CUDA)",
+    )
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes for a CPU check of the whole script")
     args = ap.parse_args(argv)
@@ -186,27 +229,18 @@ def main(argv=None) -> None:
     workers = max(1, min(16, (mp.cpu_count() or 1) - 1))
     data = []
     for size, n, b in zip(sizes, pools, batches):
-        imgs, caps = render_pool(n, size, args.seed + size, workers, args.pool_start)
+        imgs, caps = render_pool(n, size, args.seed + size, workers, args.pool_start, args.filler)
         data.append((size, b, imgs, caps))
     edits = None
     if args.edit_batch:
         edits = EditPool.render(args.seed + 7, args.pool_start, args.edit_pool, sizes[0], workers)
-    tokenizer = build_tokenizer(corpus(), vocab_size=1024)
-    spec = TinySpec(
-        hidden=args.hidden,
-        layers=args.layers,
-        heads=args.heads,
-        kv_heads=args.kv_heads,
-        head_dim=args.head_dim,
-        mlp=args.mlp,
-        vision_hidden=64,
-        vision_depth=1,
-        vision_heads=2,
-        vision_mlp=128,
-    )
-    model, tokenizer = build_model(spec, tokenizer, seed=args.seed)
-    init_for_training(model, args.layers)
+    if args.init:
+        model, tokenizer = load_model(args.init), load_tokenizer(args.init)
+    else:
+        model, tokenizer = _fresh_model(args)
     model.to(device).train()
+    if args.compile == "on" or (args.compile == "auto" and device.type == "cuda"):
+        model.compile_layers()
     n_params = sum(p.numel() for p in model.parameters())
     # The vision tower only sees edits: without them it is not trained.
     params = [p for n, p in model.named_parameters() if edits is not None or ".visual." not in n]
@@ -252,9 +286,13 @@ def main(argv=None) -> None:
             break
         kind = step % len(data)
         size, bsz, imgs, tp = data[kind]
-        # warm-up, then cosine down to 10% over the time budget (steps are not known in advance)
-        frac = min(1.0, elapsed / budget)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        # warm-up, then cosine down to lr_floor over the time budget (steps are not known in advance)
+        frac, floor = min(1.0, elapsed / budget), args.lr_floor
+        lr = (
+            args.lr
+            * min(1.0, (step + 1) / args.warmup)
+            * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+        )
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, len(tp) if imgs is None else imgs.shape[0], (bsz,), device=device, generator=gen)
@@ -295,7 +333,9 @@ def main(argv=None) -> None:
             acc_n.zero_()
     train_s = before + time.time() - t0
     # what each process drew its pools from and how long it trained (held-out tests read the pool ranges)
-    keys = "minutes stop_after sizes batch pool edit_batch edit_pool pool_start lr seed".split()
+    keys = (
+        "minutes stop_after sizes batch pool edit_batch edit_pool pool_start lr seed init filler lr_floor".split()
+    )
     sittings.append({**{k: getattr(args, k) for k in keys}, "steps_to": step, "seconds_to": round(train_s, 1)})
     if state_file is not None:
         state = dict(model=model.state_dict(), opt=opt.state_dict(), ema=ema, log=log, step=step, seconds=train_s)

@@ -65,3 +65,32 @@ def test_a_run_split_in_two_resumes_where_it_stopped(tmp_path):
     later = load_model(second)
     name = next(n for n, _ in later.named_parameters() if ".visual." in n and n.endswith("weight"))
     assert not torch.equal(dict(fresh.named_parameters())[name], dict(later.named_parameters())[name])
+
+
+def test_a_continued_run_starts_from_the_given_checkpoint_and_keeps_its_tokenizer(tmp_path):
+    first, cont = tmp_path / "a", tmp_path / "b"
+    main(["--out", str(first), "--minutes", "0.02", "--smoke"])
+    main(
+        [
+            "--out",
+            str(cont),
+            "--init",
+            str(first),
+            "--minutes",
+            "0.01",
+            "--smoke",
+            "--filler",
+            "0.5",
+            "--lr_floor",
+            "0",
+        ]
+    )
+    assert (cont / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
+    log = json.loads((cont / "pretrain_log.json").read_text())
+    assert log["sittings"][-1]["init"] == str(first) and log["sittings"][-1]["filler"] == 0.5
+    a, b = load_model(first), load_model(cont)
+    name = "model.language_model.layers.0.mlp.down_proj.weight"
+    wa, wb = dict(a.named_parameters())[name], dict(b.named_parameters())[name]
+    # trained on from the first model's weights: moved, but by far less than a fresh init's distance (~1.4 x norm)
+    assert not torch.equal(wa, wb)
+    assert (wb - wa).norm() < 0.2 * wa.norm()
