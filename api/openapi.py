@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api.default_size import document_default_size
+from api.request_defaults import document_service_defaults
 from api.errors import DESCRIPTIONS, RETRY_AFTER
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
@@ -39,7 +39,7 @@ def install_openapi(app: FastAPI, settings=None) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             spec = complete(build())
-            app.openapi_schema = document_default_size(spec, settings) if settings is not None else spec
+            app.openapi_schema = document_service_defaults(spec, settings) if settings is not None else spec
         return app.openapi_schema
 
     app.openapi = openapi

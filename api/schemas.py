@@ -434,7 +434,7 @@ class GenerationCreate(WebhookRequest):
         None, max_length=4000, description="what to avoid (used with CFG); default: the model's"
     )
     loras: list[LoraRef] = Field(default_factory=list, max_length=8, description="LoRAs to apply, with scales")
-    # Defaults: the service's (api.default_size: 128 on the bundled model, else 1024), written into OpenAPI.
+    # Defaults: the service's (api.request_defaults: 256 on the bundled model, else 1024), written into OpenAPI.
     width: int = Field(1024, ge=32, le=4096, multiple_of=32, description="image width, multiple of 32")
     height: int = Field(1024, ge=32, le=4096, multiple_of=32, description="image height, multiple of 32")
     steps: int | None = Field(
@@ -471,8 +471,11 @@ class GenerationCreate(WebhookRequest):
     @model_validator(mode="after")
     def _defaults(self) -> "GenerationCreate":
         d = PRESET_DEFAULTS[self.preset]
-        self.steps = self.steps if self.steps is not None else d["steps"]
-        self.guidance = self.guidance if self.guidance is not None else d["guidance"]
+        # Written past __setattr__ so that model_fields_set still says what the caller gave: the service's own
+        # defaults (api.request_defaults, e.g. the bundled model's steps and CFG) replace only what it did not.
+        for name in ("steps", "guidance"):
+            if getattr(self, name) is None:
+                self.__dict__[name] = d[name]
         return self
 
 

@@ -35,9 +35,12 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--lead", default="", help="a phrase put in front of every prompt, as a LoRA trigger is")
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--guidance", type=float, default=SAMPLING["guidance"])
+    ap.add_argument("--steps", type=int, default=SAMPLING["steps"])
     a = ap.parse_args()
     torch.manual_seed(0)
     sampler = Sampler(load_model(a.model, torch.float32, "cpu"), load_tokenizer(a.model))
+    SAMPLING.update(guidance=a.guidance, steps=a.steps)
     t0 = time.time()
     single = [sample_scene(999, i, two_shape_prob=0.0) for i in range(48)]
     double = [sample_scene(1999, i, two_shape_prob=1.0) for i in range(16)]
@@ -47,6 +50,8 @@ def main() -> None:
                 "model": a.model,
                 "lead": a.lead,
                 "size": a.size,
+                "guidance": a.guidance,
+                "steps": a.steps,
                 "single": measure(sampler, single, a.lead, a.size),
                 "double": measure(sampler, double, a.lead, a.size),
                 "seconds": round(time.time() - t0, 1),

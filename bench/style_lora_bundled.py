@@ -32,13 +32,16 @@ TRIGGER = TRIGGERS["outlined"]
 EVAL = [sample_scene(999, i, two_shape_prob=0.0) for i in range(16)]
 
 
+GUIDANCE = [3.0]  # --guidance sets it
+
+
 def score(sampler, trig: bool, size: int, trigger: str = TRIGGER, at: str = "start") -> dict:
     images = sampler(
         [s.caption(trigger if trig else "", at=at) for s in EVAL],
         width=size,
         height=size,
         steps=20,
-        guidance=3.0,
+        guidance=GUIDANCE[0],
         seed=0,
     )
     ev = evaluate(list(zip(images, [s.labels() for s in EVAL])))
@@ -74,17 +77,20 @@ def main() -> None:
         choices=("start", "end"),
         help="end: after the scene, as `make demo` has it",
     )
+    ap.add_argument("--reg-paired", action="store_true", help="reg/ images are the styled scenes drawn plain")
+    ap.add_argument("--guidance", type=float, default=3.0, help="CFG of the scored images")
     ap.add_argument("--lora", help="score this trained file instead of training one")
     ap.add_argument("--skip-base", action="store_true", help="score the LoRA only")
     a = ap.parse_args()
     out = Path(a.out)
+    GUIDANCE[0] = a.guidance
     if a.trigger:
         TRIGGERS[a.style] = a.trigger
     if a.lora:
         return report(a, a.lora, None)
     data = write_dataset(
         out / "data", a.images, 256, seed=7, style=a.style, two_shape_prob=0.3, reg=a.images if a.reg is None else a.reg,
-        trigger=TRIGGERS[a.style], trigger_at=a.trigger_at,
+        trigger=TRIGGERS[a.style], trigger_at=a.trigger_at, reg_paired=a.reg_paired,
     )  # fmt: skip
     cfg = TrainConfig(
         model_path=str(MODEL),

@@ -70,7 +70,7 @@ GENERATE_FIELDS: list[tuple[str, str, Any, str]] = [
         "--width",
         "width",
         int,
-        "pixels, multiple of 32 (default: the service's, 128 on the bundled model, else 1024)",
+        "pixels, multiple of 32 (default: the service's, 256 on the bundled model, else 1024)",
     ),
     ("--height", "height", int, "pixels, multiple of 32 (default: the service's, as --width)"),
     ("--steps", "steps", int, "sampling steps (default: the preset's, 50 full / 28 dev)"),

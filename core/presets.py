@@ -112,6 +112,11 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
+# The bundled models/o1-shapes (15M) samples best with the full preset at fewer steps and lower CFG: CFG 5 overshoots
+# it (speckle in the 32-px patches around shapes, wrong colours) and 30-50 steps add nothing; CFG 2 had every
+# background, region and colour right with the least speckle (docs/evidence.md, section 1).
+BUNDLED_MODEL_SAMPLING = {"steps": 20, "guidance": 2.0}
+
 # The official pipeline snaps every request to the closest aspect ratio among these (width, height).
 OFFICIAL_RESOLUTIONS: tuple[tuple[int, int], ...] = (
     (2048, 2048),

@@ -203,6 +203,13 @@ def main(argv=None) -> None:
         default=0.0,
         help="share of captions with a phrase that says nothing around the scene (core.synth.fillers)",
     )
+    ap.add_argument(
+        "--sigma_shift",
+        type=float,
+        default=1.0,
+        help="sigma ~ shifted uniform s*u/(1+(s-1)u): below 1 more of the low-noise steps that draw "
+        "detail (1: the recipe's uniform)",
+    )
     ap.add_argument("--lr_floor", type=float, default=0.1, help="the cosine ends at this fraction of --lr")
     ap.add_argument(
         "--compile",
@@ -263,7 +270,7 @@ def main(argv=None) -> None:
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01, fused=fused)
     ema = [p.detach().clone().float() for p in params]
-    obj = Objective()
+    obj = Objective() if args.sigma_shift == 1.0 else Objective(sigma_dist="shifted", shift=args.sigma_shift)
     gen = torch.Generator(device=device).manual_seed(args.seed + args.pool_start)
     log, step, before, sittings = [], 0, 0.0, []
     state_file = Path(args.state) if args.state else None
@@ -333,9 +340,7 @@ def main(argv=None) -> None:
             acc_n.zero_()
     train_s = before + time.time() - t0
     # what each process drew its pools from and how long it trained (held-out tests read the pool ranges)
-    keys = (
-        "minutes stop_after sizes batch pool edit_batch edit_pool pool_start lr seed init filler lr_floor".split()
-    )
+    keys = "minutes stop_after sizes batch pool edit_batch edit_pool pool_start lr seed init filler lr_floor sigma_shift".split()
     sittings.append({**{k: getattr(args, k) for k in keys}, "steps_to": step, "seconds_to": round(train_s, 1)})
     if state_file is not None:
         state = dict(model=model.state_dict(), opt=opt.state_dict(), ema=ema, log=log, step=step, seconds=train_s)

@@ -268,6 +268,8 @@ def _portable_tokenizer_config(file: Path) -> None:
         cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     if isinstance(cfg.get("extra_special_tokens"), list):  # 4.x expects a dict there
         cfg["additional_special_tokens"] = cfg.pop("extra_special_tokens")
+    for key in ("is_local", "local_files_only"):  # how a loaded tokenizer was found, not what it is
+        cfg.pop(key, None)
     file.write_text(json.dumps(cfg, indent=2))
 
 

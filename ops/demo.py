@@ -5,8 +5,8 @@
 
 It starts `python -m ops.embedded` (own Redis, SQLite, API, one worker) on the bundled model, writes a
 core.synth dataset in the "shaded" style (each shape lit from above: its colour darkens towards its bottom) with
-the trigger in front of each caption, plus three times as many plain regularisation scenes under reg/ (trained
-without the trigger, so the LoRA stays off without it), uploads it as a zip and trains with the service's default
+the trigger in front of each caption, plus the same scenes drawn plain under reg/ (trained without the trigger,
+so the LoRA stays off without it), uploads it as a zip and trains with the service's default
 preset ("bundled" on the bundled model: the request names only the dataset, the trigger and a preview prompt). Then it generates
 held-out prompts (core.synth stream 999, never trained on) with the same seeds four ways: the base model without
 and with the trigger, the LoRA with and without it, scores every image with core.synth (shading score, and
@@ -42,7 +42,7 @@ from service.settings import REPO
 # with the trigger in front, +0.28 with it after the scene (bench/style_lora_bundled.py, docs/evidence.md section 5).
 TRIGGER = "in shaded style"
 TRIGGER_AT = "start"
-EVAL_STREAM = 999  # core.synth's held-out scene stream (the dataset uses stream 7, its reg/ images 100007)
+EVAL_STREAM = 999  # core.synth's held-out scene stream (the dataset and its paired reg/ images use stream 7)
 COLUMNS = ("base", "base, trigger", "LoRA, trigger", "LoRA, no trigger")
 # Issue 13's targets for the first LoRA (shading score and prompt following, means over the held-out prompts).
 # The style: shading changes every pixel of a shape smoothly, which the bundled model's LoRA learns in minutes,
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> dict:
     # The API refuses images under 256 px on a side; the trainer scales them to the preset's resolution.
     dataset = write_dataset(
         out / STYLE, n=args.images, size=256, seed=7, style=STYLE, trigger=TRIGGER, trigger_at=TRIGGER_AT,
-        two_shape_prob=0.3, as_zip=True, reg=args.images * args.reg_ratio,
+        two_shape_prob=0.3, as_zip=True, reg=args.images * args.reg_ratio, reg_paired=True,
     )  # fmt: skip
     scenes = [sample_scene(EVAL_STREAM, i, two_shape_prob=0.0) for i in range(args.prompts)]
     port = free_port()
@@ -259,7 +259,9 @@ def run(args: argparse.Namespace) -> dict:
         train_s = seconds(job)
         size = job["params"]["resolution"]
         lora = [{"id": job["lora_id"], "scale": 1.0}]
-        common = {"width": size, "height": size, "steps": args.gen_steps, "guidance": args.guidance}
+        # steps and CFG left to the service unless given: on the bundled model its own (api.request_defaults)
+        common = {"width": size, "height": size}
+        common.update({k: v for k, v in (("steps", args.gen_steps), ("guidance", args.guidance)) if v is not None})
         plan = [(False, []), (True, []), (True, lora), (False, lora)]  # COLUMNS, in order
         requests = [
             {"prompt": prompt(s, trig), "loras": loras, "seed": i, **common}
@@ -277,7 +279,7 @@ def run(args: argparse.Namespace) -> dict:
     footer = score_lines(scores, met, train_s, n)
     rows = [(prompt(s, False), [columns[c][i] for c in COLUMNS]) for i, s in enumerate(scenes[: args.show])]
     path = out / "grid.png"
-    grid(rows, size, footer).save(path)
+    grid(rows, size, footer, zoom=max(1, 256 // size)).save(path)  # shown at least 256 px a side
     result = {
         "training": {"id": job["id"], "seconds": round(train_s, 1), "params": job["params"]},
         "prompts": n,
@@ -293,18 +295,21 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m ops.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "runs" / "demo"))
     ap.add_argument("--images", type=int, default=24, help=f"{STYLE} images")
-    # 3 plain images per styled one gate the trigger (without it +0.01 of shading, with 1 per styled one +0.14),
-    # at the cost of some style (0.28 instead of 0.40 with it): docs/evidence.md section 5
+    # Each styled image's own scene drawn plain (paired reg/ images) gates the trigger at one per styled image: the
+    # pair differs only in style and trigger. Unpaired scenes needed three per styled one to gate, at the cost of
+    # style (docs/evidence.md section 5).
     ap.add_argument(
-        "--reg-ratio", type=int, default=3, help="plain reg/ images (without the trigger) per styled image"
+        "--reg-ratio",
+        type=int,
+        default=1,
+        help="plain reg/ images (without the trigger) per styled image; the "
+        "first of them are the styled scenes drawn plain",
     )
     ap.add_argument("--steps", type=int, default=0, help="training steps (default: the preset's); smoke runs")
     ap.add_argument("--prompts", type=int, default=16, help="held-out prompts generated and scored")
     ap.add_argument("--show", type=int, default=4, help="of which the grid shows the first")
-    ap.add_argument("--gen-steps", type=int, default=20, help="sampler steps per image")
-    ap.add_argument(
-        "--guidance", type=float, default=3.0, help="CFG scale (3 suits the bundled model best: docs/evidence.md)"
-    )
+    ap.add_argument("--gen-steps", type=int, help="sampler steps per image (default: the service's, 20)")
+    ap.add_argument("--guidance", type=float, help="CFG scale (default: the service's, 2 on the bundled model)")
     return ap
 
 

@@ -88,7 +88,15 @@ class Settings(BaseSettings):
         "auto",
         pattern=r"^(auto|\d+x\d+)$",
         description="width x height of a generation request that gives neither: 'WxH' (multiples of 32), or "
-        "'auto' = 128x128 when model_path is the bundled model, else 1024x1024",
+        "'auto' = 256x256 when model_path is the bundled model, else 1024x1024",
+    )
+    # The full preset's 50 steps at CFG 5 are the 8B model's; on the bundled model CFG 5 overshoots (speckle, wrong
+    # colours) and costs 2.5x the steps, so there a request that gives neither gets the model's own.
+    generation_sampling: str = Field(
+        "auto",
+        pattern=r"^(auto|preset|\d+,\d+(\.\d+)?)$",
+        description="steps and CFG of a 'full'-preset generation request that gives them not: 'STEPS,CFG', "
+        "'preset' (the preset's: 50, 5), or 'auto' = 20,2 when model_path is the bundled model, else the preset's",
     )
 
     # Uploads. The per-request limit also bounds a dataset zip; the pixel limit keeps decode memory bounded.
@@ -250,9 +258,21 @@ class Settings(BaseSettings):
     def default_generation_size(self) -> tuple[int, int]:
         """(width, height) of a generation request that gives neither."""
         if self.generation_size == "auto":
-            return (128, 128) if self.uses_bundled_model else (1024, 1024)
+            return (256, 256) if self.uses_bundled_model else (1024, 1024)
         w, h = (int(v) for v in self.generation_size.split("x"))
         return w, h
+
+    @property
+    def default_generation_sampling(self) -> str | dict:
+        """What a full-preset request that leaves out steps or CFG gets: "preset" (the preset's own), "bundled"
+        (the bundled model's, core.presets.BUNDLED_MODEL_SAMPLING: the API resolves it, this layer knows no
+        presets) or {"steps", "guidance"}."""
+        if self.generation_sampling == "auto":
+            return "bundled" if self.uses_bundled_model else "preset"
+        if self.generation_sampling == "preset":
+            return "preset"
+        steps, guidance = self.generation_sampling.split(",")
+        return {"steps": int(steps), "guidance": float(guidance)}
 
     @model_validator(mode="after")
     def _generation_size_reads(self) -> "Settings":

@@ -9,7 +9,7 @@ from fastapi import APIRouter, BackgroundTasks, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from api.cancel import cancel_job
-from api.default_size import with_default_size
+from api.request_defaults import with_service_defaults
 from api.deps import (
     CurrentOwner,
     EnqueuerDep,
@@ -97,7 +97,9 @@ def submit_generation(
     reference images add to the sequence counts as 32 x 32 pixels: their vision-tower copy in the prompt and their
     raw patches after the target), or when a reference cannot be resized for this size, and with 429
     (Retry-After) while you already have the most queued + running generations the service allows."""
-    body = with_default_size(body, settings)  # no width/height given: the service's (128 on the bundled model)
+    body = with_service_defaults(
+        body, settings
+    )  # size, steps, CFG not given: the service's (the bundled model's own)
     check_generation_cost(
         width=body.width, height=body.height, steps=body.steps, num_images=body.num_images, settings=settings
     )

@@ -34,12 +34,15 @@ def _files(
     regions,
     reg: int = 0,
     at="start",
+    reg_paired: bool = False,
 ):
-    """(name, bytes) for every file of the dataset, metadata.jsonl last. `reg` plain scenes (another seed
-    stream) go under reg/, captioned without any trigger: the trainer leaves their captions alone."""
+    """(name, bytes) for every file of the dataset, metadata.jsonl last. `reg` plain scenes go under reg/,
+    captioned without any trigger: the trainer leaves their captions alone. They come from another seed stream,
+    or with `reg_paired` the first n are the styled scenes themselves, drawn plain: pairs that differ only in
+    the style and the trigger."""
     meta = []
     items = [("", i, style, trigger, seed) for i in range(n)]
-    items += [(REG_DIR, i, "plain", "", seed + 100_000) for i in range(reg)]
+    items += [(REG_DIR, i, "plain", "", seed if reg_paired and i < n else seed + 100_000) for i in range(reg)]
     for folder, i, sty, trig, stream in items:
         scene = sample_scene(stream, i, two_shape_prob, regions)
         buf = io.BytesIO()
@@ -63,6 +66,7 @@ def write_dataset(
     as_zip: bool = False,
     reg: int = 0,
     trigger_at: str = "start",
+    reg_paired: bool = False,
 ) -> Path:
     """Write the dataset atomically (a temp sibling renamed into place); returns the folder or .zip path."""
     out = Path(out)
@@ -73,7 +77,7 @@ def write_dataset(
     out.parent.mkdir(parents=True, exist_ok=True)
     if trigger_at not in TRIGGER_AT:
         raise ValueError(f"trigger_at must be one of {TRIGGER_AT}, got {trigger_at!r}")
-    files = _files(n, size, seed, style, trigger, two_shape_prob, regions, reg, trigger_at)
+    files = _files(n, size, seed, style, trigger, two_shape_prob, regions, reg, trigger_at, reg_paired)
     if as_zip:
         # 0644: others (the API, a worker) read datasets
         with atomic_file(out, mode=0o644) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:

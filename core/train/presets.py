@@ -53,22 +53,22 @@ TRAINING_PRESETS: dict[str, TrainingPreset] = {
         },
     ),
     # The bundled 15M model (models/o1-shapes) draws at 128-256 px and learns in minutes on a CPU at a learning
-    # rate that would wreck an 8B model. Chosen for the first LoRA of `make demo` (docs/evidence.md section 5):
-    # batch 8 (batch 2 at 3e-3 learned noise, at 6e-3 the LoRA collapsed), decayed by cosine, rank 16; 2e-3 since
-    # the model was repretrained with edits. On the demo's "shaded" style (3 plain reg/ images per styled one): 97 s
-    # through the service, shading 0.07 -> 0.28 with the trigger, 0.08 without, following intact; 600 steps or
-    # 4e-3 learned no more (section 5).
+    # rate that would wreck an 8B model. Chosen for the first LoRA of `make demo` (docs/evidence.md section 5): at
+    # 256 px a shape spans two or more 32-px patches, so a style across it is a patch-level change the LoRA learns
+    # (shading +0.42 at 256 px in 150 steps, against +0.32 at 128 px in 300: the same CPU time), and the base
+    # model draws its small shapes right there (0.94 of shapes against 0.64 at 128 px). Batch 8 (batch 2 at
+    # 3e-3 learned noise, 6e-3 collapsed), decayed by cosine, rank 16.
     "bundled": TrainingPreset(
         "Bundled model",
-        "for the small bundled o1-shapes model on a CPU: 128 px, rank 16, 300 steps of 8 images at 2e-3",
+        "for the small bundled o1-shapes model on a CPU: 256 px, rank 16, 150 steps of 8 images at 2e-3",
         {
-            "steps": 300,
+            "steps": 150,
             "rank": 16,
             "alpha": 16.0,
             "learning_rate": 2e-3,
-            "resolution": 128,
+            "resolution": 256,
             "batch_size": 8,
-            "sample_every": 100,
+            "sample_every": 75,
             "lr_schedule": "cosine",
             "warmup_steps": 0,  # none: a warm-up would refuse a request of fewer steps (LoRA B starts at 0)
         },

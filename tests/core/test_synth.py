@@ -271,6 +271,26 @@ def test_reg_images_train_without_the_trigger(tmp_path):
     assert all("sks" not in c and c.startswith("a ") for n, c in captions.items() if n.startswith("reg/"))
 
 
+def test_paired_reg_images_are_the_styled_scenes_drawn_plain(tmp_path):
+    """reg_paired: each styled image has a plain twin under reg/ (same scene, caption without the trigger), so
+    the only thing that tells them apart is the style and the trigger; reg/ images past the styled ones are
+    other scenes."""
+    from core.synth.cli import write_dataset
+
+    data = write_dataset(tmp_path / "d", 2, 128, style="shaded", trigger="in shaded style", reg=3, reg_paired=True)
+    rows = {r["file_name"]: r for r in map(json.loads, (data / "metadata.jsonl").read_text().splitlines())}
+    for i in range(2):
+        styled, twin = rows[f"{i:06d}.png"], rows[f"reg/{i:06d}.png"]
+        assert styled["labels"] == twin["labels"] and styled["text"] == "in shaded style, " + twin["text"]
+        plain = np.asarray(render(sample_scene(0, i, 0.5), 128))  # stream 0: write_dataset's default seed
+        assert np.array_equal(np.asarray(Image.open(data / f"reg/{i:06d}.png").convert("RGB")), plain)
+        assert not np.array_equal(np.asarray(Image.open(data / f"{i:06d}.png").convert("RGB")), plain)
+    assert rows["reg/000002.png"]["labels"] == sample_scene(100_000, 2, 0.5).labels()
+    unpaired = write_dataset(tmp_path / "u", 2, 128, style="shaded", trigger="x", reg=2)
+    first = json.loads((unpaired / "metadata.jsonl").read_text().splitlines()[2])
+    assert first["labels"] == sample_scene(100_000, 0, 0.5).labels()
+
+
 def test_a_trigger_can_go_after_the_scene_and_the_trainer_keeps_it_there(tmp_path):
     """The bundled model reads the scene sentence by token position: `at="end"` leaves that sentence as pretrained,
     and core.data's with_trigger does not prepend a trigger that a caption already holds."""

@@ -20,7 +20,7 @@ def test_demo_smoke_run_writes_the_labelled_grid_and_the_scores(tmp_path):
     assert scores["training"]["params"]["preset"] == "bundled"  # the service's default on the bundled model
     assert scores["prompts"] == 3 and list(scores["scores"]) == list(demo.COLUMNS)
     grid = Image.open(tmp_path / "grid.png")
-    side = 2 * 128  # the preset's 128 px, shown at twice their size
+    side = 256  # the preset's 256 px, shown as they are (128 px images would be shown at twice their size)
     assert grid.width >= 4 * (side + 8) + 8  # 4 columns
     assert (
         grid.height > 14 + 8 + 2 * (side + 14 + 8) + 4 * 14
