@@ -9,8 +9,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api.request_defaults import document_service_defaults
 from api.errors import DESCRIPTIONS, RETRY_AFTER
+from api.request_defaults import document_service_defaults
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 INTERNAL = "internal error; it has been logged (the message never holds server paths)"

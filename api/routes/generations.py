@@ -9,7 +9,6 @@ from fastapi import APIRouter, BackgroundTasks, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from api.cancel import cancel_job
-from api.request_defaults import with_service_defaults
 from api.deps import (
     CurrentOwner,
     EnqueuerDep,
@@ -24,6 +23,7 @@ from api.deps import (
 from api.errors import error_responses, scrub
 from api.files import send_artifact
 from api.quota import check_active_limit, check_generation_cost, reference_token_count
+from api.request_defaults import with_service_defaults
 from api.schemas import (
     WEBHOOK_FIELDS,
     CancelPublic,
