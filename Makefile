@@ -21,7 +21,7 @@ test-slow: .venv/.installed  ## the long CPU tests only
 test-all: .venv/.installed browser
 	$(PY) -m pytest -q -m 'not gpu'
 
-demo: .venv/.installed  ## service + outlined-style LoRA end to end, scored: runs/demo/grid.png, scores.json
+demo: .venv/.installed  ## service + shaded-style LoRA end to end, scored: runs/demo/grid.png, scores.json
 	$(PY) -m ops.demo
 
 lint: .venv/.installed  ## ruff: pyflakes + pycodestyle + import order, and the formatter's check (pyproject [tool.ruff])

@@ -56,16 +56,17 @@ TRAINING_PRESETS: dict[str, TrainingPreset] = {
     # rate that would wreck an 8B model. Chosen for the first LoRA of `make demo` (docs/evidence.md section 5): at
     # 256 px a shape spans two or more 32-px patches, so a style across it is a patch-level change the LoRA learns
     # (shading +0.42 at 256 px in 150 steps, against +0.32 at 128 px in 300: the same CPU time), and the base
-    # model draws its small shapes right there (0.94 of shapes against 0.64 at 128 px). Batch 8 (batch 2 at
-    # 3e-3 learned noise, 6e-3 collapsed), decayed by cosine, rank 16.
+    # model draws its small shapes right there (0.94 of shapes against 0.64 at 128 px). 3e-3: +0.49 with the
+    # trigger where 2e-3 gave +0.42. Batch 8 (batch 2 at 3e-3 learned noise at 128 px, 6e-3 collapsed),
+    # decayed by cosine, rank 16.
     "bundled": TrainingPreset(
         "Bundled model",
-        "for the small bundled o1-shapes model on a CPU: 256 px, rank 16, 150 steps of 8 images at 2e-3",
+        "for the small bundled o1-shapes model on a CPU: 256 px, rank 16, 150 steps of 8 images at 3e-3",
         {
             "steps": 150,
             "rank": 16,
             "alpha": 16.0,
-            "learning_rate": 2e-3,
+            "learning_rate": 3e-3,
             "resolution": 256,
             "batch_size": 8,
             "sample_every": 75,

@@ -190,7 +190,7 @@ def test_longer_run_learns_the_style_more_and_stays_gated(tmp_path):
     gain, leak = gains(run)
     assert gain >= 0.3
     assert abs(leak) <= 0.3 * gain
-    # The base model misplaces every shape once a phrase precedes the scene (region 0.00, MODEL_CARD.md);
-    # the longer run also learned to read past its trigger (measured 0.75).
-    assert run.follow["base_trigger"]["mean_region_acc"] <= 0.25
+    # The base model reads past a phrase in front of the scene since its continued pretraining with filler
+    # phrases (MODEL_CARD.md; before it misplaced every shape: region 0.00); the LoRA must keep that.
+    assert run.follow["base_trigger"]["mean_region_acc"] >= 0.9
     assert run.follow["lora_trigger"]["mean_region_acc"] >= 0.5
