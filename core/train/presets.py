@@ -56,7 +56,7 @@ TRAINING_PRESETS: dict[str, TrainingPreset] = {
     # rate that would wreck an 8B model. Chosen for the first LoRA of `make demo` (docs/evidence.md section 5): at
     # 256 px a shape spans two or more 32-px patches, so a style across it is a patch-level change the LoRA learns
     # (shading +0.42 at 256 px in 150 steps, against +0.32 at 128 px in 300: the same CPU time), and the base
-    # model draws its small shapes right there (0.94 of shapes against 0.64 at 128 px). 3e-3: +0.49 with the
+    # model draws its small shapes right there (0.96 of small shapes against 0.64 at 128 px). 3e-3: +0.49 with the
     # trigger where 2e-3 gave +0.42. Batch 8 (batch 2 at 3e-3 learned noise at 128 px, 6e-3 collapsed),
     # decayed by cosine, rank 16.
     "bundled": TrainingPreset(

@@ -123,3 +123,18 @@ def test_random_weights_of_the_same_shape_score_near_chance(bundled):
     # Noise fills every cell, so "something in the stated region" alone proves nothing: the empty cells
     # are what tell a drawing from noise (the bundled model leaves them empty, see above).
     assert r["extra_regions"] >= 4
+
+
+def test_a_phrase_in_front_of_the_scene_is_read_past(bundled):
+    # Continued pretraining put phrases that say nothing around 30% of the captions (core.synth.fillers), so a
+    # LoRA trigger in front no longer moves the shapes: measured on 48 prompts region 1.00, colour 1.00, 0.02
+    # empty cells filled (the model before: 0.63 / 0.52 / 1.46, MODEL_CARD.md). The phrase is a LoRA trigger the
+    # fillers never use, so this is the base reading past unknown words, not past ones it learned.
+    model, tokenizer = bundled
+    scenes = SINGLE[:16]
+    images = Sampler(model, tokenizer)([s.caption("in shaded style") for s in scenes], **SAMPLING)
+    r = rates(images, scenes)
+    print("with a phrase in front:", {k: round(v, 3) for k, v in r.items()})
+    assert r["region_acc"] >= 0.9
+    assert r["colour_acc"] >= 0.75
+    assert r["extra_regions"] <= 0.25
