@@ -59,6 +59,9 @@ def settings(pg_url, tmp_path_factory):
         # The default model path is the bundled model, whose default preset would fill every training request
         # here; these tests check the recipe's own defaults, test_default_preset.py the default preset.
         training_preset="none",
+        # Likewise its generation defaults (20 steps, CFG 2) would fill every generation request; these tests check
+        # the presets' own, test_request_defaults.py the bundled model's.
+        generation_sampling="preset",
     )
 
 

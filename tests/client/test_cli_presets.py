@@ -20,7 +20,7 @@ def test_presets_are_listed_and_a_preset_trains_with_the_flags_given_on_top(cli,
     params = api(cli).get(f"/v1/trainings/{out.stdout.strip()}").json()["params"]
     assert params["preset"] == "bundled"
     assert (params["steps"], params["sample_every"]) == (2, 0)  # the flags
-    assert (params["rank"], params["resolution"], params["learning_rate"]) == (16, 128, 2e-3)  # the preset
+    assert (params["rank"], params["resolution"], params["learning_rate"]) == (16, 256, 3e-3)  # the preset
 
     datasets = api(cli).get("/v1/datasets").json()["count"]
     bad = cli.run("train", str(photos), "--trigger", "sks", "--preset", "nope", cwd=tmp_path)
@@ -47,7 +47,7 @@ def test_on_the_bundled_model_presets_marks_the_default_and_train_without_preset
     params = job["params"]
     assert params["preset"] == "bundled"
     assert (params["steps"], params["sample_every"]) == (2, 0)  # the flags
-    assert (params["rank"], params["resolution"], params["learning_rate"]) == (16, 128, 2e-3)  # the default preset
+    assert (params["rank"], params["resolution"], params["learning_rate"]) == (16, 256, 3e-3)  # the default preset
     # the upload was checked at the size the default preset trains at
     dataset = api(bundled_cli).get(f"/v1/datasets/{params['dataset_id']}").json()
-    assert dataset["report"]["resolution"] == 128, dataset["report"]
+    assert dataset["report"]["resolution"] == 256, dataset["report"]
