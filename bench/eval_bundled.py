@@ -23,8 +23,9 @@ from core.synth.evaluate import evaluate
 SAMPLING = dict(width=128, height=128, steps=20, guidance=3.0, seed=0, preset="full")
 
 
-def measure(sampler, scenes, lead: str, size: int) -> dict:
-    images = sampler([s.caption(lead) for s in scenes], **{**SAMPLING, "width": size, "height": size})
+def measure(sampler, scenes, lead: str, size: int, **sampling) -> dict:
+    """The measures of `scenes` drawn at `size` px with SAMPLING, changed by `sampling` (e.g. guidance, steps)."""
+    images = sampler([s.caption(lead) for s in scenes], **{**SAMPLING, **sampling, "width": size, "height": size})
     out = evaluate(list(zip(images, [s.labels() for s in scenes])))
     out.pop("rows")
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
@@ -40,7 +41,6 @@ def main() -> None:
     a = ap.parse_args()
     torch.manual_seed(0)
     sampler = Sampler(load_model(a.model, torch.float32, "cpu"), load_tokenizer(a.model))
-    SAMPLING.update(guidance=a.guidance, steps=a.steps)
     t0 = time.time()
     single = [sample_scene(999, i, two_shape_prob=0.0) for i in range(48)]
     double = [sample_scene(1999, i, two_shape_prob=1.0) for i in range(16)]
@@ -52,8 +52,8 @@ def main() -> None:
                 "size": a.size,
                 "guidance": a.guidance,
                 "steps": a.steps,
-                "single": measure(sampler, single, a.lead, a.size),
-                "double": measure(sampler, double, a.lead, a.size),
+                "single": measure(sampler, single, a.lead, a.size, guidance=a.guidance, steps=a.steps),
+                "double": measure(sampler, double, a.lead, a.size, guidance=a.guidance, steps=a.steps),
                 "seconds": round(time.time() - t0, 1),
             }
         )

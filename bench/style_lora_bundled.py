@@ -32,16 +32,15 @@ TRIGGER = TRIGGERS["outlined"]
 EVAL = [sample_scene(999, i, two_shape_prob=0.0) for i in range(16)]
 
 
-GUIDANCE = [3.0]  # --guidance sets it
-
-
-def score(sampler, trig: bool, size: int, trigger: str = TRIGGER, at: str = "start") -> dict:
+def score(
+    sampler, trig: bool, size: int, trigger: str = TRIGGER, at: str = "start", guidance: float = 3.0
+) -> dict:
     images = sampler(
         [s.caption(trigger if trig else "", at=at) for s in EVAL],
         width=size,
         height=size,
         steps=20,
-        guidance=GUIDANCE[0],
+        guidance=guidance,
         seed=0,
     )
     ev = evaluate(list(zip(images, [s.labels() for s in EVAL])))
@@ -83,7 +82,6 @@ def main() -> None:
     ap.add_argument("--skip-base", action="store_true", help="score the LoRA only")
     a = ap.parse_args()
     out = Path(a.out)
-    GUIDANCE[0] = a.guidance
     if a.trigger:
         TRIGGERS[a.style] = a.trigger
     if a.lora:
@@ -124,14 +122,14 @@ def report(a, lora_file, train_s) -> None:
         {}
         if a.skip_base
         else {
-            "base": score(sampler, False, a.size, TRIGGERS[a.style], a.trigger_at),
-            "base+trigger": score(sampler, True, a.size, TRIGGERS[a.style], a.trigger_at),
+            "base": score(sampler, False, a.size, TRIGGERS[a.style], a.trigger_at, a.guidance),
+            "base+trigger": score(sampler, True, a.size, TRIGGERS[a.style], a.trigger_at, a.guidance),
         }
     )
     lora = load_lora(model, lora_file)
     with apply_loras(model, [(lora, 1.0)]):
-        rows["lora+trigger"] = score(sampler, True, a.size, TRIGGERS[a.style], a.trigger_at)
-        rows["lora"] = score(sampler, False, a.size, TRIGGERS[a.style], a.trigger_at)
+        rows["lora+trigger"] = score(sampler, True, a.size, TRIGGERS[a.style], a.trigger_at, a.guidance)
+        rows["lora"] = score(sampler, False, a.size, TRIGGERS[a.style], a.trigger_at, a.guidance)
     print(json.dumps({"args": vars(a), "train_seconds": train_s and round(train_s, 1), **rows}, indent=1))
 
 

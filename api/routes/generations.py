@@ -97,9 +97,8 @@ def submit_generation(
     reference images add to the sequence counts as 32 x 32 pixels: their vision-tower copy in the prompt and their
     raw patches after the target), or when a reference cannot be resized for this size, and with 429
     (Retry-After) while you already have the most queued + running generations the service allows."""
-    body = with_service_defaults(
-        body, settings
-    )  # size, steps, CFG not given: the service's (the bundled model's own)
+    # size, steps and CFG not given: the service's (on the bundled model, the model's own)
+    body = with_service_defaults(body, settings)
     check_generation_cost(
         width=body.width, height=body.height, steps=body.steps, num_images=body.num_images, settings=settings
     )
