@@ -31,6 +31,7 @@ from PIL import Image
 from core.layout import build_edit, build_t2i, check_size, collate, patchify, prepare_references, unpatchify
 from core.presets import Preset, get_preset, snap_resolution
 from core.schedulers import make_scheduler
+from core.step_graphs import GraphedCall, KeptSteps, prefix_signature, writable
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class Sampler:
         compile: bool | str | Callable = False,
         cfg_split_pixels: int | None = None,
         compile_scope: str = "denoise",
+        keep_graphs: int = 1,
     ):
         self.model = model
         # torch.compile of the per-step call fuses the ~30 elementwise / cast kernels of each layer (norms,
@@ -156,6 +158,9 @@ class Sampler:
         # per-kernel launch cost of ~2k small kernels per step; falls back to eager if capture fails
         self.cuda_graph = cuda_graph
         self.graph_failed: str | None = None
+        # the last `keep_graphs` requests' graphs, replayed from the first step by a request of the same shapes
+        # (core.step_graphs: the capture costs about two steps); each holds its step's activation memory
+        self.kept_steps = KeptSteps(keep_graphs)
         # CFG rows in one denoise call (prompts padded to one length, so attention takes a key-padding
         # mask); False: cond and uncond as two calls, each unpadded, so SDPA can pick mask-free kernels
         self.cfg_batch = cfg_batch
@@ -383,8 +388,8 @@ class Sampler:
                 i += b
             return out[0] if len(out) == 1 else torch.cat(out)
 
-        if self.cuda_graph and device.type == "cuda":
-            denoise = GraphedCall(denoise)
+        if self.cuda_graph:
+            denoise = self._graphed(req, prefixes, denoise)
 
         ref = None if req.references is None else req.references.ref_patches.to(device, model.dtype)
 
@@ -398,7 +403,34 @@ class Sampler:
                 # a step that cannot be captured once cannot be later either: no capture attempt per request
                 log.warning("CUDA graph capture failed, steps run without graphs from now on: %s", denoise.failed)
                 self.cuda_graph = False
+                self.kept_steps.clear()
         return out
+
+    def _graphed(self, req: Request, prefixes: list, denoise) -> GraphedCall:
+        """The request's graphed step: the kept one for its shapes, with its prefixes copied in, or a new one
+        (captured at its first call) kept in place of the least recently used."""
+        key = self._graph_key(req, prefixes)
+        if key is None:  # not keepable: free the kept graphs' memory before this one captures
+            self.kept_steps.clear()
+            return GraphedCall(denoise)
+        call = self.kept_steps.take(key, prefixes)
+        if call is None:
+            call = GraphedCall(denoise)
+            self.kept_steps.keep(key, call, prefixes)
+        return call
+
+    def _graph_key(self, req: Request, prefixes: list) -> tuple | None:
+        """Everything a captured step bakes in besides tensor values (core.step_graphs); None: do not keep it."""
+        from core.lora import capture_state
+
+        lora = capture_state(self.model)
+        if lora is None or getattr(self.model, "_o1_block_offload", None) is not None:
+            return None
+        if not all(writable(p) for p in prefixes):
+            return None
+        refs = None if req.references is None else tuple(req.references.ref_patches.shape)
+        sizes = (req.width, req.height, refs, self.model.dtype)
+        return (id(self._compiled), sizes, lora, tuple(prefix_signature(p) for p in prefixes))
 
     def _step(self, prefix, vinputs, t):
         """One denoise call, compiled when asked. A compiled call that fails (a compiler error on a new
@@ -415,6 +447,7 @@ class Sampler:
             self.compile_failed = f"{type(e).__name__}: {e}"[:2000]
             log.exception("compiled denoise failed; eager from now on")
             self._compiled = None
+            self.kept_steps.clear()
             if self.compile_scope == "layers":
                 self.model.eager_layers()
             return self.model.denoise(prefix, vinputs, t)
@@ -554,43 +587,3 @@ def flow_loop(sched, z: torch.Tensor, predict, guidance: float | None = None, on
         if on_step is not None:
             on_step(i, total, x_pred, z)
     return z
-
-
-class GraphedCall:
-    """fn(*tensors) replayed as a CUDA graph, inputs copied into static buffers.
-
-    The first call runs fn eagerly on a side stream (the warm-up capture needs, and already the real
-    result), then captures it; later calls replay. The output tensor is reused by the next call (the
-    sampler consumes it within its step). If capture fails (an op that syncs with the host, say), the
-    reason is kept in `.failed` and the eager function is used from then on.
-    """
-
-    def __init__(self, fn):
-        self.fn, self.graph, self.inputs, self.output, self.failed = fn, None, None, None, None
-
-    def __call__(self, *args):
-        if self.failed is not None:
-            return self.fn(*args)
-        if self.graph is None:
-            return self._warm_up_and_capture(args)
-        for buf, a in zip(self.inputs, args):
-            buf.copy_(a)
-        self.graph.replay()
-        return self.output
-
-    def _warm_up_and_capture(self, args):
-        self.inputs = [a.clone() for a in args]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            result = self.fn(*self.inputs)
-        torch.cuda.current_stream().wait_stream(stream)
-        try:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.output = self.fn(*self.inputs)
-            self.graph = graph
-        except Exception as e:  # noqa: BLE001 - an optimisation only; eager is always correct
-            self.failed = f"{type(e).__name__}: {e}"
-            torch.cuda.synchronize()
-        return result

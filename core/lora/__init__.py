@@ -12,7 +12,7 @@ package imports no torch; the torch-side names below load on first use.
 
 # name -> module: the torch side, imported when first asked for (PEP 562), so the API can use keys/check/convert.
 _LAZY = {
-    **dict.fromkeys(("active_lora_modules", "apply_loras", "clear_loras", "set_loras"), "apply"),
+    **dict.fromkeys(("active_lora_modules", "apply_loras", "capture_state", "clear_loras", "set_loras"), "apply"),
     **dict.fromkeys(
         (
             "build_metadata",
@@ -86,6 +86,7 @@ __all__ = [
     "apply_loras",
     "bind_lora",
     "build_metadata",
+    "capture_state",
     "clear_loras",
     "comfyui_tensors",
     "config_hash",

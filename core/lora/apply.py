@@ -33,7 +33,7 @@ from torch import nn
 
 from core.lora.formats import BoundLora
 from core.lora.merge import lora_merging, merge_parts
-from core.lora.slots import ACTIVE_ATTR, fill_slots, lora_slots
+from core.lora.slots import ACTIVE_ATTR, fill_slots, lora_slots, slots_on
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,15 @@ def apply_loras(model: nn.Module, loras: Sequence[tuple[BoundLora, float]]) -> I
         yield model
     finally:
         clear_loras(model)
+
+
+def capture_state(model: nn.Module) -> tuple | None:
+    """What a captured denoise step (core.step_graphs) bakes in of the LoRAs, besides tensor values: whether the
+    slots run. None while plain hooks carry a LoRA: each set_loras makes their tensors anew, so a kept graph would
+    read the old ones. Merged weights and filled slots are written in place: a replay reads them as they are."""
+    if getattr(model, _HANDLES_ATTR, []):
+        return None
+    return (slots_on(model),)
 
 
 def active_lora_modules(model: nn.Module) -> int:
