@@ -19,6 +19,8 @@ fewer layers make each compile variant affordable; `est_s_36` scales to 36 layer
   layers-slots-off   layers with LoRA slots installed but no LoRA active (the slots switched off)
   layers-merged      layers with the LoRA merged into the weights (core.lora.merge: the worker's default
                      where the kept copy fits); eager-merged the same without compile
+  layers-merged-fresh  layers-merged with no graph kept between requests (Sampler(keep_graphs=0)): with
+                     --cuda-graph every request captures its own (core.step_graphs; before they were kept)
 
 --fp8 converts the decoder linears to fp8 first (core.fp8, the generation worker's default on Hopper/Ada).
 
@@ -70,6 +72,7 @@ VARIANTS = [
     "denoise-static",
     "layers-static-slots",
     "layers-slots16",
+    "layers-merged-fresh",
     "denoise",
     "layers-slots-off",
     "layers-merged",
@@ -134,7 +137,11 @@ def run_variant(name: str, model, tok, prompts: tuple[str, str], args, device) -
     if static:
         static.__enter__()
     try:
-        s = Sampler(model, tok, preview_every=0, compile=compile_, compile_scope=scope, cuda_graph=args.cuda_graph)
+        keep = 0 if name.endswith("-fresh") else 1
+        s = Sampler(
+            model, tok, preview_every=0, compile=compile_, compile_scope=scope, cuda_graph=args.cuda_graph,
+            keep_graphs=keep,
+        )  # fmt: skip
         size = args.size
         kw = dict(width=size, height=size, guidance=GUIDANCE, return_latents=True)
         with_lora = slots and not name.endswith("-off")
@@ -179,6 +186,7 @@ def run_variant(name: str, model, tok, prompts: tuple[str, str], args, device) -
         r["ms_step"] = r["s_image"] / args.steps * 1e3
         r["est_s_36"] = r["s_image"] * 36 / args.layers
         r["compile_failed"] = s.compile_failed or s.graph_failed
+        r["kept_graph_hits"] = s.kept_steps.hits
         r["latents"] = z.float().cpu()
         if device.type == "cuda":
             r["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -326,9 +334,9 @@ def main(argv=None):
     )
     print(
         "| variant | first call s | graphs: first / +length / +switch | switch ms | ms/step | s/image | "
-        "est. s/image at 36 layers | rel. diff vs eager | peak GiB |"
+        "est. s/image at 36 layers | rel. diff vs eager | peak GiB | kept graph replays |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
 
         def f(k, fmt="{:.2f}"):
@@ -338,7 +346,7 @@ def main(argv=None):
             f"| {r['variant']} | {f('first_call_s', '{:.1f}')} | {r['graphs_first']} / "
             f"{r['graphs_after_length']} / {r.get('graphs_after_switch', '-')} | {f('switch_ms', '{:.1f}')} | "
             f"{f('ms_step', '{:.1f}')} | {f('s_image')} | {f('est_s_36')} | {f('rel_vs_eager', '{:.1e}')} | "
-            f"{f('peak_gib', '{:.1f}')} |"
+            f"{f('peak_gib', '{:.1f}')} | {r['kept_graph_hits']} |"
             + (f" failed: {r['compile_failed'][:80]}" if r["compile_failed"] else "")
         )
     return rows

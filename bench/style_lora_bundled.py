@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=3.0, help="CFG of the scored images")
     ap.add_argument("--lora", help="score this trained file instead of training one")
     ap.add_argument("--skip-base", action="store_true", help="score the LoRA only")
+    ap.add_argument("--seed", type=int, default=0, help="the training's seed (noise, sigmas, batch order)")
     a = ap.parse_args()
     out = Path(a.out)
     if a.trigger:
@@ -108,7 +109,7 @@ def main() -> None:
         device="cpu",
         checkpoint_every=0,
         sample_every=0,
-        seed=0,
+        seed=a.seed,
     )
     t0 = time.time()
     result = train(cfg)

@@ -8,6 +8,9 @@
 
 --model is the checkpoint folder (or a ComfyUI single file, with --tokenizer/config beside it). With
 --num_images N > 1 the files are <out stem>-<k><suffix>. Progress goes to stderr: step/total and s/step.
+On the bundled models/o1-shapes, what is not given is that model's, as the service gives it (core.bundled):
+256x256, and with the full preset 20 steps at CFG 2. On CUDA each step is replayed as a CUDA graph
+(--cuda_graphs auto): the step's ~2k kernel launches cost more host time than the GPU needs at full size.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prompt", required=True)
     ap.add_argument("--negative_prompt", default=" ", help="the unconditional prompt of CFG (default ' ')")
     ap.add_argument("--out", required=True, help="output image file (.png, .jpg, .webp)")
-    ap.add_argument("--width", type=int, default=1024)
-    ap.add_argument("--height", type=int, default=1024)
+    ap.add_argument("--width", type=int, help="default 1024 (the bundled model: 256)")
+    ap.add_argument("--height", type=int, help="default 1024 (the bundled model: 256)")
     ap.add_argument(
         "--snap", action="store_true", help="snap the size to the official ~4 MP list (quality default)"
     )
@@ -50,8 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(PRESETS),
         help="full: 50 UniPC steps, CFG 5; dev: 28 fixed flash steps, no CFG; dev-edit: 28 fixed Euler steps",
     )
-    ap.add_argument("--steps", type=int, help="override the preset's step count")
-    ap.add_argument("--guidance", type=float, help="override the preset's CFG scale (CFG runs when > 1)")
+    ap.add_argument("--steps", type=int, help="override the preset's step count (the bundled model, full: 20)")
+    ap.add_argument(
+        "--guidance",
+        type=float,
+        help="override the preset's CFG scale, CFG runs when > 1 (the bundled model, full: 2)",
+    )
     ap.add_argument("--scheduler", choices=SCHEDULERS, help="override the preset's scheduler")
     ap.add_argument("--shift", type=float, help="override the preset's time shift")
     ap.add_argument("--seed", type=int, default=0)
@@ -88,7 +95,36 @@ def build_parser() -> argparse.ArgumentParser:
         "memory, slower steps)",
     )
     ap.add_argument("--compile", action="store_true", help="torch.compile the decoder layers (CUDA)")
+    ap.add_argument(
+        "--cuda_graphs",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="replay each step as a CUDA graph captured at the first; auto: on CUDA without --offload_blocks",
+    )
     return ap
+
+
+def fill_model_defaults(args) -> None:
+    """Size, steps and CFG the command line left out: the bundled model's own (core.bundled), else the official
+    1024x1024 and the preset's steps and CFG."""
+    from core.bundled import BUNDLED_IMAGE_SIDE, is_bundled_model
+    from core.presets import BUNDLED_MODEL_SAMPLING
+
+    bundled = is_bundled_model(args.model)
+    side = BUNDLED_IMAGE_SIDE if bundled else 1024
+    args.width = side if args.width is None else args.width
+    args.height = side if args.height is None else args.height
+    if bundled and args.preset == "full":
+        args.steps = BUNDLED_MODEL_SAMPLING["steps"] if args.steps is None else args.steps
+        args.guidance = BUNDLED_MODEL_SAMPLING["guidance"] if args.guidance is None else args.guidance
+
+
+def cuda_graphs_on(args, device: torch.device) -> bool:
+    """CUDA graphs for the steps: "auto" on CUDA unless layers are offloaded (their copies and stream waits are
+    not captured)."""
+    if args.cuda_graphs == "auto":
+        return device.type == "cuda" and args.offload_blocks == 0
+    return args.cuda_graphs == "on"
 
 
 def output_paths(out: Path, n: int) -> list[Path]:
@@ -118,6 +154,7 @@ class Progress:
 
 
 def check_args(ap: argparse.ArgumentParser, args) -> None:
+    fill_model_defaults(args)
     if args.width <= 0 or args.height <= 0 or (not args.snap and (args.width % 32 or args.height % 32)):
         ap.error(
             f"--width and --height must be positive multiples of 32 (got {args.width}x{args.height}); "
@@ -178,7 +215,14 @@ def main(argv=None) -> list[Path]:
 
     progress = Progress()
     progress.start()
-    sampler = Sampler(model, tokenizer, preview_every=0, compile=args.compile, compile_scope="layers")
+    sampler = Sampler(
+        model,
+        tokenizer,
+        preview_every=0,
+        compile=args.compile,
+        compile_scope="layers",
+        cuda_graph=cuda_graphs_on(args, device),
+    )
     images = sampler(
         args.prompt,
         negative_prompt=args.negative_prompt,

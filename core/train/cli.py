@@ -6,6 +6,8 @@
     torchrun --nproc_per_node 4 -m core.train ...   # one job on 4 GPUs of a host (DDP, see core.train.distributed)
 
 One flag for every plain TrainConfig field; its help is the field's comment in core/train/config.py.
+--preset names a recipe of core.train.presets (the service's table) whose values fill the flags not given; "auto"
+(the default) is "bundled" on the bundled models/o1-shapes, which --model defaults to, and none on any other model.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import argparse
 import os
 from dataclasses import fields
 
-from core.train.config import TrainConfig
+from core.bundled import BUNDLED_MODEL_DIR, BUNDLED_TRAINING_PRESET, is_bundled_model
+from core.train.config import REQUEST_NAMES, TrainConfig
 from core.train.hooks import TrainCallbacks, TrainResult
+from core.train.presets import TRAINING_PRESETS
 
 _CHOICES = {
     "lr_schedule": ("constant", "cosine"),
@@ -47,8 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--model",
         dest="model_path",
-        default="models/o1-tiny",
-        help="base checkpoint: HF folder or ComfyUI file (default: the service's default model)",
+        default=str(BUNDLED_MODEL_DIR),
+        help="base checkpoint: HF folder or ComfyUI file (default: the bundled models/o1-shapes, the service's default)",
+    )
+    ap.add_argument(
+        "--preset",
+        default="auto",
+        choices=("auto", "none", *TRAINING_PRESETS),
+        help="a named recipe (core.train.presets) for the flags not given; auto: bundled on the bundled model, else "
+        "none (TrainConfig's defaults, the published recipe)",
     )
     ap.add_argument("--data_dir", required=True)
     ap.add_argument("--out_dir", required=True)
@@ -102,14 +113,25 @@ def _parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     a = _parser().parse_args(argv)
     names = {f.name for f in fields(TrainConfig)}
-    kw = {k: v for k, v in vars(a).items() if k in names and v is not None}
+    given = {k: v for k, v in vars(a).items() if k in names and v is not None}
+    kw = {**preset_fields(a.preset, a.model_path), **given}
     rank = kw.get("rank", TrainConfig.rank)
-    kw["alpha"] = float(a.alpha if a.alpha is not None else rank)
+    # alpha follows a rank given on the command line; else the preset's (its own rank's), else = rank
+    kw["alpha"] = float(a.alpha if a.alpha is not None else rank if "rank" in given else kw.get("alpha", rank))
     kw["sample_prompts"] = tuple(a.sample_prompt)
     kw["extra_targets"] = tuple(a.extra_targets)
     for name in ("gradient_checkpointing", "compile", "cuda_graphs"):  # auto | on | off -> "auto" | True | False
         kw[name] = {"auto": "auto", "on": True, "off": False}[getattr(a, name)]
     return TrainConfig(**kw)
+
+
+def preset_fields(preset: str, model_path: str) -> dict:
+    """The TrainConfig fields a preset sets ("auto": the bundled model's preset on it, else none)."""
+    if preset == "auto":
+        preset = BUNDLED_TRAINING_PRESET if is_bundled_model(model_path) else "none"
+    if preset == "none":
+        return {}
+    return {REQUEST_NAMES.get(k, k): v for k, v in TRAINING_PRESETS[preset].values.items()}
 
 
 def main(argv: list[str] | None = None) -> TrainResult:

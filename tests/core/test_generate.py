@@ -204,3 +204,29 @@ def test_missing_model_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--model", str(tmp_path / "nope"), "--prompt", "p", "--out", str(tmp_path / "o.png")])
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_bundled_model_draws_at_its_own_size_and_cfg_unless_told(tmp_path):
+    """What the service gives a request on the bundled model, the CLI gives too: 256x256, and with the full
+    preset 20 steps at CFG 2 (the preset's CFG 5 overshoots this model); given flags win."""
+    from core.bundled import BUNDLED_MODEL_DIR
+    from core.generate import build_parser, fill_model_defaults
+
+    def filled(*flags):
+        args = build_parser().parse_args(["--prompt", "p", "--out", "o.png", *flags])
+        fill_model_defaults(args)
+        return args.width, args.height, args.steps, args.guidance
+
+    assert filled("--model", str(BUNDLED_MODEL_DIR)) == (256, 256, 20, 2.0)
+    assert filled("--model", str(BUNDLED_MODEL_DIR), "--width", "128", "--guidance", "3") == (128, 256, 20, 3.0)
+    assert filled("--model", str(BUNDLED_MODEL_DIR), "--preset", "dev") == (256, 256, None, None)  # the preset's
+    assert filled("--model", "elsewhere") == (1024, 1024, None, None)
+
+    out = tmp_path / "shapes.png"
+    main(["--model", str(BUNDLED_MODEL_DIR), "--prompt", "a small red circle in the center", "--steps", "3",
+          "--seed", "2", "--out", str(out)])  # fmt: skip
+    tok = load_tokenizer(BUNDLED_MODEL_DIR)
+    sampler = Sampler(load_model(BUNDLED_MODEL_DIR, tokenizer=tok), tok)
+    want = sampler("a small red circle in the center", width=256, height=256, steps=3, guidance=2.0, seed=2)[0]
+    diff = np.abs(np.asarray(Image.open(out), dtype=int) - np.asarray(want, dtype=int))
+    assert Image.open(out).size == (256, 256) and diff.max() <= 1

@@ -110,3 +110,36 @@ def test_bench_tiny_smoke():
     assert table[-4].startswith("| variant |")
     assert table[-2].startswith("| recipe | 64 | 1 | on |") and "1.00x" in table[-2]
     assert table[-1].startswith("| ours | 64 | 1 | on |") and "failed" not in table[-1]
+
+
+def test_the_bundled_model_trains_with_its_preset_unless_flags_say_otherwise():
+    """`python -m core.train` on the bundled model (its default --model) gets the service's "bundled" recipe, not
+    the 8B recipe's 1024 px and 2,500 steps at 1e-4; a flag given wins, and alpha follows a rank given."""
+    from core.bundled import BUNDLED_MODEL_DIR
+    from core.train import TrainConfig, config_from_args
+    from core.train.presets import TRAINING_PRESETS
+
+    base = ["--data_dir", "d", "--out_dir", "o"]
+    want = TRAINING_PRESETS["bundled"].values
+    cfg = config_from_args(base)
+    assert cfg.model_path == str(BUNDLED_MODEL_DIR)
+    got = (cfg.resolution, cfg.steps, cfg.lr, cfg.batch_size, cfg.rank, cfg.alpha, cfg.lr_schedule)
+    assert got == tuple(
+        want[k] for k in ("resolution", "steps", "learning_rate", "batch_size", "rank", "alpha", "lr_schedule")
+    )
+    cfg.validate()
+    mine = config_from_args(base + ["--steps", "40", "--rank", "8"])
+    assert (mine.steps, mine.rank, mine.alpha, mine.lr) == (40, 8, 8.0, want["learning_rate"])
+    spelled = config_from_args(base + ["--model", str(BUNDLED_MODEL_DIR / ".." / BUNDLED_MODEL_DIR.name)])
+    assert spelled.resolution == want["resolution"]
+
+    recipe = TrainConfig(model_path="x", out_dir="o")
+    other = config_from_args(base + ["--model", "elsewhere/HiDream-O1-Image"])
+    assert (other.resolution, other.steps, other.lr) == (recipe.resolution, recipe.steps, recipe.lr)
+    plain = config_from_args(base + ["--preset", "none"])
+    assert (plain.resolution, plain.steps) == (recipe.resolution, recipe.steps)
+    quick = config_from_args(base + ["--model", "elsewhere", "--preset", "quick"])
+    assert (quick.steps, quick.lr) == (
+        TRAINING_PRESETS["quick"].values["steps"],
+        TRAINING_PRESETS["quick"].values["learning_rate"],
+    )
