@@ -116,6 +116,35 @@ class Service:
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=600)
         return time.perf_counter() - self.t0
 
+    def log_lines(self, text: str) -> list[str]:
+        return [ln for ln in self.log_path.read_text(errors="replace").splitlines() if text in ln]
+
+    def wait_warm(self, count: int, timeout: float = 120) -> float | None:
+        """Seconds waited until the worker has logged `count` warm-ups of the main size (None: it did not within
+        `timeout`, e.g. no warm-up configured): timed series start on a warm worker, not during its warm-up."""
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < timeout:
+            if len(self.log_lines(f"warm-up {self.side}x{self.side}:")) >= count:
+                return time.perf_counter() - t0
+            time.sleep(0.2)
+        return None
+
+    def phases(self) -> list[dict]:
+        """The worker's per-request breakdown lines (worker.generation): one dict per batch."""
+        out = []
+        for ln in self.log_lines("; kept graph "):
+            m = re.search(
+                r"generation (\S+): (\d+) image\(s\) (\d+)x(\d+), (\d+) steps, ([\d.]+) s \((.*)\); kept graph (\w+)",
+                ln,
+            )
+            if m:
+                parts = dict((k, float(v)) for k, v in (p.split() for p in m.group(7).split(", ")))
+                out.append(
+                    {"ids": m.group(1), "images": int(m.group(2)), "side": int(m.group(3)), "total": float(m.group(6)),
+                     "kept": m.group(8) == "yes", **parts}
+                )  # fmt: skip
+        return out
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -395,6 +424,7 @@ def main(argv=None) -> dict:
                     fast_png.write_bytes(svc.http.get(g["images"][0]["url"]).content)
             return times
 
+        R["warm_wait_s"] = [svc.wait_warm(1)]
         stage("1024 no LoRA", 30, lambda: series(a.images, keep=True))
 
         def imported():
@@ -461,6 +491,7 @@ def main(argv=None) -> dict:
 
         stage("first image after training (reload)", 20, lambda: svc.generate(seed=1)["seconds"])
         if lora_id:
+            R["warm_wait_s"].append(svc.wait_warm(2))  # the base is reloaded and warmed again after a training
             stage("1024 LoRA", 30, lambda: series(a.images, loras=[(lora_id, 1.0)]))
             if imported_id:
 
@@ -559,6 +590,7 @@ def main(argv=None) -> dict:
                 (out_dir / "service.log").read_text(errors="replace"),
             )
         ]
+        R["phases"] = svc.phases()
         (out_dir / "service.json").write_text(json.dumps(R, indent=2, default=str))
     R["log_lines"] = [
         ln
@@ -639,6 +671,20 @@ def make_table(R: dict) -> str:
             (
                 f"peak GPU memory, {names.get(pid, 'process')} {pid} (nvidia-smi, whole process)",
                 f"{mib / 1024:.1f} GiB",
+            )
+        )
+    if w := R.get("warm_wait_s"):
+        rows.append(("waited for the worker's warm-up before the timed series", " / ".join(
+            "-" if x is None else f"{x:.1f} s" for x in w)))  # fmt: skip
+    steady = [p for p in R.get("phases", [])[1:] if p["images"] == 1 and p["side"] == 1024]  # after the cold one
+    if steady:
+        names = [k for k in steady[0] if k not in ("ids", "images", "side", "total", "kept")]
+        rows.append(
+            (
+                f"worker task of a one-image 1024^2 request, median of {len(steady)} (kept graph replayed in "
+                f"{sum(p['kept'] for p in steady)})",
+                f"{statistics.median(p['total'] for p in steady):.3f} s: "
+                + ", ".join(f"{k} {statistics.median(p[k] for p in steady):.3f}" for k in names),
             )
         )
     for e in R["errors"]:

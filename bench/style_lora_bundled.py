@@ -81,6 +81,9 @@ def main() -> None:
     ap.add_argument("--lora", help="score this trained file instead of training one")
     ap.add_argument("--skip-base", action="store_true", help="score the LoRA only")
     ap.add_argument("--seed", type=int, default=0, help="the training's seed (noise, sigmas, batch order)")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="any other TrainConfig field (repeatable)"
+    )
     a = ap.parse_args()
     out = Path(a.out)
     if a.trigger:
@@ -111,6 +114,10 @@ def main() -> None:
         sample_every=0,
         seed=a.seed,
     )
+    for item in a.set:
+        name, value = item.split("=", 1)
+        kind = type(getattr(cfg, name))
+        setattr(cfg, name, value if kind is str else kind(value))
     t0 = time.time()
     result = train(cfg)
     report(a, result.lora_file, time.time() - t0)

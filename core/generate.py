@@ -9,8 +9,10 @@
 --model is the checkpoint folder (or a ComfyUI single file, with --tokenizer/config beside it). With
 --num_images N > 1 the files are <out stem>-<k><suffix>. Progress goes to stderr: step/total and s/step.
 On the bundled models/o1-shapes, what is not given is that model's, as the service gives it (core.bundled):
-256x256, and with the full preset 20 steps at CFG 2. On CUDA each step is replayed as a CUDA graph
-(--cuda_graphs auto): the step's ~2k kernel launches cost more host time than the GPU needs at full size.
+256x256, and with the full preset 20 steps at CFG 2. Steps run eagerly (--compile compiles the decoder layers):
+for one request a CUDA graph does not pay for its capture. On an H200 at full size, fp8, 1024^2, 50 steps, a
+graph made each later step 89 instead of 98 ms but its capture cost 1.9 s: 7.0 s per image against 5.5
+(bench/RESULTS.md). The service keeps its graphs from one request to the next, so it does use them.
 """
 
 from __future__ import annotations
@@ -95,12 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
         "memory, slower steps)",
     )
     ap.add_argument("--compile", action="store_true", help="torch.compile the decoder layers (CUDA)")
-    ap.add_argument(
-        "--cuda_graphs",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="replay each step as a CUDA graph captured at the first; auto: on CUDA without --offload_blocks",
-    )
     return ap
 
 
@@ -117,14 +113,6 @@ def fill_model_defaults(args) -> None:
     if bundled and args.preset == "full":
         args.steps = BUNDLED_MODEL_SAMPLING["steps"] if args.steps is None else args.steps
         args.guidance = BUNDLED_MODEL_SAMPLING["guidance"] if args.guidance is None else args.guidance
-
-
-def cuda_graphs_on(args, device: torch.device) -> bool:
-    """CUDA graphs for the steps: "auto" on CUDA unless layers are offloaded (their copies and stream waits are
-    not captured)."""
-    if args.cuda_graphs == "auto":
-        return device.type == "cuda" and args.offload_blocks == 0
-    return args.cuda_graphs == "on"
 
 
 def output_paths(out: Path, n: int) -> list[Path]:
@@ -221,7 +209,6 @@ def main(argv=None) -> list[Path]:
         preview_every=0,
         compile=args.compile,
         compile_scope="layers",
-        cuda_graph=cuda_graphs_on(args, device),
     )
     images = sampler(
         args.prompt,

@@ -275,7 +275,9 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
     width, height = int(p["width"]), int(p["height"])
     deadline = time.monotonic() + c.settings.generate_time_limit_s
     h = host(c)
+    clock = PhaseClock()
     with h.serving():  # before a warm-up's remaining calls
+        clock.lap("wait")
         model = h.model()
         refs = p.get("loras", [])
         loras = [
@@ -327,6 +329,8 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
         # The LoRAs stay set after the request: the next request with the same ones (merged into the weights, or
         # in the slots) then costs nothing to set up; a request with others replaces them.
         set_loras(model, loras)
+        clock.lap("setup")
+        kept_before = h.sampler.kept_steps.hits
         z = h.sampler.sample(
             specs,
             width=width,
@@ -339,14 +343,47 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
             return_latents=True,
         )
         finite = torch.isfinite(z.float()).flatten(1).all(1).tolist()  # the one host sync of the batch
+        clock.lap("sampling")
+        kept_graph = h.sampler.kept_steps.hits > kept_before
         images = to_pil(torch.nan_to_num(z), height, width)  # non-finite images are dropped below
+        clock.lap("decode")
     for r in rows:  # a row with a non-finite image fails as a whole: none of its images is stored
         if r.active and not all(ok for ok, (o, _) in zip(finite, owners) if o is r):
             _fail(c, r, nonfinite_message(refs))
     kept = [(image, r, i) for image, (r, i) in zip(images, owners) if r.active]
-    for png, (image, r, i) in zip(encode_pngs([image for image, _, _ in kept]), kept):
+    pngs = encode_pngs([image for image, _, _ in kept])
+    clock.lap("png")
+    for png, (image, r, i) in zip(pngs, kept):
         _store(c, r.gen, i, png, image.size, int(r.gen.params.get("seed") or 0) + i)
+    clock.lap("store")
     _finish(c, rows)
+    clock.lap("finish")
+    # one line per batch: where a request's time went (bench/bench_service.py reads these lines)
+    log.info(
+        "generation %s: %d image(s) %dx%d, %d steps, %s; kept graph %s",
+        ",".join(r.gen.id for r in rows),
+        len(specs),
+        width,
+        height,
+        steps,
+        clock.text(),
+        "yes" if kept_graph else "no",
+    )
+
+
+class PhaseClock:
+    """Seconds between laps, by name: the per-request breakdown of a generation in the worker's log."""
+
+    def __init__(self):
+        self.t, self.phases = time.perf_counter(), {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name], self.t = now - self.t, now
+
+    def text(self) -> str:
+        total = sum(self.phases.values())
+        return f"{total:.3f} s (" + ", ".join(f"{k} {v:.3f}" for k, v in self.phases.items()) + ")"
 
 
 def encode_pngs(images: list) -> list[bytes]:

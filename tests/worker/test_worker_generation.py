@@ -109,6 +109,26 @@ def test_generation_writes_pngs_of_the_requested_size_and_succeeds(gctx):
     assert generation.run_generation(gen.id, c) == "finished"
 
 
+def test_each_request_logs_where_its_time_went(gctx, caplog):
+    """One INFO line per batch splits the request's seconds into phases that add up to its total (operators read
+    it; bench/bench_service.py takes its breakdown table from it)."""
+    import re
+
+    c = gctx
+    with c.sessions() as s:
+        owner = create_owner(s, name="timing")
+    gen = new_generation(c, owner.id)
+    with caplog.at_level("INFO", logger="worker.generation"):
+        assert generation.run_generation(gen.id, c) == "succeeded"
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"generation {gen.id}: ")]
+    m = re.search(r"2 image\(s\) 64x32, \d+ steps, ([\d.]+) s \((.*)\); kept graph (yes|no)$", line)
+    assert m, line
+    phases = dict((k, float(v)) for k, v in (p.split() for p in m.group(2).split(", ")))
+    assert list(phases) == ["wait", "setup", "sampling", "decode", "png", "store", "finish"]
+    assert min(phases.values()) >= 0 and abs(sum(phases.values()) - float(m.group(1))) < 0.005
+    assert phases["sampling"] == max(phases.values())  # the model's steps dominate, even on the tiny model
+
+
 def test_loras_with_scales_change_the_image_without_reloading_the_base(gctx):
     c = gctx
     with c.sessions() as s:
