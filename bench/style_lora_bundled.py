@@ -82,7 +82,11 @@ def main() -> None:
     ap.add_argument("--skip-base", action="store_true", help="score the LoRA only")
     ap.add_argument("--seed", type=int, default=0, help="the training's seed (noise, sigmas, batch order)")
     ap.add_argument(
-        "--set", action="append", default=[], metavar="FIELD=VALUE", help="any other TrainConfig field (repeatable)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any other TrainConfig field (repeatable)",
     )
     a = ap.parse_args()
     out = Path(a.out)

@@ -13,7 +13,6 @@ batch (worker/generation_batch.py); each row keeps its own progress, images, can
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import sys
@@ -37,6 +36,7 @@ from worker.context import WorkerContext, ctx
 from worker.memory_plan import check_generation, merge_reserve, out_of_memory_message
 from worker.model_host import ModelHost, parse_sizes
 from worker.pacing import Every, Heartbeat
+from worker.png_encode import encode_png
 from worker.reference_images import load_references
 from worker.runs import TimeLimitExceeded, db_call, hand_back, local_dir, local_file, publish, short_error, take
 
@@ -387,19 +387,24 @@ class PhaseClock:
 
 
 def encode_pngs(images: list) -> list[bytes]:
-    """PNG bytes of each image, encoded on parallel threads (Pillow's encoder releases the GIL: 4 images at 1024^2
-    in 0.20 s instead of 0.37 s on this 2-core build machine; the GPU waits for this after every batch). zlib's
-    fastest level: two thirds of level 6's time (0.09 vs 0.13 s per 1024^2 image) for files ~11% larger."""
-
-    def encode(image) -> bytes:
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", compress_level=1)
-        return buf.getvalue()
-
+    """PNG bytes of each image (worker.png_encode): one image's parts deflated on parallel threads, several images
+    one per thread. The GPU waits for this after every batch."""
+    pool, workers = _png_pool()
     if len(images) <= 1:
-        return [encode(im) for im in images]
-    with ThreadPoolExecutor(max_workers=min(len(images), os.cpu_count() or 1)) as pool:
-        return list(pool.map(encode, images))
+        return [encode_png(im, pool, workers) for im in images]
+    return list(pool.map(encode_png, images))
+
+
+_PNG_POOL: tuple[ThreadPoolExecutor, int] | None = None
+
+
+def _png_pool() -> tuple[ThreadPoolExecutor, int]:
+    """The process's encoding threads (kept: a request should not pay for starting them)."""
+    global _PNG_POOL
+    if _PNG_POOL is None:
+        workers = max(1, min(8, os.cpu_count() or 1))
+        _PNG_POOL = (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="png"), workers)
+    return _PNG_POOL
 
 
 def nonfinite_message(lora_refs: list[dict]) -> str:
