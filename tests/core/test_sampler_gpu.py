@@ -50,3 +50,27 @@ def test_a_kept_graph_replays_the_next_prompt_of_its_length_as_eager_gives_it():
     got = graphed(["a blue square"], seed=4, **kw)  # the same token count: the kept graph, from its first step
     assert (graphed.kept_steps.misses, graphed.kept_steps.hits) == (1, 1)
     torch.testing.assert_close(got.float(), eager(["a blue square"], seed=4, **kw).float(), rtol=0, atol=5e-2)
+
+
+def test_a_kept_graph_reads_a_lora_merged_after_its_capture():
+    """Merging writes the weights in place, so a kept graph replays with the LoRA merged since (no stale weights)."""
+    from core.lora import clear_loras, install_lora_merging, remove_lora_merging, set_loras
+    from tests.core.test_lora_slots import random_lora
+
+    model, tok = build_model()
+    model = model.to("cuda", torch.bfloat16)
+    lora = random_lora(model, "a", 4, 1)
+    install_lora_merging(model)
+    kw = dict(width=64, height=96, steps=6, guidance=3.0, seed=2, return_latents=True)
+    graphed, eager = Sampler(model, tok, cuda_graph=True), Sampler(model, tok)
+    try:
+        plain = graphed(["a red circle"], **kw)
+        set_loras(model, [(lora, 1.0)])
+        merged = graphed(["a red circle"], **kw)  # the graph captured above, replayed
+        want = eager(["a red circle"], **kw)
+    finally:
+        clear_loras(model)
+        remove_lora_merging(model)
+    assert graphed.kept_steps.hits == 1
+    assert (merged.float() - plain.float()).abs().max() > 0.1  # the LoRA changes the image ...
+    torch.testing.assert_close(merged.float(), want.float(), rtol=0, atol=5e-2)  # ... as eager draws it
