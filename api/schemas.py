@@ -200,6 +200,12 @@ class TrainingCreate(WebhookRequest):
     caption_dropout: float = Field(
         TrainConfig.caption_dropout, ge=0, le=1, description="fraction of captions dropped (keeps CFG working)"
     )
+    prior_preservation: bool = Field(
+        TrainConfig.prior_preservation,
+        description="with a trigger and a dataset without reg/ images: before training, the base model draws each "
+        "caption without the trigger, and those images train as reg/ images, so that prompts without the trigger "
+        "keep the base model's look (on by default in the 'bundled' preset; costs one generation per image)",
+    )
     lr_schedule: Literal["constant", "cosine"] = Field(
         TrainConfig.lr_schedule, description="learning-rate schedule after warm-up"
     )

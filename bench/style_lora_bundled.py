@@ -121,7 +121,10 @@ def main() -> None:
     for item in a.set:
         name, value = item.split("=", 1)
         kind = type(getattr(cfg, name))
-        setattr(cfg, name, value if kind is str else kind(value))
+        if kind is bool:
+            setattr(cfg, name, value.lower() in ("1", "true", "yes", "on"))
+        else:
+            setattr(cfg, name, value if kind is str else kind(value))
     t0 = time.time()
     result = train(cfg)
     report(a, result.lora_file, time.time() - t0)

@@ -5,9 +5,10 @@
 
 It starts `python -m ops.embedded` (own Redis, SQLite, API, one worker) on the bundled model, writes a
 core.synth dataset in the "shaded" style (each shape lit from above: its colour darkens towards its bottom) with
-the trigger in front of each caption, plus the same scenes drawn plain under reg/ (trained without the trigger,
-so the LoRA stays off without it), uploads it as a zip and trains with the service's default
-preset ("bundled" on the bundled model: the request names only the dataset, the trigger and a preview prompt). Then it generates
+the trigger in front of each caption, uploads it as a zip and trains with the service's default preset ("bundled"
+on the bundled model: the request names only the dataset, the trigger and a preview prompt). That preset has the
+base model draw each caption without the trigger first, and trains on those images as reg/ images, so the LoRA
+stays off without its trigger (core/train/prior.py; --reg-ratio uploads rendered plain twins instead). Then it generates
 held-out prompts (core.synth stream 999, never trained on) with the same seeds four ways: the base model without
 and with the trigger, the LoRA with and without it, scores every image with core.synth (shading score, and
 whether background, region and colour follow the prompt) and writes a grid of the first prompts, labelled, with
@@ -295,15 +296,14 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m ops.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "runs" / "demo"))
     ap.add_argument("--images", type=int, default=24, help=f"{STYLE} images")
-    # Each styled image's own scene drawn plain (paired reg/ images) gates the trigger at one per styled image: the
-    # pair differs only in style and trigger. Unpaired scenes needed three per styled one to gate, at the cost of
-    # style (docs/evidence.md section 5).
+    # None by default: the service's bundled preset draws prior images (the base model's own, of each caption without
+    # the trigger), which gated the style better than rendered plain twins (docs/evidence.md section 5).
     ap.add_argument(
         "--reg-ratio",
         type=int,
-        default=1,
-        help="plain reg/ images (without the trigger) per styled image; the "
-        "first of them are the styled scenes drawn plain",
+        default=0,
+        help="rendered plain reg/ images (without the trigger) per styled image, the first of them the styled "
+        "scenes drawn plain (default 0: the service's prior images instead)",
     )
     ap.add_argument("--steps", type=int, default=0, help="training steps (default: the preset's); smoke runs")
     ap.add_argument("--prompts", type=int, default=16, help="held-out prompts generated and scored")

@@ -23,7 +23,7 @@ from .buckets import make_buckets, nearest_bucket
 from .images import DEFAULT_MAX_PIXELS
 from .report import DatasetError, DatasetReport
 from .sources import Issue, SourceLimits, open_source
-from .transforms import EMPTY_PROMPT, with_trigger
+from .transforms import EMPTY_PROMPT, with_trigger, without_trigger
 from .validate import DEFAULT_MIN_SIDE, validate_dataset
 
 # The torch parts load on first use, so that the API can validate uploads without importing torch.
@@ -39,4 +39,4 @@ def __getattr__(name):
 
 __all__ = ["BucketBatchSampler", "DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE", "DatasetError", "DatasetReport",
            "EMPTY_PROMPT", "Issue", "SourceLimits", "TrainDataset", "collate_batch", "make_buckets",
-           "nearest_bucket", "open_source", "to_pil", "validate_dataset", "with_trigger"]
+           "nearest_bucket", "open_source", "to_pil", "validate_dataset", "with_trigger", "without_trigger"]

@@ -152,12 +152,31 @@ class ZipSource:
         return state
 
 
-Source = FolderSource | ZipSource
+class LayeredSource:
+    """A dataset with files laid over it from another source (the trainer's prior images under reg/, say): the
+    entries of both, each read from its own. A name present in both is refused: nothing is silently shadowed."""
+
+    def __init__(self, base: "FolderSource | ZipSource", overlay: "FolderSource | ZipSource"):
+        clash = sorted({e.name for e in base.entries} & {e.name for e in overlay.entries})
+        if clash:
+            raise SourceError(f"{overlay.name} would replace {len(clash)} file(s) of {base.name}, e.g. {clash[0]}")
+        self.base, self.overlay = base, overlay
+        self.name = f"{base.name} + {overlay.name}"
+        self.entries = list(base.entries) + list(overlay.entries)
+        self.unsafe = list(base.unsafe) + list(overlay.unsafe)
+        self.ignored = list(base.ignored) + list(overlay.ignored)
+        self._from_overlay = {e.name for e in overlay.entries}
+
+    def read(self, name: str) -> bytes:
+        return (self.overlay if name in self._from_overlay else self.base).read(name)
+
+
+Source = FolderSource | ZipSource | LayeredSource
 
 
 def open_source(source: str | Path | Source, limits: SourceLimits = SourceLimits()) -> Source:
     """A folder or a .zip path (or an already opened source) -> Source."""
-    if isinstance(source, (FolderSource, ZipSource)):
+    if isinstance(source, (FolderSource, ZipSource, LayeredSource)):
         return source
     path = Path(source)
     if path.is_dir():

@@ -62,3 +62,15 @@ def with_trigger(caption: str | None, trigger: str) -> str:
     if re.search(rf"(?<!\w){re.escape(trigger)}(?!\w)", caption, re.IGNORECASE):
         return caption
     return f"{trigger}, {caption}"
+
+
+def without_trigger(caption: str | None, trigger: str) -> str:
+    """The caption with the trigger phrase taken out (as a whole phrase, with the comma that joined it), what the
+    base model is asked to draw for a prior image; EMPTY_PROMPT when nothing is left."""
+    trigger = " ".join(trigger.split())
+    caption = " ".join((caption or "").split())
+    if trigger:
+        phrase = re.escape(trigger)
+        caption = re.sub(rf"(?<!\w){phrase}(?!\w)\s*,?\s*|,?\s*(?<!\w){phrase}(?!\w)", "", caption, flags=re.I)
+    caption = caption.strip(" ,")
+    return caption or EMPTY_PROMPT

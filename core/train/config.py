@@ -48,6 +48,8 @@ class TrainConfig:
     caption_dropout: float = 0.0  # fraction of captions replaced by " " (keeps CFG working)
     reference_dropout: float = 0.0  # edit datasets: fraction of samples trained without their
     # reference images (the LoRA then also works without any)
+    prior_preservation: bool = False  # with a trigger and no reg/ images: the base model draws each
+    # caption without the trigger first, and those images train as reg/ images (core/train/prior.py)
     num_workers: int = 0  # DataLoader workers (0: decode in the training process)
     min_side: int = 256  # images with a shorter side are rejected by validation (never more
     # than resolution: an image as large as the training size trains)

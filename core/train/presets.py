@@ -72,6 +72,9 @@ TRAINING_PRESETS: dict[str, TrainingPreset] = {
             "sample_every": 75,
             "lr_schedule": "cosine",
             "warmup_steps": 0,  # none: a warm-up would refuse a request of fewer steps (LoRA B starts at 0)
+            # a dataset without reg/ images gets the base model's own images of its captions without the trigger
+            # (core/train/prior.py): they gated the style better than rendered plain twins (docs/evidence.md, 5)
+            "prior_preservation": True,
         },
     ),
 }

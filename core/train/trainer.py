@@ -136,6 +136,8 @@ class Trainer:
         else:
             model = _prebuilt(model, self.base_precision, cfg.offload_blocks, self.device)
         self.model, self.tokenizer = model, tokenizer
+        # the base model's own images of the captions without the trigger, drawn before the LoRA exists
+        self.prior_dir = self._prior_images(data)
         if cfg.full:
             # The vision tower only serves reference images; text-to-image training never reaches it.
             for name, p in self.model.named_parameters():
@@ -202,6 +204,30 @@ class Trainer:
         if ckpt is not None:
             self.load_checkpoint(ckpt)
 
+    def _prior_images(self, data) -> Path | None:
+        """core.train.prior's folder for this run (None: none is used); rank 0 draws, the others wait for it."""
+        if data is not None or not self.cfg.prior_preservation:
+            return None
+        from core.data import TrainDataset
+        from core.train.prior import prior_images
+
+        scanned = TrainDataset(self.cfg.data_dir, resolution=self.cfg.resolution, min_side=self._min_side())
+        folder = prior_images(self.cfg, self.model, self.tokenizer, scanned, on_main=self.dist.main)
+        if folder is not None and self.dist.active:
+            torch.distributed.barrier()
+        return folder
+
+    def _min_side(self) -> int:
+        return min(self.cfg.min_side, self.cfg.resolution)
+
+    def _source(self):
+        """The dataset, with the prior images laid over it when there are any."""
+        if self.prior_dir is None:
+            return self.cfg.data_dir
+        from core.data.sources import FolderSource, LayeredSource, open_source
+
+        return LayeredSource(open_source(self.cfg.data_dir), FolderSource(self.prior_dir))
+
     def _data(self, data, on_cuda: bool):
         """The training batches, and self.validator: the validation images held out of data_dir (or those of
         validation_dir) with their fixed noise; None when the run validates nothing."""
@@ -212,7 +238,7 @@ class Trainer:
             from core.data import TrainDataset
 
             train_ds = TrainDataset(
-                cfg.data_dir,
+                self._source(),
                 resolution=cfg.resolution,
                 trigger=cfg.trigger,
                 repeats=cfg.repeats,
@@ -220,7 +246,7 @@ class Trainer:
                 caption_dropout=cfg.caption_dropout,
                 seed=cfg.seed,
                 cache=True,
-                min_side=min(cfg.min_side, cfg.resolution),
+                min_side=self._min_side(),
                 reference_dropout=cfg.reference_dropout,
             )
         train_ds, val_ds = validation_set(cfg, train_ds)
