@@ -37,11 +37,16 @@ def _field_comments() -> dict[str, str]:
     import inspect
     import re
 
-    out = {}
+    out, last = {}, None
     for line in inspect.getsource(TrainConfig).splitlines():
         m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
         if m:
-            out[m.group(1)] = m.group(2).strip()
+            last = m.group(1)
+            out[last] = m.group(2).strip()
+        elif last and (more := re.match(r"\s+#(?!\s*--)\s*(.+)$", line)):  # carried on ("# --" opens a section)
+            out[last] += " " + more.group(1).strip()
+        else:
+            last = None
     return out
 
 
@@ -101,7 +106,9 @@ def _parser() -> argparse.ArgumentParser:
         if f.name in taken or f.name in ("sample_prompts", "betas", "base_model_name"):
             continue
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        help_ = f"{notes.get(f.name, '')} (default: {f.default})"
+        help_ = f"{notes.get(f.name, '')} (default: {f.default})".replace(
+            "%", "%%"
+        )  # argparse formats help with %
         if kind == "bool":
             ap.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif kind in ("int", "float", "str", "int | None", "str | None", "float | None"):

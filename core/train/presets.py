@@ -56,20 +56,21 @@ TRAINING_PRESETS: dict[str, TrainingPreset] = {
     # rate that would wreck an 8B model. Chosen for the first LoRA of `make demo` (docs/evidence.md section 5): at
     # 256 px a shape spans two or more 32-px patches, so a style across it is a patch-level change the LoRA learns
     # (shading +0.42 at 256 px in 150 steps, against +0.32 at 128 px in 300: the same CPU time), and the base
-    # model draws its small shapes right there (0.96 of small shapes against 0.64 at 128 px). 3e-3: +0.49 with the
-    # trigger where 2e-3 gave +0.42. Batch 8 (batch 2 at 3e-3 learned noise at 128 px, 6e-3 collapsed),
-    # decayed by cosine, rank 16.
+    # model draws its small shapes right there (0.96 of small shapes against 0.64 at 128 px). Batch 8 (batch 2 at
+    # 3e-3 learned noise at 128 px, 6e-3 collapsed), 3e-3 decayed by cosine, rank 16. Prior images gate the trigger
+    # (+0.00-0.03 without it, where rendered plain twins leaked +0.01-0.08), which leaves room for 250 steps:
+    # +0.51 with the trigger in two seeds, where 150 steps gave +0.43-0.44.
     "bundled": TrainingPreset(
         "Bundled model",
-        "for the small bundled o1-shapes model on a CPU: 256 px, rank 16, 150 steps of 8 images at 3e-3",
+        "for the small bundled o1-shapes model on a CPU: 256 px, rank 16, 250 steps of 8 images at 3e-3, prior images",
         {
-            "steps": 150,
+            "steps": 250,
             "rank": 16,
             "alpha": 16.0,
             "learning_rate": 3e-3,
             "resolution": 256,
             "batch_size": 8,
-            "sample_every": 75,
+            "sample_every": 125,
             "lr_schedule": "cosine",
             "warmup_steps": 0,  # none: a warm-up would refuse a request of fewer steps (LoRA B starts at 0)
             # a dataset without reg/ images gets the base model's own images of its captions without the trigger

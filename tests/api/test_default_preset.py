@@ -64,10 +64,14 @@ def test_on_the_bundled_model_a_request_without_preset_gets_the_bundled_one(make
 def test_a_typed_value_that_clashes_with_the_default_preset_is_a_clear_422(make_client, alice, dataset):
     client = make_client(model_path=BUNDLED_MODEL, training_preset="auto")
     before = client.get("/v1/trainings", headers=auth(alice)).json()["count"]
-    r = submit(client, alice, dataset, sample_every=400)  # the preset trains 150 steps
+    steps = BUNDLED["steps"]
+    r = submit(client, alice, dataset, sample_every=steps + 250)  # more than the preset's steps
     assert r.status_code == 422
     msg = r.json()["error"]["message"]
-    assert "sample_every (400) must not exceed steps (150)" in msg and "default preset 'bundled'" in msg
+    assert (
+        f"sample_every ({steps + 250}) must not exceed steps ({steps})" in msg
+        and "default preset 'bundled'" in msg
+    )
     assert client.get("/v1/trainings", headers=auth(alice)).json()["count"] == before  # nothing queued
 
 

@@ -143,3 +143,16 @@ def test_the_bundled_model_trains_with_its_preset_unless_flags_say_otherwise():
         TRAINING_PRESETS["quick"].values["steps"],
         TRAINING_PRESETS["quick"].values["learning_rate"],
     )
+
+
+def test_help_lists_every_flag(capsys):
+    """`python -m core.train --help` prints (a field comment with a % sign once made argparse raise instead)."""
+    from core.train import config_from_args
+
+    with pytest.raises(SystemExit) as done:
+        config_from_args(["--help"])
+    assert done.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    assert "--validation_fraction" in out and "10% from 20 images up" in out
+    # a field comment carried on to a second line is all in its flag's help
+    assert "draws each caption without the trigger first, and those images train as reg/ images" in out
