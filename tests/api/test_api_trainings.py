@@ -53,6 +53,7 @@ def test_submit_queues_the_row_and_sends_the_message_by_name(client, alice, data
         "repeats": 1,
         "flip": False,
         "caption_dropout": 0.0,
+        "prior_preservation": False,
         "lr_schedule": "constant",
         "warmup_steps": 0,
         "grad_accum": 1,

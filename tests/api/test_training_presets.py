@@ -44,7 +44,9 @@ def test_fields_given_win_over_the_preset(client, alice, dataset):
     assert r.status_code == 202, r.text
     params = r.json()["params"]
     assert (params["rank"], params["learning_rate"]) == (4, 1e-3)  # typed
-    assert (params["resolution"], params["steps"]) == (256, 150)  # the preset's
+    bundled = TRAINING_PRESETS["bundled"].values
+    assert (params["resolution"], params["steps"]) == (bundled["resolution"], bundled["steps"])  # the preset's
+    assert params["prior_preservation"] is True
     assert params["alpha"] == TRAINING_PRESETS["bundled"].values["alpha"]
 
 
