@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 PRIOR_DIR = "prior"
 MANIFEST = "manifest.json"
 IMAGES = "images"  # the overlay's root, beside the manifest (which is no dataset file)
-BATCH = 8  # images per sampler call (one bucket each)
+BATCH_PIXELS = 8 * 256 * 256  # pixels per sampler call: 8 images at 256^2, one at 1024^2 (an 8B model's
+# activations for a batch of 1024^2 CFG images would not fit beside the training on a 24 GB card)
 
 
 def prior_plan(cfg, dataset) -> list[dict] | None:
@@ -102,8 +103,9 @@ def _draw(folder: Path, manifest: dict, model, tokenizer) -> None:
     for im in plan:
         by_size.setdefault((im["width"], im["height"]), []).append(im)
     for (w, h), ims in by_size.items():
-        for start in range(0, len(ims), BATCH):
-            chunk = ims[start : start + BATCH]
+        per_call = max(1, BATCH_PIXELS // (w * h))
+        for start in range(0, len(ims), per_call):
+            chunk = ims[start : start + per_call]
             specs = [ImageSpec(im["caption"], " ", im["seed"]) for im in chunk]
             images = sampler.sample(specs, width=w, height=h, **manifest["sampling"])
             for im, image in zip(chunk, images):
