@@ -96,6 +96,7 @@ FLAG_OF = {field: flag for flag, field, _, _ in TRAIN_FIELDS + GENERATE_FIELDS} 
     "trigger": "--trigger",
     "sample_prompts": "--sample-prompt",
     "flip": "--flip",
+    "prior_preservation": "--prior-preservation",
     "loras": "--lora",
     "prompt": "PROMPT",
     "files": "the dataset",
@@ -171,6 +172,8 @@ def cmd_train(client: O1LoraClient, a: argparse.Namespace) -> int:
         fields["sample_prompts"] = a.sample_prompt
     if a.flip:
         fields["flip"] = True
+    if a.prior_preservation is not None:
+        fields["prior_preservation"] = a.prior_preservation
     preset = None
     if a.preset:  # checked before anything is uploaded
         presets = client.training_presets()
@@ -408,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trigger", required=True, help="trigger phrase, put in front of every caption")
     p.add_argument("--sample-prompt", action="append", default=[], help="preview prompt (repeatable, up to 8)")
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
+    p.add_argument(
+        "--prior-preservation",
+        action=argparse.BooleanOptionalAction,
+        help="with no reg/ images in the dataset, the base model first draws each caption without the trigger and "
+        "those images train as reg/ images (default: the preset's; on in 'bundled')",
+    )
     add_fields(p, TRAIN_FIELDS)
     add_download_flags(p)
     p.add_argument("--no-download", action="store_true", help="print the LoRA id instead of downloading it")

@@ -48,6 +48,15 @@ def test_on_the_bundled_model_presets_marks_the_default_and_train_without_preset
     assert params["preset"] == "bundled"
     assert (params["steps"], params["sample_every"]) == (2, 0)  # the flags
     assert (params["rank"], params["resolution"], params["learning_rate"]) == (16, 256, 3e-3)  # the default preset
+    assert params["prior_preservation"] is True  # the preset's too ...
+    off = bundled_cli.run(
+        "train", "--dataset", params["dataset_id"], "--trigger", "sks", "--steps", "2", "--sample-every", "0",
+        "--no-prior-preservation", "--detach", cwd=tmp_path,
+    )  # fmt: skip
+    assert off.returncode == 0, off.stderr  # ... unless the flag says otherwise
+    assert (
+        api(bundled_cli).get(f"/v1/trainings/{off.stdout.strip()}").json()["params"]["prior_preservation"] is False
+    )
     # the upload was checked at the size the default preset trains at
     dataset = api(bundled_cli).get(f"/v1/datasets/{params['dataset_id']}").json()
     assert dataset["report"]["resolution"] == 256, dataset["report"]
