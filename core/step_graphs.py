@@ -4,8 +4,8 @@
     kept = KeptSteps(capacity=1)  # the sampler's: graphs that outlive their request
 
 Why keep them: a request's step is captured at its first call, which costs one eager run on a side stream (the
-capture needs it), the capture itself (its launches run no kernels) and the graph's instantiation: about two
-steps' time of 50, 0.1 s of a 1024^2 image on an H200 (bench/RESULTS.md). The next request whose step reads
+capture needs it), the capture itself (its launches run no kernels) and the graph's instantiation: 0.03 s of a
+1024^2 image on an H200, 2.138 against 2.107 s side by side (bench/RESULTS.md). The next request whose step reads
 tensors of the same shapes replays the kept graph from its first step: its prefix (the K/V of its prompts,
 the positions, the lengths) is copied into the kept prefix's tensors, which the graph reads at fixed addresses,
 as it reads its inputs.

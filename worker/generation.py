@@ -14,11 +14,9 @@ batch (worker/generation_batch.py); each row keeps its own progress, images, can
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from db.generations import (
@@ -36,7 +34,7 @@ from worker.context import WorkerContext, ctx
 from worker.memory_plan import check_generation, merge_reserve, out_of_memory_message
 from worker.model_host import ModelHost, parse_sizes
 from worker.pacing import Every, Heartbeat
-from worker.png_encode import encode_png
+from worker.png_encode import encode_pngs
 from worker.reference_images import load_references
 from worker.runs import TimeLimitExceeded, db_call, hand_back, local_dir, local_file, publish, short_error, take
 
@@ -384,27 +382,6 @@ class PhaseClock:
     def text(self) -> str:
         total = sum(self.phases.values())
         return f"{total:.3f} s (" + ", ".join(f"{k} {v:.3f}" for k, v in self.phases.items()) + ")"
-
-
-def encode_pngs(images: list) -> list[bytes]:
-    """PNG bytes of each image (worker.png_encode): one image's parts deflated on parallel threads, several images
-    one per thread. The GPU waits for this after every batch."""
-    pool, workers = _png_pool()
-    if len(images) <= 1:
-        return [encode_png(im, pool, workers) for im in images]
-    return list(pool.map(encode_png, images))
-
-
-_PNG_POOL: tuple[ThreadPoolExecutor, int] | None = None
-
-
-def _png_pool() -> tuple[ThreadPoolExecutor, int]:
-    """The process's encoding threads (kept: a request should not pay for starting them)."""
-    global _PNG_POOL
-    if _PNG_POOL is None:
-        workers = max(1, min(8, os.cpu_count() or 1))
-        _PNG_POOL = (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="png"), workers)
-    return _PNG_POOL
 
 
 def nonfinite_message(lora_refs: list[dict]) -> str:

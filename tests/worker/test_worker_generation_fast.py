@@ -16,6 +16,7 @@ from db.owners import create_owner
 from worker import generation
 from worker.context import WorkerContext
 from worker.model_host import ModelHost, parse_sizes
+from worker.png_encode import encode_pngs
 
 
 def pixels(c, gen_id) -> list[np.ndarray]:
@@ -184,12 +185,12 @@ def test_the_pngs_of_a_batch_are_encoded_in_parallel_in_order_and_lossless():
 
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)) for _ in range(5)]
-    pngs = generation.encode_pngs(images)
+    pngs = encode_pngs(images)
     assert len(pngs) == 5
     for png_bytes, image in zip(pngs, images):
         back = Image.open(io.BytesIO(png_bytes))
         assert back.format == "PNG" and np.array_equal(np.asarray(back), np.asarray(image))
-    assert generation.encode_pngs(images[:1]) == pngs[:1] and generation.encode_pngs([]) == []
+    assert encode_pngs(images[:1]) == pngs[:1] and encode_pngs([]) == []
 
 
 def test_a_request_during_the_warm_up_waits_for_one_warm_up_call_not_for_all(gctx, monkeypatch):
