@@ -24,3 +24,11 @@ def is_bundled_model(path: str | Path | None) -> bool:
         return Path(path).expanduser().resolve() == BUNDLED_MODEL_DIR.resolve()
     except OSError:
         return False
+
+
+def model_sampling(model_path: str | Path | None, preset: str = "full") -> dict:
+    """Steps and CFG that replace the preset's on this model: with the full preset, the bundled model's own
+    (core.presets.BUNDLED_MODEL_SAMPLING; the preset's CFG 5 overshoots it), else none."""
+    from core.presets import BUNDLED_MODEL_SAMPLING
+
+    return dict(BUNDLED_MODEL_SAMPLING) if preset == "full" and is_bundled_model(model_path) else {}

@@ -103,16 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 def fill_model_defaults(args) -> None:
     """Size, steps and CFG the command line left out: the bundled model's own (core.bundled), else the official
     1024x1024 and the preset's steps and CFG."""
-    from core.bundled import BUNDLED_IMAGE_SIDE, is_bundled_model
-    from core.presets import BUNDLED_MODEL_SAMPLING
+    from core.bundled import BUNDLED_IMAGE_SIDE, is_bundled_model, model_sampling
 
-    bundled = is_bundled_model(args.model)
-    side = BUNDLED_IMAGE_SIDE if bundled else 1024
-    args.width = side if args.width is None else args.width
-    args.height = side if args.height is None else args.height
-    if bundled and args.preset == "full":
-        args.steps = BUNDLED_MODEL_SAMPLING["steps"] if args.steps is None else args.steps
-        args.guidance = BUNDLED_MODEL_SAMPLING["guidance"] if args.guidance is None else args.guidance
+    side = BUNDLED_IMAGE_SIDE if is_bundled_model(args.model) else 1024
+    given = {"width": side, "height": side, **model_sampling(args.model, args.preset)}
+    for name, value in given.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def output_paths(out: Path, n: int) -> list[Path]:
@@ -203,13 +200,7 @@ def main(argv=None) -> list[Path]:
 
     progress = Progress()
     progress.start()
-    sampler = Sampler(
-        model,
-        tokenizer,
-        preview_every=0,
-        compile=args.compile,
-        compile_scope="layers",
-    )
+    sampler = Sampler(model, tokenizer, preview_every=0, compile=args.compile, compile_scope="layers")
     images = sampler(
         args.prompt,
         negative_prompt=args.negative_prompt,

@@ -106,9 +106,8 @@ def _parser() -> argparse.ArgumentParser:
         if f.name in taken or f.name in ("sample_prompts", "betas", "base_model_name"):
             continue
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        help_ = f"{notes.get(f.name, '')} (default: {f.default})".replace(
-            "%", "%%"
-        )  # argparse formats help with %
+        # argparse formats help strings with %: a literal % is %%
+        help_ = f"{notes.get(f.name, '')} (default: {f.default})".replace("%", "%%")
         if kind == "bool":
             ap.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif kind in ("int", "float", "str", "int | None", "str | None", "float | None"):

@@ -1,6 +1,6 @@
 """Prior images: what the base model draws for each training caption without the trigger, trained on as reg/ images.
 
-    folder = prior_images(cfg, model, tokenizer, dataset, device)   # before the LoRA is injected; None: not used
+    folder = prior_images(cfg, model, tokenizer, dataset)   # before the LoRA is injected; None: not used
 
 Why: a LoRA trained on styled images alone changes the prompts without its trigger too (on the bundled model the
 style leaked +0.15 without the trigger, docs/evidence.md section 5). Plain reg/ images of the same scenes,
@@ -12,8 +12,8 @@ That is DreamBooth's prior preservation, with each image's own caption as its cl
 training scenes do (docs/evidence.md section 5).
 
 They are written under out_dir/prior/images/reg/ (the folder laid over the dataset) with out_dir/prior/manifest.json;
-a resumed run, or a second run into the same out_dir
-with the same model, captions and sizes, reads them back instead of drawing them again.
+a resumed run, or a second run into the same out_dir with the same model, captions and sizes, reads them back
+instead of drawing them again.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import logging
 from pathlib import Path
 
 import torch
+
+from core.bundled import model_sampling
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +57,6 @@ def prior_plan(cfg, dataset) -> list[dict] | None:
     ]
 
 
-def sampling_for(model_path: str) -> dict:
-    """Steps and CFG the prior images are drawn with: the bundled model's own (core.bundled), else the full preset's."""
-    from core.bundled import is_bundled_model
-    from core.presets import BUNDLED_MODEL_SAMPLING
-
-    return dict(BUNDLED_MODEL_SAMPLING) if is_bundled_model(model_path) else {}
-
-
 def prior_images(cfg, model, tokenizer, dataset, on_main: bool = True) -> Path | None:
     """The folder to lay over the dataset (its reg/ holds the prior images, drawn now unless a matching manifest is
     there), or None. Only the main process draws (the others of a multi-GPU run wait at the caller's barrier)."""
@@ -70,7 +64,8 @@ def prior_images(cfg, model, tokenizer, dataset, on_main: bool = True) -> Path |
     if plan is None:
         return None
     folder = Path(cfg.out_dir) / PRIOR_DIR
-    manifest = {"model_path": str(cfg.model_path), "sampling": sampling_for(cfg.model_path), "images": plan}
+    # drawn with the full preset, at the bundled model's own steps and CFG on it (core.bundled)
+    manifest = {"model_path": str(cfg.model_path), "sampling": model_sampling(cfg.model_path), "images": plan}
     if on_main and not _matches(folder, manifest):
         _draw(folder, manifest, model, tokenizer)
     return folder / IMAGES

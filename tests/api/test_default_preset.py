@@ -90,3 +90,11 @@ def test_on_another_model_nothing_is_default_unless_configured(make_client, alic
 def test_an_unknown_default_preset_stops_the_api_at_start(settings):
     with pytest.raises(ValueError, match="O1LORA_TRAINING_PRESET='fastest' is no training preset"):
         create_app(settings.model_copy(update={"training_preset": "fastest"}))
+
+
+def test_the_service_and_the_core_name_one_bundled_model():
+    """service.settings may not import core (tests/test_import_boundaries.py), so both name the folder: the same one,
+    or the CLIs and the service would give different models their defaults."""
+    from core.bundled import BUNDLED_MODEL_DIR, is_bundled_model
+
+    assert BUNDLED_MODEL.resolve() == BUNDLED_MODEL_DIR.resolve() and is_bundled_model(BUNDLED_MODEL)
