@@ -126,7 +126,14 @@ def run_cli(
     if sec is None:
         print(text[-3000:], flush=True)
         return {"error": "no seconds/step line", "wall_s": wall}
-    return {"sec": sec, "wall_s": wall, "images_per_step": 2 if name.startswith("ddp2") else 1}
+    peak = re.search(r"peak GPU memory: ([0-9.]+) GiB allocated, ([0-9.]+) GiB reserved", text)
+    return {
+        "sec": sec,
+        "wall_s": wall,
+        "images_per_step": 2 if name.startswith("ddp2") else 1,
+        "peak_gib": float(peak.group(1)) if peak else None,
+        "reserved_gib": float(peak.group(2)) if peak else None,
+    }
 
 
 def run_bench(steps: int, timeout: float, variant: str = "ours") -> dict:
@@ -178,17 +185,20 @@ def main(argv=None) -> list[tuple[str, dict]]:
 def print_table(rows) -> None:
     base = next((r["sec"] for n, r in rows if n.startswith("bench") and "sec" in r), None)
     sec = {n: r["sec"] for n, r in rows if "sec" in r}
-    print("\n| path | s/step | images/s | vs bench s/step | vs 1 GPU images/s | process wall s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "\n| path | s/step | images/s | vs bench s/step | vs 1 GPU images/s | process wall s | peak GiB (reserved) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in rows:
         if "sec" not in r:
-            print(f"| {name} | {r['error']} | | | | {r['wall_s']:.0f} |")
+            print(f"| {name} | {r['error']} | | | | {r['wall_s']:.0f} | |")
             continue
+        peak = f"{r['peak_gib']} ({r.get('reserved_gib', '-')})" if r.get("peak_gib") else "-"
         ips = r["images_per_step"] / r["sec"]
         vs = f"{r['sec'] / base:.3f}x" if base else "-"
         one = sec.get(ONE_GPU.get(name, ""))  # seconds per image on one GPU (batch 1)
         scale = f"{ips * one:.2f}x" if one else "-"
-        print(f"| {name} | {r['sec']:.3f} | {ips:.2f} | {vs} | {scale} | {r['wall_s']:.0f} |")
+        print(f"| {name} | {r['sec']:.3f} | {ips:.2f} | {vs} | {scale} | {r['wall_s']:.0f} | {peak} |")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ length of `input_ids` (AR tokens + tms). Pad keys are masked with a [B, 1, 1, S]
 
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils import _pytree as pytree
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 from transformers import AttentionInterface
 from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
 from transformers.models.qwen3_vl.modeling_qwen3_vl import (
@@ -328,13 +329,14 @@ class HiDreamO1(nn.Module):
     def gradient_checkpointing_disable(self):
         self.gradient_checkpointing = False
 
-    def compile_layers(self, backend="inductor", mode: str | None = None) -> None:
+    def compile_layers(self, backend="inductor", mode: str | None = None, recompute_all: bool = True) -> None:
         """Regional torch.compile: one compiled function shared by every decoder layer (same code, the layer's
         weights as inputs), with gradient checkpointing traced inside it so that the backward's recompute runs
         compiled too (a checkpoint around a compiled module recomputes through saved-tensor hooks, which
         torch.compile does not trace). Sampling uses it too (Sampler(compile_scope="layers")): one layer's graph
         compiles in a fraction of the whole denoise's time, and a new shape recompiles only that small graph."""
-        self._layer_fn = torch.compile(run_layer, backend=backend, mode=mode)
+        compiled = run_layer_recomputed if recompute_all else run_layer  # False: the partitioner's choice
+        self._layer_fn = torch.compile(compiled, backend=backend, mode=mode)
 
     @contextmanager
     def layers_eager(self) -> Iterator[None]:
@@ -610,6 +612,45 @@ def run_layer(layer, hidden, position_embeddings, plan, ckpt: bool):
     if ckpt:
         return checkpoint(
             layer, hidden, position_embeddings=position_embeddings, o1_plan=plan, use_reentrant=False
+        )
+    return layer(hidden, position_embeddings=position_embeddings, o1_plan=plan)
+
+
+def _recompute_everything(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_RECOMPUTE
+
+
+def _recompute_everything_context():
+    return create_selective_checkpoint_contexts(_recompute_everything)
+
+
+class _KnownCheckpointPolicyNote(logging.Filter):
+    """Drops torch's once-per-process note that a context_fn reached a compiled checkpoint ("make sure the region
+    has no in-place ops"): ours recomputes everything, and tests/core/test_compiled_checkpoint.py checks that the
+    compiled layer's loss and LoRA gradients equal the eager layer's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "context_fn is passed to torch.utils.checkpoint" not in record.getMessage()
+
+
+logging.getLogger("torch._higher_order_ops.wrap").addFilter(_KnownCheckpointPolicyNote())
+
+
+def run_layer_recomputed(layer, hidden, position_embeddings, plan, ckpt: bool):
+    """run_layer for torch.compile: its checkpoint tells the partitioner to recompute every op of the layer.
+    Without the policy, inductor's partitioner kept the outputs of the fp8 base's matmuls (torch._scaled_mm
+    inside core.fp8's autograd.Function: gate and up 25 MB each, q, k, v, o) for the backward of a checkpointed
+    layer: 2.9 GiB more than eager for a 1024^2 sample at full size (bench/probe_fp8_train_memory.py on an H200,
+    bench/RESULTS.md), while the plain mm of a bf16 base was recomputed. The policy is read while tracing only:
+    eager layers keep run_layer (a selective-checkpoint context costs a dispatch mode per op)."""
+    if ckpt:
+        return checkpoint(
+            layer,
+            hidden,
+            position_embeddings=position_embeddings,
+            o1_plan=plan,
+            use_reentrant=False,
+            context_fn=_recompute_everything_context,
         )
     return layer(hidden, position_embeddings=position_embeddings, o1_plan=plan)
 

@@ -12,7 +12,8 @@ estimates are linear fits of peaks measured on an H200 with the full-size model 
                  + tokens x batch x (0.63 MiB with checkpointing | 5.1 MiB without)      [36 x 4096 model]
     generation = weights (bf16) + tokens x rows x 0.15 MiB    (rows = 2 x images with CFG, 1 without)
     fp8 base   = weights 8.78 GiB at full size (the decoder linears in float8); training with checkpointing
-                 2.96 MiB per token (the compiled fp8 layer, measured once at 1024^2: 12.56 GiB)
+                 0.46 MiB per token (measured once at 1024^2: 10.0 GiB, compiled or not)
+    a text-to-image training keeps the vision tower (1.07 GiB at full size) in host memory (core.train.Trainer)
 
 tokens = (side / 32)^2 image patches + ~100 text tokens + the reference images' tokens (core.reference_sizes:
 each reference's vision-tower placeholders in the prompt and its raw 32 px patches after the target; the
@@ -43,14 +44,12 @@ MIB = 2**20
 # The full-size text tower the coefficients were measured on.
 _REF_LAYERS, _REF_HIDDEN = 36, 4096
 TRAIN_PER_TOKEN = {True: 0.63 * MIB, False: 5.1 * MIB}  # by gradient checkpointing
-# fp8 base, compiled layers, checkpointing: 12.56 GiB at 1024^2 on the H200 (bench/RESULTS.md, issue 15), 2.5 GiB
-# more than eager fp8 (10.0): the compiled fp8 layer keeps ~2.3 MiB per token more through the forward. One
-# measured point; without checkpointing the fp8 path was not measured and bf16's coefficient is used.
-TRAIN_PER_TOKEN_FP8 = {True: 2.96 * MIB, False: 5.1 * MIB}
-# The same fp8 base with the layers eager (compile off): 10.00 GiB at 1024^2 with checkpointing on the H200, and
-# 8.21 GiB with 12 of the 36 layers offloaded (bench/RESULTS.md, issue 15 and its memory-cap runs): slower
-# (0.71 / 0.57 s a step vs 0.22 compiled), so the plan takes it only where the compiled layer does not fit.
-TRAIN_PER_TOKEN_FP8_EAGER_CKPT = 0.46 * MIB  # (10.00 - 8.82 weights - 0.69 LoRA and AdamW) / 1124 tokens
+# fp8 base with checkpointing: 10.01 GiB at 1024^2 eager and 10.02 compiled on the H200 with the vision tower
+# resident (bench/RESULTS.md, issue 15: the compiled layer recomputes every op, core.model.run_layer_recomputed;
+# before that it kept its fp8 matmuls' outputs, 12.52 GiB), 8.21 GiB with 12 of the 36 layers offloaded (the
+# memory-cap runs). One measured point; without checkpointing the fp8 path was not measured and bf16's
+# coefficient is used.
+TRAIN_PER_TOKEN_FP8 = {True: 0.46 * MIB, False: 5.1 * MIB}  # (10.01 - 8.82 weights - 0.69 LoRA, AdamW) / 1124
 OFFLOAD_STEPS = (6, 12, 18, 24)  # layers the plan tries to offload, fewest first (each costs speed)
 GEN_PER_TOKEN_ROW = 0.15 * MIB
 TEXT_TOKENS = 100  # a long prompt in the chat template
@@ -69,6 +68,7 @@ class ModelShape:
     kv_heads: int
     head_dim: int
     mlp: int
+    vision_bytes: int = 0  # the vision tower in bf16: host memory during a text-to-image training
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> "ModelShape":
@@ -89,6 +89,7 @@ class ModelShape:
             kv_heads=int(text["num_key_value_heads"]),
             head_dim=int(text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]),
             mlp=int(text["intermediate_size"]),
+            vision_bytes=_stored_bytes(files, ".visual.") * 2 // per,
         )
 
     @property
@@ -126,8 +127,29 @@ class ModelShape:
 
 
 FULL_SIZE = ModelShape(
-    weight_bytes=int(15.25 * GIB), layers=36, hidden=4096, heads=32, kv_heads=8, head_dim=128, mlp=12288
+    weight_bytes=int(15.25 * GIB),
+    layers=36,
+    hidden=4096,
+    heads=32,
+    kv_heads=8,
+    head_dim=128,
+    mlp=12288,
+    vision_bytes=2 * 576_388_336,  # 1.07 GiB: the vision tower's 576 M parameters
 )
+
+
+def _stored_bytes(files: list[Path], part: str) -> int:
+    """Bytes of the tensors whose names contain `part`, from the safetensors headers (no weight is read)."""
+    total = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        for name, entry in header.items():
+            if name != "__metadata__" and part in f".{name}":
+                start, end = entry["data_offsets"]
+                total += end - start
+    return total
 
 
 def tokens(width: int, height: int, reference_tokens: int = 0) -> int:
@@ -143,18 +165,17 @@ def training_need(
     checkpointing: bool = True,
     base_precision: str = "bf16",
     reference_tokens: int = 0,
-    eager: bool = False,
     offload_blocks: int = 0,
+    vision_resident: bool = True,
 ) -> int:
     """reference_tokens: what the references of the dataset's largest reference set add to one sample.
-    eager / offload_blocks (an fp8 base with checkpointing only: what the plan falls back to on small cards):
-    the layers not compiled; that many layers' frozen weights in host memory (two layers' worth stay on the
-    device as the slots they are streamed into, core/offload.py)."""
+    offload_blocks (an fp8 base with checkpointing only: what the plan falls back to on small cards): that many
+    layers' frozen weights in host memory (two layers' worth stay on the device as the slots they are streamed
+    into, core/offload.py). vision_resident=False: the vision tower waits in
+    host memory (core.train.Trainer does so for a text-to-image run in one process)."""
     per_token = (TRAIN_PER_TOKEN_FP8 if base_precision == "fp8" else TRAIN_PER_TOKEN)[bool(checkpointing)]
-    if base_precision == "fp8" and checkpointing and (eager or offload_blocks):
-        per_token = TRAIN_PER_TOKEN_FP8_EAGER_CKPT
     act = per_token * shape.scale * tokens(resolution, resolution, reference_tokens) * batch
-    base = shape.base_bytes(base_precision)
+    base = shape.base_bytes(base_precision) - (0 if vision_resident else shape.vision_bytes)
     if offload_blocks:
         layer = shape.linear_params // shape.layers * (1 if base_precision == "fp8" else 2)
         base -= (min(offload_blocks, shape.layers) - 2) * layer
@@ -216,11 +237,16 @@ def plan_training(
     reference_tokens: int = 0,
     reference_count: int = 0,
     small_card_fallbacks: bool = True,
+    vision_resident: bool | None = None,
 ) -> Plan:
     """Run as asked, turn checkpointing on to fit, or refuse (message for the owner). reference_tokens /
     reference_count: the dataset's largest reference set (tokens it adds to a sample, images in it).
-    An fp8 base that does not fit compiled runs eager, then with layers offloaded, where that fits
-    (small_card_fallbacks: the caller may choose neither, e.g. when compile or offload was set explicitly)."""
+    An fp8 base that does not fit runs with layers offloaded (uncompiled), where that fits (small_card_fallbacks:
+    the caller may decline, e.g. when compile or offload was set explicitly; an uncompiled fp8 layer alone no
+    longer saves memory: the compiled one recomputes as much). vision_resident: whether the vision tower stays
+    on the GPU; None: only for a dataset with references (the trainer's rule for a run in one process)."""
+    if vision_resident is None:
+        vision_resident = reference_tokens > 0
     usable = free_bytes - headroom_bytes
     need = {
         c: training_need(
@@ -231,6 +257,7 @@ def plan_training(
             checkpointing=c,
             base_precision=base_precision,
             reference_tokens=reference_tokens,
+            vision_resident=vision_resident,
         )
         for c in (False, True)
     }
@@ -258,18 +285,8 @@ def plan_training(
             checkpointing=True,
             base_precision="fp8",
             reference_tokens=reference_tokens,
+            vision_resident=vision_resident,
         )
-        eager = training_need(shape, eager=True, **common)
-        if eager <= usable:
-            return Plan(
-                "adjust",
-                eager,
-                free_bytes,
-                checkpointing=True,
-                eager=True,
-                message=f"{what} runs its layers uncompiled (about 3x slower per step): compiled it needs about "
-                f"{_gib(need[True])} of GPU memory and {_gib(free_bytes)} are free",
-            )
         for n in (k for k in OFFLOAD_STEPS if k < shape.layers):
             need_n = training_need(shape, offload_blocks=n, **common)
             if need_n <= usable:
@@ -281,7 +298,7 @@ def plan_training(
                     eager=True,
                     offload_blocks=n,
                     message=f"{what} keeps {n} of the {shape.layers} layers in host memory and streams them to "
-                    f"the GPU, uncompiled (about 2.6x slower per step): otherwise it needs about {_gib(eager)} of "
+                    f"the GPU, uncompiled (about 2.6x slower per step): otherwise it needs about {_gib(need[True])} of "
                     f"GPU memory and {_gib(free_bytes)} are free",
                 )
     return Plan(
@@ -465,8 +482,6 @@ def card_table(shape: ModelShape = FULL_SIZE, headroom_gib: float = 1.5, base_pr
             return f"no ({_gib(p.need_bytes)})"
         if p.offload_blocks:
             return f"offload {p.offload_blocks}, eager ({_gib(p.need_bytes)})"
-        if p.eager:
-            return f"ckpt, eager ({_gib(p.need_bytes)})"
         return f"{'ckpt' if p.checkpointing else 'yes'} ({_gib(p.need_bytes)})"
 
     for res, batch in ((1024, 1), (2048, 1), (1024, 4)):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import shutil
 import sys
 import threading
@@ -215,6 +216,8 @@ def fit_to_gpu(c: WorkerContext, job: TrainingJob, cfg):
             reference_count=refs.count if refs else 0,
             # compile off / offload only where nobody chose them (the API sets neither; the CLI may)
             small_card_fallbacks=cfg.compile == "auto" and not cfg.offload_blocks,
+            # the trainer keeps the vision tower in host memory for a text-to-image run in one process
+            vision_resident=bool(refs and refs.tokens) or int(os.environ.get("WORLD_SIZE", "1")) > 1,
         )
 
     p = plan(*mem)

@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> TrainResult:
             f"seconds/step: {steady[len(steady) // 2]:.4f} (median of {len(steady)} logged windows after the "
             f"first, which took {windows[0]:.4f} with warm-up)"
         )
+    peak = gpu_memory_peak()
+    if peak:
+        print(peak)
     if result.validation:
         v = result.validation
         print(
@@ -205,3 +208,17 @@ def main(argv: list[str] | None = None) -> TrainResult:
         else f"model: {result.model_dir}"
     )
     return result
+
+
+def gpu_memory_peak() -> str | None:
+    """The run's peak GPU memory (loading included), as a user checks it against a card: allocated tensors, and
+    what the process held (a replayed CUDA graph allocates nothing: its memory pool shows only as reserved)."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    gib = 2**30
+    return (
+        f"peak GPU memory: {torch.cuda.max_memory_allocated() / gib:.2f} GiB allocated, "
+        f"{torch.cuda.max_memory_reserved() / gib:.2f} GiB reserved"
+    )

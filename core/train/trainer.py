@@ -173,6 +173,7 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
         data = self._data(data, on_cuda)
         self.data = data
+        self.vision_on_host = self._vision_to_host(on_cuda)
         self.cuda_graphs = self._want_cuda_graphs(on_cuda)
         if self.compiled:
             self.model.compile_layers(mode="reduce-overhead" if self.cuda_graphs else None)
@@ -258,6 +259,16 @@ class Trainer:
                 n_sigmas=cfg.validation_sigmas,
                 n_seeds=cfg.validation_seeds,
                 device=self.device,
+                # With checkpointing on a GPU a validation call holds at most twice the training batch's rows:
+                # a no-grad forward keeps ~0.15 MiB per token and row against ~0.46 for a checkpointed training
+                # sample (full size), so validating does not raise the run's peak. 8 rows at 1024^2 took an fp8
+                # run from 9.0 to 10.2 GiB (bench/RESULTS.md, issue 15); the smaller calls doubled validation's
+                # time (5.4 -> 11.3 s a run), so without checkpointing (5.1 MiB per token) they stay large.
+                **(
+                    {"tokens_per_call": 2 * cfg.batch_size * (cfg.resolution // 32) ** 2}
+                    if on_cuda and self.checkpointing
+                    else {}
+                ),
             )
         if data is None:
             from core.train.data import FolderData
@@ -281,6 +292,18 @@ class Trainer:
         if self.dist.active:
             data.shard(self.dist.rank, self.dist.world)
         return data
+
+    def _vision_to_host(self, on_cuda: bool) -> bool:
+        """Text-to-image training never runs the vision tower (it reads reference images only), so on a GPU its
+        weights go to host memory for the run: 1.07 GiB of a full-size model in bf16, which takes an fp8 1024^2
+        training from 10.0 to about 9 GiB (bench/RESULTS.md), under a 12 GB card's budget. An edit dataset keeps it
+        on the device, and so does a run of several processes (DDP wraps a module on one device). The prior
+        images are drawn before this (text-to-image too), so loading's peak is unchanged."""
+        if not on_cuda or self._with_references or self.dist.active:
+            return False
+        self.model.model.visual.to("cpu")
+        torch.cuda.empty_cache()
+        return True
 
     def _want_cuda_graphs(self, on_cuda: bool) -> bool:
         """Whether the compiled decoder layer replays CUDA graphs (torch.compile's "reduce-overhead": inductor's

@@ -55,10 +55,12 @@ class FixedNoiseValidation:
         n_sigmas: int = 8,
         n_seeds: int = 2,
         device: torch.device | str = "cpu",
+        tokens_per_call: int = TOKENS_PER_CALL,
     ):
         from core.layout import patchify
 
         self.objective, self.device = objective, torch.device(device)
+        self.tokens_per_call = tokens_per_call
         self.sigmas = fixed_sigmas(n_sigmas)
         self.items: list[_Item] = []
         for i in range(len(dataset.records)):
@@ -108,7 +110,7 @@ class FixedNoiseValidation:
 
     def _one_image(self, model, inputs_for, item: _Item, bf16: bool, totals: list[float]) -> None:
         n_tokens = item.x0.shape[1]
-        per_call = max(1, TOKENS_PER_CALL // n_tokens)
+        per_call = max(1, self.tokens_per_call // n_tokens)
         x0 = item.x0.to(self.device)
         for eps in item.eps:
             eps = eps.to(self.device)
@@ -164,9 +166,12 @@ def validation_set(cfg, train_dataset=None):
         return train_dataset, val.subset(keep, keep=True, plain=True)
     if train_dataset is None:
         return None, None
-    names = held_out_names(
-        [r.name for r in train_dataset.records], cfg.validation_fraction, cfg.validation_max_images
-    )
+    # Only the images the LoRA is to learn are held out: a reg/ image (the user's, or a prior image the base drew,
+    # core.train.prior) shows the base model's look, and a loss on it says nothing about the style learnt.
+    from core.data.dataset import is_regularisation
+
+    candidates = [r.name for r in train_dataset.records if not is_regularisation(r.name)]
+    names = held_out_names(candidates, cfg.validation_fraction, cfg.validation_max_images)
     if not names:
         return train_dataset, None
     return (train_dataset.subset(names, keep=False), train_dataset.subset(names, keep=True, plain=True))

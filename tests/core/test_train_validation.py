@@ -63,6 +63,18 @@ def test_fixed_noise_evaluation_is_bit_for_bit_repeatable(tiny, six_images, tmp_
     assert evaluate(trainer)["loss"] == moved["loss"]
 
 
+def test_smaller_validation_calls_give_the_same_loss(tiny, six_images, tmp_path):
+    # a GPU run caps a call at twice the training batch's rows (the peak, bench/RESULTS.md): one sigma per call
+    # must measure what all sigmas in one call measure
+    trainer = Trainer(config(tiny, six_images, tmp_path / "run"))
+    whole = evaluate(trainer)
+    trainer.validator.tokens_per_call = 1  # one row per call
+    one_by_one = evaluate(trainer)
+    assert one_by_one["samples"] == whole["samples"]
+    assert one_by_one["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    assert one_by_one["by_sigma"] == pytest.approx(whole["by_sigma"], rel=1e-5)
+
+
 def test_held_out_images_never_reach_the_training_batches(tiny, six_images, tmp_path):
     trainer = Trainer(config(tiny, six_images, tmp_path / "run", repeats=3, flip=True, caption_dropout=0.0))
     held = set(trainer.validator.names)
@@ -77,6 +89,23 @@ def test_held_out_images_never_reach_the_training_batches(tiny, six_images, tmp_
         seen.update(captions)
     assert seen and seen.isdisjoint(held_captions), seen & held_captions
     assert len(seen) == 4
+
+
+def test_regularisation_images_are_never_held_out(tiny, six_images, tmp_path):
+    # reg/ images (the user's, or the prior images the trainer draws) show the base model's look: a validation
+    # loss on them would not measure the style being learnt
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(six_images, data)
+    (data / "reg").mkdir()
+    for i in range(6):
+        shutil.copy(six_images / f"img{i}.png", data / "reg" / f"plain{i}.png")
+        (data / "reg" / f"plain{i}.txt").write_text(f"plain picture {i}")
+    trainer = Trainer(config(tiny, data, tmp_path / "run", validation_fraction=0.5))
+    held = set(trainer.validator.names)
+    assert len(held) == 3 and not any(name.startswith("reg/") for name in held)
+    assert sum(r.name.startswith("reg/") for r in trainer.data.dataset.records) == 6
 
 
 def test_the_held_out_choice_auto_rule_and_bounds():
