@@ -340,6 +340,11 @@ class TrainingProgress(BaseModel):
         description="the latest validation loss (fixed noise, held-out images); see `validation` for the series",
     )
     eta_seconds: float | None = Field(description="estimated seconds until done")
+    phase: str | None = Field(
+        None,
+        description="what a running job does before its first step, e.g. 'prior images: 8 of 24' (the base model "
+        "drawing each caption without the trigger: minutes on a full-size model); null once it trains",
+    )
 
 
 class ValidationPoint(BaseModel):

@@ -27,14 +27,14 @@ import glob
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.layout import patchify, unpatchify  # noqa: E402
+from core.data.transforms import to_tensor  # noqa: E402
+from core.layout import patchify  # noqa: E402
+from core.sampler import to_pil  # noqa: E402
 from core.synth import render, sample_scene  # noqa: E402
 from core.synth.evaluate import evaluate  # noqa: E402
 
@@ -42,13 +42,11 @@ RANKS = (96, 192, 384, 512, 768, 1024)
 
 
 def tokens(images: list) -> torch.Tensor:
-    x = torch.stack([torch.from_numpy(np.array(i)).permute(2, 0, 1).float() / 127.5 - 1 for i in images])
-    return patchify(x)
+    return patchify(torch.stack([to_tensor(i) for i in images]))
 
 
-def images(tok: torch.Tensor, size: int) -> list[Image.Image]:
-    x = unpatchify(tok, size, size)
-    return [Image.fromarray(((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()) for t in x]
+def images(tok: torch.Tensor, size: int) -> list:
+    return to_pil(tok, size, size)
 
 
 def scores(tok: torch.Tensor, size: int, scenes) -> dict:

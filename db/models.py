@@ -133,6 +133,8 @@ class TrainingJob(Base):
     loss: Mapped[float | None] = mapped_column(Float)
     seconds_per_step: Mapped[float | None] = mapped_column(Float)
     eta_seconds: Mapped[float | None] = mapped_column(Float)
+    # what a running job does before its first step, e.g. "prior images: 8 of 24"; None once it trains
+    phase: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
 
     created_at: Mapped[datetime] = _created()

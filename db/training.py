@@ -110,7 +110,13 @@ def record_progress(
         loss=loss,
         seconds_per_step=seconds_per_step,
         eta_seconds=eta_seconds,
+        phase=None,  # training has begun
     )
+
+
+def record_phase(session: Session, *, job_id: str, worker_id: str, phase: str) -> bool:
+    """What the job does before its first step (e.g. "prior images: 8 of 24") + heartbeat."""
+    return jobs.heartbeat(session, TrainingJob, job_id=job_id, worker_id=worker_id, phase=phase[:200])
 
 
 def record_validation(session: Session, *, job_id: str, worker_id: str, validation: dict[str, Any]) -> bool:

@@ -34,6 +34,7 @@ from db.training import (
     is_cancel_requested,
     mark_training_canceled,
     record_checkpoint,
+    record_phase,
     record_progress,
     record_validation,
 )
@@ -310,6 +311,7 @@ class TrainingRun:
                     on_checkpoint=self.on_checkpoint,
                     should_stop=self.should_stop,
                     on_validation=self.on_validation,
+                    on_prepare=self.on_prepare,
                 ),
             )
             self.db.wait()
@@ -378,7 +380,29 @@ class TrainingRun:
             )
         )
         self.written_step = values["step"]
-        publish(c, "training", job.id, "progress", {**values, "validation_loss": self.validation_loss})
+        publish(
+            c, "training", job.id, "progress", {**values, "validation_loss": self.validation_loss, "phase": None}
+        )
+
+    def on_prepare(self, what: str, done: int, total: int) -> None:
+        """Work before the first step (the prior images: minutes on a full-size model) shows on the row and the
+        event stream, so the job does not look stuck at step 0; written off the training thread."""
+        if self.hb.lost.is_set():
+            raise JobLost()
+        self.db.check()
+        c, job, phase = self.c, self.job, f"{what}: {done} of {total}"
+
+        def write() -> None:
+            self._still_owned(
+                db_call(
+                    c,
+                    lambda s: record_phase(s, job_id=job.id, worker_id=c.worker_id, phase=phase),
+                    what=f"{self.what}: phase",
+                )
+            )
+            publish(c, "training", job.id, "progress", {"phase": phase})
+
+        self.db.submit(write)
 
     def _poll_cancel(self) -> None:
         if db_call(

@@ -62,6 +62,7 @@ def to_public(job: TrainingJob) -> TrainingPublic:
             seconds_per_step=job.seconds_per_step,
             eta_seconds=job.eta_seconds,
             validation_loss=_latest_validation_loss(job.validation),
+            phase=job.phase if job.status == "running" else None,
         ),
         validation=ValidationPublic(**job.validation) if job.validation else None,
         previews=[

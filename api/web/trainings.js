@@ -132,13 +132,17 @@ async function detail(root, id) {
     // button replaced between a person's mouse-down and mouse-up loses the click.
     const key = JSON.stringify([job.name, job.status, job.cancel_requested]);
     if (key !== headFor) { headFor = key; showHead(); }
-    clear(facts, [["Step", `${p.step} / ${p.total_steps}`], ["Loss", p.loss != null ? p.loss.toFixed(4) : "–"],
+    // before its first step a job may be preparing (the base model drawing the prior images): say so, or it
+    // looks stuck at step 0
+    const preparing = job.status === "running" && p.phase && !p.step ? p.phase : null;
+    clear(facts, [["Step", preparing ? `0 / ${p.total_steps} · ${preparing}` : `${p.step} / ${p.total_steps}`],
+      ["Loss", p.loss != null ? p.loss.toFixed(4) : "–"],
       ["Speed", p.seconds_per_step ? `${p.seconds_per_step.toFixed(2)} s/step` : "–"],
       ["ETA", job.status === "running" ? duration(p.eta_seconds) : "–"], ["Trigger", job.trigger],
       ["Started", when(job.started_at) || "waiting for a worker"], ["Attempt", String(job.attempt)]]
       .map(([k, v]) => [el("dt", {}, k), el("dd", { dataset: { fact: k.toLowerCase() } }, v)]));
     clear(bar, progressBar(p.total_steps ? p.step / p.total_steps : 0,
-      `${Math.round(100 * (p.total_steps ? p.step / p.total_steps : 0))}%`));
+      preparing || `${Math.round(100 * (p.total_steps ? p.step / p.total_steps : 0))}%`));
     previewGrid(job, grid);
     chart.draw();
   }
@@ -206,7 +210,7 @@ async function list(root, params) {
             onclick: () => { location.hash = `#trainings/${j.id}`; } },
           el("td", {}, el("a", { href: `#trainings/${j.id}` }, j.name)), el("td", {}, badge(j.status)),
           el("td", {}, progressBar(j.progress.total_steps ? j.progress.step / j.progress.total_steps : 0,
-            `${j.progress.step} / ${j.progress.total_steps}`)),
+            j.progress.phase && !j.progress.step ? j.progress.phase : `${j.progress.step} / ${j.progress.total_steps}`)),
           el("td", {}, j.progress.loss != null ? j.progress.loss.toFixed(4) : "–"),
           el("td", {}, j.status === "running" ? duration(j.progress.eta_seconds) : "–"), el("td", {}, when(j.created_at))))))
         : el("p", { class: "muted" }, "No trainings yet."));

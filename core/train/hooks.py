@@ -19,6 +19,10 @@ class TrainCallbacks:
     on_validation: Callable[[int, float, bool, dict], None] | None = None
     # on_validation(step, loss, is_baseline, summary): after each fixed-noise validation loss (the baseline,
     # adapter off, comes first); summary is ValidationHistory.summary() (series, baseline, best, seconds)
+    on_prepare: Callable[[str, int, int], None] | None = None
+    # on_prepare(what, done, total): work before the first step that takes a while, e.g. ("prior images", 8, 24)
+    # after each batch of prior images the base model draws (minutes on a full-size model); should_stop is asked
+    # between those batches too, and a stop there ends the run at step 0
 
 
 @dataclass

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 PRIOR_DIR = "prior"
 MANIFEST = "manifest.json"
 IMAGES = "images"  # the overlay's root, beside the manifest (which is no dataset file)
+PROGRESS_NAME = "prior images"  # what on_prepare reports
 BATCH_PIXELS = 8 * 256 * 256  # pixels per sampler call: 8 images at 256^2, one at 1024^2 (an 8B model's
 # activations for a batch of 1024^2 CFG images would not fit beside the training on a 24 GB card)
 
@@ -57,9 +58,13 @@ def prior_plan(cfg, dataset) -> list[dict] | None:
     ]
 
 
-def prior_images(cfg, model, tokenizer, dataset, on_main: bool = True) -> Path | None:
+def prior_images(
+    cfg, model, tokenizer, dataset, on_main: bool = True, progress=None, should_stop=None
+) -> Path | None:
     """The folder to lay over the dataset (its reg/ holds the prior images, drawn now unless a matching manifest is
-    there), or None. Only the main process draws (the others of a multi-GPU run wait at the caller's barrier)."""
+    there), or None. Only the main process draws (the others of a multi-GPU run wait at the caller's barrier).
+    progress(what, done, total) after each sampler call; should_stop() before each: True leaves the images drawn so
+    far without a manifest (a later run draws them again) and returns, so that the caller's loop stops at step 0."""
     plan = prior_plan(cfg, dataset)
     if plan is None:
         return None
@@ -67,7 +72,7 @@ def prior_images(cfg, model, tokenizer, dataset, on_main: bool = True) -> Path |
     # drawn with the full preset, at the bundled model's own steps and CFG on it (core.bundled)
     manifest = {"model_path": str(cfg.model_path), "sampling": model_sampling(cfg.model_path), "images": plan}
     if on_main and not _matches(folder, manifest):
-        _draw(folder, manifest, model, tokenizer)
+        _draw(folder, manifest, model, tokenizer, progress, should_stop)
     return folder / IMAGES
 
 
@@ -83,7 +88,7 @@ def _matches(folder: Path, manifest: dict) -> bool:
 
 
 @torch.no_grad()
-def _draw(folder: Path, manifest: dict, model, tokenizer) -> None:
+def _draw(folder: Path, manifest: dict, model, tokenizer, progress=None, should_stop=None) -> None:
     from core.sampler import ImageSpec, Sampler
 
     (folder / MANIFEST).unlink(missing_ok=True)  # written last: a run stopped part-way leaves no false "done"
@@ -97,15 +102,25 @@ def _draw(folder: Path, manifest: dict, model, tokenizer) -> None:
     by_size: dict[tuple[int, int], list[dict]] = {}
     for im in plan:
         by_size.setdefault((im["width"], im["height"]), []).append(im)
+    done = 0
+    if progress:
+        progress(PROGRESS_NAME, done, len(plan))
     for (w, h), ims in by_size.items():
         per_call = max(1, BATCH_PIXELS // (w * h))
         for start in range(0, len(ims), per_call):
+            if should_stop and should_stop():
+                log.info("stopped after %d of %d prior images", done, len(plan))
+                model.train(was_training)
+                return
             chunk = ims[start : start + per_call]
             specs = [ImageSpec(im["caption"], " ", im["seed"]) for im in chunk]
             images = sampler.sample(specs, width=w, height=h, **manifest["sampling"])
             for im, image in zip(chunk, images):
                 atomic_write_bytes(root / im["name"], _png(image))
                 atomic_write_bytes((root / im["name"]).with_suffix(".txt"), im["caption"].encode())
+            done += len(chunk)
+            if progress:
+                progress(PROGRESS_NAME, done, len(plan))
     model.train(was_training)
     atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
 

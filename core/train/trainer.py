@@ -213,7 +213,15 @@ class Trainer:
         from core.train.prior import prior_images
 
         scanned = TrainDataset(self.cfg.data_dir, resolution=self.cfg.resolution, min_side=self._min_side())
-        folder = prior_images(self.cfg, self.model, self.tokenizer, scanned, on_main=self.dist.main)
+        folder = prior_images(
+            self.cfg,
+            self.model,
+            self.tokenizer,
+            scanned,
+            on_main=self.dist.main,
+            progress=self.cb.on_prepare,
+            should_stop=self.cb.should_stop,
+        )
         if folder is not None and self.dist.active:
             torch.distributed.barrier()
         return folder

@@ -77,6 +77,7 @@ def test_submit_queues_the_row_and_sends_the_message_by_name(client, alice, data
         "seconds_per_step": None,
         "eta_seconds": None,
         "validation_loss": None,
+        "phase": None,
     }
     assert job["validation"] is None
     sent = [m for m in queued_messages(key_prefix, "train") if m["args"] == [job["id"]]]
@@ -185,6 +186,7 @@ def test_progress_previews_and_lora_appear_as_the_worker_writes_them(client, ali
         "seconds_per_step": 0.5,
         "eta_seconds": 5.0,
         "validation_loss": None,
+        "phase": None,
     }
     assert got["previews"] == [
         {"step": 10, "index": 0, "prompt": "a box", "url": f"/v1/trainings/{job['id']}/previews/10/0"}

@@ -16,7 +16,7 @@ from core.data import EMPTY_PROMPT, without_trigger
 from core.data.sources import FolderSource, LayeredSource, SourceError
 from core.loading import load_model, load_tokenizer
 from core.sampler import Sampler
-from core.train import Trainer
+from core.train import TrainCallbacks, Trainer
 from core.train.prior import PRIOR_DIR
 from tests.core.train_helpers import tiny_train_config
 
@@ -88,6 +88,34 @@ def test_the_base_model_draws_each_caption_without_the_trigger_and_they_train_as
     again = Trainer(tiny_train_config(tiny, data, tmp_path / "run", steps=4, resume="latest", **kw))
     assert again.step == 2 and len(again.data.dataset) == 6
     assert [p.stat().st_mtime_ns for p in drawn] == stamps
+
+
+def test_drawing_reports_progress_and_a_stop_ends_the_run_at_step_0(tiny, tmp_path):
+    # minutes on a full-size model: the job row shows "prior images: n of N", and a cancel does not wait for them
+    captions = [f"flat style, picture {i}" for i in range(5)]
+    data = dataset(tmp_path / "data", captions)
+    kw = dict(prior_preservation=True, resolution=96, batch_size=1)
+    seen: list[tuple] = []
+    cbs = TrainCallbacks(on_prepare=lambda what, done, total: seen.append((what, done, total)))
+    Trainer(tiny_train_config(tiny, data, tmp_path / "run", steps=2, **kw), cbs)
+    assert seen[0] == ("prior images", 0, 5) and seen[-1] == ("prior images", 5, 5)
+    assert [d for _, d, _ in seen] == sorted(d for _, d, _ in seen)  # never backwards
+
+    asked = []
+
+    def stop_after_the_first_batch() -> bool:
+        asked.append(1)
+        return len(asked) > 1
+
+    cbs = TrainCallbacks(should_stop=stop_after_the_first_batch, on_prepare=lambda *a: seen.append(a))
+    seen.clear()
+    trainer = Trainer(tiny_train_config(tiny, data, tmp_path / "stopped", steps=2, **kw), cbs)
+    folder = tmp_path / "stopped" / PRIOR_DIR
+    drawn = len(list((folder / "images" / "reg").glob("*.png")))
+    assert 0 < drawn < 5 and seen[-1][1] == drawn  # the first sampler call's images, then it stopped
+    assert not (folder / "manifest.json").exists()  # a later run draws them again rather than trusting these
+    result = trainer.run()
+    assert result.stopped and result.steps_done == 0
 
 
 def test_no_prior_images_without_a_trigger_or_with_reg_images_of_its_own(tiny, tmp_path):
