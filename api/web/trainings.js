@@ -132,11 +132,10 @@ async function detail(root, id) {
     // button replaced between a person's mouse-down and mouse-up loses the click.
     const key = JSON.stringify([job.name, job.status, job.cancel_requested]);
     if (key !== headFor) { headFor = key; showHead(); }
-    // before its first step a job may be preparing (the base model drawing the prior images): say so, or it
-    // looks stuck at step 0
+    // before its first step a job may be preparing (the base model drawing the prior images): the bar says so,
+    // or the job looks stuck at step 0
     const preparing = job.status === "running" && p.phase && !p.step ? p.phase : null;
-    clear(facts, [["Step", preparing ? `0 / ${p.total_steps} · ${preparing}` : `${p.step} / ${p.total_steps}`],
-      ["Loss", p.loss != null ? p.loss.toFixed(4) : "–"],
+    clear(facts, [["Step", `${p.step} / ${p.total_steps}`], ["Loss", p.loss != null ? p.loss.toFixed(4) : "–"],
       ["Speed", p.seconds_per_step ? `${p.seconds_per_step.toFixed(2)} s/step` : "–"],
       ["ETA", job.status === "running" ? duration(p.eta_seconds) : "–"], ["Trigger", job.trigger],
       ["Started", when(job.started_at) || "waiting for a worker"], ["Attempt", String(job.attempt)]]
