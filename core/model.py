@@ -382,10 +382,27 @@ class HiDreamO1(nn.Module):
         self.reset_rotary()
         return out
 
+    # -- the vision tower's residency ---------------------------------------------------------------
+    def park_vision(self) -> bool:
+        """Move the vision tower to host memory until a reference image needs it (vision_features brings it back
+        and keeps it there): text-to-image never runs it, and at full size it is 1.07 GiB of bf16 weights. A no-op
+        on the CPU; returns whether the tower is parked now."""
+        visual = self.model.visual
+        if visual.patch_embed.proj.weight.device.type not in ("cpu", "meta"):
+            visual.to("cpu")
+        return self.vision_parked
+
+    @property
+    def vision_parked(self) -> bool:
+        """The tower waits in host memory while the rest of the model is on an accelerator."""
+        return self.model.visual.patch_embed.proj.weight.device.type == "cpu" and self.device.type != "cpu"
+
     # -- pieces -----------------------------------------------------------------------------------
     def vision_features(self, pixel_values, image_grid_thw):
         """Vision tower -> (embeds [n_pad, hidden], [deepstack embeds per layer])."""
         visual = self.model.visual
+        if self.vision_parked:  # the first reference image since park_vision: the tower comes to stay
+            visual.to(self.device)
         out = visual(pixel_values.to(visual.patch_embed.proj.weight.dtype), grid_thw=image_grid_thw)
         if isinstance(out, tuple):  # transformers 4.57 returns (merged, deepstack list)
             return out[0], list(out[1])

@@ -307,6 +307,7 @@ def _generate(c: WorkerContext, rows: list[Row]) -> None:
             height=height,
             cfg=p.get("guidance") is None or float(p["guidance"]) > 1,
             reference_sizes=[im.size for im in references or ()],
+            vision_parked=h.model().vision_parked,
         )
         write = Every(c.settings.progress_interval_s)
 

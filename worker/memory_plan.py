@@ -192,11 +192,23 @@ def generation_need(
     weights_resident: bool = False,
     base_precision: str = "bf16",
     reference_tokens: int = 0,
+    vision_parked: bool = False,
+    parks_vision: bool = True,
 ) -> int:
-    """reference_tokens: what the request's references add to each row (CFG's unconditional row keeps them)."""
+    """reference_tokens: what the request's references add to each row (CFG's unconditional row keeps them).
+    The generation worker parks the vision tower in host memory once the base is loaded (core.model's
+    park_vision) and brings it back for the first reference image. A base still to load (parks_vision): its
+    peak is the whole base while loading, then the base without the tower plus the activations. A resident base
+    (weights_resident): vision_parked says the tower waits on the host, which a request with references brings
+    back. parks_vision=False: the tower stays (as the H200 measurements of the fit were made)."""
     rows = images * (2 if cfg else 1)
     act = GEN_PER_TOKEN_ROW * shape.scale * tokens(width, height, reference_tokens) * rows
-    return int(act + (0 if weights_resident else shape.base_bytes(base_precision)))
+    if weights_resident:
+        return int(act + (shape.vision_bytes if reference_tokens and vision_parked else 0))
+    base = shape.base_bytes(base_precision)
+    if parks_vision and not reference_tokens:
+        return int(max(base, base - shape.vision_bytes + act))
+    return int(base + act)
 
 
 @dataclass(frozen=True)
@@ -327,6 +339,7 @@ def plan_generation(
     headroom_bytes: int,
     base_precision: str = "bf16",
     reference_tokens: int = 0,
+    vision_parked: bool = False,
 ) -> Plan:
     need = generation_need(
         shape,
@@ -337,6 +350,7 @@ def plan_generation(
         weights_resident=weights_resident,
         base_precision=base_precision,
         reference_tokens=reference_tokens,
+        vision_parked=vision_parked,
     )
     if need <= free_bytes - headroom_bytes:
         return Plan("run", need, free_bytes)
@@ -426,9 +440,11 @@ def check_generation(
     height: int,
     cfg: bool,
     reference_sizes: list[tuple[int, int]] = (),
+    vision_parked: bool = False,
 ) -> None:
     """MemoryPlanError when a batch of `images` cannot fit beside the resident base (called with it loaded).
-    reference_sizes: (width, height) of the request's reference images, as decoded."""
+    reference_sizes: (width, height) of the request's reference images, as decoded; vision_parked: the vision
+    tower waits in host memory (references bring it back)."""
     mem = gpu_memory() if settings.memory_plan == "enforce" else None
     if mem is None:
         return
@@ -445,6 +461,7 @@ def check_generation(
         total_bytes=mem[1],
         headroom_bytes=int(settings.gpu_memory_headroom_gib * GIB),
         reference_tokens=total_reference_tokens(list(reference_sizes), height, width),
+        vision_parked=vision_parked,
     ).raise_if_refused()
 
 

@@ -309,9 +309,9 @@ class Trainer:
         images are drawn before this (text-to-image too), so loading's peak is unchanged."""
         if not on_cuda or self._with_references or self.dist.active:
             return False
-        self.model.model.visual.to("cpu")
+        parked = self.model.park_vision()
         torch.cuda.empty_cache()
-        return True
+        return parked
 
     def _want_cuda_graphs(self, on_cuda: bool) -> bool:
         """Whether the compiled decoder layer replays CUDA graphs (torch.compile's "reduce-overhead": inductor's
