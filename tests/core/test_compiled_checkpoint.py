@@ -132,7 +132,6 @@ def test_every_op_of_the_compiled_checkpointed_layer_is_tagged_for_recompute(tmp
 
 
 # ----------------------------------------------------------------------------- CUDA
-gpu = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
 @pytest.mark.gpu

@@ -91,23 +91,6 @@ def test_held_out_images_never_reach_the_training_batches(tiny, six_images, tmp_
     assert len(seen) == 4
 
 
-def test_regularisation_images_are_never_held_out(tiny, six_images, tmp_path):
-    # reg/ images (the user's, or the prior images the trainer draws) show the base model's look: a validation
-    # loss on them would not measure the style being learnt
-    import shutil
-
-    data = tmp_path / "data"
-    shutil.copytree(six_images, data)
-    (data / "reg").mkdir()
-    for i in range(6):
-        shutil.copy(six_images / f"img{i}.png", data / "reg" / f"plain{i}.png")
-        (data / "reg" / f"plain{i}.txt").write_text(f"plain picture {i}")
-    trainer = Trainer(config(tiny, data, tmp_path / "run", validation_fraction=0.5))
-    held = set(trainer.validator.names)
-    assert len(held) == 3 and not any(name.startswith("reg/") for name in held)
-    assert sum(r.name.startswith("reg/") for r in trainer.data.dataset.records) == 6
-
-
 def test_the_held_out_choice_auto_rule_and_bounds():
     small = [f"{i}.png" for i in range(AUTO_MIN_IMAGES - 1)]
     large = [f"{i}.png" for i in range(190)]
