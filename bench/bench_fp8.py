@@ -248,30 +248,12 @@ class Run:
 
     def training(self, precision: str, compile_too: bool, offload: int, reserve: float = 0.0) -> None:
         """reserve: seconds kept for later phases before the compiled steps are tried."""
-        from core.train.data import Prefetch, StreamData
-        from core.train.trainer import TrainConfig, Trainer
+        from core.train.data import Prefetch
 
         model, build_s = self.build(precision)
         build_peak = self.peak()
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = TrainConfig(
-                model_path="<random>",
-                out_dir=tmp,
-                resolution=self.size,
-                steps=10**6,
-                rank=16,
-                alpha=16.0,
-                lr=1e-4,
-                device=str(self.device),
-                precision="bf16",
-                base_precision=precision,
-                gradient_checkpointing=True,
-                compile=False,
-                checkpoint_every=0,
-                sample_every=0,
-                validation_fraction=0.0,
-            )
-            trainer = Trainer(cfg, data=StreamData(random_stream(self.size), 1), model=model, tokenizer=self.tok)
+            trainer = bench_trainer(model, self.tok, tmp, self.size, self.device, precision)
             batches = Prefetch(iter(trainer.data), 2)
             try:
                 self._timed_steps(trainer, batches, precision, "eager", build_peak, build_s, warmup=2, steps=5)
@@ -356,33 +338,15 @@ class Run:
     def capped_training(self, cap_gib: float, offload: int) -> None:
         """fp8 training under a memory cap that mimics a smaller card, from the build on (offloaded layers go to
         the host as they are placed, as core.loading does): 1 + 2 steps, or an out-of-memory error."""
-        from core.train.data import Prefetch, StreamData
-        from core.train.trainer import TrainConfig, Trainer
+        from core.train.data import Prefetch
 
         before, error = len(self.results["rows"]), None
         try:
             self.cap_memory(cap_gib)
             model, _ = self.build("fp8", offload)
             with tempfile.TemporaryDirectory() as tmp:
-                cfg = TrainConfig(
-                    model_path="<random>",
-                    out_dir=tmp,
-                    resolution=self.size,
-                    steps=10**6,
-                    rank=16,
-                    alpha=16.0,
-                    device=str(self.device),
-                    precision="bf16",
-                    base_precision="fp8",
-                    offload_blocks=offload,
-                    gradient_checkpointing=True,
-                    compile=False,
-                    checkpoint_every=0,
-                    sample_every=0,
-                    validation_fraction=0.0,
-                )
-                trainer = Trainer(
-                    cfg, data=StreamData(random_stream(self.size), 1), model=model, tokenizer=self.tok
+                trainer = bench_trainer(
+                    model, self.tok, tmp, self.size, self.device, "fp8", offload_blocks=offload
                 )
                 batches = Prefetch(iter(trainer.data), 2)
                 try:
@@ -446,6 +410,34 @@ def random_stream(resolution: int):
             i += 1
 
     return make
+
+
+def bench_trainer(model, tok, out_dir, size: int, device, base_precision: str, precision: str = "bf16", **more):
+    """core.train.Trainer on a prebuilt random model fed random_stream images: rank 16 at 1e-4, gradient
+    checkpointing, layers eager (the caller compiles them), no checkpoints, previews or validation; `more`: other
+    TrainConfig fields (offload_blocks, cuda_graphs)."""
+    from core.train.data import StreamData
+    from core.train.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        model_path="<random>",
+        out_dir=out_dir,
+        resolution=size,
+        steps=10**6,
+        rank=16,
+        alpha=16.0,
+        lr=1e-4,
+        device=str(device),
+        precision=precision,
+        base_precision=base_precision,
+        gradient_checkpointing=True,
+        compile=False,
+        checkpoint_every=0,
+        sample_every=0,
+        validation_fraction=0.0,
+        **more,
+    )
+    return Trainer(cfg, data=StreamData(random_stream(size), 1), model=model, tokenizer=tok)
 
 
 def table(results: dict) -> str:

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_fp8 import random_stream  # noqa: E402
+from bench.bench_fp8 import bench_trainer  # noqa: E402
 from core.fullsize import CORPUS, FULL_SPEC, FULL_VOCAB, full_config, random_model  # noqa: E402
 from core.loading import set_token_ids  # noqa: E402
 from core.tiny import TinySpec, build_tokenizer  # noqa: E402
@@ -88,8 +88,7 @@ class Probe:
         return torch.cuda.memory_allocated() if self.cuda else 0
 
     def run(self, modes: list[str], steps: int) -> None:
-        from core.train.data import Prefetch, StreamData
-        from core.train.trainer import TrainConfig, Trainer
+        from core.train.data import Prefetch
 
         t = time.perf_counter()
         model = random_model(
@@ -108,25 +107,10 @@ class Probe:
         self.rows.append({"mode": "build", **build})
         print(json.dumps(self.rows[-1]), flush=True)
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = TrainConfig(
-                model_path="<random>",
-                out_dir=tmp,
-                resolution=self.size,
-                steps=10**6,
-                rank=16,
-                alpha=16.0,
-                lr=1e-4,
-                device=str(self.device),
-                precision="fp32" if self.tiny else "bf16",
-                base_precision="fp8",
-                gradient_checkpointing=True,
-                compile=False,
-                cuda_graphs=False,
-                checkpoint_every=0,
-                sample_every=0,
-                validation_fraction=0.0,
+            precision = "fp32" if self.tiny else "bf16"
+            trainer = bench_trainer(
+                model, self.tok, tmp, self.size, self.device, "fp8", precision, cuda_graphs=False
             )
-            trainer = Trainer(cfg, data=StreamData(random_stream(self.size), 1), model=model, tokenizer=self.tok)
             batches = Prefetch(iter(trainer.data), 2)
             backend = "aot_eager" if self.tiny else "inductor"
             try:

@@ -390,6 +390,8 @@ class HiDreamO1(nn.Module):
         visual = self.model.visual
         if visual.patch_embed.proj.weight.device.type not in ("cpu", "meta"):
             visual.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # handed back: memory plans read the free memory
         return self.vision_parked
 
     @property

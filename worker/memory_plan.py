@@ -140,13 +140,14 @@ FULL_SIZE = ModelShape(
 
 def _stored_bytes(files: list[Path], part: str) -> int:
     """Bytes of the tensors whose names contain `part`, from the safetensors headers (no weight is read)."""
+    from core.lora.check import read_header  # torch-free, offsets checked
+
     total = 0
     for f in files:
         with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
+            header, _, _ = read_header(fh, f.stat().st_size)
         for name, entry in header.items():
-            if name != "__metadata__" and part in f".{name}":
+            if part in f".{name}":
                 start, end = entry["data_offsets"]
                 total += end - start
     return total

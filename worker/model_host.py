@@ -97,8 +97,6 @@ class ModelHost:
     def model(self):
         with self._load_lock:
             if self._model is None:
-                import torch
-
                 from core.fp8 import resolve_base_precision
                 from core.loading import load_model, load_tokenizer, read_weights
                 from core.lora import full_weight_names, install_lora_merging, install_lora_slots
@@ -120,7 +118,6 @@ class ModelHost:
                 # the vision tower waits in host memory until a request brings a reference image (1.07 GiB at
                 # full size; core.model.HiDreamO1.park_vision): before the LoRA mode is chosen, which sees the room
                 if model.park_vision():
-                    torch.cuda.empty_cache()  # the memory plan reads the free memory
                     log.info("vision tower parked in host memory until a reference image needs it")
                 self.lora_mode = self._choose_lora_mode(model)
                 if self.lora_mode == "merge":

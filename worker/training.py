@@ -217,8 +217,9 @@ def fit_to_gpu(c: WorkerContext, job: TrainingJob, cfg):
             reference_count=refs.count if refs else 0,
             # compile off / offload only where nobody chose them (the API sets neither; the CLI may)
             small_card_fallbacks=cfg.compile == "auto" and not cfg.offload_blocks,
-            # the trainer keeps the vision tower in host memory for a text-to-image run in one process
-            vision_resident=bool(refs and refs.tokens) or int(os.environ.get("WORLD_SIZE", "1")) > 1,
+            # a rank of a multi-GPU run keeps the vision tower on its GPU; else the plan's rule (the trainer's):
+            # on the GPU only for a dataset with references
+            vision_resident=True if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         )
 
     p = plan(*mem)

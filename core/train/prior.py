@@ -89,14 +89,24 @@ def _matches(folder: Path, manifest: dict) -> bool:
 
 @torch.no_grad()
 def _draw(folder: Path, manifest: dict, model, tokenizer, progress=None, should_stop=None) -> None:
-    from core.sampler import ImageSpec, Sampler
+    from core.sampler import Sampler
 
     (folder / MANIFEST).unlink(missing_ok=True)  # written last: a run stopped part-way leaves no false "done"
     root = folder / IMAGES
     (root / "reg").mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
-    sampler = Sampler(model, tokenizer, preview_every=0)
+    try:
+        if _draw_all(root, manifest, Sampler(model, tokenizer, preview_every=0), progress, should_stop):
+            atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+    finally:
+        model.train(was_training)
+
+
+def _draw_all(root: Path, manifest: dict, sampler, progress, should_stop) -> bool:
+    """Draw and write every planned image, a sampler call per size and batch; False when should_stop ended it."""
+    from core.sampler import ImageSpec
+
     plan = manifest["images"]
     log.info("drawing %d prior images with the base model", len(plan))
     by_size: dict[tuple[int, int], list[dict]] = {}
@@ -110,8 +120,7 @@ def _draw(folder: Path, manifest: dict, model, tokenizer, progress=None, should_
         for start in range(0, len(ims), per_call):
             if should_stop and should_stop():
                 log.info("stopped after %d of %d prior images", done, len(plan))
-                model.train(was_training)
-                return
+                return False
             chunk = ims[start : start + per_call]
             specs = [ImageSpec(im["caption"], " ", im["seed"]) for im in chunk]
             images = sampler.sample(specs, width=w, height=h, **manifest["sampling"])
@@ -121,8 +130,7 @@ def _draw(folder: Path, manifest: dict, model, tokenizer, progress=None, should_
             done += len(chunk)
             if progress:
                 progress(PROGRESS_NAME, done, len(plan))
-    model.train(was_training)
-    atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+    return True
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

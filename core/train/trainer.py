@@ -173,7 +173,7 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
         data = self._data(data, on_cuda)
         self.data = data
-        self.vision_on_host = self._vision_to_host(on_cuda)
+        self._vision_to_host(on_cuda)
         self.cuda_graphs = self._want_cuda_graphs(on_cuda)
         if self.compiled:
             self.model.compile_layers(mode="reduce-overhead" if self.cuda_graphs else None)
@@ -301,17 +301,14 @@ class Trainer:
             data.shard(self.dist.rank, self.dist.world)
         return data
 
-    def _vision_to_host(self, on_cuda: bool) -> bool:
+    def _vision_to_host(self, on_cuda: bool) -> None:
         """Text-to-image training never runs the vision tower (it reads reference images only), so on a GPU its
         weights go to host memory for the run: 1.07 GiB of a full-size model in bf16, which takes an fp8 1024^2
         training from 10.0 to about 9 GiB (bench/RESULTS.md), under a 12 GB card's budget. An edit dataset keeps it
         on the device, and so does a run of several processes (DDP wraps a module on one device). The prior
         images are drawn before this (text-to-image too), so loading's peak is unchanged."""
-        if not on_cuda or self._with_references or self.dist.active:
-            return False
-        parked = self.model.park_vision()
-        torch.cuda.empty_cache()
-        return parked
+        if on_cuda and not self._with_references and not self.dist.active:
+            self.model.park_vision()  # model.vision_parked says so afterwards
 
     def _want_cuda_graphs(self, on_cuda: bool) -> bool:
         """Whether the compiled decoder layer replays CUDA graphs (torch.compile's "reduce-overhead": inductor's

@@ -167,7 +167,7 @@ def test_cuda_compiled_fp8_forward_keeps_what_eager_keeps(tmp_path):
 def test_cuda_text_to_image_training_keeps_the_vision_tower_on_the_host():
     with tempfile.TemporaryDirectory() as tmp:
         trainer = trainer_for("bf16", tmp, device="cuda")
-        assert trainer.vision_on_host
+        assert trainer.model.vision_parked
         assert {p.device.type for p in trainer.model.model.visual.parameters()} == {"cpu"}
         assert {p.device.type for p in trainer.model.model.language_model.parameters()} == {"cuda"}
         batches = Prefetch(iter(trainer.data), 2)

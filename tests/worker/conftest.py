@@ -90,3 +90,15 @@ def tiny_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny"
     write_tiny_checkpoint(path)
     return path
+
+
+@pytest.fixture
+def tctx(worker_ctx, tiny_model):
+    """worker_ctx on the tiny model, writing progress at every report (the training tests' context; a module may
+    define its own)."""
+    from worker.context import WorkerContext
+
+    settings = worker_ctx.settings.model_copy(update={"model_path": tiny_model, "progress_interval_s": 0.0})
+    c = WorkerContext(settings)
+    yield c
+    c.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 from safetensors.torch import load_file
 from worker_helpers import put_dataset
 
@@ -14,16 +13,7 @@ from db.loras import get_lora
 from db.owners import create_owner
 from db.training import cancel_training, create_training, get_training
 from worker import training
-from worker.context import WorkerContext
 from worker.dispatch import waiting_job_ids
-
-
-@pytest.fixture
-def tctx(worker_ctx, tiny_model):
-    settings = worker_ctx.settings.model_copy(update={"model_path": tiny_model, "progress_interval_s": 0.0})
-    c = WorkerContext(settings)
-    yield c
-    c.close()
 
 
 def new_job(c, owner_id, dataset_id, steps=4, **params):

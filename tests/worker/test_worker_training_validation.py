@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import redis
 from safetensors import safe_open
 from test_worker_training import new_job
@@ -17,15 +16,6 @@ from db.owners import create_owner
 from db.training import get_training
 from service.events import channel
 from worker import training
-from worker.context import WorkerContext
-
-
-@pytest.fixture
-def tctx(worker_ctx, tiny_model):
-    settings = worker_ctx.settings.model_copy(update={"model_path": tiny_model, "progress_interval_s": 0.0})
-    c = WorkerContext(settings)
-    yield c
-    c.close()
 
 
 def test_validation_reaches_the_row_the_events_and_the_lora(tctx):
