@@ -38,9 +38,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--guidance", type=float, default=SAMPLING["guidance"])
     ap.add_argument("--steps", type=int, default=SAMPLING["steps"])
+    ap.add_argument("--device", default="cpu", help="cuda: a quick look on the GPU machine (float32 too)")
+    ap.add_argument("--shift", type=float, help="the flow shift (default: the preset's, 3)")
     a = ap.parse_args()
     torch.manual_seed(0)
-    sampler = Sampler(load_model(a.model, torch.float32, "cpu"), load_tokenizer(a.model))
+    sampler = Sampler(load_model(a.model, torch.float32, a.device), load_tokenizer(a.model))
     t0 = time.time()
     single = [sample_scene(999, i, two_shape_prob=0.0) for i in range(48)]
     double = [sample_scene(1999, i, two_shape_prob=1.0) for i in range(16)]
@@ -52,8 +54,13 @@ def main() -> None:
                 "size": a.size,
                 "guidance": a.guidance,
                 "steps": a.steps,
-                "single": measure(sampler, single, a.lead, a.size, guidance=a.guidance, steps=a.steps),
-                "double": measure(sampler, double, a.lead, a.size, guidance=a.guidance, steps=a.steps),
+                "shift": a.shift,
+                "single": measure(
+                    sampler, single, a.lead, a.size, guidance=a.guidance, steps=a.steps, shift=a.shift
+                ),
+                "double": measure(
+                    sampler, double, a.lead, a.size, guidance=a.guidance, steps=a.steps, shift=a.shift
+                ),
                 "seconds": round(time.time() - t0, 1),
             }
         )

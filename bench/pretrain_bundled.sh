@@ -8,7 +8,8 @@
 #   bench/pretrain_bundled.sh cont OUTDIR  # a continued sitting: from INIT (default models/o1-shapes), fresh
 #                                          # AdamW, lr LR (5e-4) cosine to 0 over MIN (7.0) minutes, captions
 #                                          # with filler phrases (core.synth.fillers), pools from POOL_START,
-#                                          # sigma shifted by SHIFT (1.0: uniform)
+#                                          # sigma shifted by SHIFT (1.0: uniform), shape patches weighted
+#                                          # 1 + SHAPE_WEIGHT (0), step kinds in the order CYCLE (0,1,2)
 set -euo pipefail
 part=$1 out=$2
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -18,7 +19,8 @@ common=(--out /tmp/m --batch 1024,320 --pool 100000,30000 --edit_batch 384 --edi
 if [ "$part" = cont ]; then
   python3 -m core.pretrain --init "${INIT:-models/o1-shapes}" --out /tmp/m --batch 1024,320 --pool 100000,30000 \
     --edit_batch 384 --edit_pool 12000 --lr "${LR:-5e-4}" --warmup 200 --lr_floor 0 --filler 0.3 --sigma_shift "${SHIFT:-1.0}" \
-    --minutes "${MIN:-7.0}" --pool_start "${POOL_START:-300000}" 2>&1 | tee "$out/log.txt"
+    --minutes "${MIN:-7.0}" --pool_start "${POOL_START:-300000}" --shape_weight "${SHAPE_WEIGHT:-0}" \
+    --cycle "${CYCLE:-0,1,2}" 2>&1 | tee "$out/log.txt"
 elif [ "$part" = 1 ]; then
   python3 -m core.pretrain "${common[@]}" --minutes 14.1 --stop_after 6.8 2>&1 | tee "$out/log.txt"
 elif [ -f "$state" ]; then

@@ -37,6 +37,7 @@ from core.loading import load_model, load_tokenizer
 from core.objective import Objective
 from core.parallel_ranges import map_ranges
 from core.pretrain_edits import EditPool
+from core.pretrain_weights import pool_shape_patches, weighted_patch_mse
 from core.synth.edit_pairs import pretraining_instructions
 from core.synth.fillers import with_filler
 from core.synth.render import render
@@ -210,6 +211,18 @@ def main(argv=None) -> None:
         help="sigma ~ shifted uniform s*u/(1+(s-1)u): below 1 more of the low-noise steps that draw "
         "detail (1: the recipe's uniform)",
     )
+    ap.add_argument(
+        "--shape_weight",
+        type=float,
+        default=0.0,
+        help="text-to-image patches that a shape touches count 1 + this many times in the loss "
+        "(core.pretrain_weights; 0: the recipe's plain MSE)",
+    )
+    ap.add_argument(
+        "--cycle",
+        help="the order the step kinds repeat in, as indices into the sizes then the edits, e.g. 0,0,1,2: "
+        "128 px twice as often (default: each once)",
+    )
     ap.add_argument("--lr_floor", type=float, default=0.1, help="the cosine ends at this fraction of --lr")
     ap.add_argument(
         "--compile",
@@ -283,6 +296,11 @@ def main(argv=None) -> None:
         log, step, before = state["log"], state["step"], state["seconds"]
         sittings = state.get("sittings", [])
         print(f"resumed at step {step}, {before:.0f}s into the schedule", flush=True)
+    # the patches each pool scene's shapes touch, for --shape_weight: once, on the device
+    shapes = [pool_shape_patches(d[2]) if args.shape_weight and d[2] is not None else None for d in data]
+    cycle = [int(k) for k in args.cycle.split(",")] if args.cycle else list(range(len(data)))
+    if not cycle or not all(0 <= k < len(data) for k in cycle):
+        raise SystemExit(f"--cycle {args.cycle!r}: indices must lie in 0..{len(data) - 1}")
     acc, acc_n = torch.zeros(len(data), device=device), torch.zeros(len(data), device=device)
     budget = args.minutes * 60
     mine = args.stop_after * 60 if args.stop_after else budget
@@ -291,7 +309,7 @@ def main(argv=None) -> None:
         elapsed = before + time.time() - t0
         if elapsed > budget or time.time() - t0 > mine:
             break
-        kind = step % len(data)
+        kind = cycle[step % len(cycle)]
         size, bsz, imgs, tp = data[kind]
         # warm-up, then cosine down to lr_floor over the time budget (steps are not known in advance)
         frac, floor = min(1.0, elapsed / budget), args.lr_floor
@@ -315,7 +333,10 @@ def main(argv=None) -> None:
             target = slice(-x0.shape[1], None)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             x_pred = model(vinputs=vinputs, timestep=t, **inputs).x_pred[:, target]
-        loss = obj.loss(x_pred.float(), x0, sigma)
+        if imgs is not None and args.shape_weight:
+            loss = weighted_patch_mse(x_pred, x0, shapes[kind][idx], args.shape_weight)
+        else:
+            loss = obj.loss(x_pred.float(), x0, sigma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -340,7 +361,7 @@ def main(argv=None) -> None:
             acc_n.zero_()
     train_s = before + time.time() - t0
     # what each process drew its pools from and how long it trained (held-out tests read the pool ranges)
-    keys = "minutes stop_after sizes batch pool edit_batch edit_pool pool_start lr seed init filler lr_floor sigma_shift".split()
+    keys = "minutes stop_after sizes batch pool edit_batch edit_pool pool_start lr seed init filler lr_floor sigma_shift shape_weight cycle".split()
     sittings.append({**{k: getattr(args, k) for k in keys}, "steps_to": step, "seconds_to": round(train_s, 1)})
     if state_file is not None:
         state = dict(model=model.state_dict(), opt=opt.state_dict(), ema=ema, log=log, step=step, seconds=train_s)

@@ -77,17 +77,23 @@ def test_a_continued_run_starts_from_the_given_checkpoint_and_keeps_its_tokenize
             "--init",
             str(first),
             "--minutes",
-            "0.01",
+            "0.02",
             "--smoke",
             "--filler",
             "0.5",
             "--lr_floor",
             "0",
+            "--shape_weight",
+            "3",
+            "--cycle",
+            "0,0,1,2",
         ]
     )
     assert (cont / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
     log = json.loads((cont / "pretrain_log.json").read_text())
-    assert log["sittings"][-1]["init"] == str(first) and log["sittings"][-1]["filler"] == 0.5
+    sitting = log["sittings"][-1]
+    assert sitting["init"] == str(first) and sitting["filler"] == 0.5
+    assert sitting["shape_weight"] == 3.0 and sitting["cycle"] == "0,0,1,2"
     a, b = load_model(first), load_model(cont)
     name = "model.language_model.layers.0.mlp.down_proj.weight"
     wa, wb = dict(a.named_parameters())[name], dict(b.named_parameters())[name]
