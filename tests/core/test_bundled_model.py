@@ -67,7 +67,7 @@ def test_two_shape_captions_are_new_to_the_model():
             seen |= {sample_scene(stream, i).caption() for i in range(start, start + int(n))}
     assert len(seen) > 100_000
     new = [s for s in DOUBLE if s.caption() not in seen]
-    assert len(new) >= len(DOUBLE) - 2  # 14 of 16 after the continued sittings' pools (15 of 16 before them)
+    assert len(new) >= len(DOUBLE) - 3  # 13 of 16 after the small-shape sittings (14 after the continued ones, 15 before)
 
 
 def test_single_shape_captions_are_followed(single_images):
@@ -95,6 +95,22 @@ def test_two_shape_captions_are_followed(bundled):
     assert r["colour_acc"] >= 0.75
     assert r["shape_acc"] >= 0.45
     assert r["extra_regions"] <= 0.5
+
+
+def test_at_the_services_default_size_small_shapes_are_the_right_class(bundled):
+    # 256 px, CFG 2: what the service gives a request on this model that names no size or CFG. After the
+    # pretraining sittings aimed at small shapes every held-out shape is right here (MODEL_CARD.md: 1.00, small
+    # ones too; 0.96 before them); the thresholds leave two of the 25 small shapes and one more large shape.
+    scenes = SINGLE
+    images = Sampler(*bundled)([s.caption() for s in scenes], **{**SAMPLING, "width": 256, "height": 256, "guidance": 2.0})
+    small = [(img, s) for img, s in zip(images, scenes) if s.shapes[0].size == "small"]
+    assert len(small) >= 20
+    r_small = rates([i for i, _ in small], [s for _, s in small])
+    r_all = rates(images, scenes)
+    print("256 px rates:", {k: round(v, 3) for k, v in r_all.items()}, "small:", round(r_small["shape_acc"], 3))
+    assert r_small["shape_acc"] >= 0.9
+    assert r_all["shape_acc"] >= 0.93
+    assert r_all["colour_acc"] >= 0.95 and r_all["region_acc"] >= 0.95 and r_all["extra_regions"] <= 0.1
 
 
 def test_random_weights_of_the_same_shape_score_near_chance(bundled):
