@@ -67,7 +67,9 @@ def test_two_shape_captions_are_new_to_the_model():
             seen |= {sample_scene(stream, i).caption() for i in range(start, start + int(n))}
     assert len(seen) > 100_000
     new = [s for s in DOUBLE if s.caption() not in seen]
-    assert len(new) >= len(DOUBLE) - 3  # 13 of 16 after the small-shape sittings (14 after the continued ones, 15 before)
+    assert (
+        len(new) >= len(DOUBLE) - 3
+    )  # 13 of 16 after the small-shape sittings (14 after the continued ones, 15 before)
 
 
 def test_single_shape_captions_are_followed(single_images):
@@ -77,7 +79,7 @@ def test_single_shape_captions_are_followed(single_images):
     assert r["region_acc"] >= 0.9  # something drawn where the caption says ...
     assert r["extra_regions"] <= 0.25  # ... and (almost) nothing where it says nothing
     assert r["colour_acc"] >= 0.75  # chance 0.14
-    assert r["shape_acc"] >= 0.45  # chance 0.17; small shapes often come out as blobs
+    assert r["shape_acc"] >= 0.7  # chance 0.17; measured 0.85 (0.73 before the continued sittings)
 
 
 def test_large_shapes_are_the_right_class(single_images):
@@ -93,7 +95,7 @@ def test_two_shape_captions_are_followed(bundled):
     assert r["background_ok"] >= 0.75
     assert r["region_acc"] >= 0.7
     assert r["colour_acc"] >= 0.75
-    assert r["shape_acc"] >= 0.45
+    assert r["shape_acc"] >= 0.65  # measured 0.84 (0.69 before the continued sittings)
     assert r["extra_regions"] <= 0.5
 
 
@@ -102,7 +104,9 @@ def test_at_the_services_default_size_small_shapes_are_the_right_class(bundled):
     # pretraining sittings aimed at small shapes every held-out shape is right here (MODEL_CARD.md: 1.00, small
     # ones too; 0.96 before them); the thresholds leave two of the 25 small shapes and one more large shape.
     scenes = SINGLE
-    images = Sampler(*bundled)([s.caption() for s in scenes], **{**SAMPLING, "width": 256, "height": 256, "guidance": 2.0})
+    images = Sampler(*bundled)(
+        [s.caption() for s in scenes], **{**SAMPLING, "width": 256, "height": 256, "guidance": 2.0}
+    )
     small = [(img, s) for img, s in zip(images, scenes) if s.shapes[0].size == "small"]
     assert len(small) >= 20
     r_small = rates([i for i, _ in small], [s for _, s in small])
@@ -111,6 +115,23 @@ def test_at_the_services_default_size_small_shapes_are_the_right_class(bundled):
     assert r_small["shape_acc"] >= 0.9
     assert r_all["shape_acc"] >= 0.93
     assert r_all["colour_acc"] >= 0.95 and r_all["region_acc"] >= 0.95 and r_all["extra_regions"] <= 0.1
+
+
+def test_small_shapes_at_128px_are_mostly_the_right_class(bundled):
+    # Issue 13 asked for 0.85 of small shapes right at 128 px too. 25 small shapes (the set above) are too few to
+    # tell 0.80 from 0.85, so this draws 100 further held-out prompts (57 small shapes) at CFG 2 in two calls of 50,
+    # as `bench/eval_bundled.py --more 100` does: 0.895 (the model before the small-shape sittings: 0.684; 200
+    # prompts: 0.905 against 0.734). The threshold leaves five shapes.
+    scenes = [sample_scene(999, i, two_shape_prob=0.0) for i in range(48, 148)]
+    hits = []
+    for k in (0, 50):
+        part = scenes[k : k + 50]
+        images = Sampler(*bundled)([s.caption() for s in part], **{**SAMPLING, "guidance": 2.0, "seed": 48 + k})
+        rows = evaluate(list(zip(images, [s.labels() for s in part])))["rows"]
+        hits += [ok for r in rows for size, ok in zip(r["sizes"], r["shape_ok"]) if size == "small"]
+    print(f"small shapes right at 128 px: {sum(hits)} of {len(hits)}")
+    assert len(hits) == 57
+    assert sum(hits) / len(hits) >= 0.8
 
 
 def test_random_weights_of_the_same_shape_score_near_chance(bundled):
