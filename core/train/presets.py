@@ -58,19 +58,21 @@ TRAINING_PRESETS: dict[str, TrainingPreset] = {
     # (shading +0.42 at 256 px in 150 steps, against +0.32 at 128 px in 300: the same CPU time), and the base
     # model draws its small shapes right there (0.96 of small shapes against 0.64 at 128 px). Batch 8 (batch 2 at
     # 3e-3 learned noise at 128 px, 6e-3 collapsed), 3e-3 decayed by cosine, rank 16. Prior images gate the trigger
-    # (+0.00-0.03 without it, where rendered plain twins leaked +0.01-0.08), which leaves room for 250 steps:
-    # +0.51 with the trigger in two seeds, where 150 steps gave +0.43-0.44.
+    # (+0.00-0.03 without it, where rendered plain twins leaked +0.01-0.08), which leaves room for more steps.
+    # On the base after its small-shape sittings, 300 steps gave +0.67 / +0.71 with the trigger and +0.02 / +0.02
+    # without in two seeds, where 250 gave +0.66 / +0.55 and +0.04 / +0.01 and 200 leaked +0.06: more steps let the
+    # prior images gate the trigger (docs/evidence.md section 5).
     "bundled": TrainingPreset(
         "Bundled model",
-        "for the small bundled o1-shapes model on a CPU: 256 px, rank 16, 250 steps of 8 images at 3e-3, prior images",
+        "for the small bundled o1-shapes model on a CPU: 256 px, rank 16, 300 steps of 8 images at 3e-3, prior images",
         {
-            "steps": 250,
+            "steps": 300,
             "rank": 16,
             "alpha": 16.0,
             "learning_rate": 3e-3,
             "resolution": 256,
             "batch_size": 8,
-            "sample_every": 125,
+            "sample_every": 150,
             "lr_schedule": "cosine",
             "warmup_steps": 0,  # none: a warm-up would refuse a request of fewer steps (LoRA B starts at 0)
             # a dataset without reg/ images gets the base model's own images of its captions without the trigger

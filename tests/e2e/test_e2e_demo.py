@@ -32,9 +32,9 @@ def test_demo_smoke_run_writes_the_labelled_grid_and_the_scores(tmp_path):
 @pytest.mark.timeout(2400)
 def test_the_first_lora_learns_the_style_gated_by_its_trigger_without_breaking_the_prompt(tmp_path):
     """Issue 13, part 3: the demo's defaults, through the service, on 16 held-out prompts (same seeds). Measured
-    2026-12-02 on 2 AMD EPYC cores, on the bundled model after its small-shape sittings: +0.66 with the trigger,
-    +0.04 without, following 1.00, 222 s of training (the bundled preset's 250 steps with prior images;
-    docs/evidence.md section 5). Seed to seed the scores move by a few hundredths (core.train runs there)."""
+    2026-12-02 on 2 AMD EPYC cores, on the bundled model after its small-shape sittings: +0.67 with the trigger,
+    +0.02 without, following 1.00, 225 s of training (the bundled preset's 300 steps with prior images;
+    docs/evidence.md section 5). Seed to seed (core.train): +0.67 / +0.02 and +0.71 / +0.02."""
     result = demo.run(demo.parser().parse_args(["--out", str(tmp_path)]))
     print(json.dumps({k: result[k] for k in ("scores", "targets")}, indent=1), result["training"]["seconds"])
     assert result["training"]["params"]["preset"] == "bundled"
