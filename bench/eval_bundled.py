@@ -18,15 +18,20 @@ import torch
 from core.loading import load_model, load_tokenizer
 from core.sampler import Sampler
 from core.synth import sample_scene
-from core.synth.evaluate import evaluate
+from core.synth.evaluate import evaluate, size_accuracy
 
 SAMPLING = dict(width=128, height=128, steps=20, guidance=3.0, seed=0, preset="full")
 
 
-def measure(sampler, scenes, lead: str, size: int, **sampling) -> dict:
-    """The measures of `scenes` drawn at `size` px with SAMPLING, changed by `sampling` (e.g. guidance, steps)."""
+def evaluated(sampler, scenes, lead: str, size: int, **sampling) -> dict:
+    """core.synth.evaluate of `scenes` drawn at `size` px with SAMPLING, changed by `sampling` (e.g. guidance)."""
     images = sampler([s.caption(lead) for s in scenes], **{**SAMPLING, **sampling, "width": size, "height": size})
-    out = evaluate(list(zip(images, [s.labels() for s in scenes])))
+    return evaluate(list(zip(images, [s.labels() for s in scenes])))
+
+
+def measure(sampler, scenes, lead: str, size: int, **sampling) -> dict:
+    """The measures of `scenes` (evaluated's means, rounded)."""
+    out = evaluated(sampler, scenes, lead, size, **sampling)
     out.pop("rows")
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
 
@@ -34,19 +39,16 @@ def measure(sampler, scenes, lead: str, size: int, **sampling) -> dict:
 def measure_more(sampler, a, first: int = 48, call: int = 50) -> dict:
     """Shape-class rates of `a.more` further single-shape prompts, pooled over calls of `call` prompts."""
     scenes = [sample_scene(999, i, two_shape_prob=0.0) for i in range(first, first + a.more)]
-    right = {"small": [0, 0], "large": [0, 0]}
-    for k in range(0, len(scenes), call):
-        part = scenes[k : k + call]
-        sampling = dict(guidance=a.guidance, steps=a.steps, shift=a.shift, seed=first + k)
-        images = sampler(
-            [s.caption(a.lead) for s in part], **{**SAMPLING, **sampling, "width": a.size, "height": a.size}
-        )
-        for row in evaluate(list(zip(images, [s.labels() for s in part])))["rows"]:
-            for size, ok in zip(row["sizes"], row["shape_ok"]):
-                right[size][0] += int(ok)
-                right[size][1] += 1
-    out = {f"{k}_shapes": n for k, (_, n) in right.items()}
-    out |= {f"{k}_shape_acc": round(r / max(1, n), 3) for k, (r, n) in right.items()}
+    sampling = dict(guidance=a.guidance, steps=a.steps, shift=a.shift)
+    rows = [
+        row
+        for k in range(0, len(scenes), call)
+        for row in evaluated(sampler, scenes[k : k + call], a.lead, a.size, **sampling, seed=first + k)["rows"]
+    ]
+    out = {}
+    for size in ("small", "large"):
+        out[f"{size}_shapes"] = sum(r["sizes"].count(size) for r in rows)
+        out[f"{size}_shape_acc"] = round(size_accuracy(rows, size) or 0.0, 3)
     return out
 
 
